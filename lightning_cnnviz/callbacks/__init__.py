@@ -1,0 +1,6 @@
+"""Thin Lightning adapters over :mod:`lightning_cnnviz.core`, one monitor per file."""
+
+from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor, DeadFilterEvent
+from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
+
+__all__ = ["ActivationMonitor", "DeadFilterEvent", "FilterMonitor"]

@@ -1,0 +1,129 @@
+"""What every monitor shares: argument checks, error policy, cadence, the sink, cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from lightning_cnnviz.core.layers import conv_layers
+from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
+
+ErrorPolicy = Literal["warn", "raise"]
+T = TypeVar("T")
+
+__all__ = ["ErrorPolicy", "MonitorBase", "check_choice", "check_positive_int"]
+
+
+def check_positive_int(who: str, argument: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{who}: `{argument}` must be a positive integer, got {value!r}.")
+    return value
+
+
+def check_choice(who: str, argument: str, value: Any, allowed: tuple[Any, ...]) -> Any:
+    if value not in allowed:
+        raise ValueError(f"{who}: `{argument}` can be {{{', '.join(map(repr, allowed))}}}, got {value!r}.")
+    return value
+
+
+class MonitorBase(Callback):
+    """Base of the monitors: the ``on_error`` policy, the TensorBoard sink, and cleanup on every exit path.
+
+    Errors raised by visualization work are reported once with ``rank_zero_warn`` and switch that piece off
+    for the rest of the run (training goes on), unless ``on_error="raise"``. Configuration errors always
+    raise at ``setup``.
+    """
+
+    def __init__(self, on_error: ErrorPolicy = "warn") -> None:
+        super().__init__()
+        self.on_error: ErrorPolicy = check_choice(
+            type(self).__name__, "on_error", on_error, ("warn", "raise")
+        )
+        self._disabled: set[str] = set()
+        self._sink: TensorBoardSink | None = None
+
+    @property
+    def _who(self) -> str:
+        return type(self).__name__
+
+    def _check_model(self, pl_module: pl.LightningModule) -> None:
+        if not conv_layers(pl_module):
+            raise ValueError(
+                f"{self._who}: {type(pl_module).__name__} has no nn.Conv2d layer. lightning_cnnviz monitors "
+                "convolutional networks; add the monitor to a model with at least one torch.nn.Conv2d."
+            )
+
+    def _sink_for(self, trainer: pl.Trainer) -> TensorBoardSink:
+        if self._sink is None:
+            self._sink = TensorBoardSink.from_trainer(trainer, self._who)
+        return self._sink
+
+    def _run(self, piece: str, work: Callable[..., T], *args: Any) -> T | None:
+        """Run one piece of visualization work under the error policy; None when it failed or is off."""
+        if piece in self._disabled:
+            return None
+        try:
+            return work(*args)
+        except Exception as error:
+            if self.on_error == "raise":
+                raise
+            self._disabled.add(piece)
+            rank_zero_warn(
+                f"{self._who}: {piece} failed with {type(error).__name__}: {error}. It is switched off for the "
+                f"rest of this run; training continues. Pass on_error='raise' to {self._who} to see the "
+                "traceback."
+            )
+            return None
+
+    def _cleanup(self) -> None:
+        """Remove hooks and any state that spans Lightning hooks. Safe to call several times."""
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._cleanup()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._cleanup()
+        if self._sink is not None:
+            self._sink.flush()
+        close_fallback_writer(trainer)
+        self._sink = None
+
+
+class EpochMonitorBase(MonitorBase):
+    """A monitor that logs every ``every_n_epochs`` training epochs and once more for the final state."""
+
+    def __init__(self, every_n_epochs: int = 1, on_error: ErrorPolicy = "warn") -> None:
+        super().__init__(on_error=on_error)
+        self.every_n_epochs = check_positive_int(self._who, "every_n_epochs", every_n_epochs)
+        self._last_logged_step: int | None = None
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise NotImplementedError
+
+    def _log_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_logged_step = trainer.global_step
+        self._log(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs == 0 or last:
+            self._log_now(trainer, pl_module)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A run that stopped between cadence points (max_steps, early stopping) still shows its final state.
+        if self._last_logged_step != trainer.global_step:
+            self._log_now(trainer, pl_module)

@@ -1,0 +1,467 @@
+"""ActivationMonitor: activation sparsity, per-channel firing rates and dead ReLU filters, with alerts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_cnnviz.callbacks._base import MonitorBase, check_positive_int
+from lightning_cnnviz.core.images import images_from_batch
+from lightning_cnnviz.core.layers import format_names
+from lightning_cnnviz.core.relu_sites import RELU_MODULE_TYPES, ReluSite, find_relu_sites, tap_relus
+from lightning_cnnviz.core.render import dead_filter_map
+from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary
+
+__all__ = ["ActivationMonitor", "DeadFilterEvent"]
+
+DeadPolicy = Literal["warn", "stop"] | Callable[["DeadFilterEvent"], Any]
+
+
+@dataclass(frozen=True)
+class DeadFilterEvent:
+    """What an alert knows about filters dying in one layer.
+
+    Attributes:
+        layer: activation name (see :func:`lightning_cnnviz.core.find_relu_sites`).
+        reason: ``"threshold"`` (the dead fraction reached ``dead_fraction_threshold``) or ``"growth"``
+            (channels died since the previous window).
+        dead_channels: every channel dead in this window.
+        new_dead_channels: channels dead now that were alive in the previous window.
+        num_channels: channels of the layer.
+        dead_fraction: ``len(dead_channels) / num_channels``.
+        threshold: the configured ``dead_fraction_threshold``.
+        global_step: trainer step at the end of the window.
+        epoch: trainer epoch.
+        window_steps: training steps in the window.
+        learning_rate: the first optimizer's first parameter group's learning rate, if any.
+        message: the alert text.
+    """
+
+    layer: str
+    reason: Literal["threshold", "growth"]
+    dead_channels: list[int]
+    new_dead_channels: list[int]
+    num_channels: int
+    dead_fraction: float
+    threshold: float
+    global_step: int
+    epoch: int
+    window_steps: int
+    learning_rate: float | None
+    message: str
+
+
+_FUNCTIONAL_NAME = re.compile(r"^(?:(?P<scope>.+)\.)?(?P<fn>relu6?)(?:\(\))?(?:#\d+)?$")
+
+
+class ActivationMonitor(MonitorBase):
+    """Watches every ReLU-family activation of the live network on training batches; alerts when filters die.
+
+    Statistics are collected during the real training forward passes (no extra forward), accumulated on the
+    model's device with no host sync, and summarised once per window of ``every_n_steps`` training batches:
+
+    * ``cnnviz/activations/sparsity/<layer>``: fraction of activation values that are zero;
+    * ``cnnviz/activations/dead/<layer>`` and ``cnnviz/activations/dead_fraction/<layer>``: channels that
+      never fired (> 0) at any position of any input in the window;
+    * ``cnnviz/activations/firing_rate/<layer>``: histogram of per-channel firing rates;
+    * ``cnnviz/activations/dead_map/<layer>``: image, channels x windows (red = dead), at each epoch end,
+      when an alert fires, and at the end of training;
+    * ``cnnviz/alerts``: text, one entry per alert.
+
+    The step of every entry is the trainer's global step. Under DDP the counts are summed over ranks at each
+    window end (one collective), so every rank sees the same dead filters; rank zero writes.
+
+    Layers are found on the first training batch, before the model sees it: ``nn.ReLU``/``nn.ReLU6``
+    modules (named by module name; ``#2`` marks a module's second call in one forward) and ``F.relu`` /
+    ``torch.relu`` / ``relu_`` / ``x.relu()`` calls inside a ``forward`` (named ``<module>.relu``). Names that
+    can only be checked against a forward pass are checked there; with ``example_input_array`` set on the
+    LightningModule, everything is checked at ``setup``.
+
+    Alerts: a layer alerts when its dead fraction reaches ``dead_fraction_threshold`` (once per crossing),
+    and, with ``alert_on_growth``, again whenever more of its channels die while it is at or above the
+    threshold (channels dead now that were alive in the previous window). Each alert is one rank-zero warning and one ``cnnviz/alerts``
+    entry naming layer, count, channels and learning rate. Then ``on_dead`` decides: ``"warn"`` (nothing
+    more), ``"stop"`` (``trainer.should_stop = True`` on every rank), or a callable that receives a
+    :class:`DeadFilterEvent` (called on rank zero).
+
+    Args:
+        every_n_steps: window length in training batches; statistics are summarised and logged at each
+            window end, and a last, shorter window is summarised at the end of training.
+        layers: activation names to watch; ``None`` watches every ReLU-family activation.
+        collect_every_n_steps: collect statistics on every this-many-th training batch only (1 = all).
+        dead_fraction_threshold: dead fraction in [0, 1] at which a layer alerts.
+        alert_on_growth: alert again when the set of dead channels of a layer at or above the threshold
+            grows.
+        on_dead: ``"warn"``, ``"stop"`` or a callable taking a :class:`DeadFilterEvent`.
+        log_histograms: log per-channel firing-rate histograms.
+        max_map_windows: the dead map shows at most this many most recent windows.
+        batch_to_images: function from a training batch to its image tensor (N, C, H, W); by default the
+            batch itself, its first element, or its ``"image"`` key.
+        on_error: ``"warn"`` (report once, switch the failing piece off, keep training) or ``"raise"``.
+
+    Example:
+        >>> from lightning.pytorch import Trainer
+        >>> monitor = ActivationMonitor(every_n_steps=50, on_dead="warn")
+        >>> trainer = Trainer(callbacks=[monitor], logger=False, enable_progress_bar=False)
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        layers: Sequence[str] | None = None,
+        collect_every_n_steps: int = 1,
+        dead_fraction_threshold: float = 0.1,
+        alert_on_growth: bool = True,
+        on_dead: DeadPolicy = "warn",
+        log_histograms: bool = True,
+        max_map_windows: int = 100,
+        batch_to_images: Callable[[Any], Tensor] | None = None,
+        on_error: Literal["warn", "raise"] = "warn",
+    ) -> None:
+        super().__init__(on_error=on_error)
+        who = self._who
+        self.every_n_steps = check_positive_int(who, "every_n_steps", every_n_steps)
+        self.collect_every_n_steps = check_positive_int(who, "collect_every_n_steps", collect_every_n_steps)
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise TypeError(f"{who}: `layers` must be a list of activation names or None, got {layers!r}.")
+        self.layers = list(layers) if layers is not None else None
+        if (
+            isinstance(dead_fraction_threshold, bool)
+            or not isinstance(dead_fraction_threshold, (int, float))
+            or not 0.0 <= dead_fraction_threshold <= 1.0
+        ):
+            raise ValueError(
+                f"{who}: `dead_fraction_threshold` must be a number in [0, 1], got {dead_fraction_threshold!r}."
+            )
+        self.dead_fraction_threshold = float(dead_fraction_threshold)
+        self.alert_on_growth = bool(alert_on_growth)
+        if not (on_dead in ("warn", "stop") or callable(on_dead)):
+            raise ValueError(
+                f"{who}: `on_dead` can be 'warn', 'stop' or a callable taking a DeadFilterEvent, got {on_dead!r}."
+            )
+        self.on_dead = on_dead
+        self.log_histograms = bool(log_histograms)
+        self.max_map_windows = check_positive_int(who, "max_map_windows", max_map_windows)
+        if batch_to_images is not None and not callable(batch_to_images):
+            raise TypeError(f"{who}: `batch_to_images` must be a callable or None, got {batch_to_images!r}.")
+        self.batch_to_images = batch_to_images
+
+        self.sites: list[ReluSite] | None = None
+        self._stats: ActivationStats | None = None
+        self._tap: Any = None
+        self._collecting = False
+        self._batches_in_window = 0
+        self._batch_counter = 0
+        # history, kept in state_dict
+        self._windows = 0
+        self._rate_history: dict[str, list[list[float]]] = {}
+        self._last_dead: dict[str, list[int]] = {}
+        self._over_threshold: dict[str, bool] = {}
+        self._alerts: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ state
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=self.layers, every_n_steps=self.every_n_steps)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "windows": self._windows,
+            "rate_history": {k: [list(r) for r in v] for k, v in self._rate_history.items()},
+            "last_dead": {k: list(v) for k, v in self._last_dead.items()},
+            "over_threshold": dict(self._over_threshold),
+            "alerts": list(self._alerts),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._windows = int(state_dict.get("windows", 0))
+        self._rate_history = {k: [list(r) for r in v] for k, v in state_dict.get("rate_history", {}).items()}
+        self._last_dead = {k: list(v) for k, v in state_dict.get("last_dead", {}).items()}
+        self._over_threshold = dict(state_dict.get("over_threshold", {}))
+        self._alerts = list(state_dict.get("alerts", []))
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert so far (as dicts of :class:`DeadFilterEvent` fields), oldest first."""
+        return list(self._alerts)
+
+    # ------------------------------------------------------------------ setup
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_model(pl_module)
+        if self.layers is not None:
+            self._check_names_without_forward(pl_module)
+        example = getattr(pl_module, "example_input_array", None)
+        if isinstance(example, Tensor) and self.sites is None:
+            self._discover(pl_module, example.to(pl_module.device))
+
+    def _check_names_without_forward(self, pl_module: pl.LightningModule) -> None:
+        modules = dict(pl_module.named_modules())
+        relu_modules = [n for n, m in modules.items() if isinstance(m, RELU_MODULE_TYPES)]
+        for name in self.layers or []:
+            base = name.split("#", 1)[0]
+            if base in modules:
+                if isinstance(modules[base], RELU_MODULE_TYPES):
+                    continue
+                raise ValueError(
+                    f"ActivationMonitor `layers`: {name!r} is a {type(modules[base]).__name__}, not a ReLU-family "
+                    f"activation. ReLU modules of this model: {format_names(relu_modules) or 'none'}; functional "
+                    "calls are named '<module>.relu' after the module whose forward makes them."
+                )
+            match = _FUNCTIONAL_NAME.match(name)
+            if match and (match.group("scope") or "") in modules:
+                continue  # checked against the real calls on the first batch
+            raise ValueError(
+                f"ActivationMonitor `layers`: no activation named {name!r}. ReLU modules of this model: "
+                f"{format_names(relu_modules) or 'none'}; functional calls (F.relu, torch.relu, x.relu()) are "
+                "named '<module>.relu' after the module whose forward makes them ('relu' for the model's own "
+                "forward), '#2', '#3' marking repeated calls."
+            )
+
+    def _discover(self, pl_module: pl.LightningModule, images: Tensor) -> None:
+        try:
+            sites = find_relu_sites(pl_module, images[:2])
+        except Exception as error:
+            raise RuntimeError(
+                f"ActivationMonitor: calling {type(pl_module).__name__} on a batch of images of shape "
+                f"{tuple(images.shape)} failed ({type(error).__name__}: {error}). The monitor finds the "
+                "activations by running the LightningModule's forward(images) once; define forward, or pass "
+                "`batch_to_images=` if the images are not where the monitor looked."
+            ) from error
+        if not sites:
+            raise ValueError(
+                f"ActivationMonitor: {type(pl_module).__name__} computes no ReLU-family activation (nn.ReLU, "
+                "nn.ReLU6, F.relu, torch.relu, relu_) in its forward; there is nothing to monitor."
+            )
+        if self.layers is not None:
+            by_name = {site.name: site for site in sites}
+            unknown = [name for name in self.layers if name not in by_name]
+            if unknown:
+                raise ValueError(
+                    f"ActivationMonitor `layers`: no activation named {unknown[0]!r}. Activations found in "
+                    f"the forward pass: {format_names(list(by_name))}."
+                )
+            sites = [by_name[name] for name in self.layers]
+        self.sites = sites
+
+    # ------------------------------------------------------------------ training
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sink_for(trainer)
+        self._batches_in_window = 0
+        self._batch_counter = 0
+
+    def _start(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        if self.batch_to_images is not None:
+            images = self.batch_to_images(batch)
+            if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+                raise TypeError(
+                    "ActivationMonitor: `batch_to_images` must return a floating image tensor of shape "
+                    f"(N, C, H, W), got {images!r:.200}."
+                )
+        else:
+            images = images_from_batch(batch, who="ActivationMonitor")
+        if self.sites is None:
+            self._discover(pl_module, images)
+        assert self.sites is not None
+        self._stats = ActivationStats(
+            {site.name: site.num_channels for site in self.sites}, device=images.device
+        )
+        self._tap = tap_relus(pl_module, self.sites, self._on_activation)
+        self._tap.__enter__()
+
+    def _on_activation(self, name: str, output: Tensor) -> None:
+        if self._collecting and self._stats is not None:
+            self._stats.update(name, output)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._tap is None:
+            self._start(pl_module, batch)
+        self._tap.reset()
+        self._collecting = "statistics" not in self._disabled and (
+            self._batch_counter % self.collect_every_n_steps == 0
+        )
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._collecting and self._stats is not None:
+            self._stats.step()
+        self._collecting = False
+        self._batch_counter += 1
+        self._batches_in_window += 1
+        if self._batches_in_window >= self.every_n_steps:
+            self._end_window(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run("dead map", self._log_dead_maps, trainer)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._batches_in_window > 0:
+            self._end_window(trainer)
+            self._run("dead map", self._log_dead_maps, trainer)
+        self._cleanup()
+
+    @override
+    def _cleanup(self) -> None:
+        if self._tap is not None:
+            self._tap.close()
+        self._tap = None
+        self._collecting = False
+
+    # ------------------------------------------------------------------ windows
+    def _end_window(self, trainer: pl.Trainer) -> None:
+        self._batches_in_window = 0
+        stats = self._stats
+        if stats is None or "statistics" in self._disabled:
+            return
+        # Every rank reaches this collective: windows are counted in training batches on each rank alike.
+        summary = self._run("statistics", stats.summary)
+        stats.reset()
+        if summary is None or summary.steps == 0:
+            return
+        self._windows += 1
+        for name, layer in summary.layers.items():
+            history = self._rate_history.setdefault(name, [])
+            history.append(layer.firing_rate.tolist())
+            del history[: -self.max_map_windows]
+        self._run("activation scalars", self._log_window, trainer, summary)
+        events = self._run("dead-filter alerts", self._check_alerts, trainer, summary) or []
+        if events:
+            self._run("dead map", self._log_dead_maps, trainer)
+            self._act_on(trainer, events)
+
+    def _log_window(self, trainer: pl.Trainer, summary: ActivationSummary) -> None:
+        sink = self._sink_for(trainer)
+        if not sink.active:
+            return
+        step = trainer.global_step
+        scalars: dict[str, float] = {}
+        for name, layer in summary.layers.items():
+            scalars[f"cnnviz/activations/sparsity/{name}"] = layer.sparsity
+            scalars[f"cnnviz/activations/dead/{name}"] = float(len(layer.dead_channels))
+            scalars[f"cnnviz/activations/dead_fraction/{name}"] = layer.dead_fraction
+            if self.log_histograms:
+                sink.histogram(f"cnnviz/activations/firing_rate/{name}", layer.firing_rate, step)
+        sink.scalars(scalars, step)
+
+    def _log_dead_maps(self, trainer: pl.Trainer) -> None:
+        sink = self._sink_for(trainer)
+        if not sink.active:
+            return
+        for name, history in self._rate_history.items():
+            if history:
+                rates = torch.tensor(history, dtype=torch.float32).T  # (channels, windows)
+                sink.image(f"cnnviz/activations/dead_map/{name}", dead_filter_map(rates), trainer.global_step)
+
+    def _check_alerts(self, trainer: pl.Trainer, summary: ActivationSummary) -> list[DeadFilterEvent]:
+        events: list[DeadFilterEvent] = []
+        learning_rate = _learning_rate(trainer)
+        for name, layer in summary.layers.items():
+            dead = layer.dead_channels
+            fraction = layer.dead_fraction
+            previous = self._last_dead.get(name)
+            over = fraction > 0 and fraction >= self.dead_fraction_threshold
+            crossed = over and not self._over_threshold.get(name, False)
+            new_dead = sorted(set(dead) - set(previous)) if previous is not None else []
+            # Growth alerts only once the layer is at the threshold: a lone channel flickering in and out of
+            # a window in a healthy layer is not news; more filters dying in a layer that is already
+            # losing them is.
+            grew = self.alert_on_growth and over and bool(new_dead)
+            self._over_threshold[name] = over
+            self._last_dead[name] = dead
+            if not (crossed or grew):
+                continue
+            reason: Literal["threshold", "growth"] = "threshold" if crossed else "growth"
+            message = _alert_message(
+                name,
+                layer.num_channels,
+                dead,
+                new_dead,
+                fraction,
+                self.dead_fraction_threshold,
+                reason,
+                summary.steps,
+                learning_rate,
+                trainer.global_step,
+            )
+            events.append(
+                DeadFilterEvent(
+                    layer=name,
+                    reason=reason,
+                    dead_channels=dead,
+                    new_dead_channels=new_dead,
+                    num_channels=layer.num_channels,
+                    dead_fraction=fraction,
+                    threshold=self.dead_fraction_threshold,
+                    global_step=trainer.global_step,
+                    epoch=trainer.current_epoch,
+                    window_steps=summary.steps,
+                    learning_rate=learning_rate,
+                    message=message,
+                )
+            )
+        return events
+
+    def _act_on(self, trainer: pl.Trainer, events: list[DeadFilterEvent]) -> None:
+        sink = self._sink_for(trainer)
+        for event in events:
+            self._alerts.append(asdict(event))
+            rank_zero_warn(event.message)
+            sink.text("cnnviz/alerts", event.message, trainer.global_step)
+            if callable(self.on_dead) and trainer.is_global_zero:
+                self.on_dead(event)
+        sink.flush()
+        if self.on_dead == "stop":
+            trainer.should_stop = True
+
+
+def _learning_rate(trainer: pl.Trainer) -> float | None:
+    try:
+        return float(trainer.optimizers[0].param_groups[0]["lr"])
+    except (IndexError, KeyError, AttributeError, TypeError):
+        return None
+
+
+def _alert_message(
+    layer: str,
+    num_channels: int,
+    dead: list[int],
+    new_dead: list[int],
+    fraction: float,
+    threshold: float,
+    reason: str,
+    window_steps: int,
+    learning_rate: float | None,
+    global_step: int,
+) -> str:
+    shown = ", ".join(map(str, dead[:64])) + (f", ... ({len(dead) - 64} more)" if len(dead) > 64 else "")
+    why = (
+        f"the dead fraction reached the threshold {threshold:.0%}"
+        if reason == "threshold"
+        else f"{len(new_dead)} channel(s) died since the previous window: {new_dead[:32]}"
+    )
+    lr_text = f"{learning_rate:g}" if learning_rate is not None else "unknown"
+    return (
+        f"ActivationMonitor: {len(dead)} of {num_channels} filters ({fraction:.1%}) of layer '{layer}' are dead "
+        f"at step {global_step}: they never fired (> 0) on any input of the last {window_steps} training "
+        f"step(s) ({why}). Dead channels: [{shown}]. Current learning rate: {lr_text}. A too-high learning "
+        "rate is a common cause of dying ReLUs: consider lowering it or adding warm-up."
+    )

@@ -1,0 +1,71 @@
+"""Tap named modules' outputs (and ReLU sites) during a forward pass; every hook is gone on exit."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_cnnviz.core.layers import resolve_modules
+from lightning_cnnviz.core.relu_sites import ReluSite, tap_relus
+
+__all__ = ["capture"]
+
+
+@contextlib.contextmanager
+def capture(
+    model: nn.Module,
+    layers: Sequence[str],
+    *,
+    sites: Sequence[ReluSite] = (),
+    detach: bool = True,
+) -> Iterator[dict[str, Tensor]]:
+    """Record the outputs of named modules (or ReLU sites) during forward passes inside the block.
+
+    Outputs are cloned when recorded, so a later in-place operation (``nn.ReLU(inplace=True)`` after a
+    conv, ``x += shortcut``) cannot change what was captured. A module called several times keeps its
+    last output. Hooks are removed on exit, also when the forward raised.
+
+    Args:
+        model: the network.
+        layers: module names from ``model.named_modules()``, or names of ``sites``.
+        sites: ReLU sites (from :func:`find_relu_sites`) that ``layers`` may name; functional calls such
+            as ``F.relu`` inside ``forward`` can only be captured this way.
+        detach: detach the captured tensors from the autograd graph (default); keep them attached to
+            take gradients with respect to them.
+
+    Raises:
+        ValueError: a name that is neither a module nor a given site; the message lists the valid names.
+
+    Example:
+        >>> import torch
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True))
+        >>> with capture(net, ["0"]) as outputs:
+        ...     _ = net(-torch.ones(1, 1, 4, 4))
+        >>> outputs["0"].shape  # the conv output before the in-place ReLU overwrote it
+        torch.Size([1, 2, 2, 2])
+    """
+    site_by_name = {site.name: site for site in sites}
+    module_names = [name for name in layers if name not in site_by_name]
+    modules = resolve_modules(model, module_names, what="capture layer", extra_valid=site_by_name)
+    outputs: dict[str, Tensor] = {}
+
+    def keep(name: str, output: Tensor) -> None:
+        outputs[name] = output.detach().clone() if detach else output.clone()
+
+    handles = []
+    chosen_sites = [site_by_name[name] for name in layers if name in site_by_name]
+    with contextlib.ExitStack() as stack:
+        for name, module in modules.items():
+
+            def hook(module: nn.Module, args: Any, output: Any, _name: str = name) -> None:
+                if isinstance(output, Tensor):
+                    keep(_name, output)
+
+            handles.append(module.register_forward_hook(hook))
+            stack.callback(handles[-1].remove)
+        if chosen_sites:
+            stack.enter_context(tap_relus(model, chosen_sites, keep))
+        yield outputs

@@ -1,0 +1,104 @@
+"""Batched image helpers: tiling, normalisation, nearest-neighbour upscaling, and batch unpacking."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["images_from_batch", "normalize_per_item", "tile_grid", "upscale_nearest"]
+
+_IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"Tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)} elements"
+    if isinstance(value, Mapping):
+        return f"{type(value).__name__} with keys {list(value)[:10]}"
+    return type(value).__name__
+
+
+def images_from_batch(batch: Any, *, who: str = "lightning_cnnviz") -> Tensor:
+    """The image tensor of a batch: the batch itself, its first element, or its ``'image'``-like key.
+
+    Raises:
+        TypeError: no image tensor of shape (N, C, H, W) with a floating dtype could be found; the message
+            says what the batch was and what is accepted.
+    """
+    candidate: Any = batch
+    if isinstance(batch, (list, tuple)) and batch:
+        candidate = batch[0]
+    elif isinstance(batch, Mapping):
+        key = next((k for k in _IMAGE_KEYS if k in batch), None)
+        candidate = batch[key] if key is not None else None
+    if isinstance(candidate, Tensor) and candidate.dim() == 4 and candidate.is_floating_point():
+        return candidate
+    raise TypeError(
+        f"{who}: the batch must hold an image tensor of shape (N, C, H, W) with a floating dtype: the batch "
+        f"itself, the first element of a (images, labels) tuple/list, or a dict value under one of "
+        f"{list(_IMAGE_KEYS)}. Got a batch that is {_describe(batch)}"
+        + ("" if candidate is batch else f", whose image candidate is {_describe(candidate)}")
+        + ". Pass `batch_to_images=` to tell the monitor where the images are."
+    )
+
+
+def normalize_per_item(values: Tensor, eps: float = 1e-12) -> Tensor:
+    """Scale each item (dimension 0) to [0, 1] by its own min and max; constant items become 0.5."""
+    flat = values.reshape(values.shape[0], -1)
+    low = flat.amin(dim=1, keepdim=True)
+    high = flat.amax(dim=1, keepdim=True)
+    span = high - low
+    scaled = torch.where(span > eps, (flat - low) / span.clamp_min(eps), torch.full_like(flat, 0.5))
+    return scaled.reshape(values.shape)
+
+
+def upscale_nearest(images: Tensor, factor: int) -> Tensor:
+    """Repeat each pixel ``factor`` x ``factor`` times (no smoothing, so single weights stay visible)."""
+    if factor <= 1:
+        return images
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def tile_grid(
+    tiles: Tensor,
+    ncol: int | None = None,
+    *,
+    padding: int = 1,
+    pad_value: float = 1.0,
+) -> Tensor:
+    """Lay out ``tiles`` (N, C, h, w) row by row into one image (C, H, W) with ``padding`` px between tiles.
+
+    ``ncol`` defaults to ``ceil(sqrt(N))``. Unused cells are filled with ``pad_value``.
+    """
+    if tiles.dim() != 4:
+        raise ValueError(f"tile_grid expects tiles of shape (N, C, h, w), got {tuple(tiles.shape)}")
+    count, channels, height, width = tiles.shape
+    ncol = max(1, min(ncol or math.ceil(math.sqrt(max(count, 1))), max(count, 1)))
+    nrow = max(1, math.ceil(count / ncol))
+    cell_h, cell_w = height + padding, width + padding
+    grid = tiles.new_full((channels, nrow * cell_h + padding, ncol * cell_w + padding), pad_value)
+    if count == 0:
+        return grid
+    filled = tiles.new_full((nrow * ncol, channels, height, width), pad_value)
+    filled[:count] = tiles
+    cells = torch.nn.functional.pad(filled, (padding, 0, padding, 0), value=pad_value)
+    body = (
+        cells.reshape(nrow, ncol, channels, cell_h, cell_w)
+        .permute(2, 0, 3, 1, 4)
+        .reshape(channels, nrow * cell_h, ncol * cell_w)
+    )
+    grid[:, : nrow * cell_h, : ncol * cell_w] = body
+    return grid
+
+
+def stack_rows(rows: Sequence[Tensor], pad_value: float = 1.0) -> Tensor:
+    """Concatenate images (C, h_i, w_i) vertically, padding narrower ones on the right."""
+    width = max(row.shape[-1] for row in rows)
+    padded = [torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=pad_value) for row in rows]
+    return torch.cat(padded, dim=-2)

@@ -1,0 +1,157 @@
+"""Demo CNNs and a LightningModule classifier for examples, tests and benchmarks."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ImageClassifier", "SmallCNN", "resnet18_cifar"]
+
+ActivationStyle = Literal["module", "inplace", "functional"]
+
+
+class SmallCNN(nn.Module):
+    """Three conv layers and a two-layer head; the first layer has big kernels so its filters are easy to see.
+
+    ``conv1`` (``channels[0]`` filters, ``first_kernel`` x ``first_kernel``) -> ReLU -> max-pool ->
+    ``conv2`` 3x3 -> ReLU -> max-pool -> ``conv3`` 3x3 -> ReLU -> global average pool -> ``fc``. The input
+    of ``fc`` (the pooled ``conv3`` features) is the penultimate code. There is no hidden fully connected
+    ReLU layer on purpose: its inputs (pooled ReLU outputs) are all positive, so at initialisation a large
+    share of such units never fire on any input, which would look like dead filters in a healthy network.
+    Works for any input size of at least 4x4.
+
+    Args:
+        in_channels: 1 for grayscale, 3 for RGB.
+        num_classes: outputs of the last layer.
+        channels: filters of the three conv layers.
+        first_kernel: kernel size of ``conv1`` (odd).
+        activation: ``"module"`` (``nn.ReLU`` modules), ``"inplace"`` (``nn.ReLU(inplace=True)``) or
+            ``"functional"`` (``F.relu`` called in ``forward``: no ReLU modules at all).
+
+    Example:
+        >>> SmallCNN(in_channels=1, num_classes=10)(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        channels: tuple[int, int, int] = (16, 32, 64),
+        first_kernel: int = 5,
+        activation: ActivationStyle = "module",
+    ) -> None:
+        super().__init__()
+        if activation not in ("module", "inplace", "functional"):
+            raise ValueError(f"activation can be 'module', 'inplace' or 'functional', got {activation!r}")
+        self.activation = activation
+        c1, c2, c3 = channels
+        self.conv1 = nn.Conv2d(in_channels, c1, first_kernel, padding=first_kernel // 2)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
+        self.fc = nn.Linear(c3, num_classes)
+        if activation != "functional":
+            inplace = activation == "inplace"
+            self.relu1 = nn.ReLU(inplace=inplace)
+            self.relu2 = nn.ReLU(inplace=inplace)
+            self.relu3 = nn.ReLU(inplace=inplace)
+
+    def _act(self, index: int, x: Tensor) -> Tensor:
+        if self.activation == "functional":
+            return F.relu(x)
+        module: nn.Module = getattr(self, f"relu{index}")
+        return module(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(self._act(1, self.conv1(x)), 2)
+        x = F.max_pool2d(self._act(2, self.conv2(x)), 2)
+        x = self._act(3, self.conv3(x))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+def resnet18_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18 shaped for 32x32 inputs: a 3x3 stride-1 stem and no stem max-pool.
+
+    Its ``BasicBlock`` calls one ``nn.ReLU(inplace=True)`` module twice per forward, so the activations are
+    named ``layer1.0.relu`` and ``layer1.0.relu#2``.
+    """
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()  # type: ignore[assignment]
+    return model
+
+
+class ImageClassifier(pl.LightningModule):
+    """Cross-entropy image classifier around a demo CNN.
+
+    Args:
+        arch: ``"small_cnn"`` or ``"resnet18"``.
+        in_channels: image channels.
+        num_classes: classes.
+        lr: learning rate.
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        weight_decay: L2 penalty.
+        activation: ReLU style of ``small_cnn`` (see :class:`SmallCNN`).
+        first_kernel: kernel size of ``small_cnn``'s first layer.
+        channels: filters of ``small_cnn``'s conv layers.
+
+    Example:
+        >>> ImageClassifier(in_channels=1, num_classes=10)(torch.zeros(1, 1, 16, 16)).shape
+        torch.Size([1, 10])
+    """
+
+    def __init__(
+        self,
+        arch: Literal["small_cnn", "resnet18"] = "small_cnn",
+        in_channels: int = 1,
+        num_classes: int = 10,
+        lr: float = 1e-3,
+        optimizer: Literal["adam", "sgd"] = "adam",
+        weight_decay: float = 0.0,
+        activation: ActivationStyle = "module",
+        first_kernel: int = 5,
+        channels: tuple[int, int, int] = (16, 32, 64),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if arch == "small_cnn":
+            self.net: nn.Module = SmallCNN(
+                in_channels, num_classes, channels=channels, first_kernel=first_kernel, activation=activation
+            )
+        elif arch == "resnet18":
+            self.net = resnet18_cifar(in_channels, num_classes)
+        else:
+            raise ValueError(f"arch can be 'small_cnn' or 'resnet18', got {arch!r}")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer can be 'adam' or 'sgd', got {optimizer!r}")
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images)
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(dim=1) == labels).float().mean()
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=stage == "val")
+        self.log(f"{stage}_acc", accuracy, prog_bar=True, sync_dist=stage == "val")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
