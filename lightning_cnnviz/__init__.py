@@ -1,16 +1,43 @@
-"""lightning_cnnviz: Lightning callbacks that show in TensorBoard, while a CNN trains, what it learns and when it breaks.
+"""lightning_cnnviz: Lightning callbacks that show in TensorBoard, while a CNN trains, what it learns and when
+it breaks.
 
 Add the monitors to your Trainer::
 
     from lightning_cnnviz import ActivationMonitor, FilterMonitor
     trainer = Trainer(callbacks=[FilterMonitor(), ActivationMonitor()])
 
-The tensor work lives in :mod:`lightning_cnnviz.core` (pure torch, usable without Lightning).
+The tensor work lives in :mod:`lightning_cnnviz.core` (pure torch). The names below are loaded on first use,
+so ``import lightning_cnnviz.core`` works without Lightning or TensorBoard installed.
 """
 
-from lightning_cnnviz.callbacks import ActivationMonitor, DeadFilterEvent, FilterMonitor
-from lightning_cnnviz.sink import TensorBoardSink
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_cnnviz.callbacks import ActivationMonitor, DeadFilterEvent, FilterMonitor
+    from lightning_cnnviz.sink import TensorBoardSink
 
 __version__ = "0.1.0"
 
 __all__ = ["ActivationMonitor", "DeadFilterEvent", "FilterMonitor", "TensorBoardSink", "__version__"]
+
+_LAZY = {
+    "ActivationMonitor": "lightning_cnnviz.callbacks",
+    "DeadFilterEvent": "lightning_cnnviz.callbacks",
+    "FilterMonitor": "lightning_cnnviz.callbacks",
+    "TensorBoardSink": "lightning_cnnviz.sink",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_cnnviz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -41,7 +41,7 @@ class SmallCNN(nn.Module):
         self,
         in_channels: int = 1,
         num_classes: int = 10,
-        channels: tuple[int, int, int] = (16, 32, 64),
+        channels: tuple[int, int, int] = (32, 64, 128),
         first_kernel: int = 5,
         activation: ActivationStyle = "module",
     ) -> None:
@@ -117,7 +117,7 @@ class ImageClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         activation: ActivationStyle = "module",
         first_kernel: int = 5,
-        channels: tuple[int, int, int] = (16, 32, 64),
+        channels: tuple[int, int, int] = (32, 64, 128),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -45,7 +45,7 @@ class LayerSummary:
 
     @property
     def dead_mask(self) -> Tensor:
-        """Channels that never fired in the window (bool). Non-finite counts are not called dead."""
+        """Channels that never fired in the window (bool)."""
         return self.firing == 0
 
     @property
@@ -55,11 +55,6 @@ class LayerSummary:
     @property
     def dead_fraction(self) -> float:
         return float(self.dead_mask.sum()) / max(self.num_channels, 1)
-
-    @property
-    def finite(self) -> bool:
-        """False when a NaN/inf reached this layer's activations during the window."""
-        return bool(torch.isfinite(self.firing).all())
 
 
 @dataclass(frozen=True)
@@ -73,8 +68,11 @@ class ActivationSummary:
 class ActivationStats:
     """Accumulates per-layer, per-channel firing counts on the activations' device, with no host sync.
 
-    ``update`` costs one fused reduction per layer (the ``sign`` of a non-negative activation is its
-    firing indicator, summed over every dimension but the channel one). Counts live in float64 on the
+    ``update`` costs two passes over the activation (its ``sign``, which for a non-negative activation is
+    the firing indicator, then a sum over every dimension but the channel one). On CPU the ``sign`` is
+    written into one reused scratch buffer (at most ``max_scratch_elements``, larger activations are
+    processed in batch chunks), because page-faulting a fresh activation-sized temporary on every step
+    costs more than the arithmetic. Counts live in float64 on the
     device and are exact integers (each update adds at most 2**24 per channel). ``summary`` sums the counts of every
     process in one collective (so all ranks agree on the dead filters) and moves them to the host in one
     copy.
@@ -87,8 +85,15 @@ class ActivationStats:
         ([1.0, 0.0, 2.0], [1], 0.5)
     """
 
-    def __init__(self, channels: Mapping[str, int], device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        channels: Mapping[str, int],
+        device: torch.device | str | None = None,
+        max_scratch_elements: int = 1 << 23,
+    ) -> None:
         self.channels = dict(channels)
+        self.max_scratch_elements = max_scratch_elements
+        self._scratch: Tensor | None = None
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._firing: dict[str, Tensor] = {}
         self._positions: dict[str, int] = {}
@@ -120,15 +125,33 @@ class ActivationStats:
         if channels != expected:
             raise ValueError(f"activation {name!r} has {channels} channels, expected {expected}")
         dims = [0, *range(2, values.dim())]
+        firing = self._firing[name]
+        if firing.device != values.device:
+            firing = self._firing[name] = firing.to(values.device)
         with torch.no_grad():
-            # sign(x) is 1 where x > 0 and 0 where x == 0 (ReLU outputs are never negative); NaN stays NaN,
-            # so a diverged layer shows as non-finite rather than as dead.
-            counts = torch.sign(values).sum(dim=dims, dtype=torch.float32)
-            firing = self._firing[name]
-            if firing.device != counts.device:
-                firing = self._firing[name] = firing.to(counts.device)
-            firing.add_(counts)
+            # sign(x) is 1 where x > 0 and 0 where x == 0 (ReLU outputs are never negative). NaN counts as
+            # not firing, so a layer that diverged to NaN shows as dead and alerts.
+            if values.device.type == "cpu":
+                # A fresh activation-sized temporary costs page faults on every step on CPU; a reused
+                # scratch buffer does not (GPU caching allocators reuse memory anyway).
+                rows = self._chunk_rows(values)
+                for chunk in (values,) if rows >= values.shape[0] else values.split(rows):
+                    scratch = self._scratch_for(chunk)
+                    firing.add_(torch.sign(chunk, out=scratch).sum(dim=dims, dtype=torch.float32))
+            else:
+                firing.add_(torch.sign(values).sum(dim=dims, dtype=torch.float32))
         self._positions[name] += values.numel() // channels
+
+    def _chunk_rows(self, values: Tensor) -> int:
+        per_row = max(1, values[0].numel())
+        return max(1, self.max_scratch_elements // per_row)
+
+    def _scratch_for(self, chunk: Tensor) -> Tensor:
+        needed = chunk.numel()
+        scratch = self._scratch
+        if scratch is None or scratch.numel() < needed or scratch.dtype != chunk.dtype:
+            scratch = self._scratch = torch.empty(needed, dtype=chunk.dtype, device=chunk.device)
+        return scratch[:needed].view(chunk.shape)
 
     def step(self) -> None:
         """Count one training step in the window."""

@@ -1,0 +1,145 @@
+"""Overhead of FilterMonitor + ActivationMonitor on real training: wall time and peak memory ratios.
+
+The demo CNN trains on Fashion-MNIST (``../shared/data/fashion-mnist``) for a fixed number of steps, with and
+without both monitors (activation statistics collected on every step), alternating in one process so both
+see the same machine state. Prints per-run times, the median ratio and the peak-memory ratio.
+
+    python benchmarks/overhead.py                  # CPU, 300 steps x 9 repeats
+    python benchmarks/overhead.py --device cuda     # on a GPU
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the peak resident set size above the
+resident size at the start of the run, sampled every millisecond by a thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_cnnviz import ActivationMonitor, FilterMonitor
+from lightning_cnnviz.data import IDXDataModule
+from lightning_cnnviz.models import ImageClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in bytes."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._base = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes() - self._base)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss_bytes() - self._base)
+
+
+def run_once(data: IDXDataModule, steps: int, monitors: bool, device: str, logdir: str) -> tuple[float, int]:
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier(arch="small_cnn", in_channels=1, num_classes=10, lr=1e-3)
+    callbacks: list[pl.Callback] = []
+    if monitors:
+        callbacks = [FilterMonitor(every_n_epochs=1), ActivationMonitor(every_n_steps=50, collect_every_n_steps=1)]
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        callbacks=callbacks,
+        logger=TensorBoardLogger(logdir, name="with" if monitors else "without"),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=50,
+    )
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, memory.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fashion-mnist"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    data = IDXDataModule(args.data, batch_size=args.batch_size)
+    data.setup()
+    print(f"device={args.device} torch_threads={torch.get_num_threads()} steps={args.steps} "
+          f"batch={args.batch_size} repeats={args.repeats}")
+    times: dict[bool, list[float]] = {False: [], True: []}
+    peaks: dict[bool, list[int]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as logdir:
+        run_once(data, 20, True, args.device, logdir)  # warm-up: imports, allocator, kernels
+        run_once(data, 20, False, args.device, logdir)
+        for repeat in range(args.repeats):
+            order = (False, True) if repeat % 2 == 0 else (True, False)
+            for monitors in order:
+                seconds, peak = run_once(data, args.steps, monitors, args.device, logdir)
+                times[monitors].append(seconds)
+                peaks[monitors].append(peak)
+                print(f"repeat {repeat} {'with   ' if monitors else 'without'} monitors: {seconds:7.3f} s "
+                      f"peak +{peak / 2**20:7.1f} MiB")
+    base, with_monitors = statistics.median(times[False]), statistics.median(times[True])
+    ratios = [w / b for w, b in zip(times[True], times[False], strict=True)]
+    mem_base, mem_with = max(peaks[False]), max(peaks[True])
+    print(f"median wall time: without {base:.3f} s, with {with_monitors:.3f} s")
+    print(f"wall-time ratio (median with / median without): {with_monitors / base:.3f} "
+          f"(per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.03)")
+    print(f"peak-memory ratio: {mem_with / max(mem_base, 1):.3f} "
+          f"({mem_with / 2**20:.1f} MiB vs {mem_base / 2**20:.1f} MiB above the start)")
+
+
+if __name__ == "__main__":
+    main()

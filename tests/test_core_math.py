@@ -1,0 +1,157 @@
+"""Numbers of the core against independent references: NumPy brute force, hand-computed values, torchvision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from lightning_cnnviz.core import (
+    ActivationStats,
+    dead_filter_map,
+    filter_smoothness,
+    images_from_batch,
+    render_filter_grid,
+    tile_grid,
+)
+
+
+def brute_force(batches: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Firing counts per channel by explicit loops over every value (no vectorised reduction)."""
+    channels = batches[0].shape[1]
+    counts = np.zeros(channels, dtype=np.int64)
+    positions = 0
+    for batch in batches:
+        moved = np.moveaxis(batch, 1, 0).reshape(channels, -1)
+        positions += moved.shape[1]
+        for c in range(channels):
+            counts[c] += sum(1 for value in moved[c] if value > 0)
+    return counts, positions
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 3, 3), (7, 6), (3, 5, 11)])
+@pytest.mark.parametrize("scratch", [1 << 23, 17])
+def test_activation_stats_match_brute_force(shape: tuple[int, ...], scratch: int) -> None:
+    generator = torch.Generator().manual_seed(sum(shape))
+    batches = []
+    for _ in range(3):
+        values = torch.randn(shape, generator=generator).clamp_min(0)
+        values[:, 1] = 0  # channel 1 never fires
+        batches.append(values)
+    stats = ActivationStats({"layer": shape[1]}, max_scratch_elements=scratch)
+    for values in batches:
+        stats.update("layer", values)
+        stats.step()
+    summary = stats.summary()
+    layer = summary.layers["layer"]
+    counts, positions = brute_force([b.numpy() for b in batches])
+    assert layer.firing.tolist() == counts.astype(float).tolist()
+    assert layer.positions == positions
+    assert layer.dead_channels == [1]
+    assert layer.sparsity == pytest.approx(1 - counts.sum() / (positions * shape[1]))
+    assert summary.steps == 3
+    np.testing.assert_allclose(layer.firing_rate.numpy(), counts / positions)
+
+
+def test_activation_stats_merge_equals_pooled_data() -> None:
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 5, 5, generator=generator).clamp_min(0)
+    b = torch.randn(6, 3, 5, 5, generator=generator).clamp_min(0)
+    a[:, 2] = 0
+    b[:, 2] = 0
+    b[:, 0] = 0  # dead in b, alive in a: dead only if dead on every rank
+    rank0, rank1, pooled = (ActivationStats({"x": 3}) for _ in range(3))
+    rank0.update("x", a)
+    rank1.update("x", b)
+    pooled.update("x", torch.cat([a, b]))
+    other = rank1.summary().layers["x"]
+    # a reduce_sum that adds the other "rank"'s flat counts: what all_reduce does over two processes
+    merged = rank0.summary(
+        reduce_sum=lambda flat: flat + torch.cat([other.firing, torch.tensor([float(other.positions), 0.0])])
+    ).layers["x"]
+    expected = pooled.summary().layers["x"]
+    assert merged.firing.tolist() == expected.firing.tolist()
+    assert merged.positions == expected.positions
+    assert merged.dead_channels == [2]
+
+
+def test_nan_activations_count_as_not_firing() -> None:
+    stats = ActivationStats({"x": 2})
+    values = torch.zeros(2, 2, 3, 3)
+    values[:, 0] = float("nan")  # a diverged channel
+    values[1, 1, 0, 0] = 3.0
+    stats.update("x", values)
+    layer = stats.summary().layers["x"]
+    assert layer.dead_channels == [0] and layer.firing.tolist() == [0.0, 1.0]
+
+
+def test_smoothness_hand_computed_values() -> None:
+    ramp = torch.arange(5.0).repeat_interleave(5).reshape(1, 1, 5, 5)
+    # vertical neighbours differ by 1, horizontal by 0: D = 20 / 40 = 0.5; variance of 0..4 = 2
+    assert filter_smoothness(ramp).item() == pytest.approx(1 - 0.5 / 4)
+    checker = torch.tensor([[(-1.0) ** (i + j) for j in range(4)] for i in range(4)]).reshape(1, 1, 4, 4)
+    assert filter_smoothness(checker).item() == pytest.approx(-1.0)  # D = 4, V = 1
+    noise = torch.randn(64, 3, 7, 7, generator=torch.Generator().manual_seed(0))
+    assert abs(filter_smoothness(noise).item()) < 0.05
+    blurred = torch.nn.functional.avg_pool2d(torch.randn(64, 3, 11, 11), 5, stride=1)
+    assert filter_smoothness(blurred).item() > 0.6
+    assert torch.isnan(filter_smoothness(torch.randn(4, 4, 1, 1)))
+
+
+def test_tile_grid_matches_torchvision_make_grid() -> None:
+    from torchvision.utils import make_grid
+
+    tiles = torch.rand(7, 3, 5, 4, generator=torch.Generator().manual_seed(1))
+    for ncol, padding in [(3, 1), (7, 2), (1, 0), (4, 3)]:
+        expected = make_grid(tiles, nrow=ncol, padding=padding, pad_value=0.25)
+        torch.testing.assert_close(tile_grid(tiles, ncol, padding=padding, pad_value=0.25), expected)
+
+
+def test_filter_grid_rgb_and_grayscale_layouts() -> None:
+    weight = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    grid = render_filter_grid(weight, min_tile_px=9, padding=1)
+    # 2x2 grid of 9x9 tiles (3x3 kernels upscaled 3x), 1 px padding around every tile
+    assert grid.shape == (3, 2 * 10 + 1, 2 * 10 + 1)
+    first = weight[0]
+    normalised = (first - first.min()) / (first.max() - first.min())
+    # pixel (1, 1) is the top-left weight of filter 0 in each colour channel
+    torch.testing.assert_close(grid[:, 1, 1], normalised[:, 0, 0])
+    assert grid[:, 1:10, 1:10].amin() == 0 and grid[:, 1:10, 1:10].amax() == 1
+
+    global_grid = render_filter_grid(weight, normalize="global", min_tile_px=3, padding=0)
+    torch.testing.assert_close(global_grid[:, 0, 0], (weight[0, :, 0, 0] - weight.min()) / (weight.max() - weight.min()))
+
+    deep = torch.randn(5, 16, 3, 3)
+    deep_grid = render_filter_grid(deep, max_in_channels=4, min_tile_px=3, padding=1)
+    assert deep_grid.shape == (3, 5 * 4 + 1, 4 * 4 + 1)  # rows = filters, columns = input channels
+    assert torch.equal(deep_grid[0], deep_grid[1])  # grayscale
+
+
+def test_dead_filter_map_colours_dead_cells() -> None:
+    rates = torch.tensor([[0.25, 0.0], [1.0, float("nan")]])
+    image = dead_filter_map(rates, cell_px=2)
+    assert image.shape == (3, 4, 4)
+    torch.testing.assert_close(image[:, 0, 0], torch.full((3,), 0.2 + 0.8 * 0.5))  # sqrt(0.25) = 0.5
+    torch.testing.assert_close(image[:, 1, 3], torch.tensor([0.85, 0.1, 0.1]))
+    torch.testing.assert_close(image[:, 3, 3], torch.tensor([0.1, 0.3, 0.9]))
+
+
+def test_images_from_batch_accepts_common_layouts_and_explains_failures() -> None:
+    images = torch.zeros(2, 1, 4, 4)
+    labels = torch.zeros(2, dtype=torch.long)
+    for batch in (images, (images, labels), [images, labels], {"image": images, "label": labels}):
+        assert images_from_batch(batch) is images
+    with pytest.raises(TypeError, match=r"\(N, C, H, W\).*Tensor of shape \(2, 784\)"):
+        images_from_batch((torch.zeros(2, 784), labels))
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        images_from_batch(torch.zeros(2, 1, 4, 4, dtype=torch.long))
+
+
+def test_update_does_not_sync_or_allocate_per_call_on_cpu() -> None:
+    stats = ActivationStats({"x": 3})
+    values = torch.rand(4, 3, 8, 8)
+    stats.update("x", values)
+    scratch: Tensor | None = stats._scratch
+    stats.update("x", values)
+    assert stats._scratch is scratch  # the scratch buffer is reused
