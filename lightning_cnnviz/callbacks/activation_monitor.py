@@ -282,8 +282,11 @@ class ActivationMonitor(MonitorBase):
         self._tap.__enter__()
 
     def _on_activation(self, name: str, output: Tensor) -> None:
+        # Runs inside the user's forward: an error here must not reach their training step.
         if self._collecting and self._stats is not None:
-            self._stats.update(name, output)
+            self._run("statistics", self._stats.update, name, output)
+            if "statistics" in self._disabled:
+                self._collecting = False
 
     @override
     def on_train_batch_start(
@@ -330,12 +333,13 @@ class ActivationMonitor(MonitorBase):
     def _end_window(self, trainer: pl.Trainer) -> None:
         self._batches_in_window = 0
         stats = self._stats
-        if stats is None or "statistics" in self._disabled:
+        if stats is None:
             return
-        # Every rank reaches this collective: windows are counted in training batches on each rank alike.
-        summary = self._run("statistics", stats.summary)
+        # Every rank reaches this collective, also one whose statistics were switched off after an error
+        # (it contributes what it has): windows are counted in training batches on every rank alike.
+        summary = stats.summary()
         stats.reset()
-        if summary is None or summary.steps == 0:
+        if summary.steps == 0 or "statistics" in self._disabled:
             return
         self._windows += 1
         for name, layer in summary.layers.items():

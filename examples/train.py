@@ -1,0 +1,33 @@
+"""Train a demo CNN with the lightning_cnnviz monitors, configured from YAML (LightningCLI).
+
+    python examples/train.py fit --config configs/digits.yaml
+    python examples/train.py fit --config configs/fashion_mnist.yaml --data.root ../shared/data/fashion-mnist
+    python examples/train.py fit --config configs/cifar10.yaml
+
+Then open TensorBoard on the run's folder (printed at the end).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_cnnviz.models import ImageClassifier
+
+
+class CnnvizCLI(LightningCLI):
+    """LightningCLI that prints the TensorBoard command for the run when fitting ends."""
+
+    def after_fit(self) -> None:
+        trainer: pl.Trainer = self.trainer
+        if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
+            root = trainer.logger.save_dir or trainer.logger.log_dir
+            print(f"\nTraining done. See what the network learned:\n\n    tensorboard --logdir {root}\n")
+
+
+def main() -> None:
+    CnnvizCLI(ImageClassifier, pl.LightningDataModule, subclass_mode_data=True, save_config_kwargs={"overwrite": True})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""FilterMonitor and ActivationMonitor in real Lightning fits on real digits, read back with TensorBoard's reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import global_state_clean, hooks_left, make_trainer, read_events
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor, nn
+
+from lightning_cnnviz import ActivationMonitor, DeadFilterEvent, FilterMonitor
+from lightning_cnnviz.core import ActivationStats
+from lightning_cnnviz.models import ImageClassifier
+
+SMALL = (8, 16, 16)
+DEAD = [1, 4, 6]  # of conv1's 8 channels: 37.5%, above the default 10% threshold
+
+
+def small_model(activation: str = "module", seed: int = 0, **kwargs: Any) -> ImageClassifier:
+    torch.manual_seed(seed)
+    return ImageClassifier(channels=SMALL, activation=activation, **kwargs)
+
+
+def kill_channels(model: ImageClassifier, channels: list[int]) -> None:
+    """Zero weights and a very negative bias: these conv1 channels can never be > 0 after the ReLU."""
+    conv = model.net.conv1
+    with torch.no_grad():
+        conv.weight[channels] = 0.0
+        conv.bias[channels] = -100.0
+
+
+def relu_names(activation: str) -> list[str]:
+    if activation == "functional":
+        return ["net.relu", "net.relu#2", "net.relu#3"]
+    return ["net.relu1", "net.relu2", "net.relu3"]
+
+
+def dead_counts(events: dict[str, Any], layer: str) -> list[float]:
+    return [e.value for e in events["scalars"][f"cnnviz/activations/dead/{layer}"]]
+
+
+@pytest.mark.parametrize("activation", ["module", "inplace", "functional"])
+def test_forced_dead_channels_are_reported_exactly(tmp_path: Path, digits_data: Any, activation: str) -> None:
+    model = small_model(activation)
+    kill_channels(model, DEAD)
+    monitor = ActivationMonitor(every_n_steps=5, on_error="raise")
+    trainer = make_trainer(tmp_path, [monitor])
+    trainer.fit(model, datamodule=digits_data)
+
+    first = relu_names(activation)[0]
+    events = read_events(tmp_path)
+    counts = dead_counts(events, first)
+    assert counts and all(c == len(DEAD) for c in counts)
+    assert monitor._last_dead[first] == DEAD
+    alert = monitor.alerts[0]
+    assert alert["layer"] == first and alert["dead_channels"] == DEAD and alert["reason"] == "threshold"
+    assert alert["learning_rate"] == pytest.approx(0.05)
+    texts = events["text"]["cnnviz/alerts"]
+    assert any(f"layer '{first}'" in t and "[1, 4, 6]" in t and "learning rate" in t for t in texts)
+    # every window's fraction is 3/8 and the map shows those three rows dead
+    fractions = [e.value for e in events["scalars"][f"cnnviz/activations/dead_fraction/{first}"]]
+    assert fractions == pytest.approx([3 / 8] * len(fractions))
+    assert f"cnnviz/activations/dead_map/{first}" in events["images"]
+    assert f"cnnviz/activations/firing_rate/{first}" in events["histograms"]
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+@pytest.mark.parametrize("activation", ["module", "functional"])
+def test_healthy_model_reports_no_dead_filters(tmp_path: Path, digits_data: Any, activation: str) -> None:
+    model = small_model(activation, lr=0.01)
+    with torch.no_grad():
+        for conv in (model.net.conv1, model.net.conv2, model.net.conv3):
+            conv.bias.fill_(0.2)  # every channel starts alive
+    monitor = ActivationMonitor(every_n_steps=11, on_error="raise")
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(model, datamodule=digits_data)
+    events = read_events(tmp_path)
+    for layer in relu_names(activation):
+        assert set(dead_counts(events, layer)) == {0.0}
+        sparsity = [e.value for e in events["scalars"][f"cnnviz/activations/sparsity/{layer}"]]
+        assert all(0.0 < s < 1.0 for s in sparsity)
+    assert monitor.alerts == []
+    assert "cnnviz/alerts" not in events["text"]
+
+
+class RecordImages(pl.Callback):
+    def __init__(self) -> None:
+        self.images: list[Tensor] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.images.append(batch[0].detach().clone())
+
+
+@pytest.mark.parametrize("activation", ["module", "inplace", "functional"])
+def test_dead_sets_equal_brute_force_per_window(tmp_path: Path, digits_data: Any, activation: str) -> None:
+    """Frozen weights (lr = 0): each window's dead channels equal a direct check over that window's images."""
+    model = small_model(activation, lr=0.0, seed=3)
+    kill_channels(model, [2, 5])
+    with torch.no_grad():
+        model.net.conv3.bias[:4] = -3.0  # makes some channels of the last layer die on some windows only
+    recorder = RecordImages()
+    monitor = ActivationMonitor(every_n_steps=4, on_error="raise")
+    trainer = make_trainer(tmp_path, [recorder, monitor], limit_val_batches=0)
+    trainer.fit(model, datamodule=digits_data)
+
+    net = model.net.eval()
+    windows = [recorder.images[i : i + 4] for i in range(0, len(recorder.images), 4)]
+    names = relu_names(activation)
+    seen_dead = 0
+    for index, window in enumerate(windows):
+        with torch.no_grad():
+            x = torch.cat(window)
+            a1 = torch.relu(net.conv1(x))
+            a2 = torch.relu(net.conv2(torch.nn.functional.max_pool2d(a1, 2)))
+            a3 = torch.relu(net.conv3(torch.nn.functional.max_pool2d(a2, 2)))
+        for name, act in zip(names, (a1, a2, a3), strict=True):
+            expected = [c for c in range(act.shape[1]) if not bool((act[:, c] > 0).any())]
+            reported = [c for c, rate in enumerate(monitor._rate_history[name][index]) if rate == 0]
+            assert reported == expected, (index, name)
+            seen_dead += len(expected)
+    assert seen_dead > 2 * len(windows)  # the check compared real dead sets, not only empty ones
+
+
+def test_sparsity_scalar_equals_independent_computation(tmp_path: Path, digits_data: Any) -> None:
+    """One window over a whole epoch of a frozen model: the logged sparsity equals a direct count."""
+    model = small_model(lr=0.0)
+    recorder = RecordImages()
+    trainer = make_trainer(tmp_path, [recorder, ActivationMonitor(every_n_steps=22, on_error="raise")])
+    trainer.fit(model, datamodule=digits_data)
+    with torch.no_grad():
+        relu1 = torch.relu(model.net.conv1(torch.cat(recorder.images)))
+    expected = (relu1 == 0).double().mean().item()
+    logged = read_events(tmp_path)["scalars"]["cnnviz/activations/sparsity/net.relu1"]
+    assert len(logged) == 1 and logged[0].value == pytest.approx(expected, abs=1e-6)
+
+
+def test_filter_monitor_images_smoothness_and_cadence(tmp_path: Path, digits_data: Any) -> None:
+    model = small_model()
+    monitor = FilterMonitor(every_n_epochs=2, layers=["net.conv1", "net.conv2"], on_error="raise")
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3, num_sanity_val_steps=2)
+    trainer.fit(model, datamodule=digits_data)
+    events = read_events(tmp_path)
+    conv1 = events["images"]["cnnviz/filters/net.conv1"]
+    assert [e.step for e in conv1] == [1, 2]  # epoch 1 by cadence, epoch 2 because it is the last
+    assert (conv1[0].width, conv1[0].height) == (3 * 31 + 1, 3 * 31 + 1)  # 8 filters 5x5, upscaled 6x: 3x3 grid
+    assert "cnnviz/filters/net.conv2" in events["images"]
+    smooth = events["scalars"]["cnnviz/filters/smoothness/net.conv1"]
+    from lightning_cnnviz.core import filter_smoothness
+
+    assert smooth[-1].value == pytest.approx(filter_smoothness(model.net.conv1.weight).item(), abs=1e-5)
+
+
+def test_filter_monitor_logs_final_state_when_stopped_by_max_steps(tmp_path: Path, digits_data: Any) -> None:
+    trainer = make_trainer(tmp_path, [FilterMonitor(every_n_epochs=5)], max_epochs=10, max_steps=30)
+    trainer.fit(small_model(), datamodule=digits_data)
+    steps = [e.step for e in read_events(tmp_path)["images"]["cnnviz/filters/net.conv1"]]
+    assert steps == [trainer.current_epoch]
+
+
+class RecordGrads(ImageClassifier):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.grads: list[list[Tensor]] = []
+
+    def on_after_backward(self) -> None:
+        self.grads.append([p.grad.detach().clone() for p in self.parameters()])
+
+
+@pytest.mark.parametrize("activation", ["inplace", "functional"])
+def test_gradients_are_bit_identical_with_and_without_monitors(
+    tmp_path: Path, digits_data: Any, activation: str
+) -> None:
+    runs = []
+    for with_monitors in (False, True):
+        pl.seed_everything(0, verbose=False)
+        model = RecordGrads(channels=SMALL, activation=activation)
+        callbacks = [FilterMonitor(), ActivationMonitor(every_n_steps=3)] if with_monitors else []
+        trainer = make_trainer(tmp_path / str(with_monitors), callbacks, max_epochs=2)
+        trainer.fit(model, datamodule=digits_data)
+        runs.append(model)
+    without, with_ = runs
+    assert len(without.grads) == len(with_.grads) == 44
+    for step_a, step_b in zip(without.grads, with_.grads, strict=True):
+        for a, b in zip(step_a, step_b, strict=True):
+            assert torch.equal(a, b)
+    for a, b in zip(without.parameters(), with_.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class FailingModel(ImageClassifier):
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if batch_idx == 3:
+            raise RuntimeError("boom in training_step")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("activation", ["module", "functional"])
+def test_no_hooks_left_after_fit_exception_and_monitor_error(
+    tmp_path: Path, digits_data: Any, activation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model = FailingModel(channels=SMALL, activation=activation)
+    trainer = make_trainer(tmp_path / "a", [FilterMonitor(), ActivationMonitor(every_n_steps=2)])
+    with pytest.raises(RuntimeError, match="boom in training_step"):
+        trainer.fit(model, datamodule=digits_data)
+    assert hooks_left(model) == [] and global_state_clean()
+
+    def broken_update(self: ActivationStats, name: str, activation: Tensor) -> None:
+        raise ArithmeticError("injected failure in the statistics")
+
+    monkeypatch.setattr(ActivationStats, "update", broken_update)
+    model = small_model(activation)
+    trainer = make_trainer(tmp_path / "b", [ActivationMonitor(every_n_steps=2, on_error="raise")])
+    with pytest.raises(ArithmeticError, match="injected"):
+        trainer.fit(model, datamodule=digits_data)
+    assert hooks_left(model) == [] and global_state_clean()
+
+    # with the default policy the run survives: one warning, statistics off, training completes
+    model = small_model(activation)
+    trainer = make_trainer(tmp_path / "c", [ActivationMonitor(every_n_steps=2)])
+    with pytest.warns(UserWarning, match="statistics failed with ArithmeticError.*switched off"):
+        trainer.fit(model, datamodule=digits_data)
+    assert trainer.global_step == 22
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+def test_filter_monitor_error_does_not_stop_training(
+    tmp_path: Path, digits_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning_cnnviz.callbacks.filter_monitor as fm
+
+    def broken(*args: Any, **kwargs: Any) -> Tensor:
+        raise ValueError("injected render failure")
+
+    monkeypatch.setattr(fm, "render_filter_grid", broken)
+    trainer = make_trainer(tmp_path, [FilterMonitor()], max_epochs=2)
+    with pytest.warns(UserWarning, match="filter image of 'net.conv1' failed"):
+        trainer.fit(small_model(), datamodule=digits_data)
+    assert trainer.current_epoch == 2
+    assert "cnnviz/filters/smoothness/net.conv1" in read_events(tmp_path)["scalars"]  # the other piece still runs
+
+
+def test_resume_continues_dead_filter_history(tmp_path: Path, digits_data: Any) -> None:
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = ActivationMonitor(every_n_steps=5)
+    model = small_model()
+    kill_channels(model, DEAD)
+    trainer = make_trainer(tmp_path / "one", [first, checkpoints], enable_checkpointing=True)
+    trainer.fit(model, datamodule=digits_data)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    assert saved["windows"] == 4 and saved["last_dead"]["net.relu1"] == DEAD  # 22 batches: windows at 5..20
+
+    second = ActivationMonitor(every_n_steps=5)
+    trainer = make_trainer(tmp_path / "two", [second], max_epochs=2)
+    trainer.fit(small_model(), datamodule=digits_data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert second._windows == saved["windows"] + 5  # four full windows and the last short one
+    history = second._rate_history["net.relu1"]
+    assert history[: saved["windows"]] == saved["rate_history"]["net.relu1"]
+    # the layer was already over the threshold before the resume: no second threshold alert
+    assert [a["reason"] for a in second.alerts] == [a["reason"] for a in saved["alerts"]]
+
+
+def test_on_dead_stop_and_callable(tmp_path: Path, digits_data: Any) -> None:
+    model = small_model()
+    kill_channels(model, DEAD)
+    trainer = make_trainer(tmp_path / "stop", [ActivationMonitor(every_n_steps=4, on_dead="stop")], max_epochs=5)
+    trainer.fit(model, datamodule=digits_data)
+    assert trainer.global_step == 4
+
+    received: list[DeadFilterEvent] = []
+    model = small_model()
+    kill_channels(model, [0, 2])
+    trainer = make_trainer(tmp_path / "call", [ActivationMonitor(every_n_steps=4, on_dead=received.append)])
+    trainer.fit(model, datamodule=digits_data)
+    assert len(received) == 1
+    event = received[0]
+    assert (event.layer, event.dead_channels, event.num_channels, event.reason) == ("net.relu1", [0, 2], 8, "threshold")
+    assert event.dead_fraction == 0.25 and event.global_step == 4 and event.window_steps == 4
+
+
+def test_growth_alert_when_more_filters_die(tmp_path: Path, digits_data: Any) -> None:
+    class KillLater(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if trainer.global_step == 5:
+                kill_channels(pl_module, [1, 4, 6, 7])
+
+    model = small_model()
+    kill_channels(model, [1, 4])
+    monitor = ActivationMonitor(every_n_steps=5)
+    trainer = make_trainer(tmp_path, [KillLater(), monitor])
+    trainer.fit(model, datamodule=digits_data)
+    relu1 = [a for a in monitor.alerts if a["layer"] == "net.relu1"]
+    assert [(a["reason"], a["new_dead_channels"]) for a in relu1] == [("threshold", []), ("growth", [6, 7])]
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+class NoConv(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(256, 10), nn.ReLU(), nn.Linear(10, 10))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("monitor", "error", "pattern"),
+    [
+        (FilterMonitor(layers=["nope"]), ValueError, r"no module named 'nope'.*Valid names of type Conv2d: 'net.conv1'"),
+        (FilterMonitor(layers=["net.relu1"]), ValueError, r"'net.relu1' is a ReLU, not a module of type Conv2d"),
+        (ActivationMonitor(layers=["nope"]), ValueError, r"no activation named 'nope'.*'net.relu1', 'net.relu2'"),
+        (ActivationMonitor(layers=["net.conv1"]), ValueError, r"'net.conv1' is a Conv2d, not a ReLU-family"),
+    ],
+)
+def test_bad_layer_names_fail_at_setup(
+    tmp_path: Path, digits_data: Any, monitor: pl.Callback, error: type, pattern: str
+) -> None:
+    trainer = make_trainer(tmp_path, [monitor])
+    with pytest.raises(error, match=pattern):
+        trainer.fit(small_model(), datamodule=digits_data)
+    assert trainer.global_step == 0
+
+
+def test_unknown_functional_name_fails_before_the_first_step(tmp_path: Path, digits_data: Any) -> None:
+    trainer = make_trainer(tmp_path, [ActivationMonitor(layers=["net.relu#7"])])
+    with pytest.raises(ValueError, match=r"no activation named 'net.relu#7'.*'net.relu', 'net.relu#2', 'net.relu#3'"):
+        trainer.fit(small_model("functional"), datamodule=digits_data)
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("monitor", [FilterMonitor(), ActivationMonitor()])
+def test_model_without_conv_fails_at_setup(tmp_path: Path, digits_data: Any, monitor: pl.Callback) -> None:
+    trainer = make_trainer(tmp_path, [monitor])
+    with pytest.raises(ValueError, match="NoConv has no nn.Conv2d layer"):
+        trainer.fit(NoConv(), datamodule=digits_data)
+
+
+def test_batch_that_is_not_an_image_tensor(tmp_path: Path) -> None:
+    class FlatInput(ImageClassifier):
+        def forward(self, x: Tensor) -> Tensor:
+            return super().forward(x.view(-1, 1, 16, 16))
+
+    flat = torch.utils.data.TensorDataset(torch.randn(64, 256), torch.randint(0, 10, (64,)))
+    loader = torch.utils.data.DataLoader(flat, batch_size=16)
+    trainer = make_trainer(tmp_path, [ActivationMonitor()], limit_val_batches=0)
+    torch.manual_seed(0)
+    with pytest.raises(TypeError, match=r"image tensor of shape \(N, C, H, W\).*Tensor of shape \(16, 256\).*batch_to_images"):
+        trainer.fit(FlatInput(channels=SMALL), train_dataloaders=loader)
+    assert trainer.global_step == 0
+    # the documented way out: tell the monitor where the images are
+    monitor = ActivationMonitor(batch_to_images=lambda batch: batch[0].view(-1, 1, 16, 16), on_error="raise")
+    trainer = make_trainer(tmp_path / "ok", [monitor], limit_val_batches=0)
+    trainer.fit(FlatInput(channels=SMALL), train_dataloaders=loader)
+    assert [s.name for s in monitor.sites or []] == ["net.relu1", "net.relu2", "net.relu3"]
+
+
+@pytest.mark.parametrize("logger", ["none", "csv"])
+def test_without_tensorboard_logger_images_go_to_the_fallback_writer(
+    tmp_path: Path, digits_data: Any, logger: str
+) -> None:
+    loggers: Any = False if logger == "none" else CSVLogger(str(tmp_path / "csv"))
+    trainer = make_trainer(
+        tmp_path, [FilterMonitor(), ActivationMonitor(every_n_steps=10)], logger=loggers, default_root_dir=str(tmp_path)
+    )
+    with pytest.warns(UserWarning, match=r"no TensorBoardLogger.*writing the visualizations to .*cnnviz"):
+        trainer.fit(small_model(), datamodule=digits_data)
+    events = read_events(tmp_path / "cnnviz")
+    assert "cnnviz/filters/net.conv1" in events["images"]
+    assert "cnnviz/activations/sparsity/net.relu1" in events["scalars"]
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda: FilterMonitor(every_n_epochs=0), r"`every_n_epochs` must be a positive integer, got 0"),
+        (lambda: FilterMonitor(normalize="max"), r"`normalize` can be \{'per_filter', 'global'\}, got 'max'"),
+        (lambda: FilterMonitor(on_error="ignore"), r"`on_error` can be \{'warn', 'raise'\}, got 'ignore'"),
+        (lambda: ActivationMonitor(every_n_steps=-1), r"`every_n_steps` must be a positive integer, got -1"),
+        (lambda: ActivationMonitor(dead_fraction_threshold=1.5), r"number in \[0, 1\], got 1.5"),
+        (lambda: ActivationMonitor(on_dead="explode"), r"`on_dead` can be 'warn', 'stop' or a callable"),
+    ],
+)
+def test_constructor_arguments_are_checked(make: Any, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        make()
+    with pytest.raises(TypeError, match="must be a list of layer names"):
+        FilterMonitor(layers="net.conv1")  # type: ignore[arg-type]
