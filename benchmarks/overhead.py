@@ -76,7 +76,10 @@ def run_once(data: IDXDataModule, steps: int, monitors: bool, device: str, logdi
     model = ImageClassifier(arch="small_cnn", in_channels=1, num_classes=10, lr=1e-3)
     callbacks: list[pl.Callback] = []
     if monitors:
-        callbacks = [FilterMonitor(every_n_epochs=1), ActivationMonitor(every_n_steps=50, collect_every_n_steps=1)]
+        callbacks = [
+            FilterMonitor(every_n_epochs=1),
+            ActivationMonitor(every_n_steps=50, collect_every_n_steps=1),
+        ]
     trainer = pl.Trainer(
         max_steps=steps,
         accelerator="gpu" if device == "cuda" else "cpu",
@@ -116,8 +119,10 @@ def main() -> None:
 
     data = IDXDataModule(args.data, batch_size=args.batch_size)
     data.setup()
-    print(f"device={args.device} torch_threads={torch.get_num_threads()} steps={args.steps} "
-          f"batch={args.batch_size} repeats={args.repeats}")
+    print(
+        f"device={args.device} torch_threads={torch.get_num_threads()} steps={args.steps} "
+        f"batch={args.batch_size} repeats={args.repeats}"
+    )
     times: dict[bool, list[float]] = {False: [], True: []}
     peaks: dict[bool, list[int]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as logdir:
@@ -129,16 +134,22 @@ def main() -> None:
                 seconds, peak = run_once(data, args.steps, monitors, args.device, logdir)
                 times[monitors].append(seconds)
                 peaks[monitors].append(peak)
-                print(f"repeat {repeat} {'with   ' if monitors else 'without'} monitors: {seconds:7.3f} s "
-                      f"peak +{peak / 2**20:7.1f} MiB")
+                print(
+                    f"repeat {repeat} {'with   ' if monitors else 'without'} monitors: {seconds:7.3f} s "
+                    f"peak +{peak / 2**20:7.1f} MiB"
+                )
     base, with_monitors = statistics.median(times[False]), statistics.median(times[True])
     ratios = [w / b for w, b in zip(times[True], times[False], strict=True)]
     mem_base, mem_with = max(peaks[False]), max(peaks[True])
     print(f"median wall time: without {base:.3f} s, with {with_monitors:.3f} s")
-    print(f"wall-time ratio (median with / median without): {with_monitors / base:.3f} "
-          f"(per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.03)")
-    print(f"peak-memory ratio: {mem_with / max(mem_base, 1):.3f} "
-          f"({mem_with / 2**20:.1f} MiB vs {mem_base / 2**20:.1f} MiB above the start)")
+    print(
+        f"wall-time ratio (median with / median without): {with_monitors / base:.3f} "
+        f"(per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}; target <= 1.03)"
+    )
+    print(
+        f"peak-memory ratio: {mem_with / max(mem_base, 1):.3f} "
+        f"({mem_with / 2**20:.1f} MiB vs {mem_base / 2**20:.1f} MiB above the start)"
+    )
 
 
 if __name__ == "__main__":

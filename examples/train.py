@@ -26,7 +26,12 @@ class CnnvizCLI(LightningCLI):
 
 
 def main() -> None:
-    CnnvizCLI(ImageClassifier, pl.LightningDataModule, subclass_mode_data=True, save_config_kwargs={"overwrite": True})
+    CnnvizCLI(
+        ImageClassifier,
+        pl.LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+    )
 
 
 if __name__ == "__main__":

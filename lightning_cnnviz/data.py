@@ -84,11 +84,7 @@ class TensorDataModule(pl.LightningDataModule):
         """A seeded random subset (kept in dataset order), so a limit never keeps only the first classes."""
         if limit is None or limit >= len(labels):
             return images, labels
-        keep = (
-            torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))[:limit]
-            .sort()
-            .values
-        )
+        keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))[:limit].sort().values
         return images[keep], labels[keep]
 
     @property
@@ -275,9 +271,7 @@ class ImageFolderDataModule(TensorDataModule):
         elif self.root.is_dir():
             names = [str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()]
         else:
-            raise FileNotFoundError(
-                f"ImageFolderDataModule: {str(self.root)!r} is neither a folder nor a .zip"
-            )
+            raise FileNotFoundError(f"ImageFolderDataModule: {str(self.root)!r} is neither a folder nor a .zip")
         parts = [n.replace("\\", "/").split("/") for n in names]
         splits: dict[str, list[tuple[str, str]]] = {}
         for name, part in zip(names, parts):
@@ -354,14 +348,14 @@ class TorchvisionDataModule(TensorDataModule):
         allowed = ("MNIST", "FashionMNIST", "CIFAR10")
         if name not in allowed:
             raise ValueError(f"TorchvisionDataModule: name can be {allowed}, got {name!r}")
-        self.name = name
+        self.dataset = name
         self.root = root
         self.download = download
 
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         import torchvision
 
-        cls = getattr(torchvision.datasets, self.name)
+        cls = getattr(torchvision.datasets, self.dataset)
         train = cls(self.root, train=True, download=self.download)
         test = cls(self.root, train=False, download=self.download)
         self.class_names = list(train.classes)

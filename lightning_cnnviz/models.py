@@ -84,7 +84,7 @@ def resnet18_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
 
     model = resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()  # type: ignore[assignment]
+    model.maxpool = nn.Identity()
     return model
 
 
@@ -132,6 +132,9 @@ class ImageClassifier(pl.LightningModule):
             raise ValueError(f"arch can be 'small_cnn' or 'resnet18', got {arch!r}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer can be 'adam' or 'sgd', got {optimizer!r}")
+        self.lr = lr
+        self.optimizer_name = optimizer
+        self.weight_decay = weight_decay
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
@@ -152,7 +155,6 @@ class ImageClassifier(pl.LightningModule):
         return self._step(batch, "val")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

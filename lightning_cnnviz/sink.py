@@ -78,9 +78,7 @@ class TensorBoardSink:
         """A (3, H, W) or (1, H, W) image with values in [0, 1]."""
         if self.writer is None:
             return
-        self.writer.add_image(
-            tag, image.detach().float().clamp(0, 1).cpu(), global_step=step, dataformats="CHW"
-        )
+        self.writer.add_image(tag, image.detach().float().clamp(0, 1).cpu(), global_step=step, dataformats="CHW")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Several scalars, each under its own tag."""

@@ -93,8 +93,7 @@ def read_events(logdir: str | os.PathLike[str]) -> dict[str, Any]:
         for tag in tags.get("tensors", []):
             if tag.endswith("text_summary"):
                 texts = [
-                    t.tensor_proto.string_val[0].decode() if t.tensor_proto.string_val else ""
-                    for t in acc.Tensors(tag)
+                    t.tensor_proto.string_val[0].decode() if t.tensor_proto.string_val else "" for t in acc.Tensors(tag)
                 ]
                 found["text"].setdefault(tag.rsplit("/text_summary", 1)[0], []).extend(texts)
     return found

@@ -120,7 +120,9 @@ def test_filter_grid_rgb_and_grayscale_layouts() -> None:
     assert grid[:, 1:10, 1:10].amin() == 0 and grid[:, 1:10, 1:10].amax() == 1
 
     global_grid = render_filter_grid(weight, normalize="global", min_tile_px=3, padding=0)
-    torch.testing.assert_close(global_grid[:, 0, 0], (weight[0, :, 0, 0] - weight.min()) / (weight.max() - weight.min()))
+    torch.testing.assert_close(
+        global_grid[:, 0, 0], (weight[0, :, 0, 0] - weight.min()) / (weight.max() - weight.min())
+    )
 
     deep = torch.randn(5, 16, 3, 3)
     deep_grid = render_filter_grid(deep, max_in_channels=4, min_tile_px=3, padding=1)

@@ -147,7 +147,10 @@ def test_filter_monitor_images_smoothness_and_cadence(tmp_path: Path, digits_dat
     events = read_events(tmp_path)
     conv1 = events["images"]["cnnviz/filters/net.conv1"]
     assert [e.step for e in conv1] == [1, 2]  # epoch 1 by cadence, epoch 2 because it is the last
-    assert (conv1[0].width, conv1[0].height) == (3 * 31 + 1, 3 * 31 + 1)  # 8 filters 5x5, upscaled 6x: 3x3 grid
+    assert (conv1[0].width, conv1[0].height) == (
+        3 * 31 + 1,
+        3 * 31 + 1,
+    )  # 8 filters 5x5, upscaled 6x: 3x3 grid
     assert "cnnviz/filters/net.conv2" in events["images"]
     smooth = events["scalars"]["cnnviz/filters/smoothness/net.conv1"]
     from lightning_cnnviz.core import filter_smoothness
@@ -279,7 +282,12 @@ def test_on_dead_stop_and_callable(tmp_path: Path, digits_data: Any) -> None:
     trainer.fit(model, datamodule=digits_data)
     assert len(received) == 1
     event = received[0]
-    assert (event.layer, event.dead_channels, event.num_channels, event.reason) == ("net.relu1", [0, 2], 8, "threshold")
+    assert (event.layer, event.dead_channels, event.num_channels, event.reason) == (
+        "net.relu1",
+        [0, 2],
+        8,
+        "threshold",
+    )
     assert event.dead_fraction == 0.25 and event.global_step == 4 and event.window_steps == 4
 
 
@@ -319,9 +327,21 @@ class NoConv(pl.LightningModule):
 @pytest.mark.parametrize(
     ("monitor", "error", "pattern"),
     [
-        (FilterMonitor(layers=["nope"]), ValueError, r"no module named 'nope'.*Valid names of type Conv2d: 'net.conv1'"),
-        (FilterMonitor(layers=["net.relu1"]), ValueError, r"'net.relu1' is a ReLU, not a module of type Conv2d"),
-        (ActivationMonitor(layers=["nope"]), ValueError, r"no activation named 'nope'.*'net.relu1', 'net.relu2'"),
+        (
+            FilterMonitor(layers=["nope"]),
+            ValueError,
+            r"no module named 'nope'.*Valid names of type Conv2d: 'net.conv1'",
+        ),
+        (
+            FilterMonitor(layers=["net.relu1"]),
+            ValueError,
+            r"'net.relu1' is a ReLU, not a module of type Conv2d",
+        ),
+        (
+            ActivationMonitor(layers=["nope"]),
+            ValueError,
+            r"no activation named 'nope'.*'net.relu1', 'net.relu2'",
+        ),
         (ActivationMonitor(layers=["net.conv1"]), ValueError, r"'net.conv1' is a Conv2d, not a ReLU-family"),
     ],
 )
@@ -357,7 +377,9 @@ def test_batch_that_is_not_an_image_tensor(tmp_path: Path) -> None:
     loader = torch.utils.data.DataLoader(flat, batch_size=16)
     trainer = make_trainer(tmp_path, [ActivationMonitor()], limit_val_batches=0)
     torch.manual_seed(0)
-    with pytest.raises(TypeError, match=r"image tensor of shape \(N, C, H, W\).*Tensor of shape \(16, 256\).*batch_to_images"):
+    with pytest.raises(
+        TypeError, match=r"image tensor of shape \(N, C, H, W\).*Tensor of shape \(16, 256\).*batch_to_images"
+    ):
         trainer.fit(FlatInput(channels=SMALL), train_dataloaders=loader)
     assert trainer.global_step == 0
     # the documented way out: tell the monitor where the images are
@@ -373,7 +395,10 @@ def test_without_tensorboard_logger_images_go_to_the_fallback_writer(
 ) -> None:
     loggers: Any = False if logger == "none" else CSVLogger(str(tmp_path / "csv"))
     trainer = make_trainer(
-        tmp_path, [FilterMonitor(), ActivationMonitor(every_n_steps=10)], logger=loggers, default_root_dir=str(tmp_path)
+        tmp_path,
+        [FilterMonitor(), ActivationMonitor(every_n_steps=10)],
+        logger=loggers,
+        default_root_dir=str(tmp_path),
     )
     with pytest.warns(UserWarning, match=r"no TensorBoardLogger.*writing the visualizations to .*cnnviz"):
         trainer.fit(small_model(), datamodule=digits_data)

@@ -41,9 +41,7 @@ class MonitorBase(Callback):
 
     def __init__(self, on_error: ErrorPolicy = "warn") -> None:
         super().__init__()
-        self.on_error: ErrorPolicy = check_choice(
-            type(self).__name__, "on_error", on_error, ("warn", "raise")
-        )
+        self.on_error: ErrorPolicy = check_choice(type(self).__name__, "on_error", on_error, ("warn", "raise"))
         self._disabled: set[str] = set()
         self._sink: TensorBoardSink | None = None
 
@@ -84,9 +82,7 @@ class MonitorBase(Callback):
         """Remove hooks and any state that spans Lightning hooks. Safe to call several times."""
 
     @override
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._cleanup()
 
     @override

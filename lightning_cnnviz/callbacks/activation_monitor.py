@@ -87,10 +87,10 @@ class ActivationMonitor(MonitorBase):
 
     Alerts: a layer alerts when its dead fraction reaches ``dead_fraction_threshold`` (once per crossing),
     and, with ``alert_on_growth``, again whenever more of its channels die while it is at or above the
-    threshold (channels dead now that were alive in the previous window). Each alert is one rank-zero warning and one ``cnnviz/alerts``
-    entry naming layer, count, channels and learning rate. Then ``on_dead`` decides: ``"warn"`` (nothing
-    more), ``"stop"`` (``trainer.should_stop = True`` on every rank), or a callable that receives a
-    :class:`DeadFilterEvent` (called on rank zero).
+    threshold (channels dead now that were alive in the previous window). Each alert is one rank-zero
+    warning and one ``cnnviz/alerts`` entry naming layer, count, channels and learning rate. Then
+    ``on_dead`` decides: ``"warn"`` (nothing more), ``"stop"`` (``trainer.should_stop = True`` on every
+    rank), or a callable that receives a :class:`DeadFilterEvent` (called on rank zero).
 
     Args:
         every_n_steps: window length in training batches; statistics are summarised and logged at each
@@ -275,9 +275,7 @@ class ActivationMonitor(MonitorBase):
         if self.sites is None:
             self._discover(pl_module, images)
         assert self.sites is not None
-        self._stats = ActivationStats(
-            {site.name: site.num_channels for site in self.sites}, device=images.device
-        )
+        self._stats = ActivationStats({site.name: site.num_channels for site in self.sites}, device=images.device)
         self._tap = tap_relus(pl_module, self.sites, self._on_activation)
         self._tap.__enter__()
 

@@ -58,9 +58,7 @@ class FilterMonitor(EpochMonitorBase):
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
             raise TypeError(f"FilterMonitor: `layers` must be a list of layer names or None, got {layers!r}.")
         self.layers = list(layers) if layers is not None else None
-        self.normalize: Normalization = check_choice(
-            self._who, "normalize", normalize, ("per_filter", "global")
-        )
+        self.normalize: Normalization = check_choice(self._who, "normalize", normalize, ("per_filter", "global"))
         self.max_filters = check_positive_int(self._who, "max_filters", max_filters)
         self.max_in_channels = check_positive_int(self._who, "max_in_channels", max_in_channels)
         self.min_tile_px = check_positive_int(self._who, "min_tile_px", min_tile_px)

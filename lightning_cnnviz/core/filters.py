@@ -51,7 +51,7 @@ def render_filter_grid(
 
     Example:
         >>> render_filter_grid(torch.randn(16, 3, 5, 5)).shape
-        torch.Size([3, 145, 145])
+        torch.Size([3, 125, 125])
     """
     _check_weight(weight)
     if normalize not in ("per_filter", "global"):
@@ -65,10 +65,8 @@ def render_filter_grid(
         weight = weight[:, :max_in_channels]
         in_channels = weight.shape[1]
 
-    if rgb:
-        tiles = weight  # (out, 3, kh, kw)
-    else:
-        tiles = weight.reshape(out_channels * in_channels, 1, kh, kw)
+    # RGB: one (3, kh, kw) tile per filter; otherwise one (1, kh, kw) tile per (filter, input channel)
+    tiles = weight if rgb else weight.reshape(out_channels * in_channels, 1, kh, kw)
     if normalize == "global":
         low, high = weight.min(), weight.max()
         span = (high - low).clamp_min(1e-12)

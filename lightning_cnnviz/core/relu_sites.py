@@ -282,9 +282,7 @@ class _ReluTap:
         if not function_scopes:
             return
         calls_per_forward = {
-            (site.scope, site.function): site.calls_per_forward
-            for site in self._sites
-            if site.kind == "function"
+            (site.scope, site.function): site.calls_per_forward for site in self._sites if site.kind == "function"
         }
         names = _module_names(self._model)
 
@@ -346,9 +344,7 @@ class _ReluTap:
         self._counters.clear()
 
 
-def tap_relus(
-    model: nn.Module, sites: Sequence[ReluSite], on_activation: Callable[[str, Tensor], None]
-) -> _ReluTap:
+def tap_relus(model: nn.Module, sites: Sequence[ReluSite], on_activation: Callable[[str, Tensor], None]) -> _ReluTap:
     """Context manager that calls ``on_activation(site.name, output)`` for the chosen sites in every forward.
 
     ``output`` is the live activation (after an in-place ReLU it is the modified tensor): read it at once,

@@ -26,8 +26,8 @@ def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4) -> Tensor:
         (3, channels * cell_px, windows * cell_px) image in [0, 1].
 
     Example:
-        >>> dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1)[:, 0, 1].tolist()  # the dead cell is red
-        [0.8500000238418457, 0.10000000149011612, 0.10000000149011612]
+        >>> [round(v, 2) for v in dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1)[:, 0, 1].tolist()]
+        [0.85, 0.1, 0.1]
     """
     if firing_rates.dim() != 2:
         raise ValueError(f"firing_rates must be (channels, windows), got {tuple(firing_rates.shape)}")

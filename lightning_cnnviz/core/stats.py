@@ -103,8 +103,7 @@ class ActivationStats:
     def reset(self) -> None:
         """Start a new window."""
         self._firing = {
-            name: torch.zeros(count, dtype=torch.float64, device=self.device)
-            for name, count in self.channels.items()
+            name: torch.zeros(count, dtype=torch.float64, device=self.device) for name, count in self.channels.items()
         }
         self._positions = dict.fromkeys(self.channels, 0)
         self.steps = 0
@@ -168,9 +167,9 @@ class ActivationStats:
         """
         names = list(self.channels)
         device = next(iter(self._firing.values())).device if self._firing else self.device
-        totals = torch.tensor(
-            [float(self._positions[n]) for n in names] + [float(self.steps)], dtype=torch.float64
-        ).to(device)
+        totals = torch.tensor([float(self._positions[n]) for n in names] + [float(self.steps)], dtype=torch.float64).to(
+            device
+        )
         flat = torch.cat([*(self._firing[n].to(device) for n in names), totals])
         if reduce_sum is None and _distributed():
             reduce_sum = _all_reduce_sum

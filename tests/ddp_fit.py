@@ -1,0 +1,63 @@
+"""A real 2-process Lightning DDP fit on CPU (gloo) with both monitors; each rank writes what it saw as JSON.
+
+Run by tests/test_ddp.py as ``python tests/ddp_fit.py OUT_DIR``; Lightning re-launches this script for rank 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_cnnviz import ActivationMonitor, FilterMonitor
+from lightning_cnnviz.data import DigitsDataModule
+from lightning_cnnviz.models import ImageClassifier
+
+DEAD = [1, 4, 6]
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    out = sys.argv[1]
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier(channels=(8, 16, 16), lr=0.01)
+    with torch.no_grad():
+        model.net.conv1.weight[DEAD] = 0.0
+        model.net.conv1.bias[DEAD] = -100.0
+    activations = ActivationMonitor(every_n_steps=4, on_error="raise")
+    trainer = pl.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=2,
+        logger=TensorBoardLogger(out, name="ddp"),
+        callbacks=[FilterMonitor(on_error="raise"), activations],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=2,
+    )
+    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    report = {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "global_step": trainer.global_step,
+        "windows": activations._windows,
+        "rate_history": activations._rate_history,
+        "last_dead": activations._last_dead,
+        "alerts": activations.alerts,
+        "pid": os.getpid(),
+    }
+    with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as handle:
+        json.dump(report, handle)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The README's demo command, end to end: LightningCLI fit on digits, event files, and a real TensorBoard server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import ROOT, read_events
+
+from lightning_cnnviz.core import find_relu_sites
+from lightning_cnnviz.models import ImageClassifier
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    logdir = tmp_path_factory.mktemp("cli")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "examples/train.py",
+            "fit",
+            "--config",
+            "configs/digits.yaml",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.logger.init_args.save_dir",
+            str(logdir),
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    return logdir, result.stdout
+
+
+def demo_relu_names() -> list[str]:
+    model = ImageClassifier(in_channels=1, num_classes=10)
+    return [site.name for site in find_relu_sites(model, torch.zeros(1, 1, 16, 16))]
+
+
+def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, str]) -> None:
+    logdir, stdout = digits_run
+    assert f"tensorboard --logdir {logdir}" in stdout
+    events = read_events(logdir)
+    for layer in ("net.conv1", "net.conv2"):
+        assert [e.step for e in events["images"][f"cnnviz/filters/{layer}"]] == [0, 1]
+        assert len(events["scalars"][f"cnnviz/filters/smoothness/{layer}"]) == 2
+    names = demo_relu_names()
+    assert names == ["net.relu1", "net.relu2", "net.relu3"]
+    for name in names:
+        for quantity in ("sparsity", "dead", "dead_fraction"):
+            assert len(events["scalars"][f"cnnviz/activations/{quantity}/{name}"]) >= 4
+        assert f"cnnviz/activations/dead_map/{name}" in events["images"]
+        assert f"cnnviz/activations/firing_rate/{name}" in events["histograms"]
+    assert "val_acc" in events["scalars"]  # the run trained and validated as usual
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read().decode())
+
+
+def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -> None:
+    logdir, _ = digits_run
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        scalars: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                scalars = _get(f"{base}/data/plugin/scalars/tags")
+                if any("cnnviz/activations/sparsity/net.relu1" in tags for tags in scalars.values()):
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.5)
+        scalar_tags = {tag for tags in scalars.values() for tag in tags}
+        assert {"cnnviz/activations/dead/net.relu3", "cnnviz/filters/smoothness/net.conv1"} <= scalar_tags
+        images = _get(f"{base}/data/plugin/images/tags")
+        image_tags = {tag for tags in images.values() for tag in tags}
+        assert {"cnnviz/filters/net.conv1", "cnnviz/activations/dead_map/net.relu1"} <= image_tags
+        layout = _get(f"{base}/data/plugin/custom_scalars/layout")
+        titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]
+        assert "dead filters (count)" in titles
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

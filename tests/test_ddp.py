@@ -1,0 +1,49 @@
+"""Distributed: a real 2-process CPU (gloo) DDP fit; ranks agree on dead filters, images are written once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, read_events
+
+
+def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("MASTER_PORT", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ddp_fit.py"), str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["pid"] != ranks[1]["pid"]
+    assert all(r["world_size"] == 2 for r in ranks)
+    # 719 images per rank, batch 32, drop_last: 22 steps per epoch -> 5 full windows of 4 and one of 2, per epoch
+    # (the short window at the end of epoch 1 continues into epoch 2, so 11 windows over 44 steps)
+    assert ranks[0]["windows"] == ranks[1]["windows"] == 11
+    # all-reduced counts: every rank holds the same history, to the last bit
+    assert ranks[0]["rate_history"] == ranks[1]["rate_history"]
+    assert ranks[0]["last_dead"] == ranks[1]["last_dead"]
+    assert ranks[0]["last_dead"]["net.relu1"] == [1, 4, 6]
+    assert [a["dead_channels"] for a in ranks[0]["alerts"]] == [a["dead_channels"] for a in ranks[1]["alerts"]]
+    assert ranks[0]["alerts"][0]["layer"] == "net.relu1"
+
+    events = read_events(tmp_path)
+    with_images = [f for f in events["event_files"] if os.path.getsize(f) > 0]
+    assert len({os.path.dirname(f) for f in with_images}) == 1  # one run folder, written by rank 0 only
+    assert [e.step for e in events["images"]["cnnviz/filters/net.conv1"]] == [
+        0,
+        1,
+    ]  # once per epoch, not twice
+    assert len(events["scalars"]["cnnviz/activations/dead/net.relu1"]) == 11
+    assert {e.value for e in events["scalars"]["cnnviz/activations/dead/net.relu1"]} == {3.0}
+    texts = events["text"]["cnnviz/alerts"]
+    assert len(texts) == len(ranks[0]["alerts"])
