@@ -132,7 +132,7 @@ def test_filter_grid_rgb_and_grayscale_layouts() -> None:
 
 def test_dead_filter_map_colours_dead_cells() -> None:
     rates = torch.tensor([[0.25, 0.0], [1.0, float("nan")]])
-    image = dead_filter_map(rates, cell_px=2)
+    image = dead_filter_map(rates, cell_px=2, window_px=2)
     assert image.shape == (3, 4, 4)
     torch.testing.assert_close(image[:, 0, 0], torch.full((3,), 0.2 + 0.8 * 0.5))  # sqrt(0.25) = 0.5
     torch.testing.assert_close(image[:, 1, 3], torch.tensor([0.85, 0.1, 0.1]))

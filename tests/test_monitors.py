@@ -148,9 +148,9 @@ def test_filter_monitor_images_smoothness_and_cadence(tmp_path: Path, digits_dat
     conv1 = events["images"]["cnnviz/filters/net.conv1"]
     assert [e.step for e in conv1] == [1, 2]  # epoch 1 by cadence, epoch 2 because it is the last
     assert (conv1[0].width, conv1[0].height) == (
-        3 * 31 + 1,
-        3 * 31 + 1,
-    )  # 8 filters 5x5, upscaled 6x: 3x3 grid
+        3 * 51 + 1,
+        3 * 51 + 1,
+    )  # 8 filters 5x5 upscaled 10x: a 3x3 grid of 50 px tiles
     assert "cnnviz/filters/net.conv2" in events["images"]
     smooth = events["scalars"]["cnnviz/filters/smoothness/net.conv1"]
     from lightning_cnnviz.core import filter_smoothness

@@ -51,7 +51,7 @@ class FilterMonitor(EpochMonitorBase):
         normalize: Normalization = "per_filter",
         max_filters: int = 64,
         max_in_channels: int = 8,
-        min_tile_px: int = 28,
+        min_tile_px: int = 48,
         on_error: ErrorPolicy = "warn",
     ) -> None:
         super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)

@@ -30,7 +30,7 @@ def render_filter_grid(
     weight: Tensor,
     *,
     normalize: Normalization = "per_filter",
-    min_tile_px: int = 28,
+    min_tile_px: int = 48,
     max_filters: int | None = 64,
     max_in_channels: int = 8,
     padding: int = 1,
@@ -51,7 +51,7 @@ def render_filter_grid(
 
     Example:
         >>> render_filter_grid(torch.randn(16, 3, 5, 5)).shape
-        torch.Size([3, 125, 125])
+        torch.Size([3, 205, 205])
     """
     _check_weight(weight)
     if normalize not in ("per_filter", "global"):

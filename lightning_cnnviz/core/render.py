@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.images import upscale_nearest
-
 __all__ = ["dead_filter_map"]
 
 _DEAD_RGB = (0.85, 0.1, 0.1)
 
 
-def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4) -> Tensor:
+def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 8) -> Tensor:
     """Channels x windows picture of a layer's history: rows are channels, columns are windows (oldest left).
 
     A live cell is gray, brighter the more often the channel fired (``sqrt`` of the firing rate, so rare
@@ -20,13 +18,14 @@ def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4) -> Tensor:
 
     Args:
         firing_rates: (channels, windows) firing rates in [0, 1].
-        cell_px: side of one cell in pixels.
+        cell_px: height of one channel's row in pixels.
+        window_px: width of one window's column in pixels.
 
     Returns:
-        (3, channels * cell_px, windows * cell_px) image in [0, 1].
+        (3, channels * cell_px, windows * window_px) image in [0, 1].
 
     Example:
-        >>> [round(v, 2) for v in dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1)[:, 0, 1].tolist()]
+        >>> [round(v, 2) for v in dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1, window_px=1)[:, 0, 1].tolist()]
         [0.85, 0.1, 0.1]
     """
     if firing_rates.dim() != 2:
@@ -39,4 +38,4 @@ def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4) -> Tensor:
     for channel, value in enumerate(_DEAD_RGB):
         image[channel][dead] = value
     image[:, ~finite] = torch.tensor([0.1, 0.3, 0.9]).view(3, 1).to(image)
-    return upscale_nearest(image, cell_px)
+    return image.repeat_interleave(cell_px, dim=1).repeat_interleave(window_px, dim=2)

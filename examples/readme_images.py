@@ -1,0 +1,73 @@
+"""Make the README's pictures from real runs: the PNGs TensorBoard shows, read back from the event files.
+
+    python examples/readme_images.py --out docs/images
+
+Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer) and on Fashion-MNIST with a
+sane and a destructive learning rate, all from ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+from lightning_cnnviz import ActivationMonitor, FilterMonitor
+from lightning_cnnviz.data import IDXDataModule, ImageFolderDataModule
+from lightning_cnnviz.models import ImageClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def fit(logdir: Path, data: pl.LightningDataModule, model: ImageClassifier, callbacks: list[pl.Callback],
+        **trainer_args: object) -> Path:
+    pl.seed_everything(0, verbose=False)
+    logger = TensorBoardLogger(str(logdir), name="run")
+    trainer = pl.Trainer(callbacks=callbacks, logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, num_sanity_val_steps=0, **trainer_args)  # type: ignore[arg-type]
+    trainer.fit(model, datamodule=data)
+    return Path(logger.log_dir)
+
+
+def save_last_image(run: Path, tag: str, target: Path) -> None:
+    accumulator = EventAccumulator(str(run), size_guidance={IMAGES: 0})
+    accumulator.Reload()
+    image = accumulator.Images(tag)[-1]
+    target.write_bytes(image.encoded_image_string)
+    print(f"{target}: {tag} at step {image.step}, {image.width}x{image.height}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_per_class=2500, limit_val=1000)
+        run = fit(Path(tmp) / "cifar", cifar, ImageClassifier(in_channels=3, first_kernel=7),
+                  [FilterMonitor()], max_epochs=6)
+        save_last_image(run, "cnnviz/filters/net.conv1", out / "filters_cifar10.png")
+
+        fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_train=128 * 300, limit_val=1000)
+        sane = fit(Path(tmp) / "sane", fashion, ImageClassifier(), [FilterMonitor(), ActivationMonitor(every_n_steps=20)],
+                   max_steps=300)
+        save_last_image(sane, "cnnviz/filters/net.conv1", out / "filters_fashion_mnist.png")
+        save_last_image(sane, "cnnviz/activations/dead_map/net.relu3", out / "dead_map_sane.png")
+        broken = fit(Path(tmp) / "broken", fashion, ImageClassifier(optimizer="adam", lr=0.03),
+                     [ActivationMonitor(every_n_steps=20)], max_steps=300)
+        save_last_image(broken, "cnnviz/activations/dead_map/net.relu2", out / "dead_map_destructive_lr.png")
+
+
+if __name__ == "__main__":
+    main()
