@@ -26,12 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def fit(logdir: Path, data: pl.LightningDataModule, model: ImageClassifier, callbacks: list[pl.Callback],
-        **trainer_args: object) -> Path:
+def fit(
+    logdir: Path,
+    data: pl.LightningDataModule,
+    model: ImageClassifier,
+    callbacks: list[pl.Callback],
+    **trainer_args: object,
+) -> Path:
     pl.seed_everything(0, verbose=False)
     logger = TensorBoardLogger(str(logdir), name="run")
-    trainer = pl.Trainer(callbacks=callbacks, logger=logger, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, num_sanity_val_steps=0, **trainer_args)  # type: ignore[arg-type]
+    trainer = pl.Trainer(
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        **trainer_args,
+    )  # type: ignore[arg-type]
     trainer.fit(model, datamodule=data)
     return Path(logger.log_dir)
 
@@ -54,18 +66,29 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_per_class=2500, limit_val=1000)
-        run = fit(Path(tmp) / "cifar", cifar, ImageClassifier(in_channels=3, first_kernel=7),
-                  [FilterMonitor()], max_epochs=6)
+        cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
+        run = fit(
+            Path(tmp) / "cifar", cifar, ImageClassifier(in_channels=3, first_kernel=7), [FilterMonitor()], max_epochs=8
+        )
         save_last_image(run, "cnnviz/filters/net.conv1", out / "filters_cifar10.png")
 
         fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_train=128 * 300, limit_val=1000)
-        sane = fit(Path(tmp) / "sane", fashion, ImageClassifier(), [FilterMonitor(), ActivationMonitor(every_n_steps=20)],
-                   max_steps=300)
+        sane = fit(
+            Path(tmp) / "sane",
+            fashion,
+            ImageClassifier(),
+            [FilterMonitor(), ActivationMonitor(every_n_steps=20)],
+            max_steps=300,
+        )
         save_last_image(sane, "cnnviz/filters/net.conv1", out / "filters_fashion_mnist.png")
         save_last_image(sane, "cnnviz/activations/dead_map/net.relu3", out / "dead_map_sane.png")
-        broken = fit(Path(tmp) / "broken", fashion, ImageClassifier(optimizer="adam", lr=0.03),
-                     [ActivationMonitor(every_n_steps=20)], max_steps=300)
+        broken = fit(
+            Path(tmp) / "broken",
+            fashion,
+            ImageClassifier(optimizer="adam", lr=0.03),
+            [ActivationMonitor(every_n_steps=20)],
+            max_steps=300,
+        )
         save_last_image(broken, "cnnviz/activations/dead_map/net.relu2", out / "dead_map_destructive_lr.png")
 
 

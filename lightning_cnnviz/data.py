@@ -14,6 +14,7 @@ import struct
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -34,6 +35,8 @@ __all__ = [
 
 class TensorDataModule(pl.LightningDataModule):
     """Images and labels held as tensors: uint8 or float images (N, C, H, W) normalised per channel.
+
+    Subclasses take these arguments too (as keyword arguments; LightningCLI lists them).
 
     Args:
         batch_size: training and validation batch size.
@@ -124,18 +127,9 @@ class DigitsDataModule(TensorDataModule):
         image_size: int = 16,
         val_fraction: float = 0.2,
         batch_size: int = 64,
-        num_workers: int = 0,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            limit_train=limit_train,
-            limit_val=limit_val,
-            seed=seed,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         self.image_size = image_size
         self.val_fraction = val_fraction
         self.class_names = [str(i) for i in range(10)]
@@ -201,18 +195,9 @@ class IDXDataModule(TensorDataModule):
         root: str,
         class_names: Sequence[str] | None = None,
         batch_size: int = 128,
-        num_workers: int = 0,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            limit_train=limit_train,
-            limit_val=limit_val,
-            seed=seed,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root)
         if class_names is None:
             fashion = "fashion" in str(self.root).lower()
@@ -249,18 +234,9 @@ class ImageFolderDataModule(TensorDataModule):
         root: str,
         limit_per_class: int | None = None,
         batch_size: int = 128,
-        num_workers: int = 0,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            limit_train=limit_train,
-            limit_val=limit_val,
-            seed=seed,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root)
         self.limit_per_class = limit_per_class
 
@@ -333,18 +309,9 @@ class TorchvisionDataModule(TensorDataModule):
         root: str = "data",
         download: bool = True,
         batch_size: int = 128,
-        num_workers: int = 0,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            num_workers=num_workers,
-            limit_train=limit_train,
-            limit_val=limit_val,
-            seed=seed,
-        )
+        super().__init__(batch_size=batch_size, **kwargs)
         allowed = ("MNIST", "FashionMNIST", "CIFAR10")
         if name not in allowed:
             raise ValueError(f"TorchvisionDataModule: name can be {allowed}, got {name!r}")
