@@ -281,10 +281,13 @@ class ActivationMonitor(MonitorBase):
 
     def _on_activation(self, name: str, output: Tensor) -> None:
         # Runs inside the user's forward: an error here must not reach their training step.
-        if self._collecting and self._stats is not None:
-            self._run("statistics", self._stats.update, name, output)
-            if "statistics" in self._disabled:
-                self._collecting = False
+        if not self._collecting:
+            return
+        try:
+            self._stats.update(name, output)  # type: ignore[union-attr]
+        except Exception:
+            self._collecting = False
+            self._run("statistics", _reraise)
 
     @override
     def on_train_batch_start(
@@ -433,6 +436,11 @@ class ActivationMonitor(MonitorBase):
         sink.flush()
         if self.on_dead == "stop":
             trainer.should_stop = True
+
+
+def _reraise() -> None:
+    """Re-raise the exception being handled, inside ``_run`` so the ``on_error`` policy applies to it."""
+    raise
 
 
 def _learning_rate(trainer: pl.Trainer) -> float | None:
