@@ -16,17 +16,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lightning_cnnviz.callbacks import ActivationMonitor, DeadFilterEvent, FilterMonitor
+    from lightning_cnnviz.callbacks import ActivationMonitor, DeadFilterEvent, FilterMonitor, SaliencyMonitor
     from lightning_cnnviz.sink import TensorBoardSink
 
 __version__ = "0.1.0"
 
-__all__ = ["ActivationMonitor", "DeadFilterEvent", "FilterMonitor", "TensorBoardSink", "__version__"]
+__all__ = [
+    "ActivationMonitor",
+    "DeadFilterEvent",
+    "FilterMonitor",
+    "SaliencyMonitor",
+    "TensorBoardSink",
+    "__version__",
+]
 
 _LAZY = {
     "ActivationMonitor": "lightning_cnnviz.callbacks",
     "DeadFilterEvent": "lightning_cnnviz.callbacks",
     "FilterMonitor": "lightning_cnnviz.callbacks",
+    "SaliencyMonitor": "lightning_cnnviz.callbacks",
     "TensorBoardSink": "lightning_cnnviz.sink",
 }
 

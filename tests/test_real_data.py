@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from conftest import SHARED_DATA, make_trainer
+from torch import Tensor
 
 from lightning_cnnviz import ActivationMonitor
+from lightning_cnnviz.callbacks.saliency_monitor import select_balanced
+from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.data import IDXDataModule
 from lightning_cnnviz.models import ImageClassifier
 
@@ -38,8 +43,15 @@ def last_dead_counts(monitor: ActivationMonitor) -> dict[str, int]:
     return {name: sum(1 for rate in history[-1] if rate == 0) for name, history in monitor._rate_history.items()}
 
 
-def test_destructive_learning_rate_alerts_and_sane_one_does_not(tmp_path: Path, fashion: IDXDataModule) -> None:
-    sane, sane_trainer = train(tmp_path / "sane", fashion, "sgd", 0.05)
+@pytest.fixture(scope="module")
+def sane_run(fashion: IDXDataModule, tmp_path_factory: pytest.TempPathFactory) -> tuple[ActivationMonitor, Any]:
+    return train(tmp_path_factory.mktemp("sane"), fashion, "sgd", 0.05)
+
+
+def test_destructive_learning_rate_alerts_and_sane_one_does_not(
+    tmp_path: Path, fashion: IDXDataModule, sane_run: tuple[ActivationMonitor, Any]
+) -> None:
+    sane, sane_trainer = sane_run
     broken, broken_trainer = train(tmp_path / "broken", fashion, "adam", 0.03)
     sane_dead, broken_dead = last_dead_counts(sane), last_dead_counts(broken)
     print(
@@ -57,3 +69,76 @@ def test_destructive_learning_rate_alerts_and_sane_one_does_not(tmp_path: Path, 
     assert all("learning rate: 0.03" in alert["message"] for alert in broken.alerts)
     sane_acc = float(sane_trainer.callback_metrics["val_acc"])
     assert sane_acc > 0.6 and sane_acc > float(broken_trainer.callback_metrics["val_acc"]) + 0.3
+
+
+def probe(data: IDXDataModule, count: int = 16) -> tuple[Tensor, Tensor]:
+    images, labels = data._val.tensors
+    chosen = select_balanced(labels, count)
+    return images[chosen], labels[chosen]
+
+
+def mean_rank_correlation(before: Tensor, after: Tensor) -> tuple[float, int]:
+    """Mean Spearman correlation over images; a constant map (no ranking) counts as 0. Also the constant count."""
+    from scipy.stats import spearmanr
+
+    values, constant = [], 0
+    for a, b in zip(before, after, strict=True):
+        if a.flatten().unique().numel() == 1 or b.flatten().unique().numel() == 1:
+            constant += 1
+            values.append(0.0)
+        else:
+            values.append(float(spearmanr(a.flatten().numpy(), b.flatten().numpy())[0]))
+    return sum(values) / len(values), constant
+
+
+def test_model_randomisation_sanity_check(fashion: IDXDataModule, sane_run: tuple[ActivationMonitor, Any]) -> None:
+    """Adebayo et al. 2018: re-initialising the top layers must change the maps of a faithful method."""
+    trained = sane_run[1].lightning_module
+    randomised = copy.deepcopy(trained)
+    torch.manual_seed(1)
+    randomised.net.fc.reset_parameters()
+    randomised.net.conv3.reset_parameters()
+    images, labels = probe(fashion)
+    report = {}
+    for method in (S.vanilla_gradient, S.grad_cam, S.guided_backprop):
+        before, after = method(trained, images, labels), method(randomised, images, labels)
+        if before.dim() == 4:
+            before, after = before.abs().sum(dim=1), after.abs().sum(dim=1)
+        report[method.__name__] = mean_rank_correlation(before, after)
+    print(f"\nmean Spearman rank correlation, trained vs top layers re-initialised (constant maps): {report}")
+    assert report["vanilla_gradient"][0] < 0.5
+    assert report["grad_cam"][0] < 0.5
+    # guided backprop is known to be largely insensitive to the top layers (Adebayo et al., Fig. 2)
+    assert report["guided_backprop"][0] > report["vanilla_gradient"][0]
+
+
+def test_occluding_the_most_salient_region_hurts_more_than_a_random_one(
+    fashion: IDXDataModule, sane_run: tuple[ActivationMonitor, Any]
+) -> None:
+    model = sane_run[1].lightning_module
+    images, labels = probe(fashion)
+    saliency = S.smoothgrad(model, images, labels, samples=25, generator=torch.Generator().manual_seed(0))
+    patch, stride = 8, 2
+    window_mass = torch.nn.functional.avg_pool2d(saliency[:, None], patch, stride=stride)[:, 0]
+    best = window_mass.flatten(1).argmax(dim=1)
+    salient = [(int(b // window_mass.shape[2]) * stride, int(b % window_mass.shape[2]) * stride) for b in best]
+
+    def probability_drop(corners: list[tuple[int, int]]) -> float:
+        occluded = images.clone()
+        for i, (y, x) in enumerate(corners):
+            occluded[i, :, y : y + patch, x : x + patch] = images[i].mean()
+        with torch.no_grad():
+            model.eval()
+            clean = model(images).softmax(dim=1).gather(1, labels[:, None])
+            hidden = model(occluded).softmax(dim=1).gather(1, labels[:, None])
+        return float((clean - hidden).mean())
+
+    generator = torch.Generator().manual_seed(0)
+    limit = images.shape[-1] - patch + 1
+    random_drops = [
+        probability_drop([tuple(torch.randint(0, limit, (2,), generator=generator).tolist()) for _ in labels])
+        for _ in range(10)
+    ]
+    salient_drop, random_drop = probability_drop(salient), sum(random_drops) / len(random_drops)
+    print(f"\nmean target-probability drop: salient region {salient_drop:.4f}, random region {random_drop:.4f}")
+    assert salient_drop > random_drop

@@ -2,5 +2,6 @@
 
 from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor, DeadFilterEvent
 from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
+from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
 
-__all__ = ["ActivationMonitor", "DeadFilterEvent", "FilterMonitor"]
+__all__ = ["ActivationMonitor", "DeadFilterEvent", "FilterMonitor", "SaliencyMonitor"]

@@ -15,27 +15,47 @@ from lightning_cnnviz.core.relu_sites import (
     restore_training_flags,
     tap_relus,
 )
-from lightning_cnnviz.core.render import dead_filter_map
+from lightning_cnnviz.core.render import colormap, dead_filter_map, render_saliency
+from lightning_cnnviz.core.saliency import (
+    SALIENCY_METHODS,
+    deconvnet,
+    grad_cam,
+    guided_backprop,
+    occlusion,
+    override_relu_gradient,
+    smoothgrad,
+    vanilla_gradient,
+)
 from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary, LayerSummary
 
 __all__ = [
     "RELU_MODULE_TYPES",
+    "SALIENCY_METHODS",
     "ActivationStats",
     "ActivationSummary",
     "LayerSummary",
     "ReluSite",
     "capture",
+    "colormap",
     "conv_layers",
     "dead_filter_map",
+    "deconvnet",
     "filter_smoothness",
     "find_relu_sites",
     "first_conv",
+    "grad_cam",
+    "guided_backprop",
     "images_from_batch",
     "normalize_per_item",
+    "occlusion",
+    "override_relu_gradient",
     "render_filter_grid",
+    "render_saliency",
     "resolve_modules",
     "restore_training_flags",
+    "smoothgrad",
     "tap_relus",
     "tile_grid",
     "upscale_nearest",
+    "vanilla_gradient",
 ]

@@ -39,3 +39,70 @@ def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 
         image[channel][dead] = value
     image[:, ~finite] = torch.tensor([0.1, 0.3, 0.9]).view(3, 1).to(image)
     return image.repeat_interleave(cell_px, dim=1).repeat_interleave(window_px, dim=2)
+
+
+# Control points of matplotlib's "inferno" (perceptually uniform, monotonic luminance), linearly interpolated.
+_INFERNO = (
+    (0.001462, 0.000466, 0.013866),
+    (0.087411, 0.044556, 0.224813),
+    (0.258234, 0.038571, 0.406485),
+    (0.416331, 0.090203, 0.432943),
+    (0.578304, 0.148039, 0.404411),
+    (0.735683, 0.215906, 0.330245),
+    (0.865006, 0.316822, 0.226055),
+    (0.954506, 0.468744, 0.099874),
+    (0.987622, 0.645320, 0.039886),
+    (0.964394, 0.843848, 0.273391),
+    (0.988362, 0.998364, 0.644924),
+)
+
+
+def colormap(values: Tensor) -> Tensor:
+    """Map values in [0, 1] (any shape S) to RGB (3, *S) with the inferno colormap."""
+    table = torch.tensor(_INFERNO, dtype=torch.float32, device=values.device)  # (K, 3)
+    position = values.float().clamp(0, 1) * (len(_INFERNO) - 1)
+    low = position.floor().long().clamp(max=len(_INFERNO) - 2)
+    frac = (position - low).unsqueeze(-1)
+    rgb = table[low] * (1 - frac) + table[low + 1] * frac
+    return rgb.movedim(-1, 0)
+
+
+def _to_display(images: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, 3, H, W) in [0, 1], each image stretched to its own min/max, gray as RGB."""
+    flat = images.float().flatten(1)
+    low, high = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
+    shown = (images.float() - low) / (high - low).clamp_min(1e-12)
+    return shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown[:, :3]
+
+
+def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: float = 0.55) -> Tensor:
+    """Rows of [image | map | overlay] for N images, as one (3, H, W) image in [0, 1].
+
+    ``maps`` of shape (N, H, W) (gradient magnitude, SmoothGrad, Grad-CAM, occlusion) are normalised per image
+    to [0, 1] by dividing by the image's largest value (negative values, e.g. an occlusion that raised the
+    probability, are shown as 0), drawn with the inferno colormap and blended over a grayscale copy of the
+    image with weight ``alpha``. Signed maps of shape (N, C, H, W) (guided backprop, deconvnet) are drawn as
+    images, ``0.5 + map / (2 max |map|)`` per image, and their third panel is ``|map|`` summed over channels
+    on the colormap. Panels are upscaled (nearest) to at least ``min_px`` pixels.
+    """
+    count, _, height, width = images.shape
+    shown = _to_display(images)
+    if maps.dim() == 3:
+        heat = maps.float().clamp_min(0)
+        heat = heat / heat.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        middle = torch.stack([colormap(h) for h in heat])
+        gray = shown.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+        right = (1 - alpha) * gray + alpha * middle
+    else:
+        scale = maps.float().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        signed = 0.5 + maps.float() / (2 * scale)
+        middle = signed.expand(-1, 3, -1, -1) if signed.shape[1] == 1 else signed[:, :3]
+        magnitude = maps.float().abs().sum(dim=1)
+        magnitude = magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        right = torch.stack([colormap(m) for m in magnitude])
+    factor = max(1, -(-min_px // max(height, width)))
+    panels = [p.repeat_interleave(factor, -2).repeat_interleave(factor, -1) for p in (shown, middle, right)]
+    gap = torch.ones(count, 3, panels[0].shape[-2], 2, device=images.device)
+    rows = torch.cat([panels[0], gap, panels[1], gap, panels[2]], dim=-1)  # (N, 3, h, 3w + 4)
+    spacer = torch.ones(count, 3, 2, rows.shape[-1], device=images.device)
+    return torch.cat([rows, spacer], dim=-2).permute(1, 0, 2, 3).reshape(3, -1, rows.shape[-1])

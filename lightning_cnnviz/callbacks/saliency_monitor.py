@@ -1,0 +1,260 @@
+"""SaliencyMonitor: saliency maps of a fixed, class-balanced probe set, every N epochs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_cnnviz.callbacks._base import EpochMonitorBase, ErrorPolicy, check_positive_int
+from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core.images import images_from_batch
+from lightning_cnnviz.core.layers import resolve_modules
+from lightning_cnnviz.core.render import render_saliency
+
+__all__ = ["SaliencyMonitor", "label_rows", "select_balanced"]
+
+DEFAULT_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
+
+
+def select_balanced(labels: Tensor, count: int) -> list[int]:
+    """Indices of ``count`` items, round-robin over the classes in label order (first of each class, then the
+    second, ...), so every class is represented as evenly as the data allows. Deterministic."""
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(labels.tolist()):
+        by_class.setdefault(int(label), []).append(index)
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < count and any(depth < len(v) for v in by_class.values()):
+        for label in sorted(by_class):
+            if depth < len(by_class[label]) and len(chosen) < count:
+                chosen.append(by_class[label][depth])
+        depth += 1
+    return chosen
+
+
+def label_rows(grid: Tensor, captions: Sequence[str], row_height: int) -> Tensor:
+    """Write one caption at the top-left of each row of ``grid`` (3, H, W), white on a dark box."""
+    from PIL import Image, ImageDraw
+
+    array = (grid.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()
+    image = Image.fromarray(array)
+    draw = ImageDraw.Draw(image)
+    for row, caption in enumerate(captions):
+        top = row * row_height
+        box = draw.textbbox((2, top + 1), caption)
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
+        draw.text((2, top + 1), caption, fill=(255, 255, 255))
+    return torch.from_numpy(__import__("numpy").asarray(image)).permute(2, 0, 1).float() / 255
+
+
+class SaliencyMonitor(EpochMonitorBase):
+    """Saliency maps of a fixed probe set, one TensorBoard image per method: ``cnnviz/saliency/<method>``.
+
+    Methods (see :mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013),
+    ``smoothgrad`` (Smilkov et al. 2017), ``guided_backprop`` (Springenberg et al. 2014), ``deconvnet`` (Zeiler &
+    Fergus 2013), ``grad_cam`` (Selvaraju et al. 2017) and ``occlusion`` (Zeiler & Fergus 2013). Each image has
+    one row per probe image, [image | map | overlay], captioned with the true and predicted class; the
+    step is the epoch, so the slider shows the evidence change as the network trains. Normalisation is per
+    image (see :func:`lightning_cnnviz.core.render.render_saliency`).
+
+    The probe set is chosen once: ``num_images`` images of the first validation pass (not the sanity check),
+    round-robin over the classes; without validation data, of the first training batches. SmoothGrad noise
+    comes from a private generator seeded with ``seed``, so it is the same at every epoch and the global RNG
+    (data order, dropout) is untouched. The maps are computed on rank zero only, in the monitor's own
+    grad-enabled pass (eval mode, restored after); parameter ``.grad`` is never touched.
+
+    Args:
+        methods: any of ``vanilla_gradient``, ``smoothgrad``, ``guided_backprop``, ``deconvnet``, ``grad_cam``,
+            ``occlusion``.
+        num_images: probe images.
+        target: ``"true"`` (the label), ``"predicted"``, or a class index.
+        every_n_epochs: log every this many epochs (and after the last one).
+        smoothgrad_samples: noisy copies per image; ``smoothgrad_sigma``: noise level, a fraction of each
+            image's value range.
+        occlusion_patch: side of the occluding square (default: a quarter of the image side);
+            ``occlusion_stride`` its step (default: half the patch).
+        grad_cam_layer: conv layer for Grad-CAM (default: the last ``nn.Conv2d``).
+        class_names: names for the captions (default: class indices).
+        seed: seed of the SmoothGrad noise.
+        on_error: ``"warn"`` (report once, switch the failing method off) or ``"raise"``.
+
+    Example:
+        >>> monitor = SaliencyMonitor(methods=("grad_cam", "occlusion"), num_images=8)
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str] = DEFAULT_METHODS,
+        num_images: int = 16,
+        target: Literal["true", "predicted"] | int = "true",
+        every_n_epochs: int = 1,
+        smoothgrad_samples: int = 25,
+        smoothgrad_sigma: float = 0.15,
+        occlusion_patch: int | None = None,
+        occlusion_stride: int | None = None,
+        grad_cam_layer: str | None = None,
+        class_names: Sequence[str] | None = None,
+        seed: int = 0,
+        batch_to_images: Callable[[Any], Tensor] | None = None,
+        on_error: ErrorPolicy = "warn",
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
+        if isinstance(methods, str):
+            methods = (methods,)
+        unknown = [m for m in methods if m not in S.SALIENCY_METHODS]
+        if unknown or not methods:
+            raise ValueError(
+                f"SaliencyMonitor: unknown method {unknown[0] if unknown else None!r} in `methods`; the methods are "
+                f"{', '.join(map(repr, S.SALIENCY_METHODS))}."
+            )
+        self.methods = tuple(methods)
+        self.num_images = check_positive_int(self._who, "num_images", num_images)
+        if not (target in ("true", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
+            raise ValueError(f"SaliencyMonitor: `target` can be 'true', 'predicted' or a class index, got {target!r}.")
+        self.target = target
+        self.smoothgrad_samples = check_positive_int(self._who, "smoothgrad_samples", smoothgrad_samples)
+        self.smoothgrad_sigma = float(smoothgrad_sigma)
+        self.occlusion_patch = occlusion_patch
+        self.occlusion_stride = occlusion_stride
+        self.grad_cam_layer = grad_cam_layer
+        self.class_names = list(class_names) if class_names is not None else None
+        self.seed = seed
+        self.batch_to_images = batch_to_images
+        self._probe_images: Tensor | None = None
+        self._probe_labels: Tensor | None = None
+        self._candidates: dict[str, list[tuple[Tensor, Tensor | None]]] = {"val": [], "train": []}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(methods=self.methods, num_images=self.num_images)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_model(pl_module)
+        if self.grad_cam_layer is not None:
+            resolve_modules(
+                pl_module, [self.grad_cam_layer], what="SaliencyMonitor `grad_cam_layer`", kinds=(torch.nn.Conv2d,)
+            )
+
+    # ------------------------------------------------------------------ probe set
+    def _offer(self, batch: Any, source: str) -> None:
+        pool = self._candidates[source]
+        if self._probe_images is not None or sum(len(x) for x, _ in pool) >= 8 * self.num_images:
+            return
+        images = self.batch_to_images(batch) if self.batch_to_images else images_from_batch(batch, who=self._who)
+        labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+        labels = labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
+        if labels is None and self.target == "true":
+            raise TypeError(
+                "SaliencyMonitor: target='true' needs (images, labels) batches; got no label tensor of shape "
+                f"({images.shape[0]},). Use target='predicted' or a class index."
+            )
+        pool.append((images.detach().cpu(), None if labels is None else labels.detach().cpu()))
+
+    def _finish_probe(self) -> None:
+        pool = self._candidates["val"] or self._candidates["train"]
+        if self._probe_images is not None or not pool:
+            return
+        images = torch.cat([x for x, _ in pool])
+        if all(y is not None for _, y in pool):
+            labels: Tensor | None = torch.cat([y for _, y in pool if y is not None])
+            chosen = select_balanced(labels, self.num_images)  # type: ignore[arg-type]
+        else:
+            labels, chosen = None, list(range(min(self.num_images, len(images))))
+        self._probe_images = images[chosen]
+        self._probe_labels = labels[chosen] if labels is not None else None
+        self._candidates = {"val": [], "train": []}
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            self._offer(batch, "val")
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._finish_probe()
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # kept aside, used only when the run has no validation data
+        if trainer.is_global_zero and self._probe_images is None and not self._candidates["val"]:
+            self._offer(batch, "train")
+
+    # ------------------------------------------------------------------ maps
+    def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
+        """The ``method``'s maps of the probe images (on the model's device)."""
+        assert self._probe_images is not None
+        images = self._probe_images.to(pl_module.device)
+        target: Tensor | int | None
+        if self.target == "true":
+            assert self._probe_labels is not None
+            target = self._probe_labels.to(pl_module.device)
+        else:
+            target = None if self.target == "predicted" else int(self.target)
+        if method == "smoothgrad":
+            generator = torch.Generator(device=images.device).manual_seed(self.seed)
+            return S.smoothgrad(
+                pl_module,
+                images,
+                target,
+                samples=self.smoothgrad_samples,
+                sigma=self.smoothgrad_sigma,
+                generator=generator,
+            )
+        if method == "grad_cam":
+            return S.grad_cam(pl_module, images, target, layer=self.grad_cam_layer)
+        if method == "occlusion":
+            patch = self.occlusion_patch or max(2, min(images.shape[-2:]) // 4)
+            stride = self.occlusion_stride or max(1, patch // 2)
+            return S.occlusion(pl_module, images, target, patch=patch, stride=stride)
+        function: Callable[..., Tensor] = getattr(S, method)
+        return function(pl_module, images, target)
+
+    def _captions(self, pl_module: pl.LightningModule) -> list[str]:
+        assert self._probe_images is not None
+        with torch.no_grad():
+            training = pl_module.training
+            pl_module.eval()
+            try:
+                predicted = pl_module(self._probe_images.to(pl_module.device)).argmax(dim=1).cpu().tolist()
+            finally:
+                pl_module.train(training)
+        names = self.class_names
+
+        def name(index: int) -> str:
+            return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+        labels = self._probe_labels.tolist() if self._probe_labels is not None else [None] * len(predicted)
+        return [(f"true {name(t)} / " if t is not None else "") + f"pred {name(p)}" for t, p in zip(labels, predicted)]
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sink = self._sink_for(trainer)
+        if not sink.active:
+            return
+        self._finish_probe()
+        if self._probe_images is None:
+            return
+        epoch = trainer.current_epoch
+        captions = self._run("saliency captions", self._captions, pl_module) or []
+        for method in self.methods:
+
+            def draw(method: str = method) -> None:
+                assert self._probe_images is not None
+                maps = self.compute_maps(pl_module, method)
+                grid = render_saliency(self._probe_images.to(maps.device), maps)
+                if captions:
+                    grid = label_rows(grid, captions, grid.shape[-2] // len(captions))
+                sink.image(f"cnnviz/saliency/{method}", grid, epoch)
+
+            self._run(f"saliency {method}", draw)

@@ -1,0 +1,310 @@
+"""Saliency maps, batched on the model's device: gradients, SmoothGrad, guided backprop, deconvnet, Grad-CAM,
+occlusion.
+
+Every function runs its own forward pass with gradients enabled (also when called under
+``torch.inference_mode``), takes gradients with ``torch.autograd.grad`` with respect to the inputs only (so
+no parameter's ``.grad`` changes), runs the model in eval mode and restores every module's ``training`` flag
+on exit. Guided backprop and deconvnet change the backward rule of *every* ReLU the forward computes,
+``nn.ReLU`` modules, ``nn.ReLU(inplace=True)`` and ``F.relu``/``torch.relu_``/``x.relu()`` calls alike,
+through a :class:`~torch.overrides.TorchFunctionMode` that is gone when the function returns.
+
+Targets: ``None`` is the predicted class, an ``int`` one class for every image, a tensor (N,) a class per
+image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from lightning_cnnviz.core.layers import conv_layers, resolve_modules
+from lightning_cnnviz.core.relu_sites import _RELU_FUNCTIONS, restore_training_flags
+
+__all__ = [
+    "SALIENCY_METHODS",
+    "deconvnet",
+    "grad_cam",
+    "guided_backprop",
+    "occlusion",
+    "override_relu_gradient",
+    "smoothgrad",
+    "vanilla_gradient",
+]
+
+SALIENCY_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "deconvnet", "grad_cam", "occlusion")
+Target = Tensor | int | None
+ReluRule = Literal["guided_backprop", "deconvnet"]
+
+
+class _GuidedRelu(torch.autograd.Function):
+    """ReLU forward; backward passes only positive gradients where the input was positive (Springenberg 2014)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = x.clamp_min(0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return grad.clamp_min(0) * (out > 0)
+
+
+class _DeconvRelu(torch.autograd.Function):
+    """ReLU forward; backward is the ReLU of the gradient signal (Zeiler & Fergus 2013 deconvnet)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.clamp_min(0)
+
+
+_INPLACE = {torch.relu_, Tensor.relu_}
+
+
+class _ReluGradientMode(TorchFunctionMode):
+    def __init__(self, rule: ReluRule) -> None:
+        super().__init__()
+        self._function = _GuidedRelu if rule == "guided_backprop" else _DeconvRelu
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if _RELU_FUNCTIONS.get(func) != "relu" or not isinstance(args[0], Tensor):
+            return func(*args, **kwargs)
+        x = args[0]
+        inplace = func in _INPLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        out = self._function.apply(x)
+        if inplace:  # keep the in-place contract: the caller may use x afterwards instead of the result
+            x.copy_(out)
+            return x
+        return out
+
+
+@contextlib.contextmanager
+def override_relu_gradient(rule: ReluRule) -> Iterator[None]:
+    """Inside the block, every ReLU computed (module or functional, in-place or not) uses ``rule``'s backward."""
+    if rule not in ("guided_backprop", "deconvnet"):
+        raise ValueError(f"rule can be 'guided_backprop' or 'deconvnet', got {rule!r}")
+    with _ReluGradientMode(rule):
+        yield
+
+
+@contextlib.contextmanager
+def _gradient_pass(model: nn.Module) -> Iterator[None]:
+    with restore_training_flags(model), torch.inference_mode(False), torch.enable_grad():
+        model.eval()
+        yield
+
+
+def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int) -> Tensor:
+    count = images.shape[0]
+    if isinstance(target, Tensor):
+        if target.shape != (count,):
+            raise ValueError(f"target must have shape ({count},), got {tuple(target.shape)}")
+        return target.to(images.device).long()
+    if isinstance(target, int):
+        return torch.full((count,), target, dtype=torch.long, device=images.device)
+    if target is not None:
+        raise TypeError(f"target can be None (predicted class), an int or a tensor of classes, got {target!r}")
+    with restore_training_flags(model), torch.no_grad():
+        model.eval()
+        return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(max_batch)])
+
+
+def _check_images(images: Tensor) -> None:
+    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+        raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
+
+
+def _input_gradient(model: nn.Module, images: Tensor, targets: Tensor, max_batch: int) -> Tensor:
+    """d score_target / d input for every image, in chunks of ``max_batch``; the caller sets any ReLU rule."""
+    grads = []
+    for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
+        inputs = chunk.detach().clone().requires_grad_(True)
+        scores = model(inputs).gather(1, chunk_targets[:, None]).sum()
+        (grad,) = torch.autograd.grad(scores, inputs)
+        grads.append(grad)
+    return torch.cat(grads)
+
+
+def vanilla_gradient(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
+    """Simonyan et al. 2013 (arXiv 1312.6034): ``max_c |d score / d x|``, shape (N, H, W)."""
+    _check_images(images)
+    targets = _targets(model, images, target, max_batch)
+    with _gradient_pass(model):
+        return _input_gradient(model, images, targets, max_batch).abs().amax(dim=1)
+
+
+def smoothgrad(
+    model: nn.Module,
+    images: Tensor,
+    target: Target = None,
+    *,
+    samples: int = 50,
+    sigma: float = 0.15,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    max_batch: int = 64,
+) -> Tensor:
+    """Smilkov et al. 2017 (arXiv 1706.03825): the mean of ``|gradient|`` over noisy copies, max over channels.
+
+    The ``samples`` noisy copies of every image are evaluated in batches of ``max_batch`` (not one by one).
+    Noise is Gaussian with standard deviation ``sigma * (max(x) - min(x))`` of each image (the paper's noise
+    level), unless ``noise`` (shape (N * samples, C, H, W), copies of image ``i`` at rows
+    ``i * samples ... (i + 1) * samples - 1``) is given. Returns (N, H, W).
+    """
+    _check_images(images)
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    count = images.shape[0]
+    targets = _targets(model, images, target, max_batch)
+    expanded = images.repeat_interleave(samples, dim=0)
+    if noise is None:
+        span = (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))).repeat_interleave(samples)
+        noise = torch.randn(expanded.shape, generator=generator, device=images.device, dtype=images.dtype)
+        noise = noise * (sigma * span).view(-1, 1, 1, 1)
+    elif noise.shape != expanded.shape:
+        raise ValueError(f"noise must have shape {tuple(expanded.shape)}, got {tuple(noise.shape)}")
+    with _gradient_pass(model):
+        grads = _input_gradient(model, expanded + noise, targets.repeat_interleave(samples), max_batch)
+    return grads.abs().view(count, samples, *images.shape[1:]).mean(dim=1).amax(dim=1)
+
+
+def guided_backprop(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
+    """Springenberg et al. 2014 (arXiv 1412.6806): input gradient with guided ReLU backward, (N, C, H, W)."""
+    return _relu_rule_gradient(model, images, target, "guided_backprop", max_batch)
+
+
+def deconvnet(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
+    """Zeiler & Fergus 2013 (arXiv 1311.2901): input gradient with ReLU applied to the backward signal, (N, C, H, W)."""
+    return _relu_rule_gradient(model, images, target, "deconvnet", max_batch)
+
+
+def _relu_rule_gradient(model: nn.Module, images: Tensor, target: Target, rule: ReluRule, max_batch: int) -> Tensor:
+    _check_images(images)
+    targets = _targets(model, images, target, max_batch)
+    with _gradient_pass(model), override_relu_gradient(rule):
+        return _input_gradient(model, images, targets, max_batch)
+
+
+def last_conv(model: nn.Module) -> str:
+    """Name of the last ``nn.Conv2d`` in registration order (Grad-CAM's default layer)."""
+    convs = conv_layers(model)
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d layer for Grad-CAM")
+    return list(convs)[-1]
+
+
+def grad_cam(
+    model: nn.Module,
+    images: Tensor,
+    target: Target = None,
+    *,
+    layer: str | None = None,
+    max_batch: int = 64,
+) -> Tensor:
+    """Selvaraju et al. 2017 (arXiv 1610.02391): ``ReLU(sum_k w_k A_k)``, ``w_k`` the spatial mean of
+    ``d score / d A_k``, upsampled (bilinear) to the input size. Shape (N, H, W).
+
+    ``layer`` defaults to the last ``nn.Conv2d``. The layer's output is kept out of reach of a following
+    in-place ReLU (the hook hands the rest of the network a copy), so ``A`` is the layer's own output.
+    """
+    _check_images(images)
+    name = layer if layer is not None else last_conv(model)
+    module = resolve_modules(model, [name], what="grad_cam layer")[name]
+    targets = _targets(model, images, target, max_batch)
+    captured: list[Tensor] = []
+
+    def keep(module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        captured.append(output)
+        return output.clone()
+
+    maps = []
+    handle = module.register_forward_hook(keep)
+    try:
+        with _gradient_pass(model):
+            for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
+                captured.clear()
+                scores = model(chunk.detach()).gather(1, chunk_targets[:, None]).sum()
+                activations = captured[-1]
+                (grad,) = torch.autograd.grad(scores, activations)
+                weights = grad.mean(dim=(2, 3), keepdim=True)
+                maps.append(F.relu((weights * activations).sum(dim=1, keepdim=True)).detach())
+    finally:
+        handle.remove()
+    cam = torch.cat(maps)
+    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+
+
+def _window_offsets(size: int, patch: int, stride: int) -> list[int]:
+    steps = math.ceil((size - patch) / stride) + 1 if size > patch else 1
+    return [k * stride for k in range(steps)]
+
+
+def occlusion(
+    model: nn.Module,
+    images: Tensor,
+    target: Target = None,
+    *,
+    patch: int = 8,
+    stride: int = 2,
+    baseline: float | Literal["mean"] = "mean",
+    probability: Callable[[Tensor], Tensor] | None = None,
+    max_batch: int = 64,
+) -> Tensor:
+    """Zeiler & Fergus 2013 occlusion: slide a ``patch`` x ``patch`` square (all channels) with ``stride``;
+    each pixel gets the mean drop of the target probability over the windows that cover it. (N, H, W).
+
+    All occluded copies are evaluated in batches of ``max_batch``. ``baseline`` fills the square: a number,
+    or ``"mean"`` for each image's per-channel mean. ``probability`` maps logits to the score (softmax by
+    default). Window positions follow captum's ``Occlusion`` (offsets ``k * stride``, the last window
+    clipped at the border), so the result equals ``Occlusion(...).attribute`` on the same score.
+    """
+    _check_images(images)
+    if patch < 1 or stride < 1 or stride > patch:
+        raise ValueError(f"need 1 <= stride <= patch, got patch={patch}, stride={stride}")
+    score = probability or (lambda logits: logits.softmax(dim=1))
+    count, channels, height, width = images.shape
+    targets = _targets(model, images, target, max_batch)
+    ys, xs = _window_offsets(height, patch, stride), _window_offsets(width, patch, stride)
+    masks = torch.zeros(len(ys) * len(xs), 1, height, width, device=images.device, dtype=images.dtype)
+    for index, (y, x) in enumerate((y, x) for y in ys for x in xs):
+        masks[index, :, y : y + patch, x : x + patch] = 1
+    windows = masks.shape[0]
+    if baseline == "mean":
+        fill = images.mean(dim=(2, 3), keepdim=True)
+    elif isinstance(baseline, (int, float)):
+        fill = torch.full((count, channels, 1, 1), float(baseline), device=images.device, dtype=images.dtype)
+    else:
+        raise ValueError(f"baseline can be a number or 'mean', got {baseline!r}")
+
+    drops = []
+    with restore_training_flags(model), torch.no_grad():
+        model.eval()
+        clean = score(torch.cat([model(c) for c in images.split(max_batch)])).gather(1, targets[:, None])
+        per_image = max(1, max_batch // windows)
+        for start in range(0, count, per_image):
+            chunk = images[start : start + per_image]
+            n = chunk.shape[0]
+            occluded = chunk[:, None] * (1 - masks[None]) + fill[start : start + n, None] * masks[None]
+            flat = occluded.reshape(n * windows, channels, height, width)
+            probs = torch.cat([score(model(part)) for part in flat.split(max_batch)])
+            target_probs = probs.gather(1, targets[start : start + n].repeat_interleave(windows)[:, None])
+            drops.append(clean[start : start + n] - target_probs.view(n, windows))
+    drop = torch.cat(drops)  # (N, windows)
+    covered = masks.sum(dim=0)  # (1, H, W)
+    total = torch.einsum("nw,whk->nhk", drop, masks[:, 0])
+    return total / covered.clamp_min(1)

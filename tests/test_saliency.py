@@ -1,0 +1,177 @@
+"""Saliency maps against captum on the same model and inputs, for nn.ReLU, in-place ReLU and F.relu models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import (
+    Deconvolution,
+    GuidedBackprop,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from conftest import TinyCNN, global_state_clean, hooks_left
+from torch import Tensor, nn
+
+from lightning_cnnviz.core import saliency as S
+
+STYLES = ["module", "inplace", "functional"]
+
+
+def twin(style: str, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Our model in ``style`` and the nn.ReLU-module reference (captum handles only nn.ReLU modules)."""
+    torch.manual_seed(seed)
+    reference = TinyCNN("module", in_channels=3, num_classes=4).eval()
+    ours = TinyCNN(style, in_channels=3, num_classes=4).eval()
+    ours.load_state_dict(reference.state_dict())
+    return ours, reference
+
+
+def images(count: int = 5, seed: int = 1) -> Tensor:
+    return torch.randn(count, 3, 12, 12, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_agree(ours: Tensor, reference: Tensor) -> None:
+    assert ours.shape == reference.shape
+    scale = reference.abs().max().item()
+    assert scale > 0
+    assert (ours - reference).abs().max().item() <= 1e-5 * scale
+
+
+TARGETS = torch.tensor([0, 1, 2, 3, 1])
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_vanilla_gradient_matches_captum_saliency(style: str) -> None:
+    ours_model, reference = twin(style)
+    x = images()
+    expected = Saliency(reference).attribute(x, target=TARGETS, abs=True).amax(dim=1)
+    assert_agree(S.vanilla_gradient(ours_model, x, TARGETS), expected)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_smoothgrad_matches_captum_noise_tunnel_with_the_same_noise(style: str) -> None:
+    ours_model, reference = twin(style)
+    x = images()
+    samples, stdev = 12, 0.3
+    torch.manual_seed(7)  # captum draws torch.normal(0, stdev) of shape (N * samples, C, H, W)
+    noise = torch.normal(0, torch.tensor(stdev).repeat((x.shape[0] * samples, *x.shape[1:])))
+    torch.manual_seed(7)
+    expected = NoiseTunnel(Saliency(reference)).attribute(
+        x, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, target=TARGETS
+    )
+    ours = S.smoothgrad(ours_model, x, TARGETS, samples=samples, noise=noise, max_batch=16)
+    assert_agree(ours, expected.amax(dim=1))
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize(("ours_fn", "captum_cls"), [(S.guided_backprop, GuidedBackprop), (S.deconvnet, Deconvolution)])
+def test_guided_backprop_and_deconvnet_match_captum(style: str, ours_fn, captum_cls) -> None:  # type: ignore[no-untyped-def]
+    ours_model, reference = twin(style)
+    x = images()
+    expected = captum_cls(reference).attribute(x, target=TARGETS)
+    ours = ours_fn(ours_model, x, TARGETS)
+    assert_agree(ours, expected)
+    assert not torch.allclose(ours, Saliency(reference).attribute(x, target=TARGETS, abs=False))  # rule took effect
+    assert hooks_left(ours_model) == [] and global_state_clean()
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_grad_cam_matches_captum_layer_grad_cam(style: str) -> None:
+    ours_model, reference = twin(style)
+    x = images()
+    cam = LayerGradCam(reference, reference.conv2).attribute(x, target=TARGETS, relu_attributions=True)
+    expected = LayerAttribution.interpolate(cam, (12, 12), "bilinear").squeeze(1)
+    ours = S.grad_cam(ours_model, x, TARGETS)
+    assert_agree(ours, expected)
+    assert hooks_left(ours_model) == []
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize(("patch", "stride"), [(4, 2), (5, 3)])
+def test_occlusion_matches_captum(style: str, patch: int, stride: int) -> None:
+    ours_model, reference = twin(style)
+    x = images()
+
+    def probabilities(inputs: Tensor) -> Tensor:
+        return reference(inputs).softmax(dim=1)
+
+    expected = Occlusion(probabilities).attribute(
+        x,
+        sliding_window_shapes=(3, patch, patch),
+        strides=(3, stride, stride),
+        baselines=0.25,
+        target=TARGETS,
+        perturbations_per_eval=64,
+    )
+    ours = S.occlusion(ours_model, x, TARGETS, patch=patch, stride=stride, baseline=0.25, max_batch=50)
+    assert_agree(ours, expected[:, 0])
+    assert torch.equal(expected[:, 0], expected[:, 2])  # the window spans all channels
+
+
+def test_hand_computed_gradient_on_a_linear_model() -> None:
+    """score = w . x for a conv-free linear map: vanilla gradient is |w| (max over channels)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 2 * 2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.arange(16.0).view(2, 8) - 7)
+    grad = S.vanilla_gradient(model, torch.zeros(1, 2, 2, 2), 1)
+    expected = (torch.arange(8.0, 16.0) - 7).abs().view(2, 2, 2).amax(dim=0)
+    assert torch.equal(grad[0], expected)
+
+
+def test_guided_backprop_hand_computed_on_a_tiny_net() -> None:
+    """x -> relu(a x) -> b * h: guided backprop is b * a where both the forward input and b are positive."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[3].weight.copy_(torch.tensor([[1.0, -1.0, 3.0, 0.5]]))
+    x = torch.tensor([[[[1.0, 1.0], [-1.0, 2.0]]]])
+    guided = S.guided_backprop(model, x, 0)
+    # positions: (+in, +w) -> 2*1; (+in, -w) -> 0 (negative signal stopped); (-in) -> 0; (+in, +w) -> 2*0.5
+    assert guided.flatten().tolist() == [2.0, 0.0, 0.0, 1.0]
+    deconv = S.deconvnet(model, x, 0)
+    # deconvnet ignores the forward sign: relu of the signal: [1, 0, 3, 0.5] * 2
+    assert deconv.flatten().tolist() == [2.0, 0.0, 6.0, 1.0]
+
+
+def test_parameter_grads_untouched_and_modes_restored_even_after_errors() -> None:
+    model, _ = twin("functional")
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    x = images()
+    for method in (S.vanilla_gradient, S.guided_backprop, S.grad_cam):
+        method(model, x, TARGETS)
+    S.smoothgrad(model, x, TARGETS, samples=3)
+    S.occlusion(model, x, TARGETS, patch=6, stride=3)
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
+    assert model.training and model.conv1.training
+
+    broken = TinyCNN("functional", in_channels=3)
+    with pytest.raises(RuntimeError):
+        S.guided_backprop(broken, torch.randn(2, 2, 8, 8), 0)  # wrong channel count raises inside the forward
+    with pytest.raises(RuntimeError):
+        S.grad_cam(broken, torch.randn(2, 2, 8, 8), 0)
+    assert hooks_left(broken) == [] and global_state_clean() and broken.training
+
+
+def test_works_under_inference_mode() -> None:
+    model, reference = twin("inplace")
+    x = images()
+    with torch.inference_mode():
+        ours = S.vanilla_gradient(model, x, TARGETS)
+    assert_agree(ours, Saliency(reference).attribute(x, target=TARGETS, abs=True).amax(dim=1))
+
+
+def test_targets_default_to_the_prediction_and_are_checked() -> None:
+    model, _ = twin("module")
+    x = images()
+    predicted = model(x).argmax(dim=1)
+    torch.testing.assert_close(S.vanilla_gradient(model, x), S.vanilla_gradient(model, x, predicted))
+    with pytest.raises(ValueError, match=r"target must have shape \(5,\)"):
+        S.vanilla_gradient(model, x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="grad_cam layer: no module named 'conv9'"):
+        S.grad_cam(model, x, layer="conv9")

@@ -1,0 +1,78 @@
+"""SaliencyMonitor in real fits on digits: images per method, balanced probe, training undisturbed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import global_state_clean, hooks_left, make_trainer, read_events
+from test_monitors import SMALL, RecordGrads, small_model
+
+from lightning_cnnviz import SaliencyMonitor
+from lightning_cnnviz.callbacks.saliency_monitor import select_balanced
+from lightning_cnnviz.core import SALIENCY_METHODS
+
+
+def test_every_method_is_logged_per_epoch_on_a_balanced_probe(tmp_path: Path, digits_data: Any) -> None:
+    monitor = SaliencyMonitor(methods=SALIENCY_METHODS, num_images=10, smoothgrad_samples=4, on_error="raise")
+    model = small_model()
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, num_sanity_val_steps=1)
+    trainer.fit(model, datamodule=digits_data)
+    assert monitor._probe_labels is not None and monitor._probe_labels.tolist() == list(range(10))
+    val_images = digits_data._val.tensors[0]
+    first_of_each = [int((digits_data._val.tensors[1] == c).nonzero()[0]) for c in range(10)]
+    assert torch.equal(monitor._probe_images, val_images[first_of_each])  # fixed, from the validation data
+    events = read_events(tmp_path)
+    for method in SALIENCY_METHODS:
+        logged = events["images"][f"cnnviz/saliency/{method}"]
+        assert [e.step for e in logged] == [0, 1]
+        assert logged[0].height == 10 * (64 + 2)  # one row per probe image, 16 px upscaled to 64
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+def test_training_is_bit_identical_with_the_saliency_monitor(tmp_path: Path, digits_data: Any) -> None:
+    runs = []
+    for with_monitor in (False, True):
+        pl.seed_everything(0, verbose=False)
+        model = RecordGrads(channels=SMALL, activation="inplace")
+        callbacks = [SaliencyMonitor(num_images=6, smoothgrad_samples=3, on_error="raise")] if with_monitor else []
+        trainer = make_trainer(tmp_path / str(with_monitor), callbacks, max_epochs=2)
+        trainer.fit(model, datamodule=digits_data)
+        runs.append(model)
+    assert len(runs[0].grads) == len(runs[1].grads) == 44
+    for a_step, b_step in zip(runs[0].grads, runs[1].grads, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(a_step, b_step, strict=True))
+
+
+def test_a_failing_method_is_switched_off_and_the_others_go_on(
+    tmp_path: Path, digits_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lightning_cnnviz.core.saliency as S
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise FloatingPointError("injected")
+
+    monkeypatch.setattr(S, "grad_cam", broken)
+    model = small_model()
+    trainer = make_trainer(tmp_path, [SaliencyMonitor(methods=("grad_cam", "vanilla_gradient"), num_images=4)])
+    with pytest.warns(UserWarning, match="saliency grad_cam failed with FloatingPointError"):
+        trainer.fit(model, datamodule=digits_data)
+    images = read_events(tmp_path)["images"]
+    assert "cnnviz/saliency/vanilla_gradient" in images and "cnnviz/saliency/grad_cam" not in images
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown method 'lime'.*'vanilla_gradient', 'smoothgrad'"):
+        SaliencyMonitor(methods=("grad_cam", "lime"))
+    with pytest.raises(ValueError, match="`target` can be 'true', 'predicted' or a class index"):
+        SaliencyMonitor(target="best")  # type: ignore[arg-type]
+
+
+def test_select_balanced_is_round_robin() -> None:
+    labels = torch.tensor([2, 2, 0, 1, 0, 2, 1])
+    assert select_balanced(labels, 5) == [2, 3, 0, 4, 6]
+    assert select_balanced(labels, 10) == [2, 3, 0, 4, 6, 1, 5]
