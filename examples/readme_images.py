@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
-from lightning_cnnviz import ActivationMonitor, FilterMonitor
+from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor
 from lightning_cnnviz.data import IDXDataModule, ImageFolderDataModule
 from lightning_cnnviz.models import ImageClassifier
 
@@ -56,6 +56,10 @@ def save_last_image(run: Path, tag: str, target: Path) -> None:
     print(f"{target}: {tag} at step {image.step}, {image.width}x{image.height}")
 
 
+def cifar_classes() -> list[str]:
+    return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
@@ -67,10 +71,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
-        run = fit(
-            Path(tmp) / "cifar", cifar, ImageClassifier(in_channels=3, first_kernel=7), [FilterMonitor()], max_epochs=8
+        saliency = SaliencyMonitor(
+            methods=("smoothgrad", "guided_backprop", "grad_cam", "occlusion"),
+            num_images=6,
+            every_n_epochs=8,
+            class_names=cifar_classes(),
         )
+        model = ImageClassifier(in_channels=3, first_kernel=7)
+        run = fit(Path(tmp) / "cifar", cifar, model, [FilterMonitor(), saliency], max_epochs=8)
         save_last_image(run, "cnnviz/filters/net.conv1", out / "filters_cifar10.png")
+        for method in saliency.methods:
+            save_last_image(run, f"cnnviz/saliency/{method}", out / f"saliency_{method}_cifar10.png")
 
         fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_train=128 * 300, limit_val=1000)
         sane = fit(

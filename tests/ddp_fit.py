@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_cnnviz import ActivationMonitor, FilterMonitor
+from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor
 from lightning_cnnviz.data import DigitsDataModule
 from lightning_cnnviz.models import ImageClassifier
 
@@ -37,7 +37,11 @@ def main() -> None:
         devices=2,
         max_epochs=2,
         logger=TensorBoardLogger(out, name="ddp"),
-        callbacks=[FilterMonitor(on_error="raise"), activations],
+        callbacks=[
+            FilterMonitor(on_error="raise"),
+            activations,
+            SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise"),
+        ],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,

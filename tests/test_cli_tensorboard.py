@@ -64,6 +64,8 @@ def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, s
             assert len(events["scalars"][f"cnnviz/activations/{quantity}/{name}"]) >= 4
         assert f"cnnviz/activations/dead_map/{name}" in events["images"]
         assert f"cnnviz/activations/firing_rate/{name}" in events["histograms"]
+    for method in ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion"):
+        assert [e.step for e in events["images"][f"cnnviz/saliency/{method}"]] == [1]  # every 2 epochs
     assert "val_acc" in events["scalars"]  # the run trained and validated as usual
 
 

@@ -77,7 +77,7 @@ class SaliencyMonitor(EpochMonitorBase):
         smoothgrad_samples: noisy copies per image; ``smoothgrad_sigma``: noise level, a fraction of each
             image's value range.
         occlusion_patch: side of the occluding square (default: a quarter of the image side);
-            ``occlusion_stride`` its step (default: half the patch).
+            ``occlusion_stride`` its step (default: a quarter of the patch).
         grad_cam_layer: conv layer for Grad-CAM (default: the last ``nn.Conv2d``).
         class_names: names for the captions (default: class indices).
         seed: seed of the SmoothGrad noise.
@@ -127,7 +127,7 @@ class SaliencyMonitor(EpochMonitorBase):
         self.batch_to_images = batch_to_images
         self._probe_images: Tensor | None = None
         self._probe_labels: Tensor | None = None
-        self._candidates: dict[str, list[tuple[Tensor, Tensor | None]]] = {"val": [], "train": []}
+        self._candidates: dict[str, dict[int, list[Tensor]]] = {"val": {}, "train": {}}
 
     @property
     @override
@@ -144,8 +144,9 @@ class SaliencyMonitor(EpochMonitorBase):
 
     # ------------------------------------------------------------------ probe set
     def _offer(self, batch: Any, source: str) -> None:
-        pool = self._candidates[source]
-        if self._probe_images is not None or sum(len(x) for x, _ in pool) >= 8 * self.num_images:
+        """Keep what the round-robin choice can still pick: per class (lowest labels first), at most as many
+        images as a balanced probe needs, so memory stays near ``2 * num_images`` images for any dataset."""
+        if self._probe_images is not None:
             return
         images = self.batch_to_images(batch) if self.batch_to_images else images_from_batch(batch, who=self._who)
         labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
@@ -155,21 +156,31 @@ class SaliencyMonitor(EpochMonitorBase):
                 "SaliencyMonitor: target='true' needs (images, labels) batches; got no label tensor of shape "
                 f"({images.shape[0]},). Use target='predicted' or a class index."
             )
-        pool.append((images.detach().cpu(), None if labels is None else labels.detach().cpu()))
+        pool = self._candidates[source]
+        images = images.detach().cpu()
+        if labels is None:
+            unlabeled = pool.setdefault(-1, [])
+            unlabeled.extend(list(images[: max(0, self.num_images - len(unlabeled))]))
+            return
+        for image, label in zip(images, labels.detach().cpu().tolist()):
+            pool.setdefault(int(label), []).append(image)
+        kept = sorted(pool)[: self.num_images]
+        cap = -(-self.num_images // len(kept))
+        self._candidates[source] = {label: pool[label][:cap] for label in kept}
 
     def _finish_probe(self) -> None:
         pool = self._candidates["val"] or self._candidates["train"]
         if self._probe_images is not None or not pool:
             return
-        images = torch.cat([x for x, _ in pool])
-        if all(y is not None for _, y in pool):
-            labels: Tensor | None = torch.cat([y for _, y in pool if y is not None])
-            chosen = select_balanced(labels, self.num_images)  # type: ignore[arg-type]
+        if -1 in pool:
+            self._probe_images, self._probe_labels = torch.stack(pool[-1][: self.num_images]), None
         else:
-            labels, chosen = None, list(range(min(self.num_images, len(images))))
-        self._probe_images = images[chosen]
-        self._probe_labels = labels[chosen] if labels is not None else None
-        self._candidates = {"val": [], "train": []}
+            images = [image for label in sorted(pool) for image in pool[label]]
+            labels = torch.tensor([label for label in sorted(pool) for _ in pool[label]])
+            chosen = select_balanced(labels, self.num_images)
+            self._probe_images = torch.stack([images[i] for i in chosen])
+            self._probe_labels = labels[chosen]
+        self._candidates = {"val": {}, "train": {}}
 
     @override
     def on_validation_batch_start(
@@ -216,7 +227,7 @@ class SaliencyMonitor(EpochMonitorBase):
             return S.grad_cam(pl_module, images, target, layer=self.grad_cam_layer)
         if method == "occlusion":
             patch = self.occlusion_patch or max(2, min(images.shape[-2:]) // 4)
-            stride = self.occlusion_stride or max(1, patch // 2)
+            stride = self.occlusion_stride or max(1, patch // 4)
             return S.occlusion(pl_module, images, target, patch=patch, stride=stride)
         function: Callable[..., Tensor] = getattr(S, method)
         return function(pl_module, images, target)
