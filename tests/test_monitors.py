@@ -423,3 +423,30 @@ def test_constructor_arguments_are_checked(make: Any, pattern: str) -> None:
         make()
     with pytest.raises(TypeError, match="must be a list of layer names"):
         FilterMonitor(layers="net.conv1")  # type: ignore[arg-type]
+
+
+def test_collect_every_n_steps_samples_whole_steps(tmp_path: Path, digits_data: Any) -> None:
+    every, sampled = ActivationMonitor(every_n_steps=22), ActivationMonitor(every_n_steps=22, collect_every_n_steps=2)
+    for monitor in (every, sampled):
+        model = small_model(lr=0.0)
+        kill_channels(model, DEAD)
+        trainer = make_trainer(tmp_path / str(id(monitor)), [monitor])
+        trainer.fit(model, datamodule=digits_data)
+    # one window of 22 training steps; statistics from all 22, or from every second one
+    assert [a["window_steps"] for a in every.alerts] == [22]
+    assert [a["window_steps"] for a in sampled.alerts] == [11]
+    assert every.alerts[0]["dead_channels"] == sampled.alerts[0]["dead_channels"] == DEAD
+
+
+def test_example_input_array_checks_functional_names_at_setup(tmp_path: Path, digits_data: Any) -> None:
+    model = small_model("functional")
+    model.example_input_array = torch.zeros(2, 1, 16, 16)
+    monitor = ActivationMonitor(layers=["net.relu#2"], on_error="raise")
+    trainer = make_trainer(tmp_path, [monitor])
+    monitor.setup(trainer, model, "fit")
+    assert [s.name for s in monitor.sites or []] == ["net.relu#2"]
+    bad = ActivationMonitor(layers=["net.relu#5"])
+    with pytest.raises(ValueError, match=r"no activation named 'net.relu#5'"):
+        bad.setup(trainer, model, "fit")
+    trainer.fit(model, datamodule=digits_data)
+    assert list(monitor._rate_history) == ["net.relu#2"]

@@ -102,6 +102,10 @@ class EpochMonitorBase(MonitorBase):
         self.every_n_epochs = check_positive_int(self._who, "every_n_epochs", every_n_epochs)
         self._last_logged_step: int | None = None
 
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_logged_step = None
+
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         raise NotImplementedError
 

@@ -200,6 +200,8 @@ class ActivationMonitor(MonitorBase):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._check_model(pl_module)
+        # a monitor reused for another fit finds the (possibly different) model's activations afresh
+        self.sites, self._stats = None, None
         if self.layers is not None:
             self._check_names_without_forward(pl_module)
         example = getattr(pl_module, "example_input_array", None)

@@ -137,6 +137,9 @@ class SaliencyMonitor(EpochMonitorBase):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._check_model(pl_module)
+        if stage == "fit":  # the probe is chosen once per fit, from that fit's validation data
+            self._probe_images, self._probe_labels = None, None
+            self._candidates = {"val": {}, "train": {}}
         if self.grad_cam_layer is not None:
             resolve_modules(
                 pl_module, [self.grad_cam_layer], what="SaliencyMonitor `grad_cam_layer`", kinds=(torch.nn.Conv2d,)
