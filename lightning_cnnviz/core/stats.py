@@ -89,7 +89,7 @@ class ActivationStats:
         self,
         channels: Mapping[str, int],
         device: torch.device | str | None = None,
-        max_scratch_elements: int = 1 << 23,
+        max_scratch_elements: int = 1 << 19,
     ) -> None:
         self.channels = dict(channels)
         self.max_scratch_elements = max_scratch_elements
