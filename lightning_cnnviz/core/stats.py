@@ -72,10 +72,10 @@ class ActivationStats:
     the firing indicator, then a sum over every dimension but the channel one). On CPU the ``sign`` is
     written into one reused scratch buffer (at most ``max_scratch_elements``, larger activations are
     processed in batch chunks), because page-faulting a fresh activation-sized temporary on every step
-    costs more than the arithmetic. Counts live in float64 on the
-    device and are exact integers (each update adds at most 2**24 per channel). ``summary`` sums the counts of every
-    process in one collective (so all ranks agree on the dead filters) and moves them to the host in one
-    copy.
+    costs more than the arithmetic. Counts live in float64 on the device and are exact integers (a
+    CPU chunk's float32 partial sums stay far below 2**24; on CUDA the sum is taken in float64). ``summary``
+    sums the counts of every process in one collective (so all ranks agree on the dead filters) and moves
+    them to the host in one copy.
 
     Example:
         >>> stats = ActivationStats({"relu1": 3})
@@ -103,7 +103,8 @@ class ActivationStats:
     def reset(self) -> None:
         """Start a new window."""
         self._firing = {
-            name: torch.zeros(count, dtype=torch.float64, device=self.device) for name, count in self.channels.items()
+            name: torch.zeros(count, dtype=_count_dtype(self.device), device=self.device)
+            for name, count in self.channels.items()
         }
         self._positions = dict.fromkeys(self.channels, 0)
         self.steps = 0
@@ -126,7 +127,7 @@ class ActivationStats:
         dims = [0, *range(2, values.dim())]
         firing = self._firing[name]
         if firing.device != values.device:
-            firing = self._firing[name] = firing.to(values.device)
+            firing = self._firing[name] = firing.to(values.device, _count_dtype(values.device))
         with torch.no_grad():
             # sign(x) is 1 where x > 0 and 0 where x == 0 (ReLU outputs are never negative). NaN counts as
             # not firing, so a layer that diverged to NaN shows as dead and alerts.
@@ -141,7 +142,7 @@ class ActivationStats:
                     per_row = indicator.view(chunk.shape[0], channels, -1).sum(-1, dtype=torch.float32)
                     firing.add_(per_row.sum(0))
             else:
-                firing.add_(torch.sign(values).sum(dim=dims, dtype=torch.float32))
+                firing.add_(torch.sign(values).sum(dim=dims, dtype=firing.dtype))
         self._positions[name] += values.numel() // channels
 
     def _chunk_rows(self, values: Tensor) -> int:
@@ -170,10 +171,9 @@ class ActivationStats:
         """
         names = list(self.channels)
         device = next(iter(self._firing.values())).device if self._firing else self.device
-        totals = torch.tensor([float(self._positions[n]) for n in names] + [float(self.steps)], dtype=torch.float64).to(
-            device
-        )
-        flat = torch.cat([*(self._firing[n].to(device) for n in names), totals])
+        dtype = _count_dtype(device)
+        totals = torch.tensor([float(self._positions[n]) for n in names] + [float(self.steps)], dtype=dtype)
+        flat = torch.cat([*(self._firing[n].to(device, dtype) for n in names), totals.to(device)])
         if reduce_sum is None and _distributed():
             reduce_sum = _all_reduce_sum
         if reduce_sum is not None:
@@ -189,6 +189,11 @@ class ActivationStats:
             )
             offset += count
         return ActivationSummary(layers=layers, steps=int(host[-1]))
+
+
+def _count_dtype(device: torch.device) -> torch.dtype:
+    """float64 (exact counts up to 2**53) except on Apple's MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _distributed() -> bool:
