@@ -55,8 +55,9 @@ def timed(function: Callable[[], Tensor], device: str) -> tuple[float, Tensor]:
     return time.perf_counter() - start, result
 
 
-def compare(name: str, ours: Callable[[], Tensor], theirs: dict[str, Callable[[], Tensor]], device: str,
-            repeats: int) -> None:
+def compare(
+    name: str, ours: Callable[[], Tensor], theirs: dict[str, Callable[[], Tensor]], device: str, repeats: int
+) -> None:
     ours()
     for reference in theirs.values():
         reference()
@@ -96,31 +97,51 @@ def main() -> None:
 
     def captum_smoothgrad() -> Tensor:
         torch.manual_seed(1)
-        return NoiseTunnel(Saliency(model)).attribute(
-            images, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, target=targets
-        ).amax(dim=1)
+        return (
+            NoiseTunnel(Saliency(model))
+            .attribute(images, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, target=targets)
+            .amax(dim=1)
+        )
 
-    compare("SmoothGrad 50 samples x 16 images",
-            lambda: S.smoothgrad(model, images, targets, samples=samples, noise=noise),
-            {"captum NoiseTunnel(Saliency)": captum_smoothgrad}, device, args.repeats)
+    compare(
+        "SmoothGrad 50 samples x 16 images",
+        lambda: S.smoothgrad(model, images, targets, samples=samples, noise=noise),
+        {"captum NoiseTunnel(Saliency)": captum_smoothgrad},
+        device,
+        args.repeats,
+    )
 
     def probabilities(x: Tensor) -> Tensor:
         return model(x).softmax(dim=1)
 
     def captum_occlusion(per_eval: int) -> Callable[[], Tensor]:
         return lambda: Occlusion(probabilities).attribute(
-            images, sliding_window_shapes=(3, 8, 8), strides=(3, 2, 2), baselines=0.0, target=targets,
+            images,
+            sliding_window_shapes=(3, 8, 8),
+            strides=(3, 2, 2),
+            baselines=0.0,
+            target=targets,
             perturbations_per_eval=per_eval,
         )[:, 0]
 
-    compare("Occlusion 16 x 32x32, patch 8, stride 2",
-            lambda: S.occlusion(model, images, targets, patch=8, stride=2, baseline=0.0),
-            {"captum Occlusion (default, 1 window per pass)": captum_occlusion(1),
-             "captum Occlusion (169 windows per pass)": captum_occlusion(169)}, device, args.repeats)
+    compare(
+        "Occlusion 16 x 32x32, patch 8, stride 2",
+        lambda: S.occlusion(model, images, targets, patch=8, stride=2, baseline=0.0),
+        {
+            "captum Occlusion (default, 1 window per pass)": captum_occlusion(1),
+            "captum Occlusion (169 windows per pass)": captum_occlusion(169),
+        },
+        device,
+        args.repeats,
+    )
 
-    compare("Guided backprop 16 images", lambda: S.guided_backprop(model, images, targets),
-            {"captum GuidedBackprop": lambda: GuidedBackprop(model).attribute(images, target=targets)},
-            device, args.repeats)
+    compare(
+        "Guided backprop 16 images",
+        lambda: S.guided_backprop(model, images, targets),
+        {"captum GuidedBackprop": lambda: GuidedBackprop(model).attribute(images, target=targets)},
+        device,
+        args.repeats,
+    )
 
 
 if __name__ == "__main__":
