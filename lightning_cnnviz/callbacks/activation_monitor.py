@@ -265,15 +265,7 @@ class ActivationMonitor(MonitorBase):
         self._batch_counter = 0
 
     def _start(self, pl_module: pl.LightningModule, batch: Any) -> None:
-        if self.batch_to_images is not None:
-            images = self.batch_to_images(batch)
-            if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
-                raise TypeError(
-                    "ActivationMonitor: `batch_to_images` must return a floating image tensor of shape "
-                    f"(N, C, H, W), got {images!r:.200}."
-                )
-        else:
-            images = images_from_batch(batch, who="ActivationMonitor")
+        images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
         if self.sites is None:
             self._discover(pl_module, images)
         assert self.sites is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,13 +24,24 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def images_from_batch(batch: Any, *, who: str = "lightning_cnnviz") -> Tensor:
-    """The image tensor of a batch: the batch itself, its first element, or its ``'image'``-like key.
+def images_from_batch(
+    batch: Any, *, who: str = "lightning_cnnviz", batch_to_images: Callable[[Any], Tensor] | None = None
+) -> Tensor:
+    """The image tensor of a batch: ``batch_to_images(batch)`` when given, else the batch itself, its first
+    element, or its ``'image'``-like key.
 
     Raises:
         TypeError: no image tensor of shape (N, C, H, W) with a floating dtype could be found; the message
             says what the batch was and what is accepted.
     """
+    if batch_to_images is not None:
+        images = batch_to_images(batch)
+        if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+            raise TypeError(
+                f"{who}: `batch_to_images` must return a floating image tensor of shape (N, C, H, W), "
+                f"got {images!r:.200}."
+            )
+        return images
     candidate: Any = batch
     if isinstance(batch, (list, tuple)) and batch:
         candidate = batch[0]
