@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_cnnviz.core.images import normalize_per_item, upscale_nearest
+
 __all__ = ["dead_filter_map"]
 
 _DEAD_RGB = (0.85, 0.1, 0.1)
@@ -69,9 +71,7 @@ def colormap(values: Tensor) -> Tensor:
 
 def _to_display(images: Tensor) -> Tensor:
     """(N, C, H, W) -> (N, 3, H, W) in [0, 1], each image stretched to its own min/max, gray as RGB."""
-    flat = images.float().flatten(1)
-    low, high = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
-    shown = (images.float() - low) / (high - low).clamp_min(1e-12)
+    shown = normalize_per_item(images.float())
     return shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown[:, :3]
 
 
@@ -90,7 +90,7 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
     if maps.dim() == 3:
         heat = maps.float().clamp_min(0)
         heat = heat / heat.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-        middle = torch.stack([colormap(h) for h in heat])
+        middle = colormap(heat).movedim(0, 1)
         gray = shown.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
         right = (1 - alpha) * gray + alpha * middle
     else:
@@ -99,9 +99,9 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
         middle = signed.expand(-1, 3, -1, -1) if signed.shape[1] == 1 else signed[:, :3]
         magnitude = maps.float().abs().sum(dim=1)
         magnitude = magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-        right = torch.stack([colormap(m) for m in magnitude])
+        right = colormap(magnitude).movedim(0, 1)
     factor = max(1, -(-min_px // max(height, width)))
-    panels = [p.repeat_interleave(factor, -2).repeat_interleave(factor, -1) for p in (shown, middle, right)]
+    panels = [upscale_nearest(panel, factor) for panel in (shown, middle, right)]
     gap = torch.ones(count, 3, panels[0].shape[-2], 2, device=images.device)
     rows = torch.cat([panels[0], gap, panels[1], gap, panels[2]], dim=-1)  # (N, 3, h, 3w + 4)
     spacer = torch.ones(count, 3, 2, rows.shape[-1], device=images.device)

@@ -109,7 +109,8 @@ def _gradient_pass(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int) -> Tensor:
+def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, logits: Tensor | None = None) -> Tensor:
+    """Target classes; the prediction for ``None`` (from ``logits`` when the caller already has them)."""
     count = images.shape[0]
     if isinstance(target, Tensor):
         if target.shape != (count,):
@@ -119,6 +120,8 @@ def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int) -
         return torch.full((count,), target, dtype=torch.long, device=images.device)
     if target is not None:
         raise TypeError(f"target can be None (predicted class), an int or a tensor of classes, got {target!r}")
+    if logits is not None:
+        return logits.argmax(dim=1)
     with restore_training_flags(model), torch.no_grad():
         model.eval()
         return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(max_batch)])
@@ -278,7 +281,6 @@ def occlusion(
         raise ValueError(f"need 1 <= stride <= patch, got patch={patch}, stride={stride}")
     score = probability or (lambda logits: logits.softmax(dim=1))
     count, channels, height, width = images.shape
-    targets = _targets(model, images, target, max_batch)
     ys, xs = _window_offsets(height, patch, stride), _window_offsets(width, patch, stride)
     masks = torch.zeros(len(ys) * len(xs), 1, height, width, device=images.device, dtype=images.dtype)
     for index, (y, x) in enumerate((y, x) for y in ys for x in xs):
@@ -294,7 +296,9 @@ def occlusion(
     drops = []
     with restore_training_flags(model), torch.no_grad():
         model.eval()
-        clean = score(torch.cat([model(c) for c in images.split(max_batch)])).gather(1, targets[:, None])
+        logits = torch.cat([model(c) for c in images.split(max_batch)])
+        targets = _targets(model, images, target, max_batch, logits=logits)
+        clean = score(logits).gather(1, targets[:, None])
         per_image = max(1, max_batch // windows)
         for start in range(0, count, per_image):
             chunk = images[start : start + per_image]
