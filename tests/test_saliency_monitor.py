@@ -76,3 +76,15 @@ def test_select_balanced_is_round_robin() -> None:
     labels = torch.tensor([2, 2, 0, 1, 0, 2, 1])
     assert select_balanced(labels, 5) == [2, 3, 0, 4, 6]
     assert select_balanced(labels, 10) == [2, 3, 0, 4, 6, 1, 5]
+
+
+def test_without_validation_data_the_probe_comes_from_the_first_training_batches(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(64, 1, 16, 16, generator=generator), torch.arange(64) % 4
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=16)
+    monitor = SaliencyMonitor(methods=("grad_cam",), num_images=8, on_error="raise")
+    trainer = make_trainer(tmp_path, [monitor], limit_val_batches=0)
+    trainer.fit(small_model(), train_dataloaders=loader)
+    assert monitor._probe_labels is not None and monitor._probe_labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert torch.equal(monitor._probe_images, images[:8])  # balanced from the first batch, no more copied
+    assert [e.step for e in read_events(tmp_path)["images"]["cnnviz/saliency/grad_cam"]] == [0]

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -14,6 +15,7 @@ from lightning_cnnviz.callbacks._base import EpochMonitorBase, ErrorPolicy, chec
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.core.images import images_from_batch
 from lightning_cnnviz.core.layers import resolve_modules
+from lightning_cnnviz.core.relu_sites import restore_training_flags
 from lightning_cnnviz.core.render import render_saliency
 
 __all__ = ["SaliencyMonitor", "label_rows", "select_balanced"]
@@ -49,7 +51,7 @@ def label_rows(grid: Tensor, captions: Sequence[str], row_height: int) -> Tensor
         box = draw.textbbox((2, top + 1), caption)
         draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
         draw.text((2, top + 1), caption, fill=(255, 255, 255))
-    return torch.from_numpy(__import__("numpy").asarray(image)).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255
 
 
 class SaliencyMonitor(EpochMonitorBase):
@@ -128,6 +130,7 @@ class SaliencyMonitor(EpochMonitorBase):
         self._probe_images: Tensor | None = None
         self._probe_labels: Tensor | None = None
         self._candidates: dict[str, dict[int, list[Tensor]]] = {"val": {}, "train": {}}
+        self._probe_from_training = False
 
     @property
     @override
@@ -151,7 +154,7 @@ class SaliencyMonitor(EpochMonitorBase):
         images as a balanced probe needs, so memory stays near ``2 * num_images`` images for any dataset."""
         if self._probe_images is not None:
             return
-        images = self.batch_to_images(batch) if self.batch_to_images else images_from_batch(batch, who=self._who)
+        images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
         labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
         labels = labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
         if labels is None and self.target == "true":
@@ -198,12 +201,18 @@ class SaliencyMonitor(EpochMonitorBase):
             self._finish_probe()
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._probe_from_training = not any(trainer.num_val_batches)
+
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        # kept aside, used only when the run has no validation data
-        if trainer.is_global_zero and self._probe_images is None and not self._candidates["val"]:
+        # only a run without validation data takes its probe from the first training batches
+        if self._probe_from_training and trainer.is_global_zero and self._probe_images is None:
             self._offer(batch, "train")
+            if sum(len(images) for images in self._candidates["train"].values()) >= self.num_images:
+                self._finish_probe()
 
     # ------------------------------------------------------------------ maps
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
@@ -237,13 +246,9 @@ class SaliencyMonitor(EpochMonitorBase):
 
     def _captions(self, pl_module: pl.LightningModule) -> list[str]:
         assert self._probe_images is not None
-        with torch.no_grad():
-            training = pl_module.training
+        with restore_training_flags(pl_module), torch.no_grad():
             pl_module.eval()
-            try:
-                predicted = pl_module(self._probe_images.to(pl_module.device)).argmax(dim=1).cpu().tolist()
-            finally:
-                pl_module.train(training)
+            predicted = pl_module(self._probe_images.to(pl_module.device)).argmax(dim=1).cpu().tolist()
         names = self.class_names
 
         def name(index: int) -> str:
