@@ -16,7 +16,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lightning_cnnviz.callbacks import ActivationMonitor, DeadFilterEvent, FilterMonitor, SaliencyMonitor
+    from lightning_cnnviz.callbacks import (
+        ActivationMonitor,
+        DeadFilterEvent,
+        FilterMonitor,
+        SaliencyMonitor,
+        TopPatchMonitor,
+    )
     from lightning_cnnviz.sink import TensorBoardSink
 
 __version__ = "0.1.0"
@@ -27,6 +33,7 @@ __all__ = [
     "FilterMonitor",
     "SaliencyMonitor",
     "TensorBoardSink",
+    "TopPatchMonitor",
     "__version__",
 ]
 
@@ -36,6 +43,7 @@ _LAZY = {
     "FilterMonitor": "lightning_cnnviz.callbacks",
     "SaliencyMonitor": "lightning_cnnviz.callbacks",
     "TensorBoardSink": "lightning_cnnviz.sink",
+    "TopPatchMonitor": "lightning_cnnviz.callbacks",
 }
 
 

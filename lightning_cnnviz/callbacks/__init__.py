@@ -3,5 +3,6 @@
 from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor, DeadFilterEvent
 from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
 from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
+from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
-__all__ = ["ActivationMonitor", "DeadFilterEvent", "FilterMonitor", "SaliencyMonitor"]
+__all__ = ["ActivationMonitor", "DeadFilterEvent", "FilterMonitor", "SaliencyMonitor", "TopPatchMonitor"]

@@ -6,14 +6,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import EpochMonitorBase, ErrorPolicy, check_positive_int
 from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.core.images import images_from_batch
+from lightning_cnnviz.core.images import annotate, images_from_batch
 from lightning_cnnviz.core.layers import resolve_modules
 from lightning_cnnviz.core.relu_sites import restore_training_flags
 from lightning_cnnviz.core.render import render_saliency
@@ -41,17 +40,7 @@ def select_balanced(labels: Tensor, count: int) -> list[int]:
 
 def label_rows(grid: Tensor, captions: Sequence[str], row_height: int) -> Tensor:
     """Write one caption at the top-left of each row of ``grid`` (3, H, W), white on a dark box."""
-    from PIL import Image, ImageDraw
-
-    array = (grid.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()
-    image = Image.fromarray(array)
-    draw = ImageDraw.Draw(image)
-    for row, caption in enumerate(captions):
-        top = row * row_height
-        box = draw.textbbox((2, top + 1), caption)
-        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
-        draw.text((2, top + 1), caption, fill=(255, 255, 255))
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255
+    return annotate(grid, [(1, row * row_height, caption) for row, caption in enumerate(captions)])
 
 
 class SaliencyMonitor(EpochMonitorBase):

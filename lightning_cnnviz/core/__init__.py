@@ -6,8 +6,9 @@ from a notebook or a plain training loop.
 
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
-from lightning_cnnviz.core.images import images_from_batch, normalize_per_item, tile_grid, upscale_nearest
+from lightning_cnnviz.core.images import annotate, images_from_batch, normalize_per_item, tile_grid, upscale_nearest
 from lightning_cnnviz.core.layers import conv_layers, first_conv, resolve_modules
+from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.core.relu_sites import (
     RELU_MODULE_TYPES,
     ReluSite,
@@ -15,7 +16,14 @@ from lightning_cnnviz.core.relu_sites import (
     restore_training_flags,
     tap_relus,
 )
-from lightning_cnnviz.core.render import colormap, dead_filter_map, render_saliency
+from lightning_cnnviz.core.render import (
+    colormap,
+    dead_filter_map,
+    render_evolution,
+    render_saliency,
+    render_top_patches,
+    signed_display,
+)
 from lightning_cnnviz.core.saliency import (
     SALIENCY_METHODS,
     deconvnet,
@@ -27,6 +35,14 @@ from lightning_cnnviz.core.saliency import (
     vanilla_gradient,
 )
 from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary, LayerSummary
+from lightning_cnnviz.core.top_patches import (
+    StreamingTopK,
+    TopActivations,
+    crop_patches,
+    merge_top_activations,
+    project_activations,
+    top_activations,
+)
 
 __all__ = [
     "RELU_MODULE_TYPES",
@@ -34,10 +50,15 @@ __all__ = [
     "ActivationStats",
     "ActivationSummary",
     "LayerSummary",
+    "ReceptiveField",
     "ReluSite",
+    "StreamingTopK",
+    "TopActivations",
+    "annotate",
     "capture",
     "colormap",
     "conv_layers",
+    "crop_patches",
     "dead_filter_map",
     "deconvnet",
     "filter_smoothness",
@@ -46,16 +67,23 @@ __all__ = [
     "grad_cam",
     "guided_backprop",
     "images_from_batch",
+    "merge_top_activations",
     "normalize_per_item",
     "occlusion",
     "override_relu_gradient",
+    "project_activations",
+    "receptive_fields",
+    "render_evolution",
     "render_filter_grid",
     "render_saliency",
+    "render_top_patches",
     "resolve_modules",
     "restore_training_flags",
+    "signed_display",
     "smoothgrad",
     "tap_relus",
     "tile_grid",
+    "top_activations",
     "upscale_nearest",
     "vanilla_gradient",
 ]

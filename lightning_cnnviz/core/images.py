@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["images_from_batch", "normalize_per_item", "tile_grid", "upscale_nearest"]
+__all__ = ["annotate", "images_from_batch", "normalize_per_item", "tile_grid", "upscale_nearest"]
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 
@@ -113,3 +113,19 @@ def stack_rows(rows: Sequence[Tensor], pad_value: float = 1.0) -> Tensor:
     width = max(row.shape[-1] for row in rows)
     padded = [torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=pad_value) for row in rows]
     return torch.cat(padded, dim=-2)
+
+
+def annotate(image: Tensor, labels: Sequence[tuple[int, int, str]]) -> Tensor:
+    """Write each ``(x, y, text)`` label on ``image`` (3, H, W) in [0, 1]: white text on a black box whose
+    top-left corner is at ``(x, y)``. Returns a new CPU image; the input is unchanged."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    canvas = Image.fromarray(np.ascontiguousarray(array))
+    draw = ImageDraw.Draw(canvas)
+    for x, y, text in labels:
+        box = draw.textbbox((x + 1, y + 1), text)
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
+        draw.text((x + 1, y + 1), text, fill=(255, 255, 255))
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255

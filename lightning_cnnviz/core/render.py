@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.images import normalize_per_item, upscale_nearest
+from lightning_cnnviz.core.images import annotate, normalize_per_item, tile_grid, upscale_nearest
 
-__all__ = ["dead_filter_map"]
+__all__ = [
+    "colormap",
+    "dead_filter_map",
+    "render_evolution",
+    "render_saliency",
+    "render_top_patches",
+    "signed_display",
+]
 
 _DEAD_RGB = (0.85, 0.1, 0.1)
 
@@ -69,10 +79,20 @@ def colormap(values: Tensor) -> Tensor:
     return rgb.movedim(-1, 0)
 
 
+def _rgb(images: Tensor) -> Tensor:
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+
+
 def _to_display(images: Tensor) -> Tensor:
     """(N, C, H, W) -> (N, 3, H, W) in [0, 1], each image stretched to its own min/max, gray as RGB."""
-    shown = normalize_per_item(images.float())
-    return shown.expand(-1, 3, -1, -1) if shown.shape[1] == 1 else shown[:, :3]
+    return _rgb(normalize_per_item(images.float()))
+
+
+def signed_display(maps: Tensor) -> Tensor:
+    """Signed maps (N, C, H, W) -> (N, 3, H, W) in [0, 1]: ``0.5 + map / (2 max |map|)`` per item, so zero is
+    mid-gray and the sign survives (Zeiler & Fergus show their projections this way)."""
+    scale = maps.float().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return _rgb(0.5 + maps.float() / (2 * scale))
 
 
 def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: float = 0.55) -> Tensor:
@@ -94,9 +114,7 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
         gray = shown.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
         right = (1 - alpha) * gray + alpha * middle
     else:
-        scale = maps.float().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        signed = 0.5 + maps.float() / (2 * scale)
-        middle = signed.expand(-1, 3, -1, -1) if signed.shape[1] == 1 else signed[:, :3]
+        middle = signed_display(maps)
         magnitude = maps.float().abs().sum(dim=1)
         magnitude = magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         right = colormap(magnitude).movedim(0, 1)
@@ -106,3 +124,89 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
     rows = torch.cat([panels[0], gap, panels[1], gap, panels[2]], dim=-1)  # (N, 3, h, 3w + 4)
     spacer = torch.ones(count, 3, 2, rows.shape[-1], device=images.device)
     return torch.cat([rows, spacer], dim=-2).permute(1, 0, 2, 3).reshape(3, -1, rows.shape[-1])
+
+
+def _factor(side: int, min_px: int) -> int:
+    return max(1, -(-min_px // max(side, 1)))
+
+
+def render_top_patches(
+    panels: Mapping[str, Tensor],
+    valid: Tensor,
+    channels: Sequence[int],
+    *,
+    min_tile_px: int = 24,
+    labels: bool = True,
+) -> Tensor:
+    """Zeiler & Fergus Fig. 2 for one layer: per channel, a grid of each panel's ``k`` tiles side by side.
+
+    Args:
+        panels: name -> (C, k, 3, h, w) tiles in [0, 1], e.g. ``{"deconvnet": ..., "patches": ...}``, drawn left
+            to right in this order; tile ``[c, j]`` of every panel belongs to the ``j``-th strongest
+            activation of channel ``c``.
+        valid: (C, k) which slots are filled (empty slots are drawn white).
+        channels: channel indices for the captions.
+        min_tile_px: tiles are upscaled (nearest, integer factor) to at least this side.
+        labels: caption each block with ``ch <index>`` and the panel names.
+
+    Returns:
+        (3, H, W) image in [0, 1]; channel blocks are laid out row by row, about as many rows as columns.
+    """
+    names = list(panels)
+    first = panels[names[0]]
+    count, k = first.shape[:2]
+    factor = _factor(max(first.shape[-2:]), min_tile_px)
+    per_row = math.ceil(math.sqrt(k))
+    grids = []
+    for name in names:
+        tiles = panels[name].float().masked_fill(~valid.to(first.device)[:, :, None, None, None], 1.0)
+        tiles = upscale_nearest(tiles.flatten(0, 1), factor).unflatten(0, (count, k))
+        grids.append([tile_grid(tiles[c], per_row, padding=1, pad_value=1.0) for c in range(count)])
+    caption_px = 12 if labels else 0
+    gap = 4
+    blocks = []
+    for c in range(count):
+        parts = [grids[p][c] for p in range(len(names))]
+        height = parts[0].shape[-2]
+        spacer = parts[0].new_ones(3, height, gap)
+        row = torch.cat([t for part in parts for t in (part, spacer)][:-1], dim=-1)
+        blocks.append(torch.nn.functional.pad(row, (0, 0, caption_px, 0), value=1.0))
+    block_h, block_w = blocks[0].shape[-2:]
+    ncol = max(1, min(count, round(math.sqrt(count * block_h / block_w)) or 1))
+    image = tile_grid(torch.stack(blocks), ncol, padding=6, pad_value=1.0)
+    if not labels:
+        return image
+    grid_w = grids[0][0].shape[-1] + gap
+    notes = []
+    for c, channel in enumerate(channels):
+        top = 6 + (c // ncol) * (block_h + 6)
+        left = 6 + (c % ncol) * (block_w + 6)
+        notes.append((left, top - 1, f"ch {channel}"))
+        notes.extend((left + p * grid_w + grid_w // 2, top - 1, name) for p, name in enumerate(names) if c < ncol)
+    return annotate(image, notes)
+
+
+def render_evolution(
+    thumbnails: Tensor,
+    column_labels: Sequence[str],
+    channels: Sequence[int],
+    *,
+    min_tile_px: int = 32,
+) -> Tensor:
+    """Zeiler & Fergus Fig. 4: rows are channels, columns are logged epochs (oldest left), labelled.
+
+    Args:
+        thumbnails: (C, T, 3, h, w) in [0, 1]: channel ``c``'s strongest projection at logged point ``t``.
+        column_labels: T captions (e.g. ``"ep 3"``).
+        channels: C channel indices for the row captions.
+    """
+    columns = thumbnails.shape[1]
+    factor = _factor(max(thumbnails.shape[-2:]), min_tile_px)
+    tiles = upscale_nearest(thumbnails.float().flatten(0, 1), factor)
+    grid = tile_grid(tiles, columns, padding=2, pad_value=1.0)
+    left_px, top_px = 40, 14
+    image = torch.nn.functional.pad(grid, (left_px, 0, top_px, 0), value=1.0)
+    tile_h, tile_w = tiles.shape[-2:]
+    notes = [(left_px + 2 + t * (tile_w + 2), 0, text) for t, text in enumerate(column_labels)]
+    notes += [(0, top_px + 2 + c * (tile_h + 2), f"ch {channel}") for c, channel in enumerate(channels)]
+    return annotate(image, notes)

@@ -1,0 +1,416 @@
+"""TopPatchMonitor: Zeiler & Fergus's top-9 patches per filter with their projections, tracked across epochs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_cnnviz.callbacks._base import EpochMonitorBase, ErrorPolicy, check_choice, check_positive_int
+from lightning_cnnviz.core.images import images_from_batch, normalize_per_item
+from lightning_cnnviz.core.layers import conv_layers, format_names, resolve_modules
+from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
+from lightning_cnnviz.core.relu_sites import restore_training_flags
+from lightning_cnnviz.core.render import render_evolution, render_top_patches, signed_display
+from lightning_cnnviz.core.top_patches import (
+    TopActivations,
+    _run_to,
+    crop_patches,
+    merge_top_activations,
+    project_activations,
+    top_activations,
+)
+
+__all__ = ["TopPatchMonitor", "default_channels", "default_layers"]
+
+Method = Literal["deconvnet", "guided_backprop", "both"]
+METHODS = ("deconvnet", "guided_backprop", "both")
+
+
+def default_layers(model: nn.Module, count: int = 3) -> list[str]:
+    """``count`` conv layers spread over depth (first, middle, last), preferring kernels larger than 1x1 (the
+    1x1 projections of residual shortcuts are skipped when there are enough others)."""
+    convs = conv_layers(model)
+    spatial = [name for name, conv in convs.items() if max(conv.kernel_size) > 1]
+    names = spatial if len(spatial) >= min(count, len(convs)) else list(convs)
+    if len(names) <= count:
+        return names
+    picks = sorted({round(i * (len(names) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
+    return [names[i] for i in picks]
+
+
+def default_channels(num_channels: int, count: int = 16) -> list[int]:
+    """Up to ``count`` channel indices evenly spread over ``range(num_channels)``, first and last included."""
+    if num_channels <= count:
+        return list(range(num_channels))
+    return sorted({round(i * (num_channels - 1) / (count - 1)) for i in range(count)})
+
+
+class TopPatchMonitor(EpochMonitorBase):
+    """The top-``k`` probe patches of chosen filters beside their projections to pixel space, every N epochs.
+
+    What it draws (Zeiler & Fergus 2013, arXiv 1311.2901):
+
+    * ``cnnviz/top_patches/<layer>`` (Fig. 2): for each chosen channel, a 3x3 grid of the projections of its
+      ``k`` strongest activations over the probe set, each cropped to the activation's receptive field,
+      beside a 3x3 grid of the matching image patches. With ``method="both"`` the deconvnet and guided
+      backprop (Springenberg et al. 2014) grids stand side by side. Projections are drawn as
+      ``0.5 + p / (2 max |p|)`` per tile; patches in the colours of their whole image.
+    * ``cnnviz/evolution/<layer>`` (Fig. 4): rows are channels, columns the logged epochs (oldest left), each
+      cell the projection of the channel's strongest activation at that epoch (the first method when
+      ``method="both"``). The thumbnails are kept in the callback's ``state_dict``, so a resumed run continues
+      the picture; at most ``max_evolution_columns`` columns are kept (when full, every second one of the older
+      columns is dropped, so the picture spans the whole run at a coarser step).
+
+    The probe set is fixed: the first ``probe_size`` images of the first validation pass (not the sanity
+    check), in the validation order; without validation data, the first training batches. Under DDP every
+    rank collects its part, the parts are gathered in the sampler's order, every rank scans its shard of
+    the probe, the per-rank top-``k`` are merged (the result equals a single-process scan), and rank zero
+    projects and draws. At most one activation per image and channel, as in the paper.
+
+    Args:
+        layers: module names with (N, C, H, W) outputs; default: three conv layers across depth
+            (:func:`default_layers`).
+        channels: channel indices for every layer, or a mapping layer -> indices; default: up to
+            ``max_channels`` evenly spread channels of each layer.
+        k: activations (and patches) per channel.
+        probe_size: probe images.
+        every_n_epochs: log every this many epochs (and after the last one).
+        method: ``"deconvnet"``, ``"guided_backprop"`` or ``"both"``.
+        max_channels: channels per layer when ``channels`` is not given.
+        max_batch: images per forward when scanning the probe set (and rows per projection pass / 4).
+        thumbnail_px: largest side of a stored evolution thumbnail.
+        max_evolution_columns: columns the evolution keeps.
+        batch_to_images: where the images are in a batch, when it is not ``images`` or ``(images, labels)``.
+        on_error: ``"warn"`` (report once, switch the failing piece off) or ``"raise"``.
+
+    Example:
+        >>> monitor = TopPatchMonitor(layers=["net.conv1", "net.conv3"], method="both", every_n_epochs=2)
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str] | str | None = None,
+        channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+        k: int = 9,
+        probe_size: int = 1024,
+        every_n_epochs: int = 1,
+        method: Method = "deconvnet",
+        max_channels: int = 16,
+        max_batch: int = 256,
+        thumbnail_px: int = 48,
+        max_evolution_columns: int = 24,
+        batch_to_images: Callable[[Any], Tensor] | None = None,
+        on_error: ErrorPolicy = "warn",
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
+        self.layers = [layers] if isinstance(layers, str) else (list(layers) if layers is not None else None)
+        if self.layers is not None and not self.layers:
+            raise ValueError("TopPatchMonitor: `layers` is empty; pass module names or None for the default.")
+        if channels is not None and not isinstance(channels, Mapping):
+            channels = [int(c) for c in channels]
+        self.channels = channels
+        self.k = check_positive_int(self._who, "k", k)
+        self.probe_size = check_positive_int(self._who, "probe_size", probe_size)
+        self.method: Method = check_choice(self._who, "method", method, METHODS)
+        self.max_channels = check_positive_int(self._who, "max_channels", max_channels)
+        self.max_batch = check_positive_int(self._who, "max_batch", max_batch)
+        self.thumbnail_px = check_positive_int(self._who, "thumbnail_px", thumbnail_px)
+        self.max_evolution_columns = check_positive_int(self._who, "max_evolution_columns", max_evolution_columns)
+        self.batch_to_images = batch_to_images
+        self._layers: list[str] = []
+        self._channels: dict[str, list[int]] = {}
+        self._fields: dict[str, ReceptiveField] = {}
+        self._collected: list[Tensor] = []
+        self._probe: Tensor | None = None
+        self._probe_from_training = False
+        self.last_top: dict[str, TopActivations] = {}
+        # layer -> logged columns: (caption, thumbnails uint8 (C, 3, h, w))
+        self._history: dict[str, list[tuple[str, Tensor]]] = {}
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=self.layers, k=self.k, method=self.method)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return ("deconvnet", "guided_backprop") if self.method == "both" else (self.method,)
+
+    @property
+    def probe_images(self) -> Tensor | None:
+        """The fixed probe set (on the host), once chosen."""
+        return self._probe
+
+    # ------------------------------------------------------------------ configuration
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_model(pl_module)
+        self._layers = self.layers if self.layers is not None else default_layers(pl_module)
+        resolve_modules(pl_module, self._layers, what="TopPatchMonitor `layers`", extra_valid=())
+        if isinstance(self.channels, Mapping):
+            unknown = [name for name in self.channels if name not in self._layers]
+            if unknown:
+                raise ValueError(
+                    f"TopPatchMonitor: `channels` names {unknown[0]!r}, which is not a monitored layer; the layers "
+                    f"are {format_names(self._layers)}."
+                )
+        if stage == "fit":
+            self._collected, self._probe, self._fields = [], None, {}
+        example = getattr(pl_module, "example_input_array", None)
+        if isinstance(example, Tensor) and example.dim() == 4:
+            self._prepare(pl_module, example.to(pl_module.device))
+
+    def _prepare(self, pl_module: pl.LightningModule, example: Tensor) -> bool:
+        """Channel choice and receptive fields from one example. A channel out of range is a configuration
+        error and raises; a layer whose receptive field cannot be followed is a visualization failure that
+        goes through ``on_error``. True when ready."""
+        size = (example.shape[-2], example.shape[-1])
+        if self._fields and next(iter(self._fields.values())).input_size == size:
+            return True
+        shapes: dict[str, tuple[int, ...]] = {}
+        with restore_training_flags(pl_module), torch.no_grad():
+            pl_module.eval()
+            try:
+                _run_to(pl_module, example[:1], self._layers, lambda name, out: shapes.__setitem__(name, out.shape))
+            except ValueError as error:
+                raise ValueError(f"TopPatchMonitor: {error}") from None
+        channels: dict[str, list[int]] = {}
+        for name in self._layers:
+            count = shapes[name][1]
+            if self.channels is None:
+                chosen = default_channels(count, self.max_channels)
+            elif isinstance(self.channels, Mapping):
+                chosen = [int(c) for c in self.channels.get(name, default_channels(count, self.max_channels))]
+            else:
+                chosen = list(self.channels)
+            bad = [c for c in chosen if not 0 <= c < count]
+            if bad or not chosen:
+                raise ValueError(
+                    f"TopPatchMonitor: channel {bad[0] if bad else None} of layer {name!r} is out of range; the "
+                    f"layer has {count} channels, so indices 0..{count - 1} are allowed."
+                )
+            channels[name] = chosen
+        self._channels = channels
+        fields = self._run("receptive fields", receptive_fields, pl_module, self._layers, example[:1])
+        self._fields = fields or {}
+        return bool(self._fields)
+
+    # ------------------------------------------------------------------ probe set
+    def _quota(self, trainer: pl.Trainer) -> int:
+        return math.ceil(self.probe_size / max(1, trainer.world_size))
+
+    def _offer(self, trainer: pl.Trainer, batch: Any) -> None:
+        have = sum(len(t) for t in self._collected)
+        if self._probe is not None or have >= self._quota(trainer):
+            return
+        images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
+        self._collected.append(images[: self._quota(trainer) - have].detach().cpu())
+
+    def _finish_probe(self, trainer: pl.Trainer) -> None:
+        """Fix the probe set. A collective under DDP: every rank calls it at the same point."""
+        if self._probe is not None:
+            return
+        local = torch.cat(self._collected) if self._collected else None
+        world = trainer.world_size
+        if world > 1:
+            quota = self._quota(trainer)
+            count = torch.tensor([0 if local is None else len(local)], device=trainer.strategy.root_device)
+            counts = trainer.strategy.all_gather(count).view(-1).cpu()
+            if int(counts.max()) == 0:
+                return
+            if local is None:  # this rank saw no images: take the shape from a rank that did
+                raise RuntimeError("TopPatchMonitor: a rank collected no probe images while others did")
+            padded = local.new_zeros((quota, *local.shape[1:]))
+            padded[: len(local)] = local
+            gathered = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()  # (W, quota, ...)
+            keep = torch.arange(quota)[:, None] < counts[None, :]  # (quota, W)
+            local = gathered.transpose(0, 1)[keep]  # the sampler's interleaved order: rank 0, rank 1, ...
+        if local is None or len(local) == 0:
+            return
+        self._probe = local[: self.probe_size].contiguous()
+        self._collected = []
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not trainer.sanity_checking and dataloader_idx == 0:
+            self._offer(trainer, batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._finish_probe(trainer)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._probe_from_training = not any(trainer.num_val_batches)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._fields and batch_idx == 0:  # check the configuration before any training has happened
+            images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
+            self._prepare(pl_module, images[:1])
+        if self._probe_from_training:
+            self._offer(trainer, batch)
+
+    # ------------------------------------------------------------------ work
+    def _empty_top(self, device: torch.device) -> dict[str, TopActivations]:
+        return {
+            name: TopActivations(
+                torch.tensor(chosen, device=device),
+                torch.full((len(chosen), self.k), float("-inf"), device=device),
+                torch.full((len(chosen), self.k), -1, dtype=torch.long, device=device),
+                torch.zeros((len(chosen), self.k), dtype=torch.long, device=device),
+                torch.zeros((len(chosen), self.k), dtype=torch.long, device=device),
+            )
+            for name, chosen in self._channels.items()
+        }
+
+    def scan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, TopActivations] | None:
+        """Top-``k`` of every layer over the probe set; under DDP each rank scans a shard and the shards merge.
+
+        A collective under DDP (call it on every rank). None when a rank failed (all ranks then agree)."""
+        assert self._probe is not None
+        device = pl_module.device
+        rank, world = trainer.global_rank, trainer.world_size
+        shard = self._probe[rank::world].to(device)
+        indices = torch.arange(rank, len(self._probe), world, device=device)
+        layers = dict(self._channels)
+        result = self._run(
+            "top patches scan",
+            lambda: top_activations(
+                pl_module, layers, shard, k=self.k, image_indices=indices, max_batch=self.max_batch
+            ),
+        )
+        if world == 1:
+            return result
+        ok = torch.tensor([0 if result is None else 1], device=device)
+        local = result if result is not None else self._empty_top(device)
+        packed: dict[str, Tensor] = {"ok": ok}
+        for name, top in local.items():
+            packed[f"{name}/values"] = top.values
+            packed[f"{name}/where"] = torch.stack([top.images, top.ys, top.xs])
+        gathered: Any = trainer.strategy.all_gather(packed)  # type: ignore[arg-type]  # collections are gathered too
+        if int(gathered["ok"].min()) < 1:
+            return None
+        merged = {}
+        for name, top in local.items():
+            values, where = gathered[f"{name}/values"], gathered[f"{name}/where"]  # (W, C, k), (W, 3, C, k)
+            parts = [TopActivations(top.channels, v, w[0], w[1], w[2]) for v, w in zip(values, where)]
+            merged[name] = merge_top_activations(parts)
+        return merged
+
+    def render_layer(self, pl_module: pl.LightningModule, name: str, top: TopActivations) -> tuple[Tensor, Tensor]:
+        """(top-patches image, evolution thumbnails (C, 3, h, w) in [0, 1]) of one layer."""
+        assert self._probe is not None
+        device = pl_module.device
+        field = self._fields[name]
+        count, k = top.values.shape
+        valid = top.valid.flatten().cpu()
+        image_index = top.images.flatten().cpu().clamp_min(0)
+        probe = self._probe.to(device)
+        images = probe[image_index.to(device)]
+        channels = top.channels.to(device).repeat_interleave(k)
+        ys, xs = top.ys.flatten().to(device), top.xs.flatten().to(device)
+        panels: dict[str, Tensor] = {}
+        for method in self.methods:
+            projections = torch.zeros_like(images)
+            rows = valid.nonzero().flatten().to(device)
+            if len(rows):
+                projections[rows] = project_activations(
+                    pl_module,
+                    name,
+                    images[rows],
+                    channels[rows],
+                    ys[rows],
+                    xs[rows],
+                    rule=method,  # type: ignore[arg-type]
+                    max_batch=max(1, self.max_batch // 4),
+                )
+            crops = signed_display(crop_patches(projections, field, ys.cpu(), xs.cpu()))
+            panels[method] = crops.unflatten(0, (count, k))
+        shown = normalize_per_item(probe.float())[image_index.to(device)]
+        patches = crop_patches(shown, field, ys.cpu(), xs.cpu())
+        patches = patches.expand(-1, 3, -1, -1) if patches.shape[1] == 1 else patches[:, :3]
+        panels["patches"] = patches.unflatten(0, (count, k))
+        image = render_top_patches(panels, top.valid, top.channels.tolist())
+        strongest = panels[self.methods[0]][:, 0]
+        blank = ~top.valid[:, 0].to(device)
+        strongest = strongest.masked_fill(blank[:, None, None, None], 1.0)
+        return image, strongest
+
+    def _thumbnail(self, tiles: Tensor) -> Tensor:
+        side = max(tiles.shape[-2:])
+        if side > self.thumbnail_px:
+            size = (
+                max(1, round(tiles.shape[-2] * self.thumbnail_px / side)),
+                max(1, round(tiles.shape[-1] * self.thumbnail_px / side)),
+            )
+            tiles = F.interpolate(tiles.float(), size=size, mode="area")
+        return (tiles.clamp(0, 1) * 255).round().byte().cpu()
+
+    def _remember(self, name: str, caption: str, thumbnails: Tensor) -> None:
+        thumbnail = self._thumbnail(thumbnails)
+        history = self._history.setdefault(name, [])
+        if history and history[-1][1].shape != thumbnail.shape:  # other channels or image size than before
+            history.clear()
+        history.append((caption, thumbnail))
+        if len(history) > self.max_evolution_columns:
+            older, last = history[:-1], history[-1]
+            self._history[name] = [*older[::2], last]
+
+    def evolution_image(self, name: str) -> Tensor:
+        history = self._history[name]
+        thumbnails = torch.stack([t for _, t in history], dim=1).float() / 255  # (C, T, 3, h, w)
+        return render_evolution(thumbnails, [c for c, _ in history], self._channels[name])
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_probe(trainer)  # every rank, before the sink check: a collective under DDP
+        if self._probe is None:
+            return
+        if not self._prepare(pl_module, self._probe[:1].to(pl_module.device)):
+            return
+        tops = self.scan(trainer, pl_module)
+        if tops is None:
+            return
+        self.last_top = {name: top.to("cpu") for name, top in tops.items()}
+        sink = self._sink_for(trainer)
+        if not sink.active:
+            return
+        epoch = trainer.current_epoch
+        used = {caption for history in self._history.values() for caption, _ in history[-1:]}
+        caption = f"ep {epoch}" if f"ep {epoch}" not in used else f"step {trainer.global_step}"
+        for name, top in tops.items():
+
+            def draw(name: str = name, top: TopActivations = top) -> None:
+                image, strongest = self.render_layer(pl_module, name, top)
+                sink.image(f"cnnviz/top_patches/{name}", image, epoch)
+                self._remember(name, caption, strongest)
+                sink.image(f"cnnviz/evolution/{name}", self.evolution_image(name), epoch)
+
+            self._run(f"top patches of {name}", draw)
+
+    # ------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": {
+                name: [(caption, thumbnails.clone()) for caption, thumbnails in columns]
+                for name, columns in self._history.items()
+            }
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        history = state_dict.get("history", {})
+        self._history = {name: [(str(c), t.cpu()) for c, t in columns] for name, columns in history.items()}

@@ -1,0 +1,271 @@
+"""Zeiler & Fergus 2013 (arXiv 1311.2901) on a probe set: the strongest activations of chosen channels and
+their projections to pixel space.
+
+* :class:`StreamingTopK` keeps, per channel, the ``k`` strongest activations seen so far with (image index,
+  y, x), at most one per image as in the paper, on the activations' device. Results of disjoint shards
+  (ranks) merge with :func:`merge_top_activations` into exactly what one pass over all images gives. Ties go to
+  the lower image index, then to the first position in row-major order, so the result is deterministic.
+* :func:`top_activations` streams a probe set through the model once for several layers, stopping the
+  forward at the deepest of them.
+* :func:`project_activations` projects single activations ``(channel, y, x)`` of one layer to the input:
+  a batch of (image, activation) pairs in one backward pass, each row its own copy of its image. The ReLUs
+  below the layer follow the deconvnet rule (ReLU of the backward signal; max-pooling switches come from
+  autograd) or guided backprop (Springenberg et al. 2014, arXiv 1412.6806), for ``nn.ReLU``, in-place ReLU
+  and ``F.relu`` alike. Gradients are taken with respect to the input only: parameter ``.grad`` is untouched.
+* :func:`crop_patches` cuts the receptive-field box of each activation out of images or projections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cnnviz.core.layers import resolve_modules
+from lightning_cnnviz.core.receptive_field import ReceptiveField
+from lightning_cnnviz.core.relu_sites import restore_training_flags
+from lightning_cnnviz.core.saliency import ReluRule, _gradient_pass, override_relu_gradient
+
+__all__ = [
+    "StreamingTopK",
+    "TopActivations",
+    "crop_patches",
+    "merge_top_activations",
+    "project_activations",
+    "top_activations",
+]
+
+
+@dataclass
+class TopActivations:
+    """Per channel, the ``k`` strongest activations, strongest first.
+
+    Attributes:
+        channels: (C,) channel indices of the layer.
+        values: (C, k) activation values; ``-inf`` where fewer than ``k`` images were seen.
+        images: (C, k) image indices (``-1`` for an empty slot).
+        ys, xs: (C, k) positions in the layer's feature map.
+    """
+
+    channels: Tensor
+    values: Tensor
+    images: Tensor
+    ys: Tensor
+    xs: Tensor
+
+    @property
+    def valid(self) -> Tensor:
+        """(C, k) mask of filled slots."""
+        return self.images >= 0
+
+    def to(self, device: torch.device | str) -> TopActivations:
+        return TopActivations(*(t.to(device) for t in (self.channels, self.values, self.images, self.ys, self.xs)))
+
+
+def _ordered(k: int, values: Tensor, images: Tensor, ys: Tensor, xs: Tensor) -> tuple[Tensor, ...]:
+    """The first ``k`` candidates per row by value (descending), ties by image index (ascending)."""
+    by_image = torch.argsort(torch.where(images < 0, torch.iinfo(torch.long).max, images), dim=1, stable=True)
+    values, images, ys, xs = (t.gather(1, by_image) for t in (values, images, ys, xs))
+    by_value = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    return tuple(t.gather(1, by_value) for t in (values, images, ys, xs))
+
+
+class StreamingTopK:
+    """Streaming per-channel top-``k`` over batches of activations, at most one entry per image.
+
+    Args:
+        channels: the channels to follow.
+        k: entries per channel.
+        device: where the running state lives (the activations' device).
+
+    Example:
+        >>> top = StreamingTopK([0], k=2)
+        >>> top.update(torch.tensor([[[[1.0, 5.0]]], [[[3.0, 2.0]]], [[[4.0, 0.0]]]]), torch.arange(3))
+        >>> top.result().values.tolist(), top.result().images.tolist(), top.result().xs.tolist()
+        ([[5.0, 4.0]], [[0, 2]], [[1, 0]])
+    """
+
+    def __init__(self, channels: Sequence[int] | Tensor, k: int = 9, device: torch.device | str | None = None) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self.channels = torch.as_tensor(channels, dtype=torch.long, device=device).flatten()
+        count = self.channels.numel()
+        device = self.channels.device
+        self.values = torch.full((count, k), float("-inf"), device=device)
+        self.images = torch.full((count, k), -1, dtype=torch.long, device=device)
+        self.ys = torch.zeros((count, k), dtype=torch.long, device=device)
+        self.xs = torch.zeros((count, k), dtype=torch.long, device=device)
+
+    def update(self, activations: Tensor, image_indices: Tensor) -> None:
+        """Offer a batch: ``activations`` (B, C_all, H, W) of the layer, ``image_indices`` (B,) of the images."""
+        if activations.dim() != 4:
+            raise ValueError(f"activations must be (B, C, H, W), got shape {tuple(activations.shape)}")
+        selected = activations.detach()[:, self.channels.to(activations.device)].float()
+        selected = selected.nan_to_num(nan=float("-inf"))
+        width = selected.shape[-1]
+        best, where = selected.flatten(2).max(dim=2)  # (B, C): first maximum in row-major order
+        indices = image_indices.to(self.values.device).long()[None].expand(self.channels.numel(), -1)
+        self._offer(best.t(), indices, (where // width).t(), (where % width).t())
+
+    def _offer(self, values: Tensor, images: Tensor, ys: Tensor, xs: Tensor) -> None:
+        device = self.values.device
+        state = (self.values, self.images, self.ys, self.xs)
+        cat = [torch.cat([s, n.to(device)], dim=1) for s, n in zip(state, (values, images, ys, xs))]
+        self.values, self.images, self.ys, self.xs = _ordered(self.k, *cat)
+
+    def result(self) -> TopActivations:
+        return TopActivations(self.channels, self.values, self.images, self.ys, self.xs)
+
+
+def merge_top_activations(parts: Sequence[TopActivations], k: int | None = None) -> TopActivations:
+    """Merge the results of disjoint image sets (e.g. ranks) into the result of one pass over all of them."""
+    if not parts:
+        raise ValueError("merge_top_activations needs at least one part")
+    channels = parts[0].channels
+    if any(not torch.equal(p.channels.cpu(), channels.cpu()) for p in parts):
+        raise ValueError("merge_top_activations: the parts follow different channels")
+    k = k or parts[0].values.shape[1]
+    device = parts[0].values.device
+    cat = [torch.cat([getattr(p, f).to(device) for p in parts], dim=1) for f in ("values", "images", "ys", "xs")]
+    return TopActivations(channels, *_ordered(k, *cat))
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every layer of interest has run: the rest of the forward is not needed."""
+
+
+@contextlib.contextmanager
+def _stop_after(model: nn.Module, layers: Sequence[str], on_output: Any) -> Iterator[set[str]]:
+    """Call ``on_output(name, output)`` for each layer's first output; stop the forward after the last layer.
+
+    Yields the set of layers seen so far (for one forward: enter the block once per forward)."""
+    modules = resolve_modules(model, list(layers), what="layer")
+    seen: set[str] = set()
+    handles = []
+    for name, module in modules.items():
+
+        def hook(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
+            if name in seen:
+                return
+            if not isinstance(output, Tensor) or output.dim() != 4:
+                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+                raise ValueError(f"layer {name!r} gives {shape}; top patches need a (N, C, H, W) feature map")
+            seen.add(name)
+            on_output(name, output)
+            if len(seen) == len(modules):
+                raise _StopForward
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run_to(model: nn.Module, images: Tensor, layers: Sequence[str], on_output: Any) -> None:
+    """One forward of ``images`` that stops once every layer in ``layers`` has produced its output."""
+    with _stop_after(model, layers, on_output) as seen:
+        try:
+            model(images)
+        except _StopForward:
+            pass
+    missing = [name for name in layers if name not in seen]
+    if missing:
+        raise ValueError(f"layers {missing} are never called by {type(model).__name__}.forward")
+
+
+def top_activations(
+    model: nn.Module,
+    layers: Mapping[str, Sequence[int] | Tensor],
+    images: Tensor,
+    *,
+    k: int = 9,
+    image_indices: Tensor | None = None,
+    max_batch: int = 256,
+) -> dict[str, TopActivations]:
+    """Per layer and chosen channel, the top-``k`` activations over ``images`` (at most one per image).
+
+    The model runs in eval mode without gradients (training flags restored), in batches of ``max_batch``,
+    and each forward stops after the deepest chosen layer. ``image_indices`` (default ``0..N-1``) name
+    the images in the result, so shards of one probe set can be merged.
+    """
+    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+        raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
+    indices = torch.arange(images.shape[0], device=images.device) if image_indices is None else image_indices
+    if indices.shape != images.shape[:1]:
+        raise ValueError(f"image_indices must have shape ({images.shape[0]},), got {tuple(indices.shape)}")
+    tops = {name: StreamingTopK(channels, k, device=images.device) for name, channels in layers.items()}
+    with restore_training_flags(model), torch.no_grad():
+        model.eval()
+        for chunk, chunk_indices in zip(images.split(max_batch), indices.split(max_batch)):
+
+            def offer(name: str, output: Tensor, chunk_indices: Tensor = chunk_indices) -> None:
+                tops[name].update(output, chunk_indices)
+
+            _run_to(model, chunk, list(layers), offer)
+    return {name: top.result() for name, top in tops.items()}
+
+
+def project_activations(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    channels: Tensor,
+    ys: Tensor,
+    xs: Tensor,
+    *,
+    rule: ReluRule = "deconvnet",
+    max_batch: int = 64,
+) -> Tensor:
+    """Project activation ``(channels[i], ys[i], xs[i])`` of ``layer`` on ``images[i]`` to pixel space.
+
+    Returns (B, C, H, W): the gradient of that single activation with respect to image ``i`` with the
+    ReLU backward rule ``rule`` (``"deconvnet"`` or ``"guided_backprop"``) below the layer. Rows are
+    independent (each image is its own batch entry), so one backward pass serves a whole batch of pairs;
+    the forward stops at ``layer``. Runs in eval mode with gradients enabled (also under inference mode);
+    training flags are restored and parameter gradients are never accumulated.
+    """
+    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+        raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
+    count = images.shape[0]
+    for name, value in (("channels", channels), ("ys", ys), ("xs", xs)):
+        if value.shape != (count,):
+            raise ValueError(f"{name} must have shape ({count},), got {tuple(value.shape)}")
+    projections = []
+    with _gradient_pass(model), override_relu_gradient(rule):
+        for start in range(0, count, max_batch):
+            part = slice(start, start + max_batch)
+            inputs = images[part].detach().clone().requires_grad_(True)
+            captured: dict[str, Tensor] = {}
+            _run_to(model, inputs, [layer], captured.__setitem__)
+            activation = captured[layer]
+            rows = torch.arange(inputs.shape[0], device=activation.device)
+            picked = activation[rows, channels[part].to(activation.device), ys[part], xs[part]]
+            (grad,) = torch.autograd.grad(picked.sum(), inputs)
+            projections.append(grad)
+    return torch.cat(projections) if projections else images.new_zeros(images.shape)
+
+
+def crop_patches(images: Tensor, field: ReceptiveField, ys: Tensor, xs: Tensor) -> Tensor:
+    """The receptive-field crop (see :meth:`ReceptiveField.crop_corners`) of position ``(ys[i], xs[i])`` out of
+    ``images[i]``: (B, C, crop_h, crop_w), one gather for the whole batch.
+
+    Example:
+        >>> field = ReceptiveField((2, 2), (2, 2), (0, 0), (4, 4))
+        >>> crop_patches(torch.arange(16.0).view(1, 1, 4, 4), field, torch.tensor([1]), torch.tensor([0]))
+        tensor([[[[ 8.,  9.],
+                  [12., 13.]]]])
+    """
+    tops, lefts, crop_h, crop_w = field.crop_corners(ys.cpu(), xs.cpu())
+    device = images.device
+    rows = (tops[:, None] + torch.arange(crop_h)).to(device)  # (B, crop_h)
+    cols = (lefts[:, None] + torch.arange(crop_w)).to(device)  # (B, crop_w)
+    batch = torch.arange(images.shape[0], device=device)[:, None, None]
+    patches = images[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, crop_h, crop_w, C)
+    return patches.permute(0, 3, 1, 2)
