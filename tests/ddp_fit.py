@@ -14,7 +14,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor
+from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from lightning_cnnviz.core import top_activations
 from lightning_cnnviz.data import DigitsDataModule
 from lightning_cnnviz.models import ImageClassifier
 
@@ -31,6 +32,7 @@ def main() -> None:
         model.net.conv1.weight[DEAD] = 0.0
         model.net.conv1.bias[DEAD] = -100.0
     activations = ActivationMonitor(every_n_steps=4, on_error="raise")
+    patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
     trainer = pl.Trainer(
         strategy="ddp",
         accelerator="cpu",
@@ -41,6 +43,7 @@ def main() -> None:
             FilterMonitor(on_error="raise"),
             activations,
             SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise"),
+            patches,
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -48,7 +51,19 @@ def main() -> None:
         num_sanity_val_steps=0,
         limit_val_batches=2,
     )
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    data = DigitsDataModule(batch_size=32)
+    trainer.fit(model, datamodule=data)
+    # the merged top-k of the ranks' shards against one single-process scan of the same probe set
+    probe = patches.probe_images
+    assert probe is not None
+    single = top_activations(model, dict(patches._channels), probe, k=patches.k)
+    top_equal = {
+        name: all(
+            torch.equal(getattr(patches.last_top[name], f), getattr(single[name], f)) for f in ("images", "ys", "xs")
+        )
+        and torch.allclose(patches.last_top[name].values, single[name].values)
+        for name in single
+    }
     report = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
@@ -58,6 +73,11 @@ def main() -> None:
         "last_dead": activations._last_dead,
         "alerts": activations.alerts,
         "pid": os.getpid(),
+        "probe_is_first_val_images": bool(torch.equal(probe, data._val.tensors[0][: len(probe)])),
+        "probe_size": len(probe),
+        "top_equal_single_process": top_equal,
+        "top_images": {name: top.images.tolist() for name, top in patches.last_top.items()},
+        "evolution_columns": len(patches.evolution_columns("net.conv1")),
     }
     with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(report, handle)

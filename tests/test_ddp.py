@@ -45,5 +45,14 @@ def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
     ]  # once per epoch, not twice
     assert len(events["scalars"]["cnnviz/activations/dead/net.relu1"]) == 11
     assert {e.value for e in events["scalars"]["cnnviz/activations/dead/net.relu1"]} == {3.0}
+    # top patches: the probe is the first 50 validation images (gathered in the sampler's order), the merged
+    # top-k of the two shards equals a single-process scan, both ranks hold it, images are written once
+    for r in ranks:
+        assert r["probe_size"] == 50 and r["probe_is_first_val_images"]
+        assert r["top_equal_single_process"] == {"net.conv1": True, "net.conv3": True}
+    assert ranks[0]["top_images"] == ranks[1]["top_images"]
+    assert ranks[0]["evolution_columns"] == 2 and ranks[1]["evolution_columns"] == 0  # drawn on rank 0 only
+    assert [e.step for e in events["images"]["cnnviz/top_patches/net.conv3"]] == [0, 1]
+    assert [e.step for e in events["images"]["cnnviz/evolution/net.conv1"]] == [0, 1]
     texts = events["text"]["cnnviz/alerts"]
     assert len(texts) == len(ranks[0]["alerts"])

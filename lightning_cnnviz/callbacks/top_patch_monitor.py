@@ -65,8 +65,9 @@ class TopPatchMonitor(EpochMonitorBase):
     * ``cnnviz/evolution/<layer>`` (Fig. 4): rows are channels, columns the logged epochs (oldest left), each
       cell the projection of the channel's strongest activation at that epoch (the first method when
       ``method="both"``). The thumbnails are kept in the callback's ``state_dict``, so a resumed run continues
-      the picture; at most ``max_evolution_columns`` columns are kept (when full, every second one of the older
-      columns is dropped, so the picture spans the whole run at a coarser step).
+      the picture. At most ``max_evolution_columns`` columns are kept: every logged epoch at first; when
+      full, every second one, then every fourth, ... (always with the latest), so the picture spans the
+      whole run at an even, coarser step.
 
     The probe set is fixed: the first ``probe_size`` images of the first validation pass (not the sanity
     check), in the validation order; without validation data, the first training batches. Under DDP every
@@ -131,8 +132,8 @@ class TopPatchMonitor(EpochMonitorBase):
         self._probe: Tensor | None = None
         self._probe_from_training = False
         self.last_top: dict[str, TopActivations] = {}
-        # layer -> logged columns: (caption, thumbnails uint8 (C, 3, h, w))
-        self._history: dict[str, list[tuple[str, Tensor]]] = {}
+        # layer -> {"stride", "count", "columns": [(log index, caption, thumbnails uint8 (C, 3, h, w))]}
+        self._history: dict[str, dict[str, Any]] = {}
 
     @property
     @override
@@ -300,7 +301,7 @@ class TopPatchMonitor(EpochMonitorBase):
         for name, top in local.items():
             packed[f"{name}/values"] = top.values
             packed[f"{name}/where"] = torch.stack([top.images, top.ys, top.xs])
-        gathered: Any = trainer.strategy.all_gather(packed)  # type: ignore[arg-type]  # collections are gathered too
+        gathered = {key: trainer.strategy.all_gather(value) for key, value in packed.items()}
         if int(gathered["ok"].min()) < 1:
             return None
         merged = {}
@@ -360,19 +361,31 @@ class TopPatchMonitor(EpochMonitorBase):
         return (tiles.clamp(0, 1) * 255).round().byte().cpu()
 
     def _remember(self, name: str, caption: str, thumbnails: Tensor) -> None:
+        """Add a column to the layer's evolution. Columns sit on a grid of every ``stride``-th logged point
+        (plus the latest one); when more than ``max_evolution_columns`` would be kept, the stride doubles."""
         thumbnail = self._thumbnail(thumbnails)
-        history = self._history.setdefault(name, [])
-        if history and history[-1][1].shape != thumbnail.shape:  # other channels or image size than before
-            history.clear()
-        history.append((caption, thumbnail))
-        if len(history) > self.max_evolution_columns:
-            older, last = history[:-1], history[-1]
-            self._history[name] = [*older[::2], last]
+        evolution = self._history.setdefault(name, {"stride": 1, "count": 0, "columns": []})
+        columns = evolution["columns"]
+        if columns and columns[-1][2].shape != thumbnail.shape:  # other channels or image size than before
+            evolution.update(stride=1, count=0, columns=[])
+            columns = evolution["columns"]
+        index = evolution["count"]
+        evolution["count"] = index + 1
+        if columns and columns[-1][0] % evolution["stride"] != 0:
+            columns.pop()  # the previous latest column is off the grid
+        columns.append((index, caption, thumbnail))
+        while len(columns) > self.max_evolution_columns:
+            evolution["stride"] *= 2
+            columns[:] = [c for c in columns[:-1] if c[0] % evolution["stride"] == 0] + columns[-1:]
+
+    def evolution_columns(self, name: str) -> list[tuple[str, Tensor]]:
+        """The layer's kept evolution columns, oldest first: (caption, uint8 thumbnails (C, 3, h, w))."""
+        return [(caption, thumbnails) for _, caption, thumbnails in self._history.get(name, {}).get("columns", [])]
 
     def evolution_image(self, name: str) -> Tensor:
-        history = self._history[name]
-        thumbnails = torch.stack([t for _, t in history], dim=1).float() / 255  # (C, T, 3, h, w)
-        return render_evolution(thumbnails, [c for c, _ in history], self._channels[name])
+        columns = self.evolution_columns(name)
+        thumbnails = torch.stack([t for _, t in columns], dim=1).float() / 255  # (C, T, 3, h, w)
+        return render_evolution(thumbnails, [c for c, _ in columns], self._channels[name])
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish_probe(trainer)  # every rank, before the sink check: a collective under DDP
@@ -388,7 +401,7 @@ class TopPatchMonitor(EpochMonitorBase):
         if not sink.active:
             return
         epoch = trainer.current_epoch
-        used = {caption for history in self._history.values() for caption, _ in history[-1:]}
+        used = {caption for name in self._history for caption, _ in self.evolution_columns(name)[-1:]}
         caption = f"ep {epoch}" if f"ep {epoch}" not in used else f"step {trainer.global_step}"
         for name, top in tops.items():
 
@@ -405,12 +418,18 @@ class TopPatchMonitor(EpochMonitorBase):
     def state_dict(self) -> dict[str, Any]:
         return {
             "history": {
-                name: [(caption, thumbnails.clone()) for caption, thumbnails in columns]
-                for name, columns in self._history.items()
+                name: {**evolution, "columns": [(i, c, t.clone()) for i, c, t in evolution["columns"]]}
+                for name, evolution in self._history.items()
             }
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        history = state_dict.get("history", {})
-        self._history = {name: [(str(c), t.cpu()) for c, t in columns] for name, columns in history.items()}
+        self._history = {
+            name: {
+                "stride": int(evolution["stride"]),
+                "count": int(evolution["count"]),
+                "columns": [(int(i), str(c), t.cpu()) for i, c, t in evolution["columns"]],
+            }
+            for name, evolution in state_dict.get("history", {}).items()
+        }

@@ -246,7 +246,9 @@ def project_activations(
             _run_to(model, inputs, [layer], captured.__setitem__)
             activation = captured[layer]
             rows = torch.arange(inputs.shape[0], device=activation.device)
-            picked = activation[rows, channels[part].to(activation.device), ys[part], xs[part]]
+            # clones: index tensors made under inference mode cannot be saved for backward
+            where = [t[part].to(activation.device).clone() for t in (channels, ys, xs)]
+            picked = activation[rows, where[0], where[1], where[2]]
             (grad,) = torch.autograd.grad(picked.sum(), inputs)
             projections.append(grad)
     return torch.cat(projections) if projections else images.new_zeros(images.shape)

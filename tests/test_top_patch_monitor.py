@@ -1,0 +1,173 @@
+"""TopPatchMonitor in real fits on digits: images per layer, fixed probe, exact top-k, resume, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import global_state_clean, hooks_left, make_trainer, read_events
+from test_monitors import SMALL, FailingModel, NoConv, RecordGrads, small_model
+
+from lightning_cnnviz import TopPatchMonitor
+from lightning_cnnviz.callbacks.top_patch_monitor import default_channels, default_layers
+from lightning_cnnviz.core import top_activations
+from lightning_cnnviz.models import resnet18_cifar
+
+LAYERS = ["net.conv1", "net.conv2", "net.conv3"]
+
+
+def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_data: Any) -> None:
+    monitor = TopPatchMonitor(probe_size=100, method="both", on_error="raise")
+    model = small_model()
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3, num_sanity_val_steps=1, limit_val_batches=None)
+    trainer.fit(model, datamodule=digits_data)
+    # the probe: the first 100 validation images, in order (the sanity check does not count)
+    assert monitor.probe_images is not None
+    assert torch.equal(monitor.probe_images, digits_data._val.tensors[0][:100])
+    # what was logged last is the exact top-9 of the final model on the probe
+    expected = top_activations(model, {name: monitor._channels[name] for name in LAYERS}, monitor.probe_images)
+    for name in LAYERS:
+        for field in ("images", "ys", "xs"):
+            assert torch.equal(getattr(monitor.last_top[name], field), getattr(expected[name], field))
+    events = read_events(tmp_path)
+    for name in LAYERS:
+        assert [e.step for e in events["images"][f"cnnviz/top_patches/{name}"]] == [0, 1, 2]
+        evolution = events["images"][f"cnnviz/evolution/{name}"]
+        assert [e.step for e in evolution] == [0, 1, 2]
+        assert evolution[0].width < evolution[1].width < evolution[2].width  # one column more per epoch
+        assert [caption for caption, _ in monitor.evolution_columns(name)] == ["ep 0", "ep 1", "ep 2"]
+    assert monitor._channels["net.conv2"] == list(range(16))  # 16 channels: all of them
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+def test_training_is_bit_identical_with_the_top_patch_monitor(tmp_path: Path, digits_data: Any) -> None:
+    runs = []
+    for with_monitor in (False, True):
+        pl.seed_everything(0, verbose=False)
+        model = RecordGrads(channels=SMALL, activation="inplace")
+        callbacks = [TopPatchMonitor(probe_size=64, method="both", on_error="raise")] if with_monitor else []
+        trainer = make_trainer(tmp_path / str(with_monitor), callbacks, max_epochs=2)
+        trainer.fit(model, datamodule=digits_data)
+        runs.append(model)
+    assert len(runs[0].grads) == len(runs[1].grads) == 44
+    for a_step, b_step in zip(runs[0].grads, runs[1].grads, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(a_step, b_step, strict=True))
+
+
+def test_resume_continues_the_evolution(tmp_path: Path, digits_data: Any) -> None:
+    first = TopPatchMonitor(layers="net.conv1", channels=[0, 3], probe_size=32)
+    trainer = make_trainer(tmp_path / "one", [first], max_epochs=2)
+    trainer.fit(small_model(), datamodule=digits_data)
+    checkpoint = tmp_path / "two.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=False)["callbacks"][first.state_key]
+    assert [c for _, c, _ in saved["history"]["net.conv1"]["columns"]] == ["ep 0", "ep 1"]
+
+    second = TopPatchMonitor(layers="net.conv1", channels=[0, 3], probe_size=32)
+    trainer = make_trainer(tmp_path / "two", [second], max_epochs=4)
+    trainer.fit(small_model(), datamodule=digits_data, ckpt_path=str(checkpoint))
+    columns = second.evolution_columns("net.conv1")
+    assert [c for c, _ in columns] == ["ep 0", "ep 1", "ep 2", "ep 3"]
+    assert all(torch.equal(a[1], b[2]) for a, b in zip(columns, saved["history"]["net.conv1"]["columns"]))
+    assert columns[0][1].dtype == torch.uint8 and columns[0][1].shape == (2, 3, 5, 5)  # conv1: 5x5 fields
+
+
+def test_evolution_keeps_a_bounded_number_of_columns() -> None:
+    monitor = TopPatchMonitor(max_evolution_columns=4)
+    kept = []
+    for epoch in range(9):
+        monitor._remember("layer", f"ep {epoch}", torch.full((1, 3, 2, 2), epoch / 10))
+        kept.append([caption for caption, _ in monitor.evolution_columns("layer")])
+    assert kept[3] == ["ep 0", "ep 1", "ep 2", "ep 3"]
+    assert kept[4] == ["ep 0", "ep 2", "ep 4"]  # full: every second epoch
+    assert kept[6] == ["ep 0", "ep 2", "ep 4", "ep 6"]
+    assert kept[7] == ["ep 0", "ep 4", "ep 7"]  # every fourth, and the latest
+    assert kept[8] == ["ep 0", "ep 4", "ep 8"]
+    assert monitor.evolution_columns("layer")[-1][1][0, 0, 0, 0].item() == round(0.8 * 255)
+
+
+def test_without_validation_data_the_probe_comes_from_the_first_training_batches(tmp_path: Path) -> None:
+    images = torch.randn(96, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(images, torch.randint(0, 10, (96,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=32)
+    monitor = TopPatchMonitor(probe_size=40, layers=["net.conv2"], on_error="raise")
+    trainer = make_trainer(tmp_path, [monitor], limit_val_batches=0)
+    trainer.fit(small_model(), train_dataloaders=loader)
+    assert monitor.probe_images is not None and torch.equal(monitor.probe_images, images[:40])
+    assert "cnnviz/top_patches/net.conv2" in read_events(tmp_path)["images"]
+
+
+def test_defaults_pick_layers_across_depth_and_spread_channels() -> None:
+    assert default_layers(small_model()) == LAYERS
+    # ResNet-18: 3x3 convs only (the 1x1 shortcuts are skipped), first, middle and last
+    assert default_layers(resnet18_cifar()) == ["conv1", "layer2.1.conv2", "layer4.1.conv2"]
+    assert default_channels(8) == list(range(8))
+    assert default_channels(128, 16) == [0, 8, 17, 25, 34, 42, 51, 59, 68, 76, 85, 93, 102, 110, 119, 127]
+
+
+@pytest.mark.parametrize(
+    ("monitor", "pattern"),
+    [
+        (TopPatchMonitor(layers=["net.conv9"]), r"no module named 'net.conv9'.*'net.conv1'"),
+        (
+            TopPatchMonitor(layers=["net.conv1"], channels=[0, 8]),
+            r"channel 8 of layer 'net.conv1' is out of range.*0..7",
+        ),
+        (
+            TopPatchMonitor(layers=["net.conv1"], channels={"net.conv2": [0]}),
+            r"`channels` names 'net.conv2', which is not a monitored layer",
+        ),
+        (TopPatchMonitor(layers=["net.fc"]), r"'net.fc' gives \(1, 10\); top patches need a \(N, C, H, W\)"),
+    ],
+)
+def test_bad_configuration_fails_before_training(
+    tmp_path: Path, digits_data: Any, monitor: TopPatchMonitor, pattern: str
+) -> None:
+    trainer = make_trainer(tmp_path, [monitor])
+    model = small_model()
+    with pytest.raises(ValueError, match=pattern):
+        trainer.fit(model, datamodule=digits_data)
+    assert trainer.global_step == 0
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+def test_model_without_conv_and_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"`method` can be \{'deconvnet', 'guided_backprop', 'both'\}, got 'lrp'"):
+        TopPatchMonitor(method="lrp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`k` must be a positive integer, got 0"):
+        TopPatchMonitor(k=0)
+    with pytest.raises(ValueError, match="`layers` is empty"):
+        TopPatchMonitor(layers=[])
+
+
+def test_no_conv_model_fails_at_setup(tmp_path: Path, digits_data: Any) -> None:
+    trainer = make_trainer(tmp_path, [TopPatchMonitor()])
+    with pytest.raises(ValueError, match="NoConv has no nn.Conv2d layer"):
+        trainer.fit(NoConv(), datamodule=digits_data)
+
+
+def test_no_hooks_left_after_an_exception_or_a_failing_projection(
+    tmp_path: Path, digits_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    model = FailingModel(channels=SMALL, activation="functional")
+    trainer = make_trainer(tmp_path / "a", [TopPatchMonitor(probe_size=16)])
+    with pytest.raises(RuntimeError, match="boom in training_step"):
+        trainer.fit(model, datamodule=digits_data)
+    assert hooks_left(model) == [] and global_state_clean()
+
+    import lightning_cnnviz.callbacks.top_patch_monitor as tpm
+
+    def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise FloatingPointError("injected")
+
+    monkeypatch.setattr(tpm, "project_activations", broken)
+    model = small_model("functional")
+    trainer = make_trainer(tmp_path / "b", [TopPatchMonitor(probe_size=16)], max_epochs=2)
+    with pytest.warns(UserWarning, match="top patches of net.conv1 failed with FloatingPointError"):
+        trainer.fit(model, datamodule=digits_data)
+    assert trainer.current_epoch == 2  # training went on
+    assert hooks_left(model) == [] and global_state_clean()
