@@ -2,8 +2,9 @@
 
     python examples/readme_images.py --out docs/images
 
-Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer) and on Fashion-MNIST with a
-sane and a destructive learning rate, all from ../shared/data.
+Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer) for filters, saliency and top
+patches, and on Fashion-MNIST with a sane and a destructive learning rate, all from ../shared/data.
+``--parts`` picks some of ``saliency activations top_patches``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
-from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor
+from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from lightning_cnnviz.core import filter_smoothness
 from lightning_cnnviz.data import IDXDataModule, ImageFolderDataModule
 from lightning_cnnviz.models import ImageClassifier
 
@@ -63,6 +65,7 @@ def cifar_classes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
+    parser.add_argument("--parts", nargs="+", default=["saliency", "activations", "top_patches"])
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,37 +73,63 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
-        saliency = SaliencyMonitor(
-            methods=("smoothgrad", "guided_backprop", "grad_cam", "occlusion"),
-            num_images=6,
-            every_n_epochs=8,
-            class_names=cifar_classes(),
-        )
-        model = ImageClassifier(in_channels=3, first_kernel=7)
-        run = fit(Path(tmp) / "cifar", cifar, model, [FilterMonitor(), saliency], max_epochs=8)
-        save_last_image(run, "cnnviz/filters/net.conv1", out / "filters_cifar10.png")
-        for method in saliency.methods:
-            save_last_image(run, f"cnnviz/saliency/{method}", out / f"saliency_{method}_cifar10.png")
+        if "saliency" in args.parts:
+            saliency_and_filters(Path(tmp), out)
+        if "activations" in args.parts:
+            activations(Path(tmp), out)
+        if "top_patches" in args.parts:
+            top_patches(Path(tmp), out)
 
-        fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_train=128 * 300, limit_val=1000)
-        sane = fit(
-            Path(tmp) / "sane",
-            fashion,
-            ImageClassifier(),
-            [FilterMonitor(), ActivationMonitor(every_n_steps=20)],
-            max_steps=300,
-        )
-        save_last_image(sane, "cnnviz/filters/net.conv1", out / "filters_fashion_mnist.png")
-        save_last_image(sane, "cnnviz/activations/dead_map/net.relu3", out / "dead_map_sane.png")
-        broken = fit(
-            Path(tmp) / "broken",
-            fashion,
-            ImageClassifier(optimizer="adam", lr=0.03),
-            [ActivationMonitor(every_n_steps=20)],
-            max_steps=300,
-        )
-        save_last_image(broken, "cnnviz/activations/dead_map/net.relu2", out / "dead_map_destructive_lr.png")
+
+def saliency_and_filters(tmp: Path, out: Path) -> None:
+    cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
+    saliency = SaliencyMonitor(
+        methods=("smoothgrad", "guided_backprop", "grad_cam", "occlusion"),
+        num_images=6,
+        every_n_epochs=8,
+        class_names=cifar_classes(),
+    )
+    model = ImageClassifier(in_channels=3, first_kernel=7)
+    run = fit(tmp / "cifar", cifar, model, [FilterMonitor(), saliency], max_epochs=8)
+    save_last_image(run, "cnnviz/filters/net.conv1", out / "filters_cifar10.png")
+    for method in saliency.methods:
+        save_last_image(run, f"cnnviz/saliency/{method}", out / f"saliency_{method}_cifar10.png")
+
+
+def activations(tmp: Path, out: Path) -> None:
+    fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_train=128 * 300, limit_val=1000)
+    sane = fit(
+        tmp / "sane",
+        fashion,
+        ImageClassifier(),
+        [FilterMonitor(), ActivationMonitor(every_n_steps=20)],
+        max_steps=300,
+    )
+    save_last_image(sane, "cnnviz/filters/net.conv1", out / "filters_fashion_mnist.png")
+    save_last_image(sane, "cnnviz/activations/dead_map/net.relu3", out / "dead_map_sane.png")
+    broken = fit(
+        tmp / "broken",
+        fashion,
+        ImageClassifier(optimizer="adam", lr=0.03),
+        [ActivationMonitor(every_n_steps=20)],
+        max_steps=300,
+    )
+    save_last_image(broken, "cnnviz/activations/dead_map/net.relu2", out / "dead_map_destructive_lr.png")
+
+
+def top_patches(tmp: Path, out: Path) -> None:
+    """Short epochs (100 steps of 128) so the evolution shows the first layer's features forming."""
+    cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
+    monitor = TopPatchMonitor(probe_size=1000, method="both", max_channels=8)
+    model = ImageClassifier(in_channels=3, first_kernel=7)
+    run = fit(tmp / "top", cifar, model, [monitor], max_epochs=16, limit_train_batches=100)
+    save_last_image(run, "cnnviz/evolution/net.conv1", out / "evolution_conv1_cifar10.png")
+    save_last_image(run, "cnnviz/top_patches/net.conv3", out / "top_patches_conv3_cifar10.png")
+    save_last_image(run, "cnnviz/top_patches/net.conv1", out / "top_patches_conv1_cifar10.png")
+    for caption, thumbnails in monitor.evolution_columns("net.conv1"):
+        # lag-1 autocorrelation of the strongest projections: noise ~0, smooth oriented structure -> 1
+        score = filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item()
+        print(f"net.conv1 strongest projections, {caption}: smoothness {score:.3f}")
 
 
 if __name__ == "__main__":

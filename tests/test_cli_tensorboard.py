@@ -66,6 +66,9 @@ def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, s
         assert f"cnnviz/activations/firing_rate/{name}" in events["histograms"]
     for method in ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion"):
         assert [e.step for e in events["images"][f"cnnviz/saliency/{method}"]] == [1]  # every 2 epochs
+    for layer in ("net.conv1", "net.conv2", "net.conv3"):
+        assert [e.step for e in events["images"][f"cnnviz/top_patches/{layer}"]] == [1]
+        assert [e.step for e in events["images"][f"cnnviz/evolution/{layer}"]] == [1]
     assert "val_acc" in events["scalars"]  # the run trained and validated as usual
 
 
@@ -118,7 +121,12 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
         assert {"cnnviz/activations/dead/net.relu3", "cnnviz/filters/smoothness/net.conv1"} <= scalar_tags
         images = _get(f"{base}/data/plugin/images/tags")
         image_tags = {tag for tags in images.values() for tag in tags}
-        assert {"cnnviz/filters/net.conv1", "cnnviz/activations/dead_map/net.relu1"} <= image_tags
+        assert {
+            "cnnviz/filters/net.conv1",
+            "cnnviz/activations/dead_map/net.relu1",
+            "cnnviz/top_patches/net.conv3",
+            "cnnviz/evolution/net.conv1",
+        } <= image_tags
         layout = _get(f"{base}/data/plugin/custom_scalars/layout")
         titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]
         assert "dead filters (count)" in titles

@@ -15,6 +15,7 @@ from lightning_cnnviz.core.top_patches import (
     crop_patches,
     merge_top_activations,
     project_activations,
+    project_activations_rules,
     top_activations,
 )
 from lightning_cnnviz.models import SmallCNN, resnet18_cifar
@@ -132,7 +133,9 @@ def test_projections_match_captum_per_neuron(style: str, rule: str, captum_cls) 
         channels = top.channels.repeat_interleave(2)[rows]
         picked = top.images.flatten()[rows]
         ys, xs = top.ys.flatten()[rows], top.xs.flatten()[rows]
-        projections = project_activations(ours, layer, images[picked], channels, ys, xs, rule=rule, max_batch=4)
+        field = receptive_fields(ours, [layer], images[:1])[layer]
+        whole = project_activations(ours, layer, images[picked], channels, ys, xs, rule=rule, max_batch=4)
+        cropped = project_activations(ours, layer, images[picked], channels, ys, xs, rule=rule, field=field)
         expected = torch.cat(
             [
                 captum_cls(reference, ref_layer).attribute(images[i : i + 1], neuron_selector=(int(c), int(y), int(x)))
@@ -141,8 +144,73 @@ def test_projections_match_captum_per_neuron(style: str, rule: str, captum_cls) 
         )
         scale = expected.abs().max().item()
         assert scale > 0
-        assert (projections - expected).abs().max().item() <= 1e-5 * scale
+        for projections in (whole, cropped):
+            assert (projections - expected).abs().max().item() <= 1e-5 * scale
     assert hooks_left(ours) == [] and global_state_clean()
+
+
+@pytest.mark.parametrize(
+    ("make", "layer"),
+    [
+        (lambda: SmallCNN(in_channels=3, first_kernel=7), "conv3"),
+        (lambda: SmallCNN(in_channels=3, first_kernel=7, activation="inplace"), "conv2"),
+        (lambda: resnet18_cifar(num_classes=4), "layer2.0"),
+    ],
+)
+def test_receptive_field_crops_give_the_whole_image_projection_at_every_position(make, layer: str) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = make().double().eval()  # float64: no rounding-level flips of ReLU masks between the two paths
+    image = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    field = receptive_fields(model, [layer], image)[layer]
+    captured: dict[str, Tensor] = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, a, o: captured.__setitem__("o", o))
+    model(image)
+    handle.remove()
+    height, width = captured["o"].shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    if height * width > 100:  # the edges (where crops are clipped and shifted) and the middle
+        ys, xs = (torch.tensor([0, 1, n // 2, n - 2, n - 1]) for n in (height, width))
+        ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    channels = torch.arange(len(ys)) % captured["o"].shape[1]
+    images = image.expand(len(ys), -1, -1, -1)
+    whole = project_activations_rules(model, layer, images, channels, ys, xs)
+    cropped = project_activations_rules(model, layer, images, channels, ys, xs, field=field, max_batch=16)
+    for rule in ("deconvnet", "guided_backprop"):
+        scale = whole[rule].flatten(1).abs().amax(1).clamp_min(1e-300)
+        error = (cropped[rule] - whole[rule]).flatten(1).abs().amax(1) / scale
+        assert error.max().item() < 1e-10, rule
+        # nothing outside the receptive field box
+        for row in (0, len(ys) // 2, len(ys) - 1):
+            top, left, bottom, right = field.box(int(ys[row]), int(xs[row]))
+            outside = cropped[rule][row].clone()
+            outside[:, max(top, 0) : bottom + 1, max(left, 0) : right + 1] = 0
+            assert outside.abs().max().item() == 0
+
+
+class _CoordNet(nn.Module):
+    """Adds a horizontal ramp: not translation-equivariant, so crops would change the activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ramp = torch.linspace(-3, 3, x.shape[-1], device=x.device)
+        return self.conv2(torch.relu(self.conv1(x) + ramp))
+
+
+def test_rows_whose_crop_changes_the_activation_are_redone_on_the_whole_image() -> None:
+    torch.manual_seed(0)
+    model = _CoordNet().eval()
+    images = torch.randn(6, 1, 16, 16)
+    field = receptive_fields(model, ["conv2"], images[:1])["conv2"]
+    assert field.size == (5, 5)  # the tracker cannot see the ramp
+    where = (torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([8, 8, 3, 12, 0, 15]), torch.tensor([8, 2, 12, 5, 15, 0]))
+    whole = project_activations(model, "conv2", images, *where, rule="guided_backprop")
+    cropped = project_activations(model, "conv2", images, *where, rule="guided_backprop", field=field)
+    torch.testing.assert_close(cropped, whole, rtol=0, atol=0)
 
 
 def test_projection_of_a_tiny_net_equals_the_value_computed_by_hand() -> None:

@@ -23,7 +23,7 @@ from lightning_cnnviz.core.top_patches import (
     _run_to,
     crop_patches,
     merge_top_activations,
-    project_activations,
+    project_activations_rules,
     top_activations,
 )
 
@@ -324,20 +324,22 @@ class TopPatchMonitor(EpochMonitorBase):
         channels = top.channels.to(device).repeat_interleave(k)
         ys, xs = top.ys.flatten().to(device), top.xs.flatten().to(device)
         panels: dict[str, Tensor] = {}
+        rows = valid.nonzero().flatten().to(device)
+        projected = project_activations_rules(
+            pl_module,
+            name,
+            images[rows],
+            channels[rows],
+            ys[rows],
+            xs[rows],
+            rules=self.methods,  # type: ignore[arg-type]
+            field=field,
+            expected=top.values.flatten().to(device)[rows],
+            max_batch=max(1, self.max_batch // 4),
+        )
         for method in self.methods:
             projections = torch.zeros_like(images)
-            rows = valid.nonzero().flatten().to(device)
-            if len(rows):
-                projections[rows] = project_activations(
-                    pl_module,
-                    name,
-                    images[rows],
-                    channels[rows],
-                    ys[rows],
-                    xs[rows],
-                    rule=method,  # type: ignore[arg-type]
-                    max_batch=max(1, self.max_batch // 4),
-                )
+            projections[rows] = projected[method]
             crops = signed_display(crop_patches(projections, field, ys.cpu(), xs.cpu()))
             panels[method] = crops.unflatten(0, (count, k))
         shown = normalize_per_item(probe.float())[image_index.to(device)]

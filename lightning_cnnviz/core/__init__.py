@@ -41,6 +41,7 @@ from lightning_cnnviz.core.top_patches import (
     crop_patches,
     merge_top_activations,
     project_activations,
+    project_activations_rules,
     top_activations,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "occlusion",
     "override_relu_gradient",
     "project_activations",
+    "project_activations_rules",
     "receptive_fields",
     "render_evolution",
     "render_filter_grid",

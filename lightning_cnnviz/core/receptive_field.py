@@ -12,7 +12,8 @@ so ``offset`` may be negative). :func:`receptive_fields` follows one forward pas
   ``+`` of a residual branch, ``torch.cat`` of channels, in-place ops) takes the union of its inputs' boxes:
   the smallest box that contains every path, as for residual networks;
 * an output that no longer has the input's spatial layout (global pooling, ``flatten``, ``Linear``, an
-  ``x.mean((2, 3), keepdim=True)`` gate) sees the whole image;
+  ``x.mean((2, 3), keepdim=True)`` gate), and normalisations that mix positions (group, instance and layer
+  norm), see the whole image;
 * an operation that changes the spatial size in a way not listed above (``interpolate``, slicing) leaves
   its output without a geometry, and asking for such a layer is an error naming the operation.
 """
@@ -147,6 +148,10 @@ def _union(geometries: list[_Geometry], spatial: tuple[int, int]) -> _Tracked:
     return _Geometry((axes[0], axes[1]), spatial)
 
 
+# Operations that keep the spatial size but mix all positions (normalisation over H and W): whole input.
+_SPATIALLY_GLOBAL = frozenset({"group_norm", "instance_norm", "layer_norm"})
+
+
 class _GeometryMode(TorchFunctionMode):
     """Carries a receptive-field geometry along every tensor computed from the tracked input."""
 
@@ -189,6 +194,8 @@ class _GeometryMode(TorchFunctionMode):
         spatial: tuple[int, int],
         main: bool,
     ) -> _Tracked:
+        if name in _SPATIALLY_GLOBAL:
+            return _Geometry(None, spatial)
         first = self.geometry.get(args[0]) if args and isinstance(args[0], Tensor) else None
         if main and isinstance(first, _Geometry) and first.axes is not None:
             kernel: tuple[int, int] | None = None

@@ -43,40 +43,40 @@ Target = Tensor | int | None
 ReluRule = Literal["guided_backprop", "deconvnet"]
 
 
-class _GuidedRelu(torch.autograd.Function):
-    """ReLU forward; backward passes only positive gradients where the input was positive (Springenberg 2014)."""
+class ReluGradientRule:
+    """The backward rule that ReLUs computed under :func:`override_relu_gradient` use; ``rule`` is read at
+    backward time, so one forward can serve a deconvnet and a guided-backprop backward pass."""
+
+    def __init__(self, rule: ReluRule) -> None:
+        self.rule: ReluRule = rule
+
+
+class _RuleRelu(torch.autograd.Function):
+    """ReLU forward. Backward: guided backprop passes only positive gradients where the input was positive
+    (Springenberg 2014); deconvnet passes the ReLU of the gradient signal (Zeiler & Fergus 2013)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, rule: ReluGradientRule) -> Tensor:
         out = x.clamp_min(0)
         ctx.save_for_backward(out)
+        ctx.rule = rule
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors
-        return grad.clamp_min(0) * (out > 0)
-
-
-class _DeconvRelu(torch.autograd.Function):
-    """ReLU forward; backward is the ReLU of the gradient signal (Zeiler & Fergus 2013 deconvnet)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad.clamp_min(0)
+        if ctx.rule.rule == "guided_backprop":
+            return grad.clamp_min(0) * (out > 0), None
+        return grad.clamp_min(0), None
 
 
 _INPLACE = {torch.relu_, Tensor.relu_}
 
 
 class _ReluGradientMode(TorchFunctionMode):
-    def __init__(self, rule: ReluRule) -> None:
+    def __init__(self, rule: ReluGradientRule) -> None:
         super().__init__()
-        self._function = _GuidedRelu if rule == "guided_backprop" else _DeconvRelu
+        self._rule = rule
 
     def __torch_function__(
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
@@ -86,7 +86,7 @@ class _ReluGradientMode(TorchFunctionMode):
             return func(*args, **kwargs)
         x = args[0]
         inplace = func in _INPLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-        out = self._function.apply(x)
+        out = _RuleRelu.apply(x, self._rule)
         if inplace:  # keep the in-place contract: the caller may use x afterwards instead of the result
             x.copy_(out)
             return x
@@ -94,12 +94,17 @@ class _ReluGradientMode(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def override_relu_gradient(rule: ReluRule) -> Iterator[None]:
-    """Inside the block, every ReLU computed (module or functional, in-place or not) uses ``rule``'s backward."""
+def override_relu_gradient(rule: ReluRule) -> Iterator[ReluGradientRule]:
+    """Inside the block, every ReLU computed (module or functional, in-place or not) uses ``rule``'s backward.
+
+    Yields the :class:`ReluGradientRule`: set its ``rule`` between backward passes of one forward to get both
+    projections from a single forward.
+    """
     if rule not in ("guided_backprop", "deconvnet"):
         raise ValueError(f"rule can be 'guided_backprop' or 'deconvnet', got {rule!r}")
-    with _ReluGradientMode(rule):
-        yield
+    holder = ReluGradientRule(rule)
+    with _ReluGradientMode(holder):
+        yield holder
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from lightning_cnnviz.core.layers import resolve_modules
 from lightning_cnnviz.core.receptive_field import ReceptiveField
 from lightning_cnnviz.core.relu_sites import restore_training_flags
-from lightning_cnnviz.core.saliency import ReluRule, _gradient_pass, override_relu_gradient
+from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule, _gradient_pass, override_relu_gradient
 
 __all__ = [
     "StreamingTopK",
@@ -36,6 +36,7 @@ __all__ = [
     "crop_patches",
     "merge_top_activations",
     "project_activations",
+    "project_activations_rules",
     "top_activations",
 ]
 
@@ -208,8 +209,67 @@ def top_activations(
             def offer(name: str, output: Tensor, chunk_indices: Tensor = chunk_indices) -> None:
                 tops[name].update(output, chunk_indices)
 
+            if chunk.device.type == "cpu":  # oneDNN convolutions run faster on NHWC; the values are the same
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
             _run_to(model, chunk, list(layers), offer)
     return {name: top.result() for name, top in tops.items()}
+
+
+def _project_rows(
+    model: nn.Module,
+    layer: str,
+    inputs: Tensor,
+    channels: Tensor,
+    ys: Tensor,
+    xs: Tensor,
+    rules: Sequence[ReluRule],
+    holder: ReluGradientRule,
+) -> tuple[list[Tensor], Tensor]:
+    """(input gradients per rule, activation values) of one batch of rows, from one forward pass."""
+    if inputs.device.type == "cpu":  # oneDNN convolutions run faster on NHWC; results are the same
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    inputs = inputs.detach().clone().requires_grad_(True)
+    captured: dict[str, Tensor] = {}
+    _run_to(model, inputs, [layer], captured.__setitem__)
+    activation = captured[layer]
+    rows = torch.arange(inputs.shape[0], device=activation.device)
+    # clones: index tensors made under inference mode cannot be saved for backward
+    where = [t.to(activation.device).clone() for t in (channels, ys, xs)]
+    picked = activation[rows, where[0], where[1], where[2]]
+    grads = []
+    for index, rule in enumerate(rules):
+        holder.rule = rule
+        (grad,) = torch.autograd.grad(picked.sum(), inputs, retain_graph=index < len(rules) - 1)
+        grads.append(grad.contiguous())
+    return grads, picked.detach()
+
+
+def _aligned_crops(field: ReceptiveField, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row, an input crop that holds the activation's whole receptive field (clipped to the image) and
+    keeps the layer's grid: it starts at a multiple of the layer's stride ``S``, so strides and pooling windows
+    fall as on the whole image, and its edges are either the image's edges or lie outside the field.
+
+    Along each axis every crop has one of two lengths, so rows batch well: ``L``, the longest the field
+    needs (alignment slack included), or, for crops that would run past the far edge, ``L'`` >= ``L`` with
+    ``image - L'`` a multiple of ``S``, placed against the far edge. Returns (starts (B, 2), lengths (B, 2),
+    local ys, local xs), the local positions being the activation's position in the crop's feature map.
+    """
+    starts, lengths = [], []
+    for axis, positions in enumerate((ys, xs)):
+        stride, size = field.stride[axis], field.input_size[axis]
+        first = field.offset[axis] + positions * stride
+        begin = torch.div(first.clamp_min(0), stride, rounding_mode="floor") * stride
+        last = (first + field.size[axis] - 1).clamp_max(size - 1)
+        need = int((last - begin + 1).max()) if len(positions) else 1
+        edge = min(size, need + (size - need) % stride)  # image - edge is a multiple of the stride
+        fits = begin + need <= size
+        start = torch.where(fits, begin, torch.full_like(begin, size - edge))
+        if edge == size:  # the far-edge crop is the whole axis, which always starts at 0
+            start = torch.where(fits, begin, torch.zeros_like(begin))
+        starts.append(start)
+        lengths.append(torch.where(fits, torch.full_like(begin, need), torch.full_like(begin, edge)))
+    start, length = torch.stack(starts, 1), torch.stack(lengths, 1)
+    return start, length, ys - start[:, 0] // field.stride[0], xs - start[:, 1] // field.stride[1]
 
 
 def project_activations(
@@ -221,6 +281,8 @@ def project_activations(
     xs: Tensor,
     *,
     rule: ReluRule = "deconvnet",
+    field: ReceptiveField | None = None,
+    expected: Tensor | None = None,
     max_batch: int = 64,
 ) -> Tensor:
     """Project activation ``(channels[i], ys[i], xs[i])`` of ``layer`` on ``images[i]`` to pixel space.
@@ -230,28 +292,90 @@ def project_activations(
     independent (each image is its own batch entry), so one backward pass serves a whole batch of pairs;
     the forward stops at ``layer``. Runs in eval mode with gradients enabled (also under inference mode);
     training flags are restored and parameter gradients are never accumulated.
+
+    With the layer's receptive ``field`` (:func:`~lightning_cnnviz.core.receptive_field.receptive_fields`),
+    each row runs on a crop of its image that holds the activation's receptive field, aligned to the
+    layer's grid (the gradient is zero outside the field anyway), which is several times less work for the
+    early layers. Cropping is exact for networks that are translation-equivariant up to the layer
+    (convolutions, pooling, batch norm, activations, residual sums); each row checks it: the activation on
+    the crop must equal ``expected[i]`` (its value on the whole image, computed when not given) to
+    ``1e-4`` relative, and rows that differ (coordinate channels, adaptive pooling, ...) are redone on the
+    whole image. See :func:`project_activations_rules` for several rules from one forward pass.
     """
+    return project_activations_rules(
+        model, layer, images, channels, ys, xs, rules=(rule,), field=field, expected=expected, max_batch=max_batch
+    )[rule]
+
+
+def project_activations_rules(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    channels: Tensor,
+    ys: Tensor,
+    xs: Tensor,
+    *,
+    rules: Sequence[ReluRule] = ("deconvnet", "guided_backprop"),
+    field: ReceptiveField | None = None,
+    expected: Tensor | None = None,
+    max_batch: int = 64,
+) -> dict[str, Tensor]:
+    """:func:`project_activations` for several ReLU rules at once: one forward pass, one backward pass per rule
+    (the rules differ only in the backward). Returns rule -> (B, C, H, W)."""
     if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
         raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
+    if not rules or any(r not in ("deconvnet", "guided_backprop") for r in rules):
+        raise ValueError(f"rules can be 'deconvnet' and 'guided_backprop', got {tuple(rules)!r}")
     count = images.shape[0]
     for name, value in (("channels", channels), ("ys", ys), ("xs", xs)):
         if value.shape != (count,):
             raise ValueError(f"{name} must have shape ({count},), got {tuple(value.shape)}")
-    projections = []
-    with _gradient_pass(model), override_relu_gradient(rule):
-        for start in range(0, count, max_batch):
-            part = slice(start, start + max_batch)
-            inputs = images[part].detach().clone().requires_grad_(True)
+    channels, ys, xs = (t.to(images.device).long() for t in (channels, ys, xs))
+    with _gradient_pass(model), override_relu_gradient(rules[0]) as holder:
+        # made here, outside inference mode, so that they can be written in place
+        results: dict[str, Tensor] = {rule: images.new_zeros(images.shape) for rule in rules}
+        redo = torch.ones(count, dtype=torch.bool, device=images.device)
+        if field is not None and not field.whole_input and count:
+            if expected is None:
+                expected = _values_at(model, layer, images, channels, ys, xs, max_batch)
+            expected = expected.to(images.device)
+            starts, lengths, local_y, local_x = _aligned_crops(field, ys, xs)
+            for shape in torch.unique(lengths, dim=0).tolist():
+                group = (lengths == torch.tensor(shape, device=lengths.device)).all(dim=1).nonzero().flatten()
+                for part in group.split(max_batch):
+                    top, left = starts[part, 0], starts[part, 1]
+                    rows = (top[:, None] + torch.arange(shape[0], device=top.device))[:, :, None]
+                    cols = (left[:, None] + torch.arange(shape[1], device=top.device))[:, None, :]
+                    crops = images[part[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+                    grads, values = _project_rows(
+                        model, layer, crops, channels[part], local_y[part], local_x[part], rules, holder
+                    )
+                    exact = (values - expected[part]).abs() <= 1e-4 * expected[part].abs().clamp_min(1e-6)
+                    keep = part[exact]
+                    for rule, grad in zip(rules, grads):
+                        results[rule][keep[:, None, None], :, rows[exact], cols[exact]] = grad[exact].permute(
+                            0, 2, 3, 1
+                        )
+                    redo[keep] = False
+        for part in redo.nonzero().flatten().split(max_batch):
+            grads, _ = _project_rows(model, layer, images[part], channels[part], ys[part], xs[part], rules, holder)
+            for rule, grad in zip(rules, grads):
+                results[rule][part] = grad
+    return results
+
+
+def _values_at(
+    model: nn.Module, layer: str, images: Tensor, channels: Tensor, ys: Tensor, xs: Tensor, max_batch: int
+) -> Tensor:
+    """The activations ``(channels[i], ys[i], xs[i])`` of ``layer`` on whole images (no gradient)."""
+    values = []
+    with torch.no_grad():
+        for part in torch.arange(images.shape[0], device=images.device).split(max_batch):
             captured: dict[str, Tensor] = {}
-            _run_to(model, inputs, [layer], captured.__setitem__)
+            _run_to(model, images[part], [layer], captured.__setitem__)
             activation = captured[layer]
-            rows = torch.arange(inputs.shape[0], device=activation.device)
-            # clones: index tensors made under inference mode cannot be saved for backward
-            where = [t[part].to(activation.device).clone() for t in (channels, ys, xs)]
-            picked = activation[rows, where[0], where[1], where[2]]
-            (grad,) = torch.autograd.grad(picked.sum(), inputs)
-            projections.append(grad)
-    return torch.cat(projections) if projections else images.new_zeros(images.shape)
+            values.append(activation[torch.arange(len(part)), channels[part], ys[part], xs[part]])
+    return torch.cat(values)
 
 
 def crop_patches(images: Tensor, field: ReceptiveField, ys: Tensor, xs: Tensor) -> Tensor:
