@@ -142,3 +142,26 @@ def test_occluding_the_most_salient_region_hurts_more_than_a_random_one(
     salient_drop, random_drop = probability_drop(salient), sum(random_drops) / len(random_drops)
     print(f"\nmean target-probability drop: salient region {salient_drop:.4f}, random region {random_drop:.4f}")
     assert salient_drop > random_drop
+
+
+def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -> None:
+    """The demo CNN on the CIFAR-10 zip: the strongest first-layer projections go from noise to smooth structure."""
+    from lightning_cnnviz import TopPatchMonitor
+    from lightning_cnnviz.core import filter_smoothness
+    from lightning_cnnviz.data import ImageFolderDataModule
+
+    archive = SHARED_DATA / "cifar10" / "cifar10-jpg.zip"
+    assert archive.is_file(), f"the shared real data must be beside the project: {archive} is missing"
+    data = ImageFolderDataModule(str(archive), batch_size=128, limit_per_class=640, limit_val=512)
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier(in_channels=3, first_kernel=7)
+    monitor = TopPatchMonitor(layers="net.conv1", probe_size=512, max_channels=32, on_error="raise")
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=6, limit_train_batches=40, deterministic=False)
+    trainer.fit(model, datamodule=data)
+    scores = [
+        filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item()
+        for _, thumbnails in monitor.evolution_columns("net.conv1")
+    ]
+    print(f"conv1 strongest-projection smoothness per epoch (40 steps each): {[round(s, 3) for s in scores]}")
+    assert len(scores) == 6
+    assert scores[-1] > scores[0] + 0.1 and scores[-1] > 0.15
