@@ -106,10 +106,16 @@ class StreamingTopK:
         """Offer a batch: ``activations`` (B, C_all, H, W) of the layer, ``image_indices`` (B,) of the images."""
         if activations.dim() != 4:
             raise ValueError(f"activations must be (B, C, H, W), got shape {tuple(activations.shape)}")
-        selected = activations.detach()[:, self.channels.to(activations.device)].float()
-        selected = selected.nan_to_num(nan=float("-inf"))
-        width = selected.shape[-1]
-        best, where = selected.flatten(2).max(dim=2)  # (B, C): first maximum in row-major order
+        act = activations.detach()
+        channels = self.channels.to(act.device)
+        batch, _, height, width = act.shape
+        if act.is_contiguous(memory_format=torch.channels_last) and act.shape[1] > 1:
+            # NHWC: reduce over positions in place (a view, no copy), then keep the chosen channels
+            best, where = act.permute(0, 2, 3, 1).reshape(batch, height * width, -1).max(dim=1)
+            best, where = best[:, channels], where[:, channels]
+        else:
+            best, where = act[:, channels].flatten(2).max(dim=2)  # (B, C): first maximum in row-major order
+        best = best.float().nan_to_num(nan=float("-inf"))  # a channel with NaN values never ranks
         indices = image_indices.to(self.values.device).long()[None].expand(self.channels.numel(), -1)
         self._offer(best.t(), indices, (where // width).t(), (where % width).t())
 
