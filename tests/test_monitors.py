@@ -174,25 +174,35 @@ class RecordGrads(ImageClassifier):
         self.grads.append([p.grad.detach().clone() for p in self.parameters()])
 
 
-@pytest.mark.parametrize("activation", ["inplace", "functional"])
-def test_gradients_are_bit_identical_with_and_without_monitors(
-    tmp_path: Path, digits_data: Any, activation: str
+def assert_training_undisturbed(
+    tmp_path: Path, data: Any, make_callbacks: Any, activation: str = "inplace", steps: int = 44
 ) -> None:
+    """Two seeded 2-epoch fits, without and with the callbacks: every step's gradients and the final
+    weights are bit-identical."""
     runs = []
     for with_monitors in (False, True):
         pl.seed_everything(0, verbose=False)
         model = RecordGrads(channels=SMALL, activation=activation)
-        callbacks = [FilterMonitor(), ActivationMonitor(every_n_steps=3)] if with_monitors else []
+        callbacks = make_callbacks() if with_monitors else []
         trainer = make_trainer(tmp_path / str(with_monitors), callbacks, max_epochs=2)
-        trainer.fit(model, datamodule=digits_data)
+        trainer.fit(model, datamodule=data)
         runs.append(model)
     without, with_ = runs
-    assert len(without.grads) == len(with_.grads) == 44
+    assert len(without.grads) == len(with_.grads) == steps
     for step_a, step_b in zip(without.grads, with_.grads, strict=True):
         for a, b in zip(step_a, step_b, strict=True):
             assert torch.equal(a, b)
     for a, b in zip(without.parameters(), with_.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("activation", ["inplace", "functional"])
+def test_gradients_are_bit_identical_with_and_without_monitors(
+    tmp_path: Path, digits_data: Any, activation: str
+) -> None:
+    assert_training_undisturbed(
+        tmp_path, digits_data, lambda: [FilterMonitor(), ActivationMonitor(every_n_steps=3)], activation
+    )
 
 
 class FailingModel(ImageClassifier):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import global_state_clean, hooks_left, make_trainer, read_events
-from test_monitors import SMALL, RecordGrads, small_model
+from test_monitors import assert_training_undisturbed, small_model
 
 from lightning_cnnviz import SaliencyMonitor
 from lightning_cnnviz.callbacks.saliency_monitor import select_balanced
@@ -34,17 +33,9 @@ def test_every_method_is_logged_per_epoch_on_a_balanced_probe(tmp_path: Path, di
 
 
 def test_training_is_bit_identical_with_the_saliency_monitor(tmp_path: Path, digits_data: Any) -> None:
-    runs = []
-    for with_monitor in (False, True):
-        pl.seed_everything(0, verbose=False)
-        model = RecordGrads(channels=SMALL, activation="inplace")
-        callbacks = [SaliencyMonitor(num_images=6, smoothgrad_samples=3, on_error="raise")] if with_monitor else []
-        trainer = make_trainer(tmp_path / str(with_monitor), callbacks, max_epochs=2)
-        trainer.fit(model, datamodule=digits_data)
-        runs.append(model)
-    assert len(runs[0].grads) == len(runs[1].grads) == 44
-    for a_step, b_step in zip(runs[0].grads, runs[1].grads, strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(a_step, b_step, strict=True))
+    assert_training_undisturbed(
+        tmp_path, digits_data, lambda: [SaliencyMonitor(num_images=6, smoothgrad_samples=3, on_error="raise")]
+    )
 
 
 def test_a_failing_method_is_switched_off_and_the_others_go_on(

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import global_state_clean, hooks_left, make_trainer, read_events
-from test_monitors import SMALL, FailingModel, NoConv, RecordGrads, small_model
+from test_monitors import SMALL, FailingModel, NoConv, assert_training_undisturbed, small_model
 
 from lightning_cnnviz import TopPatchMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import default_channels, default_layers
@@ -44,17 +43,9 @@ def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_da
 
 
 def test_training_is_bit_identical_with_the_top_patch_monitor(tmp_path: Path, digits_data: Any) -> None:
-    runs = []
-    for with_monitor in (False, True):
-        pl.seed_everything(0, verbose=False)
-        model = RecordGrads(channels=SMALL, activation="inplace")
-        callbacks = [TopPatchMonitor(probe_size=64, method="both", on_error="raise")] if with_monitor else []
-        trainer = make_trainer(tmp_path / str(with_monitor), callbacks, max_epochs=2)
-        trainer.fit(model, datamodule=digits_data)
-        runs.append(model)
-    assert len(runs[0].grads) == len(runs[1].grads) == 44
-    for a_step, b_step in zip(runs[0].grads, runs[1].grads, strict=True):
-        assert all(torch.equal(a, b) for a, b in zip(a_step, b_step, strict=True))
+    assert_training_undisturbed(
+        tmp_path, digits_data, lambda: [TopPatchMonitor(probe_size=64, method="both", on_error="raise")]
+    )
 
 
 def test_resume_continues_the_evolution(tmp_path: Path, digits_data: Any) -> None:

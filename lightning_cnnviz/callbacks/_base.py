@@ -16,7 +16,7 @@ from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
 ErrorPolicy = Literal["warn", "raise"]
 T = TypeVar("T")
 
-__all__ = ["ErrorPolicy", "MonitorBase", "check_choice", "check_positive_int"]
+__all__ = ["EpochMonitorBase", "ErrorPolicy", "MonitorBase", "ProbeMonitorBase", "check_choice", "check_positive_int"]
 
 
 def check_positive_int(who: str, argument: str, value: Any) -> int:
@@ -127,3 +127,16 @@ class EpochMonitorBase(MonitorBase):
         # A run that stopped between cadence points (max_steps, early stopping) still shows its final state.
         if self._last_logged_step != trainer.global_step:
             self._log_now(trainer, pl_module)
+
+
+class ProbeMonitorBase(EpochMonitorBase):
+    """An epoch monitor with a fixed probe set from the validation data, or, in a run without validation
+    data, from the first training batches (``self._probe_from_training`` says which, from ``on_train_start``)."""
+
+    def __init__(self, every_n_epochs: int = 1, on_error: ErrorPolicy = "warn") -> None:
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
+        self._probe_from_training = False
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._probe_from_training = not any(trainer.num_val_batches)

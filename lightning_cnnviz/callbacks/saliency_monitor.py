@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitorBase, ErrorPolicy, check_positive_int
+from lightning_cnnviz.callbacks._base import ErrorPolicy, ProbeMonitorBase, check_positive_int
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.core.images import annotate, images_from_batch
 from lightning_cnnviz.core.layers import resolve_modules
@@ -43,7 +43,7 @@ def label_rows(grid: Tensor, captions: Sequence[str], row_height: int) -> Tensor
     return annotate(grid, [(1, row * row_height, caption) for row, caption in enumerate(captions)])
 
 
-class SaliencyMonitor(EpochMonitorBase):
+class SaliencyMonitor(ProbeMonitorBase):
     """Saliency maps of a fixed probe set, one TensorBoard image per method: ``cnnviz/saliency/<method>``.
 
     Methods (see :mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013),
@@ -119,7 +119,6 @@ class SaliencyMonitor(EpochMonitorBase):
         self._probe_images: Tensor | None = None
         self._probe_labels: Tensor | None = None
         self._candidates: dict[str, dict[int, list[Tensor]]] = {"val": {}, "train": {}}
-        self._probe_from_training = False
 
     @property
     @override
@@ -188,10 +187,6 @@ class SaliencyMonitor(EpochMonitorBase):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._finish_probe()
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._probe_from_training = not any(trainer.num_val_batches)
 
     @override
     def on_train_batch_start(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitorBase, ErrorPolicy, check_choice, check_positive_int
+from lightning_cnnviz.callbacks._base import ErrorPolicy, ProbeMonitorBase, check_choice, check_positive_int
 from lightning_cnnviz.core.images import images_from_batch, normalize_per_item
 from lightning_cnnviz.core.layers import conv_layers, format_names, resolve_modules
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
@@ -52,7 +52,7 @@ def default_channels(num_channels: int, count: int = 16) -> list[int]:
     return sorted({round(i * (num_channels - 1) / (count - 1)) for i in range(count)})
 
 
-class TopPatchMonitor(EpochMonitorBase):
+class TopPatchMonitor(ProbeMonitorBase):
     """The top-``k`` probe patches of chosen filters beside their projections to pixel space, every N epochs.
 
     What it draws (Zeiler & Fergus 2013, arXiv 1311.2901):
@@ -130,7 +130,6 @@ class TopPatchMonitor(EpochMonitorBase):
         self._fields: dict[str, ReceptiveField] = {}
         self._collected: list[Tensor] = []
         self._probe: Tensor | None = None
-        self._probe_from_training = False
         self.last_top: dict[str, TopActivations] = {}
         # layer -> {"stride", "count", "columns": [(log index, caption, thumbnails uint8 (C, 3, h, w))]}
         self._history: dict[str, dict[str, Any]] = {}
@@ -249,10 +248,6 @@ class TopPatchMonitor(EpochMonitorBase):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._finish_probe(trainer)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._probe_from_training = not any(trainer.num_val_batches)
 
     @override
     def on_train_batch_start(

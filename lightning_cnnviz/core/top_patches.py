@@ -28,7 +28,13 @@ from torch import Tensor, nn
 from lightning_cnnviz.core.layers import resolve_modules
 from lightning_cnnviz.core.receptive_field import ReceptiveField
 from lightning_cnnviz.core.relu_sites import restore_training_flags
-from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule, _gradient_pass, override_relu_gradient
+from lightning_cnnviz.core.saliency import (
+    ReluGradientRule,
+    ReluRule,
+    _check_images,
+    _gradient_pass,
+    override_relu_gradient,
+)
 
 __all__ = [
     "StreamingTopK",
@@ -202,8 +208,7 @@ def top_activations(
     and each forward stops after the deepest chosen layer. ``image_indices`` (default ``0..N-1``) name
     the images in the result, so shards of one probe set can be merged.
     """
-    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
-        raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
+    _check_images(images)
     indices = torch.arange(images.shape[0], device=images.device) if image_indices is None else image_indices
     if indices.shape != images.shape[:1]:
         raise ValueError(f"image_indices must have shape ({images.shape[0]},), got {tuple(indices.shape)}")
@@ -328,8 +333,7 @@ def project_activations_rules(
 ) -> dict[str, Tensor]:
     """:func:`project_activations` for several ReLU rules at once: one forward pass, one backward pass per rule
     (the rules differ only in the backward). Returns rule -> (B, C, H, W)."""
-    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
-        raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
+    _check_images(images)
     if not rules or any(r not in ("deconvnet", "guided_backprop") for r in rules):
         raise ValueError(f"rules can be 'deconvnet' and 'guided_backprop', got {tuple(rules)!r}")
     count = images.shape[0]
