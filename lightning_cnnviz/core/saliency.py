@@ -132,6 +132,11 @@ def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, l
         return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(max_batch)])
 
 
+def _fast_layout(images: Tensor) -> Tensor:
+    """NHWC on CPU, where oneDNN convolutions run faster on it (same values); unchanged elsewhere."""
+    return images.contiguous(memory_format=torch.channels_last) if images.device.type == "cpu" else images
+
+
 def _check_images(images: Tensor) -> None:
     if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
         raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
@@ -141,10 +146,10 @@ def _input_gradient(model: nn.Module, images: Tensor, targets: Tensor, max_batch
     """d score_target / d input for every image, in chunks of ``max_batch``; the caller sets any ReLU rule."""
     grads = []
     for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
-        inputs = chunk.detach().clone().requires_grad_(True)
+        inputs = _fast_layout(chunk).detach().clone().requires_grad_(True)
         scores = model(inputs).gather(1, chunk_targets[:, None]).sum()
         (grad,) = torch.autograd.grad(scores, inputs)
-        grads.append(grad)
+        grads.append(grad.contiguous())
     return torch.cat(grads)
 
 
@@ -310,7 +315,7 @@ def occlusion(
             n = chunk.shape[0]
             occluded = chunk[:, None] * (1 - masks[None]) + fill[start : start + n, None] * masks[None]
             flat = occluded.reshape(n * windows, channels, height, width)
-            probs = torch.cat([score(model(part)) for part in flat.split(max_batch)])
+            probs = torch.cat([score(model(_fast_layout(part))) for part in flat.split(max_batch)])
             target_probs = probs.gather(1, targets[start : start + n].repeat_interleave(windows)[:, None])
             drops.append(clean[start : start + n] - target_probs.view(n, windows))
     drop = torch.cat(drops)  # (N, windows)

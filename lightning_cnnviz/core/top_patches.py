@@ -32,6 +32,7 @@ from lightning_cnnviz.core.saliency import (
     ReluGradientRule,
     ReluRule,
     _check_images,
+    _fast_layout,
     _gradient_pass,
     override_relu_gradient,
 )
@@ -220,9 +221,7 @@ def top_activations(
             def offer(name: str, output: Tensor, chunk_indices: Tensor = chunk_indices) -> None:
                 tops[name].update(output, chunk_indices)
 
-            if chunk.device.type == "cpu":  # oneDNN convolutions run faster on NHWC; the values are the same
-                chunk = chunk.contiguous(memory_format=torch.channels_last)
-            _run_to(model, chunk, list(layers), offer)
+            _run_to(model, _fast_layout(chunk), list(layers), offer)
     return {name: top.result() for name, top in tops.items()}
 
 
@@ -237,9 +236,7 @@ def _project_rows(
     holder: ReluGradientRule,
 ) -> tuple[list[Tensor], Tensor]:
     """(input gradients per rule, activation values) of one batch of rows, from one forward pass."""
-    if inputs.device.type == "cpu":  # oneDNN convolutions run faster on NHWC; results are the same
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    inputs = inputs.detach().clone().requires_grad_(True)
+    inputs = _fast_layout(inputs).detach().clone().requires_grad_(True)
     captured: dict[str, Tensor] = {}
     _run_to(model, inputs, [layer], captured.__setitem__)
     activation = captured[layer]
