@@ -315,7 +315,7 @@ def occlusion(
             n = chunk.shape[0]
             occluded = chunk[:, None] * (1 - masks[None]) + fill[start : start + n, None] * masks[None]
             flat = occluded.reshape(n * windows, channels, height, width)
-            probs = torch.cat([score(model(_fast_layout(part))) for part in flat.split(max_batch)])
+            probs = torch.cat([score(model(part)) for part in flat.split(max_batch)])
             target_probs = probs.gather(1, targets[start : start + n].repeat_interleave(windows)[:, None])
             drops.append(clean[start : start + n] - target_probs.view(n, windows))
     drop = torch.cat(drops)  # (N, windows)
