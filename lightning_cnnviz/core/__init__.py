@@ -44,6 +44,7 @@ from lightning_cnnviz.core.top_patches import (
     project_activations_rules,
     top_activations,
 )
+from lightning_cnnviz.core.tsne import TSNEAffinities, knn_accuracy, procrustes_align, tsne, tsne_affinities
 
 __all__ = [
     "RELU_MODULE_TYPES",
@@ -54,6 +55,7 @@ __all__ = [
     "ReceptiveField",
     "ReluSite",
     "StreamingTopK",
+    "TSNEAffinities",
     "TopActivations",
     "annotate",
     "capture",
@@ -68,10 +70,12 @@ __all__ = [
     "grad_cam",
     "guided_backprop",
     "images_from_batch",
+    "knn_accuracy",
     "merge_top_activations",
     "normalize_per_item",
     "occlusion",
     "override_relu_gradient",
+    "procrustes_align",
     "project_activations",
     "project_activations_rules",
     "receptive_fields",
@@ -86,6 +90,8 @@ __all__ = [
     "tap_relus",
     "tile_grid",
     "top_activations",
+    "tsne",
+    "tsne_affinities",
     "upscale_nearest",
     "vanilla_gradient",
 ]

@@ -1,0 +1,359 @@
+"""t-SNE in torch, on the features' device: openTSNE's algorithm and defaults, with an exact gradient for small N
+and FFT-accelerated interpolation (FIt-SNE, Linderman et al. 2019) for large N.
+
+* Affinities: exact k nearest neighbours (``k = min(N - 1, 3 * perplexity)``) by matmul and ``topk`` in row
+  blocks; Gaussian conditionals calibrated to the perplexity by a vectorised bisection on the precision (all
+  points at once); symmetrised ``P = (P_{j|i} + P_{i|j}) / 2N``, kept as the kNN lists (no sparse matrix).
+* Initialisation: PCA (signs fixed so the largest-magnitude loading of each component is positive), scaled
+  to a standard deviation of 1e-4 on the first axis, plus a seeded jitter; or a given map (warm start), scaled
+  the same way.
+* Optimisation (openTSNE's defaults): 250 iterations with early exaggeration 12, then 500 without; learning
+  rate ``N / exaggeration``; momentum 0.8; gains (+0.2 on a sign flip, x0.8 otherwise, at least 0.01); each
+  point's step clipped to norm 5; the map re-centred after every step. Gradients use openTSNE's scaling (a
+  quarter of the textbook t-SNE gradient).
+* Repulsion: exact O(N^2) in blocks below ``exact_below`` points; above, the FFT interpolation scheme: charges
+  spread to a grid of 3 Lagrange nodes per box and axis (boxes of side at most 1, at least
+  ``min_intervals`` per axis), convolved with the kernels by FFT and interpolated back. O(N) per iteration.
+
+:func:`procrustes_align` maps a new embedding onto a previous one (rotation or reflection, scale, shift).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["TSNEAffinities", "knn_accuracy", "procrustes_align", "tsne", "tsne_affinities"]
+
+
+@dataclass
+class TSNEAffinities:
+    """Symmetric t-SNE affinities ``P_ij = (P_{j|i} + P_{i|j}) / 2N`` on the kNN graph; they sum to 1.
+
+    Each unordered pair is stored once (``first < second``) with its value ``P_ij`` (= ``P_ji``).
+
+    Attributes:
+        first, second: (H,) the two points of each pair.
+        values: (H,) ``P_ij``.
+        count: N.
+    """
+
+    first: Tensor
+    second: Tensor
+    values: Tensor
+    count: int
+
+    def incidence(self) -> Tensor:
+        """(N, H) sparse CSR matrix with +1 at (first, pair) and -1 at (second, pair): ``B @ f`` adds each pair's
+        force ``f`` to its first point and subtracts it from its second."""
+        pairs = torch.arange(self.values.numel(), device=self.values.device)
+        rows = torch.cat([self.first, self.second])
+        order = torch.argsort(rows, stable=True)
+        columns = torch.cat([pairs, pairs])[order]
+        signs = torch.cat([torch.ones_like(self.values), -torch.ones_like(self.values)])[order]
+        crow = torch.zeros(self.count + 1, dtype=torch.long, device=rows.device)
+        crow[1:] = torch.bincount(rows, minlength=self.count).cumsum(0)
+        return torch.sparse_csr_tensor(
+            crow, columns, signs, size=(self.count, self.values.numel()), check_invariants=False
+        )
+
+
+def _knn(features: Tensor, k: int, block: int = 2048) -> tuple[Tensor, Tensor]:
+    """Exact squared Euclidean distances and indices of the ``k`` nearest other points, in row blocks."""
+    x = features.float()
+    norms = (x * x).sum(dim=1)
+    distances, indices = [], []
+    for start in range(0, x.shape[0], block):
+        rows = x[start : start + block]
+        d2 = torch.addmm(norms[None, :], rows, x.t(), beta=1, alpha=-2).add_(norms[start : start + block, None])
+        d2[torch.arange(rows.shape[0]), torch.arange(start, start + rows.shape[0])] = float("inf")
+        value, index = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        distances.append(value.clamp_min_(0))
+        indices.append(index)
+    return torch.cat(distances), torch.cat(indices)
+
+
+def tsne_affinities(features: Tensor, perplexity: float = 30.0) -> TSNEAffinities:
+    """Perplexity-calibrated affinities of ``features`` (N, D): exact kNN, bisection on each point's precision."""
+    count = features.shape[0]
+    if count < 3:
+        raise ValueError(f"t-SNE needs at least 3 points, got {count}")
+    if not perplexity > 0:
+        raise ValueError(f"perplexity must be positive, got {perplexity}")
+    k = min(count - 1, max(1, int(3 * perplexity)))
+    perplexity = min(perplexity, (count - 1) / 3)
+    d2, neighbors = _knn(features, k)
+    d2 = d2.double()
+    d2 = d2 - d2[:, :1]  # shift by the nearest distance: same conditionals, no underflow
+    goal = math.log(perplexity)
+    low = torch.zeros(count, 1, dtype=torch.float64, device=d2.device)
+    high = torch.full_like(low, float("inf"))
+    beta = torch.ones_like(low)
+    for _ in range(100):
+        p = torch.exp(-d2 * beta)
+        total = p.sum(dim=1, keepdim=True)
+        entropy = torch.log(total) + beta * (d2 * p).sum(dim=1, keepdim=True) / total
+        too_flat = entropy > goal  # entropy too high: sharpen (raise beta)
+        low = torch.where(too_flat, beta, low)
+        high = torch.where(too_flat, high, beta)
+        beta = torch.where(torch.isinf(high), beta * 2, (low + high) / 2)
+        if (entropy - goal).abs().max() < 1e-6:
+            break
+    p = torch.exp(-d2 * beta)
+    conditional = (p / p.sum(dim=1, keepdim=True) / (2 * count)).float()
+    source = torch.arange(count, device=neighbors.device).repeat_interleave(neighbors.shape[1])
+    target = neighbors.flatten()
+    pairs = torch.sparse_coo_tensor(
+        torch.stack([torch.cat([source, target]), torch.cat([target, source])]),
+        torch.cat([conditional.flatten(), conditional.flatten()]),
+        size=(count, count),
+        check_invariants=False,
+    ).coalesce()  # sums the two directions of mutual neighbours
+    indices, values = pairs.indices(), pairs.values()
+    upper = indices[0] < indices[1]
+    return TSNEAffinities(
+        indices[0][upper].contiguous(), indices[1][upper].contiguous(), values[upper].contiguous(), count
+    )
+
+
+def _pca_init(features: Tensor, generator: torch.Generator) -> Tensor:
+    x = features.double()
+    x = x - x.mean(dim=0)
+    if x.shape[1] <= x.shape[0]:
+        _, vectors = torch.linalg.eigh(x.t() @ x)
+        components = vectors[:, -2:].flip(1)  # (D, 2), largest variance first
+    else:
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        components = vh[:2].t()
+    signs = torch.sign(components.gather(0, components.abs().argmax(dim=0, keepdim=True)))
+    embedding = x @ (components * signs)
+    embedding = embedding / embedding[:, 0].std() * 1e-4
+    jitter = torch.randn(embedding.shape, generator=generator, dtype=torch.float64) * 1e-4 * 0.01
+    return (embedding + jitter.to(embedding.device)).float()
+
+
+def _attraction(xs: Tensor, ys: Tensor, affinities: TSNEAffinities, incidence: Tensor, exaggeration: float) -> Tensor:
+    """sum_j P_ij w_ij (y_i - y_j): each pair once, from 1-D coordinate gathers, summed by one sparse product."""
+    dx = torch.index_select(xs, 0, affinities.first) - torch.index_select(xs, 0, affinities.second)
+    dy = torch.index_select(ys, 0, affinities.first) - torch.index_select(ys, 0, affinities.second)
+    strength = (affinities.values * exaggeration) / torch.addcmul(torch.addcmul(dx.new_ones(()), dx, dx), dy, dy)
+    return incidence @ torch.stack([strength * dx, strength * dy], dim=1)
+
+
+def _repulsion_exact(y: Tensor, block: int = 4096) -> Tensor:
+    """(sum_j w_ij^2 (y_i - y_j)) / Z with w = 1 / (1 + d^2), Z = sum_{i != j} w_ij, in row blocks.
+
+    ``1 + d^2`` comes out of one matrix product of augmented coordinates ``[y, |y|^2 + 1, 1] . [-2y, 1, |y|^2]``.
+    """
+    count = y.shape[0]
+    norms = (y * y).sum(dim=1, keepdim=True)
+    ones = torch.ones_like(norms)
+    left = torch.cat([y, norms + 1, ones], dim=1)  # (N, 4)
+    right = torch.cat([-2 * y, ones, norms], dim=1)  # (N, 4)
+    ones_y = torch.cat([ones, y], dim=1)  # (N, 3)
+    moments, z = [], y.new_zeros(())
+    for start in range(0, count, block):
+        w = (left[start : start + block] @ right.t()).reciprocal_()
+        z = z + w.sum()
+        moments.append(w.mul_(w) @ ones_y)
+    m = torch.cat(moments)
+    return (y * m[:, :1] - m[:, 1:]) / (z - count)
+
+
+_SMOOTH = sorted(
+    {
+        2**a * 3**b * 5**c * 7**d
+        for a in range(14)
+        for b in range(8)
+        for c in range(6)
+        for d in range(3)
+        if 2**a * 3**b * 5**c * 7**d <= 16384
+    }
+)
+
+
+class _FFTGrid:
+    """The interpolation grid and the kernels' spectra, kept while the embedding stays inside the grid and
+    fills at least ``refill`` of it (the kernels depend only on the grid spacing, so their FFTs are reused)."""
+
+    def __init__(self, min_intervals: int, margin: float = 1.02, refill: float = 0.8) -> None:
+        self.min_intervals, self.margin, self.refill = min_intervals, margin, refill
+        self.low = self.span = 0.0
+        self.boxes = 0
+        self.spectra: Tensor | None = None
+
+    def fit(self, coords: Tensor) -> None:
+        low, high = (float(v) for v in torch.aminmax(coords))
+        inside = self.spectra is not None and low >= self.low and high <= self.low + self.span
+        if inside and (high - low) >= self.refill * self.span:
+            return
+        span = max(high - low, 1e-6) * self.margin
+        boxes = max(self.min_intervals, math.ceil(span))  # boxes of side at most 1
+        boxes = next(b for b in range(boxes, boxes + 256) if 6 * b in _SMOOTH)
+        self.low, self.span, self.boxes = (low + high) / 2 - span / 2, span, boxes
+        nodes = 3 * boxes
+        spacing = span / nodes
+        offsets = torch.arange(2 * nodes, device=coords.device)
+        offsets = torch.where(offsets < nodes, offsets, offsets - 2 * nodes).to(coords.dtype) * spacing
+        kernel = 1.0 / (1.0 + offsets[:, None] ** 2 + offsets[None, :] ** 2)
+        kernels = torch.stack([kernel, kernel * kernel])  # w for Z, w^2 for the force
+        kernels[:, nodes, :] = 0
+        kernels[:, :, nodes] = 0
+        self.spectra = torch.fft.rfft2(kernels)
+
+
+def _repulsion_fft(coords: Tensor, grid: _FFTGrid) -> Tensor:
+    """FIt-SNE's interpolated repulsion for ``coords`` (2, N): 3 Lagrange nodes per box and axis, charges
+    ``[1, y]`` spread to the grid, convolved with ``w^2`` by FFT and interpolated back; ``Z`` from the ``w``
+    kernel by Parseval. Returns (2, N)."""
+    grid.fit(coords)
+    assert grid.spectra is not None
+    count, boxes = coords.shape[1], grid.boxes
+    nodes = 3 * boxes
+    width = grid.span / boxes
+    scaled = (coords - grid.low) / width  # (2, N) in box units
+    box = scaled.floor().clamp_(0, boxes - 1)
+    t = scaled - box
+    a, b, c = t - 1 / 6, t - 0.5, t - 5 / 6  # Lagrange basis for nodes at 1/6, 1/2, 5/6 of the box
+    basis = torch.stack([4.5 * b * c, -9.0 * a * c, 4.5 * a * b], dim=2)  # (2, N, 3)
+    first = (box * 3).long()  # (2, N) index of the box's first node
+    steps = torch.arange(3, device=coords.device)
+    flat = ((first[0, :, None] + steps)[:, :, None] * nodes + (first[1, :, None] + steps)[:, None, :]).reshape(-1)
+    weight = (basis[0, :, :, None] * basis[1, :, None, :]).reshape(count, 9)  # (N, 9)
+    local = coords - (grid.low + grid.span / 2)  # charges relative to the grid centre: less cancellation
+    charges = torch.cat([torch.ones_like(local[:1]), local]).t()  # (N, 3)
+    spread = torch.zeros(nodes * nodes, 3, dtype=coords.dtype, device=coords.device)
+    spread.index_add_(0, flat, (weight[:, :, None] * charges[:, None, :]).reshape(-1, 3))
+    padded = torch.zeros(3, 2 * nodes, 2 * nodes, dtype=coords.dtype, device=coords.device)
+    padded[:, :nodes, :nodes] = spread.t().reshape(3, nodes, nodes)
+    spectra = torch.fft.rfft2(padded)  # (3, 2M, M + 1)
+    # sum_ij w_ij = <G, K1 * G> over the grid, by Parseval on the half spectrum (interior columns count twice)
+    power = (spectra[0].real ** 2 + spectra[0].imag ** 2) * grid.spectra[0].real
+    z = (2 * power.sum() - power[:, 0].sum() - power[:, -1].sum()) / (4 * nodes * nodes) - count
+    potentials = torch.fft.irfft2(spectra * grid.spectra[1], s=(2 * nodes, 2 * nodes))[:, :nodes, :nodes]
+    at_points = (torch.index_select(potentials.reshape(3, -1), 1, flat).view(3, count, 9) * weight).sum(dim=2)
+    return (local * at_points[:1] - at_points[1:]) / z
+
+
+def tsne(
+    features: Tensor,
+    *,
+    perplexity: float = 30.0,
+    early_exaggeration: float = 12.0,
+    early_exaggeration_iter: int = 250,
+    n_iter: int = 500,
+    learning_rate: float | None = None,
+    momentum: float = 0.8,
+    max_step_norm: float | None = 5.0,
+    init: Tensor | None = None,
+    seed: int = 0,
+    method: str = "auto",
+    exact_below: int = 1500,
+    min_intervals: int = 50,
+    affinities: TSNEAffinities | None = None,
+) -> Tensor:
+    """Embed ``features`` (N, D) in 2-D with t-SNE; returns (N, 2) on the features' device.
+
+    Args:
+        features: the points (e.g. penultimate-layer codes).
+        perplexity: effective number of neighbours.
+        early_exaggeration, early_exaggeration_iter: the first phase (openTSNE: 12 for 250 iterations).
+        n_iter: iterations of the second phase.
+        learning_rate: default ``N / exaggeration`` in each phase (openTSNE's "auto").
+        momentum, max_step_norm: as openTSNE (0.8; each point's step clipped to norm 5).
+        init: a previous map (N, 2) to start from (warm start), scaled to std 1e-4 like the PCA start;
+            default PCA.
+        seed: seed of the initial jitter (the only randomness).
+        method: ``"exact"``, ``"fft"`` or ``"auto"`` (exact below ``exact_below`` points).
+        min_intervals: the FFT grid's least number of boxes per axis (openTSNE: 50; 3 interpolation nodes per box
+            and boxes of side at most 1, as openTSNE).
+        affinities: precomputed :func:`tsne_affinities` (then ``perplexity`` is not used).
+
+    Example:
+        >>> x = torch.cat([torch.randn(40, 5), torch.randn(40, 5) + 8])
+        >>> y = tsne(x, perplexity=10, n_iter=200)
+        >>> y.shape, bool((y[:40].mean(0) - y[40:].mean(0)).norm() > 5 * y[:40].std(0).norm())
+        (torch.Size([80, 2]), True)
+    """
+    if not (isinstance(features, Tensor) and features.dim() == 2):
+        raise TypeError(f"features must be a tensor of shape (N, D), got {features!r:.80}")
+    if method not in ("auto", "exact", "fft"):
+        raise ValueError(f"method can be 'auto', 'exact' or 'fft', got {method!r}")
+    count = features.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    if affinities is None:
+        affinities = tsne_affinities(features.detach(), perplexity)
+    if init is None:
+        y = _pca_init(features.detach(), generator).to(features.device)
+    else:
+        if init.shape != (count, 2):
+            raise ValueError(f"init must have shape ({count}, 2), got {tuple(init.shape)}")
+        y = init.detach().double()
+        y = y - y.mean(dim=0)
+        y = (y / y[:, 0].std().clamp_min(1e-12) * 1e-4).float().to(features.device)
+    use_fft = method == "fft" or (method == "auto" and count >= exact_below)
+    grid = _FFTGrid(min_intervals)
+    incidence = affinities.incidence()
+    coords = y.t().contiguous()  # (2, N): each axis contiguous
+    update = torch.zeros_like(coords)
+    gains = torch.ones_like(coords)
+    for phase_iter, exaggeration in ((early_exaggeration_iter, early_exaggeration), (n_iter, 1.0)):
+        rate = learning_rate if learning_rate is not None else count / exaggeration
+        for _ in range(phase_iter):
+            repulsion = _repulsion_fft(coords, grid) if use_fft else _repulsion_exact(coords.t()).t()
+            gradient = _attraction(coords[0], coords[1], affinities, incidence, exaggeration).t() - repulsion
+            flipped = torch.sign(update) != torch.sign(gradient)
+            gains = torch.where(
+                flipped, gains + 0.2, torch.addcmul(gains.new_full((), 0.01), gains, gains.new_full((), 0.8))
+            )
+            update = momentum * update - rate * gains * gradient
+            if max_step_norm is not None:
+                norms = torch.addcmul(update[0] * update[0], update[1], update[1]).sqrt_()
+                update = update * (max_step_norm / norms).clamp_(max=1.0)
+            coords = coords + update
+            coords = coords - coords.mean(dim=1, keepdim=True)
+    y = coords.t().contiguous()
+    return y
+
+
+def procrustes_align(embedding: Tensor, reference: Tensor, *, scale: bool = True) -> Tensor:
+    """``embedding`` rotated (or reflected), scaled and shifted to best match ``reference`` in least squares.
+
+    Example:
+        >>> ref = torch.randn(50, 2)
+        >>> turn = torch.tensor([[0.0, -1.0], [1.0, 0.0]])
+        >>> bool(torch.allclose(procrustes_align(3 * ref @ turn + 7, ref), ref, atol=1e-5))
+        True
+    """
+    if embedding.shape != reference.shape:
+        raise ValueError(f"shapes differ: {tuple(embedding.shape)} and {tuple(reference.shape)}")
+    a = embedding.double() - embedding.double().mean(dim=0)
+    b = reference.double() - reference.double().mean(dim=0)
+    u, s, vh = torch.linalg.svd(a.t() @ b)
+    rotation = u @ vh
+    factor = s.sum() / (a * a).sum().clamp_min(1e-12) if scale else torch.ones((), dtype=torch.float64)
+    aligned = factor * (a @ rotation) + reference.double().mean(dim=0)
+    return aligned.to(embedding.dtype)
+
+
+def knn_accuracy(points: Tensor, labels: Tensor, k: int = 5, block: int = 2048) -> float:
+    """Leave-one-out ``k``-nearest-neighbour accuracy: the share of points whose label is the majority label of
+    their ``k`` nearest other points (Euclidean; ties go to the smallest label).
+
+    Example:
+        >>> points = torch.tensor([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]])
+        >>> knn_accuracy(points, torch.tensor([0, 0, 0, 1, 1, 1]), k=2)
+        1.0
+    """
+    if points.shape[0] != labels.shape[0] or points.shape[0] <= k:
+        raise ValueError(
+            f"need more than k={k} points with one label each, got {tuple(points.shape)} and {tuple(labels.shape)}"
+        )
+    _, neighbors = _knn(points.reshape(points.shape[0], -1), k, block)
+    labels = labels.to(neighbors.device).long()
+    votes = torch.zeros(points.shape[0], int(labels.max()) + 1, device=neighbors.device)
+    votes.scatter_add_(1, labels[neighbors], torch.ones_like(neighbors, dtype=votes.dtype))
+    return float((votes.argmax(dim=1) == labels).float().mean())
