@@ -5,6 +5,7 @@ from a notebook or a plain training loop.
 """
 
 from lightning_cnnviz.core.capture import capture
+from lightning_cnnviz.core.embedding import TSNEAffinities, knn_accuracy, procrustes_align, tsne, tsne_affinities
 from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.images import annotate, images_from_batch, normalize_per_item, tile_grid, upscale_nearest
 from lightning_cnnviz.core.layers import conv_layers, first_conv, resolve_modules
@@ -44,7 +45,6 @@ from lightning_cnnviz.core.top_patches import (
     project_activations_rules,
     top_activations,
 )
-from lightning_cnnviz.core.tsne import TSNEAffinities, knn_accuracy, procrustes_align, tsne, tsne_affinities
 
 __all__ = [
     "RELU_MODULE_TYPES",

@@ -5,8 +5,7 @@ and FFT-accelerated interpolation (FIt-SNE, Linderman et al. 2019) for large N.
   blocks; Gaussian conditionals calibrated to the perplexity by a vectorised bisection on the precision (all
   points at once); symmetrised ``P = (P_{j|i} + P_{i|j}) / 2N``, kept as the kNN lists (no sparse matrix).
 * Initialisation: PCA (signs fixed so the largest-magnitude loading of each component is positive), scaled
-  to a standard deviation of 1e-4 on the first axis, plus a seeded jitter; or a given map (warm start), scaled
-  the same way.
+  to a standard deviation of 1e-4 on the first axis, plus a seeded jitter; or a given map (warm start).
 * Optimisation (openTSNE's defaults): 250 iterations with early exaggeration 12, then 500 without; learning
   rate ``N / exaggeration``; momentum 0.8; gains (+0.2 on a sign flip, x0.8 otherwise, at least 0.01); each
   point's step clipped to norm 5; the map re-centred after every step. Gradients use openTSNE's scaling (a
@@ -209,6 +208,7 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid) -> Tensor:
     """FIt-SNE's interpolated repulsion for ``coords`` (2, N): 3 Lagrange nodes per box and axis, charges
     ``[1, y]`` spread to the grid, convolved with ``w^2`` by FFT and interpolated back; ``Z`` from the ``w``
     kernel by Parseval. Returns (2, N)."""
+    coords = coords.double()  # float32 loses the small forces of a tightly packed start to cancellation
     grid.fit(coords)
     assert grid.spectra is not None
     count, boxes = coords.shape[1], grid.boxes
@@ -235,7 +235,7 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid) -> Tensor:
     z = (2 * power.sum() - power[:, 0].sum() - power[:, -1].sum()) / (4 * nodes * nodes) - count
     potentials = torch.fft.irfft2(spectra * grid.spectra[1], s=(2 * nodes, 2 * nodes))[:, :nodes, :nodes]
     at_points = (torch.index_select(potentials.reshape(3, -1), 1, flat).view(3, count, 9) * weight).sum(dim=2)
-    return (local * at_points[:1] - at_points[1:]) / z
+    return ((local * at_points[:1] - at_points[1:]) / z).float()
 
 
 def tsne(
@@ -264,8 +264,8 @@ def tsne(
         n_iter: iterations of the second phase.
         learning_rate: default ``N / exaggeration`` in each phase (openTSNE's "auto").
         momentum, max_step_norm: as openTSNE (0.8; each point's step clipped to norm 5).
-        init: a previous map (N, 2) to start from (warm start), scaled to std 1e-4 like the PCA start;
-            default PCA.
+        init: a map (N, 2) to start from, used as it is (warm start from a previous map: then usually
+            with ``early_exaggeration_iter=0``); default PCA scaled to std 1e-4.
         seed: seed of the initial jitter (the only randomness).
         method: ``"exact"``, ``"fft"`` or ``"auto"`` (exact below ``exact_below`` points).
         min_intervals: the FFT grid's least number of boxes per axis (openTSNE: 50; 3 interpolation nodes per box
@@ -291,9 +291,8 @@ def tsne(
     else:
         if init.shape != (count, 2):
             raise ValueError(f"init must have shape ({count}, 2), got {tuple(init.shape)}")
-        y = init.detach().double()
+        y = init.detach().float().to(features.device)
         y = y - y.mean(dim=0)
-        y = (y / y[:, 0].std().clamp_min(1e-12) * 1e-4).float().to(features.device)
     use_fft = method == "fft" or (method == "auto" and count >= exact_below)
     grid = _FFTGrid(min_intervals)
     incidence = affinities.incidence()
@@ -356,4 +355,4 @@ def knn_accuracy(points: Tensor, labels: Tensor, k: int = 5, block: int = 2048) 
     labels = labels.to(neighbors.device).long()
     votes = torch.zeros(points.shape[0], int(labels.max()) + 1, device=neighbors.device)
     votes.scatter_add_(1, labels[neighbors], torch.ones_like(neighbors, dtype=votes.dtype))
-    return float((votes.argmax(dim=1) == labels).float().mean())
+    return float((votes.argmax(dim=1) == labels).double().mean())
