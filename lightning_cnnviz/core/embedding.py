@@ -184,9 +184,9 @@ class _FFTGrid:
         self.boxes = 0
         self.spectra: Tensor | None = None
 
-    def fit(self, coords: Tensor) -> None:
-        low, high = (float(v) for v in torch.aminmax(coords))
+    def fit(self, coords: Tensor, low: float, high: float) -> None:
         inside = self.spectra is not None and low >= self.low and high <= self.low + self.span
+        inside = inside and self.spectra is not None and self.spectra.real.dtype == coords.dtype
         if inside and (high - low) >= self.refill * self.span:
             return
         span = max(high - low, 1e-6) * self.margin
@@ -208,8 +208,10 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid) -> Tensor:
     """FIt-SNE's interpolated repulsion for ``coords`` (2, N): 3 Lagrange nodes per box and axis, charges
     ``[1, y]`` spread to the grid, convolved with ``w^2`` by FFT and interpolated back; ``Z`` from the ``w``
     kernel by Parseval. Returns (2, N)."""
-    coords = coords.double()  # float32 loses the small forces of a tightly packed start to cancellation
-    grid.fit(coords)
+    # float64 while the map is tightly packed (float32 would lose its small forces to cancellation), then float32
+    low, high = (float(v) for v in torch.aminmax(coords))
+    coords = coords.to(torch.float64 if high - low < 4.0 else torch.float32)
+    grid.fit(coords, low, high)
     assert grid.spectra is not None
     count, boxes = coords.shape[1], grid.boxes
     nodes = 3 * boxes
