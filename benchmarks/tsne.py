@@ -62,13 +62,13 @@ def main() -> None:
         x, labels = features(count)
         on_device = torch.from_numpy(x).to(args.device)
 
-        def ours() -> np.ndarray:
+        def ours(on_device: torch.Tensor = on_device) -> np.ndarray:
             embedding = tsne(on_device)
             if args.device == "cuda":
                 torch.cuda.synchronize()
             return embedding.cpu().numpy()
 
-        def theirs() -> np.ndarray:
+        def theirs(x: np.ndarray = x) -> np.ndarray:
             return np.asarray(OpenTSNE(n_jobs=2, random_state=0).fit(x))
 
         times: dict[str, list[float]] = {"ours": [], "openTSNE": []}
@@ -78,7 +78,7 @@ def main() -> None:
                 seconds, maps[name] = timed(run)
                 times[name].append(seconds)
         if not args.no_sklearn:
-            seconds, maps["sklearn"] = timed(lambda: SkTSNE(random_state=0, n_jobs=2).fit_transform(x))
+            seconds, maps["sklearn"] = timed(lambda x=x: SkTSNE(random_state=0, n_jobs=2).fit_transform(x))
             times["sklearn"] = [seconds]
         reference = statistics.median(times["openTSNE"])
         for name, embedding in maps.items():

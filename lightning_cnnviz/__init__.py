@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from lightning_cnnviz.callbacks import (
         ActivationMonitor,
         DeadFilterEvent,
+        EmbeddingMonitor,
         FilterMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActivationMonitor",
     "DeadFilterEvent",
+    "EmbeddingMonitor",
     "FilterMonitor",
     "SaliencyMonitor",
     "TensorBoardSink",
@@ -40,6 +42,7 @@ __all__ = [
 _LAZY = {
     "ActivationMonitor": "lightning_cnnviz.callbacks",
     "DeadFilterEvent": "lightning_cnnviz.callbacks",
+    "EmbeddingMonitor": "lightning_cnnviz.callbacks",
     "FilterMonitor": "lightning_cnnviz.callbacks",
     "SaliencyMonitor": "lightning_cnnviz.callbacks",
     "TensorBoardSink": "lightning_cnnviz.sink",

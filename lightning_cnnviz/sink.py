@@ -100,6 +100,21 @@ class TensorBoardSink:
             return
         self.writer.add_text(tag, markdown, global_step=step)
 
+    def embedding(
+        self, tag: str, features: Tensor, step: int, metadata: list[str] | None = None, thumbnails: Tensor | None = None
+    ) -> None:
+        """Projector data: ``features`` (N, D), one metadata string per point, thumbnails (N, C, h, w) in [0, 1]
+        for the sprite (TensorBoard caps the sprite at 8192 px a side: keep ``h * ceil(sqrt(N))`` below it)."""
+        if self.writer is None:
+            return
+        self.writer.add_embedding(
+            features.detach().float().cpu(),
+            metadata=metadata,
+            label_img=None if thumbnails is None else thumbnails.detach().float().clamp(0, 1).cpu(),
+            global_step=step,
+            tag=tag,
+        )
+
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 from typing_extensions import override
 
+from lightning_cnnviz.core.images import images_from_batch
 from lightning_cnnviz.core.layers import conv_layers
 from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
 
 ErrorPolicy = Literal["warn", "raise"]
 T = TypeVar("T")
 
-__all__ = ["EpochMonitorBase", "ErrorPolicy", "MonitorBase", "ProbeMonitorBase", "check_choice", "check_positive_int"]
+__all__ = [
+    "EpochMonitorBase",
+    "ErrorPolicy",
+    "MonitorBase",
+    "OrderedProbeMonitorBase",
+    "ProbeMonitorBase",
+    "check_choice",
+    "check_positive_int",
+]
 
 
 def check_positive_int(who: str, argument: str, value: Any) -> int:
@@ -140,3 +152,109 @@ class ProbeMonitorBase(EpochMonitorBase):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._probe_from_training = not any(trainer.num_val_batches)
+
+
+class OrderedProbeMonitorBase(ProbeMonitorBase):
+    """Probe = the first ``probe_size`` images (and labels, when batches have them) of the first validation pass
+    (the sanity check excluded), in the validation order; without validation data, of the first training
+    batches. Under DDP every rank keeps ``ceil(probe_size / world_size)`` of its own batches and the parts are
+    gathered in the distributed sampler's interleaved order, so every rank holds the same probe set, the one a
+    single process would take."""
+
+    def __init__(
+        self,
+        probe_size: int,
+        batch_to_images: Callable[[Any], Tensor] | None = None,
+        every_n_epochs: int = 1,
+        on_error: ErrorPolicy = "warn",
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
+        self.probe_size = check_positive_int(self._who, "probe_size", probe_size)
+        self.batch_to_images = batch_to_images
+        self._reset_probe()
+
+    def _reset_probe(self) -> None:
+        self._collected: list[tuple[Tensor, Tensor | None]] = []
+        self._probe: Tensor | None = None
+        self._probe_labels: Tensor | None = None
+
+    @property
+    def probe_images(self) -> Tensor | None:
+        """The fixed probe set (on the host), once chosen."""
+        return self._probe
+
+    @property
+    def probe_labels(self) -> Tensor | None:
+        """The probe set's labels (on the host), when the batches carry them."""
+        return self._probe_labels
+
+    def _quota(self, trainer: pl.Trainer) -> int:
+        return math.ceil(self.probe_size / max(1, trainer.world_size))
+
+    def _offer(self, trainer: pl.Trainer, batch: Any) -> None:
+        have = sum(len(images) for images, _ in self._collected)
+        if self._probe is not None or have >= self._quota(trainer):
+            return
+        images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
+        take = self._quota(trainer) - have
+        labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+        labels = labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
+        self._collected.append(
+            (images[:take].detach().cpu(), None if labels is None else labels[:take].detach().cpu().long())
+        )
+
+    def _finish_probe(self, trainer: pl.Trainer) -> None:
+        """Fix the probe set. A collective under DDP: every rank calls it at the same point."""
+        if self._probe is not None:
+            return
+        images = torch.cat([i for i, _ in self._collected]) if self._collected else None
+        with_labels = bool(self._collected) and all(labels is not None for _, labels in self._collected)
+        labels = torch.cat([lab for _, lab in self._collected if lab is not None]) if with_labels else None
+        if trainer.world_size > 1:
+            device = trainer.strategy.root_device
+            quota = self._quota(trainer)
+            count = torch.tensor([0 if images is None else len(images)], device=device)
+            counts = trainer.strategy.all_gather(count).view(-1).cpu()
+            if int(counts.max()) == 0:
+                return
+            if images is None:
+                raise RuntimeError(f"{self._who}: a rank collected no probe images while others did")
+            keep = torch.arange(quota)[:, None] < counts[None, :]  # (quota, W)
+
+            def gather(local: Tensor) -> Tensor:
+                padded = local.new_zeros((quota, *local.shape[1:]))
+                padded[: len(local)] = local
+                everything = trainer.strategy.all_gather(padded.to(device)).cpu()  # (W, quota, ...)
+                return everything.transpose(0, 1)[keep]  # the sampler's interleaved order: rank 0, rank 1, ...
+
+            images = gather(images)
+            has_labels = trainer.strategy.all_gather(torch.tensor([int(labels is not None)], device=device))
+            if int(has_labels.min()) == 1:
+                assert labels is not None
+                labels = gather(labels)
+            else:
+                labels = None
+        if images is None or len(images) == 0:
+            return
+        self._probe = images[: self.probe_size].contiguous()
+        self._probe_labels = None if labels is None else labels[: self.probe_size].contiguous()
+        self._collected = []
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not trainer.sanity_checking and dataloader_idx == 0:
+            self._offer(trainer, batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._finish_probe(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._probe_from_training:
+            self._offer(trainer, batch)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy, ProbeMonitorBase, check_choice, check_positive_int
+from lightning_cnnviz.callbacks._base import ErrorPolicy, OrderedProbeMonitorBase, check_choice, check_positive_int
 from lightning_cnnviz.core.images import images_from_batch, normalize_per_item
 from lightning_cnnviz.core.layers import conv_layers, format_names, resolve_modules
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
@@ -52,7 +51,7 @@ def default_channels(num_channels: int, count: int = 16) -> list[int]:
     return sorted({round(i * (num_channels - 1) / (count - 1)) for i in range(count)})
 
 
-class TopPatchMonitor(ProbeMonitorBase):
+class TopPatchMonitor(OrderedProbeMonitorBase):
     """The top-``k`` probe patches of chosen filters beside their projections to pixel space, every N epochs.
 
     What it draws (Zeiler & Fergus 2013, arXiv 1311.2901):
@@ -110,7 +109,7 @@ class TopPatchMonitor(ProbeMonitorBase):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
+        super().__init__(probe_size, batch_to_images, every_n_epochs=every_n_epochs, on_error=on_error)
         self.layers = [layers] if isinstance(layers, str) else (list(layers) if layers is not None else None)
         if self.layers is not None and not self.layers:
             raise ValueError("TopPatchMonitor: `layers` is empty; pass module names or None for the default.")
@@ -118,18 +117,14 @@ class TopPatchMonitor(ProbeMonitorBase):
             channels = [int(c) for c in channels]
         self.channels = channels
         self.k = check_positive_int(self._who, "k", k)
-        self.probe_size = check_positive_int(self._who, "probe_size", probe_size)
         self.method: Method = check_choice(self._who, "method", method, METHODS)
         self.max_channels = check_positive_int(self._who, "max_channels", max_channels)
         self.max_batch = check_positive_int(self._who, "max_batch", max_batch)
         self.thumbnail_px = check_positive_int(self._who, "thumbnail_px", thumbnail_px)
         self.max_evolution_columns = check_positive_int(self._who, "max_evolution_columns", max_evolution_columns)
-        self.batch_to_images = batch_to_images
         self._layers: list[str] = []
         self._channels: dict[str, list[int]] = {}
         self._fields: dict[str, ReceptiveField] = {}
-        self._collected: list[Tensor] = []
-        self._probe: Tensor | None = None
         self.last_top: dict[str, TopActivations] = {}
         # layer -> {"stride", "count", "columns": [(log index, caption, thumbnails uint8 (C, 3, h, w))]}
         self._history: dict[str, dict[str, Any]] = {}
@@ -142,11 +137,6 @@ class TopPatchMonitor(ProbeMonitorBase):
     @property
     def methods(self) -> tuple[str, ...]:
         return ("deconvnet", "guided_backprop") if self.method == "both" else (self.method,)
-
-    @property
-    def probe_images(self) -> Tensor | None:
-        """The fixed probe set (on the host), once chosen."""
-        return self._probe
 
     # ------------------------------------------------------------------ configuration
     @override
@@ -162,7 +152,8 @@ class TopPatchMonitor(ProbeMonitorBase):
                     f"are {format_names(self._layers)}."
                 )
         if stage == "fit":
-            self._collected, self._probe, self._fields = [], None, {}
+            self._reset_probe()
+            self._fields = {}
         example = getattr(pl_module, "example_input_array", None)
         if isinstance(example, Tensor) and example.dim() == 4:
             self._prepare(pl_module, example.to(pl_module.device))
@@ -203,52 +194,6 @@ class TopPatchMonitor(ProbeMonitorBase):
         return bool(self._fields)
 
     # ------------------------------------------------------------------ probe set
-    def _quota(self, trainer: pl.Trainer) -> int:
-        return math.ceil(self.probe_size / max(1, trainer.world_size))
-
-    def _offer(self, trainer: pl.Trainer, batch: Any) -> None:
-        have = sum(len(t) for t in self._collected)
-        if self._probe is not None or have >= self._quota(trainer):
-            return
-        images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
-        self._collected.append(images[: self._quota(trainer) - have].detach().cpu())
-
-    def _finish_probe(self, trainer: pl.Trainer) -> None:
-        """Fix the probe set. A collective under DDP: every rank calls it at the same point."""
-        if self._probe is not None:
-            return
-        local = torch.cat(self._collected) if self._collected else None
-        world = trainer.world_size
-        if world > 1:
-            quota = self._quota(trainer)
-            count = torch.tensor([0 if local is None else len(local)], device=trainer.strategy.root_device)
-            counts = trainer.strategy.all_gather(count).view(-1).cpu()
-            if int(counts.max()) == 0:
-                return
-            if local is None:  # this rank saw no images: take the shape from a rank that did
-                raise RuntimeError("TopPatchMonitor: a rank collected no probe images while others did")
-            padded = local.new_zeros((quota, *local.shape[1:]))
-            padded[: len(local)] = local
-            gathered = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()  # (W, quota, ...)
-            keep = torch.arange(quota)[:, None] < counts[None, :]  # (quota, W)
-            local = gathered.transpose(0, 1)[keep]  # the sampler's interleaved order: rank 0, rank 1, ...
-        if local is None or len(local) == 0:
-            return
-        self._probe = local[: self.probe_size].contiguous()
-        self._collected = []
-
-    @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if not trainer.sanity_checking and dataloader_idx == 0:
-            self._offer(trainer, batch)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._finish_probe(trainer)
-
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -256,8 +201,7 @@ class TopPatchMonitor(ProbeMonitorBase):
         if not self._fields and batch_idx == 0:  # check the configuration before any training has happened
             images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
             self._prepare(pl_module, images[:1])
-        if self._probe_from_training:
-            self._offer(trainer, batch)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     # ------------------------------------------------------------------ work
     def _empty_top(self, device: torch.device) -> dict[str, TopActivations]:

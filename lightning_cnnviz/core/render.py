@@ -13,8 +13,11 @@ from lightning_cnnviz.core.images import annotate, normalize_per_item, tile_grid
 __all__ = [
     "colormap",
     "dead_filter_map",
+    "grid_assignment",
     "render_evolution",
     "render_saliency",
+    "render_scatter",
+    "render_thumbnail_grid",
     "render_top_patches",
     "signed_display",
 ]
@@ -210,3 +213,83 @@ def render_evolution(
     notes = [(left_px + 2 + t * (tile_w + 2), 0, text) for t, text in enumerate(column_labels)]
     notes += [(0, top_px + 2 + c * (tile_h + 2), f"ch {channel}") for c, channel in enumerate(channels)]
     return annotate(image, notes)
+
+
+def render_scatter(
+    embedding: Tensor,
+    labels: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    title: str = "",
+    size_px: int = 640,
+) -> Tensor:
+    """A class-coloured scatter of a 2-D map with a legend, drawn by matplotlib (Agg, no global state).
+
+    Returns (3, size_px, size_px) in [0, 1]. Without ``labels`` every point is drawn in one colour.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = embedding.detach().float().cpu().numpy()
+    figure = Figure(figsize=(size_px / 100, size_px / 100), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    if labels is None:
+        axes.scatter(points[:, 0], points[:, 1], s=4, c="tab:blue", linewidths=0)
+    else:
+        values = labels.detach().cpu().numpy()
+        classes = sorted(set(values.tolist()))
+        import matplotlib
+
+        palette = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for index, label in enumerate(classes):
+            chosen = values == label
+            name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+            axes.scatter(
+                points[chosen, 0], points[chosen, 1], s=4, color=palette(index % palette.N), label=name, linewidths=0
+            )
+        axes.legend(loc="best", fontsize=7, markerscale=3, frameon=True)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    if title:
+        axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(rgba[:, :, :3].copy()).permute(2, 0, 1).float() / 255
+
+
+def grid_assignment(embedding: Tensor, rows: int, columns: int) -> Tensor:
+    """Snap a 2-D map to a ``rows`` x ``columns`` grid: the point shown in each cell, (rows * columns,), -1 for
+    an empty cell. Minimises the total squared distance between the cells and their points (the map scaled to
+    the grid), each point used at most once (scipy's ``linear_sum_assignment``)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    points = embedding.detach().double().cpu().numpy()
+    low, high = points.min(axis=0), points.max(axis=0)
+    unit = (points - low) / np.maximum(high - low, 1e-12)  # (N, 2) in [0, 1]
+    ys, xs = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(columns) + 0.5) / columns, indexing="ij")
+    cells = np.stack([xs.ravel(), 1 - ys.ravel()], axis=1)  # row 0 at the top, as the scatter's y axis
+    cost = ((cells[:, None, :] - unit[None, :, :]) ** 2).sum(axis=2)  # (cells, N)
+    cell_index, point_index = linear_sum_assignment(cost)
+    chosen = torch.full((rows * columns,), -1, dtype=torch.long)
+    chosen[torch.from_numpy(cell_index)] = torch.from_numpy(point_index).long()
+    return chosen
+
+
+def render_thumbnail_grid(embedding: Tensor, images: Tensor, *, cells: int = 32, cell_px: int = 32) -> Tensor:
+    """Karpathy's "t-SNE of CNN codes" picture: images placed on a ``cells`` x ``cells`` grid by their map
+    positions (:func:`grid_assignment`), each shown at ``cell_px`` (per-image min-max colours). (3, H, W)."""
+    count = images.shape[0]
+    cells = max(1, min(cells, int(math.sqrt(count))))
+    chosen = grid_assignment(embedding, cells, cells)
+    shown = _to_display(images.detach().cpu())
+    tiles = torch.ones(cells * cells, 3, cell_px, cell_px)
+    filled = chosen >= 0
+    picked = shown[chosen[filled]]
+    tiles[filled] = torch.nn.functional.interpolate(
+        picked, size=(cell_px, cell_px), mode="area" if picked.shape[-1] > cell_px else "nearest"
+    )
+    return tile_grid(tiles, cells, padding=1, pad_value=1.0)

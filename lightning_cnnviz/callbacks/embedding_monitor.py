@@ -1,0 +1,260 @@
+"""EmbeddingMonitor: periodic t-SNE maps of the network's penultimate codes for a fixed probe set."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_cnnviz.callbacks._base import ErrorPolicy, OrderedProbeMonitorBase, check_positive_int
+from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
+from lightning_cnnviz.core.layers import resolve_modules
+from lightning_cnnviz.core.relu_sites import restore_training_flags
+from lightning_cnnviz.core.render import _to_display, render_scatter, render_thumbnail_grid
+
+__all__ = ["EmbeddingMonitor", "penultimate_layer"]
+
+_SPRITE_PX = 8192  # TensorBoard's Projector caps the sprite image at this side
+
+
+def penultimate_layer(model: nn.Module) -> str:
+    """Name of the last ``nn.Linear`` in registration order: its input is the penultimate-layer code."""
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"EmbeddingMonitor: {type(model).__name__} has no nn.Linear, so the penultimate layer (the input of the "
+            "last Linear) cannot be found; pass `layer=` with the name of the module whose output is the code."
+        )
+    return linears[-1]
+
+
+class _Stop(Exception):
+    pass
+
+
+class EmbeddingMonitor(OrderedProbeMonitorBase):
+    """t-SNE maps of the penultimate-layer codes of a fixed probe set, every ``every_n_epochs`` epochs.
+
+    Writes ``cnnviz/embedding/tsne`` (the map as a class-coloured scatter), ``cnnviz/embedding/grid`` (the probe
+    images placed on a grid by their map positions, Karpathy's "t-SNE of CNN codes"),
+    ``cnnviz/embedding/knn_accuracy`` (leave-one-out ``knn_k``-NN accuracy of the classes in code space, a
+    scalar) and the TensorBoard Projector data (codes, labels, a sprite of thumbnails) under the tag
+    ``cnnviz/embedding``; the step is the epoch.
+
+    The code is the input of the last ``nn.Linear`` (the classifier), or the output of the module named
+    ``layer`` (feature maps are averaged over their positions). The t-SNE is :func:`lightning_cnnviz.core.tsne`
+    (openTSNE's algorithm and defaults) on the model's device. Successive maps are aligned to the previous one
+    by Procrustes (rotation or reflection, scale, shift), so the slider shows clusters forming, not the map
+    turning; with ``warm_start`` (default) each map also starts from the previous one (without early
+    exaggeration). The previous map is in the callback's ``state_dict``.
+
+    The probe set: the first ``probe_size`` images and labels of the first validation pass, in order (see
+    :class:`~lightning_cnnviz.callbacks._base.OrderedProbeMonitorBase`). Under DDP every rank computes the codes
+    of its shard of the probe, the codes are gathered, and rank zero runs the t-SNE and draws.
+
+    Args:
+        probe_size: probe images.
+        every_n_epochs: log every this many epochs (and after the last one).
+        perplexity: t-SNE perplexity.
+        layer: module whose output is the code (default: the input of the last ``nn.Linear``).
+        knn_k: neighbours of the kNN accuracy.
+        grid_cells: cells per side of the thumbnail grid (at most ``sqrt(probe_size)``); ``cell_px`` their size.
+        warm_start: start each map from the previous one.
+        projector: write the Projector data.
+        class_names: names for the legend and the Projector labels.
+        seed: t-SNE seed.
+        batch_to_images: where the images are in a batch.
+        on_error: ``"warn"`` or ``"raise"``.
+
+    Example:
+        >>> monitor = EmbeddingMonitor(probe_size=1000, every_n_epochs=2)
+    """
+
+    def __init__(
+        self,
+        probe_size: int = 2000,
+        every_n_epochs: int = 5,
+        perplexity: float = 30.0,
+        layer: str | None = None,
+        knn_k: int = 5,
+        grid_cells: int = 32,
+        cell_px: int = 32,
+        warm_start: bool = True,
+        projector: bool = True,
+        class_names: Sequence[str] | None = None,
+        seed: int = 0,
+        batch_to_images: Callable[[Any], Tensor] | None = None,
+        on_error: ErrorPolicy = "warn",
+    ) -> None:
+        super().__init__(probe_size, batch_to_images, every_n_epochs=every_n_epochs, on_error=on_error)
+        if not (isinstance(perplexity, (int, float)) and perplexity > 0):
+            raise ValueError(f"EmbeddingMonitor: `perplexity` must be a positive number, got {perplexity!r}.")
+        self.perplexity = float(perplexity)
+        self.layer = layer
+        self.knn_k = check_positive_int(self._who, "knn_k", knn_k)
+        self.grid_cells = check_positive_int(self._who, "grid_cells", grid_cells)
+        self.cell_px = check_positive_int(self._who, "cell_px", cell_px)
+        self.warm_start = bool(warm_start)
+        self.projector = bool(projector)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.seed = seed
+        self._layer_name: str | None = None
+        self._previous: Tensor | None = None
+        self.last_map: Tensor | None = None
+        self.last_knn_accuracy: float | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(probe_size=self.probe_size, layer=self.layer)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_model(pl_module)
+        if self.layer is None:
+            self._layer_name = penultimate_layer(pl_module)
+        else:
+            resolve_modules(pl_module, [self.layer], what="EmbeddingMonitor `layer`")
+            self._layer_name = self.layer
+        if stage == "fit":
+            self._reset_probe()
+
+    # ------------------------------------------------------------------ codes
+    def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
+        """The codes of ``images`` (N, D) on the model's device: eval mode, no gradient, each forward stopped
+        as soon as the code is known."""
+        assert self._layer_name is not None
+        module = dict(pl_module.named_modules())[self._layer_name]
+        found: list[Tensor] = []
+
+        def take(value: Tensor) -> None:
+            if value.dim() == 4:
+                value = value.mean(dim=(2, 3))
+            found.append(value.detach().flatten(1).float())
+            raise _Stop
+
+        if self.layer is None:
+            handle = module.register_forward_pre_hook(lambda m, args: take(args[0]))
+        else:
+            handle = module.register_forward_hook(lambda m, args, output: take(output))
+        parts = []
+        try:
+            with restore_training_flags(pl_module), torch.no_grad():
+                pl_module.eval()
+                for chunk in images.split(max_batch):
+                    found.clear()
+                    try:
+                        pl_module(chunk)
+                    except _Stop:
+                        pass
+                    if not found:
+                        raise ValueError(f"EmbeddingMonitor: {self._layer_name!r} is never called by forward")
+                    parts.append(found[0])
+        finally:
+            handle.remove()
+        return torch.cat(parts)
+
+    def _gather_codes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+        """Every rank codes its shard; the codes come back in probe order on every rank. A collective."""
+        assert self._probe is not None
+        rank, world = trainer.global_rank, trainer.world_size
+        device = pl_module.device
+        local = self._run("embedding codes", self.codes, pl_module, self._probe[rank::world].to(device))
+        if world == 1:
+            return local
+        quota = math.ceil(len(self._probe) / world)
+        ok = torch.tensor([0 if local is None else 1], device=device)
+        width = torch.tensor([0 if local is None else local.shape[1]], device=device)
+        oks, widths = trainer.strategy.all_gather(ok), trainer.strategy.all_gather(width)
+        if int(oks.min()) == 0 or int(widths.min()) != int(widths.max()):
+            return None
+        assert local is not None
+        padded = local.new_zeros((quota, local.shape[1]))
+        padded[: len(local)] = local
+        everything = trainer.strategy.all_gather(padded)  # (W, quota, D)
+        return everything.transpose(0, 1).reshape(-1, local.shape[1])[: len(self._probe)]
+
+    # ------------------------------------------------------------------ drawing
+    def embed(self, codes: Tensor) -> Tensor:
+        """The t-SNE map of ``codes``, started from and aligned to the previous map when there is one."""
+        previous = self._previous if self._previous is not None and len(self._previous) == len(codes) else None
+        if previous is not None and self.warm_start:
+            embedding = tsne(
+                codes,
+                perplexity=self.perplexity,
+                init=previous.to(codes.device),
+                early_exaggeration_iter=0,
+                seed=self.seed,
+            )
+        else:
+            embedding = tsne(codes, perplexity=self.perplexity, seed=self.seed)
+        if previous is not None:
+            embedding = procrustes_align(embedding, previous.to(embedding.device))
+        return embedding
+
+    def _thumbnails(self, count: int) -> Tensor:
+        assert self._probe is not None
+        side = max(4, min(self._probe.shape[-1], 64, _SPRITE_PX // math.ceil(math.sqrt(count))))
+        shown = _to_display(self._probe.float())
+        return F.interpolate(shown, size=(side, side), mode="area" if shown.shape[-1] > side else "nearest")
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish_probe(trainer)  # every rank, before the sink check: a collective under DDP
+        if self._probe is None or len(self._probe) <= max(3, self.knn_k):
+            return
+        codes = self._gather_codes(trainer, pl_module)
+        if codes is None:
+            return
+        sink = self._sink_for(trainer)
+        if not sink.active:
+            return
+        epoch = trainer.current_epoch
+        labels = self._probe_labels
+        if labels is not None:
+            accuracy = self._run("embedding knn accuracy", knn_accuracy, codes, labels, self.knn_k)
+            if accuracy is not None:
+                self.last_knn_accuracy = accuracy
+                sink.scalars({"cnnviz/embedding/knn_accuracy": accuracy}, epoch)
+        embedding = self._run("embedding t-SNE", self.embed, codes)
+        if embedding is None:
+            return
+        embedding = embedding.detach().cpu()
+        self._previous = self.last_map = embedding
+
+        def draw() -> None:
+            assert self._probe is not None
+            title = f"epoch {epoch}: t-SNE of {self._layer_name_label()} codes, {len(codes)} probe images"
+            scatter = render_scatter(embedding, labels, self.class_names, title=title)
+            sink.image("cnnviz/embedding/tsne", scatter, epoch)
+            grid = render_thumbnail_grid(embedding, self._probe, cells=self.grid_cells, cell_px=self.cell_px)
+            sink.image("cnnviz/embedding/grid", grid, epoch)
+
+        self._run("embedding images", draw)
+        if self.projector:
+            self._run("embedding projector", self._write_projector, sink, codes, labels, epoch)
+
+    def _layer_name_label(self) -> str:
+        return f"{self._layer_name} input" if self.layer is None else str(self._layer_name)
+
+    def _write_projector(self, sink: Any, codes: Tensor, labels: Tensor | None, epoch: int) -> None:
+        names = self.class_names
+        metadata = None
+        if labels is not None:
+            metadata = [names[v] if names is not None and 0 <= v < len(names) else str(v) for v in labels.tolist()]
+        sink.embedding("cnnviz/embedding", codes, epoch, metadata=metadata, thumbnails=self._thumbnails(len(codes)))
+
+    # ------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"previous": None if self._previous is None else self._previous.clone()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        previous = state_dict.get("previous")
+        self._previous = None if previous is None else previous.float().cpu()

@@ -1,0 +1,111 @@
+"""EmbeddingMonitor in real fits on digits: maps, kNN accuracy, Projector data, resume, bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import global_state_clean, hooks_left, make_trainer, read_events
+from test_monitors import NoConv, small_model
+from torch import nn
+
+from lightning_cnnviz import EmbeddingMonitor
+from lightning_cnnviz.callbacks.embedding_monitor import penultimate_layer
+from lightning_cnnviz.core import knn_accuracy, procrustes_align
+
+
+def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any) -> None:
+    monitor = EmbeddingMonitor(probe_size=300, every_n_epochs=1, on_error="raise")
+    model = small_model()
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, limit_val_batches=None)
+    trainer.fit(model, datamodule=digits_data)
+    val_images, val_labels = digits_data._val.tensors
+    assert monitor.probe_images is not None and torch.equal(monitor.probe_images, val_images[:300])
+    assert monitor.probe_labels is not None and torch.equal(monitor.probe_labels, val_labels[:300])
+    # the codes are the input of the classifier, net.fc
+    captured: list[torch.Tensor] = []
+    handle = model.net.fc.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    model.eval()
+    with torch.no_grad():
+        model(val_images[:300])
+    handle.remove()
+    assert torch.allclose(monitor.codes(model, val_images[:300]), captured[0], atol=1e-6)
+    expected = knn_accuracy(captured[0], val_labels[:300], k=5)
+    events = read_events(tmp_path)
+    accuracies = events["scalars"]["cnnviz/embedding/knn_accuracy"]
+    assert [e.step for e in accuracies] == [0, 1]
+    assert accuracies[-1].value == pytest.approx(expected, abs=1e-6)
+    for tag in ("cnnviz/embedding/tsne", "cnnviz/embedding/grid"):
+        assert [e.step for e in events["images"][tag]] == [0, 1]
+    assert events["images"]["cnnviz/embedding/grid"][0].width == 17 * 33 + 1  # 17x17 cells of 32 px (sqrt 300)
+    assert monitor.last_map is not None and monitor.last_map.shape == (300, 2)
+    # Projector: config, tensors, labels and a sprite within TensorBoard's 8192 px
+    run = Path(events["event_files"][0]).parent
+    config = (run / "projector_config.pbtxt").read_text()
+    assert config.count("tensor_path") == 2 and "sprite" in config and "metadata_path" in config
+    step_dir = run / "00001" / "cnnviz%2fembedding"  # the Projector quotes the tag
+    assert (step_dir / "tensors.tsv").read_text().count("\n") == 300
+    from PIL import Image
+
+    sprite = Image.open(step_dir / "sprite.png")
+    assert max(sprite.size) <= 8192 and sprite.size[0] == 18 * 16  # ceil(sqrt(300)) = 18 thumbnails of 16 px
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+def test_successive_maps_are_aligned_and_resume_continues(tmp_path: Path, digits_data: Any) -> None:
+    first = EmbeddingMonitor(probe_size=200, every_n_epochs=1)
+    trainer = make_trainer(tmp_path / "one", [first], max_epochs=2, limit_val_batches=None)
+    model = small_model()
+    trainer.fit(model, datamodule=digits_data)
+    checkpoint = tmp_path / "one.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=False)["callbacks"][first.state_key]["previous"]
+    assert torch.equal(saved, first.last_map)
+
+    second = EmbeddingMonitor(probe_size=200, every_n_epochs=1)
+    trainer = make_trainer(tmp_path / "two", [second], max_epochs=3, limit_val_batches=None)
+    trainer.fit(small_model(), datamodule=digits_data, ckpt_path=str(checkpoint))
+    assert second.last_map is not None
+    # the resumed run's map was aligned to the saved one: Procrustes has nothing left to turn
+    assert torch.allclose(procrustes_align(second.last_map, saved), second.last_map, atol=1e-3 * float(saved.std()))
+    moved = (second.last_map - saved).norm(dim=1).mean()
+    turned = (second.last_map @ torch.tensor([[0.0, 1.0], [1.0, 0.0]]) - saved).norm(dim=1).mean()
+    assert moved < 0.5 * turned
+
+
+def test_penultimate_layer_and_layer_override(digits_data: Any) -> None:
+    model = small_model()
+    assert penultimate_layer(model) == "net.fc"
+    monitor = EmbeddingMonitor(layer="net.conv3")
+    monitor.setup(None, model, "fit")  # type: ignore[arg-type]
+    codes = monitor.codes(model, digits_data._val.tensors[0][:10])
+    assert codes.shape == (10, 16)  # conv3's 16 channels, averaged over positions
+    assert hooks_left(model) == []
+
+
+class NoLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_bad_configuration(tmp_path: Path, digits_data: Any) -> None:
+    with pytest.raises(ValueError, match="has no nn.Linear.*pass `layer=`"):
+        EmbeddingMonitor().setup(None, NoLinear(), "fit")  # type: ignore[arg-type]
+    trainer = make_trainer(tmp_path, [EmbeddingMonitor(layer="net.nope")])
+    with pytest.raises(ValueError, match=r"no module named 'net.nope'.*'net.conv1'"):
+        trainer.fit(small_model(), datamodule=digits_data)
+    with pytest.raises(ValueError, match="`perplexity` must be a positive number"):
+        EmbeddingMonitor(perplexity=0)
+    with pytest.raises(ValueError, match="`probe_size` must be a positive integer"):
+        EmbeddingMonitor(probe_size=0)
+    trainer = make_trainer(tmp_path / "noconv", [EmbeddingMonitor()])
+    with pytest.raises(ValueError, match="NoConv has no nn.Conv2d layer"):
+        trainer.fit(NoConv(), datamodule=digits_data)
+    assert not os.path.exists(tmp_path / "never")
