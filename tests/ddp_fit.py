@@ -14,8 +14,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
-from lightning_cnnviz.core import top_activations
+from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from lightning_cnnviz.core import knn_accuracy, top_activations
 from lightning_cnnviz.data import DigitsDataModule
 from lightning_cnnviz.models import ImageClassifier
 
@@ -32,6 +32,7 @@ def main() -> None:
         model.net.conv1.weight[DEAD] = 0.0
         model.net.conv1.bias[DEAD] = -100.0
     activations = ActivationMonitor(every_n_steps=4, on_error="raise")
+    embedding = EmbeddingMonitor(probe_size=60, every_n_epochs=1, on_error="raise")
     patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
     trainer = pl.Trainer(
         strategy="ddp",
@@ -44,6 +45,7 @@ def main() -> None:
             activations,
             SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise"),
             patches,
+            embedding,
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -64,6 +66,10 @@ def main() -> None:
         and torch.allclose(patches.last_top[name].values, single[name].values)
         for name in single
     }
+    # the embedding: codes gathered from both ranks equal one process's codes of the same probe
+    assert embedding.probe_images is not None and embedding.probe_labels is not None
+    codes = embedding.codes(model, embedding.probe_images)
+    single_accuracy = knn_accuracy(codes, embedding.probe_labels, k=5)
     report = {
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
@@ -78,6 +84,13 @@ def main() -> None:
         "top_equal_single_process": top_equal,
         "top_images": {name: top.images.tolist() for name, top in patches.last_top.items()},
         "evolution_columns": len(patches.evolution_columns("net.conv1")),
+        "embedding_probe_is_first_val": bool(
+            torch.equal(embedding.probe_images, data._val.tensors[0][:60])
+            and torch.equal(embedding.probe_labels, data._val.tensors[1][:60])
+        ),
+        "embedding_map_shape": None if embedding.last_map is None else list(embedding.last_map.shape),
+        "embedding_knn": embedding.last_knn_accuracy,
+        "embedding_knn_single_process": single_accuracy,
     }
     with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(report, handle)

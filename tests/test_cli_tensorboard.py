@@ -66,6 +66,9 @@ def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, s
         assert f"cnnviz/activations/firing_rate/{name}" in events["histograms"]
     for method in ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion"):
         assert [e.step for e in events["images"][f"cnnviz/saliency/{method}"]] == [1]  # every 2 epochs
+    for tag in ("cnnviz/embedding/tsne", "cnnviz/embedding/grid"):
+        assert [e.step for e in events["images"][tag]] == [1]
+    assert [e.step for e in events["scalars"]["cnnviz/embedding/knn_accuracy"]] == [1]
     for layer in ("net.conv1", "net.conv2", "net.conv3"):
         assert [e.step for e in events["images"][f"cnnviz/top_patches/{layer}"]] == [1]
         assert [e.step for e in events["images"][f"cnnviz/evolution/{layer}"]] == [1]
@@ -126,6 +129,7 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
             "cnnviz/activations/dead_map/net.relu1",
             "cnnviz/top_patches/net.conv3",
             "cnnviz/evolution/net.conv1",
+            "cnnviz/embedding/tsne",
         } <= image_tags
         layout = _get(f"{base}/data/plugin/custom_scalars/layout")
         titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]

@@ -54,5 +54,11 @@ def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
     assert ranks[0]["evolution_columns"] == 2 and ranks[1]["evolution_columns"] == 0  # drawn on rank 0 only
     assert [e.step for e in events["images"]["cnnviz/top_patches/net.conv3"]] == [0, 1]
     assert [e.step for e in events["images"]["cnnviz/evolution/net.conv1"]] == [0, 1]
+    # embedding: same probe on both ranks, codes gathered from both shards, t-SNE and images on rank 0 only
+    assert all(r["embedding_probe_is_first_val"] for r in ranks)
+    assert ranks[0]["embedding_map_shape"] == [60, 2] and ranks[1]["embedding_map_shape"] is None
+    assert abs(ranks[0]["embedding_knn"] - ranks[0]["embedding_knn_single_process"]) < 1e-9
+    assert [e.step for e in events["images"]["cnnviz/embedding/tsne"]] == [0, 1]
+    assert [e.step for e in events["scalars"]["cnnviz/embedding/knn_accuracy"]] == [0, 1]
     texts = events["text"]["cnnviz/alerts"]
     assert len(texts) == len(ranks[0]["alerts"])

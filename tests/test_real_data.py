@@ -165,3 +165,35 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     print(f"conv1 strongest-projection smoothness per epoch (40 steps each): {[round(s, 3) for s in scores]}")
     assert len(scores) == 6
     assert scores[-1] > scores[0] + 0.1 and scores[-1] > 0.15
+
+
+def test_tsne_of_trained_cnn_codes_matches_opentsne_quality(
+    fashion: IDXDataModule, sane_run: tuple[ActivationMonitor, Any]
+) -> None:
+    """Penultimate codes of the demo CNN trained on Fashion-MNIST: our t-SNE against openTSNE's defaults."""
+    import numpy as np
+    from openTSNE import TSNE
+    from sklearn.manifold import trustworthiness
+
+    from lightning_cnnviz import EmbeddingMonitor
+    from lightning_cnnviz.core import knn_accuracy, tsne
+
+    _, trainer = sane_run
+    model = trainer.lightning_module
+    images, labels = fashion._val.tensors[0][:512], fashion._val.tensors[1][:512]
+    monitor = EmbeddingMonitor()
+    monitor.setup(trainer, model, "validate")
+    codes = monitor.codes(model, images)
+    assert codes.shape == (512, 128)
+    ours = tsne(codes).numpy()
+    theirs = np.asarray(TSNE(n_jobs=2, random_state=0).fit(codes.numpy()))
+    scores = {
+        name: (
+            trustworthiness(codes.numpy(), embedding, n_neighbors=5),
+            knn_accuracy(torch.from_numpy(np.ascontiguousarray(embedding)), labels),
+        )
+        for name, embedding in (("ours", ours), ("openTSNE", theirs))
+    }
+    print(f"CNN codes: trustworthiness / 5-NN accuracy {scores}")
+    assert abs(scores["ours"][0] - scores["openTSNE"][0]) <= 0.01
+    assert abs(scores["ours"][1] - scores["openTSNE"][1]) <= 0.02
