@@ -3,8 +3,9 @@
     python examples/readme_images.py --out docs/images
 
 Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer) for filters, saliency and top
-patches, and on Fashion-MNIST with a sane and a destructive learning rate, all from ../shared/data.
-``--parts`` picks some of ``saliency activations top_patches``.
+patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps, all from
+../shared/data.
+``--parts`` picks some of ``saliency activations top_patches embedding``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
-from lightning_cnnviz import ActivationMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
 from lightning_cnnviz.core import filter_smoothness
 from lightning_cnnviz.data import IDXDataModule, ImageFolderDataModule
 from lightning_cnnviz.models import ImageClassifier
@@ -65,7 +66,7 @@ def cifar_classes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
-    parser.add_argument("--parts", nargs="+", default=["saliency", "activations", "top_patches"])
+    parser.add_argument("--parts", nargs="+", default=["saliency", "activations", "top_patches", "embedding"])
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,6 +80,8 @@ def main() -> None:
             activations(Path(tmp), out)
         if "top_patches" in args.parts:
             top_patches(Path(tmp), out)
+        if "embedding" in args.parts:
+            embedding(Path(tmp), out)
 
 
 def saliency_and_filters(tmp: Path, out: Path) -> None:
@@ -130,6 +133,19 @@ def top_patches(tmp: Path, out: Path) -> None:
         # lag-1 autocorrelation of the strongest projections: noise ~0, smooth oriented structure -> 1
         score = filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item()
         print(f"net.conv1 strongest projections, {caption}: smoothness {score:.3f}")
+
+
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+def embedding(tmp: Path, out: Path) -> None:
+    """The demo CNN on all of Fashion-MNIST for 6 epochs; t-SNE of 2,000 test images every 2 epochs."""
+    fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_val=2000)
+    monitor = EmbeddingMonitor(probe_size=2000, every_n_epochs=2, class_names=FASHION_CLASSES)
+    run = fit(tmp / "embedding", fashion, ImageClassifier(), [monitor], max_epochs=6)
+    save_last_image(run, "cnnviz/embedding/tsne", out / "embedding_tsne_fashion_mnist.png")
+    save_last_image(run, "cnnviz/embedding/grid", out / "embedding_grid_fashion_mnist.png")
+    print(f"kNN accuracy of the codes: {monitor.last_knn_accuracy}")
 
 
 if __name__ == "__main__":

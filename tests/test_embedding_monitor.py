@@ -109,3 +109,21 @@ def test_bad_configuration(tmp_path: Path, digits_data: Any) -> None:
     with pytest.raises(ValueError, match="NoConv has no nn.Conv2d layer"):
         trainer.fit(NoConv(), datamodule=digits_data)
     assert not os.path.exists(tmp_path / "never")
+
+
+def test_grid_assignment_is_the_optimal_one_to_one_placement() -> None:
+    import itertools
+
+    from lightning_cnnviz.core import grid_assignment
+
+    points = torch.tensor([[0.1, 0.9], [0.8, 0.85], [0.2, 0.1], [0.95, 0.2], [0.5, 0.5]])
+    chosen = grid_assignment(points, 2, 2).tolist()
+    unit = (points - points.min(0).values) / (points.max(0).values - points.min(0).values)
+    cells = torch.tensor([[0.25, 0.75], [0.75, 0.75], [0.25, 0.25], [0.75, 0.25]])  # row 0 is the top row
+
+    def cost(order: tuple[int, ...]) -> float:
+        return float(sum(((cells[c] - unit[p]) ** 2).sum() for c, p in enumerate(order)))
+
+    best = min(itertools.permutations(range(5), 4), key=cost)
+    assert cost(tuple(chosen)) == pytest.approx(cost(best))
+    assert chosen == [0, 1, 2, 3]  # the middle point is left out

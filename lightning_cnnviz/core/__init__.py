@@ -20,8 +20,11 @@ from lightning_cnnviz.core.relu_sites import (
 from lightning_cnnviz.core.render import (
     colormap,
     dead_filter_map,
+    grid_assignment,
     render_evolution,
     render_saliency,
+    render_scatter,
+    render_thumbnail_grid,
     render_top_patches,
     signed_display,
 )
@@ -68,6 +71,7 @@ __all__ = [
     "find_relu_sites",
     "first_conv",
     "grad_cam",
+    "grid_assignment",
     "guided_backprop",
     "images_from_batch",
     "knn_accuracy",
@@ -82,6 +86,8 @@ __all__ = [
     "render_evolution",
     "render_filter_grid",
     "render_saliency",
+    "render_scatter",
+    "render_thumbnail_grid",
     "render_top_patches",
     "resolve_modules",
     "restore_training_flags",
