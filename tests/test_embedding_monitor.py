@@ -126,4 +126,4 @@ def test_grid_assignment_is_the_optimal_one_to_one_placement() -> None:
 
     best = min(itertools.permutations(range(5), 4), key=cost)
     assert cost(tuple(chosen)) == pytest.approx(cost(best))
-    assert chosen == [0, 1, 2, 3]  # the middle point is left out
+    assert len(set(chosen)) == 4  # one point per cell
