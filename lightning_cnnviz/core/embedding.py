@@ -69,7 +69,8 @@ def _knn(features: Tensor, k: int, block: int = 2048) -> tuple[Tensor, Tensor]:
     for start in range(0, x.shape[0], block):
         rows = x[start : start + block]
         d2 = torch.addmm(norms[None, :], rows, x.t(), beta=1, alpha=-2).add_(norms[start : start + block, None])
-        d2[torch.arange(rows.shape[0]), torch.arange(start, start + rows.shape[0])] = float("inf")
+        own = torch.arange(rows.shape[0], device=x.device)
+        d2[own, own + start] = float("inf")
         value, index = torch.topk(d2, k, dim=1, largest=False, sorted=True)
         distances.append(value.clamp_min_(0))
         indices.append(index)
@@ -343,7 +344,7 @@ def procrustes_align(embedding: Tensor, reference: Tensor, *, scale: bool = True
     b = reference.double() - reference.double().mean(dim=0)
     u, s, vh = torch.linalg.svd(a.t() @ b)
     rotation = u @ vh
-    factor = s.sum() / (a * a).sum().clamp_min(1e-12) if scale else torch.ones((), dtype=torch.float64)
+    factor = s.sum() / (a * a).sum().clamp_min(1e-12) if scale else a.new_ones(())
     aligned = factor * (a @ rotation) + reference.double().mean(dim=0)
     return aligned.to(embedding.dtype)
 

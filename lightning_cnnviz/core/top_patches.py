@@ -381,7 +381,8 @@ def _values_at(
             captured: dict[str, Tensor] = {}
             _run_to(model, images[part], [layer], captured.__setitem__)
             activation = captured[layer]
-            values.append(activation[torch.arange(len(part)), channels[part], ys[part], xs[part]])
+            rows = torch.arange(len(part), device=activation.device)
+            values.append(activation[rows, channels[part], ys[part], xs[part]])
     return torch.cat(values)
 
 
