@@ -21,6 +21,7 @@ and FFT-accelerated interpolation (FIt-SNE, Linderman et al. 2019) for large N.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +57,11 @@ class TSNEAffinities:
         signs = torch.cat([torch.ones_like(self.values), -torch.ones_like(self.values)])[order]
         crow = torch.zeros(self.count + 1, dtype=torch.long, device=rows.device)
         crow[1:] = torch.bincount(rows, minlength=self.count).cumsum(0)
-        return torch.sparse_csr_tensor(
-            crow, columns, signs, size=(self.count, self.values.numel()), check_invariants=False
-        )
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": the product used here is stable
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                crow, columns, signs, size=(self.count, self.values.numel()), check_invariants=False
+            )
 
 
 def _knn(features: Tensor, k: int, block: int = 2048) -> tuple[Tensor, Tensor]:
