@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,12 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
             "cnnviz/evolution/net.conv1",
             "cnnviz/embedding/tsne",
         } <= image_tags
+        # the Projector plugin serves the codes of the probe set (300 images x the 128-d input of net.fc)
+        runs = _get(f"{base}/data/plugin/projector/runs")
+        assert runs
+        info = _get(f"{base}/data/plugin/projector/info?run={urllib.parse.quote(runs[0])}")
+        assert [e["tensorShape"] for e in info["embeddings"]] == [[300, 128]]
+        assert info["embeddings"][0]["sprite"]["singleImageDim"] == [16, 16]
         layout = _get(f"{base}/data/plugin/custom_scalars/layout")
         titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]
         assert "dead filters (count)" in titles
