@@ -209,12 +209,12 @@ class _FFTGrid:
         self.spectra = torch.fft.rfft2(kernels)
 
 
-def _repulsion_fft(coords: Tensor, grid: _FFTGrid) -> Tensor:
+def _repulsion_fft(coords: Tensor, grid: _FFTGrid, bounds: tuple[float, float] | None = None) -> Tensor:
     """FIt-SNE's interpolated repulsion for ``coords`` (2, N): 3 Lagrange nodes per box and axis, charges
     ``[1, y]`` spread to the grid, convolved with ``w^2`` by FFT and interpolated back; ``Z`` from the ``w``
     kernel by Parseval. Returns (2, N)."""
     # float64 while the map is tightly packed (float32 would lose its small forces to cancellation), then float32
-    low, high = (float(v) for v in torch.aminmax(coords))
+    low, high = bounds if bounds is not None else (float(v) for v in torch.aminmax(coords))
     coords = coords.to(torch.float64 if high - low < 4.0 else torch.float32)
     grid.fit(coords, low, high)
     assert grid.spectra is not None
@@ -312,11 +312,12 @@ def tsne(
     for phase_iter, exaggeration in ((early_exaggeration_iter, early_exaggeration), (n_iter, 1.0)):
         rate = learning_rate if learning_rate is not None else count / exaggeration
         for _ in range(phase_iter):
+            bounds = None
             if method == "auto":  # the cheaper one now: exact costs ~N^2, the FFT ~(grid side)^2, side ~ extent
                 low, high = (float(v) for v in torch.aminmax(coords))
-                boxes = max(min_intervals, math.ceil((high - low) * grid.margin))
-                use_fft = count > 4 * 6 * boxes
-            repulsion = _repulsion_fft(coords, grid) if use_fft else _repulsion_exact(coords.t()).t()
+                bounds = (low, high)
+                use_fft = count > 4 * 6 * max(min_intervals, math.ceil((high - low) * grid.margin))
+            repulsion = _repulsion_fft(coords, grid, bounds) if use_fft else _repulsion_exact(coords.t()).t()
             gradient = _attraction(coords[0], coords[1], affinities, incidence, exaggeration).t().sub_(repulsion)
             if not first:  # gains: +0.2 where the step changes direction, x0.8 (at least +0.01) elsewhere
                 flipped = (update * gradient) < 0
