@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.core.images import images_from_batch
+from lightning_cnnviz.core.images import images_from_batch, labels_from_batch
 from lightning_cnnviz.core.layers import conv_layers
 from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
 
@@ -28,6 +28,7 @@ __all__ = [
     "ProbeMonitorBase",
     "check_choice",
     "check_positive_int",
+    "gather_interleaved",
 ]
 
 
@@ -154,6 +155,18 @@ class ProbeMonitorBase(EpochMonitorBase):
         self._probe_from_training = not any(trainer.num_val_batches)
 
 
+def gather_interleaved(trainer: pl.Trainer, local: Tensor, counts: Tensor) -> Tensor:
+    """All ranks' ``local`` rows (rank ``r`` holds ``counts[r]`` of them) in the order of a distributed sampler
+    without shuffling: row 0 of rank 0, row 0 of rank 1, ..., row 1 of rank 0, ... A collective; returned on
+    the host."""
+    quota = int(counts.max())
+    padded = local.new_zeros((quota, *local.shape[1:]))
+    padded[: len(local)] = local
+    everything = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()  # (W, quota, ...)
+    keep = torch.arange(quota)[:, None] < counts.cpu()[None, :]  # (quota, W)
+    return everything.transpose(0, 1)[keep]
+
+
 class OrderedProbeMonitorBase(ProbeMonitorBase):
     """Probe = the first ``probe_size`` images (and labels, when batches have them) of the first validation pass
     (the sanity check excluded), in the validation order; without validation data, of the first training
@@ -197,8 +210,7 @@ class OrderedProbeMonitorBase(ProbeMonitorBase):
             return
         images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
         take = self._quota(trainer) - have
-        labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
-        labels = labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
+        labels = labels_from_batch(batch, images)
         self._collected.append(
             (images[:take].detach().cpu(), None if labels is None else labels[:take].detach().cpu().long())
         )
@@ -212,26 +224,17 @@ class OrderedProbeMonitorBase(ProbeMonitorBase):
         labels = torch.cat([lab for _, lab in self._collected if lab is not None]) if with_labels else None
         if trainer.world_size > 1:
             device = trainer.strategy.root_device
-            quota = self._quota(trainer)
             count = torch.tensor([0 if images is None else len(images)], device=device)
             counts = trainer.strategy.all_gather(count).view(-1).cpu()
             if int(counts.max()) == 0:
                 return
             if images is None:
                 raise RuntimeError(f"{self._who}: a rank collected no probe images while others did")
-            keep = torch.arange(quota)[:, None] < counts[None, :]  # (quota, W)
-
-            def gather(local: Tensor) -> Tensor:
-                padded = local.new_zeros((quota, *local.shape[1:]))
-                padded[: len(local)] = local
-                everything = trainer.strategy.all_gather(padded.to(device)).cpu()  # (W, quota, ...)
-                return everything.transpose(0, 1)[keep]  # the sampler's interleaved order: rank 0, rank 1, ...
-
-            images = gather(images)
+            images = gather_interleaved(trainer, images, counts)
             has_labels = trainer.strategy.all_gather(torch.tensor([int(labels is not None)], device=device))
             if int(has_labels.min()) == 1:
                 assert labels is not None
-                labels = gather(labels)
+                labels = gather_interleaved(trainer, labels, counts)
             else:
                 labels = None
         if images is None or len(images) == 0:

@@ -12,11 +12,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy, OrderedProbeMonitorBase, check_positive_int
+from lightning_cnnviz.callbacks._base import (
+    ErrorPolicy,
+    OrderedProbeMonitorBase,
+    check_positive_int,
+    gather_interleaved,
+)
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
 from lightning_cnnviz.core.layers import resolve_modules
 from lightning_cnnviz.core.relu_sites import restore_training_flags
 from lightning_cnnviz.core.render import _to_display, render_scatter, render_thumbnail_grid
+from lightning_cnnviz.core.top_patches import _StopForward
 
 __all__ = ["EmbeddingMonitor", "penultimate_layer"]
 
@@ -32,10 +38,6 @@ def penultimate_layer(model: nn.Module) -> str:
             "last Linear) cannot be found; pass `layer=` with the name of the module whose output is the code."
         )
     return linears[-1]
-
-
-class _Stop(Exception):
-    pass
 
 
 class EmbeddingMonitor(OrderedProbeMonitorBase):
@@ -137,7 +139,7 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
             if value.dim() == 4:
                 value = value.mean(dim=(2, 3))
             found.append(value.detach().flatten(1).float())
-            raise _Stop
+            raise _StopForward
 
         if self.layer is None:
             handle = module.register_forward_pre_hook(lambda m, args: take(args[0]))
@@ -151,7 +153,7 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
                     found.clear()
                     try:
                         pl_module(chunk)
-                    except _Stop:
+                    except _StopForward:
                         pass
                     if not found:
                         raise ValueError(f"EmbeddingMonitor: {self._layer_name!r} is never called by forward")
@@ -168,17 +170,14 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
         local = self._run("embedding codes", self.codes, pl_module, self._probe[rank::world].to(device))
         if world == 1:
             return local
-        quota = math.ceil(len(self._probe) / world)
         ok = torch.tensor([0 if local is None else 1], device=device)
         width = torch.tensor([0 if local is None else local.shape[1]], device=device)
         oks, widths = trainer.strategy.all_gather(ok), trainer.strategy.all_gather(width)
         if int(oks.min()) == 0 or int(widths.min()) != int(widths.max()):
             return None
         assert local is not None
-        padded = local.new_zeros((quota, local.shape[1]))
-        padded[: len(local)] = local
-        everything = trainer.strategy.all_gather(padded)  # (W, quota, D)
-        return everything.transpose(0, 1).reshape(-1, local.shape[1])[: len(self._probe)]
+        counts = torch.tensor([len(range(r, len(self._probe), world)) for r in range(world)])
+        return gather_interleaved(trainer, local, counts).to(device)
 
     # ------------------------------------------------------------------ drawing
     def embed(self, codes: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, ProbeMonitorBase, check_positive_int
 from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.core.images import annotate, images_from_batch
+from lightning_cnnviz.core.images import annotate, images_from_batch, labels_from_batch
 from lightning_cnnviz.core.layers import resolve_modules
 from lightning_cnnviz.core.relu_sites import restore_training_flags
 from lightning_cnnviz.core.render import render_saliency
@@ -143,8 +143,7 @@ class SaliencyMonitor(ProbeMonitorBase):
         if self._probe_images is not None:
             return
         images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
-        labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
-        labels = labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
+        labels = labels_from_batch(batch, images)
         if labels is None and self.target == "true":
             raise TypeError(
                 "SaliencyMonitor: target='true' needs (images, labels) batches; got no label tensor of shape "

@@ -258,8 +258,8 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
         count, k = top.values.shape
         valid = top.valid.flatten().cpu()
         image_index = top.images.flatten().cpu().clamp_min(0)
-        probe = self._probe.to(device)
-        images = probe[image_index.to(device)]
+        selected = self._probe[image_index]  # the images of the k activations per channel, not the whole probe
+        images = selected.to(device)
         channels = top.channels.to(device).repeat_interleave(k)
         ys, xs = top.ys.flatten().to(device), top.xs.flatten().to(device)
         panels: dict[str, Tensor] = {}
@@ -281,7 +281,7 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
             projections[rows] = projected[method]
             crops = signed_display(crop_patches(projections, field, ys.cpu(), xs.cpu()))
             panels[method] = crops.unflatten(0, (count, k))
-        shown = normalize_per_item(probe.float())[image_index.to(device)]
+        shown = normalize_per_item(images.float())  # per image, so the same as normalising the probe first
         patches = crop_patches(shown, field, ys.cpu(), xs.cpu())
         patches = patches.expand(-1, 3, -1, -1) if patches.shape[1] == 1 else patches[:, :3]
         panels["patches"] = patches.unflatten(0, (count, k))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["annotate", "images_from_batch", "normalize_per_item", "tile_grid", "upscale_nearest"]
+__all__ = ["annotate", "images_from_batch", "labels_from_batch", "normalize_per_item", "tile_grid", "upscale_nearest"]
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 
@@ -57,6 +57,13 @@ def images_from_batch(
         + ("" if candidate is batch else f", whose image candidate is {_describe(candidate)}")
         + ". Pass `batch_to_images=` to tell the monitor where the images are."
     )
+
+
+def labels_from_batch(batch: Any, images: Tensor) -> Tensor | None:
+    """The label tensor of an ``(images, labels, ...)`` batch: its second element when that is a tensor with
+    one entry per image; None otherwise."""
+    labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+    return labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
 
 
 def normalize_per_item(values: Tensor, eps: float = 1e-12) -> Tensor:
