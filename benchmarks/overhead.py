@@ -11,10 +11,11 @@ Wall time: every repeat runs both configurations back to back (order alternating
 of the per-repeat ratios, which cancels the slow drift of a shared machine's speed; the ratio of the median
 times is printed too.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the kernel's high-water mark of the
-resident set above the resident size at the start of the run, in a separate phase after the timing in which
-glibc is told (``mallopt``) to return every large free block to the system at once, so that the resident size
-follows the live tensors instead of what the allocator kept from earlier runs.
+Peak memory: each measurement runs in a fresh process (a 10-step warm-up, then the measured run), so no run
+inherits another's allocator state. On CUDA it is ``torch.cuda.max_memory_allocated``; on CPU, the kernel's
+high-water mark of the resident set above the resident size at the start of the measured run, with glibc told
+(``mallopt``) to return every large free block to the system at once, so that the resident size follows the
+live tensors.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +125,33 @@ def run_once(data: IDXDataModule, steps: int, monitors: bool, device: str, logdi
     return seconds, memory.peak
 
 
+def memory_in_fresh_process(args: argparse.Namespace, monitors: bool) -> int:
+    """Peak memory of one run in a new process, so no allocator state is inherited from earlier runs."""
+    command = [
+        sys.executable, __file__, "--memory-child", "1" if monitors else "0", "--data", args.data,
+        "--steps", str(min(args.steps, 100)), "--batch-size", str(args.batch_size), "--device", args.device,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1].removeprefix("peak_bytes="))
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if args.device != "cuda":
+        release_freed_memory_at_once()
+    data = IDXDataModule(args.data, batch_size=args.batch_size)
+    data.setup()
+    monitors = args.memory_child == 1
+    with tempfile.TemporaryDirectory() as logdir:
+        run_once(data, 10, monitors, args.device, logdir)  # warm-up: first-use initialisation of both
+        _, peak = run_once(data, args.steps, monitors, args.device, logdir)
+    print(f"peak_bytes={peak}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "fashion-mnist"))
@@ -129,7 +159,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-repeats", type=int, default=3)
+    parser.add_argument("--memory-child", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child is not None:
+        memory_child(args)
+        return
 
     import logging
     import warnings
@@ -154,12 +189,9 @@ def main() -> None:
                 seconds, _ = run_once(data, args.steps, monitors, args.device, logdir)
                 times[monitors].append(seconds)
                 print(f"repeat {repeat} {'with   ' if monitors else 'without'} monitors: {seconds:7.3f} s")
-        if args.device != "cuda":
-            release_freed_memory_at_once()
-        run_once(data, 20, False, args.device, logdir)  # settle the allocator under the new thresholds
-        for repeat in range(3):
+        for repeat in range(args.memory_repeats):
             for monitors in (False, True) if repeat % 2 == 0 else (True, False):
-                _, peak = run_once(data, min(args.steps, 100), monitors, args.device, logdir)
+                peak = memory_in_fresh_process(args, monitors)
                 peaks[monitors].append(peak)
                 print(
                     f"memory run {repeat} {'with   ' if monitors else 'without'} monitors: peak +{peak / 2**20:.1f} MiB"
@@ -171,6 +203,10 @@ def main() -> None:
         print(
             f"median wall time: without {base:.3f} s, with {with_monitors:.3f} s (ratio of medians "
             f"{with_monitors / base:.3f})"
+        )
+        print(
+            f"best wall time: without {min(times[False]):.3f} s, with {min(times[True]):.3f} s (ratio of the "
+            f"fastest runs {min(times[True]) / min(times[False]):.3f}: interference only ever adds time)"
         )
         print(
             f"wall-time ratio, median of per-repeat ratios: {statistics.median(ratios):.3f} "

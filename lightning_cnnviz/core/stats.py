@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_cnnviz.core.native import firing_kernel
+
 __all__ = ["ActivationStats", "ActivationSummary", "LayerSummary"]
 
 
@@ -68,13 +70,15 @@ class ActivationSummary:
 class ActivationStats:
     """Accumulates per-layer, per-channel firing counts on the activations' device, with no host sync.
 
-    ``update`` costs two passes over the activation (its ``sign``, which for a non-negative activation is
-    the firing indicator, then a sum over every dimension but the channel one). On CPU the ``sign`` is
-    written into one reused scratch buffer (at most ``max_scratch_elements``, larger activations are
-    processed in batch chunks), because page-faulting a fresh activation-sized temporary on every step
-    costs more than the arithmetic. Counts live in float64 on the device and are exact integers (a
-    CPU chunk's float32 partial sums stay far below 2**24; on CUDA the sum is taken in float64). ``summary``
-    sums the counts of every process in one collective (so all ranks agree on the dead filters) and moves
+    On CPU, ``update`` counts with the compiled kernel of :mod:`lightning_cnnviz.core.native` when it is
+    available: one read of the activation, no temporary. Otherwise, and on other devices, it costs two
+    passes over the activation (its ``sign``, which for a non-negative activation is the firing indicator,
+    then a sum over every dimension but the channel one). On CPU the ``sign`` is then written into one reused
+    scratch buffer (at most ``max_scratch_elements``, larger activations are processed in batch chunks),
+    because page-faulting a fresh activation-sized temporary on every step costs more than the arithmetic.
+    Counts live in float64 on the device and are exact integers (a CPU chunk's float32 partial sums stay far
+    below 2**24; on CUDA the sum is taken in float64). ``summary`` sums the counts of every process in one
+    collective (so all ranks agree on the dead filters) and moves
     them to the host in one copy.
 
     Example:
@@ -129,6 +133,11 @@ class ActivationStats:
         if firing.device != values.device:
             firing = self._firing[name] = firing.to(values.device, _count_dtype(values.device))
         with torch.no_grad():
+            kernel = firing_kernel() if values.device.type == "cpu" else None
+            if kernel is not None and kernel.accepts(values, firing):
+                kernel(values, firing)  # one read of the activation, no temporary
+                self._positions[name] += values.numel() // channels
+                return
             # sign(x) is 1 where x > 0 and 0 where x == 0 (ReLU outputs are never negative). NaN counts as
             # not firing, so a layer that diverged to NaN shows as dead and alerts.
             if values.device.type == "cpu":

@@ -1,0 +1,134 @@
+"""The compiled firing-count kernel: same counts as torch in every layout, and a clean fallback without it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_cnnviz.core import native, stats
+from lightning_cnnviz.core.native import FiringKernel, firing_kernel
+from lightning_cnnviz.core.stats import ActivationStats
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Forget the loaded kernel for the duration of a test (the next call builds or finds it again)."""
+    monkeypatch.setattr(native, "_kernel", native._UNSET)
+    yield
+
+
+def _reference(values: torch.Tensor) -> torch.Tensor:
+    return (values > 0).sum(dim=[0, *range(2, values.dim())]).double()
+
+
+def _kernel() -> FiringKernel:
+    kernel = firing_kernel()
+    assert kernel is not None, "a C compiler is on this machine, so the kernel must build"
+    return kernel
+
+
+def test_kernel_builds_where_a_compiler_exists() -> None:
+    has_compiler = bool(shutil.which("cc") or shutil.which("gcc"))
+    assert (firing_kernel() is not None) == has_compiler
+
+
+@pytest.mark.parametrize(
+    "shape", [(4, 3), (5, 6, 11), (3, 5, 7, 9), (2, 4, 3, 5, 6), (1, 1, 1, 1), (2, 70, 33, 1), (64, 32, 28, 28)]
+)
+def test_kernel_counts_equal_torch(shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(sum(shape))
+    values = torch.randn(shape, generator=generator).clamp_min(0)
+    values.view(-1)[:: max(1, values.numel() // 7)] = float("nan")  # NaN does not fire
+    values.view(-1)[1 :: max(1, values.numel() // 5)] = -0.0  # nor does negative zero
+    counts = torch.full((shape[1],), 5.0, dtype=torch.float64)  # the kernel adds to what is there
+    _kernel()(values, counts)
+    assert torch.equal(counts, _reference(values) + 5.0)
+
+
+def test_kernel_channels_last_and_threads() -> None:
+    values = torch.randn(6, 13, 9, 7, generator=torch.Generator().manual_seed(1)).clamp_min(0)
+    channels_last = values.contiguous(memory_format=torch.channels_last)
+    assert not channels_last.is_contiguous()
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for layout in (values, channels_last):
+                counts = torch.zeros(13, dtype=torch.float64)
+                _kernel()(layout, counts)
+                assert torch.equal(counts, _reference(values))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kernel_refuses_what_it_cannot_read() -> None:
+    kernel = _kernel()
+    counts = torch.zeros(4, dtype=torch.float64)
+    values = torch.rand(3, 4, 5, 5)
+    assert kernel.accepts(values, counts)
+    for bad_values, bad_counts in [
+        (values.transpose(2, 3), counts),  # strided
+        (values.double(), counts),
+        (values.half(), counts),
+        (values, counts.float()),
+        (values, torch.zeros(5, dtype=torch.float64)),
+        (values[:, :, :0], counts),
+    ]:
+        assert not kernel.accepts(bad_values, bad_counts)
+    with pytest.raises(ValueError, match="CPU float32 activations"):
+        kernel(values.double(), counts)
+
+
+def test_activation_stats_same_summary_with_and_without_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(2)
+    batches = [
+        torch.randn(8, 6, 10, 10, generator=generator).clamp_min(0),
+        torch.randn(8, 6, 10, 10, generator=generator).clamp_min(0).contiguous(memory_format=torch.channels_last),
+        torch.randn(8, 6, 10, 10, generator=generator).clamp_min(0).transpose(2, 3),  # strided: torch path
+        torch.randn(8, 6, 10, 10, generator=generator, dtype=torch.float64).clamp_min(0),  # torch path
+    ]
+    batches[0][:, 4] = 0  # a dead channel
+    for batch in batches[1:]:
+        batch[:, 4] = 0
+    summaries = []
+    for use_kernel in (True, False):
+        if not use_kernel:
+            monkeypatch.setattr(stats, "firing_kernel", lambda: None)
+        accumulator = ActivationStats({"relu": 6})
+        for batch in batches:
+            accumulator.update("relu", batch)
+        summaries.append(accumulator.summary().layers["relu"])
+    with_kernel, without = summaries
+    expected = sum(_reference(batch) for batch in batches)
+    assert torch.equal(with_kernel.firing, expected) and torch.equal(without.firing, expected)
+    assert with_kernel.positions == without.positions == 4 * 8 * 100
+    assert with_kernel.dead_channels == without.dead_channels == [4]
+
+
+def test_kernel_builds_into_an_empty_cache(fresh_kernel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTNING_CNNVIZ_CACHE", str(tmp_path))
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        assert firing_kernel() is None
+        return
+    assert firing_kernel() is not None
+    built = list((tmp_path / "native").glob("libcnnviz_firing-*.so"))
+    assert len(built) == 1 and not list((tmp_path / "native").glob("tmp*"))  # no half-written files left
+
+
+@pytest.mark.parametrize(
+    "setting", [{"LIGHTNING_CNNVIZ_NATIVE": "0"}, {"CC": "/nonexistent/cc", "LIGHTNING_CNNVIZ_CACHE": "EMPTY"}]
+)
+def test_no_kernel_falls_back_to_torch(
+    setting: dict[str, str], fresh_kernel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in setting.items():
+        monkeypatch.setenv(key, str(tmp_path) if value == "EMPTY" else value)
+    assert firing_kernel() is None
+    accumulator = ActivationStats({"relu": 3})
+    values = torch.tensor([[[[0.0, 1.0]], [[0.0, 0.0]], [[2.0, 3.0]]]])
+    accumulator.update("relu", values)
+    assert accumulator.summary().layers["relu"].firing.tolist() == [1.0, 0.0, 2.0]
