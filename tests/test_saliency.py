@@ -175,3 +175,83 @@ def test_targets_default_to_the_prediction_and_are_checked() -> None:
         S.vanilla_gradient(model, x, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="grad_cam layer: no module named 'conv9'"):
         S.grad_cam(model, x, layer="conv9")
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "kernel", "padding", "size"),
+    [
+        (3, 7, 3, (32, 32)),
+        (3, 5, 2, (12, 20)),
+        (1, 5, 0, (28, 28)),
+        (3, 3, 1, (8, 8)),
+        (3, 4, 1, (10, 10)),  # even kernel
+        (2, (3, 5), (0, 4), (6, 14)),  # rectangular kernel, padding up to k - 1
+        (3, 3, "same", (16, 16)),
+        (3, 3, "valid", (16, 16)),
+    ],
+)
+def test_thin_conv_input_gradient_equals_autograd(
+    in_channels: int, kernel: int | tuple[int, int], padding: int | tuple[int, int] | str, size: tuple[int, int]
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(in_channels, 16, kernel, padding=padding)
+    x = torch.randn(4, in_channels, *size, generator=generator)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        inputs = x.contiguous(memory_format=layout).requires_grad_(True)
+        with S._FastInputGradientMode():
+            out = conv(inputs)
+        assert out.grad_fn is not None and "ThinConv" in type(out.grad_fn).__name__  # the fast path was taken
+        upstream = torch.randn(out.shape, generator=generator)
+        (ours,) = torch.autograd.grad(out, inputs, upstream)
+        reference_inputs = x.clone().requires_grad_(True)
+        (reference,) = torch.autograd.grad(conv(reference_inputs), reference_inputs, upstream)
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item())
+        assert conv.weight.grad is None  # input gradient only
+
+
+@pytest.mark.parametrize(
+    "conv_and_size",
+    [
+        (nn.Conv2d(3, 8, 3, padding=1), (9, 8)),  # odd height
+        (nn.Conv2d(3, 8, 3, padding=1, stride=2), (8, 8)),
+        (nn.Conv2d(3, 8, 3, padding=2, dilation=2), (8, 8)),
+        (nn.Conv2d(4, 8, 3, padding=1, groups=2), (8, 8)),
+        (nn.Conv2d(16, 8, 3, padding=1), (8, 8)),  # enough input channels: oneDNN's own transpose is fast
+        (nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), (8, 8)),  # pads first, then a valid conv: fine
+    ],
+)
+def test_thin_conv_only_where_exact(conv_and_size: tuple[nn.Conv2d, tuple[int, int]]) -> None:
+    conv, size = conv_and_size
+    x = torch.randn(2, conv.in_channels, *size).requires_grad_(True)
+    with S._FastInputGradientMode():
+        out = conv(x)
+    fast = "ThinConv" in type(out.grad_fn).__name__
+    assert fast == (conv.padding_mode == "reflect")
+    (ours,) = torch.autograd.grad(out.sum(), x)
+    reference_inputs = x.detach().clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(conv(reference_inputs).sum(), reference_inputs)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_global_pool_gradient_keeps_channels_last() -> None:
+    x = torch.randn(3, 6, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    with S._FastInputGradientMode():
+        out = nn.AdaptiveAvgPool2d((1, 1))(x)
+    upstream = torch.randn(out.shape)
+    (ours,) = torch.autograd.grad(out, x, upstream)
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours, (upstream / 35).expand(3, 6, 5, 7), rtol=1e-6, atol=1e-7)
+
+
+def test_fast_gradient_pass_on_the_demo_resnet_equals_plain_autograd() -> None:
+    from lightning_cnnviz.models import resnet18_cifar
+
+    torch.manual_seed(0)
+    model = resnet18_cifar().eval()
+    x = torch.randn(2, 3, 32, 32)
+    targets = torch.tensor([3, 7])
+    ours = S._input_gradient(model, x, targets, max_batch=64)
+    inputs = x.clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(model(inputs).gather(1, targets[:, None]).sum(), inputs)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5 * reference.abs().max().item())
+    assert all(p.grad is None for p in model.parameters())
