@@ -72,15 +72,19 @@ class FiringKernel:
                 f"channels-last, into float64 counts of length C; got {values.dtype} {tuple(values.shape)} "
                 f"on {values.device} and counts {counts.dtype} {tuple(counts.shape)}"
             )
+        self.count(values, counts)
+
+    def count(self, values: Tensor, counts: Tensor) -> None:
+        """``__call__`` without the checks, for a caller that has just asked :meth:`accepts`."""
         threads = max(1, torch.get_num_threads())
-        channels = values.shape[1]
+        batch, channels = values.shape[0], values.shape[1]
+        numel = values.numel()
         if values.is_contiguous():
             status = self._first(
-                values.data_ptr(), values.shape[0], channels, values[0, 0].numel(), counts.data_ptr(), threads
+                values.data_ptr(), batch, channels, numel // (batch * channels), counts.data_ptr(), threads
             )
         else:
-            pixels = values.numel() // channels
-            status = self._last(values.data_ptr(), pixels, channels, counts.data_ptr(), threads)
+            status = self._last(values.data_ptr(), numel // channels, channels, counts.data_ptr(), threads)
         if status != 0:
             raise MemoryError("the firing kernel could not allocate its per-thread counts")
 

@@ -132,12 +132,13 @@ class ActivationStats:
         firing = self._firing[name]
         if firing.device != values.device:
             firing = self._firing[name] = firing.to(values.device, _count_dtype(values.device))
-        with torch.no_grad():
-            kernel = firing_kernel() if values.device.type == "cpu" else None
+        if values.device.type == "cpu":
+            kernel = firing_kernel()
             if kernel is not None and kernel.accepts(values, firing):
-                kernel(values, firing)  # one read of the activation, no temporary
+                kernel.count(values, firing)  # one read of the activation, no temporary
                 self._positions[name] += values.numel() // channels
                 return
+        with torch.no_grad():
             # sign(x) is 1 where x > 0 and 0 where x == 0 (ReLU outputs are never negative). NaN counts as
             # not firing, so a layer that diverged to NaN shows as dead and alerts.
             if values.device.type == "cpu":
