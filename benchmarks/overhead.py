@@ -21,12 +21,14 @@ live tensors.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -125,6 +127,12 @@ def run_once(data: IDXDataModule, steps: int, monitors: bool, device: str, logdi
     return seconds, memory.peak
 
 
+def quiet() -> None:
+    """No warnings, and only Lightning's errors, in the benchmark's output."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
 def memory_in_fresh_process(args: argparse.Namespace, monitors: bool) -> int:
     """Peak memory of one run in a new process, so no allocator state is inherited from earlier runs."""
     command = [
@@ -136,11 +144,7 @@ def memory_in_fresh_process(args: argparse.Namespace, monitors: bool) -> int:
 
 
 def memory_child(args: argparse.Namespace) -> None:
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet()
     if args.device != "cuda":
         release_freed_memory_at_once()
     data = IDXDataModule(args.data, batch_size=args.batch_size)
@@ -166,11 +170,7 @@ def main() -> None:
         memory_child(args)
         return
 
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet()
 
     data = IDXDataModule(args.data, batch_size=args.batch_size)
     data.setup()

@@ -122,6 +122,25 @@ def _argument(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str
     return args[index] if len(args) > index else default
 
 
+def _conv2d_arguments(
+    args: Sequence[Any], kwargs: dict[str, Any]
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Kernel size, stride, padding and dilation of a ``conv2d(input, weight, bias, stride, padding, dilation,
+    groups)`` call; ``"valid"`` padding is 0 and ``"same"`` is the leading side's ``dilation * (k - 1) // 2``."""
+    weight = _argument(args, kwargs, 1, "weight", None)
+    kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
+    stride = _pair(_argument(args, kwargs, 3, "stride", 1), 1)
+    dilation = _pair(_argument(args, kwargs, 5, "dilation", 1), 1)
+    padding_arg = _argument(args, kwargs, 4, "padding", 0)
+    if padding_arg == "valid":
+        padding = (0, 0)
+    elif padding_arg == "same":
+        padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+    else:
+        padding = _pair(padding_arg, 0)
+    return kernel, stride, padding, dilation
+
+
 def _flat_tensors(value: Any) -> Iterator[Tensor]:
     if isinstance(value, Tensor):
         yield value
@@ -200,17 +219,7 @@ class _GeometryMode(TorchFunctionMode):
         if main and isinstance(first, _Geometry) and first.axes is not None:
             kernel: tuple[int, int] | None = None
             if name in ("conv2d", "_conv_forward"):
-                weight = _argument(args, kwargs, 1, "weight", None)
-                kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
-                stride = _pair(_argument(args, kwargs, 3, "stride", 1), 1)
-                dilation = _pair(_argument(args, kwargs, 5, "dilation", 1), 1)
-                padding_arg = _argument(args, kwargs, 4, "padding", 0)
-                if padding_arg == "valid":
-                    padding = (0, 0)
-                elif padding_arg == "same":
-                    padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
-                else:
-                    padding = _pair(padding_arg, 0)
+                kernel, stride, padding, dilation = _conv2d_arguments(args, kwargs)
             elif name in ("max_pool2d", "max_pool2d_with_indices", "_max_pool2d", "avg_pool2d"):
                 kernel = _pair(_argument(args, kwargs, 1, "kernel_size", None), 1)
                 stride_arg = _argument(args, kwargs, 2, "stride", None)

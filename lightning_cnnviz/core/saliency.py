@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_cnnviz.core.layers import conv_layers, resolve_modules
+from lightning_cnnviz.core.receptive_field import _argument, _conv2d_arguments
 from lightning_cnnviz.core.relu_sites import _RELU_FUNCTIONS, restore_training_flags
 
 __all__ = [
@@ -147,38 +148,22 @@ class _GlobalPool(torch.autograd.Function):
 
 def _thin_conv_padding(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int] | None:
     """The padding of a ``conv2d`` call that :class:`_ThinConv` computes exactly, else ``None``."""
-    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    call = {**dict(zip(names, args)), **kwargs}
-    x, weight = call.get("input"), call.get("weight")
+    x, weight = _argument(args, kwargs, 0, "input", None), _argument(args, kwargs, 1, "weight", None)
     if not (isinstance(x, Tensor) and isinstance(weight, Tensor)) or x.device.type != "cpu":
         return None
     if x.dim() != 4 or weight.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return None
-    if call.get("groups", 1) != 1 or _pair(call.get("stride", 1)) != (1, 1) or _pair(call.get("dilation", 1)) != (1, 1):
+    (kh, kw), stride, padding, dilation = _conv2d_arguments(args, kwargs)
+    if _argument(args, kwargs, 6, "groups", 1) != 1 or stride != (1, 1) or dilation != (1, 1):
         return None
-    kh, kw = weight.shape[-2:]
-    padding = call.get("padding", 0)
-    if padding == "valid":
-        padding = 0
-    elif padding == "same":
-        if kh % 2 == 0 or kw % 2 == 0:
-            return None
-        padding = (kh // 2, kw // 2)
-    pair = _pair(padding)
-    if pair is None or not (0 <= pair[0] <= kh - 1 and 0 <= pair[1] <= kw - 1):
+    if _argument(args, kwargs, 4, "padding", 0) == "same" and (kh % 2 == 0 or kw % 2 == 0):
+        return None  # torch pads an even kernel's "same" asymmetrically
+    if not (0 <= padding[0] <= kh - 1 and 0 <= padding[1] <= kw - 1):
         return None
     height, width = x.shape[-2:]
     thin = weight.shape[1] < 8  # oneDNN's transpose pads the input channels to its vector width
-    fits = height % 2 == 0 and width % 2 == 0 and height + 2 * pair[0] >= kh and width + 2 * pair[1] >= kw
-    return pair if thin and fits else None
-
-
-def _pair(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (value[0], value[1])
-    return None
+    fits = height % 2 == 0 and width % 2 == 0 and height + 2 * padding[0] >= kh and width + 2 * padding[1] >= kw
+    return padding if thin and fits else None
 
 
 class _FastInputGradientMode(TorchFunctionMode):
@@ -192,12 +177,9 @@ class _FastInputGradientMode(TorchFunctionMode):
         if func is F.conv2d and torch.is_grad_enabled():
             padding = _thin_conv_padding(args, kwargs)
             if padding is not None:
-                names = ("input", "weight", "bias")
-                call = {**dict(zip(names, args)), **{k: v for k, v in kwargs.items() if k in names}}
-                bias = call.get("bias")
-                return _ThinConv.apply(
-                    call["input"], call["weight"].detach(), bias.detach() if bias is not None else None, padding
-                )
+                x, weight = _argument(args, kwargs, 0, "input", None), _argument(args, kwargs, 1, "weight", None)
+                bias = _argument(args, kwargs, 2, "bias", None)
+                return _ThinConv.apply(x, weight.detach(), bias.detach() if bias is not None else None, padding)
         elif func is F.adaptive_avg_pool2d and torch.is_grad_enabled() and not kwargs:
             x = args[0]
             if isinstance(x, Tensor) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):

@@ -78,8 +78,7 @@ class ActivationStats:
     because page-faulting a fresh activation-sized temporary on every step costs more than the arithmetic.
     Counts live in float64 on the device and are exact integers (a CPU chunk's float32 partial sums stay far
     below 2**24; on CUDA the sum is taken in float64). ``summary`` sums the counts of every process in one
-    collective (so all ranks agree on the dead filters) and moves
-    them to the host in one copy.
+    collective (so all ranks agree on the dead filters) and moves them to the host in one copy.
 
     Example:
         >>> stats = ActivationStats({"relu1": 3})
@@ -128,16 +127,18 @@ class ActivationStats:
         expected = self.channels[name]
         if channels != expected:
             raise ValueError(f"activation {name!r} has {channels} channels, expected {expected}")
-        dims = [0, *range(2, values.dim())]
         firing = self._firing[name]
         if firing.device != values.device:
             firing = self._firing[name] = firing.to(values.device, _count_dtype(values.device))
-        if values.device.type == "cpu":
-            kernel = firing_kernel()
-            if kernel is not None and kernel.accepts(values, firing):
-                kernel.count(values, firing)  # one read of the activation, no temporary
-                self._positions[name] += values.numel() // channels
-                return
+        kernel = firing_kernel() if values.device.type == "cpu" else None
+        if kernel is not None and kernel.accepts(values, firing):
+            kernel.count(values, firing)  # one read of the activation, no temporary
+        else:
+            self._count_with_torch(values, firing)
+        self._positions[name] += values.numel() // channels
+
+    def _count_with_torch(self, values: Tensor, firing: Tensor) -> None:
+        channels = values.shape[1]
         with torch.no_grad():
             # sign(x) is 1 where x > 0 and 0 where x == 0 (ReLU outputs are never negative). NaN counts as
             # not firing, so a layer that diverged to NaN shows as dead and alerts.
@@ -152,8 +153,8 @@ class ActivationStats:
                     per_row = indicator.view(chunk.shape[0], channels, -1).sum(-1, dtype=torch.float32)
                     firing.add_(per_row.sum(0))
             else:
+                dims = [0, *range(2, values.dim())]
                 firing.add_(torch.sign(values).sum(dim=dims, dtype=firing.dtype))
-        self._positions[name] += values.numel() // channels
 
     def _chunk_rows(self, values: Tensor) -> int:
         per_row = max(1, values[0].numel())
