@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_cnnviz.core.incremental import EvaluatorError, Unsupported, occluded_logits
 from lightning_cnnviz.core.layers import conv_layers, resolve_modules
 from lightning_cnnviz.core.receptive_field import _argument, _conv2d_arguments
 from lightning_cnnviz.core.relu_sites import _RELU_FUNCTIONS, restore_training_flags
@@ -372,14 +374,19 @@ def occlusion(
     baseline: float | Literal["mean"] = "mean",
     probability: Callable[[Tensor], Tensor] | None = None,
     max_batch: int = 64,
+    incremental: bool = True,
 ) -> Tensor:
     """Zeiler & Fergus 2013 occlusion: slide a ``patch`` x ``patch`` square (all channels) with ``stride``;
     each pixel gets the mean drop of the target probability over the windows that cover it. (N, H, W).
 
-    All occluded copies are evaluated in batches of ``max_batch``. ``baseline`` fills the square: a number,
-    or ``"mean"`` for each image's per-channel mean. ``probability`` maps logits to the score (softmax by
-    default). Window positions follow captum's ``Occlusion`` (offsets ``k * stride``, the last window
-    clipped at the border), so the result equals ``Occlusion(...).attribute`` on the same score.
+    ``baseline`` fills the square: a number, or ``"mean"`` for each image's per-channel mean. ``probability``
+    maps logits to the score (softmax by default). Window positions follow captum's ``Occlusion`` (offsets
+    ``k * stride``, the last window clipped at the border), so the result equals ``Occlusion(...).attribute``
+    on the same score.
+
+    With ``incremental`` (the default) each occluded copy recomputes only the activations the square can
+    change (:mod:`lightning_cnnviz.core.incremental`); a few copies are checked against full forwards, and
+    a model the incremental evaluator cannot follow gets full forwards, ``max_batch`` copies at a time.
     """
     _check_images(images)
     if patch < 1 or stride < 1 or stride > patch:
@@ -387,10 +394,10 @@ def occlusion(
     score = probability or (lambda logits: logits.softmax(dim=1))
     count, channels, height, width = images.shape
     ys, xs = _window_offsets(height, patch, stride), _window_offsets(width, patch, stride)
-    masks = torch.zeros(len(ys) * len(xs), 1, height, width, device=images.device, dtype=images.dtype)
-    for index, (y, x) in enumerate((y, x) for y in ys for x in xs):
-        masks[index, :, y : y + patch, x : x + patch] = 1
-    windows = masks.shape[0]
+    boxes = torch.tensor([(y, x, min(patch, height - y), min(patch, width - x)) for y in ys for x in xs])
+    masks = torch.zeros(len(boxes), 1, height, width, device=images.device, dtype=images.dtype)
+    for index, (y, x, h, w) in enumerate(boxes.tolist()):
+        masks[index, :, y : y + h, x : x + w] = 1
     if baseline == "mean":
         fill = images.mean(dim=(2, 3), keepdim=True)
     elif isinstance(baseline, (int, float)):
@@ -398,22 +405,60 @@ def occlusion(
     else:
         raise ValueError(f"baseline can be a number or 'mean', got {baseline!r}")
 
-    drops = []
     with restore_training_flags(model), torch.no_grad():
         model.eval()
-        logits = torch.cat([model(c) for c in images.split(max_batch)])
-        targets = _targets(model, images, target, max_batch, logits=logits)
-        clean = score(logits).gather(1, targets[:, None])
-        per_image = max(1, max_batch // windows)
-        for start in range(0, count, per_image):
-            chunk = images[start : start + per_image]
-            n = chunk.shape[0]
-            occluded = chunk[:, None] * (1 - masks[None]) + fill[start : start + n, None] * masks[None]
-            flat = occluded.reshape(n * windows, channels, height, width)
-            probs = torch.cat([score(model(part)) for part in flat.split(max_batch)])
-            target_probs = probs.gather(1, targets[start : start + n].repeat_interleave(windows)[:, None])
-            drops.append(clean[start : start + n] - target_probs.view(n, windows))
-    drop = torch.cat(drops)  # (N, windows)
+        logits: Tensor | None = None
+        if incremental:
+            try:
+                logits = _occluded_logits_checked(model, images, boxes, masks, fill, max_batch)
+            except EvaluatorError as error:
+                warnings.warn(f"{error}; occlusion uses full forwards", stacklevel=2)
+            except Unsupported:
+                pass  # the model does something the crops cannot follow: full forwards
+        if logits is None:
+            logits = _occluded_logits_full(model, images, masks, fill, max_batch)
+        clean_logits, occluded_logits = logits[:, 0], logits[:, 1:]
+        targets = _targets(model, images, target, max_batch, logits=clean_logits)
+        clean = score(clean_logits).gather(1, targets[:, None])
+        probs = score(occluded_logits.reshape(count * len(boxes), -1)).view(count, len(boxes), -1)
+        drop = clean - probs.gather(2, targets[:, None, None].expand(count, len(boxes), 1))[..., 0]
     covered = masks.sum(dim=0)  # (1, H, W)
     total = torch.einsum("nw,whk->nhk", drop, masks[:, 0])
     return total / covered.clamp_min(1)
+
+
+def _occluded(images: Tensor, masks: Tensor, fill: Tensor) -> Tensor:
+    """Every image with every mask filled: (N * windows, C, H, W)."""
+    occluded = images[:, None] * (1 - masks[None]) + fill[:, None] * masks[None]
+    return occluded.reshape(-1, *images.shape[1:])
+
+
+def _occluded_logits_full(model: nn.Module, images: Tensor, masks: Tensor, fill: Tensor, max_batch: int) -> Tensor:
+    """(N, 1 + windows, K): the clean logits, then each occluded copy's, from full forwards."""
+    windows = masks.shape[0]
+    clean = torch.cat([model(chunk) for chunk in images.split(max_batch)])
+    per_image = max(1, max_batch // windows)
+    parts = []
+    for start in range(0, images.shape[0], per_image):
+        flat = _occluded(images[start : start + per_image], masks, fill[start : start + per_image])
+        parts.append(torch.cat([model(part) for part in flat.split(max_batch)]).view(-1, windows, clean.shape[1]))
+    return torch.cat([clean[:, None], torch.cat(parts)], dim=1)
+
+
+def _occluded_logits_checked(
+    model: nn.Module, images: Tensor, boxes: Tensor, masks: Tensor, fill: Tensor, max_batch: int
+) -> Tensor:
+    """(N, 1 + windows, K) from the incremental evaluator; three copies of the first image of each chunk are
+    compared with full forwards, and a disagreement beyond float rounding raises :class:`EvaluatorError`."""
+    parts = []
+    for start in range(0, images.shape[0], max_batch):
+        chunk, chunk_fill = images[start : start + max_batch], fill[start : start + max_batch]
+        clean, occluded = occluded_logits(model, chunk, boxes, chunk_fill, max_batch)
+        sample = sorted({0, len(boxes) // 2, len(boxes) - 1})
+        reference = model(_occluded(chunk[:1], masks[sample], chunk_fill[:1]))
+        scale = 1.0 + float(reference.abs().max())
+        if not torch.allclose(occluded[0, sample], reference, rtol=1e-4, atol=1e-5 * scale):
+            gap = float((occluded[0, sample] - reference).abs().max())
+            raise EvaluatorError(f"incremental evaluation disagrees with full forwards by {gap:.3g} on this model")
+        parts.append(torch.cat([clean[:, None], occluded], dim=1))
+    return torch.cat(parts)
