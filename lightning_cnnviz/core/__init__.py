@@ -8,6 +8,7 @@ from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.embedding import TSNEAffinities, knn_accuracy, procrustes_align, tsne, tsne_affinities
 from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.images import annotate, images_from_batch, normalize_per_item, tile_grid, upscale_nearest
+from lightning_cnnviz.core.incremental import occluded_logits
 from lightning_cnnviz.core.layers import conv_layers, first_conv, resolve_modules
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.core.relu_sites import (
@@ -77,6 +78,7 @@ __all__ = [
     "knn_accuracy",
     "merge_top_activations",
     "normalize_per_item",
+    "occluded_logits",
     "occlusion",
     "override_relu_gradient",
     "procrustes_align",
