@@ -210,3 +210,23 @@ def test_copies_near_the_border_get_smaller_crops_than_copies_in_the_middle() ->
     groups = I._groups(geometry.reach, boxes, overhead=0.0)
     assert sorted(torch.cat(groups).tolist()) == list(range(len(boxes)))  # a partition of the boxes
     assert len(groups) > 1
+
+
+def test_clean_pass_memory_is_counted_and_bounds_the_image_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = TinyCNN("module", in_channels=3).eval()
+    # conv1 and relu1: 6 x 12 x 12; conv2 and relu2: 8 x 12 x 12; the global pool: 8 x 1 x 1; float32
+    assert I.clean_pass_bytes(model, torch.randn(1, 3, 12, 12)) == 4 * (2 * 6 * 144 + 2 * 8 * 144 + 8)
+    images = torch.randn(5, 3, 12, 12)
+    expected = S.occlusion(model, images, 1, patch=4, stride=2, incremental=False)
+    chunks: list[int] = []
+    original = I.occluded_logits
+
+    def spy(model: nn.Module, images: Tensor, *args: object) -> tuple[Tensor, Tensor]:
+        chunks.append(images.shape[0])
+        return original(model, images, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(S, "occluded_logits", spy)
+    monkeypatch.setattr(S, "_CLEAN_PASS_BUDGET", 2 * 16160)  # two images' worth
+    ours = S.occlusion(model, images, 1, patch=4, stride=2)
+    assert chunks == [2, 2, 1]
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)

@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from lightning_cnnviz.core.receptive_field import _argument, _conv2d_arguments, _pair
 
-__all__ = ["EvaluatorError", "Unsupported", "occluded_logits"]
+__all__ = ["EvaluatorError", "Unsupported", "clean_pass_bytes", "occluded_logits"]
 
 
 class Unsupported(Exception):
@@ -83,6 +83,15 @@ class _Trace(TorchFunctionMode):
         keep = isinstance(result, Tensor) and result.dim() == 4 and result.is_floating_point()
         self.outputs.append(result.detach().clone() if keep else None)
         return result
+
+
+def clean_pass_bytes(model: nn.Module, image: Tensor) -> int:
+    """Bytes the clean pass of :func:`occluded_logits` keeps per image (its copies of every 4-D output), from
+    one forward of ``image`` (1, C, H, W); use it to size the image chunks."""
+    trace = _Trace()
+    with trace:
+        model(image)
+    return sum(out.numel() * out.element_size() for out in trace.outputs if out is not None)
 
 
 _POINTWISE: frozenset[Any] = frozenset(

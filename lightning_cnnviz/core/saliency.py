@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_cnnviz.core.incremental import EvaluatorError, Unsupported, occluded_logits
+from lightning_cnnviz.core.incremental import EvaluatorError, Unsupported, clean_pass_bytes, occluded_logits
 from lightning_cnnviz.core.layers import conv_layers, resolve_modules
 from lightning_cnnviz.core.receptive_field import _argument, _conv2d_arguments
 from lightning_cnnviz.core.relu_sites import _RELU_FUNCTIONS, restore_training_flags
@@ -445,14 +445,20 @@ def _occluded_logits_full(model: nn.Module, images: Tensor, masks: Tensor, fill:
     return torch.cat([clean[:, None], torch.cat(parts)], dim=1)
 
 
+_CLEAN_PASS_BUDGET = 512 * 2**20  # bytes of recorded clean activations per chunk of images
+
+
 def _occluded_logits_checked(
     model: nn.Module, images: Tensor, boxes: Tensor, masks: Tensor, fill: Tensor, max_batch: int
 ) -> Tensor:
-    """(N, 1 + windows, K) from the incremental evaluator; three copies of the first image of each chunk are
-    compared with full forwards, and a disagreement beyond float rounding raises :class:`EvaluatorError`."""
+    """(N, 1 + windows, K) from the incremental evaluator, on chunks of at most ``max_batch`` images whose
+    recorded clean activations fit in 512 MiB; three copies of the first image of each chunk are compared with
+    full forwards, and a disagreement beyond float rounding raises :class:`EvaluatorError`."""
     parts = []
-    for start in range(0, images.shape[0], max_batch):
-        chunk, chunk_fill = images[start : start + max_batch], fill[start : start + max_batch]
+    per_image = clean_pass_bytes(model, images[:1])
+    step = max(1, min(max_batch, _CLEAN_PASS_BUDGET // max(per_image, 1)))
+    for start in range(0, images.shape[0], step):
+        chunk, chunk_fill = images[start : start + step], fill[start : start + step]
         clean, occluded = occluded_logits(model, chunk, boxes, chunk_fill, max_batch)
         sample = sorted({0, len(boxes) // 2, len(boxes) - 1})
         reference = model(_occluded(chunk[:1], masks[sample], chunk_fill[:1]))
