@@ -97,16 +97,11 @@ def print_work(model: torch.nn.Module, images: Tensor, patch: int, stride: int) 
     """Multiply-adds of the sliding-window ops (convolutions, pools) per occluded copy: on the boxes the
     incremental evaluator computes (each copy's exact reach, averaged over the windows) against full forwards."""
     height, width = images.shape[-2:]
-    ys, xs = S._window_offsets(height, patch, stride), S._window_offsets(width, patch, stride)
-    boxes = torch.tensor([(y, x, min(patch, height - y), min(patch, width - x)) for y in ys for x in xs])
-    trace, image = I._Trace(), images[:1]
+    boxes = S._occlusion_boxes(height, width, patch, stride)
     with torch.no_grad():
-        with trace:
-            model(image)
-        first = torch.zeros(len(boxes), dtype=torch.long)
-        _, geometry = I._replay(model, trace, image, first, boxes, torch.zeros(1, 3, 1, 1), {}, compute=False)
-    reached = sum(float((rows * cols).double().mean()) * cost for rows, cols, cost, _ in geometry.reach)
-    full = sum(cost * area for _, _, cost, area in geometry.reach)
+        reach = I._window_reach(model, images[:1], boxes, torch.zeros(1, 3, 1, 1, device=images.device))
+    reached = sum(float((rows * cols).double().mean()) * cost for rows, cols, cost, _ in reach)
+    full = sum(cost * area for _, _, cost, area in reach)
     print(
         f"Occlusion work per copy ({height}x{width}, patch {patch}, stride {stride}): {reached / 1e6:.2f} M "
         f"multiply-adds on the reached boxes against {full / 1e6:.2f} M in full ({full / reached:.2f}x less)"

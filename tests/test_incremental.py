@@ -85,11 +85,6 @@ class MasksInPlace(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def boxes_for(height: int, width: int, patch: int, stride: int) -> Tensor:
-    ys, xs = S._window_offsets(height, patch, stride), S._window_offsets(width, patch, stride)
-    return torch.tensor([(y, x, min(patch, height - y), min(patch, width - x)) for y in ys for x in xs])
-
-
 def full_logits(model: nn.Module, images: Tensor, boxes: Tensor, fill: Tensor) -> Tensor:
     """(N, B, K) by filling each box in a copy of each image and running the whole model."""
     out = []
@@ -123,7 +118,7 @@ def test_equals_full_forwards(name: str, size: tuple[int, int], patch: int, stri
             module.running_var.uniform_(0.5, 2.0)
     images = torch.randn(3, 3, *size, dtype=torch.float64)
     fill = images.mean(dim=(2, 3), keepdim=True)
-    boxes = boxes_for(*size, patch, stride)
+    boxes = S._occlusion_boxes(*size, patch, stride)
     with torch.no_grad():
         clean, occluded = I.occluded_logits(model, images, boxes, fill, max_batch=4)
         expected = full_logits(model, images, boxes, fill)
@@ -158,7 +153,7 @@ def test_unsupported_models_are_refused_and_occlusion_falls_back_silently() -> N
     torch.manual_seed(0)
     images = torch.randn(3, 3, 10, 10, dtype=torch.float64)
     fill = torch.zeros(3, 3, 1, 1, dtype=torch.float64)
-    boxes = boxes_for(10, 10, 4, 3)
+    boxes = S._occlusion_boxes(10, 10, 4, 3)
     for model, match in ((BatchDependent(), "differs from the clean one"), (MasksInPlace((10, 10)), "in place")):
         model = model.double().eval()
         with torch.no_grad(), pytest.raises(I.Unsupported, match=match):
@@ -198,16 +193,12 @@ def test_copies_near_the_border_get_smaller_crops_than_copies_in_the_middle() ->
     torch.manual_seed(0)
     model = SmallCNN(3, 4, first_kernel=7).eval()
     images = torch.randn(1, 3, 32, 32)
-    boxes = boxes_for(32, 32, 8, 2)
-    trace = I._Trace()
+    boxes = S._occlusion_boxes(32, 32, 8, 2)
     with torch.no_grad():
-        with trace:
-            model(images)
-        first = torch.zeros(len(boxes), dtype=torch.long)
-        _, geometry = I._replay(model, trace, images, first, boxes, torch.zeros(1, 3, 1, 1), {}, compute=False)
-    rows_conv1 = geometry.reach[0][0]
+        reach = I._window_reach(model, images, boxes, torch.zeros(1, 3, 1, 1))
+    rows_conv1 = reach[0][0]
     assert rows_conv1[0].item() == 11 and rows_conv1.max().item() == 14  # 8 rows + 3 each side, clipped at 0
-    groups = I._groups(geometry.reach, boxes, overhead=0.0)
+    groups = I._groups(reach, boxes, overhead=0.0)
     assert sorted(torch.cat(groups).tolist()) == list(range(len(boxes)))  # a partition of the boxes
     assert len(groups) > 1
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from lightning_cnnviz.core.receptive_field import _argument, _conv2d_arguments, _pair
+from lightning_cnnviz.core.receptive_field import _argument, _conv2d_arguments, _pair, _pool2d_arguments
 
 __all__ = ["EvaluatorError", "Unsupported", "clean_pass_bytes", "occluded_logits"]
 
@@ -245,15 +245,11 @@ class _Replay(TorchFunctionMode):
 
     def pool(self, func: Any, args: list[Any], kwargs: dict[str, Any], clean: Tensor, first: _Crop) -> Any:
         x: Tensor = args[0]
-        kernel = _pair(_argument(args, kwargs, 1, "kernel_size", None), 1)
-        stride_arg = _argument(args, kwargs, 2, "stride", None)
-        stride = _pair(stride_arg, 1) if stride_arg not in (None, (), []) else kernel
-        padding = _pair(_argument(args, kwargs, 3, "padding", 0), 0)
+        kernel, stride, padding, dilation = _pool2d_arguments(args, kwargs, max_pool=func is F.max_pool2d)
         cost = float(kernel[0] * kernel[1] * x.shape[1])
         if func is F.max_pool2d:
             if _argument(args, kwargs, 5, "ceil_mode", False) or _argument(args, kwargs, 6, "return_indices", False):
                 return NotImplemented
-            dilation = _pair(_argument(args, kwargs, 4, "dilation", 1), 1)
 
             def max_pool(window: Tensor) -> Tensor:
                 return F.max_pool2d(window, kernel, stride, 0, dilation)
@@ -469,6 +465,26 @@ def _replay(
     return output, replay
 
 
+def _window_reach(
+    model: nn.Module,
+    images: Tensor,
+    boxes: Tensor,
+    fill: Tensor,
+    trace: _Trace | None = None,
+    cache: dict[Any, Tensor] | None = None,
+) -> list[tuple[Tensor, Tensor, float, int]]:
+    """Per sliding-window op, in forward order: the rows and columns each box reaches, the op's multiply-adds
+    per output position and its output area; from a pass that follows the boxes only, on the first image
+    (``trace`` is the clean pass of ``images`` when the caller has one)."""
+    if trace is None:
+        trace = _Trace()
+        with trace:
+            model(images)
+    first = torch.zeros(len(boxes), dtype=torch.long, device=images.device)
+    _, geometry = _replay(model, trace, images, first, boxes, fill, {} if cache is None else cache, compute=False)
+    return geometry.reach
+
+
 def _groups(reach: list[tuple[Tensor, Tensor, float, int]], boxes: Tensor, overhead: float) -> list[Tensor]:
     """Copies grouped so one group's boxes share sizes: rows and columns of the boxes with equal reach per
     window op form classes; a group is a (row class, column class) pair. Classes merge greedily while that
@@ -481,9 +497,9 @@ def _groups(reach: list[tuple[Tensor, Tensor, float, int]], boxes: Tensor, overh
     keys_c, col_class = torch.unique(need_c, dim=0, return_inverse=True)
     count = torch.zeros(len(keys_r), len(keys_c), dtype=torch.float64)
     count.index_put_((row_class, col_class), torch.ones(len(boxes_cpu), dtype=torch.float64), accumulate=True)
+    keys = [keys_r, keys_c]
     sizes = [keys_r, keys_c]
-    members_r = [[i] for i in range(len(keys_r))]
-    members_c = [[i] for i in range(len(keys_c))]
+    members: list[list[list[int]]] = [[[i] for i in range(len(k))] for k in keys]
     while True:
         best: tuple[float, int, int, int] | None = None
         for axis in (0, 1):
@@ -506,23 +522,20 @@ def _groups(reach: list[tuple[Tensor, Tensor, float, int]], boxes: Tensor, overh
             break
         _, axis, a, b = best
         a, b = min(a, b), max(a, b)
-        members = members_r if axis == 0 else members_c
-        members[a] += members.pop(b)
+        members[axis][a] += members[axis].pop(b)
         sizes[axis] = torch.cat([sizes[axis][:b], sizes[axis][b + 1 :]])
-        sizes[axis][a] = torch.maximum(sizes[axis][a], (keys_r if axis == 0 else keys_c)[members[a]].amax(dim=0))
-        if axis == 0:
-            count[a] += count[b]
-            count = torch.cat([count[:b], count[b + 1 :]])
-        else:
-            count[:, a] += count[:, b]
-            count = torch.cat([count[:, :b], count[:, b + 1 :]], dim=1)
-    label_r = torch.empty(len(keys_r), dtype=torch.long)
-    for index, group in enumerate(members_r):
-        label_r[group] = index
-    label_c = torch.empty(len(keys_c), dtype=torch.long)
-    for index, group in enumerate(members_c):
-        label_c[group] = index
-    label = label_r[row_class] * len(members_c) + label_c[col_class]
+        sizes[axis][a] = keys[axis][members[axis][a]].amax(dim=0)
+        counts = (count if axis == 0 else count.T).clone()
+        counts[a] += counts[b]
+        counts = torch.cat([counts[:b], counts[b + 1 :]])
+        count = counts if axis == 0 else counts.T
+    labels = []
+    for axis in (0, 1):
+        label = torch.empty(len(keys[axis]), dtype=torch.long)
+        for index, group in enumerate(members[axis]):
+            label[group] = index
+        labels.append(label)
+    label = labels[0][row_class] * len(members[1]) + labels[1][col_class]
     return [indices for indices in (torch.nonzero(label == g).flatten() for g in label.unique()) if len(indices)]
 
 
@@ -553,12 +566,11 @@ def occluded_logits(
 def _occluded(model: nn.Module, trace: _Trace, images: Tensor, boxes: Tensor, fill: Tensor, max_batch: int) -> Tensor:
     count = images.shape[0]
     cache: dict[Any, Tensor] = {}
-    first = torch.zeros(len(boxes), dtype=torch.long, device=images.device)
-    _, geometry = _replay(model, trace, images, first, boxes, fill, cache, compute=False)
+    reach = _window_reach(model, images, boxes, fill, trace, cache)
     overhead = 4e6 * len(trace.funcs)  # about 40 us of Python per op and pass, in multiply-adds at 100 G/s
     out: Tensor | None = None
-    for group in _groups(geometry.reach, boxes, overhead / count):
-        share = max([1 / 8] + [float(r[group].max() * c[group].max()) / area for r, c, _, area in geometry.reach])
+    for group in _groups(reach, boxes, overhead / count):
+        share = max([1 / 8] + [float(r[group].max() * c[group].max()) / area for r, c, _, area in reach])
         chunk = max(1, int(max_batch / min(share, 1.0)))
         image = torch.arange(count, device=images.device).repeat_interleave(len(group))
         box = group.to(images.device).repeat(count)

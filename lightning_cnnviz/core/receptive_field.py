@@ -141,6 +141,19 @@ def _conv2d_arguments(
     return kernel, stride, padding, dilation
 
 
+def _pool2d_arguments(
+    args: Sequence[Any], kwargs: dict[str, Any], max_pool: bool
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Kernel size, stride (the kernel when not given), padding and dilation (1 for average pooling) of a
+    ``max_pool2d``/``avg_pool2d(input, kernel_size, stride, padding, ...)`` call."""
+    kernel = _pair(_argument(args, kwargs, 1, "kernel_size", None), 1)
+    stride_arg = _argument(args, kwargs, 2, "stride", None)
+    stride = _pair(stride_arg, 1) if stride_arg not in (None, (), []) else kernel
+    padding = _pair(_argument(args, kwargs, 3, "padding", 0), 0)
+    dilation = _pair(_argument(args, kwargs, 4, "dilation", 1), 1) if max_pool else (1, 1)
+    return kernel, stride, padding, dilation
+
+
 def _flat_tensors(value: Any) -> Iterator[Tensor]:
     if isinstance(value, Tensor):
         yield value
@@ -221,11 +234,7 @@ class _GeometryMode(TorchFunctionMode):
             if name in ("conv2d", "_conv_forward"):
                 kernel, stride, padding, dilation = _conv2d_arguments(args, kwargs)
             elif name in ("max_pool2d", "max_pool2d_with_indices", "_max_pool2d", "avg_pool2d"):
-                kernel = _pair(_argument(args, kwargs, 1, "kernel_size", None), 1)
-                stride_arg = _argument(args, kwargs, 2, "stride", None)
-                stride = _pair(stride_arg, 1) if stride_arg not in (None, (), []) else kernel
-                padding = _pair(_argument(args, kwargs, 3, "padding", 0), 0)
-                dilation = _pair(_argument(args, kwargs, 4, "dilation", 1), 1) if "max" in name else (1, 1)
+                kernel, stride, padding, dilation = _pool2d_arguments(args, kwargs, max_pool="max" in name)
             elif name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
                 if spatial == (1, 1):
                     return _Geometry(None, spatial)

@@ -364,6 +364,12 @@ def _window_offsets(size: int, patch: int, stride: int) -> list[int]:
     return [k * stride for k in range(steps)]
 
 
+def _occlusion_boxes(height: int, width: int, patch: int, stride: int) -> Tensor:
+    """(windows, 4): (top, left, height, width) of every occluding square, row by row, clipped at the border."""
+    ys, xs = _window_offsets(height, patch, stride), _window_offsets(width, patch, stride)
+    return torch.tensor([(y, x, min(patch, height - y), min(patch, width - x)) for y in ys for x in xs])
+
+
 def occlusion(
     model: nn.Module,
     images: Tensor,
@@ -393,8 +399,7 @@ def occlusion(
         raise ValueError(f"need 1 <= stride <= patch, got patch={patch}, stride={stride}")
     score = probability or (lambda logits: logits.softmax(dim=1))
     count, channels, height, width = images.shape
-    ys, xs = _window_offsets(height, patch, stride), _window_offsets(width, patch, stride)
-    boxes = torch.tensor([(y, x, min(patch, height - y), min(patch, width - x)) for y in ys for x in xs])
+    boxes = _occlusion_boxes(height, width, patch, stride)
     masks = torch.zeros(len(boxes), 1, height, width, device=images.device, dtype=images.dtype)
     for index, (y, x, h, w) in enumerate(boxes.tolist()):
         masks[index, :, y : y + h, x : x + w] = 1
