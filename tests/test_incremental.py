@@ -13,6 +13,7 @@ from conftest import TinyCNN, global_state_clean
 from torch import Tensor, nn
 
 from lightning_cnnviz.core import incremental as I
+from lightning_cnnviz.core import native
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.models import SmallCNN, resnet18_cifar
 
@@ -109,7 +110,20 @@ MODELS = {
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize(("size", "patch", "stride"), [((16, 16), 4, 2), ((13, 17), 5, 3)])
-def test_equals_full_forwards(name: str, size: tuple[int, int], patch: int, stride: int) -> None:
+@pytest.mark.parametrize("windows", ["compiled", "torch"])
+def test_equals_full_forwards(
+    name: str, size: tuple[int, int], patch: int, stride: int, windows: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of building the windows (the compiled kernel, and torch's gather and scatter)."""
+    calls = []
+    kernel = native.window_kernel()
+    if windows == "compiled":
+        if kernel is None:
+            pytest.skip("no C compiler: the torch path is the one tested")
+        original = kernel.window
+        monkeypatch.setattr(kernel, "window", lambda *args: calls.append(1) or original(*args))
+    else:
+        monkeypatch.setattr(I, "window_kernel", lambda: None)
     torch.manual_seed(0)
     model = MODELS[name](size).double().eval()
     for module in model.modules():  # running statistics that are not the identity, so BN does something
@@ -127,6 +141,7 @@ def test_equals_full_forwards(name: str, size: tuple[int, int], patch: int, stri
     assert scale > 1e-6  # the boxes change the logits, so agreement is not trivial
     assert (occluded - expected).abs().max().item() <= 1e-10 * scale
     assert global_state_clean()
+    assert bool(calls) == (windows == "compiled")
 
 
 @pytest.mark.parametrize(

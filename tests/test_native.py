@@ -1,4 +1,5 @@
-"""The compiled firing-count kernel: same counts as torch in every layout, and a clean fallback without it."""
+"""The compiled kernels: firing counts equal to torch's in every layout, occluded windows equal to torch's
+gather and scatter, and a clean fallback without them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from lightning_cnnviz.core import native, stats
-from lightning_cnnviz.core.native import FiringKernel, firing_kernel
+from lightning_cnnviz.core.native import FiringKernel, WindowKernel, firing_kernel, window_kernel
 from lightning_cnnviz.core.stats import ActivationStats
 
 
@@ -18,6 +19,7 @@ from lightning_cnnviz.core.stats import ActivationStats
 def fresh_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Forget the loaded kernel for the duration of a test (the next call builds or finds it again)."""
     monkeypatch.setattr(native, "_kernel", native._UNSET)
+    monkeypatch.setattr(native, "_window", native._UNSET)
     yield
 
 
@@ -114,9 +116,10 @@ def test_kernel_builds_into_an_empty_cache(fresh_kernel: None, tmp_path: Path, m
     if not (shutil.which("cc") or shutil.which("gcc")):
         assert firing_kernel() is None
         return
-    assert firing_kernel() is not None
-    built = list((tmp_path / "native").glob("libcnnviz_firing-*.so"))
-    assert len(built) == 1 and not list((tmp_path / "native").glob("tmp*"))  # no half-written files left
+    assert firing_kernel() is not None and window_kernel() is not None
+    for name in ("firing", "windows"):
+        assert len(list((tmp_path / "native").glob(f"libcnnviz_{name}-*.so"))) == 1
+    assert not list((tmp_path / "native").glob("tmp*"))  # no half-written files left
 
 
 @pytest.mark.parametrize(
@@ -127,8 +130,72 @@ def test_no_kernel_falls_back_to_torch(
 ) -> None:
     for key, value in setting.items():
         monkeypatch.setenv(key, str(tmp_path) if value == "EMPTY" else value)
-    assert firing_kernel() is None
+    assert firing_kernel() is None and window_kernel() is None
     accumulator = ActivationStats({"relu": 3})
     values = torch.tensor([[[[0.0, 1.0]], [[0.0, 0.0]], [[2.0, 3.0]]]])
     accumulator.update("relu", values)
     assert accumulator.summary().layers["relu"].firing.tolist() == [1.0, 0.0, 2.0]
+
+
+def _windows() -> WindowKernel:
+    kernel = window_kernel()
+    assert kernel is not None, "a C compiler is on this machine, so the kernel must build"
+    return kernel
+
+
+def _reference_windows(
+    padded: torch.Tensor, crop: torch.Tensor, place: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Element by element: the window of padded[image] at (top, left), crop pasted at (shift_r, shift_c)."""
+    out = torch.empty(len(crop), height, width, padded.shape[3], dtype=padded.dtype)
+    for v, (image, top, left, shift_r, shift_c) in enumerate(place.tolist()):
+        for r in range(height):
+            for c in range(width):
+                y, x = r - shift_r, c - shift_c
+                inside = 0 <= y < crop.shape[1] and 0 <= x < crop.shape[2]
+                out[v, r, c] = crop[v, y, x] if inside else padded[image, top + r, left + c]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_window_kernel_equals_element_by_element(dtype: torch.dtype, threads: int) -> None:
+    generator = torch.Generator().manual_seed(3)
+    padded = torch.randn(3, 9, 11, 5, generator=generator).to(dtype)
+    crop = torch.randn(40, 3, 4, 5, generator=generator).to(dtype)
+    height, width = 5, 6
+    place = torch.stack(
+        [
+            torch.randint(0, 3, (40,), generator=generator),
+            torch.randint(0, 9 - height + 1, (40,), generator=generator),
+            torch.randint(0, 11 - width + 1, (40,), generator=generator),
+            torch.randint(-4, height + 1, (40,), generator=generator),  # above, inside, below, partly outside
+            torch.randint(-5, width + 1, (40,), generator=generator),
+        ],
+        dim=1,
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = _windows().window(padded, crop, *place.T, height, width)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(out, _reference_windows(padded, crop, place, height, width))
+    empty = _windows().window(padded, crop[:0], *place[:0].T, height, width)
+    assert empty.shape == (0, height, width, 5)
+
+
+def test_window_kernel_refuses_what_it_cannot_read() -> None:
+    kernel = _windows()
+    padded, crop = torch.zeros(2, 6, 6, 3), torch.zeros(1, 2, 2, 3)
+    index = [torch.zeros(1, dtype=torch.long)] * 5
+    with pytest.raises(IndexError, match="outside"):
+        kernel.window(padded, crop, torch.tensor([2]), *index[1:], 2, 2)  # no third image
+    with pytest.raises(IndexError, match="outside"):
+        kernel.window(padded, crop, index[0], torch.tensor([5]), *index[2:], 2, 2)  # rows 5 and 6 of 6
+    with pytest.raises(ValueError, match="one dtype"):
+        kernel.window(padded, crop.double(), *index, 2, 2)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel.window(padded.transpose(1, 2), crop, *index, 2, 2)
+    with pytest.raises(ValueError, match="one entry per crop"):
+        kernel.window(padded, crop, *index[:4], torch.zeros(2, dtype=torch.long), 2, 2)

@@ -1,15 +1,20 @@
-"""An optional compiled CPU kernel for the activation statistics: per-channel firing counts in one read.
+"""Optional compiled CPU kernels, each doing in one pass what takes torch several.
 
-The torch path of :class:`~lightning_cnnviz.core.stats.ActivationStats` on CPU takes three passes over every
-activation (write the firing indicator, read it, sum), which on a small CNN is about 5% of a training step.
-``firing.c`` (shipped beside this module) counts in one read, about 2.5x faster. It is compiled on first
-use with the system C compiler (``$CC``, else ``cc``/``gcc``) into a per-user cache
-(``$LIGHTNING_CNNVIZ_CACHE``, else ``~/.cache/lightning_cnnviz``; about 0.2 s, once per machine) and loaded
-with :mod:`ctypes`. It runs on torch's own OpenMP runtime (same ``libgomp.so.1``) with torch's thread count.
+* ``firing.c``: per-channel firing counts for :class:`~lightning_cnnviz.core.stats.ActivationStats`. The
+  torch path takes three passes over every activation (write the firing indicator, read it, sum), about 5% of
+  a small CNN's training step; the kernel counts in one read, about 2.5x faster.
+* ``windows.c``: the windows of clean activation maps with occluded crops pasted in that the incremental
+  occlusion evaluator (:mod:`lightning_cnnviz.core.incremental`) feeds to every convolution and pooling; torch
+  needs an index computation, a gather and a scatter for each.
 
-Nothing depends on it: with no compiler, a failed build, ``LIGHTNING_CNNVIZ_NATIVE=0``, or a self-check that
-disagrees with torch, :func:`firing_kernel` returns ``None`` and the statistics use torch, with identical
-counts (the tests compare both paths).
+Each source (shipped beside this module) is compiled on first use with the system C compiler (``$CC``, else
+``cc``/``gcc``) into a per-user cache (``$LIGHTNING_CNNVIZ_CACHE``, else ``~/.cache/lightning_cnnviz``; about
+0.2 s, once per machine) and loaded with :mod:`ctypes`. The kernels run on torch's own OpenMP runtime (same
+``libgomp.so.1``) with torch's thread count.
+
+Nothing depends on them: with no compiler, a failed build, ``LIGHTNING_CNNVIZ_NATIVE=0``, or a self-check
+that disagrees with torch, :func:`firing_kernel` and :func:`window_kernel` return ``None`` and the callers
+use torch, with identical results (the tests compare both paths).
 """
 
 from __future__ import annotations
@@ -24,19 +29,22 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["FiringKernel", "firing_kernel"]
+__all__ = ["FiringKernel", "WindowKernel", "firing_kernel", "window_kernel"]
 
 _log = logging.getLogger(__name__)
-_SOURCE = Path(__file__).with_name("firing.c")
 _FLAG_SETS = (("-O3", "-fopenmp", "-shared", "-fPIC"), ("-O3", "-shared", "-fPIC"))
 _UNSET = object()
+Kernel = TypeVar("Kernel")
 _lock = threading.Lock()
 _kernel: object = _UNSET
+_window: object = _UNSET
 
 
 class FiringKernel:
@@ -89,21 +97,95 @@ class FiringKernel:
             raise MemoryError("the firing kernel could not allocate its per-thread counts")
 
 
+class WindowKernel:
+    """The loaded library: :meth:`window` builds occluded windows of clean maps (see ``windows.c``)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._window = library.window_nhwc
+        self._window.restype = ctypes.c_int
+        self._window.argtypes = [
+            ctypes.c_void_p, *(ctypes.c_int64,) * 4, ctypes.c_void_p, *(ctypes.c_int64,) * 2,
+            *(ctypes.c_void_p,) * 5, *(ctypes.c_int64,) * 3, ctypes.c_void_p, ctypes.c_int,
+        ]  # fmt: skip
+
+    @staticmethod
+    def accepts(padded: Tensor, crop: Tensor) -> bool:
+        """Whether the kernel can read ``padded`` (N, H, W, C) and ``crop`` (V, h, w, C): on the CPU, contiguous,
+        of one dtype, with the same channels."""
+        return (
+            padded.device.type == "cpu"
+            and crop.device.type == "cpu"
+            and padded.dtype == crop.dtype
+            and padded.dim() == crop.dim() == 4
+            and padded.shape[3] == crop.shape[3]
+            and padded.is_contiguous()
+            and crop.is_contiguous()
+        )
+
+    def window(
+        self,
+        padded: Tensor,
+        crop: Tensor,
+        image: Tensor,
+        top: Tensor,
+        left: Tensor,
+        shift_r: Tensor,
+        shift_c: Tensor,
+        height: int,
+        width: int,
+    ) -> Tensor:
+        """(V, height, width, C): rows ``top + [0, height)`` and columns ``left + [0, width)`` of
+        ``padded[image]``, with ``crop[v]`` pasted at ``(shift_r[v], shift_c[v])`` (partly outside is clipped).
+        The index tensors are (V,) int64 on the CPU; a window outside ``padded`` raises ``IndexError``."""
+        if not self.accepts(padded, crop):
+            raise ValueError(
+                "the window kernel reads CPU contiguous (N, H, W, C) maps and (V, h, w, C) crops of one dtype and C; "
+                f"got {padded.dtype} {tuple(padded.shape)} and {crop.dtype} {tuple(crop.shape)}"
+            )
+        copies = crop.shape[0]
+        indices = [t.to(device="cpu", dtype=torch.int64).contiguous() for t in (image, top, left, shift_r, shift_c)]
+        if any(t.shape != (copies,) for t in indices):
+            raise ValueError(f"image, top, left and the shifts need one entry per crop ({copies})")
+        out = torch.empty(copies, height, width, padded.shape[3], dtype=padded.dtype)
+        if copies and height > 0 and width > 0 and padded.shape[3]:
+            status = self._window(
+                padded.data_ptr(), *padded.shape[:3], padded.shape[3] * padded.element_size(), crop.data_ptr(),
+                crop.shape[1], crop.shape[2],
+                *(t.data_ptr() for t in indices), copies, height, width, out.data_ptr(),
+                max(1, torch.get_num_threads()),
+            )  # fmt: skip
+            if status != 0:
+                raise IndexError(f"a {height}x{width} window lies outside the {tuple(padded.shape[:3])} maps")
+        return out
+
+
 def firing_kernel() -> FiringKernel | None:
     """The compiled kernel, built and self-checked on the first call; ``None`` where it is not available."""
     global _kernel
     if _kernel is _UNSET:
         with _lock:
             if _kernel is _UNSET:
-                _kernel = _load()
+                loaded = _load("firing.c", FiringKernel, _self_check)
+                _kernel = loaded
     return _kernel if isinstance(_kernel, FiringKernel) else None
+
+
+def window_kernel() -> WindowKernel | None:
+    """The compiled window kernel, built and self-checked on the first call; ``None`` where not available."""
+    global _window
+    if _window is _UNSET:
+        with _lock:
+            if _window is _UNSET:
+                built = _load("windows.c", WindowKernel, _window_self_check)
+                _window = built
+    return _window if isinstance(_window, WindowKernel) else None
 
 
 def _channels_last(values: Tensor) -> bool:
     return values.dim() == 4 and values.is_contiguous(memory_format=torch.channels_last)
 
 
-def _load() -> FiringKernel | None:
+def _load(source: str, factory: Callable[[ctypes.CDLL], Kernel], check: Callable[[Kernel], bool]) -> Kernel | None:
     if os.environ.get("LIGHTNING_CNNVIZ_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     if not sys.platform.startswith(("linux", "darwin")):
@@ -112,14 +194,13 @@ def _load() -> FiringKernel | None:
     if not compiler:
         return None
     try:
-        library = _build(compiler)
-        kernel = FiringKernel(ctypes.CDLL(str(library)))
-        if not _self_check(kernel):
-            _log.warning("lightning_cnnviz: the compiled firing kernel disagrees with torch; using torch")
+        kernel = factory(ctypes.CDLL(str(_build(compiler, Path(__file__).with_name(source)))))
+        if not check(kernel):
+            _log.warning("lightning_cnnviz: the compiled kernel %s disagrees with torch; using torch", source)
             return None
         return kernel
     except Exception as error:  # any build or load problem: the torch path is always there
-        _log.debug("lightning_cnnviz: no compiled firing kernel (%s); using torch", error)
+        _log.debug("lightning_cnnviz: no compiled kernel %s (%s); using torch", source, error)
         return None
 
 
@@ -130,15 +211,15 @@ def _cache_dir() -> Path:
     return Path(root) / "native"
 
 
-def _build(compiler: str) -> Path:
-    source = _SOURCE.read_bytes()
+def _build(compiler: str, path: Path) -> Path:
+    source = path.read_bytes()
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
             b"\0".join([source, compiler.encode(), " ".join(flags).encode(), platform.machine().encode()])
         ).hexdigest()[:16]
         for directory in (_cache_dir(), Path(tempfile.gettempdir()) / f"lightning_cnnviz-{os.getuid()}"):
-            target = directory / f"libcnnviz_firing-{key}.so"
+            target = directory / f"libcnnviz_{path.stem}-{key}.so"
             if target.exists():
                 return target
             try:
@@ -150,7 +231,7 @@ def _build(compiler: str) -> Path:
                 continue
             try:
                 result = subprocess.run(
-                    [compiler, *flags, str(_SOURCE), "-o", partial], capture_output=True, text=True, timeout=120
+                    [compiler, *flags, str(path), "-o", partial], capture_output=True, text=True, timeout=120
                 )
                 if result.returncode != 0:
                     errors.append(f"{compiler} {' '.join(flags)}: {result.stderr.strip()[:300]}")
@@ -172,5 +253,24 @@ def _self_check(kernel: FiringKernel) -> bool:
         counts = torch.zeros(5, dtype=torch.float64)
         kernel(layout, counts)
         if not torch.equal(counts, expected):
+            return False
+    return True
+
+
+def _window_self_check(kernel: WindowKernel) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    padded = torch.randn(2, 6, 7, 3, generator=generator, dtype=torch.float64)
+    crop = torch.randn(3, 2, 3, 3, generator=generator, dtype=torch.float64)
+    image, top, left = torch.tensor([1, 0, 1]), torch.tensor([0, 2, 1]), torch.tensor([0, 3, 2])
+    shift_r, shift_c = torch.tensor([1, -1, 3]), torch.tensor([2, 0, -2])
+    out = kernel.window(padded, crop, image, top, left, shift_r, shift_c, 4, 4)
+    for v in range(3):
+        expected = padded[image[v], top[v] : top[v] + 4, left[v] : left[v] + 4].clone()
+        for r in range(2):
+            for c in range(3):
+                y, x = r + int(shift_r[v]), c + int(shift_c[v])
+                if 0 <= y < 4 and 0 <= x < 4:
+                    expected[y, x] = crop[v, r, c]
+        if not torch.equal(out[v], expected):
             return False
     return True
