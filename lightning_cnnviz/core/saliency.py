@@ -391,8 +391,9 @@ def occlusion(
     on the same score.
 
     With ``incremental`` (the default) each occluded copy recomputes only the activations the square can
-    change (:mod:`lightning_cnnviz.core.incremental`); a few copies are checked against full forwards, and
-    a model the incremental evaluator cannot follow gets full forwards, ``max_batch`` copies at a time.
+    change (:mod:`lightning_cnnviz.core.incremental`), in passes that hold about 256 MiB of crops each; a few
+    copies are checked against full forwards, and a model the incremental evaluator cannot follow gets full
+    forwards, ``max_batch`` copies at a time.
     """
     _check_images(images)
     if patch < 1 or stride < 1 or stride > patch:
@@ -451,20 +452,23 @@ def _occluded_logits_full(model: nn.Module, images: Tensor, masks: Tensor, fill:
 
 
 _CLEAN_PASS_BUDGET = 512 * 2**20  # bytes of recorded clean activations per chunk of images
+_OCCLUDED_PASS_BUDGET = 256 * 2**20  # bytes of crops per pass of occluded copies (about)
 
 
 def _occluded_logits_checked(
     model: nn.Module, images: Tensor, boxes: Tensor, masks: Tensor, fill: Tensor, max_batch: int
 ) -> Tensor:
     """(N, 1 + windows, K) from the incremental evaluator, on chunks of at most ``max_batch`` images whose
-    recorded clean activations fit in 512 MiB; three copies of the first image of each chunk are compared with
+    recorded clean activations fit in 512 MiB, each pass of occluded copies holding about 256 MiB of crops (but
+    no fewer than ``max_batch`` images' worth); three copies of the first image of each chunk are compared with
     full forwards, and a disagreement beyond float rounding raises :class:`EvaluatorError`."""
     parts = []
-    per_image = clean_pass_bytes(model, images[:1])
-    step = max(1, min(max_batch, _CLEAN_PASS_BUDGET // max(per_image, 1)))
+    per_image = max(clean_pass_bytes(model, images[:1]), 1)
+    step = max(1, min(max_batch, _CLEAN_PASS_BUDGET // per_image))
+    pass_images = max(max_batch, _OCCLUDED_PASS_BUDGET // per_image)
     for start in range(0, images.shape[0], step):
         chunk, chunk_fill = images[start : start + step], fill[start : start + step]
-        clean, occluded = occluded_logits(model, chunk, boxes, chunk_fill, max_batch)
+        clean, occluded = occluded_logits(model, chunk, boxes, chunk_fill, pass_images)
         sample = sorted({0, len(boxes) // 2, len(boxes) - 1})
         reference = model(_occluded(chunk[:1], masks[sample], chunk_fill[:1]))
         scale = 1.0 + float(reference.abs().max())
