@@ -118,6 +118,18 @@ _METADATA: frozenset[Any] = frozenset(
 _SHAPE: frozenset[Any] = frozenset({Tensor.size, Tensor.shape.__get__})  # type: ignore[attr-defined]
 
 
+def _flatten(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[list[Any], Any]:
+    """The arguments as a flat list and the spec to rebuild them (``None``: ``args`` then ``kwargs``' values,
+    the common case of no tensor inside a container, without the cost of a pytree walk)."""
+    values = [*args, *kwargs.values()]
+    for value in values:
+        if isinstance(value, dict) or (
+            isinstance(value, (list, tuple)) and any(isinstance(item, (Tensor, list, tuple, dict)) for item in value)
+        ):
+            return tree_flatten((args, kwargs))
+    return values, None
+
+
 def _name(func: Any) -> str:
     return str(getattr(func, "__name__", repr(func)))
 
@@ -171,7 +183,7 @@ class _Replay(TorchFunctionMode):
         self.step += 1
         if step >= len(self.trace.funcs) or not (self.trace.funcs[step] is func or self.trace.funcs[step] == func):
             raise Unsupported(f"the forward pass of the occluded copies differs from the clean one at {_name(func)}")
-        flat, spec = tree_flatten((args, kwargs))
+        flat, spec = _flatten(args, kwargs)
         cropped = [i for i, value in enumerate(flat) if self.crop(value) is not None]
         if not cropped:
             return func(*args, **kwargs)
@@ -195,7 +207,10 @@ class _Replay(TorchFunctionMode):
             if _in_place(func, kwargs):
                 raise Unsupported(f"{_name(func)} changes a crop in place")
         flat = [self.densify(value) if i in cropped else value for i, value in enumerate(flat)]
-        args, kwargs = tree_unflatten(flat, spec)
+        if spec is None:
+            args, kwargs = flat[: len(args)], dict(zip(kwargs, flat[len(args) :]))
+        else:
+            args, kwargs = tree_unflatten(flat, spec)
         return func(*args, **kwargs)
 
     def handle(
@@ -351,19 +366,23 @@ class _Replay(TorchFunctionMode):
             return x.new_zeros(x.shape[0], x.shape[1])
         key = ("integral", id(crop.clean))
         integral = self.cache.get(key)
-        if integral is None:
-            integral = F.pad(crop.clean.double().cumsum(2).cumsum(3), (1, 0, 1, 0))
-            self.cache[key] = integral
+        if integral is None:  # (N * (H + 1) * (W + 1), C): row (n, r, c) sums rows < r and columns < c
+            summed = F.pad(crop.clean.double().cumsum(2).cumsum(3), (1, 0, 1, 0))
+            integral = self.cache[key] = summed.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
         height, width = crop.clean.shape[-2:]
         bottom, right, top, left = crop.top + x.shape[-2], crop.left + x.shape[-1], crop.top, crop.left
-        image = self.image
-        box = (
-            integral[image, :, bottom, right]
-            - integral[image, :, top, right]
-            - integral[image, :, bottom, left]
-            + integral[image, :, top, left]
+        base = self.image * ((height + 1) * (width + 1))
+        corners = torch.stack(
+            [
+                base + height * (width + 1) + width,  # the whole map
+                base + bottom * (width + 1) + right,
+                base + top * (width + 1) + right,
+                base + bottom * (width + 1) + left,
+                base + top * (width + 1) + left,
+            ]
         )
-        total = integral[image, :, height, width] - box + x.sum(dim=(2, 3)).double()
+        whole, br, tr, bl, tl = integral.index_select(0, corners.view(-1)).view(5, len(base), -1)
+        total = whole - (br - tr - bl + tl) + x.sum(dim=(2, 3)).double()
         return (total / (height * width)).to(x.dtype)
 
     def window(
@@ -431,6 +450,12 @@ def _input_crops(
     ``nhwc`` is ``images`` in (N, H, W, C) order."""
     height, width = images.shape[-2:]
     device = images.device
+    last_r, last_c = boxes[:, 0] + boxes[:, 2] - 1, boxes[:, 1] + boxes[:, 3] - 1
+    if bool((boxes[:, 2] == rows).all()) and bool((boxes[:, 3] == cols).all()):  # the crops are the boxes
+        crops = fill[image].view(-1, 1, 1, images.shape[1]).expand(-1, rows, cols, -1).contiguous()
+        return crops.permute(0, 3, 1, 2), _Crop(
+            images, boxes[:, 0], boxes[:, 1], boxes[:, 0], last_r, boxes[:, 1], last_c
+        )
     top = boxes[:, 0].clamp_max(height - rows).clamp_min(0)
     left = boxes[:, 1].clamp_max(width - cols).clamp_min(0)
     at_r = top[:, None] + torch.arange(rows, device=device)
@@ -440,7 +465,6 @@ def _input_crops(
     covered_c = (at_c >= boxes[:, 1:2]) & (at_c < boxes[:, 1:2] + boxes[:, 3:4])
     covered = (covered_r[:, :, None] & covered_c[:, None, :])[..., None]
     crops = torch.where(covered, fill[image].view(-1, 1, 1, images.shape[1]), pixels).permute(0, 3, 1, 2)
-    last_r, last_c = boxes[:, 0] + boxes[:, 2] - 1, boxes[:, 1] + boxes[:, 3] - 1
     return crops, _Crop(images, top, left, boxes[:, 0], last_r, boxes[:, 1], last_c)
 
 
