@@ -199,3 +199,42 @@ def test_window_kernel_refuses_what_it_cannot_read() -> None:
         kernel.window(padded.transpose(1, 2), crop, *index, 2, 2)
     with pytest.raises(ValueError, match="one entry per crop"):
         kernel.window(padded, crop, *index[:4], torch.zeros(2, dtype=torch.long), 2, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), [((2, 2), (2, 2), (1, 1)), ((3, 2), (1, 2), (2, 1))])
+def test_max_pool_kernel_equals_torch_on_the_windows(
+    dtype: torch.dtype, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> None:
+    generator = torch.Generator().manual_seed(4)
+    padded = torch.randn(3, 12, 13, 6, generator=generator).to(dtype)
+    padded[1, 4, 5, 2] = float("nan")  # NaN wins, as in torch
+    padded[0, :, :2] = -torch.inf  # padding
+    crop = torch.randn(30, 4, 3, 6, generator=generator).to(dtype)
+    crop[7, 1, 1, 0] = float("nan")
+    out_h, out_w = 3, 4
+    height = (out_h - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
+    width = (out_w - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
+    place = torch.stack(
+        [
+            torch.randint(0, 3, (30,), generator=generator),
+            torch.randint(0, 12 - height + 1, (30,), generator=generator),
+            torch.randint(0, 13 - width + 1, (30,), generator=generator),
+            torch.randint(-4, height + 1, (30,), generator=generator),
+            torch.randint(-3, width + 1, (30,), generator=generator),
+        ],
+        dim=1,
+    )
+    place[7, 3:] = 0  # the crop with the NaN lies inside its window
+    pooled = _windows().max_pool(padded, crop, *place.T, (out_h, out_w), kernel, stride, dilation)
+    windows = _reference_windows(padded, crop, place, height, width).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.max_pool2d(windows, kernel, stride, 0, dilation).permute(0, 2, 3, 1)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0, equal_nan=True)
+    assert bool(pooled.isnan().any())
+
+
+def test_max_pool_kernel_refuses_other_dtypes() -> None:
+    padded, crop = torch.zeros(1, 4, 4, 2, dtype=torch.float16), torch.zeros(1, 1, 1, 2, dtype=torch.float16)
+    index = [torch.zeros(1, dtype=torch.long)] * 5
+    with pytest.raises(ValueError, match="float32 or float64"):
+        _windows().max_pool(padded, crop, *index, (1, 1), (2, 2), (2, 2), (1, 1))

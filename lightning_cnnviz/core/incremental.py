@@ -271,8 +271,9 @@ class _Replay(TorchFunctionMode):
             def max_pool(window: Tensor) -> Tensor:
                 return F.max_pool2d(window, kernel, stride, 0, dilation)
 
+            fused = self.kernel is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             return self.window_op(
-                x, first, clean, kernel, stride, padding, padding, dilation, -math.inf, cost, max_pool
+                x, first, clean, kernel, stride, padding, padding, dilation, -math.inf, cost, max_pool, fused
             )
         include_pad = _argument(args, kwargs, 5, "count_include_pad", True)
         if _argument(args, kwargs, 4, "ceil_mode", False) or (any(padding) and not include_pad):
@@ -297,8 +298,10 @@ class _Replay(TorchFunctionMode):
         fill: float,
         cost: float,
         op: Callable[[Tensor], Tensor],
+        fused_max_pool: bool = False,
     ) -> Tensor:
-        """A sliding-window op (conv or pool) evaluated on the output box the changed box reaches."""
+        """A sliding-window op (conv or pool) evaluated on the output box the changed box reaches; a max pool
+        with ``fused_max_pool`` by the compiled kernel straight from the crop and the clean map."""
         out_h, out_w = clean.shape[-2:]
         geometry_r = (kernel[0], stride[0], leading[0], dilation[0], out_h)
         geometry_c = (kernel[1], stride[1], leading[1], dilation[1], out_w)
@@ -311,6 +314,15 @@ class _Replay(TorchFunctionMode):
         height = (rows - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
         width = (cols - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
         pads = (leading[1], trailing[1], leading[0], trailing[0])
+        if fused_max_pool and self.kernel is not None:
+            padded = self.padded(crop.clean, pads, fill)
+            source = x.permute(0, 2, 3, 1).contiguous()
+            shift_r, shift_c = crop.top + pads[2] - top * stride[0], crop.left + pads[0] - left * stride[1]
+            out = self.kernel.max_pool(
+                padded, source, self.image, top * stride[0], left * stride[1], shift_r, shift_c, (rows, cols),
+                kernel, stride, dilation,
+            )  # fmt: skip
+            return self.register(out.permute(0, 3, 1, 2), reached)
         window = self.window(x, crop, top * stride[0], left * stride[1], height, width, pads, fill)
         return self.register(op(window), reached)
 
@@ -398,11 +410,7 @@ class _Replay(TorchFunctionMode):
     ) -> Tensor:
         """Rows [top, top + height) and columns [left, left + width) of each copy's occluded map padded by
         ``pads`` (left, right, top, bottom) with ``fill``: the clean map with the crop pasted in. Channels-last."""
-        key = ("padded", id(crop.clean), pads, fill)
-        padded = self.cache.get(key)
-        if padded is None:
-            padded = F.pad(crop.clean, pads, value=fill).permute(0, 2, 3, 1).contiguous()
-            self.cache[key] = padded
+        padded = self.padded(crop.clean, pads, fill)
         source = x.permute(0, 2, 3, 1)
         shift_r, shift_c = crop.top + pads[2] - top, crop.left + pads[0] - left
         if self.kernel is not None and x.device.type == "cpu" and x.dtype == padded.dtype:
@@ -429,6 +437,15 @@ class _Replay(TorchFunctionMode):
             target = target + at_c[:, None, :]
             out.view(-1, channels).index_copy_(0, target[inside], source.reshape(-1, channels)[inside.view(-1)])
         return out.permute(0, 3, 1, 2)
+
+    def padded(self, clean: Tensor, pads: tuple[int, int, int, int], fill: float) -> Tensor:
+        """``clean`` padded by ``pads`` (left, right, top, bottom) with ``fill``, channels-last (N, H, W, C);
+        built once per pass set."""
+        key = ("padded", id(clean), pads, fill)
+        padded = self.cache.get(key)
+        if padded is None:
+            padded = self.cache[key] = F.pad(clean, pads, value=fill).permute(0, 2, 3, 1).contiguous()
+        return padded
 
     def densify(self, value: Any) -> Any:
         """The full occluded maps of a crop (other values unchanged)."""

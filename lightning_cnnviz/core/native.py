@@ -107,6 +107,15 @@ class WindowKernel:
             ctypes.c_void_p, *(ctypes.c_int64,) * 4, ctypes.c_void_p, *(ctypes.c_int64,) * 2,
             *(ctypes.c_void_p,) * 5, *(ctypes.c_int64,) * 3, ctypes.c_void_p, ctypes.c_int,
         ]  # fmt: skip
+        self._max_pool = {}
+        for dtype, name in ((torch.float32, "max_pool_nhwc_float"), (torch.float64, "max_pool_nhwc_double")):
+            function = getattr(library, name)
+            function.restype = ctypes.c_int
+            function.argtypes = [
+                ctypes.c_void_p, *(ctypes.c_int64,) * 4, ctypes.c_void_p, *(ctypes.c_int64,) * 2,
+                *(ctypes.c_void_p,) * 5, *(ctypes.c_int64,) * 9, ctypes.c_void_p, ctypes.c_int,
+            ]  # fmt: skip
+            self._max_pool[dtype] = function
 
     @staticmethod
     def accepts(padded: Tensor, crop: Tensor) -> bool:
@@ -142,10 +151,8 @@ class WindowKernel:
                 "the window kernel reads CPU contiguous (N, H, W, C) maps and (V, h, w, C) crops of one dtype and C; "
                 f"got {padded.dtype} {tuple(padded.shape)} and {crop.dtype} {tuple(crop.shape)}"
             )
+        indices = self._indices(crop, image, top, left, shift_r, shift_c)
         copies = crop.shape[0]
-        indices = [t.to(device="cpu", dtype=torch.int64).contiguous() for t in (image, top, left, shift_r, shift_c)]
-        if any(t.shape != (copies,) for t in indices):
-            raise ValueError(f"image, top, left and the shifts need one entry per crop ({copies})")
         out = torch.empty(copies, height, width, padded.shape[3], dtype=padded.dtype)
         if copies and height > 0 and width > 0 and padded.shape[3]:
             status = self._window(
@@ -157,6 +164,48 @@ class WindowKernel:
             if status != 0:
                 raise IndexError(f"a {height}x{width} window lies outside the {tuple(padded.shape[:3])} maps")
         return out
+
+    def max_pool(
+        self,
+        padded: Tensor,
+        crop: Tensor,
+        image: Tensor,
+        top: Tensor,
+        left: Tensor,
+        shift_r: Tensor,
+        shift_c: Tensor,
+        out_size: tuple[int, int],
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+    ) -> Tensor:
+        """``F.max_pool2d`` (no padding: ``padded`` holds it, as -inf) of the windows :meth:`window` would build,
+        without building them: (V, out_h, out_w, C). float32 and float64 only."""
+        if not self.accepts(padded, crop) or padded.dtype not in self._max_pool:
+            raise ValueError(
+                "the max-pool kernel reads CPU contiguous (N, H, W, C) maps and (V, h, w, C) crops of one dtype "
+                f"(float32 or float64) and C; got {padded.dtype} {tuple(padded.shape)} and {crop.dtype} "
+                f"{tuple(crop.shape)}"
+            )
+        indices = self._indices(crop, image, top, left, shift_r, shift_c)
+        copies = crop.shape[0]
+        out = torch.empty(copies, *out_size, padded.shape[3], dtype=padded.dtype)
+        if copies and out_size[0] > 0 and out_size[1] > 0 and padded.shape[3]:
+            status = self._max_pool[padded.dtype](
+                padded.data_ptr(), *padded.shape, crop.data_ptr(), crop.shape[1], crop.shape[2],
+                *(t.data_ptr() for t in indices), copies, *out_size, *kernel, *stride, *dilation, out.data_ptr(),
+                max(1, torch.get_num_threads()),
+            )  # fmt: skip
+            if status != 0:
+                raise IndexError(f"a pooling window lies outside the {tuple(padded.shape[:3])} maps")
+        return out
+
+    @staticmethod
+    def _indices(crop: Tensor, *tensors: Tensor) -> list[Tensor]:
+        indices = [t.to(device="cpu", dtype=torch.int64).contiguous() for t in tensors]
+        if any(t.shape != (crop.shape[0],) for t in indices):
+            raise ValueError(f"image, top, left and the shifts need one entry per crop ({crop.shape[0]})")
+        return indices
 
 
 def firing_kernel() -> FiringKernel | None:
@@ -273,4 +322,6 @@ def _window_self_check(kernel: WindowKernel) -> bool:
                     expected[y, x] = crop[v, r, c]
         if not torch.equal(out[v], expected):
             return False
-    return True
+    pooled = kernel.max_pool(padded, crop, image, top, left, shift_r, shift_c, (2, 2), (2, 2), (1, 2), (1, 1))
+    windows = kernel.window(padded, crop, image, top, left, shift_r, shift_c, 3, 4).permute(0, 3, 1, 2)
+    return torch.equal(pooled, torch.nn.functional.max_pool2d(windows, (2, 2), (1, 2)).permute(0, 2, 3, 1))
