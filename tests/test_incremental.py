@@ -20,7 +20,7 @@ from lightning_cnnviz.models import SmallCNN, resnet18_cifar
 
 class Strided(nn.Module):
     """Strided conv, avg-pool with padding, dilated grouped "same" conv, a residual sum of crops of different
-    boxes, GELU and a mean over both spatial axes."""
+    boxes, GELU, a strided dilated max pool with padding and a mean over both spatial axes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -33,6 +33,7 @@ class Strided(nn.Module):
         x = F.avg_pool2d(self.conv1(x), 3, stride=1, padding=1)
         x = x + F.hardtanh(self.conv2(x))
         x = F.gelu(self.conv3(torch.sigmoid(x) * 2.0 - 1.0))
+        x = F.max_pool2d(x, (2, 3), stride=(1, 2), padding=1, dilation=(2, 1))
         return self.fc(x.mean(dim=(2, 3)))
 
 
