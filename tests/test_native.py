@@ -18,8 +18,7 @@ from lightning_cnnviz.core.stats import ActivationStats
 @pytest.fixture
 def fresh_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Forget the loaded kernel for the duration of a test (the next call builds or finds it again)."""
-    monkeypatch.setattr(native, "_kernel", native._UNSET)
-    monkeypatch.setattr(native, "_window", native._UNSET)
+    monkeypatch.setattr(native, "_kernels", {})
     yield
 
 

@@ -40,11 +40,9 @@ __all__ = ["FiringKernel", "WindowKernel", "firing_kernel", "window_kernel"]
 
 _log = logging.getLogger(__name__)
 _FLAG_SETS = (("-O3", "-fopenmp", "-shared", "-fPIC"), ("-O3", "-shared", "-fPIC"))
-_UNSET = object()
 Kernel = TypeVar("Kernel")
 _lock = threading.Lock()
-_kernel: object = _UNSET
-_window: object = _UNSET
+_kernels: dict[str, object] = {}  # source file -> its loaded kernel, or None where it is not available
 
 
 class FiringKernel:
@@ -210,24 +208,24 @@ class WindowKernel:
 
 def firing_kernel() -> FiringKernel | None:
     """The compiled kernel, built and self-checked on the first call; ``None`` where it is not available."""
-    global _kernel
-    if _kernel is _UNSET:
-        with _lock:
-            if _kernel is _UNSET:
-                loaded = _load("firing.c", FiringKernel, _self_check)
-                _kernel = loaded
-    return _kernel if isinstance(_kernel, FiringKernel) else None
+    kernel = _cached("firing.c", FiringKernel, _self_check)
+    return kernel if isinstance(kernel, FiringKernel) else None
 
 
 def window_kernel() -> WindowKernel | None:
     """The compiled window kernel, built and self-checked on the first call; ``None`` where not available."""
-    global _window
-    if _window is _UNSET:
+    kernel = _cached("windows.c", WindowKernel, _window_self_check)
+    return kernel if isinstance(kernel, WindowKernel) else None
+
+
+def _cached(source: str, factory: Callable[[ctypes.CDLL], Kernel], check: Callable[[Kernel], bool]) -> object:
+    """The kernel of ``source`` (or ``None``), loaded once per process, whichever thread asks first."""
+    if source not in _kernels:
         with _lock:
-            if _window is _UNSET:
-                built = _load("windows.c", WindowKernel, _window_self_check)
-                _window = built
-    return _window if isinstance(_window, WindowKernel) else None
+            if source not in _kernels:
+                loaded: Kernel | None = _load(source, factory, check)
+                _kernels[source] = loaded
+    return _kernels[source]
 
 
 def _channels_last(values: Tensor) -> bool:
