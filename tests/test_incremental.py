@@ -108,6 +108,8 @@ MODELS = {
     "densified": lambda size: Densified(size),
 }
 
+MAX_POOLED = {"small_cnn", "strided", "densified"}  # the models that call F.max_pool2d on a crop
+
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize(("size", "patch", "stride"), [((16, 16), 4, 2), ((13, 17), 5, 3)])
@@ -116,13 +118,14 @@ def test_equals_full_forwards(
     name: str, size: tuple[int, int], patch: int, stride: int, windows: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both ways of building the windows (the compiled kernel, and torch's gather and scatter)."""
-    calls = []
+    calls: list[str] = []
     kernel = native.window_kernel()
     if windows == "compiled":
         if kernel is None:
             pytest.skip("no C compiler: the torch path is the one tested")
-        original = kernel.window
-        monkeypatch.setattr(kernel, "window", lambda *args: calls.append(1) or original(*args))
+        built, pooled = kernel.window, kernel.max_pool
+        monkeypatch.setattr(kernel, "window", lambda *args: calls.append("window") or built(*args))
+        monkeypatch.setattr(kernel, "max_pool", lambda *args: calls.append("max_pool") or pooled(*args))
     else:
         monkeypatch.setattr(I, "window_kernel", lambda: None)
     torch.manual_seed(0)
@@ -142,7 +145,8 @@ def test_equals_full_forwards(
     assert scale > 1e-6  # the boxes change the logits, so agreement is not trivial
     assert (occluded - expected).abs().max().item() <= 1e-10 * scale
     assert global_state_clean()
-    assert bool(calls) == (windows == "compiled")
+    assert ("window" in calls) == (windows == "compiled")
+    assert ("max_pool" in calls) == (windows == "compiled" and name in MAX_POOLED)  # fused where a model pools
 
 
 @pytest.mark.parametrize(

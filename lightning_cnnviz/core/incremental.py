@@ -271,9 +271,8 @@ class _Replay(TorchFunctionMode):
             def max_pool(window: Tensor) -> Tensor:
                 return F.max_pool2d(window, kernel, stride, 0, dilation)
 
-            fused = self.kernel is not None and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             return self.window_op(
-                x, first, clean, kernel, stride, padding, padding, dilation, -math.inf, cost, max_pool, fused
+                x, first, clean, kernel, stride, padding, padding, dilation, -math.inf, cost, max_pool, True
             )
         include_pad = _argument(args, kwargs, 5, "count_include_pad", True)
         if _argument(args, kwargs, 4, "ceil_mode", False) or (any(padding) and not include_pad):
@@ -298,10 +297,10 @@ class _Replay(TorchFunctionMode):
         fill: float,
         cost: float,
         op: Callable[[Tensor], Tensor],
-        fused_max_pool: bool = False,
+        is_max_pool: bool = False,
     ) -> Tensor:
         """A sliding-window op (conv or pool) evaluated on the output box the changed box reaches; a max pool
-        with ``fused_max_pool`` by the compiled kernel straight from the crop and the clean map."""
+        (``is_max_pool``) by the compiled kernel straight from the crop and the clean map, where it can."""
         out_h, out_w = clean.shape[-2:]
         geometry_r = (kernel[0], stride[0], leading[0], dilation[0], out_h)
         geometry_c = (kernel[1], stride[1], leading[1], dilation[1], out_w)
@@ -314,16 +313,15 @@ class _Replay(TorchFunctionMode):
         height = (rows - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1
         width = (cols - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1
         pads = (leading[1], trailing[1], leading[0], trailing[0])
-        if fused_max_pool and self.kernel is not None:
-            padded = self.padded(crop.clean, pads, fill)
-            source = x.permute(0, 2, 3, 1).contiguous()
-            shift_r, shift_c = crop.top + pads[2] - top * stride[0], crop.left + pads[0] - left * stride[1]
-            out = self.kernel.max_pool(
-                padded, source, self.image, top * stride[0], left * stride[1], shift_r, shift_c, (rows, cols),
-                kernel, stride, dilation,
-            )  # fmt: skip
-            return self.register(out.permute(0, 3, 1, 2), reached)
-        window = self.window(x, crop, top * stride[0], left * stride[1], height, width, pads, fill)
+        start_r, start_c = top * stride[0], left * stride[1]
+        if is_max_pool and self.kernel is not None and x.dtype in (torch.float32, torch.float64):
+            placed = self.placed(x, crop, start_r, start_c, pads, fill)
+            if placed is not None:
+                out = self.kernel.max_pool(
+                    *placed[:2], self.image, start_r, start_c, *placed[2:], (rows, cols), kernel, stride, dilation
+                )
+                return self.register(out.permute(0, 3, 1, 2), reached)
+        window = self.window(x, crop, start_r, start_c, height, width, pads, fill)
         return self.register(op(window), reached)
 
     def arithmetic(self, func: Any, args: list[Any], kwargs: dict[str, Any], clean: Tensor, first: _Crop) -> Any:
@@ -410,13 +408,14 @@ class _Replay(TorchFunctionMode):
     ) -> Tensor:
         """Rows [top, top + height) and columns [left, left + width) of each copy's occluded map padded by
         ``pads`` (left, right, top, bottom) with ``fill``: the clean map with the crop pasted in. Channels-last."""
+        placed = self.placed(x, crop, top, left, pads, fill)
+        if placed is not None and self.kernel is not None:
+            padded, source, shift_r, shift_c = placed
+            out = self.kernel.window(padded, source, self.image, top, left, shift_r, shift_c, height, width)
+            return out.permute(0, 3, 1, 2)
         padded = self.padded(crop.clean, pads, fill)
         source = x.permute(0, 2, 3, 1)
         shift_r, shift_c = crop.top + pads[2] - top, crop.left + pads[0] - left
-        if self.kernel is not None and x.device.type == "cpu" and x.dtype == padded.dtype:
-            source = source.contiguous()  # a no-op for the channels-last outputs of convolutions and pools
-            out = self.kernel.window(padded, source, self.image, top, left, shift_r, shift_c, height, width)
-            return out.permute(0, 3, 1, 2)
         count, channels, device = x.shape[0], x.shape[1], x.device
         full_h, full_w = padded.shape[1], padded.shape[2]
         rows = top[:, None] + torch.arange(height, device=device)
@@ -437,6 +436,17 @@ class _Replay(TorchFunctionMode):
             target = target + at_c[:, None, :]
             out.view(-1, channels).index_copy_(0, target[inside], source.reshape(-1, channels)[inside.view(-1)])
         return out.permute(0, 3, 1, 2)
+
+    def placed(
+        self, x: Tensor, crop: _Crop, top: Tensor, left: Tensor, pads: tuple[int, int, int, int], fill: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """What the compiled kernel reads for windows starting at rows ``top`` and columns ``left`` of the clean
+        map padded by ``pads``: that padded map, the crops channels-last and contiguous, and each crop's row and
+        column inside its window; ``None`` without the kernel or for a crop it cannot read."""
+        if self.kernel is None or x.device.type != "cpu" or x.dtype != crop.clean.dtype:
+            return None
+        source = x.permute(0, 2, 3, 1).contiguous()  # a no-op for the channels-last outputs of convs and pools
+        return self.padded(crop.clean, pads, fill), source, crop.top + pads[2] - top, crop.left + pads[0] - left
 
     def padded(self, clean: Tensor, pads: tuple[int, int, int, int], fill: float) -> Tensor:
         """``clean`` padded by ``pads`` (left, right, top, bottom) with ``fill``, channels-last (N, H, W, C);
