@@ -477,22 +477,20 @@ def _input_crops(
     ``nhwc`` is ``images`` in (N, H, W, C) order."""
     height, width = images.shape[-2:]
     device = images.device
-    last_r, last_c = boxes[:, 0] + boxes[:, 2] - 1, boxes[:, 1] + boxes[:, 3] - 1
-    if bool((boxes[:, 2] == rows).all()) and bool((boxes[:, 3] == cols).all()):  # the crops are the boxes
-        crops = fill[image].view(-1, 1, 1, images.shape[1]).expand(-1, rows, cols, -1).contiguous()
-        return crops.permute(0, 3, 1, 2), _Crop(
-            images, boxes[:, 0], boxes[:, 1], boxes[:, 0], last_r, boxes[:, 1], last_c
-        )
     top = boxes[:, 0].clamp_max(height - rows).clamp_min(0)
     left = boxes[:, 1].clamp_max(width - cols).clamp_min(0)
-    at_r = top[:, None] + torch.arange(rows, device=device)
-    at_c = left[:, None] + torch.arange(cols, device=device)
-    pixels = nhwc[image[:, None, None], at_r[:, :, None], at_c[:, None, :]]  # (V, h, w, C)
-    covered_r = (at_r >= boxes[:, 0:1]) & (at_r < boxes[:, 0:1] + boxes[:, 2:3])
-    covered_c = (at_c >= boxes[:, 1:2]) & (at_c < boxes[:, 1:2] + boxes[:, 3:4])
-    covered = (covered_r[:, :, None] & covered_c[:, None, :])[..., None]
-    crops = torch.where(covered, fill[image].view(-1, 1, 1, images.shape[1]), pixels).permute(0, 3, 1, 2)
-    return crops, _Crop(images, top, left, boxes[:, 0], last_r, boxes[:, 1], last_c)
+    filled = fill[image].view(-1, 1, 1, images.shape[1])
+    if bool((boxes[:, 2] == rows).all()) and bool((boxes[:, 3] == cols).all()):  # the crops are the boxes
+        crops = filled.expand(-1, rows, cols, -1).contiguous()
+    else:
+        at_r = top[:, None] + torch.arange(rows, device=device)
+        at_c = left[:, None] + torch.arange(cols, device=device)
+        pixels = nhwc[image[:, None, None], at_r[:, :, None], at_c[:, None, :]]  # (V, h, w, C)
+        covered_r = (at_r >= boxes[:, 0:1]) & (at_r < boxes[:, 0:1] + boxes[:, 2:3])
+        covered_c = (at_c >= boxes[:, 1:2]) & (at_c < boxes[:, 1:2] + boxes[:, 3:4])
+        crops = torch.where((covered_r[:, :, None] & covered_c[:, None, :])[..., None], filled, pixels)
+    last_r, last_c = boxes[:, 0] + boxes[:, 2] - 1, boxes[:, 1] + boxes[:, 3] - 1
+    return crops.permute(0, 3, 1, 2), _Crop(images, top, left, boxes[:, 0], last_r, boxes[:, 1], last_c)
 
 
 def _replay(
