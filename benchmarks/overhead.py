@@ -36,8 +36,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_cnnviz import ActivationMonitor, FilterMonitor
-from lightning_cnnviz.data import IDXDataModule
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.demo.data import IDXDataModule
+from lightning_cnnviz.demo.models import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from lightning_cnnviz.core import incremental as I
 from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.models import SmallCNN
+from lightning_cnnviz.demo.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 
 from lightning_cnnviz import TensorBoardSink, TopPatchMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import default_channels
-from lightning_cnnviz.core import project_activations_rules, receptive_fields, top_activations
-from lightning_cnnviz.data import ImageFolderDataModule
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.core import receptive_fields, top_activations
+from lightning_cnnviz.core.top_patches import project_activations_rules
+from lightning_cnnviz.demo.data import ImageFolderDataModule
+from lightning_cnnviz.demo.models import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ["net.conv1", "net.conv2", "net.conv3"]

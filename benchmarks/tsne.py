@@ -27,7 +27,7 @@ from sklearn.manifold import TSNE as SkTSNE
 from sklearn.manifold import trustworthiness
 
 from lightning_cnnviz.core import knn_accuracy, tsne
-from lightning_cnnviz.data import IDXDataModule
+from lightning_cnnviz.demo.data import IDXDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,8 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 
 from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
 from lightning_cnnviz.core import filter_smoothness
-from lightning_cnnviz.data import IDXDataModule, ImageFolderDataModule
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.demo.data import IDXDataModule, ImageFolderDataModule
+from lightning_cnnviz.demo.models import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.demo.models import ImageClassifier
 
 
 class CnnvizCLI(LightningCLI):

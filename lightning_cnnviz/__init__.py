@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lightning_cnnviz.callbacks import (
         ActivationMonitor,
-        DeadFilterEvent,
         EmbeddingMonitor,
         FilterMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
     )
+    from lightning_cnnviz.core.alerts import DeadFilterEvent
     from lightning_cnnviz.sink import TensorBoardSink
 
 __version__ = "0.1.0"
@@ -41,7 +41,7 @@ __all__ = [
 
 _LAZY = {
     "ActivationMonitor": "lightning_cnnviz.callbacks",
-    "DeadFilterEvent": "lightning_cnnviz.callbacks",
+    "DeadFilterEvent": "lightning_cnnviz.core.alerts",
     "EmbeddingMonitor": "lightning_cnnviz.callbacks",
     "FilterMonitor": "lightning_cnnviz.callbacks",
     "SaliencyMonitor": "lightning_cnnviz.callbacks",

@@ -15,7 +15,7 @@ if [ ! -f "$VENV/.complete" ]; then
   "$PYTHON" -m venv "$VENV"
   # torch and torchvision first, pinned: on x86_64 with Python 3.11 these come from the machine's disk.
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" >&2
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[dev]" >&2
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[demo,dev]" >&2
   touch "$VENV/.complete"
 fi
 # Point the cached environment at this checkout (cheap; the clone may live elsewhere than last time).

@@ -101,7 +101,7 @@ def read_events(logdir: str | os.PathLike[str]) -> dict[str, Any]:
 
 @pytest.fixture
 def digits_data() -> Any:
-    from lightning_cnnviz.data import DigitsDataModule
+    from lightning_cnnviz.demo.data import DigitsDataModule
 
     data = DigitsDataModule(batch_size=64)
     data.setup()

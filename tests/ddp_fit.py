@@ -16,8 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
 from lightning_cnnviz.core import knn_accuracy, top_activations
-from lightning_cnnviz.data import DigitsDataModule
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.demo.data import DigitsDataModule
+from lightning_cnnviz.demo.models import ImageClassifier
 
 DEAD = [1, 4, 6]
 
@@ -33,6 +33,7 @@ def main() -> None:
         model.net.conv1.bias[DEAD] = -100.0
     activations = ActivationMonitor(every_n_steps=4, on_error="raise")
     embedding = EmbeddingMonitor(probe_size=60, every_n_epochs=1, on_error="raise")
+    saliency = SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise")
     patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
     trainer = pl.Trainer(
         strategy="ddp",
@@ -43,7 +44,7 @@ def main() -> None:
         callbacks=[
             FilterMonitor(on_error="raise"),
             activations,
-            SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise"),
+            saliency,
             patches,
             embedding,
         ],
@@ -76,18 +77,19 @@ def main() -> None:
         "global_step": trainer.global_step,
         "windows": activations._windows,
         "rate_history": activations._rate_history,
-        "last_dead": activations._last_dead,
+        "last_dead": activations.policy.last_dead,
         "alerts": activations.alerts,
         "pid": os.getpid(),
         "probe_is_first_val_images": bool(torch.equal(probe, data._val.tensors[0][: len(probe)])),
         "probe_size": len(probe),
         "top_equal_single_process": top_equal,
         "top_images": {name: top.images.tolist() for name, top in patches.last_top.items()},
-        "evolution_columns": len(patches.evolution_columns("net.conv1")),
+        "evolution_columns": len(patches.history.columns("net.conv1")),
         "embedding_probe_is_first_val": bool(
             torch.equal(embedding.probe_images, data._val.tensors[0][:60])
             and torch.equal(embedding.probe_labels, data._val.tensors[1][:60])
         ),
+        "saliency_probe": [saliency.probe_labels.tolist(), saliency.probe_images.sum().item()],
         "embedding_map_shape": None if embedding.last_map is None else list(embedding.last_map.shape),
         "embedding_knn": embedding.last_knn_accuracy,
         "embedding_knn_single_process": single_accuracy,

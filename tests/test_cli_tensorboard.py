@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT, read_events
 
 from lightning_cnnviz.core import find_relu_sites
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.demo.models import ImageClassifier
 
 
 @pytest.fixture(scope="module")

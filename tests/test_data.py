@@ -13,7 +13,7 @@ import torch
 from conftest import SHARED_DATA
 from PIL import Image
 
-from lightning_cnnviz.data import DigitsDataModule, IDXDataModule, ImageFolderDataModule, read_idx
+from lightning_cnnviz.demo.data import DigitsDataModule, IDXDataModule, ImageFolderDataModule, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

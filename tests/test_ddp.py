@@ -60,5 +60,8 @@ def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
     assert abs(ranks[0]["embedding_knn"] - ranks[0]["embedding_knn_single_process"]) < 1e-9
     assert [e.step for e in events["images"]["cnnviz/embedding/tsne"]] == [0, 1]
     assert [e.step for e in events["scalars"]["cnnviz/embedding/knn_accuracy"]] == [0, 1]
+    # saliency: one class-balanced probe, gathered from both ranks' candidates, the same on both ranks
+    assert ranks[0]["saliency_probe"] == ranks[1]["saliency_probe"]
+    assert sorted(ranks[0]["saliency_probe"][0]) == [0, 1, 2, 3]
     texts = events["text"]["cnnviz/alerts"]
     assert len(texts) == len(ranks[0]["alerts"])

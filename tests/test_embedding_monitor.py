@@ -114,7 +114,7 @@ def test_bad_configuration(tmp_path: Path, digits_data: Any) -> None:
 def test_grid_assignment_is_the_optimal_one_to_one_placement() -> None:
     import itertools
 
-    from lightning_cnnviz.core import grid_assignment
+    from lightning_cnnviz.core.render import grid_assignment
 
     points = torch.tensor([[0.1, 0.9], [0.8, 0.85], [0.2, 0.1], [0.95, 0.2], [0.5, 0.5]])
     chosen = grid_assignment(points, 2, 2).tolist()

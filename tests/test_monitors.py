@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lightning_cnnviz import ActivationMonitor, DeadFilterEvent, FilterMonitor
 from lightning_cnnviz.core import ActivationStats
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.demo.models import ImageClassifier
 
 SMALL = (8, 16, 16)
 DEAD = [1, 4, 6]  # of conv1's 8 channels: 37.5%, above the default 10% threshold
@@ -56,7 +56,7 @@ def test_forced_dead_channels_are_reported_exactly(tmp_path: Path, digits_data: 
     events = read_events(tmp_path)
     counts = dead_counts(events, first)
     assert counts and all(c == len(DEAD) for c in counts)
-    assert monitor._last_dead[first] == DEAD
+    assert monitor.policy.last_dead[first] == DEAD
     alert = monitor.alerts[0]
     assert alert["layer"] == first and alert["dead_channels"] == DEAD and alert["reason"] == "threshold"
     assert alert["learning_rate"] == pytest.approx(0.05)

@@ -13,10 +13,10 @@ from conftest import SHARED_DATA, make_trainer
 from torch import Tensor
 
 from lightning_cnnviz import ActivationMonitor
-from lightning_cnnviz.callbacks.saliency_monitor import select_balanced
+from lightning_cnnviz.callbacks._probe import select_balanced
 from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.data import IDXDataModule
-from lightning_cnnviz.models import ImageClassifier
+from lightning_cnnviz.demo.data import IDXDataModule
+from lightning_cnnviz.demo.models import ImageClassifier
 
 STEPS = 150
 
@@ -148,7 +148,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     """The demo CNN on the CIFAR-10 zip: the strongest first-layer projections go from noise to smooth structure."""
     from lightning_cnnviz import TopPatchMonitor
     from lightning_cnnviz.core import filter_smoothness
-    from lightning_cnnviz.data import ImageFolderDataModule
+    from lightning_cnnviz.demo.data import ImageFolderDataModule
 
     archive = SHARED_DATA / "cifar10" / "cifar10-jpg.zip"
     assert archive.is_file(), f"the shared real data must be beside the project: {archive} is missing"
@@ -160,7 +160,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     trainer.fit(model, datamodule=data)
     scores = [
         filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item()
-        for _, thumbnails in monitor.evolution_columns("net.conv1")
+        for _, thumbnails in monitor.history.columns("net.conv1")
     ]
     print(f"conv1 strongest-projection smoothness per epoch (40 steps each): {[round(s, 3) for s in scores]}")
     assert len(scores) == 6

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet18
 
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
-from lightning_cnnviz.models import resnet18_cifar
+from lightning_cnnviz.demo.models import resnet18_cifar
 
 
 def field(model: nn.Module, layer: str, size: int | tuple[int, int], channels: int = 3) -> ReceptiveField:

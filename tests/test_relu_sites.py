@@ -73,7 +73,7 @@ def test_nested_scopes_and_repeated_module_calls() -> None:
 
 
 def test_torchvision_resnet_block_relu_called_twice() -> None:
-    from lightning_cnnviz.models import resnet18_cifar
+    from lightning_cnnviz.demo.models import resnet18_cifar
 
     model = resnet18_cifar(3, 10)
     names = [s.name for s in find_relu_sites(model, torch.randn(1, 3, 32, 32))]

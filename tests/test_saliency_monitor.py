@@ -11,8 +11,8 @@ from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from test_monitors import assert_training_undisturbed, small_model
 
 from lightning_cnnviz import SaliencyMonitor
-from lightning_cnnviz.callbacks.saliency_monitor import select_balanced
-from lightning_cnnviz.core import SALIENCY_METHODS
+from lightning_cnnviz.callbacks._probe import select_balanced
+from lightning_cnnviz.core.saliency import SALIENCY_METHODS
 
 
 def test_every_method_is_logged_per_epoch_on_a_balanced_probe(tmp_path: Path, digits_data: Any) -> None:
@@ -20,10 +20,10 @@ def test_every_method_is_logged_per_epoch_on_a_balanced_probe(tmp_path: Path, di
     model = small_model()
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2, num_sanity_val_steps=1)
     trainer.fit(model, datamodule=digits_data)
-    assert monitor._probe_labels is not None and monitor._probe_labels.tolist() == list(range(10))
+    assert monitor.probe_labels is not None and monitor.probe_labels.tolist() == list(range(10))
     val_images = digits_data._val.tensors[0]
     first_of_each = [int((digits_data._val.tensors[1] == c).nonzero()[0]) for c in range(10)]
-    assert torch.equal(monitor._probe_images, val_images[first_of_each])  # fixed, from the validation data
+    assert torch.equal(monitor.probe_images, val_images[first_of_each])  # fixed, from the validation data
     events = read_events(tmp_path)
     for method in SALIENCY_METHODS:
         logged = events["images"][f"cnnviz/saliency/{method}"]
@@ -76,6 +76,6 @@ def test_without_validation_data_the_probe_comes_from_the_first_training_batches
     monitor = SaliencyMonitor(methods=("grad_cam",), num_images=8, on_error="raise")
     trainer = make_trainer(tmp_path, [monitor], limit_val_batches=0)
     trainer.fit(small_model(), train_dataloaders=loader)
-    assert monitor._probe_labels is not None and monitor._probe_labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
-    assert torch.equal(monitor._probe_images, images[:8])  # balanced from the first batch, no more copied
+    assert monitor.probe_labels is not None and monitor.probe_labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert torch.equal(monitor.probe_images, images[:8])  # balanced from the first batch, no more copied
     assert [e.step for e in read_events(tmp_path)["images"]["cnnviz/saliency/grad_cam"]] == [0]

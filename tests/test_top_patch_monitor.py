@@ -13,7 +13,7 @@ from test_monitors import SMALL, FailingModel, NoConv, assert_training_undisturb
 from lightning_cnnviz import TopPatchMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import default_channels, default_layers
 from lightning_cnnviz.core import top_activations
-from lightning_cnnviz.models import resnet18_cifar
+from lightning_cnnviz.demo.models import resnet18_cifar
 
 LAYERS = ["net.conv1", "net.conv2", "net.conv3"]
 
@@ -37,7 +37,7 @@ def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_da
         evolution = events["images"][f"cnnviz/evolution/{name}"]
         assert [e.step for e in evolution] == [0, 1, 2]
         assert evolution[0].width < evolution[1].width < evolution[2].width  # one column more per epoch
-        assert [caption for caption, _ in monitor.evolution_columns(name)] == ["ep 0", "ep 1", "ep 2"]
+        assert [caption for caption, _ in monitor.history.columns(name)] == ["ep 0", "ep 1", "ep 2"]
     assert monitor._channels["net.conv2"] == list(range(16))  # 16 channels: all of them
     assert hooks_left(model) == [] and global_state_clean()
 
@@ -56,13 +56,15 @@ def test_resume_continues_the_evolution(tmp_path: Path, digits_data: Any) -> Non
     trainer.save_checkpoint(checkpoint)
     saved = torch.load(checkpoint, weights_only=False)["callbacks"][first.state_key]
     assert [c for _, c, _ in saved["history"]["net.conv1"]["columns"]] == ["ep 0", "ep 1"]
+    assert first.probe_images is not None and torch.equal(saved["probe"]["images"], first.probe_images)
 
     second = TopPatchMonitor(layers="net.conv1", channels=[0, 3], probe_size=32)
     trainer = make_trainer(tmp_path / "two", [second], max_epochs=4)
     trainer.fit(small_model(), datamodule=digits_data, ckpt_path=str(checkpoint))
-    columns = second.evolution_columns("net.conv1")
+    columns = second.history.columns("net.conv1")
     assert [c for c, _ in columns] == ["ep 0", "ep 1", "ep 2", "ep 3"]
     assert all(torch.equal(a[1], b[2]) for a, b in zip(columns, saved["history"]["net.conv1"]["columns"]))
+    assert second.probe_images is not None and torch.equal(second.probe_images, first.probe_images)
     assert columns[0][1].dtype == torch.uint8 and columns[0][1].shape == (2, 3, 5, 5)  # conv1: 5x5 fields
 
 
@@ -70,14 +72,14 @@ def test_evolution_keeps_a_bounded_number_of_columns() -> None:
     monitor = TopPatchMonitor(max_evolution_columns=4)
     kept = []
     for epoch in range(9):
-        monitor._remember("layer", f"ep {epoch}", torch.full((1, 3, 2, 2), epoch / 10))
-        kept.append([caption for caption, _ in monitor.evolution_columns("layer")])
+        monitor.history.add("layer", f"ep {epoch}", torch.full((1, 3, 2, 2), epoch / 10))
+        kept.append([caption for caption, _ in monitor.history.columns("layer")])
     assert kept[3] == ["ep 0", "ep 1", "ep 2", "ep 3"]
     assert kept[4] == ["ep 0", "ep 2", "ep 4"]  # full: every second epoch
     assert kept[6] == ["ep 0", "ep 2", "ep 4", "ep 6"]
     assert kept[7] == ["ep 0", "ep 4", "ep 7"]  # every fourth, and the latest
     assert kept[8] == ["ep 0", "ep 4", "ep 8"]
-    assert monitor.evolution_columns("layer")[-1][1][0, 0, 0, 0].item() == round(0.8 * 255)
+    assert monitor.history.columns("layer")[-1][1][0, 0, 0, 0].item() == round(0.8 * 255)
 
 
 def test_without_validation_data_the_probe_comes_from_the_first_training_batches(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from lightning_cnnviz.core.top_patches import (
     project_activations_rules,
     top_activations,
 )
-from lightning_cnnviz.models import SmallCNN, resnet18_cifar
+from lightning_cnnviz.demo.models import SmallCNN, resnet18_cifar
 
 STYLES = ["module", "inplace", "functional"]
 

@@ -1,6 +1,6 @@
 """Thin Lightning adapters over :mod:`lightning_cnnviz.core`, one monitor per file."""
 
-from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor, DeadFilterEvent
+from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import EmbeddingMonitor
 from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
 from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
@@ -8,7 +8,6 @@ from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
 __all__ = [
     "ActivationMonitor",
-    "DeadFilterEvent",
     "EmbeddingMonitor",
     "FilterMonitor",
     "SaliencyMonitor",

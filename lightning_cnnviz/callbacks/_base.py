@@ -1,35 +1,25 @@
-"""What every monitor shares: argument checks, error policy, cadence, the sink, cleanup."""
+"""Private to the callbacks: what every monitor shares (argument checks, error policy, the sink, cleanup) and
+the epoch cadence with its optional probe set."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.core.images import images_from_batch, labels_from_batch
-from lightning_cnnviz.core.layers import conv_layers
+from lightning_cnnviz.callbacks._probe import ProbeSet
+from lightning_cnnviz.core._model import conv_layers
 from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
 
 ErrorPolicy = Literal["warn", "raise"]
 T = TypeVar("T")
 
-__all__ = [
-    "EpochMonitorBase",
-    "ErrorPolicy",
-    "MonitorBase",
-    "OrderedProbeMonitorBase",
-    "ProbeMonitorBase",
-    "check_choice",
-    "check_positive_int",
-    "gather_interleaved",
-]
+__all__ = ["EpochMonitor", "ErrorPolicy", "Monitor", "check_choice", "check_positive_int"]
 
 
 def check_positive_int(who: str, argument: str, value: Any) -> int:
@@ -44,7 +34,7 @@ def check_choice(who: str, argument: str, value: Any, allowed: tuple[Any, ...]) 
     return value
 
 
-class MonitorBase(Callback):
+class Monitor(Callback):
     """Base of the monitors: the ``on_error`` policy, the TensorBoard sink, and cleanup on every exit path.
 
     Errors raised by visualization work are reported once with ``rank_zero_warn`` and switch that piece off
@@ -107,13 +97,31 @@ class MonitorBase(Callback):
         self._sink = None
 
 
-class EpochMonitorBase(MonitorBase):
-    """A monitor that logs every ``every_n_epochs`` training epochs and once more for the final state."""
+class EpochMonitor(Monitor):
+    """A monitor that logs every ``every_n_epochs`` training epochs and once more for the final state; with a
+    :class:`~lightning_cnnviz.callbacks._probe.ProbeSet` (``self.probe``), it feeds it the batches it needs."""
 
-    def __init__(self, every_n_epochs: int = 1, on_error: ErrorPolicy = "warn") -> None:
+    def __init__(self, every_n_epochs: int = 1, on_error: ErrorPolicy = "warn", probe: ProbeSet | None = None) -> None:
         super().__init__(on_error=on_error)
         self.every_n_epochs = check_positive_int(self._who, "every_n_epochs", every_n_epochs)
+        self.probe = probe
         self._last_logged_step: int | None = None
+
+    @property
+    def probe_images(self) -> Tensor | None:
+        """The fixed probe set (on the host), once chosen."""
+        return None if self.probe is None else self.probe.images
+
+    @property
+    def probe_labels(self) -> Tensor | None:
+        """The probe set's labels (on the host), when the batches carry them."""
+        return None if self.probe is None else self.probe.labels
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_model(pl_module)
+        if stage == "fit" and self.probe is not None:  # chosen once per fit, from that fit's data
+            self.probe.reset()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -124,6 +132,8 @@ class EpochMonitorBase(MonitorBase):
 
     def _log_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_logged_step = trainer.global_step
+        if self.probe is not None:
+            self.probe.finish(trainer)  # every rank, before any rank-zero-only work: a collective under DDP
         self._log(trainer, pl_module)
 
     @override
@@ -141,123 +151,35 @@ class EpochMonitorBase(MonitorBase):
         if self._last_logged_step != trainer.global_step:
             self._log_now(trainer, pl_module)
 
-
-class ProbeMonitorBase(EpochMonitorBase):
-    """An epoch monitor with a fixed probe set from the validation data, or, in a run without validation
-    data, from the first training batches (``self._probe_from_training`` says which, from ``on_train_start``)."""
-
-    def __init__(self, every_n_epochs: int = 1, on_error: ErrorPolicy = "warn") -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
-        self._probe_from_training = False
-
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._probe_from_training = not any(trainer.num_val_batches)
-
-
-def gather_interleaved(trainer: pl.Trainer, local: Tensor, counts: Tensor) -> Tensor:
-    """All ranks' ``local`` rows (rank ``r`` holds ``counts[r]`` of them) in the order of a distributed sampler
-    without shuffling: row 0 of rank 0, row 0 of rank 1, ..., row 1 of rank 0, ... A collective; returned on
-    the host."""
-    quota = int(counts.max())
-    padded = local.new_zeros((quota, *local.shape[1:]))
-    padded[: len(local)] = local
-    everything = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()  # (W, quota, ...)
-    keep = torch.arange(quota)[:, None] < counts.cpu()[None, :]  # (quota, W)
-    return everything.transpose(0, 1)[keep]
-
-
-class OrderedProbeMonitorBase(ProbeMonitorBase):
-    """Probe = the first ``probe_size`` images (and labels, when batches have them) of the first validation pass
-    (the sanity check excluded), in the validation order; without validation data, of the first training
-    batches. Under DDP every rank keeps ``ceil(probe_size / world_size)`` of its own batches and the parts are
-    gathered in the distributed sampler's interleaved order, so every rank holds the same probe set, the one a
-    single process would take."""
-
-    def __init__(
-        self,
-        probe_size: int,
-        batch_to_images: Callable[[Any], Tensor] | None = None,
-        every_n_epochs: int = 1,
-        on_error: ErrorPolicy = "warn",
-    ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
-        self.probe_size = check_positive_int(self._who, "probe_size", probe_size)
-        self.batch_to_images = batch_to_images
-        self._reset_probe()
-
-    def _reset_probe(self) -> None:
-        self._collected: list[tuple[Tensor, Tensor | None]] = []
-        self._probe: Tensor | None = None
-        self._probe_labels: Tensor | None = None
-
-    @property
-    def probe_images(self) -> Tensor | None:
-        """The fixed probe set (on the host), once chosen."""
-        return self._probe
-
-    @property
-    def probe_labels(self) -> Tensor | None:
-        """The probe set's labels (on the host), when the batches carry them."""
-        return self._probe_labels
-
-    def _quota(self, trainer: pl.Trainer) -> int:
-        return math.ceil(self.probe_size / max(1, trainer.world_size))
-
-    def _offer(self, trainer: pl.Trainer, batch: Any) -> None:
-        have = sum(len(images) for images, _ in self._collected)
-        if self._probe is not None or have >= self._quota(trainer):
-            return
-        images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
-        take = self._quota(trainer) - have
-        labels = labels_from_batch(batch, images)
-        self._collected.append(
-            (images[:take].detach().cpu(), None if labels is None else labels[:take].detach().cpu().long())
-        )
-
-    def _finish_probe(self, trainer: pl.Trainer) -> None:
-        """Fix the probe set. A collective under DDP: every rank calls it at the same point."""
-        if self._probe is not None:
-            return
-        images = torch.cat([i for i, _ in self._collected]) if self._collected else None
-        with_labels = bool(self._collected) and all(labels is not None for _, labels in self._collected)
-        labels = torch.cat([lab for _, lab in self._collected if lab is not None]) if with_labels else None
-        if trainer.world_size > 1:
-            device = trainer.strategy.root_device
-            count = torch.tensor([0 if images is None else len(images)], device=device)
-            counts = trainer.strategy.all_gather(count).view(-1).cpu()
-            if int(counts.max()) == 0:
-                return
-            if images is None:
-                raise RuntimeError(f"{self._who}: a rank collected no probe images while others did")
-            images = gather_interleaved(trainer, images, counts)
-            has_labels = trainer.strategy.all_gather(torch.tensor([int(labels is not None)], device=device))
-            if int(has_labels.min()) == 1:
-                assert labels is not None
-                labels = gather_interleaved(trainer, labels, counts)
-            else:
-                labels = None
-        if images is None or len(images) == 0:
-            return
-        self._probe = images[: self.probe_size].contiguous()
-        self._probe_labels = None if labels is None else labels[: self.probe_size].contiguous()
-        self._collected = []
-
-    @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if not trainer.sanity_checking and dataloader_idx == 0:
-            self._offer(trainer, batch)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._finish_probe(trainer)
+        if self.probe is not None:
+            self.probe.start(trainer)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._probe_from_training:
-            self._offer(trainer, batch)
+        if self.probe is not None and self.probe.from_training:
+            self.probe.offer(trainer, batch)
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.probe is not None and not trainer.sanity_checking and dataloader_idx == 0:
+            self.probe.offer(trainer, batch)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.probe is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.probe.finish(trainer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe": self.probe.state_dict()} if self.probe is not None else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.probe is not None:
+            self.probe.load_state_dict(state_dict.get("probe", {}))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -13,56 +12,20 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import MonitorBase, check_positive_int
-from lightning_cnnviz.core.images import images_from_batch
-from lightning_cnnviz.core.layers import format_names
-from lightning_cnnviz.core.relu_sites import RELU_MODULE_TYPES, ReluSite, find_relu_sites, tap_relus
+from lightning_cnnviz.callbacks._base import Monitor, check_positive_int
+from lightning_cnnviz.core._images import images_from_batch
+from lightning_cnnviz.core._model import format_names
+from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
+from lightning_cnnviz.core.relu_sites import RELU_MODULE_TYPES, ReluSite, find_relu_sites, site_scope, tap_relus
 from lightning_cnnviz.core.render import dead_filter_map
 from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary
 
-__all__ = ["ActivationMonitor", "DeadFilterEvent"]
+__all__ = ["ActivationMonitor"]
 
 DeadPolicy = Literal["warn", "stop"] | Callable[["DeadFilterEvent"], Any]
 
 
-@dataclass(frozen=True)
-class DeadFilterEvent:
-    """What an alert knows about filters dying in one layer.
-
-    Attributes:
-        layer: activation name (see :func:`lightning_cnnviz.core.find_relu_sites`).
-        reason: ``"threshold"`` (the dead fraction reached ``dead_fraction_threshold``) or ``"growth"``
-            (channels died since the previous window).
-        dead_channels: every channel dead in this window.
-        new_dead_channels: channels dead now that were alive in the previous window.
-        num_channels: channels of the layer.
-        dead_fraction: ``len(dead_channels) / num_channels``.
-        threshold: the configured ``dead_fraction_threshold``.
-        global_step: trainer step at the end of the window.
-        epoch: trainer epoch.
-        window_steps: training steps in the window.
-        learning_rate: the first optimizer's first parameter group's learning rate, if any.
-        message: the alert text.
-    """
-
-    layer: str
-    reason: Literal["threshold", "growth"]
-    dead_channels: list[int]
-    new_dead_channels: list[int]
-    num_channels: int
-    dead_fraction: float
-    threshold: float
-    global_step: int
-    epoch: int
-    window_steps: int
-    learning_rate: float | None
-    message: str
-
-
-_FUNCTIONAL_NAME = re.compile(r"^(?:(?P<scope>.+)\.)?(?P<fn>relu6?)(?:\(\))?(?:#\d+)?$")
-
-
-class ActivationMonitor(MonitorBase):
+class ActivationMonitor(Monitor):
     """Watches every ReLU-family activation of the live network on training batches; alerts when filters die.
 
     Statistics are collected during the real training forward passes (no extra forward), accumulated on the
@@ -85,9 +48,9 @@ class ActivationMonitor(MonitorBase):
     can only be checked against a forward pass are checked there; with ``example_input_array`` set on the
     LightningModule, everything is checked at ``setup``.
 
-    Alerts: a layer alerts when its dead fraction reaches ``dead_fraction_threshold`` (once per crossing),
-    and, with ``alert_on_growth``, again whenever more of its channels die while it is at or above the
-    threshold (channels dead now that were alive in the previous window). Each alert is one rank-zero
+    Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): a layer alerts when its dead fraction reaches
+    ``dead_fraction_threshold`` (once per crossing), and, with ``alert_on_growth``, again whenever more of its
+    channels die while it is at or above the threshold. Each alert is one rank-zero
     warning and one ``cnnviz/alerts`` entry naming layer, count, channels and learning rate. Then
     ``on_dead`` decides: ``"warn"`` (nothing more), ``"stop"`` (``trainer.should_stop = True`` on every
     rank), or a callable that receives a :class:`DeadFilterEvent` (called on rank zero).
@@ -143,6 +106,7 @@ class ActivationMonitor(MonitorBase):
             )
         self.dead_fraction_threshold = float(dead_fraction_threshold)
         self.alert_on_growth = bool(alert_on_growth)
+        self.policy = DeadFilterAlerts(self.dead_fraction_threshold, self.alert_on_growth)
         if not (on_dead in ("warn", "stop") or callable(on_dead)):
             raise ValueError(
                 f"{who}: `on_dead` can be 'warn', 'stop' or a callable taking a DeadFilterEvent, got {on_dead!r}."
@@ -163,8 +127,6 @@ class ActivationMonitor(MonitorBase):
         # history, kept in state_dict
         self._windows = 0
         self._rate_history: dict[str, list[list[float]]] = {}
-        self._last_dead: dict[str, list[int]] = {}
-        self._over_threshold: dict[str, bool] = {}
         self._alerts: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ state
@@ -178,8 +140,7 @@ class ActivationMonitor(MonitorBase):
         return {
             "windows": self._windows,
             "rate_history": {k: [list(r) for r in v] for k, v in self._rate_history.items()},
-            "last_dead": {k: list(v) for k, v in self._last_dead.items()},
-            "over_threshold": dict(self._over_threshold),
+            **self.policy.state_dict(),
             "alerts": list(self._alerts),
         }
 
@@ -187,8 +148,7 @@ class ActivationMonitor(MonitorBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._windows = int(state_dict.get("windows", 0))
         self._rate_history = {k: [list(r) for r in v] for k, v in state_dict.get("rate_history", {}).items()}
-        self._last_dead = {k: list(v) for k, v in state_dict.get("last_dead", {}).items()}
-        self._over_threshold = dict(state_dict.get("over_threshold", {}))
+        self.policy.load_state_dict(state_dict)
         self._alerts = list(state_dict.get("alerts", []))
 
     @property
@@ -210,26 +170,22 @@ class ActivationMonitor(MonitorBase):
 
     def _check_names_without_forward(self, pl_module: pl.LightningModule) -> None:
         modules = dict(pl_module.named_modules())
-        relu_modules = [n for n, m in modules.items() if isinstance(m, RELU_MODULE_TYPES)]
+        relu_modules = format_names([n for n, m in modules.items() if isinstance(m, RELU_MODULE_TYPES)]) or "none"
         for name in self.layers or []:
-            base = name.split("#", 1)[0]
-            if base in modules:
-                if isinstance(modules[base], RELU_MODULE_TYPES):
-                    continue
+            module = modules.get(name.split("#", 1)[0])
+            if module is not None and not isinstance(module, RELU_MODULE_TYPES):
                 raise ValueError(
-                    f"ActivationMonitor `layers`: {name!r} is a {type(modules[base]).__name__}, not a ReLU-family "
-                    f"activation. ReLU modules of this model: {format_names(relu_modules) or 'none'}; functional "
-                    "calls are named '<module>.relu' after the module whose forward makes them."
+                    f"ActivationMonitor `layers`: {name!r} is a {type(module).__name__}, not a ReLU-family "
+                    f"activation. ReLU modules of this model: {relu_modules}; functional calls are named "
+                    "'<module>.relu' after the module whose forward makes them."
                 )
-            match = _FUNCTIONAL_NAME.match(name)
-            if match and (match.group("scope") or "") in modules:
-                continue  # checked against the real calls on the first batch
-            raise ValueError(
-                f"ActivationMonitor `layers`: no activation named {name!r}. ReLU modules of this model: "
-                f"{format_names(relu_modules) or 'none'}; functional calls (F.relu, torch.relu, x.relu()) are "
-                "named '<module>.relu' after the module whose forward makes them ('relu' for the model's own "
-                "forward), '#2', '#3' marking repeated calls."
-            )
+            if site_scope(pl_module, name) is None:  # a functional site's calls are checked on the first batch
+                raise ValueError(
+                    f"ActivationMonitor `layers`: no activation named {name!r}. ReLU modules of this model: "
+                    f"{relu_modules}; functional calls (F.relu, torch.relu, x.relu()) are named '<module>.relu' "
+                    "after the module whose forward makes them ('relu' for the model's own forward), '#2', '#3' "
+                    "marking repeated calls."
+                )
 
     def _discover(self, pl_module: pl.LightningModule, images: Tensor) -> None:
         try:
@@ -342,7 +298,18 @@ class ActivationMonitor(MonitorBase):
             history.append(layer.firing_rate.tolist())
             del history[: -self.max_map_windows]
         self._run("activation scalars", self._log_window, trainer, summary)
-        events = self._run("dead-filter alerts", self._check_alerts, trainer, summary) or []
+        events = (
+            self._run(
+                "dead-filter alerts",
+                lambda: self.policy.check(
+                    summary,
+                    global_step=trainer.global_step,
+                    epoch=trainer.current_epoch,
+                    learning_rate=_learning_rate(trainer),
+                ),
+            )
+            or []
+        )
         if events:
             self._run("dead map", self._log_dead_maps, trainer)
             self._act_on(trainer, events)
@@ -370,55 +337,6 @@ class ActivationMonitor(MonitorBase):
                 rates = torch.tensor(history, dtype=torch.float32).T  # (channels, windows)
                 sink.image(f"cnnviz/activations/dead_map/{name}", dead_filter_map(rates), trainer.global_step)
 
-    def _check_alerts(self, trainer: pl.Trainer, summary: ActivationSummary) -> list[DeadFilterEvent]:
-        events: list[DeadFilterEvent] = []
-        learning_rate = _learning_rate(trainer)
-        for name, layer in summary.layers.items():
-            dead = layer.dead_channels
-            fraction = layer.dead_fraction
-            previous = self._last_dead.get(name)
-            over = fraction > 0 and fraction >= self.dead_fraction_threshold
-            crossed = over and not self._over_threshold.get(name, False)
-            new_dead = sorted(set(dead) - set(previous)) if previous is not None else []
-            # Growth alerts only once the layer is at the threshold: a lone channel flickering in and out of
-            # a window in a healthy layer is not news; more filters dying in a layer that is already
-            # losing them is.
-            grew = self.alert_on_growth and over and bool(new_dead)
-            self._over_threshold[name] = over
-            self._last_dead[name] = dead
-            if not (crossed or grew):
-                continue
-            reason: Literal["threshold", "growth"] = "threshold" if crossed else "growth"
-            message = _alert_message(
-                name,
-                layer.num_channels,
-                dead,
-                new_dead,
-                fraction,
-                self.dead_fraction_threshold,
-                reason,
-                summary.steps,
-                learning_rate,
-                trainer.global_step,
-            )
-            events.append(
-                DeadFilterEvent(
-                    layer=name,
-                    reason=reason,
-                    dead_channels=dead,
-                    new_dead_channels=new_dead,
-                    num_channels=layer.num_channels,
-                    dead_fraction=fraction,
-                    threshold=self.dead_fraction_threshold,
-                    global_step=trainer.global_step,
-                    epoch=trainer.current_epoch,
-                    window_steps=summary.steps,
-                    learning_rate=learning_rate,
-                    message=message,
-                )
-            )
-        return events
-
     def _act_on(self, trainer: pl.Trainer, events: list[DeadFilterEvent]) -> None:
         sink = self._sink_for(trainer)
         for event in events:
@@ -442,30 +360,3 @@ def _learning_rate(trainer: pl.Trainer) -> float | None:
         return float(trainer.optimizers[0].param_groups[0]["lr"])
     except (IndexError, KeyError, AttributeError, TypeError):
         return None
-
-
-def _alert_message(
-    layer: str,
-    num_channels: int,
-    dead: list[int],
-    new_dead: list[int],
-    fraction: float,
-    threshold: float,
-    reason: str,
-    window_steps: int,
-    learning_rate: float | None,
-    global_step: int,
-) -> str:
-    shown = ", ".join(map(str, dead[:64])) + (f", ... ({len(dead) - 64} more)" if len(dead) > 64 else "")
-    why = (
-        f"the dead fraction reached the threshold {threshold:.0%}"
-        if reason == "threshold"
-        else f"{len(new_dead)} channel(s) died since the previous window: {new_dead[:32]}"
-    )
-    lr_text = f"{learning_rate:g}" if learning_rate is not None else "unknown"
-    return (
-        f"ActivationMonitor: {len(dead)} of {num_channels} filters ({fraction:.1%}) of layer '{layer}' are dead "
-        f"at step {global_step}: they never fired (> 0) on any input of the last {window_steps} training "
-        f"step(s) ({why}). Dead channels: [{shown}]. Current learning rate: {lr_text}. A too-high learning "
-        "rate is a common cause of dying ReLUs: consider lowering it or adding warm-up."
-    )

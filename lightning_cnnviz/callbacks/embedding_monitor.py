@@ -12,17 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import (
-    ErrorPolicy,
-    OrderedProbeMonitorBase,
-    check_positive_int,
-    gather_interleaved,
-)
+from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_positive_int
+from lightning_cnnviz.callbacks._probe import ProbeSet, gather_interleaved
+from lightning_cnnviz.core._model import class_name, evaluating, resolve_modules, run_to
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
-from lightning_cnnviz.core.layers import resolve_modules
-from lightning_cnnviz.core.relu_sites import restore_training_flags
-from lightning_cnnviz.core.render import _to_display, render_scatter, render_thumbnail_grid
-from lightning_cnnviz.core.top_patches import _StopForward
+from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
 
 __all__ = ["EmbeddingMonitor", "penultimate_layer"]
 
@@ -40,7 +34,7 @@ def penultimate_layer(model: nn.Module) -> str:
     return linears[-1]
 
 
-class EmbeddingMonitor(OrderedProbeMonitorBase):
+class EmbeddingMonitor(EpochMonitor):
     """t-SNE maps of the penultimate-layer codes of a fixed probe set, every ``every_n_epochs`` epochs.
 
     Writes ``cnnviz/embedding/tsne`` (the map as a class-coloured scatter), ``cnnviz/embedding/grid`` (the probe
@@ -57,7 +51,7 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
     exaggeration). The previous map is in the callback's ``state_dict``.
 
     The probe set: the first ``probe_size`` images and labels of the first validation pass, in order (see
-    :class:`~lightning_cnnviz.callbacks._base.OrderedProbeMonitorBase`). Under DDP every rank computes the codes
+    :class:`~lightning_cnnviz.callbacks._probe.ProbeSet`). Under DDP every rank computes the codes
     of its shard of the probe, the codes are gathered, and rank zero runs the t-SNE and draws.
 
     Args:
@@ -94,7 +88,11 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        super().__init__(probe_size, batch_to_images, every_n_epochs=every_n_epochs, on_error=on_error)
+        probe_size = check_positive_int("EmbeddingMonitor", "probe_size", probe_size)
+        probe = ProbeSet("EmbeddingMonitor", probe_size, batch_to_images=batch_to_images)
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, probe=probe)
+        self.probe: ProbeSet = probe
+        self.probe_size = probe_size
         if not (isinstance(perplexity, (int, float)) and perplexity > 0):
             raise ValueError(f"EmbeddingMonitor: `perplexity` must be a positive number, got {perplexity!r}.")
         self.perplexity = float(perplexity)
@@ -118,56 +116,34 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_model(pl_module)
+        super().setup(trainer, pl_module, stage)
         if self.layer is None:
             self._layer_name = penultimate_layer(pl_module)
         else:
             resolve_modules(pl_module, [self.layer], what="EmbeddingMonitor `layer`")
             self._layer_name = self.layer
-        if stage == "fit":
-            self._reset_probe()
 
     # ------------------------------------------------------------------ codes
     def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
         """The codes of ``images`` (N, D) on the model's device: eval mode, no gradient, each forward stopped
         as soon as the code is known."""
         assert self._layer_name is not None
-        module = dict(pl_module.named_modules())[self._layer_name]
-        found: list[Tensor] = []
+        parts: list[Tensor] = []
 
-        def take(value: Tensor) -> None:
-            if value.dim() == 4:
-                value = value.mean(dim=(2, 3))
-            found.append(value.detach().flatten(1).float())
-            raise _StopForward
+        def take(name: str, value: Tensor) -> None:
+            parts.append((value.mean(dim=(2, 3)) if value.dim() == 4 else value).detach().flatten(1).float())
 
-        if self.layer is None:
-            handle = module.register_forward_pre_hook(lambda m, args: take(args[0]))
-        else:
-            handle = module.register_forward_hook(lambda m, args, output: take(output))
-        parts = []
-        try:
-            with restore_training_flags(pl_module), torch.no_grad():
-                pl_module.eval()
-                for chunk in images.split(max_batch):
-                    found.clear()
-                    try:
-                        pl_module(chunk)
-                    except _StopForward:
-                        pass
-                    if not found:
-                        raise ValueError(f"EmbeddingMonitor: {self._layer_name!r} is never called by forward")
-                    parts.append(found[0])
-        finally:
-            handle.remove()
+        with evaluating(pl_module):
+            for chunk in images.split(max_batch):
+                run_to(pl_module, chunk, [self._layer_name], take, take_input=self.layer is None)
         return torch.cat(parts)
 
     def _gather_codes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
         """Every rank codes its shard; the codes come back in probe order on every rank. A collective."""
-        assert self._probe is not None
-        rank, world = trainer.global_rank, trainer.world_size
-        device = pl_module.device
-        local = self._run("embedding codes", self.codes, pl_module, self._probe[rank::world].to(device))
+        assert self.probe.images is not None
+        world, device = trainer.world_size, pl_module.device
+        shard, _ = self.probe.shard(trainer.global_rank, world)
+        local = self._run("embedding codes", self.codes, pl_module, shard.to(device))
         if world == 1:
             return local
         ok = torch.tensor([0 if local is None else 1], device=device)
@@ -176,7 +152,7 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
         if int(oks.min()) == 0 or int(widths.min()) != int(widths.max()):
             return None
         assert local is not None
-        counts = torch.tensor([len(range(r, len(self._probe), world)) for r in range(world)])
+        counts = torch.tensor([len(range(r, len(self.probe.images), world)) for r in range(world)])
         return gather_interleaved(trainer, local, counts).to(device)
 
     # ------------------------------------------------------------------ drawing
@@ -198,14 +174,13 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
         return embedding
 
     def _thumbnails(self, count: int) -> Tensor:
-        assert self._probe is not None
-        side = max(4, min(self._probe.shape[-1], 64, _SPRITE_PX // math.ceil(math.sqrt(count))))
-        shown = _to_display(self._probe.float())
+        assert self.probe.images is not None
+        side = max(4, min(self.probe.images.shape[-1], 64, _SPRITE_PX // math.ceil(math.sqrt(count))))
+        shown = display_rgb(self.probe.images.float())
         return F.interpolate(shown, size=(side, side), mode="area" if shown.shape[-1] > side else "nearest")
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish_probe(trainer)  # every rank, before the sink check: a collective under DDP
-        if self._probe is None or len(self._probe) <= max(3, self.knn_k):
+        if self.probe.images is None or len(self.probe.images) <= max(3, self.knn_k):
             return
         codes = self._gather_codes(trainer, pl_module)
         if codes is None:
@@ -214,7 +189,7 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
         if not sink.active:
             return
         epoch = trainer.current_epoch
-        labels = self._probe_labels
+        labels = self.probe.labels
         if labels is not None:
             accuracy = self._run("embedding knn accuracy", knn_accuracy, codes, labels, self.knn_k)
             if accuracy is not None:
@@ -227,11 +202,11 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
         self._previous = self.last_map = embedding
 
         def draw() -> None:
-            assert self._probe is not None
+            assert self.probe.images is not None
             title = f"epoch {epoch}: t-SNE of {self._layer_name_label()} codes, {len(codes)} probe images"
             scatter = render_scatter(embedding, labels, self.class_names, title=title)
             sink.image("cnnviz/embedding/tsne", scatter, epoch)
-            grid = render_thumbnail_grid(embedding, self._probe, cells=self.grid_cells, cell_px=self.cell_px)
+            grid = render_thumbnail_grid(embedding, self.probe.images, cells=self.grid_cells, cell_px=self.cell_px)
             sink.image("cnnviz/embedding/grid", grid, epoch)
 
         self._run("embedding images", draw)
@@ -242,18 +217,16 @@ class EmbeddingMonitor(OrderedProbeMonitorBase):
         return f"{self._layer_name} input" if self.layer is None else str(self._layer_name)
 
     def _write_projector(self, sink: Any, codes: Tensor, labels: Tensor | None, epoch: int) -> None:
-        names = self.class_names
-        metadata = None
-        if labels is not None:
-            metadata = [names[v] if names is not None and 0 <= v < len(names) else str(v) for v in labels.tolist()]
+        metadata = None if labels is None else [class_name(v, self.class_names) for v in labels.tolist()]
         sink.embedding("cnnviz/embedding", codes, epoch, metadata=metadata, thumbnails=self._thumbnails(len(codes)))
 
     # ------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"previous": None if self._previous is None else self._previous.clone()}
+        return {**super().state_dict(), "previous": None if self._previous is None else self._previous.clone()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         previous = state_dict.get("previous")
         self._previous = None if previous is None else previous.float().cpu()

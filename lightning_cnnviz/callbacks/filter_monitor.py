@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitorBase, ErrorPolicy, check_choice, check_positive_int
+from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_choice, check_positive_int
+from lightning_cnnviz.core._model import first_conv, resolve_modules
 from lightning_cnnviz.core.filters import Normalization, filter_smoothness, render_filter_grid
-from lightning_cnnviz.core.layers import first_conv, resolve_modules
 
 __all__ = ["FilterMonitor"]
 
 
-class FilterMonitor(EpochMonitorBase):
+class FilterMonitor(EpochMonitor):
     """Logs conv filters as an image grid and their smoothness, every ``every_n_epochs`` epochs.
 
     CS231n, "Visualizing what ConvNets learn": the first layer's filters of a well-trained net are smooth

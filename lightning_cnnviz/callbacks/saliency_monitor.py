@@ -10,40 +10,19 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy, ProbeMonitorBase, check_positive_int
+from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_positive_int
+from lightning_cnnviz.callbacks._probe import ProbeSet
 from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.core.images import annotate, images_from_batch, labels_from_batch
-from lightning_cnnviz.core.layers import resolve_modules
-from lightning_cnnviz.core.relu_sites import restore_training_flags
+from lightning_cnnviz.core._images import annotate
+from lightning_cnnviz.core._model import class_name, evaluating, resolve_modules
 from lightning_cnnviz.core.render import render_saliency
 
-__all__ = ["SaliencyMonitor", "label_rows", "select_balanced"]
+__all__ = ["SaliencyMonitor"]
 
 DEFAULT_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
 
 
-def select_balanced(labels: Tensor, count: int) -> list[int]:
-    """Indices of ``count`` items, round-robin over the classes in label order (first of each class, then the
-    second, ...), so every class is represented as evenly as the data allows. Deterministic."""
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels.tolist()):
-        by_class.setdefault(int(label), []).append(index)
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < count and any(depth < len(v) for v in by_class.values()):
-        for label in sorted(by_class):
-            if depth < len(by_class[label]) and len(chosen) < count:
-                chosen.append(by_class[label][depth])
-        depth += 1
-    return chosen
-
-
-def label_rows(grid: Tensor, captions: Sequence[str], row_height: int) -> Tensor:
-    """Write one caption at the top-left of each row of ``grid`` (3, H, W), white on a dark box."""
-    return annotate(grid, [(1, row * row_height, caption) for row, caption in enumerate(captions)])
-
-
-class SaliencyMonitor(ProbeMonitorBase):
+class SaliencyMonitor(EpochMonitor):
     """Saliency maps of a fixed probe set, one TensorBoard image per method: ``cnnviz/saliency/<method>``.
 
     Methods (see :mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013),
@@ -94,7 +73,6 @@ class SaliencyMonitor(ProbeMonitorBase):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
         if isinstance(methods, str):
             methods = (methods,)
         unknown = [m for m in methods if m not in S.SALIENCY_METHODS]
@@ -104,7 +82,12 @@ class SaliencyMonitor(ProbeMonitorBase):
                 f"{', '.join(map(repr, S.SALIENCY_METHODS))}."
             )
         self.methods = tuple(methods)
-        self.num_images = check_positive_int(self._who, "num_images", num_images)
+        num_images = check_positive_int("SaliencyMonitor", "num_images", num_images)
+        labels = target == "true"
+        probe = ProbeSet("SaliencyMonitor", num_images, balanced=True, require_labels=labels)
+        probe.batch_to_images = batch_to_images
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, probe=probe)
+        self.num_images = num_images
         if not (target in ("true", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
             raise ValueError(f"SaliencyMonitor: `target` can be 'true', 'predicted' or a class index, got {target!r}.")
         self.target = target
@@ -115,10 +98,7 @@ class SaliencyMonitor(ProbeMonitorBase):
         self.grad_cam_layer = grad_cam_layer
         self.class_names = list(class_names) if class_names is not None else None
         self.seed = seed
-        self.batch_to_images = batch_to_images
-        self._probe_images: Tensor | None = None
-        self._probe_labels: Tensor | None = None
-        self._candidates: dict[str, dict[int, list[Tensor]]] = {"val": {}, "train": {}}
+        self.probe: ProbeSet = probe
 
     @property
     @override
@@ -127,85 +107,21 @@ class SaliencyMonitor(ProbeMonitorBase):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_model(pl_module)
-        if stage == "fit":  # the probe is chosen once per fit, from that fit's validation data
-            self._probe_images, self._probe_labels = None, None
-            self._candidates = {"val": {}, "train": {}}
+        super().setup(trainer, pl_module, stage)
         if self.grad_cam_layer is not None:
             resolve_modules(
                 pl_module, [self.grad_cam_layer], what="SaliencyMonitor `grad_cam_layer`", kinds=(torch.nn.Conv2d,)
             )
 
-    # ------------------------------------------------------------------ probe set
-    def _offer(self, batch: Any, source: str) -> None:
-        """Keep what the round-robin choice can still pick: per class (lowest labels first), at most as many
-        images as a balanced probe needs, so memory stays near ``2 * num_images`` images for any dataset."""
-        if self._probe_images is not None:
-            return
-        images = images_from_batch(batch, who=self._who, batch_to_images=self.batch_to_images)
-        labels = labels_from_batch(batch, images)
-        if labels is None and self.target == "true":
-            raise TypeError(
-                "SaliencyMonitor: target='true' needs (images, labels) batches; got no label tensor of shape "
-                f"({images.shape[0]},). Use target='predicted' or a class index."
-            )
-        pool = self._candidates[source]
-        images = images.detach().cpu()
-        if labels is None:
-            unlabeled = pool.setdefault(-1, [])
-            unlabeled.extend(list(images[: max(0, self.num_images - len(unlabeled))]))
-            return
-        for image, label in zip(images, labels.detach().cpu().tolist()):
-            pool.setdefault(int(label), []).append(image)
-        kept = sorted(pool)[: self.num_images]
-        cap = -(-self.num_images // len(kept))
-        self._candidates[source] = {label: pool[label][:cap] for label in kept}
-
-    def _finish_probe(self) -> None:
-        pool = self._candidates["val"] or self._candidates["train"]
-        if self._probe_images is not None or not pool:
-            return
-        if -1 in pool:
-            self._probe_images, self._probe_labels = torch.stack(pool[-1][: self.num_images]), None
-        else:
-            images = [image for label in sorted(pool) for image in pool[label]]
-            labels = torch.tensor([label for label in sorted(pool) for _ in pool[label]])
-            chosen = select_balanced(labels, self.num_images)
-            self._probe_images = torch.stack([images[i] for i in chosen])
-            self._probe_labels = labels[chosen]
-        self._candidates = {"val": {}, "train": {}}
-
-    @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if not trainer.sanity_checking and trainer.is_global_zero:
-            self._offer(batch, "val")
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._finish_probe()
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        # only a run without validation data takes its probe from the first training batches
-        if self._probe_from_training and trainer.is_global_zero and self._probe_images is None:
-            self._offer(batch, "train")
-            if sum(len(images) for images in self._candidates["train"].values()) >= self.num_images:
-                self._finish_probe()
-
     # ------------------------------------------------------------------ maps
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
         """The ``method``'s maps of the probe images (on the model's device)."""
-        assert self._probe_images is not None
-        images = self._probe_images.to(pl_module.device)
+        assert self.probe.images is not None
+        images = self.probe.images.to(pl_module.device)
         target: Tensor | int | None
         if self.target == "true":
-            assert self._probe_labels is not None
-            target = self._probe_labels.to(pl_module.device)
+            assert self.probe.labels is not None
+            target = self.probe.labels.to(pl_module.device)
         else:
             target = None if self.target == "predicted" else int(self.target)
         if method == "smoothgrad":
@@ -228,35 +144,31 @@ class SaliencyMonitor(ProbeMonitorBase):
         return function(pl_module, images, target)
 
     def _captions(self, pl_module: pl.LightningModule) -> list[str]:
-        assert self._probe_images is not None
-        with restore_training_flags(pl_module), torch.no_grad():
-            pl_module.eval()
-            predicted = pl_module(self._probe_images.to(pl_module.device)).argmax(dim=1).cpu().tolist()
-        names = self.class_names
+        assert self.probe.images is not None
+        with evaluating(pl_module):
+            predicted = pl_module(self.probe.images.to(pl_module.device)).argmax(dim=1).cpu().tolist()
 
         def name(index: int) -> str:
-            return names[index] if names is not None and 0 <= index < len(names) else str(index)
+            return class_name(index, self.class_names)
 
-        labels = self._probe_labels.tolist() if self._probe_labels is not None else [None] * len(predicted)
+        labels = self.probe.labels.tolist() if self.probe.labels is not None else [None] * len(predicted)
         return [(f"true {name(t)} / " if t is not None else "") + f"pred {name(p)}" for t, p in zip(labels, predicted)]
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sink = self._sink_for(trainer)
-        if not sink.active:
-            return
-        self._finish_probe()
-        if self._probe_images is None:
+        if not sink.active or self.probe.images is None:
             return
         epoch = trainer.current_epoch
         captions = self._run("saliency captions", self._captions, pl_module) or []
         for method in self.methods:
 
             def draw(method: str = method) -> None:
-                assert self._probe_images is not None
+                assert self.probe.images is not None
                 maps = self.compute_maps(pl_module, method)
-                grid = render_saliency(self._probe_images.to(maps.device), maps)
+                grid = render_saliency(self.probe.images.to(maps.device), maps)
                 if captions:
-                    grid = label_rows(grid, captions, grid.shape[-2] // len(captions))
+                    rows = grid.shape[-2] // len(captions)
+                    grid = annotate(grid, [(1, row * rows, caption) for row, caption in enumerate(captions)])
                 sink.image(f"cnnviz/saliency/{method}", grid, epoch)
 
             self._run(f"saliency {method}", draw)

@@ -7,20 +7,20 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy, OrderedProbeMonitorBase, check_choice, check_positive_int
-from lightning_cnnviz.core.images import images_from_batch, normalize_per_item
-from lightning_cnnviz.core.layers import conv_layers, format_names, resolve_modules
+from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_choice, check_positive_int
+from lightning_cnnviz.callbacks._probe import ProbeSet
+from lightning_cnnviz.core._images import images_from_batch, normalize_per_item
+from lightning_cnnviz.core._model import conv_layers, evaluating, format_names, resolve_modules, run_to
+from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
-from lightning_cnnviz.core.relu_sites import restore_training_flags
 from lightning_cnnviz.core.render import render_evolution, render_top_patches, signed_display
 from lightning_cnnviz.core.top_patches import (
     TopActivations,
-    _run_to,
     crop_patches,
+    feature_map,
     merge_top_activations,
     project_activations_rules,
     top_activations,
@@ -51,7 +51,7 @@ def default_channels(num_channels: int, count: int = 16) -> list[int]:
     return sorted({round(i * (num_channels - 1) / (count - 1)) for i in range(count)})
 
 
-class TopPatchMonitor(OrderedProbeMonitorBase):
+class TopPatchMonitor(EpochMonitor):
     """The top-``k`` probe patches of chosen filters beside their projections to pixel space, every N epochs.
 
     What it draws (Zeiler & Fergus 2013, arXiv 1311.2901):
@@ -64,9 +64,8 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
     * ``cnnviz/evolution/<layer>`` (Fig. 4): rows are channels, columns the logged epochs (oldest left), each
       cell the projection of the channel's strongest activation at that epoch (the first method when
       ``method="both"``). The thumbnails are kept in the callback's ``state_dict``, so a resumed run continues
-      the picture. At most ``max_evolution_columns`` columns are kept: every logged epoch at first; when
-      full, every second one, then every fourth, ... (always with the latest), so the picture spans the
-      whole run at an even, coarser step.
+      the picture; at most ``max_evolution_columns`` columns, thinned evenly as the run grows
+      (:class:`~lightning_cnnviz.core.EvolutionHistory`).
 
     The probe set is fixed: the first ``probe_size`` images of the first validation pass (not the sanity
     check), in the validation order; without validation data, the first training batches. Under DDP every
@@ -109,7 +108,12 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        super().__init__(probe_size, batch_to_images, every_n_epochs=every_n_epochs, on_error=on_error)
+        probe_size = check_positive_int("TopPatchMonitor", "probe_size", probe_size)
+        probe = ProbeSet("TopPatchMonitor", probe_size, batch_to_images=batch_to_images)
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, probe=probe)
+        self.probe: ProbeSet = probe
+        self.probe_size = probe_size
+        self.batch_to_images = batch_to_images
         self.layers = [layers] if isinstance(layers, str) else (list(layers) if layers is not None else None)
         if self.layers is not None and not self.layers:
             raise ValueError("TopPatchMonitor: `layers` is empty; pass module names or None for the default.")
@@ -122,12 +126,11 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
         self.max_batch = check_positive_int(self._who, "max_batch", max_batch)
         self.thumbnail_px = check_positive_int(self._who, "thumbnail_px", thumbnail_px)
         self.max_evolution_columns = check_positive_int(self._who, "max_evolution_columns", max_evolution_columns)
+        self.history = EvolutionHistory(self.max_evolution_columns, self.thumbnail_px)
         self._layers: list[str] = []
         self._channels: dict[str, list[int]] = {}
         self._fields: dict[str, ReceptiveField] = {}
         self.last_top: dict[str, TopActivations] = {}
-        # layer -> {"stride", "count", "columns": [(log index, caption, thumbnails uint8 (C, 3, h, w))]}
-        self._history: dict[str, dict[str, Any]] = {}
 
     @property
     @override
@@ -141,7 +144,7 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
     # ------------------------------------------------------------------ configuration
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_model(pl_module)
+        super().setup(trainer, pl_module, stage)
         self._layers = self.layers if self.layers is not None else default_layers(pl_module)
         resolve_modules(pl_module, self._layers, what="TopPatchMonitor `layers`", extra_valid=())
         if isinstance(self.channels, Mapping):
@@ -152,7 +155,6 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
                     f"are {format_names(self._layers)}."
                 )
         if stage == "fit":
-            self._reset_probe()
             self._fields = {}
         example = getattr(pl_module, "example_input_array", None)
         if isinstance(example, Tensor) and example.dim() == 4:
@@ -166,10 +168,9 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
         if self._fields and next(iter(self._fields.values())).input_size == size:
             return True
         shapes: dict[str, tuple[int, ...]] = {}
-        with restore_training_flags(pl_module), torch.no_grad():
-            pl_module.eval()
+        with evaluating(pl_module):
             try:
-                _run_to(pl_module, example[:1], self._layers, lambda name, out: shapes.__setitem__(name, out.shape))
+                run_to(pl_module, example[:1], self._layers, lambda n, o: shapes.update({n: feature_map(n, o).shape}))
             except ValueError as error:
                 raise ValueError(f"TopPatchMonitor: {error}") from None
         channels: dict[str, list[int]] = {}
@@ -220,11 +221,9 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
         """Top-``k`` of every layer over the probe set; under DDP each rank scans a shard and the shards merge.
 
         A collective under DDP (call it on every rank). None when a rank failed (all ranks then agree)."""
-        assert self._probe is not None
-        device = pl_module.device
-        rank, world = trainer.global_rank, trainer.world_size
-        shard = self._probe[rank::world].to(device)
-        indices = torch.arange(rank, len(self._probe), world, device=device)
+        assert self.probe.images is not None
+        device, world = pl_module.device, trainer.world_size
+        shard, indices = (t.to(device) for t in self.probe.shard(trainer.global_rank, world))
         layers = dict(self._channels)
         result = self._run(
             "top patches scan",
@@ -252,13 +251,13 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
 
     def render_layer(self, pl_module: pl.LightningModule, name: str, top: TopActivations) -> tuple[Tensor, Tensor]:
         """(top-patches image, evolution thumbnails (C, 3, h, w) in [0, 1]) of one layer."""
-        assert self._probe is not None
+        assert self.probe.images is not None
         device = pl_module.device
         field = self._fields[name]
         count, k = top.values.shape
         valid = top.valid.flatten().cpu()
         image_index = top.images.flatten().cpu().clamp_min(0)
-        selected = self._probe[image_index]  # the images of the k activations per channel, not the whole probe
+        selected = self.probe.images[image_index]  # the images of the k activations per channel, not the whole probe
         images = selected.to(device)
         channels = top.channels.to(device).repeat_interleave(k)
         ys, xs = top.ys.flatten().to(device), top.xs.flatten().to(device)
@@ -291,48 +290,14 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
         strongest = strongest.masked_fill(blank[:, None, None, None], 1.0)
         return image, strongest
 
-    def _thumbnail(self, tiles: Tensor) -> Tensor:
-        side = max(tiles.shape[-2:])
-        if side > self.thumbnail_px:
-            size = (
-                max(1, round(tiles.shape[-2] * self.thumbnail_px / side)),
-                max(1, round(tiles.shape[-1] * self.thumbnail_px / side)),
-            )
-            tiles = F.interpolate(tiles.float(), size=size, mode="area")
-        return (tiles.clamp(0, 1) * 255).round().byte().cpu()
-
-    def _remember(self, name: str, caption: str, thumbnails: Tensor) -> None:
-        """Add a column to the layer's evolution. Columns sit on a grid of every ``stride``-th logged point
-        (plus the latest one); when more than ``max_evolution_columns`` would be kept, the stride doubles."""
-        thumbnail = self._thumbnail(thumbnails)
-        evolution = self._history.setdefault(name, {"stride": 1, "count": 0, "columns": []})
-        columns = evolution["columns"]
-        if columns and columns[-1][2].shape != thumbnail.shape:  # other channels or image size than before
-            evolution.update(stride=1, count=0, columns=[])
-            columns = evolution["columns"]
-        index = evolution["count"]
-        evolution["count"] = index + 1
-        if columns and columns[-1][0] % evolution["stride"] != 0:
-            columns.pop()  # the previous latest column is off the grid
-        columns.append((index, caption, thumbnail))
-        while len(columns) > self.max_evolution_columns:
-            evolution["stride"] *= 2
-            columns[:] = [c for c in columns[:-1] if c[0] % evolution["stride"] == 0] + columns[-1:]
-
-    def evolution_columns(self, name: str) -> list[tuple[str, Tensor]]:
-        """The layer's kept evolution columns, oldest first: (caption, uint8 thumbnails (C, 3, h, w))."""
-        return [(caption, thumbnails) for _, caption, thumbnails in self._history.get(name, {}).get("columns", [])]
-
     def evolution_image(self, name: str) -> Tensor:
-        columns = self.evolution_columns(name)
-        thumbnails = torch.stack([t for _, t in columns], dim=1).float() / 255  # (C, T, 3, h, w)
-        return render_evolution(thumbnails, [c for c, _ in columns], self._channels[name])
+        thumbnails, captions = self.history.stacked(name)
+        return render_evolution(thumbnails, captions, self._channels[name])
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish_probe(trainer)  # every rank, before the sink check: a collective under DDP
-        if self._probe is None:
+        if self.probe.images is None:
             return
-        if not self._prepare(pl_module, self._probe[:1].to(pl_module.device)):
+        if not self._prepare(pl_module, self.probe.images[:1].to(pl_module.device)):
             return
         tops = self.scan(trainer, pl_module)
         if tops is None:
@@ -342,14 +307,15 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
         if not sink.active:
             return
         epoch = trainer.current_epoch
-        used = {caption for name in self._history for caption, _ in self.evolution_columns(name)[-1:]}
-        caption = f"ep {epoch}" if f"ep {epoch}" not in used else f"step {trainer.global_step}"
+        caption = f"ep {epoch}"
+        if caption in self.history.latest_captions():  # a second log in one epoch (the end of a short fit)
+            caption = f"step {trainer.global_step}"
         for name, top in tops.items():
 
             def draw(name: str = name, top: TopActivations = top) -> None:
                 image, strongest = self.render_layer(pl_module, name, top)
                 sink.image(f"cnnviz/top_patches/{name}", image, epoch)
-                self._remember(name, caption, strongest)
+                self.history.add(name, caption, strongest)
                 sink.image(f"cnnviz/evolution/{name}", self.evolution_image(name), epoch)
 
             self._run(f"top patches of {name}", draw)
@@ -357,20 +323,9 @@ class TopPatchMonitor(OrderedProbeMonitorBase):
     # ------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": {
-                name: {**evolution, "columns": [(i, c, t.clone()) for i, c, t in evolution["columns"]]}
-                for name, evolution in self._history.items()
-            }
-        }
+        return {**super().state_dict(), "history": self.history.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._history = {
-            name: {
-                "stride": int(evolution["stride"]),
-                "count": int(evolution["count"]),
-                "columns": [(int(i), str(c), t.cpu()) for i, c, t in evolution["columns"]],
-            }
-            for name, evolution in state_dict.get("history", {}).items()
-        }
+        super().load_state_dict(state_dict)
+        self.history.load_state_dict(state_dict.get("history", {}))

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.layers import resolve_modules
+from lightning_cnnviz.core._model import resolve_modules
 from lightning_cnnviz.core.relu_sites import ReluSite, tap_relus
 
 __all__ = ["capture"]

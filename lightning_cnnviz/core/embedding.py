@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["TSNEAffinities", "knn_accuracy", "procrustes_align", "tsne", "tsne_affinities"]
+__all__ = ["knn_accuracy", "procrustes_align", "tsne"]
 
 
 @dataclass

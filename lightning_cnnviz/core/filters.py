@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.images import normalize_per_item, tile_grid, upscale_nearest
+from lightning_cnnviz.core._images import normalize_per_item, tile_grid, upscale_nearest
 
 __all__ = ["filter_smoothness", "render_filter_grid"]
 

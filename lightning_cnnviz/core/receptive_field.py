@@ -20,19 +20,18 @@ so ``offset`` may be negative). :func:`receptive_fields` follows one forward pas
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lightning_cnnviz.core.layers import resolve_modules
-from lightning_cnnviz.core.relu_sites import restore_training_flags
+from lightning_cnnviz.core._calls import argument, conv2d_geometry, flat_tensors, pool2d_geometry
+from lightning_cnnviz.core._model import evaluating, resolve_modules
 
-__all__ = ["ReceptiveField", "receptive_fields"]
+__all__ = ["receptive_fields"]
 
 
 @dataclass(frozen=True)
@@ -107,64 +106,6 @@ class _Unknown:
 _Tracked = _Geometry | _Unknown
 
 
-def _pair(value: Any, default: int) -> tuple[int, int]:
-    if value is None:
-        return default, default
-    if isinstance(value, int):
-        return value, value
-    values = tuple(int(v) for v in value)
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
-def _argument(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[index] if len(args) > index else default
-
-
-def _conv2d_arguments(
-    args: Sequence[Any], kwargs: dict[str, Any]
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Kernel size, stride, padding and dilation of a ``conv2d(input, weight, bias, stride, padding, dilation,
-    groups)`` call; ``"valid"`` padding is 0 and ``"same"`` is the leading side's ``dilation * (k - 1) // 2``."""
-    weight = _argument(args, kwargs, 1, "weight", None)
-    kernel = (int(weight.shape[-2]), int(weight.shape[-1]))
-    stride = _pair(_argument(args, kwargs, 3, "stride", 1), 1)
-    dilation = _pair(_argument(args, kwargs, 5, "dilation", 1), 1)
-    padding_arg = _argument(args, kwargs, 4, "padding", 0)
-    if padding_arg == "valid":
-        padding = (0, 0)
-    elif padding_arg == "same":
-        padding = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
-    else:
-        padding = _pair(padding_arg, 0)
-    return kernel, stride, padding, dilation
-
-
-def _pool2d_arguments(
-    args: Sequence[Any], kwargs: dict[str, Any], max_pool: bool
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Kernel size, stride (the kernel when not given), padding and dilation (1 for average pooling) of a
-    ``max_pool2d``/``avg_pool2d(input, kernel_size, stride, padding, ...)`` call."""
-    kernel = _pair(_argument(args, kwargs, 1, "kernel_size", None), 1)
-    stride_arg = _argument(args, kwargs, 2, "stride", None)
-    stride = _pair(stride_arg, 1) if stride_arg not in (None, (), []) else kernel
-    padding = _pair(_argument(args, kwargs, 3, "padding", 0), 0)
-    dilation = _pair(_argument(args, kwargs, 4, "dilation", 1), 1) if max_pool else (1, 1)
-    return kernel, stride, padding, dilation
-
-
-def _flat_tensors(value: Any) -> Iterator[Tensor]:
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _flat_tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _flat_tensors(item)
-
-
 def _union(geometries: list[_Geometry], spatial: tuple[int, int]) -> _Tracked:
     if any(g.axes is None for g in geometries):
         return _Geometry(None, spatial)
@@ -197,11 +138,11 @@ class _GeometryMode(TorchFunctionMode):
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        inputs = [self.geometry[t] for t in _flat_tensors((args, kwargs)) if t in self.geometry]
+        inputs = [self.geometry[t] for t in flat_tensors((args, kwargs)) if t in self.geometry]
         result = func(*args, **kwargs)
         if not inputs:
             return result
-        outputs = list(_flat_tensors(result))
+        outputs = list(flat_tensors(result))
         if not outputs:
             return result
         unknown = [g for g in inputs if isinstance(g, _Unknown)]
@@ -232,9 +173,9 @@ class _GeometryMode(TorchFunctionMode):
         if main and isinstance(first, _Geometry) and first.axes is not None:
             kernel: tuple[int, int] | None = None
             if name in ("conv2d", "_conv_forward"):
-                kernel, stride, padding, dilation = _conv2d_arguments(args, kwargs)
+                kernel, stride, padding, dilation = conv2d_geometry(args, kwargs)
             elif name in ("max_pool2d", "max_pool2d_with_indices", "_max_pool2d", "avg_pool2d"):
-                kernel, stride, padding, dilation = _pool2d_arguments(args, kwargs, max_pool="max" in name)
+                kernel, stride, padding, dilation = pool2d_geometry(args, kwargs, max_pool="max" in name)
             elif name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
                 if spatial == (1, 1):
                     return _Geometry(None, spatial)
@@ -244,7 +185,7 @@ class _GeometryMode(TorchFunctionMode):
                 else:
                     return _Unknown(f"{name} from {first.spatial} to {spatial} (windows of unequal size)")
             elif name == "pad":
-                pads = list(_argument(args, kwargs, 1, "pad", ()))
+                pads = list(argument(args, kwargs, 1, "pad", ()))
                 pads += [0] * (4 - len(pads))
                 axes = first.axes
                 return _Geometry(
@@ -300,16 +241,14 @@ def receptive_fields(model: nn.Module, layers: Sequence[str], example: Tensor) -
 
         def keep(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
             # read the geometry now: a later in-place op (``y += skip``) may widen the same tensor's box
-            tensors = list(_flat_tensors(output))
+            tensors = list(flat_tensors(output))
             if name not in found and tensors:
                 found[name] = mode.geometry.get(tensors[0])
 
         handles.append(module.register_forward_hook(keep))
     try:
-        with restore_training_flags(model), torch.no_grad():
-            model.eval()
-            with mode:
-                model(image)
+        with evaluating(model), mode:
+            model(image)
     finally:
         for handle in handles:
             handle.remove()

@@ -13,45 +13,20 @@ tells which module's ``forward`` made each call, which gives every activation a 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = [
-    "RELU_MODULE_TYPES",
-    "ReluSite",
-    "find_relu_sites",
-    "is_relu_function",
-    "restore_training_flags",
-    "tap_relus",
-]
+from lightning_cnnviz.core._calls import RELU_FUNCTIONS, relu_kind
+from lightning_cnnviz.core._model import evaluating, module_names
+
+__all__ = ["find_relu_sites", "tap_relus"]
 
 RELU_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
-
-# Every spelling of a ReLU-family call that reaches ``__torch_function__``, mapped to a readable kind.
-_RELU_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.relu_: "relu",
-    Tensor.relu: "relu",
-    Tensor.relu_: "relu",
-    F.relu6: "relu6",
-}
-
-
-def is_relu_function(func: Any) -> bool:
-    """Whether ``func`` (as seen by ``__torch_function__``) is a ReLU-family function."""
-    try:
-        return func in _RELU_FUNCTIONS
-    except TypeError:  # unhashable callables are never ReLU
-        return False
-
 
 @dataclass(frozen=True)
 class ReluSite:
@@ -82,17 +57,6 @@ class ReluSite:
         return self.shape[0]
 
 
-@contextlib.contextmanager
-def restore_training_flags(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's ``training`` flag on exit, whatever happened inside."""
-    flags = [(module, module.training) for module in model.modules()]
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-
-
 class _ReluInterceptor(TorchFunctionMode):
     """Calls ``on_relu(func, result)`` after every ReLU-family function call; other calls pass through."""
 
@@ -104,17 +68,31 @@ class _ReluInterceptor(TorchFunctionMode):
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         result = func(*args, **(kwargs or {}))
-        if is_relu_function(func) and isinstance(result, Tensor):
+        if relu_kind(func) is not None and isinstance(result, Tensor):
             self._on_relu(func, result)
         return result
 
 
-def _module_names(model: nn.Module) -> dict[int, str]:
-    return {id(module): name for name, module in model.named_modules()}
-
-
 def _numbered(base: str, index: int) -> str:
     return base if index == 0 else f"{base}#{index + 1}"
+
+
+def site_scope(model: nn.Module, name: str) -> str | None:
+    """The module that a site called ``name`` would belong to by the naming rules of :func:`find_relu_sites`
+    (a ReLU module's own name, or the scope of ``<scope>.relu``/``relu6``), without running the model; None when
+    no site of ``model`` can have that name. Whether a functional call really happens there needs a forward.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+        >>> site_scope(net, "1"), site_scope(net, "relu#2"), site_scope(net, "0")
+        ('1', '', None)
+    """
+    modules = dict(model.named_modules())
+    base = name.split("#", 1)[0]
+    if base in modules:
+        return base if isinstance(modules[base], RELU_MODULE_TYPES) else None
+    scope, _, function = base.removesuffix("()").rpartition(".")
+    return scope if function in set(RELU_FUNCTIONS.values()) and scope in modules else None
 
 
 def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
@@ -136,7 +114,7 @@ def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
         >>> [site.name for site in find_relu_sites(net, torch.zeros(1, 1, 8, 8))]
         ['1', '3']
     """
-    names = _module_names(model)
+    names = module_names(model)
     stack: list[nn.Module] = []
     # (kind, scope, function) -> shapes of each call, in order
     calls: dict[tuple[str, str, str], list[tuple[int, ...]]] = {}
@@ -166,7 +144,7 @@ def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
         if stack and isinstance(stack[-1], RELU_MODULE_TYPES):
             return  # the module hook records it under the module's name
         scope = names[id(stack[-1])] if stack else ""
-        record("function", scope, _RELU_FUNCTIONS[func], result)
+        record("function", scope, RELU_FUNCTIONS[func], result)
 
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     handles = [
@@ -174,14 +152,13 @@ def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
         nn.modules.module.register_module_forward_hook(post_hook, always_call=True),
     ]
     try:
-        with restore_training_flags(model), torch.no_grad(), _ReluInterceptor(on_relu):
-            model.eval()
+        with evaluating(model), _ReluInterceptor(on_relu):
             model(*args)
     finally:
         for handle in handles:
             handle.remove()
 
-    module_names = set(names.values())
+    taken = set(names.values())
     sites: list[ReluSite] = []
     for kind, scope, function, index in order:
         shapes = calls[(kind, scope, function)]
@@ -189,7 +166,7 @@ def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
             base = scope
         else:
             base = f"{scope}.{function}" if scope else function
-            if base in module_names:
+            if base in taken:
                 base = f"{base}()"
         sites.append(
             ReluSite(
@@ -284,14 +261,14 @@ class _ReluTap:
         calls_per_forward = {
             (site.scope, site.function): site.calls_per_forward for site in self._sites if site.kind == "function"
         }
-        names = _module_names(self._model)
+        names = module_names(self._model)
 
         def on_relu(func: Any, result: Tensor) -> None:
             top = self._stack[-1] if self._stack else None
             if top is None or isinstance(top, RELU_MODULE_TYPES):
                 return
             scope = names[id(top)]
-            function = _RELU_FUNCTIONS[func]
+            function = RELU_FUNCTIONS[func]
             calls = calls_per_forward.get((scope, function))
             if calls is None:
                 return

@@ -8,19 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.images import annotate, normalize_per_item, tile_grid, upscale_nearest
+from lightning_cnnviz.core._images import annotate, normalize_per_item, tile_grid, upscale_nearest
 
-__all__ = [
-    "colormap",
-    "dead_filter_map",
-    "grid_assignment",
-    "render_evolution",
-    "render_saliency",
-    "render_scatter",
-    "render_thumbnail_grid",
-    "render_top_patches",
-    "signed_display",
-]
+__all__ = ["render_saliency", "render_top_patches"]
 
 _DEAD_RGB = (0.85, 0.1, 0.1)
 
@@ -86,7 +76,7 @@ def _rgb(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
 
-def _to_display(images: Tensor) -> Tensor:
+def display_rgb(images: Tensor) -> Tensor:
     """(N, C, H, W) -> (N, 3, H, W) in [0, 1], each image stretched to its own min/max, gray as RGB."""
     return _rgb(normalize_per_item(images.float()))
 
@@ -109,7 +99,7 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
     on the colormap. Panels are upscaled (nearest) to at least ``min_px`` pixels.
     """
     count, _, height, width = images.shape
-    shown = _to_display(images)
+    shown = display_rgb(images)
     if maps.dim() == 3:
         heat = maps.float().clamp_min(0)
         heat = heat / heat.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
@@ -285,7 +275,7 @@ def render_thumbnail_grid(embedding: Tensor, images: Tensor, *, cells: int = 32,
     count = images.shape[0]
     cells = max(1, min(cells, int(math.sqrt(count))))
     chosen = grid_assignment(embedding, cells, cells)
-    shown = _to_display(images.detach().cpu())
+    shown = display_rgb(images.detach().cpu())
     tiles = torch.ones(cells * cells, 3, cell_px, cell_px)
     filled = chosen >= 0
     picked = shown[chosen[filled]]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -25,21 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_cnnviz.core.incremental import EvaluatorError, Unsupported, clean_pass_bytes, occluded_logits
-from lightning_cnnviz.core.layers import conv_layers, resolve_modules
-from lightning_cnnviz.core.receptive_field import _argument, _conv2d_arguments
-from lightning_cnnviz.core.relu_sites import _RELU_FUNCTIONS, restore_training_flags
+from lightning_cnnviz.core._calls import INPLACE_RELU, flat_tensors, relu_kind
+from lightning_cnnviz.core._images import check_images, in_layout_of
+from lightning_cnnviz.core._model import conv_layers, evaluating, resolve_modules
 
-__all__ = [
-    "SALIENCY_METHODS",
-    "deconvnet",
-    "grad_cam",
-    "guided_backprop",
-    "occlusion",
-    "override_relu_gradient",
-    "smoothgrad",
-    "vanilla_gradient",
-]
+__all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
 SALIENCY_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "deconvnet", "grad_cam", "occlusion")
 Target = Tensor | int | None
@@ -73,9 +62,6 @@ class _RuleRelu(torch.autograd.Function):
         return grad.clamp_min(0), None
 
 
-_INPLACE = {torch.relu_, Tensor.relu_}
-
-
 class _ReluGradientMode(TorchFunctionMode):
     def __init__(self, rule: ReluGradientRule) -> None:
         super().__init__()
@@ -85,108 +71,15 @@ class _ReluGradientMode(TorchFunctionMode):
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        if _RELU_FUNCTIONS.get(func) != "relu" or not isinstance(args[0], Tensor):
+        if relu_kind(func) != "relu" or not isinstance(args[0], Tensor):
             return func(*args, **kwargs)
         x = args[0]
-        inplace = func in _INPLACE or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        inplace = func in INPLACE_RELU or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
         out = _RuleRelu.apply(x, self._rule)
         if inplace:  # keep the in-place contract: the caller may use x afterwards instead of the result
             x.copy_(out)
             return x
         return out
-
-
-class _ThinConv(torch.autograd.Function):
-    """Stride-1 ``conv2d`` whose input gradient is one stride-2 convolution, for layers with few input channels.
-
-    The input gradient of a convolution is its transpose. For the first layer of a CNN (3 or 1 input
-    channels) oneDNN computes that transpose with vector lanes over the 3 input channels, i.e. mostly padding,
-    about 5x slower than the forward. Written per output phase instead: pixel ``(2I + a, 2J + b)`` of the
-    input gradient is a stride-2 correlation of the output gradient with the flipped kernel shifted by
-    ``(a, b)``. All four phases are output channels of one stride-2 convolution (``4 x in_channels`` of
-    them, a ``(k + 1) x (k + 1)`` kernel), then ``pixel_shuffle`` interleaves them: the same sums, about
-    3x faster on CPU. Only for even input sizes, dilation 1, one group and ``padding <= k - 1``. Gradients
-    flow to the input only (the saliency passes take no parameter gradient).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
-        ctx.save_for_backward(weight)
-        ctx.padding = padding
-        return F.conv2d(x, weight, bias, 1, padding)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        (weight,) = ctx.saved_tensors
-        out_channels, in_channels, kh, kw = weight.shape
-        flipped = weight.flip(2, 3).transpose(0, 1)
-        phases = weight.new_zeros(in_channels, 2, 2, out_channels, kh + 1, kw + 1)
-        for a in (0, 1):
-            for b in (0, 1):
-                phases[:, a, b, :, a : a + kh, b : b + kw] = flipped
-        phases = phases.reshape(in_channels * 4, out_channels, kh + 1, kw + 1)
-        padding = (kh - 1 - ctx.padding[0], kw - 1 - ctx.padding[1])
-        return F.pixel_shuffle(F.conv2d(grad, phases, None, 2, padding), 2), None, None, None
-
-
-class _GlobalPool(torch.autograd.Function):
-    """``adaptive_avg_pool2d`` whose input gradient keeps the input's memory format.
-
-    Its stock backward returns NCHW even for a channels-last input, and the ReLU before it then runs its
-    backward on mixed layouts, about 15x slower on CPU than on matching ones.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, output_size: Any) -> Tensor:
-        ctx.save_for_backward(x)
-        return F.adaptive_avg_pool2d(x, output_size)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        grad_x = torch.ops.aten._adaptive_avg_pool2d_backward(grad.contiguous(), x)
-        return grad_x.contiguous(memory_format=torch.channels_last), None
-
-
-def _thin_conv_padding(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int] | None:
-    """The padding of a ``conv2d`` call that :class:`_ThinConv` computes exactly, else ``None``."""
-    x, weight = _argument(args, kwargs, 0, "input", None), _argument(args, kwargs, 1, "weight", None)
-    if not (isinstance(x, Tensor) and isinstance(weight, Tensor)) or x.device.type != "cpu":
-        return None
-    if x.dim() != 4 or weight.dim() != 4 or x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return None
-    (kh, kw), stride, padding, dilation = _conv2d_arguments(args, kwargs)
-    if _argument(args, kwargs, 6, "groups", 1) != 1 or stride != (1, 1) or dilation != (1, 1):
-        return None
-    if _argument(args, kwargs, 4, "padding", 0) == "same" and (kh % 2 == 0 or kw % 2 == 0):
-        return None  # torch pads an even kernel's "same" asymmetrically
-    if not (0 <= padding[0] <= kh - 1 and 0 <= padding[1] <= kw - 1):
-        return None
-    height, width = x.shape[-2:]
-    thin = weight.shape[1] < 8  # oneDNN's transpose pads the input channels to its vector width
-    fits = height % 2 == 0 and width % 2 == 0 and height + 2 * padding[0] >= kh and width + 2 * padding[1] >= kw
-    return padding if thin and fits else None
-
-
-class _FastInputGradientMode(TorchFunctionMode):
-    """CPU input-gradient passes: first-layer convolutions through :class:`_ThinConv`, channels-last global
-    average pooling through :class:`_GlobalPool`. Same values; every other call is left alone."""
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is F.conv2d and torch.is_grad_enabled():
-            padding = _thin_conv_padding(args, kwargs)
-            if padding is not None:
-                x, weight = _argument(args, kwargs, 0, "input", None), _argument(args, kwargs, 1, "weight", None)
-                bias = _argument(args, kwargs, 2, "bias", None)
-                return _ThinConv.apply(x, weight.detach(), bias.detach() if bias is not None else None, padding)
-        elif func is F.adaptive_avg_pool2d and torch.is_grad_enabled() and not kwargs:
-            x = args[0]
-            if isinstance(x, Tensor) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-                return _GlobalPool.apply(x, args[1])
-        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -203,13 +96,6 @@ def override_relu_gradient(rule: ReluRule) -> Iterator[ReluGradientRule]:
         yield holder
 
 
-@contextlib.contextmanager
-def _gradient_pass(model: nn.Module) -> Iterator[None]:
-    with restore_training_flags(model), torch.inference_mode(False), torch.enable_grad():
-        model.eval()
-        yield
-
-
 def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, logits: Tensor | None = None) -> Tensor:
     """Target classes; the prediction for ``None`` (from ``logits`` when the caller already has them)."""
     count = images.shape[0]
@@ -223,38 +109,26 @@ def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, l
         raise TypeError(f"target can be None (predicted class), an int or a tensor of classes, got {target!r}")
     if logits is not None:
         return logits.argmax(dim=1)
-    with restore_training_flags(model), torch.no_grad():
-        model.eval()
+    with evaluating(model):
         return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(max_batch)])
-
-
-def _fast_layout(images: Tensor) -> Tensor:
-    """NHWC on CPU, where oneDNN convolutions run faster on it (same values); unchanged elsewhere."""
-    return images.contiguous(memory_format=torch.channels_last) if images.device.type == "cpu" else images
-
-
-def _check_images(images: Tensor) -> None:
-    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
-        raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
 
 
 def _input_gradient(model: nn.Module, images: Tensor, targets: Tensor, max_batch: int) -> Tensor:
     """d score_target / d input for every image, in chunks of ``max_batch``; the caller sets any ReLU rule."""
     grads = []
     for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
-        inputs = _fast_layout(chunk).detach().clone().requires_grad_(True)
-        with _FastInputGradientMode() if inputs.device.type == "cpu" else contextlib.nullcontext():
-            scores = model(inputs).gather(1, chunk_targets[:, None]).sum()
+        inputs = chunk.detach().clone().requires_grad_(True)
+        scores = model(inputs).gather(1, chunk_targets[:, None]).sum()
         (grad,) = torch.autograd.grad(scores, inputs)
-        grads.append(grad.contiguous())
+        grads.append(grad)
     return torch.cat(grads)
 
 
 def vanilla_gradient(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
     """Simonyan et al. 2013 (arXiv 1312.6034): ``max_c |d score / d x|``, shape (N, H, W)."""
-    _check_images(images)
+    check_images(images)
     targets = _targets(model, images, target, max_batch)
-    with _gradient_pass(model):
+    with evaluating(model, grad=True):
         return _input_gradient(model, images, targets, max_batch).abs().amax(dim=1)
 
 
@@ -276,7 +150,7 @@ def smoothgrad(
     level), unless ``noise`` (shape (N * samples, C, H, W), copies of image ``i`` at rows
     ``i * samples ... (i + 1) * samples - 1``) is given. Returns (N, H, W).
     """
-    _check_images(images)
+    check_images(images)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     count = images.shape[0]
@@ -288,8 +162,9 @@ def smoothgrad(
         noise = noise * (sigma * span).view(-1, 1, 1, 1)
     elif noise.shape != expanded.shape:
         raise ValueError(f"noise must have shape {tuple(expanded.shape)}, got {tuple(noise.shape)}")
-    with _gradient_pass(model):
-        grads = _input_gradient(model, expanded + noise, targets.repeat_interleave(samples), max_batch)
+    with evaluating(model, grad=True):
+        noisy = in_layout_of(expanded + noise, images)
+        grads = _input_gradient(model, noisy, targets.repeat_interleave(samples), max_batch)
     return grads.abs().view(count, samples, *images.shape[1:]).mean(dim=1).amax(dim=1)
 
 
@@ -304,9 +179,9 @@ def deconvnet(model: nn.Module, images: Tensor, target: Target = None, *, max_ba
 
 
 def _relu_rule_gradient(model: nn.Module, images: Tensor, target: Target, rule: ReluRule, max_batch: int) -> Tensor:
-    _check_images(images)
+    check_images(images)
     targets = _targets(model, images, target, max_batch)
-    with _gradient_pass(model), override_relu_gradient(rule):
+    with evaluating(model, grad=True), override_relu_gradient(rule):
         return _input_gradient(model, images, targets, max_batch)
 
 
@@ -332,7 +207,7 @@ def grad_cam(
     ``layer`` defaults to the last ``nn.Conv2d``. The layer's output is kept out of reach of a following
     in-place ReLU (the hook hands the rest of the network a copy), so ``A`` is the layer's own output.
     """
-    _check_images(images)
+    check_images(images)
     name = layer if layer is not None else last_conv(model)
     module = resolve_modules(model, [name], what="grad_cam layer")[name]
     targets = _targets(model, images, target, max_batch)
@@ -345,7 +220,7 @@ def grad_cam(
     maps = []
     handle = module.register_forward_hook(keep)
     try:
-        with _gradient_pass(model):
+        with evaluating(model, grad=True):
             for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
                 captured.clear()
                 scores = model(chunk.detach()).gather(1, chunk_targets[:, None]).sum()
@@ -359,15 +234,48 @@ def grad_cam(
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
 
 
-def _window_offsets(size: int, patch: int, stride: int) -> list[int]:
-    steps = math.ceil((size - patch) / stride) + 1 if size > patch else 1
-    return [k * stride for k in range(steps)]
+def occlusion_masks(height: int, width: int, patch: int, stride: int) -> Tensor:
+    """(windows, 1, H, W) bool: every occluding square, row by row, at offsets ``k * stride`` with the last one
+    clipped at the border (captum's ``Occlusion`` windows).
+
+    Example:
+        >>> occlusion_masks(3, 3, 2, 1).flatten(1).int().tolist()[0]
+        [1, 1, 0, 1, 1, 0, 0, 0, 0]
+    """
+
+    def covered(size: int) -> Tensor:  # (windows along the axis, size): which pixels each window covers
+        starts = torch.arange(math.ceil((size - patch) / stride) + 1 if size > patch else 1) * stride
+        pixels = torch.arange(size)
+        return (pixels >= starts[:, None]) & (pixels < starts[:, None] + patch)
+
+    rows, cols = covered(height), covered(width)
+    return (rows[:, None, :, None] & cols[None, :, None, :]).reshape(-1, 1, height, width)
 
 
-def _occlusion_boxes(height: int, width: int, patch: int, stride: int) -> Tensor:
-    """(windows, 4): (top, left, height, width) of every occluding square, row by row, clipped at the border."""
-    ys, xs = _window_offsets(height, patch, stride), _window_offsets(width, patch, stride)
-    return torch.tensor([(y, x, min(patch, height - y), min(patch, width - x)) for y in ys for x in xs])
+def activation_bytes(model: nn.Module, image: Tensor) -> int:
+    """Bytes of every leaf module's outputs for one forward of ``image`` (no gradient): what a batch of such
+    inputs holds at most, per input, while it runs."""
+    total = image.numel() * image.element_size()
+
+    def add(module: nn.Module, args: Any, output: Any) -> None:
+        nonlocal total
+        total += sum(t.numel() * t.element_size() for t in flat_tensors(output))
+
+    handles = [m.register_forward_hook(add) for m in model.modules() if not next(m.children(), None)]
+    try:
+        with evaluating(model):
+            model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes a pass of occluded copies may hold: a quarter of the free memory on CUDA, 256 MiB elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    return 256 * 2**20
 
 
 def occlusion(
@@ -380,7 +288,7 @@ def occlusion(
     baseline: float | Literal["mean"] = "mean",
     probability: Callable[[Tensor], Tensor] | None = None,
     max_batch: int = 64,
-    incremental: bool = True,
+    memory_budget: int | None = None,
 ) -> Tensor:
     """Zeiler & Fergus 2013 occlusion: slide a ``patch`` x ``patch`` square (all channels) with ``stride``;
     each pixel gets the mean drop of the target probability over the windows that cover it. (N, H, W).
@@ -390,20 +298,18 @@ def occlusion(
     ``k * stride``, the last window clipped at the border), so the result equals ``Occlusion(...).attribute``
     on the same score.
 
-    With ``incremental`` (the default) each occluded copy recomputes only the activations the square can
-    change (:mod:`lightning_cnnviz.core.incremental`), in passes that hold about 256 MiB of crops each; a few
-    copies are checked against full forwards, and a model the incremental evaluator cannot follow gets full
-    forwards, ``max_batch`` copies at a time.
+    The occluded copies of all images are built on the model's device and run as full forwards, as many per
+    pass as fit ``memory_budget`` bytes of activations (default: a quarter of the free memory on CUDA,
+    256 MiB elsewhere; measured from one image's forward), and never fewer than ``max_batch``. Nothing goes
+    to the host between passes.
     """
-    _check_images(images)
+    check_images(images)
     if patch < 1 or stride < 1 or stride > patch:
         raise ValueError(f"need 1 <= stride <= patch, got patch={patch}, stride={stride}")
     score = probability or (lambda logits: logits.softmax(dim=1))
     count, channels, height, width = images.shape
-    boxes = _occlusion_boxes(height, width, patch, stride)
-    masks = torch.zeros(len(boxes), 1, height, width, device=images.device, dtype=images.dtype)
-    for index, (y, x, h, w) in enumerate(boxes.tolist()):
-        masks[index, :, y : y + h, x : x + w] = 1
+    masks = occlusion_masks(height, width, patch, stride).to(images.device)
+    windows = masks.shape[0]
     if baseline == "mean":
         fill = images.mean(dim=(2, 3), keepdim=True)
     elif isinstance(baseline, (int, float)):
@@ -411,69 +317,19 @@ def occlusion(
     else:
         raise ValueError(f"baseline can be a number or 'mean', got {baseline!r}")
 
-    with restore_training_flags(model), torch.no_grad():
-        model.eval()
-        logits: Tensor | None = None
-        if incremental:
-            try:
-                logits = _occluded_logits_checked(model, images, boxes, masks, fill, max_batch)
-            except EvaluatorError as error:
-                warnings.warn(f"{error}; occlusion uses full forwards", stacklevel=2)
-            except Unsupported:
-                pass  # the model does something the crops cannot follow: full forwards
-        if logits is None:
-            logits = _occluded_logits_full(model, images, masks, fill, max_batch)
-        clean_logits, occluded_logits = logits[:, 0], logits[:, 1:]
+    budget = memory_budget if memory_budget is not None else _memory_budget(images.device)
+    per_pass = max(max_batch, budget // max(activation_bytes(model, images[:1]), 1))
+    with evaluating(model):
+        clean_logits = torch.cat([model(chunk) for chunk in images.split(max_batch)])
         targets = _targets(model, images, target, max_batch, logits=clean_logits)
-        clean = score(clean_logits).gather(1, targets[:, None])
-        probs = score(occluded_logits.reshape(count * len(boxes), -1)).view(count, len(boxes), -1)
-        drop = clean - probs.gather(2, targets[:, None, None].expand(count, len(boxes), 1))[..., 0]
-    covered = masks.sum(dim=0)  # (1, H, W)
-    total = torch.einsum("nw,whk->nhk", drop, masks[:, 0])
-    return total / covered.clamp_min(1)
-
-
-def _occluded(images: Tensor, masks: Tensor, fill: Tensor) -> Tensor:
-    """Every image with every mask filled: (N * windows, C, H, W)."""
-    occluded = images[:, None] * (1 - masks[None]) + fill[:, None] * masks[None]
-    return occluded.reshape(-1, *images.shape[1:])
-
-
-def _occluded_logits_full(model: nn.Module, images: Tensor, masks: Tensor, fill: Tensor, max_batch: int) -> Tensor:
-    """(N, 1 + windows, K): the clean logits, then each occluded copy's, from full forwards."""
-    windows = masks.shape[0]
-    clean = torch.cat([model(chunk) for chunk in images.split(max_batch)])
-    per_image = max(1, max_batch // windows)
-    parts = []
-    for start in range(0, images.shape[0], per_image):
-        flat = _occluded(images[start : start + per_image], masks, fill[start : start + per_image])
-        parts.append(torch.cat([model(part) for part in flat.split(max_batch)]).view(-1, windows, clean.shape[1]))
-    return torch.cat([clean[:, None], torch.cat(parts)], dim=1)
-
-
-_CLEAN_PASS_BUDGET = 512 * 2**20  # bytes of recorded clean activations per chunk of images
-_OCCLUDED_PASS_BUDGET = 256 * 2**20  # bytes of crops per pass of occluded copies (about)
-
-
-def _occluded_logits_checked(
-    model: nn.Module, images: Tensor, boxes: Tensor, masks: Tensor, fill: Tensor, max_batch: int
-) -> Tensor:
-    """(N, 1 + windows, K) from the incremental evaluator, on chunks of at most ``max_batch`` images whose
-    recorded clean activations fit in 512 MiB, each pass of occluded copies holding about 256 MiB of crops (but
-    no fewer than ``max_batch`` images' worth); three copies of the first image of each chunk are compared with
-    full forwards, and a disagreement beyond float rounding raises :class:`EvaluatorError`."""
-    parts = []
-    per_image = max(clean_pass_bytes(model, images[:1]), 1)
-    step = max(1, min(max_batch, _CLEAN_PASS_BUDGET // per_image))
-    pass_images = max(max_batch, _OCCLUDED_PASS_BUDGET // per_image)
-    for start in range(0, images.shape[0], step):
-        chunk, chunk_fill = images[start : start + step], fill[start : start + step]
-        clean, occluded = occluded_logits(model, chunk, boxes, chunk_fill, pass_images)
-        sample = sorted({0, len(boxes) // 2, len(boxes) - 1})
-        reference = model(_occluded(chunk[:1], masks[sample], chunk_fill[:1]))
-        scale = 1.0 + float(reference.abs().max())
-        if not torch.allclose(occluded[0, sample], reference, rtol=1e-4, atol=1e-5 * scale):
-            gap = float((occluded[0, sample] - reference).abs().max())
-            raise EvaluatorError(f"incremental evaluation disagrees with full forwards by {gap:.3g} on this model")
-        parts.append(torch.cat([clean[:, None], occluded], dim=1))
-    return torch.cat(parts)
+        clean = score(clean_logits).gather(1, targets[:, None])[:, 0]
+        drops = []
+        for start in range(0, count * windows, per_pass):
+            copy = torch.arange(start, min(start + per_pass, count * windows), device=images.device)
+            image, window = copy // windows, copy % windows
+            occluded = in_layout_of(torch.where(masks[window], fill[image], images[image]), images)
+            probs = score(model(occluded)).gather(1, targets[image, None])[:, 0]
+            drops.append(clean[image] - probs)
+    drop = torch.cat(drops).view(count, windows)
+    total = torch.einsum("nw,whk->nhk", drop, masks[:, 0].to(drop.dtype))
+    return total / masks.sum(dim=0).clamp_min(1)

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.native import firing_kernel
-
-__all__ = ["ActivationStats", "ActivationSummary", "LayerSummary"]
+__all__ = ["ActivationStats"]
 
 
 @dataclass(frozen=True)
@@ -70,14 +68,8 @@ class ActivationSummary:
 class ActivationStats:
     """Accumulates per-layer, per-channel firing counts on the activations' device, with no host sync.
 
-    On CPU, ``update`` counts with the compiled kernel of :mod:`lightning_cnnviz.core.native` when it is
-    available: one read of the activation, no temporary. Otherwise, and on other devices, it costs two
-    passes over the activation (its ``sign``, which for a non-negative activation is the firing indicator,
-    then a sum over every dimension but the channel one). On CPU the ``sign`` is then written into one reused
-    scratch buffer (at most ``max_scratch_elements``, larger activations are processed in batch chunks),
-    because page-faulting a fresh activation-sized temporary on every step costs more than the arithmetic.
-    Counts live in float64 on the device and are exact integers (a CPU chunk's float32 partial sums stay far
-    below 2**24; on CUDA the sum is taken in float64). ``summary`` sums the counts of every process in one
+    ``update`` costs one comparison and one reduction over the activation, torch ops on any device; NaN counts
+    as not firing. Counts are int64 on the device (exact). ``summary`` sums the counts of every process in one
     collective (so all ranks agree on the dead filters) and moves them to the host in one copy.
 
     Example:
@@ -88,15 +80,8 @@ class ActivationStats:
         ([1.0, 0.0, 2.0], [1], 0.5)
     """
 
-    def __init__(
-        self,
-        channels: Mapping[str, int],
-        device: torch.device | str | None = None,
-        max_scratch_elements: int = 1 << 19,
-    ) -> None:
+    def __init__(self, channels: Mapping[str, int], device: torch.device | str | None = None) -> None:
         self.channels = dict(channels)
-        self.max_scratch_elements = max_scratch_elements
-        self._scratch: Tensor | None = None
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._firing: dict[str, Tensor] = {}
         self._positions: dict[str, int] = {}
@@ -106,8 +91,7 @@ class ActivationStats:
     def reset(self) -> None:
         """Start a new window."""
         self._firing = {
-            name: torch.zeros(count, dtype=_count_dtype(self.device), device=self.device)
-            for name, count in self.channels.items()
+            name: torch.zeros(count, dtype=torch.int64, device=self.device) for name, count in self.channels.items()
         }
         self._positions = dict.fromkeys(self.channels, 0)
         self.steps = 0
@@ -129,43 +113,12 @@ class ActivationStats:
             raise ValueError(f"activation {name!r} has {channels} channels, expected {expected}")
         firing = self._firing[name]
         if firing.device != values.device:
-            firing = self._firing[name] = firing.to(values.device, _count_dtype(values.device))
-        kernel = firing_kernel() if values.device.type == "cpu" else None
-        if kernel is not None and kernel.accepts(values, firing):
-            kernel.count(values, firing)  # one read of the activation, no temporary
-        else:
-            self._count_with_torch(values, firing)
-        self._positions[name] += values.numel() // channels
-
-    def _count_with_torch(self, values: Tensor, firing: Tensor) -> None:
-        channels = values.shape[1]
+            firing = self._firing[name] = firing.to(values.device)
         with torch.no_grad():
-            # sign(x) is 1 where x > 0 and 0 where x == 0 (ReLU outputs are never negative). NaN counts as
-            # not firing, so a layer that diverged to NaN shows as dead and alerts.
-            if values.device.type == "cpu":
-                # A fresh activation-sized temporary costs page faults on every step on CPU; a reused
-                # scratch buffer does not (GPU caching allocators reuse memory anyway).
-                # Summing the contiguous trailing positions first, then the batch, is ~1.5x faster on CPU
-                # than one reduction over the non-adjacent dimensions (0, 2, 3).
-                rows = self._chunk_rows(values)
-                for chunk in (values,) if rows >= values.shape[0] else values.split(rows):
-                    indicator = torch.sign(chunk, out=self._scratch_for(chunk))
-                    per_row = indicator.view(chunk.shape[0], channels, -1).sum(-1, dtype=torch.float32)
-                    firing.add_(per_row.sum(0))
-            else:
-                dims = [0, *range(2, values.dim())]
-                firing.add_(torch.sign(values).sum(dim=dims, dtype=firing.dtype))
-
-    def _chunk_rows(self, values: Tensor) -> int:
-        per_row = max(1, values[0].numel())
-        return max(1, self.max_scratch_elements // per_row)
-
-    def _scratch_for(self, chunk: Tensor) -> Tensor:
-        needed = chunk.numel()
-        scratch = self._scratch
-        if scratch is None or scratch.numel() < needed or scratch.dtype != chunk.dtype:
-            scratch = self._scratch = torch.empty(needed, dtype=chunk.dtype, device=chunk.device)
-        return scratch[:needed].view(chunk.shape)
+            # per image and channel first (contiguous positions; int32 is exact below 2**31), then the batch
+            per_image = values.gt(0).reshape(values.shape[0], channels, -1).sum(dim=2, dtype=torch.int32)
+            firing.add_(per_image.sum(dim=0))
+        self._positions[name] += values.numel() // channels
 
     def step(self) -> None:
         """Count one training step in the window."""
@@ -182,9 +135,8 @@ class ActivationStats:
         """
         names = list(self.channels)
         device = next(iter(self._firing.values())).device if self._firing else self.device
-        dtype = _count_dtype(device)
-        totals = torch.tensor([float(self._positions[n]) for n in names] + [float(self.steps)], dtype=dtype)
-        flat = torch.cat([*(self._firing[n].to(device, dtype) for n in names), totals.to(device)])
+        totals = torch.tensor([self._positions[n] for n in names] + [self.steps], dtype=torch.int64)
+        flat = torch.cat([*(self._firing[n].to(device) for n in names), totals.to(device)])
         if reduce_sum is None and _distributed():
             reduce_sum = _all_reduce_sum
         if reduce_sum is not None:
@@ -196,15 +148,10 @@ class ActivationStats:
         for index, name in enumerate(names):
             count = self.channels[name]
             layers[name] = LayerSummary(
-                firing=host[offset : offset + count].clone(), positions=int(host[position_offset + index])
+                firing=host[offset : offset + count].double(), positions=int(host[position_offset + index])
             )
             offset += count
         return ActivationSummary(layers=layers, steps=int(host[-1]))
-
-
-def _count_dtype(device: torch.device) -> torch.dtype:
-    """float64 (exact counts up to 2**53) except on Apple's MPS, which has no float64."""
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _distributed() -> bool:

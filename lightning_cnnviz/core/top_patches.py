@@ -17,35 +17,18 @@ their projections to pixel space.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.layers import resolve_modules
+from lightning_cnnviz.core._images import check_images, in_layout_of
+from lightning_cnnviz.core._model import evaluating, run_to
 from lightning_cnnviz.core.receptive_field import ReceptiveField
-from lightning_cnnviz.core.relu_sites import restore_training_flags
-from lightning_cnnviz.core.saliency import (
-    ReluGradientRule,
-    ReluRule,
-    _check_images,
-    _fast_layout,
-    _gradient_pass,
-    override_relu_gradient,
-)
+from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule, override_relu_gradient
 
-__all__ = [
-    "StreamingTopK",
-    "TopActivations",
-    "crop_patches",
-    "merge_top_activations",
-    "project_activations",
-    "project_activations_rules",
-    "top_activations",
-]
+__all__ = ["crop_patches", "project_activations", "top_activations"]
 
 
 @dataclass
@@ -115,13 +98,8 @@ class StreamingTopK:
             raise ValueError(f"activations must be (B, C, H, W), got shape {tuple(activations.shape)}")
         act = activations.detach()
         channels = self.channels.to(act.device)
-        batch, _, height, width = act.shape
-        if act.is_contiguous(memory_format=torch.channels_last) and act.shape[1] > 1:
-            # NHWC: reduce over positions in place (a view, no copy), then keep the chosen channels
-            best, where = act.permute(0, 2, 3, 1).reshape(batch, height * width, -1).max(dim=1)
-            best, where = best[:, channels], where[:, channels]
-        else:
-            best, where = act[:, channels].flatten(2).max(dim=2)  # (B, C): first maximum in row-major order
+        width = act.shape[-1]
+        best, where = act[:, channels].flatten(2).max(dim=2)  # (B, C): first maximum in row-major order
         best = best.float().nan_to_num(nan=float("-inf"))  # a channel with NaN values never ranks
         indices = image_indices.to(self.values.device).long()[None].expand(self.channels.numel(), -1)
         self._offer(best.t(), indices, (where // width).t(), (where % width).t())
@@ -149,49 +127,10 @@ def merge_top_activations(parts: Sequence[TopActivations], k: int | None = None)
     return TopActivations(channels, *_ordered(k, *cat))
 
 
-class _StopForward(Exception):
-    """Raised by a hook once every layer of interest has run: the rest of the forward is not needed."""
-
-
-@contextlib.contextmanager
-def _stop_after(model: nn.Module, layers: Sequence[str], on_output: Any) -> Iterator[set[str]]:
-    """Call ``on_output(name, output)`` for each layer's first output; stop the forward after the last layer.
-
-    Yields the set of layers seen so far (for one forward: enter the block once per forward)."""
-    modules = resolve_modules(model, list(layers), what="layer")
-    seen: set[str] = set()
-    handles = []
-    for name, module in modules.items():
-
-        def hook(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
-            if name in seen:
-                return
-            if not isinstance(output, Tensor) or output.dim() != 4:
-                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-                raise ValueError(f"layer {name!r} gives {shape}; top patches need a (N, C, H, W) feature map")
-            seen.add(name)
-            on_output(name, output)
-            if len(seen) == len(modules):
-                raise _StopForward
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _run_to(model: nn.Module, images: Tensor, layers: Sequence[str], on_output: Any) -> None:
-    """One forward of ``images`` that stops once every layer in ``layers`` has produced its output."""
-    with _stop_after(model, layers, on_output) as seen:
-        try:
-            model(images)
-        except _StopForward:
-            pass
-    missing = [name for name in layers if name not in seen]
-    if missing:
-        raise ValueError(f"layers {missing} are never called by {type(model).__name__}.forward")
+def feature_map(layer: str, output: Tensor) -> Tensor:
+    if output.dim() != 4:
+        raise ValueError(f"layer {layer!r} gives {tuple(output.shape)}; top patches need a (N, C, H, W) feature map")
+    return output
 
 
 def top_activations(
@@ -209,19 +148,18 @@ def top_activations(
     and each forward stops after the deepest chosen layer. ``image_indices`` (default ``0..N-1``) name
     the images in the result, so shards of one probe set can be merged.
     """
-    _check_images(images)
+    check_images(images)
     indices = torch.arange(images.shape[0], device=images.device) if image_indices is None else image_indices
     if indices.shape != images.shape[:1]:
         raise ValueError(f"image_indices must have shape ({images.shape[0]},), got {tuple(indices.shape)}")
     tops = {name: StreamingTopK(channels, k, device=images.device) for name, channels in layers.items()}
-    with restore_training_flags(model), torch.no_grad():
-        model.eval()
+    with evaluating(model):
         for chunk, chunk_indices in zip(images.split(max_batch), indices.split(max_batch)):
 
             def offer(name: str, output: Tensor, chunk_indices: Tensor = chunk_indices) -> None:
-                tops[name].update(output, chunk_indices)
+                tops[name].update(feature_map(name, output), chunk_indices)
 
-            _run_to(model, _fast_layout(chunk), list(layers), offer)
+            run_to(model, chunk, list(layers), offer)
     return {name: top.result() for name, top in tops.items()}
 
 
@@ -236,10 +174,10 @@ def _project_rows(
     holder: ReluGradientRule,
 ) -> tuple[list[Tensor], Tensor]:
     """(input gradients per rule, activation values) of one batch of rows, from one forward pass."""
-    inputs = _fast_layout(inputs).detach().clone().requires_grad_(True)
+    inputs = inputs.detach().clone().requires_grad_(True)
     captured: dict[str, Tensor] = {}
-    _run_to(model, inputs, [layer], captured.__setitem__)
-    activation = captured[layer]
+    run_to(model, inputs, [layer], captured.__setitem__)
+    activation = feature_map(layer, captured[layer])
     rows = torch.arange(inputs.shape[0], device=activation.device)
     # clones: index tensors made under inference mode cannot be saved for backward
     where = [t.to(activation.device).clone() for t in (channels, ys, xs)]
@@ -330,7 +268,7 @@ def project_activations_rules(
 ) -> dict[str, Tensor]:
     """:func:`project_activations` for several ReLU rules at once: one forward pass, one backward pass per rule
     (the rules differ only in the backward). Returns rule -> (B, C, H, W)."""
-    _check_images(images)
+    check_images(images)
     if not rules or any(r not in ("deconvnet", "guided_backprop") for r in rules):
         raise ValueError(f"rules can be 'deconvnet' and 'guided_backprop', got {tuple(rules)!r}")
     count = images.shape[0]
@@ -338,7 +276,7 @@ def project_activations_rules(
         if value.shape != (count,):
             raise ValueError(f"{name} must have shape ({count},), got {tuple(value.shape)}")
     channels, ys, xs = (t.to(images.device).long() for t in (channels, ys, xs))
-    with _gradient_pass(model), override_relu_gradient(rules[0]) as holder:
+    with evaluating(model, grad=True), override_relu_gradient(rules[0]) as holder:
         # made here, outside inference mode, so that they can be written in place
         results: dict[str, Tensor] = {rule: images.new_zeros(images.shape) for rule in rules}
         redo = torch.ones(count, dtype=torch.bool, device=images.device)
@@ -353,7 +291,7 @@ def project_activations_rules(
                     top, left = starts[part, 0], starts[part, 1]
                     rows = (top[:, None] + torch.arange(shape[0], device=top.device))[:, :, None]
                     cols = (left[:, None] + torch.arange(shape[1], device=top.device))[:, None, :]
-                    crops = images[part[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+                    crops = in_layout_of(images[part[:, None, None], :, rows, cols].permute(0, 3, 1, 2), images)
                     grads, values = _project_rows(
                         model, layer, crops, channels[part], local_y[part], local_x[part], rules, holder
                     )
@@ -365,7 +303,8 @@ def project_activations_rules(
                         )
                     redo[keep] = False
         for part in redo.nonzero().flatten().split(max_batch):
-            grads, _ = _project_rows(model, layer, images[part], channels[part], ys[part], xs[part], rules, holder)
+            whole = in_layout_of(images[part], images)
+            grads, _ = _project_rows(model, layer, whole, channels[part], ys[part], xs[part], rules, holder)
             for rule, grad in zip(rules, grads):
                 results[rule][part] = grad
     return results
@@ -379,8 +318,8 @@ def _values_at(
     with torch.no_grad():
         for part in torch.arange(images.shape[0], device=images.device).split(max_batch):
             captured: dict[str, Tensor] = {}
-            _run_to(model, images[part], [layer], captured.__setitem__)
-            activation = captured[layer]
+            run_to(model, in_layout_of(images[part], images), [layer], captured.__setitem__)
+            activation = feature_map(layer, captured[layer])
             rows = torch.arange(len(part), device=activation.device)
             values.append(activation[rows, channels[part], ys[part], xs[part]])
     return torch.cat(values)

@@ -9,7 +9,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["annotate", "images_from_batch", "labels_from_batch", "normalize_per_item", "tile_grid", "upscale_nearest"]
+__all__ = [
+    "annotate",
+    "check_images",
+    "images_from_batch",
+    "labels_from_batch",
+    "normalize_per_item",
+    "tile_grid",
+    "upscale_nearest",
+]
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 
@@ -64,6 +72,19 @@ def labels_from_batch(batch: Any, images: Tensor) -> Tensor | None:
     one entry per image; None otherwise."""
     labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
     return labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
+
+
+def check_images(images: Tensor) -> None:
+    """Raise ``TypeError`` unless ``images`` is a floating tensor (N, C, H, W)."""
+    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+        raise TypeError(f"images must be a floating tensor of shape (N, C, H, W), got {images!r:.120}")
+
+
+def in_layout_of(tensor: Tensor, images: Tensor) -> Tensor:
+    """``tensor`` in the memory format of ``images`` (channels-last or not): the model then runs in the layout
+    it was given, whose float rounding its own forward has."""
+    channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+    return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def normalize_per_item(values: Tensor, eps: float = 1e-12) -> Tensor:

@@ -1,0 +1,173 @@
+"""Private to :mod:`lightning_cnnviz`: finding layers by name, running the model without disturbing it, and
+running it only as far as a layer. Each of these is written here once."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cnnviz.core._calls import flat_tensors
+
+__all__ = [
+    "StopForward",
+    "class_name",
+    "conv_layers",
+    "evaluating",
+    "first_conv",
+    "format_names",
+    "module_names",
+    "resolve_modules",
+    "restore_training_flags",
+    "run_to",
+]
+
+
+def format_names(names: Collection[str], limit: int = 40) -> str:
+    """``'a', 'b', ... (N more)``: a readable list of valid names for error messages."""
+    shown = [repr(name) for name in list(names)[:limit]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f", ... ({more} more)" if more > 0 else "")
+
+
+def class_name(index: int, names: Sequence[str] | None) -> str:
+    """The name of class ``index`` (its number when no names are given or it has none)."""
+    return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+
+def module_names(model: nn.Module) -> dict[int, str]:
+    """``id(module) -> name`` for every submodule ("" is the model itself)."""
+    return {id(module): name for name, module in model.named_modules()}
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Every ``nn.Conv2d`` of ``model`` by name, in registration order."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first ``nn.Conv2d`` in registration order (the layer that looks at pixels in a plain CNN).
+
+    Raises:
+        ValueError: the model has no ``nn.Conv2d``.
+    """
+    convs = conv_layers(model)
+    if not convs:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Conv2d layer: lightning_cnnviz visualizes convolutional "
+            "networks, so the model needs at least one torch.nn.Conv2d module."
+        )
+    name = next(iter(convs))
+    return name, convs[name]
+
+
+def resolve_modules(
+    model: nn.Module,
+    names: Sequence[str],
+    *,
+    what: str = "layer",
+    kinds: tuple[type[nn.Module], ...] | None = None,
+    extra_valid: Collection[str] = (),
+) -> dict[str, nn.Module]:
+    """Look up modules by name, failing with a message that lists the names one may use.
+
+    Args:
+        model: the network.
+        names: names from ``model.named_modules()``.
+        what: how the error message calls the argument (``"FilterMonitor layers"``).
+        kinds: if given, the module types allowed; a module of another type is an error.
+        extra_valid: further names that are valid elsewhere (listed in the message).
+    """
+    modules = dict(model.named_modules())
+    allowed = {n: m for n, m in modules.items() if kinds is None or isinstance(m, kinds)}
+    resolved: dict[str, nn.Module] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"{what}: layer names must be strings, got {name!r} ({type(name).__name__}).")
+        if name in allowed:
+            resolved[name] = allowed[name]
+            continue
+        valid = [*allowed, *[n for n in extra_valid if n not in allowed]]
+        kind_text = "" if kinds is None else " of type " + "/".join(k.__name__ for k in kinds)
+        if name in modules and kinds is not None:
+            problem = f"{name!r} is a {type(modules[name]).__name__}, not a module{kind_text}"
+        else:
+            problem = f"no module named {name!r}"
+        raise ValueError(f"{what}: {problem}. Valid names{kind_text}: {format_names(valid)}.")
+    return resolved
+
+
+@contextlib.contextmanager
+def restore_training_flags(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's ``training`` flag on exit, whatever happened inside."""
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
+    """The model in eval mode (flags restored on exit), without gradients, or with them (``grad=True``, also
+    inside ``torch.inference_mode``, for a visualization's own gradient pass on fresh tensors)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(restore_training_flags(model))
+        if grad:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())
+        else:
+            stack.enter_context(torch.no_grad())
+        model.eval()
+        yield
+
+
+class StopForward(Exception):
+    """Raised by a hook once every layer of interest has run: the rest of the forward is not needed."""
+
+
+def run_to(
+    model: nn.Module,
+    inputs: Any,
+    layers: Sequence[str],
+    on_output: Callable[[str, Tensor], None],
+    *,
+    take_input: bool = False,
+) -> None:
+    """One forward of ``inputs`` that calls ``on_output(name, tensor)`` with each named module's first output (its
+    first input with ``take_input``) and stops as soon as every named module has been seen.
+
+    Raises:
+        ValueError: an unknown layer name (the valid names are listed), or a layer the forward never reaches.
+    """
+    modules = resolve_modules(model, list(layers), what="layer")
+    seen: set[str] = set()
+
+    def see(name: str, value: Any) -> None:
+        tensor = next(flat_tensors(value), None)
+        if name in seen or tensor is None:
+            return
+        seen.add(name)
+        on_output(name, value if isinstance(value, Tensor) else tensor)
+        if len(seen) == len(modules):
+            raise StopForward
+
+    handles = []
+    try:
+        for name, module in modules.items():
+            if take_input:
+                handles.append(module.register_forward_pre_hook(lambda m, args, name=name: see(name, args)))
+            else:
+                handles.append(module.register_forward_hook(lambda m, args, out, name=name: see(name, out)))
+        with contextlib.suppress(StopForward):
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in layers if name not in seen]
+    if missing:
+        raise ValueError(f"layers {missing} are never called by {type(model).__name__}.forward")

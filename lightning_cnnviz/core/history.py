@@ -1,0 +1,86 @@
+"""Evolution history, Trainer-free: one column of thumbnails per logged point, thinned to a fixed width."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["EvolutionHistory"]
+
+
+class EvolutionHistory:
+    """Per layer, the columns of an evolution picture (Zeiler & Fergus 2013, Fig. 4), oldest first.
+
+    Columns sit on a grid of every ``stride``-th logged point, plus the latest one; when more than
+    ``max_columns`` would be kept, the stride doubles, so the picture spans the whole run at an even, coarser
+    step. Thumbnails are stored as uint8 (C, 3, h, w), at most ``thumbnail_px`` on a side; a column of another
+    shape than the previous (other channels, other image size) starts the layer afresh.
+
+    Example:
+        >>> history = EvolutionHistory(max_columns=2)
+        >>> for epoch in range(5):
+        ...     history.add("conv1", f"ep {epoch}", torch.rand(4, 3, 8, 8))
+        >>> [caption for caption, _ in history.columns("conv1")]
+        ['ep 0', 'ep 4']
+    """
+
+    def __init__(self, max_columns: int = 24, thumbnail_px: int = 48) -> None:
+        self.max_columns = max_columns
+        self.thumbnail_px = thumbnail_px
+        # layer -> {"stride", "count", "columns": [(log index, caption, thumbnails uint8 (C, 3, h, w))]}
+        self._layers: dict[str, dict[str, Any]] = {}
+
+    def _thumbnail(self, tiles: Tensor) -> Tensor:
+        side = max(tiles.shape[-2:])
+        if side > self.thumbnail_px:
+            size = [max(1, round(s * self.thumbnail_px / side)) for s in tiles.shape[-2:]]
+            tiles = F.interpolate(tiles.float(), size=size, mode="area")
+        return (tiles.clamp(0, 1) * 255).round().byte().cpu()
+
+    def add(self, layer: str, caption: str, tiles: Tensor) -> None:
+        """Add a column: ``tiles`` (C, 3, h, w) in [0, 1], one per channel."""
+        thumbnail = self._thumbnail(tiles)
+        history = self._layers.setdefault(layer, {"stride": 1, "count": 0, "columns": []})
+        columns = history["columns"]
+        if columns and columns[-1][2].shape != thumbnail.shape:
+            history.update(stride=1, count=0, columns=[])
+            columns = history["columns"]
+        index = history["count"]
+        history["count"] = index + 1
+        if columns and columns[-1][0] % history["stride"] != 0:
+            columns.pop()  # the previous latest column is off the grid
+        columns.append((index, caption, thumbnail))
+        while len(columns) > self.max_columns:
+            history["stride"] *= 2
+            columns[:] = [c for c in columns[:-1] if c[0] % history["stride"] == 0] + columns[-1:]
+
+    def columns(self, layer: str) -> list[tuple[str, Tensor]]:
+        """The layer's kept columns, oldest first: (caption, uint8 thumbnails (C, 3, h, w))."""
+        return [(caption, tiles) for _, caption, tiles in self._layers.get(layer, {}).get("columns", [])]
+
+    def stacked(self, layer: str) -> tuple[Tensor, list[str]]:
+        """(C, T, 3, h, w) float thumbnails in [0, 1] and the T captions."""
+        columns = self.columns(layer)
+        return torch.stack([t for _, t in columns], dim=1).float() / 255, [c for c, _ in columns]
+
+    def latest_captions(self) -> set[str]:
+        return {columns[-1][0] for layer in self._layers if (columns := self.columns(layer))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            name: {**history, "columns": [(i, c, t.clone()) for i, c, t in history["columns"]]}
+            for name, history in self._layers.items()
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._layers = {
+            name: {
+                "stride": int(history["stride"]),
+                "count": int(history["count"]),
+                "columns": [(int(i), str(c), t.cpu()) for i, c, t in history["columns"]],
+            }
+            for name, history in state.items()
+        }
