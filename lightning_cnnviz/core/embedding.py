@@ -65,16 +65,40 @@ class TSNEAffinities:
 
 
 def _knn(features: Tensor, k: int, block: int = 2048) -> tuple[Tensor, Tensor]:
-    """Exact squared Euclidean distances and indices of the ``k`` nearest other points, in row blocks."""
-    x = features.float()
-    norms = (x * x).sum(dim=1)
+    """Squared Euclidean distances (float64) and indices of the ``k`` nearest other points, exact.
+
+    Candidates come from a float32 matrix product in row blocks (``k`` plus a margin per row); their distances are
+    recomputed in float64, which orders near-ties correctly. A row whose margin is smaller than float32's
+    worst-case rounding of the product (so a true neighbour might be outside its candidates) is computed in
+    float64 whole.
+    """
+    x64 = features.double() - features.double().mean(dim=0)
+    x, norms64 = x64.float(), (x64 * x64).sum(dim=1)
+    norms, count, dims = norms64.float(), x.shape[0], x.shape[1]
+    candidates = min(count - 1, k + max(8, k // 4))
+    rounding = (dims + 2) * torch.finfo(torch.float32).eps * (norms64 + norms64.max())  # per row, worst case
     distances, indices = [], []
-    for start in range(0, x.shape[0], block):
-        rows = x[start : start + block]
-        d2 = torch.addmm(norms[None, :], rows, x.t(), beta=1, alpha=-2).add_(norms[start : start + block, None])
-        own = torch.arange(rows.shape[0], device=x.device)
-        d2[own, own + start] = float("inf")
-        value, index = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+    for start in range(0, count, block):
+        rows = torch.arange(start, min(start + block, count), device=x.device)
+        d2 = torch.addmm(norms[None, :], x[rows], x.t(), beta=1, alpha=-2).add_(norms[rows, None])
+        d2[rows - start, rows] = float("inf")
+        approx, near = torch.topk(d2, candidates, dim=1, largest=False, sorted=True)
+        step = max(1, 2**24 // (candidates * dims))  # float64 gathers of at most 128 MiB
+        exact = torch.cat(
+            [
+                norms64[part, None] + norms64[near[part - start]]
+                - 2 * torch.einsum("bd,bkd->bk", x64[part], x64[near[part - start]])
+                for part in rows.split(step)
+            ]
+        )  # fmt: skip
+        value, order = torch.topk(exact, k, dim=1, largest=False, sorted=True)
+        index = near.gather(1, order)
+        unsure = (approx[:, -1].double() - rounding[rows] <= value[:, -1]) & (candidates < count - 1)
+        if bool(unsure.any()):  # rare: the margin is within float32 rounding, so these rows go all float64
+            redo = rows[unsure]
+            whole = norms64[redo, None] + norms64[None, :] - 2 * x64[redo] @ x64.t()
+            whole[torch.arange(len(redo), device=x.device), redo] = float("inf")
+            value[unsure], index[unsure] = torch.topk(whole, k, dim=1, largest=False, sorted=True)
         distances.append(value.clamp_min_(0))
         indices.append(index)
     return torch.cat(distances), torch.cat(indices)
