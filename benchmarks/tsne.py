@@ -1,7 +1,11 @@
 """Our torch t-SNE vs openTSNE (n_jobs=2) vs scikit-learn, in one process, on 512-d features.
 
     python benchmarks/tsne.py                      # CPU, N = 1000 2000 5000 10000
+    python benchmarks/tsne.py --busy               # the same beside a competing CPU-bound process
     python benchmarks/tsne.py --device cuda --sizes 5000 10000
+
+``--busy`` starts one CPU-bound process (a Python busy loop) before the runs and stops it after, so both
+implementations share the machine with it, as inside a training run with data-loader workers.
 
 Features: Fashion-MNIST test images (``../shared/data``) through a fixed Gaussian random projection to 512
 dimensions (distances kept, real-image structure), standing in for 512-d CNN codes. (On isotropic Gaussian
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -59,9 +65,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-sklearn", action="store_true")
+    parser.add_argument("--busy", action="store_true", help="run beside a competing CPU-bound process")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    print(f"torch threads {torch.get_num_threads()}, device {args.device}")
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        run(args)
+    finally:
+        if competitor is not None:
+            competitor.kill()
+
+
+def run(args: argparse.Namespace) -> None:
+    load = "beside one competing CPU-bound process" if args.busy else "on a quiet machine"
+    print(f"torch threads {torch.get_num_threads()}, device {args.device}, {load}")
     header = f"{'N':>6} {'method':>10} {'seconds':>9} {'vs openTSNE':>12} {'trust(5)':>9} {'5-NN acc':>9}"
     print(header)
     for count in args.sizes:

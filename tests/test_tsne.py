@@ -46,7 +46,41 @@ def test_affinities_equal_opentsne_exact_perplexity_affinities(
     theirs = PerplexityBasedNN(x, perplexity=30, method="exact", n_jobs=1).P.toarray()
     mine = dense_p(len(x), ours.first, ours.second, ours.values)
     assert abs(mine.sum() - 1) < 1e-5 and abs(theirs.sum() - 1) < 1e-6
-    assert np.abs(mine - theirs).max() <= 1e-6 * theirs.max()
+    assert np.abs(mine - theirs).max() <= 5e-6 * theirs.max()
+
+
+def exact_affinities(x: np.ndarray, perplexity: float = 30.0) -> np.ndarray:
+    """By hand, in float64: exact kNN (k = 3 perplexity), each precision bisected 200 times, symmetrised."""
+    y = x.astype(np.float64)
+    count, k = len(y), int(3 * perplexity)
+    squares = (y * y).sum(1)
+    d2 = squares[:, None] + squares[None, :] - 2 * y @ y.T
+    np.fill_diagonal(d2, np.inf)
+    neighbors = np.argsort(d2, axis=1, kind="stable")[:, :k]
+    d = np.take_along_axis(d2, neighbors, 1)
+    d = d - d[:, :1]
+    low, high, beta = np.zeros(count), np.full(count, np.inf), np.ones(count)
+    for _ in range(200):
+        p = np.exp(-d * beta[:, None])
+        entropy = np.log(p.sum(1)) + beta * (d * p).sum(1) / p.sum(1)
+        flat = entropy > np.log(perplexity)
+        low, high = np.where(flat, beta, low), np.where(flat, high, beta)
+        beta = np.where(np.isinf(high), beta * 2, (low + high) / 2)
+    p = np.exp(-d * beta[:, None])
+    conditional = np.zeros((count, count))
+    np.put_along_axis(conditional, neighbors, p / p.sum(1, keepdims=True), 1)
+    return (conditional + conditional.T) / (2 * count)
+
+
+def test_affinities_of_512_d_codes_equal_a_float64_computation_by_hand(digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """Codes of CNN width: digits through a fixed random projection to 512-d, where float32 distances lose most
+    digits to the norms (openTSNE's own calibration stops early there, so the reference is computed here)."""
+    rng = np.random.default_rng(5)
+    x = (digits[0][:1200] @ rng.normal(size=(64, 512)) / 8 + rng.normal(scale=0.5, size=(1200, 512))).astype(np.float32)
+    ours = tsne_affinities(torch.from_numpy(x), perplexity=30)
+    expected = exact_affinities(x)
+    mine = dense_p(len(x), ours.first, ours.second, ours.values)
+    assert np.abs(mine - expected).max() <= 5e-6 * expected.max()
 
 
 def test_knn_is_exact_on_near_ties_far_from_the_origin() -> None:
@@ -59,7 +93,7 @@ def test_knn_is_exact_on_near_ties_far_from_the_origin() -> None:
     np.fill_diagonal(brute, np.inf)
     expected = np.argsort(brute, axis=1, kind="stable")[:, :20]
     assert (index.numpy() == expected).all()  # the same neighbours in the same order (float32 orders 38%)
-    np.testing.assert_allclose(d2.numpy(), np.take_along_axis(brute, expected, 1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d2.numpy(), np.take_along_axis(brute, expected, 1), rtol=2e-6)
 
 
 def loo_knn_accuracy_sklearn(points: np.ndarray, labels: np.ndarray, k: int = 5) -> float:

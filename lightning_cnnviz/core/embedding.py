@@ -21,6 +21,7 @@ and FFT-accelerated interpolation (FIt-SNE, Linderman et al. 2019) for large N.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -64,43 +65,43 @@ class TSNEAffinities:
             )
 
 
-def _knn(features: Tensor, k: int, block: int = 2048) -> tuple[Tensor, Tensor]:
-    """Squared Euclidean distances (float64) and indices of the ``k`` nearest other points, exact.
+def _knn(features: Tensor, k: int, block: int = 2048, band: int = 8) -> tuple[Tensor, Tensor]:
+    """Squared Euclidean distances and indices of the ``k`` nearest other points, nearest first.
 
-    Candidates come from a float32 matrix product in row blocks (``k`` plus a margin per row); their distances are
-    recomputed in float64, which orders near-ties correctly. A row whose margin is smaller than float32's
-    worst-case rounding of the product (so a true neighbour might be outside its candidates) is computed in
-    float64 whole.
+    Distances come from a float32 matrix product of the centred points in row blocks. Its rounding (measured at
+    most ``4.4 * eps * (|x_i|^2 + |x_j|^2)`` on image features; bounded here by ``2 (sqrt(D) + 2)`` times that)
+    can swap near-tied neighbours at the edge of the set, so the ``2 * band`` candidates around the ``k``-th are
+    recomputed from their differences and re-ordered, and a row where the bound reaches past
+    them is computed in float64 whole: the neighbour set is the exact one.
     """
-    x64 = features.double() - features.double().mean(dim=0)
-    x, norms64 = x64.float(), (x64 * x64).sum(dim=1)
-    norms, count, dims = norms64.float(), x.shape[0], x.shape[1]
-    candidates = min(count - 1, k + max(8, k // 4))
-    rounding = (dims + 2) * torch.finfo(torch.float32).eps * (norms64 + norms64.max())  # per row, worst case
+    x = (features.double() - features.double().mean(dim=0)).float()
+    count, dims = x.shape
+    norms = (x * x).sum(dim=1)
+    wide, inner = min(count - 1, k + band), max(0, k - band)
+    rounding = 2 * (dims**0.5 + 2) * torch.finfo(torch.float32).eps * (norms + norms.max())
     distances, indices = [], []
     for start in range(0, count, block):
         rows = torch.arange(start, min(start + block, count), device=x.device)
         d2 = torch.addmm(norms[None, :], x[rows], x.t(), beta=1, alpha=-2).add_(norms[rows, None])
         d2[rows - start, rows] = float("inf")
-        approx, near = torch.topk(d2, candidates, dim=1, largest=False, sorted=True)
-        step = max(1, 2**24 // (candidates * dims))  # float64 gathers of at most 128 MiB
-        exact = torch.cat(
-            [
-                norms64[part, None] + norms64[near[part - start]]
-                - 2 * torch.einsum("bd,bkd->bk", x64[part], x64[near[part - start]])
-                for part in rows.split(step)
-            ]
-        )  # fmt: skip
-        value, order = torch.topk(exact, k, dim=1, largest=False, sorted=True)
-        index = near.gather(1, order)
-        unsure = (approx[:, -1].double() - rounding[rows] <= value[:, -1]) & (candidates < count - 1)
-        if bool(unsure.any()):  # rare: the margin is within float32 rounding, so these rows go all float64
-            redo = rows[unsure]
-            whole = norms64[redo, None] + norms64[None, :] - 2 * x64[redo] @ x64.t()
+        value, index = torch.topk(d2, min(count - 1, wide + 1), dim=1, largest=False, sorted=True)
+        beyond, value, index = value[:, -1], value[:, :wide], index[:, :wide]
+        # differences are exact to float32's rounding of the distance itself (no cancellation of large norms)
+        edge = (x[rows, None, :] - x[index[:, inner:]]).pow_(2).sum(dim=2).double()
+        exact, order = edge.sort(dim=1, stable=True)
+        value, index = value.double(), torch.cat([index[:, :inner], index[:, inner:].gather(1, order)], dim=1)
+        value[:, inner:] = exact
+        kth, slack = exact[:, k - inner - 1], rounding[rows].double()
+        unsure = (value[:, inner - 1] + slack > kth) if inner else torch.zeros_like(kth, dtype=torch.bool)
+        if wide < count - 1:  # a point beyond the candidates could be nearer than the k-th
+            unsure |= beyond.double() - slack <= kth
+        if bool(unsure.any()):
+            redo, x64 = rows[unsure], x.double()
+            whole = (x64[redo] * x64[redo]).sum(1, keepdim=True) - 2 * x64[redo] @ x64.t() + (x64 * x64).sum(1)
             whole[torch.arange(len(redo), device=x.device), redo] = float("inf")
-            value[unsure], index[unsure] = torch.topk(whole, k, dim=1, largest=False, sorted=True)
-        distances.append(value.clamp_min_(0))
-        indices.append(index)
+            value[unsure], index[unsure] = torch.topk(whole, wide, dim=1, largest=False, sorted=True)
+        distances.append(value[:, :k].clamp_min_(0))
+        indices.append(index[:, :k])
     return torch.cat(distances), torch.cat(indices)
 
 
@@ -269,6 +270,41 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid, bounds: tuple[float, float] |
     return ((local * at_points[:1] - at_points[1:]) / z).float()
 
 
+class _ThreadChoice:
+    """On CPU, the iterations run on one thread or on all of torch's, whichever was faster when last measured.
+
+    An iteration is a few dozen small ops; each parallel one ends in a barrier that waits for every thread, so
+    when another process holds a core, every barrier waits for a time slice and two threads run several times
+    slower than one (measured: 2.4x at N = 1,000 beside one busy process), while on a quiet machine two are
+    1.3x to 1.6x faster. So every ``period`` iterations both are timed over ``probe`` iterations each and the
+    faster one runs until the next measurement.
+    """
+
+    def __init__(self, device: torch.device, period: int = 150, probe: int = 8) -> None:
+        self.initial = torch.get_num_threads()
+        self.enabled = device.type == "cpu" and self.initial > 1
+        self.period, self.probe = period, probe
+        self.chosen, self.started, self.timings = self.initial, 0.0, [0.0, 0.0]
+
+    def before(self, iteration: int) -> None:
+        phase = iteration % self.period
+        if self.enabled and phase in (0, self.probe):
+            torch.set_num_threads(1 if phase == 0 else self.initial)
+            self.started = time.perf_counter()
+
+    def after(self, iteration: int) -> None:
+        phase = iteration % self.period
+        if self.enabled and phase in (self.probe - 1, 2 * self.probe - 1):
+            self.timings[phase >= self.probe] = time.perf_counter() - self.started
+            if phase == 2 * self.probe - 1:
+                self.chosen = 1 if self.timings[0] <= self.timings[1] else self.initial
+                torch.set_num_threads(self.chosen)
+
+    def restore(self) -> None:
+        if self.enabled:
+            torch.set_num_threads(self.initial)
+
+
 def tsne(
     features: Tensor,
     *,
@@ -332,10 +368,12 @@ def tsne(
     coords = y.t().contiguous()  # (2, N): each axis contiguous
     update = torch.zeros_like(coords)
     gains = torch.full_like(coords, 1.2)  # openTSNE's first step: sign(0) != sign(gradient), so every gain is 1 + 0.2
-    first = True
-    for phase_iter, exaggeration in ((early_exaggeration_iter, early_exaggeration), (n_iter, 1.0)):
-        rate = learning_rate if learning_rate is not None else count / exaggeration
-        for _ in range(phase_iter):
+    schedule = [early_exaggeration] * early_exaggeration_iter + [1.0] * n_iter
+    threads = _ThreadChoice(coords.device)
+    try:
+        for iteration, exaggeration in enumerate(schedule):
+            threads.before(iteration)
+            rate = learning_rate if learning_rate is not None else count / exaggeration
             bounds = None
             if method == "auto":  # the cheaper one now: exact costs ~N^2, the FFT ~(grid side)^2, side ~ extent
                 low, high = (float(v) for v in torch.aminmax(coords))
@@ -343,16 +381,18 @@ def tsne(
                 use_fft = count > 4 * 6 * max(min_intervals, math.ceil((high - low) * grid.margin))
             repulsion = _repulsion_fft(coords, grid, bounds) if use_fft else _repulsion_exact(coords.t()).t()
             gradient = _attraction(coords[0], coords[1], affinities, incidence, exaggeration).t().sub_(repulsion)
-            if not first:  # gains: +0.2 where the step changes direction, x0.8 (at least +0.01) elsewhere
+            if iteration > 0:  # gains: +0.2 where the step changes direction, x0.8 (at least +0.01) elsewhere
                 flipped = (update * gradient) < 0
                 gains = torch.where(flipped, gains + 0.2, gains.mul_(0.8).add_(0.01))
-            first = False
             update.mul_(momentum).addcmul_(gains, gradient, value=-rate)
             if max_step_norm is not None:  # each point's step clipped to norm max_step_norm
                 squared = torch.addcmul(update[0] * update[0], update[1], update[1])
                 update.mul_(squared.reciprocal_().mul_(max_step_norm**2).clamp_(max=1.0).sqrt_())
             coords.add_(update)
             coords.sub_(coords.mean(dim=1, keepdim=True))
+            threads.after(iteration)
+    finally:
+        threads.restore()
     y = coords.t().contiguous()
     return y
 
