@@ -3,15 +3,13 @@
     python benchmarks/saliency.py            # CPU
     python benchmarks/saliency.py --device cuda
 
-Cases (the issue's): SmoothGrad with 50 samples x 16 images, occlusion of 16 32x32 images with an 8x8 patch
-and stride 2, guided backprop. For each: median seconds of ours and captum's (runs alternate), the time ratio,
-and the largest absolute difference relative to the map's scale (same noise for SmoothGrad). Captum's
-occlusion is timed with its default (one occluded batch per window position), with 4 windows per batch (its
-fastest setting on this model and CPU) and with all window positions of an image in one batch; ours is timed
-incremental (the default) and with full forwards. A second occlusion case upsamples the images to 64x64, where
-a patch changes a smaller part of each activation map. On CPU the 32x32 case also prints how much of each
-side's time its convolutions take (every innermost ``F.conv2d`` timed), which bounds what cutting the rest of
-our evaluator could give.
+Cases: SmoothGrad with 50 samples x 16 images, occlusion of 16 32x32 images with an 8x8 patch and stride 2,
+guided backprop. For each: median seconds of ours and captum's (runs alternate), the time ratio, and the
+largest absolute difference relative to the map's scale (same noise for SmoothGrad). Captum's occlusion is
+timed with its default (one occluded batch per window position), with 4 windows per batch and with all window
+positions of an image in one batch; ours runs its occluded copies as batches sized by its memory budget. A
+second occlusion case upsamples the images to 64x64. Both occlusion maps are also compared with captum's in
+float64 (float32 rounding of the probabilities moves either map by a few 1e-5 of its scale on this model).
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +31,6 @@ from captum.attr import GuidedBackprop, NoiseTunnel, Occlusion, Saliency
 from PIL import Image
 from torch import Tensor
 
-from lightning_cnnviz.core import incremental as I
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.demo.models import SmallCNN
 
@@ -96,53 +92,6 @@ def compare(
         print(f"    {label}: {other:.4f} s  ->  ours is {other / mine:.2f}x faster; max |diff| / scale = {diff:.1e}")
 
 
-def print_work(model: torch.nn.Module, images: Tensor, patch: int, stride: int) -> None:
-    """Multiply-adds of the sliding-window ops (convolutions, pools) per occluded copy: on the boxes the
-    incremental evaluator computes (each copy's exact reach, averaged over the windows) against full forwards."""
-    height, width = images.shape[-2:]
-    boxes = S._occlusion_boxes(height, width, patch, stride)
-    with torch.no_grad():
-        reach = I._window_reach(model, images[:1], boxes, torch.zeros(1, 3, 1, 1, device=images.device))
-    reached = sum(float((rows * cols).double().mean()) * cost for rows, cols, cost, _ in reach)
-    full = sum(cost * area for _, _, cost, area in reach)
-    print(
-        f"Occlusion work per copy ({height}x{width}, patch {patch}, stride {stride}): {reached / 1e6:.2f} M "
-        f"multiply-adds on the reached boxes against {full / 1e6:.2f} M in full ({full / reached:.2f}x less)"
-    )
-
-
-def convolution_seconds(function: Callable[[], Tensor], repeats: int) -> tuple[float, float]:
-    """Median seconds of ``function`` and of the convolutions it runs: each innermost ``F.conv2d`` call is
-    timed (the incremental evaluator's calls on windows run inside the model's calls, which are not counted)."""
-    original = F.conv2d
-    spent = [0.0]
-    parents: list[bool] = []  # per open call: whether a convolution ran inside it
-
-    def timed(*args: Any, **kwargs: Any) -> Tensor:
-        if parents:
-            parents[-1] = True
-        parents.append(False)
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            if not parents.pop():
-                spent[0] += time.perf_counter() - start
-
-    totals, convs = [], []
-    F.conv2d = timed
-    try:
-        for _ in range(repeats):
-            spent[0] = 0.0
-            start = time.perf_counter()
-            function()
-            totals.append(time.perf_counter() - start)
-            convs.append(spent[0])
-    finally:
-        F.conv2d = original
-    return statistics.median(totals), statistics.median(convs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -193,42 +142,26 @@ def main() -> None:
             perturbations_per_eval=per_eval,
         )[:, 0]
 
-    def ours_occlusion(inputs: Tensor, patch: int, stride: int, incremental: bool) -> Callable[[], Tensor]:
-        return lambda: S.occlusion(
-            model, inputs, targets, patch=patch, stride=stride, baseline=0.0, incremental=incremental
-        )
+    def ours_occlusion(inputs: Tensor, patch: int, stride: int) -> Callable[[], Tensor]:
+        return lambda: S.occlusion(model, inputs, targets, patch=patch, stride=stride, baseline=0.0)
 
-    print_work(model, images, 8, 2)
     compare(
         "Occlusion 16 x 32x32, patch 8, stride 2 (169 windows)",
-        ours_occlusion(images, 8, 2, incremental=True),
+        ours_occlusion(images, 8, 2),
         {
             "captum Occlusion (default, 1 window per pass)": captum_occlusion(images, 8, 2, 1),
-            "captum Occlusion (4 windows per pass, its fastest here)": captum_occlusion(images, 8, 2, 4),
+            "captum Occlusion (4 windows per pass)": captum_occlusion(images, 8, 2, 4),
             "captum Occlusion (169 windows per pass)": captum_occlusion(images, 8, 2, 169),
-            "ours with full forwards (incremental=False)": ours_occlusion(images, 8, 2, incremental=False),
         },
         device,
         args.repeats,
         truth=captum_occlusion(images.double(), 8, 2, 4, lambda x: double(x).softmax(dim=1))(),
     )
-    if device == "cpu":
-        ours, ours_convs = convolution_seconds(ours_occlusion(images, 8, 2, incremental=True), args.repeats)
-        theirs, theirs_convs = convolution_seconds(captum_occlusion(images, 8, 2, 1), args.repeats)
-        print(
-            f"    where the time goes: ours {ours:.4f} s, of which convolutions {ours_convs:.4f} s; captum default "
-            f"{theirs:.4f} s, of which convolutions {theirs_convs:.4f} s.\n    captum default / our convolutions "
-            f"alone = {theirs / ours_convs:.2f}x: the most any overhead cut could give with these convolutions"
-        )
     large = F.interpolate(images, scale_factor=2.0, mode="bilinear", align_corners=False)
-    print_work(model, large, 16, 4)
     compare(
         "Occlusion 16 x 64x64 (the same images upsampled), patch 16, stride 4 (169 windows)",
-        ours_occlusion(large, 16, 4, incremental=True),
-        {
-            "captum Occlusion (default, 1 window per pass)": captum_occlusion(large, 16, 4, 1),
-            "ours with full forwards (incremental=False)": ours_occlusion(large, 16, 4, incremental=False),
-        },
+        ours_occlusion(large, 16, 4),
+        {"captum Occlusion (default, 1 window per pass)": captum_occlusion(large, 16, 4, 1)},
         device,
         max(1, args.repeats // 2),
         truth=captum_occlusion(large.double(), 16, 4, 4, lambda x: double(x).softmax(dim=1))(),

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from lightning_cnnviz import TensorBoardSink, TopPatchMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import default_channels
 from lightning_cnnviz.core import receptive_fields, top_activations
-from lightning_cnnviz.core.top_patches import project_activations_rules
+from lightning_cnnviz.core.top_patches import project_activations
 from lightning_cnnviz.demo.data import ImageFolderDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -65,7 +65,7 @@ def ours(model: nn.Module, probe: Tensor, channels: dict[str, list[int]]) -> tup
         rows = top.valid.flatten()
         images = probe[top.images.flatten()[rows]]
         where = [top.channels.repeat_interleave(9)[rows], top.ys.flatten()[rows], top.xs.flatten()[rows]]
-        both = project_activations_rules(
+        both = project_activations(
             model,
             name,
             images,
@@ -128,7 +128,7 @@ def monitor_seconds(model: nn.Module, probe: Tensor, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as directory:
         monitor._sink = TensorBoardSink(SummaryWriter(directory))
         monitor.setup(trainer, model, "fit")  # type: ignore[arg-type]
-        monitor._probe = probe.cpu()
+        monitor.probe.images = probe.cpu()
         for epoch in range(repeats):
             trainer.current_epoch = trainer.global_step = epoch
             start = time.perf_counter()

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+_HOMES = {"DeadFilterEvent": "lightning_cnnviz.core.alerts", "TensorBoardSink": "lightning_cnnviz.sink"}
 __all__ = [
     "ActivationMonitor",
     "DeadFilterEvent",
@@ -39,24 +40,10 @@ __all__ = [
     "__version__",
 ]
 
-_LAZY = {
-    "ActivationMonitor": "lightning_cnnviz.callbacks",
-    "DeadFilterEvent": "lightning_cnnviz.core.alerts",
-    "EmbeddingMonitor": "lightning_cnnviz.callbacks",
-    "FilterMonitor": "lightning_cnnviz.callbacks",
-    "SaliencyMonitor": "lightning_cnnviz.callbacks",
-    "TensorBoardSink": "lightning_cnnviz.sink",
-    "TopPatchMonitor": "lightning_cnnviz.callbacks",
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+    if name in __all__:
+        value = getattr(importlib.import_module(_HOMES.get(name, "lightning_cnnviz.callbacks")), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'lightning_cnnviz' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)

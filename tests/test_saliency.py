@@ -259,3 +259,24 @@ def _leaf_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     for handle in handles:
         handle.remove()
     return outputs
+
+
+@pytest.mark.parametrize("name", ["densenet121", "vgg11_bn", "mobilenet_v3_small"])
+def test_smoothgrad_matches_captum_on_torchvision_models(name: str) -> None:
+    """Deep float32 models where any change of layout or rounding flips ReLUs in some noisy copies; our batches
+    of 16 copies against captum's one batch of all of them."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([3, 7])
+    samples, stdev = 4, 0.3
+    torch.manual_seed(7)
+    noise = torch.normal(0, torch.tensor(stdev).repeat((x.shape[0] * samples, *x.shape[1:])))
+    torch.manual_seed(7)
+    expected = NoiseTunnel(Saliency(model)).attribute(
+        x, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, target=targets
+    )
+    ours = S.smoothgrad(model, x, targets, samples=samples, noise=noise, max_batch=8)
+    assert_agree(ours, expected.amax(dim=1))

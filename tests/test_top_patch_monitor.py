@@ -157,7 +157,7 @@ def test_no_hooks_left_after_an_exception_or_a_failing_projection(
     def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise FloatingPointError("injected")
 
-    monkeypatch.setattr(tpm, "project_activations_rules", broken)
+    monkeypatch.setattr(tpm, "project_activations", broken)
     model = small_model("functional")
     trainer = make_trainer(tmp_path / "b", [TopPatchMonitor(probe_size=16)], max_epochs=2)
     with pytest.warns(UserWarning, match="top patches of net.conv1 failed with FloatingPointError"):

@@ -15,7 +15,6 @@ from lightning_cnnviz.core.top_patches import (
     crop_patches,
     merge_top_activations,
     project_activations,
-    project_activations_rules,
     top_activations,
 )
 from lightning_cnnviz.demo.models import SmallCNN, resnet18_cifar
@@ -134,8 +133,9 @@ def test_projections_match_captum_per_neuron(style: str, rule: str, captum_cls) 
         picked = top.images.flatten()[rows]
         ys, xs = top.ys.flatten()[rows], top.xs.flatten()[rows]
         field = receptive_fields(ours, [layer], images[:1])[layer]
-        whole = project_activations(ours, layer, images[picked], channels, ys, xs, rule=rule, max_batch=4)
-        cropped = project_activations(ours, layer, images[picked], channels, ys, xs, rule=rule, field=field)
+        whole = project_activations(ours, layer, images[picked], channels, ys, xs, rules=(rule,), max_batch=4)[rule]
+        cropped = project_activations(ours, layer, images[picked], channels, ys, xs, rules=(rule,), field=field)
+        cropped = cropped[rule]
         expected = torch.cat(
             [
                 captum_cls(reference, ref_layer).attribute(images[i : i + 1], neuron_selector=(int(c), int(y), int(x)))
@@ -174,8 +174,8 @@ def test_receptive_field_crops_give_the_whole_image_projection_at_every_position
     ys, xs = ys.flatten(), xs.flatten()
     channels = torch.arange(len(ys)) % captured["o"].shape[1]
     images = image.expand(len(ys), -1, -1, -1)
-    whole = project_activations_rules(model, layer, images, channels, ys, xs)
-    cropped = project_activations_rules(model, layer, images, channels, ys, xs, field=field, max_batch=16)
+    whole = project_activations(model, layer, images, channels, ys, xs)
+    cropped = project_activations(model, layer, images, channels, ys, xs, field=field, max_batch=16)
     for rule in ("deconvnet", "guided_backprop"):
         scale = whole[rule].flatten(1).abs().amax(1).clamp_min(1e-300)
         error = (cropped[rule] - whole[rule]).flatten(1).abs().amax(1) / scale
@@ -208,8 +208,9 @@ def test_rows_whose_crop_changes_the_activation_are_redone_on_the_whole_image() 
     field = receptive_fields(model, ["conv2"], images[:1])["conv2"]
     assert field.size == (5, 5)  # the tracker cannot see the ramp
     where = (torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([8, 8, 3, 12, 0, 15]), torch.tensor([8, 2, 12, 5, 15, 0]))
-    whole = project_activations(model, "conv2", images, *where, rule="guided_backprop")
-    cropped = project_activations(model, "conv2", images, *where, rule="guided_backprop", field=field)
+    whole = project_activations(model, "conv2", images, *where, rules=("guided_backprop",))["guided_backprop"]
+    cropped = project_activations(model, "conv2", images, *where, rules=("guided_backprop",), field=field)
+    cropped = cropped["guided_backprop"]
     torch.testing.assert_close(cropped, whole, rtol=0, atol=0)
 
 
@@ -226,7 +227,7 @@ def test_projection_of_a_tiny_net_equals_the_value_computed_by_hand() -> None:
     guided = torch.tensor([[0.0, 2.0, -4.0], [3.0, 0.0, -2.0], [9.0, -3.0, 0.0]])
     zero = torch.zeros(1, dtype=torch.long)
     for rule, expected in (("deconvnet", deconv), ("guided_backprop", guided)):
-        result = project_activations(net, "2", x, zero, zero, zero, rule=rule)  # type: ignore[arg-type]
+        result = project_activations(net, "2", x, zero, zero, zero, rules=(rule,))[rule]  # type: ignore[arg-type]
         assert torch.equal(result[0, 0], expected)
 
 
@@ -241,7 +242,8 @@ def test_projection_leaves_grads_flags_and_hooks_as_they_were() -> None:
     images = torch.randn(3, 3, 32, 32)
     index = torch.tensor([0, 5, 9])
     with torch.inference_mode():
-        out = project_activations(model, "layer2.0", images, index, torch.tensor([1, 2, 3]), torch.tensor([0, 4, 15]))
+        ys, xs = torch.tensor([1, 2, 3]), torch.tensor([0, 4, 15])
+        out = project_activations(model, "layer2.0", images, index, ys, xs, rules=("deconvnet",))["deconvnet"]
     assert out.shape == images.shape and out.abs().sum() > 0
     assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before, strict=True))  # type: ignore[arg-type]
     assert [m.training for m in model.modules()] == flags

@@ -18,11 +18,12 @@ from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.core.render import render_evolution, render_top_patches, signed_display
 from lightning_cnnviz.core.top_patches import (
+    StreamingTopK,
     TopActivations,
     crop_patches,
     feature_map,
     merge_top_activations,
-    project_activations_rules,
+    project_activations,
     top_activations,
 )
 
@@ -205,18 +206,6 @@ class TopPatchMonitor(EpochMonitor):
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     # ------------------------------------------------------------------ work
-    def _empty_top(self, device: torch.device) -> dict[str, TopActivations]:
-        return {
-            name: TopActivations(
-                torch.tensor(chosen, device=device),
-                torch.full((len(chosen), self.k), float("-inf"), device=device),
-                torch.full((len(chosen), self.k), -1, dtype=torch.long, device=device),
-                torch.zeros((len(chosen), self.k), dtype=torch.long, device=device),
-                torch.zeros((len(chosen), self.k), dtype=torch.long, device=device),
-            )
-            for name, chosen in self._channels.items()
-        }
-
     def scan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, TopActivations] | None:
         """Top-``k`` of every layer over the probe set; under DDP each rank scans a shard and the shards merge.
 
@@ -234,7 +223,7 @@ class TopPatchMonitor(EpochMonitor):
         if world == 1:
             return result
         ok = torch.tensor([0 if result is None else 1], device=device)
-        local = result if result is not None else self._empty_top(device)
+        local = result or {n: StreamingTopK(c, self.k, device).result() for n, c in self._channels.items()}
         packed: dict[str, Tensor] = {"ok": ok}
         for name, top in local.items():
             packed[f"{name}/values"] = top.values
@@ -263,7 +252,7 @@ class TopPatchMonitor(EpochMonitor):
         ys, xs = top.ys.flatten().to(device), top.xs.flatten().to(device)
         panels: dict[str, Tensor] = {}
         rows = valid.nonzero().flatten().to(device)
-        projected = project_activations_rules(
+        projected = project_activations(
             pl_module,
             name,
             images[rows],

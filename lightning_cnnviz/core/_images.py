@@ -136,13 +136,6 @@ def tile_grid(
     return grid
 
 
-def stack_rows(rows: Sequence[Tensor], pad_value: float = 1.0) -> Tensor:
-    """Concatenate images (C, h_i, w_i) vertically, padding narrower ones on the right."""
-    width = max(row.shape[-1] for row in rows)
-    padded = [torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=pad_value) for row in rows]
-    return torch.cat(padded, dim=-2)
-
-
 def annotate(image: Tensor, labels: Sequence[tuple[int, int, str]]) -> Tensor:
     """Write each ``(x, y, text)`` label on ``image`` (3, H, W) in [0, 1]: white text on a black box whose
     top-left corner is at ``(x, y)``. Returns a new CPU image; the input is unchanged."""

@@ -271,13 +271,10 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid, bounds: tuple[float, float] |
 
 
 class _ThreadChoice:
-    """On CPU, the iterations run on one thread or on all of torch's, whichever was faster when last measured.
-
-    An iteration is a few dozen small ops; each parallel one ends in a barrier that waits for every thread, so
-    when another process holds a core, every barrier waits for a time slice and two threads run several times
-    slower than one (measured: 2.4x at N = 1,000 beside one busy process), while on a quiet machine two are
-    1.3x to 1.6x faster. So every ``period`` iterations both are timed over ``probe`` iterations each and the
-    faster one runs until the next measurement.
+    """On CPU, iterations run on one thread or on all of torch's, whichever was faster when last timed (both are
+    timed over ``probe`` iterations every ``period``). Each iteration is a few dozen small ops whose parallel
+    regions end in barriers: beside a busy process two threads wait for time slices at every barrier and run
+    2x to 3x slower than one, while on a quiet machine they are 1.3x to 1.6x faster.
     """
 
     def __init__(self, device: torch.device, period: int = 150, probe: int = 8) -> None:

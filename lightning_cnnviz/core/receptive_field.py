@@ -226,6 +226,7 @@ def receptive_fields(model: nn.Module, layers: Sequence[str], example: Tensor) -
             reaches, or one whose geometry goes through an operation the tracker does not model.
 
     Example:
+        >>> import torch
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3))
         >>> receptive_fields(net, ["3"], torch.zeros(1, 1, 16, 16))["3"].size
         (8, 8)

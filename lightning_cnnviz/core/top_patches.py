@@ -1,18 +1,9 @@
-"""Zeiler & Fergus 2013 (arXiv 1311.2901) on a probe set: the strongest activations of chosen channels and
-their projections to pixel space.
-
-* :class:`StreamingTopK` keeps, per channel, the ``k`` strongest activations seen so far with (image index,
-  y, x), at most one per image as in the paper, on the activations' device. Results of disjoint shards
-  (ranks) merge with :func:`merge_top_activations` into exactly what one pass over all images gives. Ties go to
-  the lower image index, then to the first position in row-major order, so the result is deterministic.
-* :func:`top_activations` streams a probe set through the model once for several layers, stopping the
-  forward at the deepest of them.
-* :func:`project_activations` projects single activations ``(channel, y, x)`` of one layer to the input:
-  a batch of (image, activation) pairs in one backward pass, each row its own copy of its image. The ReLUs
-  below the layer follow the deconvnet rule (ReLU of the backward signal; max-pooling switches come from
-  autograd) or guided backprop (Springenberg et al. 2014, arXiv 1412.6806), for ``nn.ReLU``, in-place ReLU
-  and ``F.relu`` alike. Gradients are taken with respect to the input only: parameter ``.grad`` is untouched.
-* :func:`crop_patches` cuts the receptive-field box of each activation out of images or projections.
+"""Zeiler & Fergus 2013 (arXiv 1311.2901) on a probe set: the strongest activations of chosen channels
+(:func:`top_activations`, at most one per image as in the paper, deterministic ties, shards that merge into
+exactly the one-pass result), their projections to pixel space with the deconvnet or guided-backprop
+(Springenberg et al. 2014) ReLU rule (:func:`project_activations`, for ``nn.ReLU``, in-place ReLU and
+``F.relu`` alike; parameter ``.grad`` untouched), and the receptive-field patches they come from
+(:func:`crop_patches`).
 """
 
 from __future__ import annotations
@@ -226,48 +217,26 @@ def project_activations(
     ys: Tensor,
     xs: Tensor,
     *,
-    rule: ReluRule = "deconvnet",
-    field: ReceptiveField | None = None,
-    expected: Tensor | None = None,
-    max_batch: int = 64,
-) -> Tensor:
-    """Project activation ``(channels[i], ys[i], xs[i])`` of ``layer`` on ``images[i]`` to pixel space.
-
-    Returns (B, C, H, W): the gradient of that single activation with respect to image ``i`` with the
-    ReLU backward rule ``rule`` (``"deconvnet"`` or ``"guided_backprop"``) below the layer. Rows are
-    independent (each image is its own batch entry), so one backward pass serves a whole batch of pairs;
-    the forward stops at ``layer``. Runs in eval mode with gradients enabled (also under inference mode);
-    training flags are restored and parameter gradients are never accumulated.
-
-    With the layer's receptive ``field`` (:func:`~lightning_cnnviz.core.receptive_field.receptive_fields`),
-    each row runs on a crop of its image that holds the activation's receptive field, aligned to the
-    layer's grid (the gradient is zero outside the field anyway), which is several times less work for the
-    early layers. Cropping is exact for networks that are translation-equivariant up to the layer
-    (convolutions, pooling, batch norm, activations, residual sums); each row checks it: the activation on
-    the crop must equal ``expected[i]`` (its value on the whole image, computed when not given) to
-    ``1e-4`` relative, and rows that differ (coordinate channels, adaptive pooling, ...) are redone on the
-    whole image. See :func:`project_activations_rules` for several rules from one forward pass.
-    """
-    return project_activations_rules(
-        model, layer, images, channels, ys, xs, rules=(rule,), field=field, expected=expected, max_batch=max_batch
-    )[rule]
-
-
-def project_activations_rules(
-    model: nn.Module,
-    layer: str,
-    images: Tensor,
-    channels: Tensor,
-    ys: Tensor,
-    xs: Tensor,
-    *,
     rules: Sequence[ReluRule] = ("deconvnet", "guided_backprop"),
     field: ReceptiveField | None = None,
     expected: Tensor | None = None,
     max_batch: int = 64,
 ) -> dict[str, Tensor]:
-    """:func:`project_activations` for several ReLU rules at once: one forward pass, one backward pass per rule
-    (the rules differ only in the backward). Returns rule -> (B, C, H, W)."""
+    """Project activation ``(channels[i], ys[i], xs[i])`` of ``layer`` on ``images[i]`` to pixel space, with each
+    ReLU backward rule in ``rules``: rule -> (B, C, H, W).
+
+    Each result is the gradient of that single activation with respect to image ``i`` with the ReLU backward rule
+    (``"deconvnet"`` or ``"guided_backprop"``) below the layer. Rows are independent (each image is its own batch
+    entry), so one backward pass serves a whole batch of pairs, and the rules share one forward, which stops at
+    ``layer``. Eval mode with gradients enabled (also under inference mode); training flags are restored and
+    parameter gradients never accumulated.
+
+    With the layer's receptive ``field`` (:func:`~lightning_cnnviz.core.receptive_fields`), each row runs on a crop
+    of its image that holds the field, aligned to the layer's grid, which is several times less work for early
+    layers. Cropping is exact for networks that are translation-equivariant up to the layer; each row checks it
+    (the activation on the crop must equal ``expected[i]``, its whole-image value, to ``1e-4`` relative) and rows
+    that differ (coordinate channels, adaptive pooling, ...) are redone on the whole image.
+    """
     check_images(images)
     if not rules or any(r not in ("deconvnet", "guided_backprop") for r in rules):
         raise ValueError(f"rules can be 'deconvnet' and 'guided_backprop', got {tuple(rules)!r}")
