@@ -76,16 +76,13 @@ class TensorBoardSink:
 
     def image(self, tag: str, image: Tensor, step: int) -> None:
         """A (3, H, W) or (1, H, W) image with values in [0, 1]."""
-        if self.writer is None:
-            return
-        self.writer.add_image(tag, image.detach().float().clamp(0, 1).cpu(), global_step=step, dataformats="CHW")
+        if self.writer is not None:
+            self.writer.add_image(tag, image.detach().float().clamp(0, 1).cpu(), global_step=step, dataformats="CHW")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Several scalars, each under its own tag."""
-        if self.writer is None:
-            return
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, global_step=step)
+        for tag, value in values.items() if self.writer is not None else ():
+            self.writer.add_scalar(tag, value, global_step=step)  # type: ignore[union-attr]
 
     def histogram(self, tag: str, values: Tensor, step: int) -> None:
         if self.writer is None:
@@ -96,9 +93,8 @@ class TensorBoardSink:
             self.writer.add_histogram(tag, finite, global_step=step)
 
     def text(self, tag: str, markdown: str, step: int) -> None:
-        if self.writer is None:
-            return
-        self.writer.add_text(tag, markdown, global_step=step)
+        if self.writer is not None:
+            self.writer.add_text(tag, markdown, global_step=step)
 
     def embedding(
         self, tag: str, features: Tensor, step: int, metadata: list[str] | None = None, thumbnails: Tensor | None = None

@@ -6,10 +6,4 @@ from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
 from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
-__all__ = [
-    "ActivationMonitor",
-    "EmbeddingMonitor",
-    "FilterMonitor",
-    "SaliencyMonitor",
-    "TopPatchMonitor",
-]
+__all__ = ["ActivationMonitor", "EmbeddingMonitor", "FilterMonitor", "SaliencyMonitor", "TopPatchMonitor"]

@@ -109,12 +109,11 @@ class EpochMonitor(Monitor):
 
     @property
     def probe_images(self) -> Tensor | None:
-        """The fixed probe set (on the host), once chosen."""
+        """The fixed probe set (on the host), once chosen; ``probe_labels``: its labels, when batches carry them."""
         return None if self.probe is None else self.probe.images
 
     @property
     def probe_labels(self) -> Tensor | None:
-        """The probe set's labels (on the host), when the batches carry them."""
         return None if self.probe is None else self.probe.labels
 
     @override

@@ -28,32 +28,21 @@ DeadPolicy = Literal["warn", "stop"] | Callable[["DeadFilterEvent"], Any]
 class ActivationMonitor(Monitor):
     """Watches every ReLU-family activation of the live network on training batches; alerts when filters die.
 
-    Statistics are collected during the real training forward passes (no extra forward), accumulated on the
-    model's device with no host sync, and summarised once per window of ``every_n_steps`` training batches:
+    Statistics come from the real training forwards (no extra pass), accumulate on the model's device with no
+    host sync, and are summed over DDP ranks and written once per window of ``every_n_steps`` batches (step: the
+    global step): ``cnnviz/activations/sparsity|dead|dead_fraction/<layer>`` (a channel is dead when it never
+    fired, > 0, at any position of any input of the window), firing-rate histograms, the channels x windows
+    ``dead_map`` image (red = dead; at epoch ends, alerts and the end of training) and ``cnnviz/alerts``.
 
-    * ``cnnviz/activations/sparsity/<layer>``: fraction of activation values that are zero;
-    * ``cnnviz/activations/dead/<layer>`` and ``cnnviz/activations/dead_fraction/<layer>``: channels that
-      never fired (> 0) at any position of any input in the window;
-    * ``cnnviz/activations/firing_rate/<layer>``: histogram of per-channel firing rates;
-    * ``cnnviz/activations/dead_map/<layer>``: image, channels x windows (red = dead), at each epoch end,
-      when an alert fires, and at the end of training;
-    * ``cnnviz/alerts``: text, one entry per alert.
+    Layers are found on the first training batch (or at ``setup`` from ``example_input_array``): ``nn.ReLU`` /
+    ``nn.ReLU6`` modules by module name (``#2`` for a second call in one forward) and ``F.relu``, ``torch.relu``,
+    ``relu_``, ``x.relu()`` calls as ``<module>.relu`` after the module whose ``forward`` makes them.
 
-    The step of every entry is the trainer's global step. Under DDP the counts are summed over ranks at each
-    window end (one collective), so every rank sees the same dead filters; rank zero writes.
-
-    Layers are found on the first training batch, before the model sees it: ``nn.ReLU``/``nn.ReLU6``
-    modules (named by module name; ``#2`` marks a module's second call in one forward) and ``F.relu`` /
-    ``torch.relu`` / ``relu_`` / ``x.relu()`` calls inside a ``forward`` (named ``<module>.relu``). Names that
-    can only be checked against a forward pass are checked there; with ``example_input_array`` set on the
-    LightningModule, everything is checked at ``setup``.
-
-    Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): a layer alerts when its dead fraction reaches
-    ``dead_fraction_threshold`` (once per crossing), and, with ``alert_on_growth``, again whenever more of its
-    channels die while it is at or above the threshold. Each alert is one rank-zero
-    warning and one ``cnnviz/alerts`` entry naming layer, count, channels and learning rate. Then
-    ``on_dead`` decides: ``"warn"`` (nothing more), ``"stop"`` (``trainer.should_stop = True`` on every
-    rank), or a callable that receives a :class:`DeadFilterEvent` (called on rank zero).
+    Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): when a layer's dead fraction reaches
+    ``dead_fraction_threshold``, and, with ``alert_on_growth``, whenever more of its channels die above it. Each
+    is a rank-zero warning and a ``cnnviz/alerts`` entry naming layer, channels and learning rate; then
+    ``on_dead``: ``"warn"``, ``"stop"`` (``trainer.should_stop`` on every rank) or a callable taking the
+    :class:`DeadFilterEvent` (on rank zero).
 
     Args:
         every_n_steps: window length in training batches; statistics are summarised and logged at each
@@ -96,14 +85,9 @@ class ActivationMonitor(Monitor):
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
             raise TypeError(f"{who}: `layers` must be a list of activation names or None, got {layers!r}.")
         self.layers = list(layers) if layers is not None else None
-        if (
-            isinstance(dead_fraction_threshold, bool)
-            or not isinstance(dead_fraction_threshold, (int, float))
-            or not 0.0 <= dead_fraction_threshold <= 1.0
-        ):
-            raise ValueError(
-                f"{who}: `dead_fraction_threshold` must be a number in [0, 1], got {dead_fraction_threshold!r}."
-            )
+        threshold = dead_fraction_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"{who}: `dead_fraction_threshold` must be a number in [0, 1], got {threshold!r}.")
         self.dead_fraction_threshold = float(dead_fraction_threshold)
         self.alert_on_growth = bool(alert_on_growth)
         self.policy = DeadFilterAlerts(self.dead_fraction_threshold, self.alert_on_growth)
@@ -129,7 +113,6 @@ class ActivationMonitor(Monitor):
         self._rate_history: dict[str, list[list[float]]] = {}
         self._alerts: list[dict[str, Any]] = []
 
-    # ------------------------------------------------------------------ state
     @property
     @override
     def state_key(self) -> str:
@@ -156,7 +139,6 @@ class ActivationMonitor(Monitor):
         """Every alert so far (as dicts of :class:`DeadFilterEvent` fields), oldest first."""
         return list(self._alerts)
 
-    # ------------------------------------------------------------------ setup
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._check_model(pl_module)
@@ -213,7 +195,6 @@ class ActivationMonitor(Monitor):
             sites = [by_name[name] for name in self.layers]
         self.sites = sites
 
-    # ------------------------------------------------------------------ training
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sink_for(trainer)
@@ -280,7 +261,6 @@ class ActivationMonitor(Monitor):
         self._tap = None
         self._collecting = False
 
-    # ------------------------------------------------------------------ windows
     def _end_window(self, trainer: pl.Trainer) -> None:
         self._batches_in_window = 0
         stats = self._stats

@@ -37,22 +37,16 @@ def penultimate_layer(model: nn.Module) -> str:
 class EmbeddingMonitor(EpochMonitor):
     """t-SNE maps of the penultimate-layer codes of a fixed probe set, every ``every_n_epochs`` epochs.
 
-    Writes ``cnnviz/embedding/tsne`` (the map as a class-coloured scatter), ``cnnviz/embedding/grid`` (the probe
-    images placed on a grid by their map positions, Karpathy's "t-SNE of CNN codes"),
-    ``cnnviz/embedding/knn_accuracy`` (leave-one-out ``knn_k``-NN accuracy of the classes in code space, a
-    scalar) and the TensorBoard Projector data (codes, labels, a sprite of thumbnails) under the tag
+    Writes ``cnnviz/embedding/tsne`` (class-coloured scatter), ``cnnviz/embedding/grid`` (the probe images on a
+    grid at their map positions, Karpathy's "t-SNE of CNN codes"), ``cnnviz/embedding/knn_accuracy``
+    (leave-one-out ``knn_k``-NN accuracy in code space) and the Projector data (codes, labels, a sprite) under
     ``cnnviz/embedding``; the step is the epoch.
 
-    The code is the input of the last ``nn.Linear`` (the classifier), or the output of the module named
-    ``layer`` (feature maps are averaged over their positions). The t-SNE is :func:`lightning_cnnviz.core.tsne`
-    (openTSNE's algorithm and defaults) on the model's device. Successive maps are aligned to the previous one
-    by Procrustes (rotation or reflection, scale, shift), so the slider shows clusters forming, not the map
-    turning; with ``warm_start`` (default) each map also starts from the previous one (without early
-    exaggeration). The previous map is in the callback's ``state_dict``.
-
-    The probe set: the first ``probe_size`` images and labels of the first validation pass, in order (see
-    :class:`~lightning_cnnviz.callbacks._probe.ProbeSet`). Under DDP every rank computes the codes
-    of its shard of the probe, the codes are gathered, and rank zero runs the t-SNE and draws.
+    The code is the input of the last ``nn.Linear``, or the output of the module ``layer`` (averaged over
+    positions). Each map is Procrustes-aligned to the previous one (saved in checkpoints), so the slider shows
+    clusters forming, not the map turning, and with ``warm_start`` starts from it without early exaggeration.
+    The probe set is the first ``probe_size`` images and labels of the first validation pass; under DDP each
+    rank codes its shard, the codes are gathered, and rank zero embeds and draws.
 
     Args:
         probe_size: probe images.
@@ -123,7 +117,6 @@ class EmbeddingMonitor(EpochMonitor):
             resolve_modules(pl_module, [self.layer], what="EmbeddingMonitor `layer`")
             self._layer_name = self.layer
 
-    # ------------------------------------------------------------------ codes
     def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
         """The codes of ``images`` (N, D) on the model's device: eval mode, no gradient, each forward stopped
         as soon as the code is known."""
@@ -146,27 +139,18 @@ class EmbeddingMonitor(EpochMonitor):
         local = self._run("embedding codes", self.codes, pl_module, shard.to(device))
         if world == 1:
             return local
-        ok = torch.tensor([0 if local is None else 1], device=device)
-        width = torch.tensor([0 if local is None else local.shape[1]], device=device)
-        oks, widths = trainer.strategy.all_gather(ok), trainer.strategy.all_gather(width)
-        if int(oks.min()) == 0 or int(widths.min()) != int(widths.max()):
-            return None
-        assert local is not None
+        width = trainer.strategy.all_gather(torch.tensor([-1 if local is None else local.shape[1]], device=device))
+        if local is None or int(width.min()) < 0 or int(width.min()) != int(width.max()):
+            return None  # every rank returns here alike
         counts = torch.tensor([len(range(r, len(self.probe.images), world)) for r in range(world)])
         return gather_interleaved(trainer, local, counts).to(device)
 
-    # ------------------------------------------------------------------ drawing
     def embed(self, codes: Tensor) -> Tensor:
         """The t-SNE map of ``codes``, started from and aligned to the previous map when there is one."""
         previous = self._previous if self._previous is not None and len(self._previous) == len(codes) else None
         if previous is not None and self.warm_start:
-            embedding = tsne(
-                codes,
-                perplexity=self.perplexity,
-                init=previous.to(codes.device),
-                early_exaggeration_iter=0,
-                seed=self.seed,
-            )
+            init = previous.to(codes.device)
+            embedding = tsne(codes, perplexity=self.perplexity, init=init, early_exaggeration_iter=0, seed=self.seed)
         else:
             embedding = tsne(codes, perplexity=self.perplexity, seed=self.seed)
         if previous is not None:
@@ -203,7 +187,8 @@ class EmbeddingMonitor(EpochMonitor):
 
         def draw() -> None:
             assert self.probe.images is not None
-            title = f"epoch {epoch}: t-SNE of {self._layer_name_label()} codes, {len(codes)} probe images"
+            where = f"{self._layer_name} input" if self.layer is None else self._layer_name
+            title = f"epoch {epoch}: t-SNE of {where} codes, {len(codes)} probe images"
             scatter = render_scatter(embedding, labels, self.class_names, title=title)
             sink.image("cnnviz/embedding/tsne", scatter, epoch)
             grid = render_thumbnail_grid(embedding, self.probe.images, cells=self.grid_cells, cell_px=self.cell_px)
@@ -213,14 +198,10 @@ class EmbeddingMonitor(EpochMonitor):
         if self.projector:
             self._run("embedding projector", self._write_projector, sink, codes, labels, epoch)
 
-    def _layer_name_label(self) -> str:
-        return f"{self._layer_name} input" if self.layer is None else str(self._layer_name)
-
     def _write_projector(self, sink: Any, codes: Tensor, labels: Tensor | None, epoch: int) -> None:
         metadata = None if labels is None else [class_name(v, self.class_names) for v in labels.tolist()]
         sink.embedding("cnnviz/embedding", codes, epoch, metadata=metadata, thumbnails=self._thumbnails(len(codes)))
 
-    # ------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "previous": None if self._previous is None else self._previous.clone()}

@@ -25,18 +25,14 @@ DEFAULT_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_ca
 class SaliencyMonitor(EpochMonitor):
     """Saliency maps of a fixed probe set, one TensorBoard image per method: ``cnnviz/saliency/<method>``.
 
-    Methods (see :mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013),
-    ``smoothgrad`` (Smilkov et al. 2017), ``guided_backprop`` (Springenberg et al. 2014), ``deconvnet`` (Zeiler &
-    Fergus 2013), ``grad_cam`` (Selvaraju et al. 2017) and ``occlusion`` (Zeiler & Fergus 2013). Each image has
-    one row per probe image, [image | map | overlay], captioned with the true and predicted class; the
-    step is the epoch, so the slider shows the evidence change as the network trains. Normalisation is per
-    image (see :func:`lightning_cnnviz.core.render.render_saliency`).
+    Methods (:mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013), ``smoothgrad``
+    (Smilkov et al. 2017), ``guided_backprop`` (Springenberg et al. 2014), ``deconvnet`` and ``occlusion`` (Zeiler
+    & Fergus 2013), ``grad_cam`` (Selvaraju et al. 2017). One row per probe image, [image | map | overlay],
+    captioned with true and predicted class, normalised per image; the step is the epoch.
 
-    The probe set is chosen once: ``num_images`` images of the first validation pass (not the sanity check),
-    round-robin over the classes; without validation data, of the first training batches. SmoothGrad noise
-    comes from a private generator seeded with ``seed``, so it is the same at every epoch and the global RNG
-    (data order, dropout) is untouched. The maps are computed on rank zero only, in the monitor's own
-    grad-enabled pass (eval mode, restored after); parameter ``.grad`` is never touched.
+    The probe set is chosen once, round-robin over the classes, from the first validation pass (else the first
+    training batches). SmoothGrad noise comes from a private generator seeded with ``seed``: the same at every
+    epoch, the global RNG untouched. Rank zero computes the maps in its own grad-enabled eval pass.
 
     Args:
         methods: any of ``vanilla_gradient``, ``smoothgrad``, ``guided_backprop``, ``deconvnet``, ``grad_cam``,
@@ -113,7 +109,6 @@ class SaliencyMonitor(EpochMonitor):
                 pl_module, [self.grad_cam_layer], what="SaliencyMonitor `grad_cam_layer`", kinds=(torch.nn.Conv2d,)
             )
 
-    # ------------------------------------------------------------------ maps
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
         """The ``method``'s maps of the probe images (on the model's device)."""
         assert self.probe.images is not None

@@ -17,6 +17,7 @@ from lightning_cnnviz.core._model import conv_layers, evaluating, format_names, 
 from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.core.render import render_evolution, render_top_patches, signed_display
+from lightning_cnnviz.core.saliency import ReluRule
 from lightning_cnnviz.core.top_patches import (
     StreamingTopK,
     TopActivations,
@@ -57,22 +58,16 @@ class TopPatchMonitor(EpochMonitor):
 
     What it draws (Zeiler & Fergus 2013, arXiv 1311.2901):
 
-    * ``cnnviz/top_patches/<layer>`` (Fig. 2): for each chosen channel, a 3x3 grid of the projections of its
-      ``k`` strongest activations over the probe set, each cropped to the activation's receptive field,
-      beside a 3x3 grid of the matching image patches. With ``method="both"`` the deconvnet and guided
-      backprop (Springenberg et al. 2014) grids stand side by side. Projections are drawn as
-      ``0.5 + p / (2 max |p|)`` per tile; patches in the colours of their whole image.
-    * ``cnnviz/evolution/<layer>`` (Fig. 4): rows are channels, columns the logged epochs (oldest left), each
-      cell the projection of the channel's strongest activation at that epoch (the first method when
-      ``method="both"``). The thumbnails are kept in the callback's ``state_dict``, so a resumed run continues
-      the picture; at most ``max_evolution_columns`` columns, thinned evenly as the run grows
-      (:class:`~lightning_cnnviz.core.EvolutionHistory`).
+    * ``cnnviz/top_patches/<layer>`` (Fig. 2): per chosen channel, the projections of its ``k`` strongest
+      activations over the probe set (at most one per image), cropped to their receptive fields and drawn as
+      ``0.5 + p / (2 max |p|)``, beside the image patches; with ``method="both"`` deconvnet and guided backprop
+      (Springenberg et al. 2014) side by side.
+    * ``cnnviz/evolution/<layer>`` (Fig. 4): channels x logged epochs, each cell the projection of the channel's
+      strongest activation (:class:`~lightning_cnnviz.core.EvolutionHistory`, saved in checkpoints).
 
-    The probe set is fixed: the first ``probe_size`` images of the first validation pass (not the sanity
-    check), in the validation order; without validation data, the first training batches. Under DDP every
-    rank collects its part, the parts are gathered in the sampler's order, every rank scans its shard of
-    the probe, the per-rank top-``k`` are merged (the result equals a single-process scan), and rank zero
-    projects and draws. At most one activation per image and channel, as in the paper.
+    The probe set is the first ``probe_size`` images of the first validation pass (else the first training
+    batches). Under DDP every rank scans its shard and the per-rank top-``k`` merge into the single-process
+    result; rank zero projects and draws.
 
     Args:
         layers: module names with (N, C, H, W) outputs; default: three conv layers across depth
@@ -139,10 +134,9 @@ class TopPatchMonitor(EpochMonitor):
         return self._generate_state_key(layers=self.layers, k=self.k, method=self.method)
 
     @property
-    def methods(self) -> tuple[str, ...]:
+    def methods(self) -> tuple[ReluRule, ...]:
         return ("deconvnet", "guided_backprop") if self.method == "both" else (self.method,)
 
-    # ------------------------------------------------------------------ configuration
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -195,7 +189,6 @@ class TopPatchMonitor(EpochMonitor):
         self._fields = fields or {}
         return bool(self._fields)
 
-    # ------------------------------------------------------------------ probe set
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -205,7 +198,6 @@ class TopPatchMonitor(EpochMonitor):
             self._prepare(pl_module, images[:1])
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
-    # ------------------------------------------------------------------ work
     def scan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, TopActivations] | None:
         """Top-``k`` of every layer over the probe set; under DDP each rank scans a shard and the shards merge.
 
@@ -244,25 +236,16 @@ class TopPatchMonitor(EpochMonitor):
         device = pl_module.device
         field = self._fields[name]
         count, k = top.values.shape
-        valid = top.valid.flatten().cpu()
-        image_index = top.images.flatten().cpu().clamp_min(0)
-        selected = self.probe.images[image_index]  # the images of the k activations per channel, not the whole probe
-        images = selected.to(device)
+        rows = top.valid.flatten().nonzero().flatten().to(device)
+        # the images of the k activations per channel, not the whole probe
+        images = self.probe.images[top.images.flatten().cpu().clamp_min(0)].to(device)
         channels = top.channels.to(device).repeat_interleave(k)
         ys, xs = top.ys.flatten().to(device), top.xs.flatten().to(device)
         panels: dict[str, Tensor] = {}
-        rows = valid.nonzero().flatten().to(device)
+        where = (images[rows], channels[rows], ys[rows], xs[rows])
+        expected, rules = top.values.flatten().to(device)[rows], self.methods
         projected = project_activations(
-            pl_module,
-            name,
-            images[rows],
-            channels[rows],
-            ys[rows],
-            xs[rows],
-            rules=self.methods,  # type: ignore[arg-type]
-            field=field,
-            expected=top.values.flatten().to(device)[rows],
-            max_batch=max(1, self.max_batch // 4),
+            pl_module, name, *where, rules=rules, field=field, expected=expected, max_batch=max(1, self.max_batch // 4)
         )
         for method in self.methods:
             projections = torch.zeros_like(images)
@@ -274,10 +257,8 @@ class TopPatchMonitor(EpochMonitor):
         patches = patches.expand(-1, 3, -1, -1) if patches.shape[1] == 1 else patches[:, :3]
         panels["patches"] = patches.unflatten(0, (count, k))
         image = render_top_patches(panels, top.valid, top.channels.tolist())
-        strongest = panels[self.methods[0]][:, 0]
         blank = ~top.valid[:, 0].to(device)
-        strongest = strongest.masked_fill(blank[:, None, None, None], 1.0)
-        return image, strongest
+        return image, panels[self.methods[0]][:, 0].masked_fill(blank[:, None, None, None], 1.0)
 
     def evolution_image(self, name: str) -> Tensor:
         thumbnails, captions = self.history.stacked(name)
@@ -309,7 +290,6 @@ class TopPatchMonitor(EpochMonitor):
 
             self._run(f"top patches of {name}", draw)
 
-    # ------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "history": self.history.state_dict()}

@@ -10,28 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "INPLACE_RELU",
-    "RELU_FUNCTIONS",
-    "argument",
-    "conv2d_geometry",
-    "flat_tensors",
-    "pair",
-    "pool2d_geometry",
-    "relu_kind",
-]
+__all__ = ["INPLACE_RELU", "RELU_FUNCTIONS", "argument", "conv2d_geometry", "flat_tensors", "pool2d_geometry"]
+__all__ += ["pair", "relu_kind"]
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
 
 # Every spelling of a ReLU-family call that reaches ``__torch_function__``, mapped to a readable kind.
-RELU_FUNCTIONS: dict[Any, str] = {
-    F.relu: "relu",
-    torch.relu: "relu",
-    torch.relu_: "relu",
-    Tensor.relu: "relu",
-    Tensor.relu_: "relu",
-    F.relu6: "relu6",
-}
+RELU_FUNCTIONS: dict[Any, str] = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6"}
+RELU_FUNCTIONS.update({Tensor.relu: "relu", Tensor.relu_: "relu"})
 INPLACE_RELU = frozenset({torch.relu_, Tensor.relu_})
 
 

@@ -36,12 +36,8 @@ def images_from_batch(
     batch: Any, *, who: str = "lightning_cnnviz", batch_to_images: Callable[[Any], Tensor] | None = None
 ) -> Tensor:
     """The image tensor of a batch: ``batch_to_images(batch)`` when given, else the batch itself, its first
-    element, or its ``'image'``-like key.
-
-    Raises:
-        TypeError: no image tensor of shape (N, C, H, W) with a floating dtype could be found; the message
-            says what the batch was and what is accepted.
-    """
+    element, or its ``'image'``-like key. TypeError, saying what the batch was and what is accepted, when there
+    is no floating (N, C, H, W) tensor."""
     if batch_to_images is not None:
         images = batch_to_images(batch)
         if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
@@ -104,13 +100,7 @@ def upscale_nearest(images: Tensor, factor: int) -> Tensor:
     return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
-def tile_grid(
-    tiles: Tensor,
-    ncol: int | None = None,
-    *,
-    padding: int = 1,
-    pad_value: float = 1.0,
-) -> Tensor:
+def tile_grid(tiles: Tensor, ncol: int | None = None, *, padding: int = 1, pad_value: float = 1.0) -> Tensor:
     """Lay out ``tiles`` (N, C, h, w) row by row into one image (C, H, W) with ``padding`` px between tiles.
 
     ``ncol`` defaults to ``ceil(sqrt(N))``. Unused cells are filled with ``pad_value``.

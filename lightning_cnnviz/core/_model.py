@@ -13,16 +13,8 @@ from torch import Tensor, nn
 from lightning_cnnviz.core._calls import flat_tensors
 
 __all__ = [
-    "StopForward",
-    "class_name",
-    "conv_layers",
-    "evaluating",
-    "first_conv",
-    "format_names",
-    "module_names",
-    "resolve_modules",
-    "restore_training_flags",
-    "run_to",
+    "StopForward", "class_name", "conv_layers", "evaluating", "first_conv",
+    "format_names", "module_names", "resolve_modules", "restore_training_flags", "run_to",
 ]
 
 
@@ -49,11 +41,7 @@ def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first ``nn.Conv2d`` in registration order (the layer that looks at pixels in a plain CNN).
-
-    Raises:
-        ValueError: the model has no ``nn.Conv2d``.
-    """
+    """The first ``nn.Conv2d`` in registration order (the layer that looks at pixels); ValueError if none."""
     convs = conv_layers(model)
     if not convs:
         raise ValueError(
@@ -72,15 +60,8 @@ def resolve_modules(
     kinds: tuple[type[nn.Module], ...] | None = None,
     extra_valid: Collection[str] = (),
 ) -> dict[str, nn.Module]:
-    """Look up modules by name, failing with a message that lists the names one may use.
-
-    Args:
-        model: the network.
-        names: names from ``model.named_modules()``.
-        what: how the error message calls the argument (``"FilterMonitor layers"``).
-        kinds: if given, the module types allowed; a module of another type is an error.
-        extra_valid: further names that are valid elsewhere (listed in the message).
-    """
+    """Modules by name; an unknown name, or a module not of one of ``kinds``, raises ``ValueError`` naming the
+    argument (``what``) and listing the valid names (with ``extra_valid``, names valid elsewhere)."""
     modules = dict(model.named_modules())
     allowed = {n: m for n, m in modules.items() if kinds is None or isinstance(m, kinds)}
     resolved: dict[str, nn.Module] = {}
@@ -139,11 +120,8 @@ def run_to(
     take_input: bool = False,
 ) -> None:
     """One forward of ``inputs`` that calls ``on_output(name, tensor)`` with each named module's first output (its
-    first input with ``take_input``) and stops as soon as every named module has been seen.
-
-    Raises:
-        ValueError: an unknown layer name (the valid names are listed), or a layer the forward never reaches.
-    """
+    first input with ``take_input``) and stops once every one has been seen. ValueError for an unknown layer (the
+    valid names are listed) or one the forward never reaches."""
     modules = resolve_modules(model, list(layers), what="layer")
     seen: set[str] = set()
 

@@ -16,11 +16,7 @@ __all__ = ["capture"]
 
 @contextlib.contextmanager
 def capture(
-    model: nn.Module,
-    layers: Sequence[str],
-    *,
-    sites: Sequence[ReluSite] = (),
-    detach: bool = True,
+    model: nn.Module, layers: Sequence[str], *, sites: Sequence[ReluSite] = (), detach: bool = True
 ) -> Iterator[dict[str, Tensor]]:
     """Record the outputs of named modules (or ReLU sites) during forward passes inside the block.
 
@@ -28,16 +24,9 @@ def capture(
     conv, ``x += shortcut``) cannot change what was captured. A module called several times keeps its
     last output. Hooks are removed on exit, also when the forward raised.
 
-    Args:
-        model: the network.
-        layers: module names from ``model.named_modules()``, or names of ``sites``.
-        sites: ReLU sites (from :func:`find_relu_sites`) that ``layers`` may name; functional calls such
-            as ``F.relu`` inside ``forward`` can only be captured this way.
-        detach: detach the captured tensors from the autograd graph (default); keep them attached to
-            take gradients with respect to them.
-
-    Raises:
-        ValueError: a name that is neither a module nor a given site; the message lists the valid names.
+    ``layers`` are module names or names of ``sites`` (from :func:`find_relu_sites`; functional calls such as
+    ``F.relu`` can only be captured that way). With ``detach=False`` the outputs stay in the autograd graph. A
+    name that is neither raises ValueError listing the valid names.
 
     Example:
         >>> import torch

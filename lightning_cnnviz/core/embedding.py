@@ -1,19 +1,13 @@
 """t-SNE in torch, on the features' device: openTSNE's algorithm and defaults, with an exact gradient for small N
 and FFT-accelerated interpolation (FIt-SNE, Linderman et al. 2019) for large N.
 
-* Affinities: exact k nearest neighbours (``k = min(N - 1, 3 * perplexity)``) by matmul and ``topk`` in row
-  blocks; Gaussian conditionals calibrated to the perplexity by a vectorised bisection on the precision (all
-  points at once); symmetrised ``P = (P_{j|i} + P_{i|j}) / 2N``, kept as the kNN lists (no sparse matrix).
-* Initialisation: PCA (signs fixed so the largest-magnitude loading of each component is positive), scaled
-  to a standard deviation of 1e-4 on the first axis, plus a seeded jitter; or a given map (warm start).
-* Optimisation (openTSNE's defaults): 250 iterations with early exaggeration 12, then 500 without; learning
-  rate ``N / exaggeration``; momentum 0.8; gains (+0.2 on a sign flip, x0.8 otherwise, at least 0.01); each
-  point's step clipped to norm 5; the map re-centred after every step. Gradients use openTSNE's scaling (a
-  quarter of the textbook t-SNE gradient).
-* Repulsion: exact O(N^2) in blocks, or the FFT interpolation scheme, whichever is cheaper at that iteration
-  (the FFT's cost grows with the map's extent, so small N stays exact once the map has spread): charges
-  spread to a grid of 3 Lagrange nodes per box and axis (boxes of side at most 1, at least
-  ``min_intervals`` per axis), convolved with the kernels by FFT and interpolated back. O(N) per iteration.
+* Affinities: exact k nearest neighbours (``k = min(N - 1, 3 * perplexity)``); Gaussian conditionals
+  calibrated to the perplexity by a vectorised bisection; symmetrised ``P = (P_{j|i} + P_{i|j}) / 2N``.
+* Initialisation: PCA (sign-fixed) scaled to a standard deviation of 1e-4, plus a seeded jitter; or a given map.
+* Optimisation (openTSNE's defaults and gradient scaling): 250 iterations with early exaggeration 12, then 500;
+  learning rate ``N / exaggeration``; momentum 0.8; gains; steps clipped to norm 5; the map re-centred.
+* Repulsion: exact O(N^2) in blocks, or FFT interpolation (3 Lagrange nodes per box and axis, boxes of side at
+  most 1), whichever is cheaper at that iteration for the map's current extent.
 
 :func:`procrustes_align` maps a new embedding onto a previous one (rotation or reflection, scale, shift).
 """
@@ -321,21 +315,15 @@ def tsne(
     """Embed ``features`` (N, D) in 2-D with t-SNE; returns (N, 2) on the features' device.
 
     Args:
-        features: the points (e.g. penultimate-layer codes).
-        perplexity: effective number of neighbours.
-        early_exaggeration, early_exaggeration_iter: the first phase (openTSNE: 12 for 250 iterations).
-        n_iter: iterations of the second phase.
-        learning_rate: default ``N / exaggeration`` in each phase (openTSNE's "auto").
-        momentum, max_step_norm: as openTSNE (0.8; each point's step clipped to norm 5).
-        init: a map (N, 2) to start from, used as it is (warm start from a previous map: then usually
-            with ``early_exaggeration_iter=0``); default PCA scaled to std 1e-4.
+        features: the points (e.g. penultimate-layer codes); ``perplexity``: effective number of neighbours.
+        early_exaggeration, early_exaggeration_iter, n_iter: the two phases (openTSNE: 12 for 250, then 500).
+        learning_rate: default ``N / exaggeration`` (openTSNE's "auto"); ``momentum``, ``max_step_norm``: 0.8, 5.
+        init: a map (N, 2) to start from (a warm start, usually with ``early_exaggeration_iter=0``); default PCA.
         seed: seed of the initial jitter (the only randomness).
-        method: ``"exact"``, ``"fft"`` or ``"auto"``: at each iteration the cheaper of the two, exact while
-            ``N <= 4 x`` the FFT grid's side (6 nodes per unit of the map's extent, at least 6 x min_intervals),
-            FFT above.
-        min_intervals: the FFT grid's least number of boxes per axis (openTSNE: 50; 20 here, which keeps the
-            early, compact map's grid small; boxes of side at most 1 and 3 interpolation nodes per box, as
-            openTSNE, so the accuracy where it matters is the same).
+        method: ``"exact"``, ``"fft"`` or ``"auto"`` (the cheaper at each iteration: exact while ``N <= 4 x`` the FFT
+            grid's side, 6 nodes per unit of the map's extent and at least 6 x ``min_intervals``).
+        min_intervals: the FFT grid's least boxes per axis (openTSNE: 50; 20 keeps the early, compact map's grid
+            small; boxes of side at most 1 and 3 nodes per box as openTSNE, so the accuracy is the same).
         affinities: precomputed :func:`tsne_affinities` (then ``perplexity`` is not used).
 
     Example:

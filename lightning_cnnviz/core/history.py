@@ -77,10 +77,5 @@ class EvolutionHistory:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._layers = {
-            name: {
-                "stride": int(history["stride"]),
-                "count": int(history["count"]),
-                "columns": [(int(i), str(c), t.cpu()) for i, c, t in history["columns"]],
-            }
-            for name, history in state.items()
+            name: {**h, "columns": [(int(i), str(c), t.cpu()) for i, c, t in h["columns"]]} for name, h in state.items()
         }

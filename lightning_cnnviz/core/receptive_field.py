@@ -1,21 +1,13 @@
 """Exact receptive fields: the input box that one spatial position of a layer's output sees.
 
-Along each spatial axis a position ``i`` of a feature map sees the input pixels
-``offset + i * stride ... offset + i * stride + size - 1`` (an affine map; the box can reach into padding,
-so ``offset`` may be negative). :func:`receptive_fields` follows one forward pass of an example input with a
-:class:`~torch.overrides.TorchFunctionMode` and carries ``(size, stride, offset)`` along every tensor:
-
-* ``conv2d`` (also ``padding="same"``/``"valid"``), ``max_pool2d``, ``avg_pool2d``, ``F.pad`` and adaptive
-  pooling with an output size that divides the input size change the geometry (stride, padding, dilation
-  and kernel size handled);
-* every other operation whose output keeps the spatial size of its inputs (batch norm, activations,
-  ``+`` of a residual branch, ``torch.cat`` of channels, in-place ops) takes the union of its inputs' boxes:
-  the smallest box that contains every path, as for residual networks;
-* an output that no longer has the input's spatial layout (global pooling, ``flatten``, ``Linear``, an
-  ``x.mean((2, 3), keepdim=True)`` gate), and normalisations that mix positions (group, instance and layer
-  norm), see the whole image;
-* an operation that changes the spatial size in a way not listed above (``interpolate``, slicing) leaves
-  its output without a geometry, and asking for such a layer is an error naming the operation.
+Along each axis position ``i`` of a feature map sees input pixels ``offset + i * stride`` to ``offset + i * stride
++ size - 1`` (``offset`` < 0 reaches into padding). :func:`receptive_fields` carries ``(size, stride, offset)``
+along every tensor of one forward with a :class:`~torch.overrides.TorchFunctionMode`: ``conv2d`` (any padding),
+max and average pooling, ``F.pad`` and evenly dividing adaptive pooling change it; every other op that keeps the
+spatial size (batch norm, activations, residual ``+``, ``torch.cat``, in-place ops) takes the union of its
+inputs' boxes; global pooling, ``flatten``, ``Linear``, spatial gates and group/instance/layer norm see the whole
+image; any other change of spatial size (``interpolate``, slicing) leaves no geometry, and asking for such a
+layer is an error naming the op.
 """
 
 from __future__ import annotations
@@ -215,15 +207,10 @@ class _GeometryMode(TorchFunctionMode):
 def receptive_fields(model: nn.Module, layers: Sequence[str], example: Tensor) -> dict[str, ReceptiveField]:
     """The receptive field of each named module's output, from one eval-mode forward of ``example``.
 
-    Args:
-        model: the network; it is run once in eval mode without gradients (training flags restored).
-        layers: module names (``model.named_modules()``); a module called several times is measured at its
-            first call.
-        example: an input of the size the geometry is wanted for, shape (N, C, H, W); one image is enough.
-
-    Raises:
-        ValueError: an unknown layer name (the valid names are listed), a layer that the forward never
-            reaches, or one whose geometry goes through an operation the tracker does not model.
+    ``layers`` are module names (a module called several times is measured at its first call); ``example`` is an
+    input (N, C, H, W) of the size the geometry is wanted for. ValueError for an unknown layer (the valid names
+    are listed), one the forward never reaches, or one whose geometry goes through an op the tracker does not
+    model.
 
     Example:
         >>> import torch

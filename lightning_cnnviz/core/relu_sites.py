@@ -1,14 +1,9 @@
 """Find every ReLU-family activation of a model, modules and functional calls alike, and tap them.
 
-Module hooks alone miss ``F.relu(x)``, ``torch.relu_(x)`` or ``x.relu()`` written inside a ``forward``.
-A :class:`~torch.overrides.TorchFunctionMode` sees those calls; a stack of the modules currently running
-tells which module's ``forward`` made each call, which gives every activation a stable, readable name:
-
-* an ``nn.ReLU`` / ``nn.ReLU6`` module is named by its module name (``features.1``); a module called
-  several times in one forward (torchvision's ``BasicBlock.relu``) gets ``#2``, ``#3``, ... for the later
-  calls;
-* a functional call is named ``<module>.<function>`` after the module whose ``forward`` made it
-  (``block1.relu``, ``relu`` for the root model), with ``#2``, ... for repeated calls.
+A :class:`~torch.overrides.TorchFunctionMode` sees the ``F.relu(x)``, ``torch.relu_(x)`` and ``x.relu()`` calls
+that module hooks miss; a stack of running modules tells whose ``forward`` made each. Names: an ``nn.ReLU`` /
+``nn.ReLU6`` module by its module name (``features.1``), a functional call as ``<module>.<function>``
+(``block1.relu``; ``relu`` for the root model); ``#2``, ``#3``, ... mark later calls in one forward.
 """
 
 from __future__ import annotations
@@ -28,18 +23,15 @@ __all__ = ["find_relu_sites", "tap_relus"]
 
 RELU_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 
+
 @dataclass(frozen=True)
 class ReluSite:
     """One ReLU-family activation of a model.
 
     Attributes:
-        name: stable, readable name (see the module docstring).
-        scope: name of the module whose ``forward`` produced it ("" is the root model).
-        kind: ``"module"`` for an ``nn.ReLU``/``nn.ReLU6`` module, ``"function"`` for a functional call.
-        function: ``"relu"`` or ``"relu6"`` (functional), or the module class name.
-        call_index: index of this call among the calls of the same module (or the same functional kind
-            in the same scope) in one forward pass.
-        calls_per_forward: how many such calls one forward pass makes.
+        name: stable, readable name (see the module docstring); ``scope``: the module whose ``forward`` made it.
+        kind: ``"module"`` or ``"function"``; ``function``: ``"relu"``/``"relu6"`` or the module class name.
+        call_index, calls_per_forward: which of the same module's (or scope and function's) calls in one forward.
         shape: output shape of the example forward, batch dimension excluded.
     """
 
@@ -102,12 +94,7 @@ def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
     untouched); every module's ``training`` flag is restored afterwards. Activations whose output has
     fewer than 2 dimensions (no channel dimension) are skipped.
 
-    Args:
-        model: the network.
-        example_input: a batch the model accepts (a tensor, or a tuple of positional arguments).
-
-    Returns:
-        The sites, in execution order.
+    ``example_input`` is a batch the model accepts (a tensor, or a tuple of positional arguments).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU(inplace=True))
@@ -168,17 +155,8 @@ def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
             base = f"{scope}.{function}" if scope else function
             if base in taken:
                 base = f"{base}()"
-        sites.append(
-            ReluSite(
-                name=_numbered(base, index),
-                scope=scope,
-                kind="module" if kind == "module" else "function",
-                function=function,
-                call_index=index,
-                calls_per_forward=len(shapes),
-                shape=shapes[index],
-            )
-        )
+        spelled: Literal["module", "function"] = "module" if kind == "module" else "function"
+        sites.append(ReluSite(_numbered(base, index), scope, spelled, function, index, len(shapes), shapes[index]))
     return sites
 
 

@@ -21,13 +21,7 @@ def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 
     A live cell is gray, brighter the more often the channel fired (``sqrt`` of the firing rate, so rare
     firing is still visible); a dead cell (rate exactly 0) is red. Non-finite rates are drawn blue.
 
-    Args:
-        firing_rates: (channels, windows) firing rates in [0, 1].
-        cell_px: height of one channel's row in pixels.
-        window_px: width of one window's column in pixels.
-
-    Returns:
-        (3, channels * cell_px, windows * window_px) image in [0, 1].
+    ``firing_rates`` (channels, windows) in [0, 1] -> (3, channels * cell_px, windows * window_px) in [0, 1].
 
     Example:
         >>> [round(v, 2) for v in dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1, window_px=1)[:, 0, 1].tolist()]
@@ -124,26 +118,14 @@ def _factor(side: int, min_px: int) -> int:
 
 
 def render_top_patches(
-    panels: Mapping[str, Tensor],
-    valid: Tensor,
-    channels: Sequence[int],
-    *,
-    min_tile_px: int = 24,
-    labels: bool = True,
+    panels: Mapping[str, Tensor], valid: Tensor, channels: Sequence[int], *, min_tile_px: int = 24, labels: bool = True
 ) -> Tensor:
     """Zeiler & Fergus Fig. 2 for one layer: per channel, a grid of each panel's ``k`` tiles side by side.
 
-    Args:
-        panels: name -> (C, k, 3, h, w) tiles in [0, 1], e.g. ``{"deconvnet": ..., "patches": ...}``, drawn left
-            to right in this order; tile ``[c, j]`` of every panel belongs to the ``j``-th strongest
-            activation of channel ``c``.
-        valid: (C, k) which slots are filled (empty slots are drawn white).
-        channels: channel indices for the captions.
-        min_tile_px: tiles are upscaled (nearest, integer factor) to at least this side.
-        labels: caption each block with ``ch <index>`` and the panel names.
-
-    Returns:
-        (3, H, W) image in [0, 1]; channel blocks are laid out row by row, about as many rows as columns.
+    ``panels``: name -> (C, k, 3, h, w) tiles in [0, 1] (e.g. ``{"deconvnet": ..., "patches": ...}``), drawn left
+    to right; tile ``[c, j]`` belongs to channel ``c``'s ``j``-th strongest activation. ``valid`` (C, k): filled
+    slots (others white). Tiles are upscaled to at least ``min_tile_px``; with ``labels`` blocks are captioned
+    ``ch <index>`` and with the panel names. Returns (3, H, W) in [0, 1], about as many block rows as columns.
     """
     names = list(panels)
     first = panels[names[0]]
@@ -180,11 +162,7 @@ def render_top_patches(
 
 
 def render_evolution(
-    thumbnails: Tensor,
-    column_labels: Sequence[str],
-    channels: Sequence[int],
-    *,
-    min_tile_px: int = 32,
+    thumbnails: Tensor, column_labels: Sequence[str], channels: Sequence[int], *, min_tile_px: int = 32
 ) -> Tensor:
     """Zeiler & Fergus Fig. 4: rows are channels, columns are logged epochs (oldest left), labelled.
 

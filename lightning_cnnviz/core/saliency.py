@@ -1,22 +1,17 @@
 """Saliency maps, batched on the model's device: gradients, SmoothGrad, guided backprop, deconvnet, Grad-CAM,
 occlusion.
 
-Every function runs its own forward pass with gradients enabled (also when called under
-``torch.inference_mode``), takes gradients with ``torch.autograd.grad`` with respect to the inputs only (so
-no parameter's ``.grad`` changes), runs the model in eval mode and restores every module's ``training`` flag
-on exit. Guided backprop and deconvnet change the backward rule of *every* ReLU the forward computes,
-``nn.ReLU`` modules, ``nn.ReLU(inplace=True)`` and ``F.relu``/``torch.relu_``/``x.relu()`` calls alike,
-through a :class:`~torch.overrides.TorchFunctionMode` that is gone when the function returns.
-
-Targets: ``None`` is the predicted class, an ``int`` one class for every image, a tensor (N,) a class per
-image.
+Each function runs its own eval-mode forward with gradients (also under ``torch.inference_mode``) and takes
+``torch.autograd.grad`` with respect to the inputs only, so no ``.grad`` changes; ``training`` flags are
+restored. Guided backprop and deconvnet change the backward rule of every ReLU the forward computes (modules,
+in-place modules and ``F.relu``/``torch.relu_``/``x.relu()`` alike) through a ``TorchFunctionMode``. Targets:
+``None`` is the predicted class, an ``int`` one class for all, a tensor (N,) one class per image.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -33,14 +28,6 @@ __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad"
 SALIENCY_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "deconvnet", "grad_cam", "occlusion")
 Target = Tensor | int | None
 ReluRule = Literal["guided_backprop", "deconvnet"]
-
-
-class ReluGradientRule:
-    """The backward rule that ReLUs computed under :func:`override_relu_gradient` use; ``rule`` is read at
-    backward time, so one forward can serve a deconvnet and a guided-backprop backward pass."""
-
-    def __init__(self, rule: ReluRule) -> None:
-        self.rule: ReluRule = rule
 
 
 class _RuleRelu(torch.autograd.Function):
@@ -62,10 +49,16 @@ class _RuleRelu(torch.autograd.Function):
         return grad.clamp_min(0), None
 
 
-class _ReluGradientMode(TorchFunctionMode):
-    def __init__(self, rule: ReluGradientRule) -> None:
+class ReluGradientRule(TorchFunctionMode):
+    """Inside ``with ReluGradientRule(rule) as holder:`` every ReLU computed (module or functional, in-place
+    or not) uses ``holder.rule``'s backward, read at backward time: set it between backward passes of one
+    forward to get both projections from a single forward."""
+
+    def __init__(self, rule: ReluRule) -> None:
+        if rule not in ("guided_backprop", "deconvnet"):
+            raise ValueError(f"rule can be 'guided_backprop' or 'deconvnet', got {rule!r}")
         super().__init__()
-        self._rule = rule
+        self.rule: ReluRule = rule
 
     def __torch_function__(
         self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
@@ -75,25 +68,11 @@ class _ReluGradientMode(TorchFunctionMode):
             return func(*args, **kwargs)
         x = args[0]
         inplace = func in INPLACE_RELU or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-        out = _RuleRelu.apply(x, self._rule)
+        out = _RuleRelu.apply(x, self)
         if inplace:  # keep the in-place contract: the caller may use x afterwards instead of the result
             x.copy_(out)
             return x
         return out
-
-
-@contextlib.contextmanager
-def override_relu_gradient(rule: ReluRule) -> Iterator[ReluGradientRule]:
-    """Inside the block, every ReLU computed (module or functional, in-place or not) uses ``rule``'s backward.
-
-    Yields the :class:`ReluGradientRule`: set its ``rule`` between backward passes of one forward to get both
-    projections from a single forward.
-    """
-    if rule not in ("guided_backprop", "deconvnet"):
-        raise ValueError(f"rule can be 'guided_backprop' or 'deconvnet', got {rule!r}")
-    holder = ReluGradientRule(rule)
-    with _ReluGradientMode(holder):
-        yield holder
 
 
 def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, logits: Tensor | None = None) -> Tensor:
@@ -181,7 +160,7 @@ def deconvnet(model: nn.Module, images: Tensor, target: Target = None, *, max_ba
 def _relu_rule_gradient(model: nn.Module, images: Tensor, target: Target, rule: ReluRule, max_batch: int) -> Tensor:
     check_images(images)
     targets = _targets(model, images, target, max_batch)
-    with evaluating(model, grad=True), override_relu_gradient(rule):
+    with evaluating(model, grad=True), ReluGradientRule(rule):
         return _input_gradient(model, images, targets, max_batch)
 
 
@@ -194,12 +173,7 @@ def last_conv(model: nn.Module) -> str:
 
 
 def grad_cam(
-    model: nn.Module,
-    images: Tensor,
-    target: Target = None,
-    *,
-    layer: str | None = None,
-    max_batch: int = 64,
+    model: nn.Module, images: Tensor, target: Target = None, *, layer: str | None = None, max_batch: int = 64
 ) -> Tensor:
     """Selvaraju et al. 2017 (arXiv 1610.02391): ``ReLU(sum_k w_k A_k)``, ``w_k`` the spatial mean of
     ``d score / d A_k``, upsampled (bilinear) to the input size. Shape (N, H, W).

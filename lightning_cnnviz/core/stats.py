@@ -18,12 +18,8 @@ __all__ = ["ActivationStats"]
 
 @dataclass(frozen=True)
 class LayerSummary:
-    """Host-side statistics of one layer over one window.
-
-    Attributes:
-        firing: per channel, how many (input, position) pairs had activation > 0 (float64, exact integers).
-        positions: (input, position) pairs seen per channel.
-    """
+    """Host-side statistics of one layer over one window: per channel, how many (input, position) pairs fired
+    (``firing``, float64 holding exact integers), out of ``positions`` pairs seen per channel."""
 
     firing: Tensor
     positions: int

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lightning_cnnviz.core._images import check_images, in_layout_of
 from lightning_cnnviz.core._model import evaluating, run_to
 from lightning_cnnviz.core.receptive_field import ReceptiveField
-from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule, override_relu_gradient
+from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule
 
 __all__ = ["crop_patches", "project_activations", "top_activations"]
 
@@ -245,7 +245,7 @@ def project_activations(
         if value.shape != (count,):
             raise ValueError(f"{name} must have shape ({count},), got {tuple(value.shape)}")
     channels, ys, xs = (t.to(images.device).long() for t in (channels, ys, xs))
-    with evaluating(model, grad=True), override_relu_gradient(rules[0]) as holder:
+    with evaluating(model, grad=True), ReluGradientRule(rules[0]) as holder:
         # made here, outside inference mode, so that they can be written in place
         results: dict[str, Tensor] = {rule: images.new_zeros(images.shape) for rule in rules}
         redo = torch.ones(count, dtype=torch.bool, device=images.device)

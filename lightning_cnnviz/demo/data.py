@@ -122,13 +122,7 @@ class DigitsDataModule(TensorDataModule):
     is the validation split.
     """
 
-    def __init__(
-        self,
-        image_size: int = 16,
-        val_fraction: float = 0.2,
-        batch_size: int = 64,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, image_size: int = 16, val_fraction: float = 0.2, batch_size: int = 64, **kwargs: Any) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         self.image_size = image_size
         self.val_fraction = val_fraction
@@ -177,25 +171,11 @@ class IDXDataModule(TensorDataModule):
     split is the validation data.
     """
 
-    FASHION_CLASSES = (
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    )
+    FASHION_CLASSES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt")
+    FASHION_CLASSES += ("Sneaker", "Bag", "Ankle boot")
 
     def __init__(
-        self,
-        root: str,
-        class_names: Sequence[str] | None = None,
-        batch_size: int = 128,
-        **kwargs: Any,
+        self, root: str, class_names: Sequence[str] | None = None, batch_size: int = 128, **kwargs: Any
     ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root)
@@ -207,15 +187,8 @@ class IDXDataModule(TensorDataModule):
     def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if not self.root.is_dir():
             raise FileNotFoundError(f"IDXDataModule: root {str(self.root)!r} is not a directory")
-        arrays = [
-            read_idx(_find(self.root, stem)).copy()
-            for stem in (
-                "train-images-idx3-ubyte",
-                "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte",
-            )
-        ]
+        stems = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+        arrays = [read_idx(_find(self.root, f"{stem}-ubyte")).copy() for stem in stems]
         x_train, y_train, x_val, y_val = (torch.from_numpy(a) for a in arrays)
         return x_train.unsqueeze(1), y_train, x_val.unsqueeze(1), y_val
 
@@ -229,13 +202,7 @@ class ImageFolderDataModule(TensorDataModule):
         limit_per_class: keep at most this many training images per class (None: all).
     """
 
-    def __init__(
-        self,
-        root: str,
-        limit_per_class: int | None = None,
-        batch_size: int = 128,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, root: str, limit_per_class: int | None = None, batch_size: int = 128, **kwargs: Any) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         self.root = Path(root)
         self.limit_per_class = limit_per_class
