@@ -129,7 +129,7 @@ def top_patches(tmp: Path, out: Path) -> None:
     save_last_image(run, "cnnviz/evolution/net.conv1", out / "evolution_conv1_cifar10.png")
     save_last_image(run, "cnnviz/top_patches/net.conv3", out / "top_patches_conv3_cifar10.png")
     save_last_image(run, "cnnviz/top_patches/net.conv1", out / "top_patches_conv1_cifar10.png")
-    for caption, thumbnails in monitor.evolution_columns("net.conv1"):
+    for caption, thumbnails in monitor.history.columns("net.conv1"):
         # lag-1 autocorrelation of the strongest projections: noise ~0, smooth oriented structure -> 1
         score = filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item()
         print(f"net.conv1 strongest projections, {caption}: smoothness {score:.3f}")

@@ -150,6 +150,21 @@ def test_seeded_and_deterministic(digits: tuple[np.ndarray, np.ndarray]) -> None
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("method", ["exact", "fft"])
+def test_the_map_does_not_depend_on_the_thread_count(digits: tuple[np.ndarray, np.ndarray], method: str) -> None:
+    """The iterations switch between one thread and all of torch's by timing; the map must not notice."""
+    x = torch.from_numpy(digits[0][:700])
+    threads = torch.get_num_threads()
+    try:
+        maps = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            maps.append(tsne(x, method=method, n_iter=200))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(maps[0], maps[1])
+
+
 def test_alignment_removes_rotation_and_keeps_consecutive_maps_close(digits: tuple[np.ndarray, np.ndarray]) -> None:
     x = torch.from_numpy(digits[0][:500])
     first = tsne(x, seed=0)

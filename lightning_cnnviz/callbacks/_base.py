@@ -99,12 +99,22 @@ class Monitor(Callback):
 
 class EpochMonitor(Monitor):
     """A monitor that logs every ``every_n_epochs`` training epochs and once more for the final state; with a
-    :class:`~lightning_cnnviz.callbacks._probe.ProbeSet` (``self.probe``), it feeds it the batches it needs."""
+    ``probe_size`` it keeps a :class:`~lightning_cnnviz.callbacks._probe.ProbeSet` (``self.probe``) and feeds it
+    the batches it needs."""
 
-    def __init__(self, every_n_epochs: int = 1, on_error: ErrorPolicy = "warn", probe: ProbeSet | None = None) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        on_error: ErrorPolicy = "warn",
+        probe_size: int | None = None,
+        probe_argument: str = "probe_size",
+        **probe: Any,
+    ) -> None:
         super().__init__(on_error=on_error)
         self.every_n_epochs = check_positive_int(self._who, "every_n_epochs", every_n_epochs)
-        self.probe = probe
+        self.probe: ProbeSet | None = None
+        if probe_size is not None:
+            self.probe = ProbeSet(self._who, check_positive_int(self._who, probe_argument, probe_size), **probe)
         self._last_logged_step: int | None = None
 
     @property

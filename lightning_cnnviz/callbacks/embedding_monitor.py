@@ -35,6 +35,7 @@ def penultimate_layer(model: nn.Module) -> str:
 
 
 class EmbeddingMonitor(EpochMonitor):
+    probe: ProbeSet
     """t-SNE maps of the penultimate-layer codes of a fixed probe set, every ``every_n_epochs`` epochs.
 
     Writes ``cnnviz/embedding/tsne`` (class-coloured scatter), ``cnnviz/embedding/grid`` (the probe images on a
@@ -82,11 +83,7 @@ class EmbeddingMonitor(EpochMonitor):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        probe_size = check_positive_int("EmbeddingMonitor", "probe_size", probe_size)
-        probe = ProbeSet("EmbeddingMonitor", probe_size, batch_to_images=batch_to_images)
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, probe=probe)
-        self.probe: ProbeSet = probe
-        self.probe_size = probe_size
+        super().__init__(every_n_epochs, on_error, probe_size, batch_to_images=batch_to_images)
         if not (isinstance(perplexity, (int, float)) and perplexity > 0):
             raise ValueError(f"EmbeddingMonitor: `perplexity` must be a positive number, got {perplexity!r}.")
         self.perplexity = float(perplexity)
@@ -106,7 +103,7 @@ class EmbeddingMonitor(EpochMonitor):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(probe_size=self.probe_size, layer=self.layer)
+        return self._generate_state_key(probe_size=self.probe.size, layer=self.layer)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -23,6 +23,7 @@ DEFAULT_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_ca
 
 
 class SaliencyMonitor(EpochMonitor):
+    probe: ProbeSet
     """Saliency maps of a fixed probe set, one TensorBoard image per method: ``cnnviz/saliency/<method>``.
 
     Methods (:mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013), ``smoothgrad``
@@ -78,11 +79,9 @@ class SaliencyMonitor(EpochMonitor):
                 f"{', '.join(map(repr, S.SALIENCY_METHODS))}."
             )
         self.methods = tuple(methods)
-        num_images = check_positive_int("SaliencyMonitor", "num_images", num_images)
         labels = target == "true"
-        probe = ProbeSet("SaliencyMonitor", num_images, balanced=True, require_labels=labels)
-        probe.batch_to_images = batch_to_images
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, probe=probe)
+        super().__init__(every_n_epochs, on_error, num_images, "num_images", balanced=True, require_labels=labels)
+        self.probe.batch_to_images = batch_to_images
         self.num_images = num_images
         if not (target in ("true", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
             raise ValueError(f"SaliencyMonitor: `target` can be 'true', 'predicted' or a class index, got {target!r}.")
@@ -94,7 +93,6 @@ class SaliencyMonitor(EpochMonitor):
         self.grad_cam_layer = grad_cam_layer
         self.class_names = list(class_names) if class_names is not None else None
         self.seed = seed
-        self.probe: ProbeSet = probe
 
     @property
     @override

@@ -54,6 +54,7 @@ def default_channels(num_channels: int, count: int = 16) -> list[int]:
 
 
 class TopPatchMonitor(EpochMonitor):
+    probe: ProbeSet
     """The top-``k`` probe patches of chosen filters beside their projections to pixel space, every N epochs.
 
     What it draws (Zeiler & Fergus 2013, arXiv 1311.2901):
@@ -104,11 +105,7 @@ class TopPatchMonitor(EpochMonitor):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        probe_size = check_positive_int("TopPatchMonitor", "probe_size", probe_size)
-        probe = ProbeSet("TopPatchMonitor", probe_size, batch_to_images=batch_to_images)
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, probe=probe)
-        self.probe: ProbeSet = probe
-        self.probe_size = probe_size
+        super().__init__(every_n_epochs, on_error, probe_size, batch_to_images=batch_to_images)
         self.batch_to_images = batch_to_images
         self.layers = [layers] if isinstance(layers, str) else (list(layers) if layers is not None else None)
         if self.layers is not None and not self.layers:

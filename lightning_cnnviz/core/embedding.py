@@ -180,7 +180,7 @@ def _repulsion_exact(y: Tensor, block: int = 4096) -> Tensor:
     moments, z = [], y.new_zeros(())
     for start in range(0, count, block):
         w = (left[start : start + block] @ right.t()).reciprocal_()
-        z = z + w.sum()
+        z = z + w.sum(dim=1).sum()  # rows first: the same sums in the same order on any number of threads
         moments.append(w.mul_(w) @ ones_y)
     m = torch.cat(moments)
     return (y * m[:, :1] - m[:, 1:]) / (z - count)
@@ -210,7 +210,7 @@ class _FFTGrid:
 
     def fit(self, coords: Tensor, low: float, high: float) -> None:
         inside = self.spectra is not None and low >= self.low and high <= self.low + self.span
-        inside = inside and self.spectra is not None and self.spectra.real.dtype == coords.dtype
+        inside = inside and self.spectra is not None and self.spectra.dtype == coords.dtype
         if inside and (high - low) >= self.refill * self.span:
             return
         span = max(high - low, 1e-6) * self.margin
@@ -225,7 +225,7 @@ class _FFTGrid:
         kernels = torch.stack([kernel, kernel * kernel])  # w for Z, w^2 for the force
         kernels[:, nodes, :] = 0
         kernels[:, :, nodes] = 0
-        self.spectra = torch.fft.rfft2(kernels)
+        self.spectra = torch.fft.rfft2(kernels).real  # even kernels: real spectra (the imaginary part is rounding)
 
 
 def _repulsion_fft(coords: Tensor, grid: _FFTGrid, bounds: tuple[float, float] | None = None) -> Tensor:
@@ -257,9 +257,11 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid, bounds: tuple[float, float] |
     padded[:, :nodes, :nodes] = spread.t().reshape(3, nodes, nodes)
     spectra = torch.fft.rfft2(padded)  # (3, 2M, M + 1)
     # sum_ij w_ij = <G, K1 * G> over the grid, by Parseval on the half spectrum (interior columns count twice)
-    power = (spectra[0].real ** 2 + spectra[0].imag ** 2) * grid.spectra[0].real
-    z = (2 * power.sum() - power[:, 0].sum() - power[:, -1].sum()) / (4 * nodes * nodes) - count
-    potentials = torch.fft.irfft2(spectra * grid.spectra[1], s=(2 * nodes, 2 * nodes))[:, :nodes, :nodes]
+    power = (spectra[0].real ** 2 + spectra[0].imag ** 2) * grid.spectra[0]
+    z = (2 * power.sum(dim=1).sum() - power[:, 0].sum() - power[:, -1].sum()) / (4 * nodes * nodes) - count
+    # complex times real as two real products: one rounding each, on any thread split (no fused complex kernel)
+    convolved = torch.view_as_complex(torch.view_as_real(spectra) * grid.spectra[1][..., None])
+    potentials = torch.fft.irfft2(convolved, s=(2 * nodes, 2 * nodes))[:, :nodes, :nodes]
     at_points = (torch.index_select(potentials.reshape(3, -1), 1, flat).view(3, count, 9) * weight).sum(dim=2)
     return ((local * at_points[:1] - at_points[1:]) / z).float()
 
@@ -268,12 +270,15 @@ class _ThreadChoice:
     """On CPU, iterations run on one thread or on all of torch's, whichever was faster when last timed (both are
     timed over ``probe`` iterations every ``period``). Each iteration is a few dozen small ops whose parallel
     regions end in barriers: beside a busy process two threads wait for time slices at every barrier and run
-    2x to 3x slower than one, while on a quiet machine they are 1.3x to 1.6x faster.
+    2x to 3x slower than one, while on a quiet machine they are 1.3x to 1.6x faster. The choice changes the speed,
+    never the map: every reduction of an iteration sums in an order that does not depend on the thread count
+    (rows first, then fewer than 32,768 partial sums, which torch reduces on one thread) and no fused complex
+    product is split across threads, for N up to 16,384; above, the thread count stays as it is.
     """
 
-    def __init__(self, device: torch.device, period: int = 150, probe: int = 8) -> None:
+    def __init__(self, device: torch.device, count: int, period: int = 150, probe: int = 8) -> None:
         self.initial = torch.get_num_threads()
-        self.enabled = device.type == "cpu" and self.initial > 1
+        self.enabled = device.type == "cpu" and self.initial > 1 and count <= 16384
         self.period, self.probe = period, probe
         self.chosen, self.started, self.timings = self.initial, 0.0, [0.0, 0.0]
 
@@ -354,7 +359,7 @@ def tsne(
     update = torch.zeros_like(coords)
     gains = torch.full_like(coords, 1.2)  # openTSNE's first step: sign(0) != sign(gradient), so every gain is 1 + 0.2
     schedule = [early_exaggeration] * early_exaggeration_iter + [1.0] * n_iter
-    threads = _ThreadChoice(coords.device)
+    threads = _ThreadChoice(coords.device, count)
     try:
         for iteration, exaggeration in enumerate(schedule):
             threads.before(iteration)
