@@ -54,13 +54,10 @@ def gather_interleaved(trainer: pl.Trainer, local: Tensor, counts: Tensor) -> Te
 class ProbeSet:
     """A monitor's fixed probe images (and labels, when the batches carry them), on the host.
 
-    Chosen once per fit from the first validation pass (the sanity check excluded), in the validation order;
-    in a run without validation data, from the first training batches. ``balanced`` takes ``size`` images
-    round-robin over the classes (:func:`select_balanced`; memory stays near ``2 * size`` images while it
-    collects), otherwise the first ``size``. Under DDP every rank collects from its own batches and the parts are
-    gathered in the distributed sampler's interleaved order, so every rank holds the same probe set (for an
-    ordered probe, the one a single process would take). A probe of at most 32 MiB is saved in checkpoints, so a
-    resumed run keeps it; a larger one is chosen afresh from the first validation pass after the resume.
+    Chosen once per fit from the first validation pass (else the first training batches): the first ``size``
+    images, or with ``balanced`` round-robin over the classes (:func:`select_balanced`, holding about ``2 * size``
+    images while it collects). Under DDP the ranks' parts are gathered in the sampler's interleaved order, so all
+    hold the same probe (an ordered one is a single process's). At most 32 MiB of it is saved in checkpoints.
     """
 
     def __init__(

@@ -19,21 +19,15 @@ __all__ = ["FilterMonitor"]
 class FilterMonitor(EpochMonitor):
     """Logs conv filters as an image grid and their smoothness, every ``every_n_epochs`` epochs.
 
-    CS231n, "Visualizing what ConvNets learn": the first layer's filters of a well-trained net are smooth
-    edge, colour and blob detectors; noisy filters mean undertrained or under-regularized. The first layer is
-    drawn in colour when it reads 3 channels; deeper layers (``layers=[...]``) are drawn one grayscale tile
-    per (filter, input channel). See :func:`lightning_cnnviz.core.render_filter_grid` for the normalisation.
-
-    TensorBoard: images ``cnnviz/filters/<layer>`` and scalars ``cnnviz/filters/smoothness/<layer>`` (lag-1
-    spatial autocorrelation of the weights, see :func:`lightning_cnnviz.core.filter_smoothness`); the step is
-    the epoch. Also logged after the last epoch of a fit, whatever ``every_n_epochs`` is.
+    CS231n, "Visualizing what ConvNets learn": a well-trained first layer shows smooth edge, colour and blob
+    detectors; noisy filters mean undertrained or under-regularized. Images ``cnnviz/filters/<layer>`` (RGB tiles
+    for a layer reading 3 channels, else a grayscale tile per filter and input channel) and scalars
+    ``cnnviz/filters/smoothness/<layer>`` (:func:`lightning_cnnviz.core.filter_smoothness`); step: the epoch.
 
     Args:
         every_n_epochs: log every this many training epochs.
-        layers: ``nn.Conv2d`` module names (from ``named_modules()`` of the LightningModule); ``None`` means
-            the first ``nn.Conv2d``.
-        normalize: ``"per_filter"`` (each filter stretched to its own range) or ``"global"`` (one range for
-            the layer).
+        layers: ``nn.Conv2d`` module names; ``None`` means the first ``nn.Conv2d``.
+        normalize: ``"per_filter"`` (each filter stretched to its own range) or ``"global"`` (one for the layer).
         max_filters: draw at most this many output filters per layer.
         max_in_channels: for layers that do not read 3 channels, draw at most this many input channels per filter.
         min_tile_px: upscale kernels (nearest neighbour) until a tile is at least this many pixels wide.

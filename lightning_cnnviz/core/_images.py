@@ -64,8 +64,7 @@ def images_from_batch(
 
 
 def labels_from_batch(batch: Any, images: Tensor) -> Tensor | None:
-    """The label tensor of an ``(images, labels, ...)`` batch: its second element when that is a tensor with
-    one entry per image; None otherwise."""
+    """The second element of an ``(images, labels, ...)`` batch when it is a tensor of one label per image."""
     labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
     return labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
 
@@ -77,8 +76,7 @@ def check_images(images: Tensor) -> None:
 
 
 def in_layout_of(tensor: Tensor, images: Tensor) -> Tensor:
-    """``tensor`` in the memory format of ``images`` (channels-last or not): the model then runs in the layout
-    it was given, whose float rounding its own forward has."""
+    """``tensor`` in the memory format of ``images``: the model runs in the layout (and rounding) it was given."""
     channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
     return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 

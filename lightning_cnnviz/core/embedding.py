@@ -62,12 +62,10 @@ class TSNEAffinities:
 def _knn(features: Tensor, k: int, block: int = 2048, band: int = 8) -> tuple[Tensor, Tensor]:
     """Squared Euclidean distances and indices of the ``k`` nearest other points, nearest first.
 
-    Distances come from a float32 matrix product of the centred points in row blocks. Its rounding (measured at
-    most ``4.4 * eps * (|x_i|^2 + |x_j|^2)`` on image features; bounded here by ``2 (sqrt(D) + 2)`` times that)
-    can swap near-tied neighbours at the edge of the set, so the ``2 * band`` candidates around the ``k``-th are
-    recomputed from their differences and re-ordered, and a row where the bound reaches past
-    them is computed in float64 whole: the neighbour set is the exact one.
-    """
+    A float32 product of the centred points, whose rounding (measured at most ``4.4 eps (|x_i|^2 + |x_j|^2)``,
+    bounded here at ``2 (sqrt(D) + 2)`` times that) can swap near-tied neighbours, finds candidates; the ``2 * band``
+    around the ``k``-th are re-ordered by their differences, and a row where the bound reaches past them is
+    computed in float64 whole: the neighbour set is the exact one."""
     x = (features.double() - features.double().mean(dim=0)).float()
     count, dims = x.shape
     norms = (x * x).sum(dim=1)
@@ -267,14 +265,11 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid, bounds: tuple[float, float] |
 
 
 class _ThreadChoice:
-    """On CPU, iterations run on one thread or on all of torch's, whichever was faster when last timed (both are
-    timed over ``probe`` iterations every ``period``). Each iteration is a few dozen small ops whose parallel
-    regions end in barriers: beside a busy process two threads wait for time slices at every barrier and run
-    2x to 3x slower than one, while on a quiet machine they are 1.3x to 1.6x faster. The choice changes the speed,
-    never the map: every reduction of an iteration sums in an order that does not depend on the thread count
-    (rows first, then fewer than 32,768 partial sums, which torch reduces on one thread) and no fused complex
-    product is split across threads, for N up to 16,384; above, the thread count stays as it is.
-    """
+    """On CPU, iterations run on one thread or on all of torch's, whichever was faster when both were last timed
+    (``probe`` iterations each, every ``period``): beside a busy process two threads wait for a time slice at
+    every barrier and run 2x to 3x slower than one; on a quiet machine they are 1.3x to 1.6x faster. The map
+    does not depend on it: every sum runs rows first, then over fewer than 32,768 partial sums (one thread), and
+    no fused complex product is split across threads, for N up to 16,384 (above, the thread count stays)."""
 
     def __init__(self, device: torch.device, count: int, period: int = 150, probe: int = 8) -> None:
         self.initial = torch.get_num_threads()

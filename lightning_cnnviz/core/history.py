@@ -14,10 +14,9 @@ __all__ = ["EvolutionHistory"]
 class EvolutionHistory:
     """Per layer, the columns of an evolution picture (Zeiler & Fergus 2013, Fig. 4), oldest first.
 
-    Columns sit on a grid of every ``stride``-th logged point, plus the latest one; when more than
-    ``max_columns`` would be kept, the stride doubles, so the picture spans the whole run at an even, coarser
-    step. Thumbnails are stored as uint8 (C, 3, h, w), at most ``thumbnail_px`` on a side; a column of another
-    shape than the previous (other channels, other image size) starts the layer afresh.
+    Columns sit on every ``stride``-th logged point plus the latest; past ``max_columns`` the stride doubles, so
+    the picture spans the run at an even, coarser step. Thumbnails are uint8 (C, 3, h, w), at most
+    ``thumbnail_px`` a side; a column of another shape than the last starts the layer afresh.
 
     Example:
         >>> history = EvolutionHistory(max_columns=2)

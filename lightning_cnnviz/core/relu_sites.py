@@ -90,11 +90,8 @@ def site_scope(model: nn.Module, name: str) -> str | None:
 def find_relu_sites(model: nn.Module, example_input: Any) -> list[ReluSite]:
     """Run one forward pass and list every ReLU-family activation in the order they are computed.
 
-    The pass runs in eval mode under ``torch.no_grad`` (so batch-norm statistics and dropout RNG are
-    untouched); every module's ``training`` flag is restored afterwards. Activations whose output has
-    fewer than 2 dimensions (no channel dimension) are skipped.
-
-    ``example_input`` is a batch the model accepts (a tensor, or a tuple of positional arguments).
+    One eval-mode, no-grad pass of ``example_input`` (a tensor or a tuple of arguments); flags are restored.
+    Outputs without a channel dimension are skipped.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.ReLU(inplace=True))
@@ -302,9 +299,8 @@ class _ReluTap:
 def tap_relus(model: nn.Module, sites: Sequence[ReluSite], on_activation: Callable[[str, Tensor], None]) -> _ReluTap:
     """Context manager that calls ``on_activation(site.name, output)`` for the chosen sites in every forward.
 
-    ``output`` is the live activation (after an in-place ReLU it is the modified tensor): read it at once,
-    do not keep it. Call ``.reset()`` on the returned tap between forward passes when a model makes a
-    varying number of calls; a whole number of forward passes is handled without it.
+    ``output`` is the live activation: read it at once, do not keep it. Call ``.reset()`` on the tap between
+    forwards when a model makes a varying number of calls.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())

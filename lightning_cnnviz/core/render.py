@@ -85,12 +85,13 @@ def signed_display(maps: Tensor) -> Tensor:
 def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: float = 0.55) -> Tensor:
     """Rows of [image | map | overlay] for N images, as one (3, H, W) image in [0, 1].
 
-    ``maps`` of shape (N, H, W) (gradient magnitude, SmoothGrad, Grad-CAM, occlusion) are normalised per image
-    to [0, 1] by dividing by the image's largest value (negative values, e.g. an occlusion that raised the
-    probability, are shown as 0), drawn with the inferno colormap and blended over a grayscale copy of the
-    image with weight ``alpha``. Signed maps of shape (N, C, H, W) (guided backprop, deconvnet) are drawn as
-    images, ``0.5 + map / (2 max |map|)`` per image, and their third panel is ``|map|`` summed over channels
-    on the colormap. Panels are upscaled (nearest) to at least ``min_px`` pixels.
+    Maps (N, H, W) are divided by each image's largest value (negative values shown as 0), drawn with the inferno
+    colormap and blended over a gray copy of the image (weight ``alpha``); signed maps (N, C, H, W) are drawn as
+    ``0.5 + map / (2 max |map|)`` beside ``|map|`` on the colormap. Panels are upscaled to at least ``min_px``.
+
+    Example:
+        >>> render_saliency(images, torch.rand(2, 8, 8)).shape
+        torch.Size([3, 132, 196])
     """
     count, _, height, width = images.shape
     shown = display_rgb(images)
@@ -126,6 +127,10 @@ def render_top_patches(
     to right; tile ``[c, j]`` belongs to channel ``c``'s ``j``-th strongest activation. ``valid`` (C, k): filled
     slots (others white). Tiles are upscaled to at least ``min_tile_px``; with ``labels`` blocks are captioned
     ``ch <index>`` and with the panel names. Returns (3, H, W) in [0, 1], about as many block rows as columns.
+
+    Example:
+        >>> render_top_patches({"patches": torch.rand(2, 4, 3, 5, 5)}, torch.ones(2, 4, dtype=torch.bool), [0, 7]).shape
+        torch.Size([3, 77, 124])
     """
     names = list(panels)
     first = panels[names[0]]

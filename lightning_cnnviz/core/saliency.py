@@ -104,7 +104,12 @@ def _input_gradient(model: nn.Module, images: Tensor, targets: Tensor, max_batch
 
 
 def vanilla_gradient(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
-    """Simonyan et al. 2013 (arXiv 1312.6034): ``max_c |d score / d x|``, shape (N, H, W)."""
+    """Simonyan et al. 2013 (arXiv 1312.6034): ``max_c |d score / d x|``, shape (N, H, W).
+
+    Example:
+        >>> vanilla_gradient(net, images).shape
+        torch.Size([2, 8, 8])
+    """
     check_images(images)
     targets = _targets(model, images, target, max_batch)
     with evaluating(model, grad=True):
@@ -124,10 +129,13 @@ def smoothgrad(
 ) -> Tensor:
     """Smilkov et al. 2017 (arXiv 1706.03825): the mean of ``|gradient|`` over noisy copies, max over channels.
 
-    The ``samples`` noisy copies of every image are evaluated in batches of ``max_batch`` (not one by one).
-    Noise is Gaussian with standard deviation ``sigma * (max(x) - min(x))`` of each image (the paper's noise
-    level), unless ``noise`` (shape (N * samples, C, H, W), copies of image ``i`` at rows
-    ``i * samples ... (i + 1) * samples - 1``) is given. Returns (N, H, W).
+    The noisy copies run in batches of ``max_batch``. Noise is Gaussian with standard deviation ``sigma * (max(x) -
+    min(x))`` per image (the paper's level), unless ``noise`` (N * samples, C, H, W) is given (copies of image
+    ``i`` at rows ``i * samples`` to ``(i + 1) * samples - 1``). Returns (N, H, W).
+
+    Example:
+        >>> smoothgrad(net, images, samples=4).shape
+        torch.Size([2, 8, 8])
     """
     check_images(images)
     if samples < 1:
@@ -148,12 +156,22 @@ def smoothgrad(
 
 
 def guided_backprop(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
-    """Springenberg et al. 2014 (arXiv 1412.6806): input gradient with guided ReLU backward, (N, C, H, W)."""
+    """Springenberg et al. 2014 (arXiv 1412.6806): input gradient with guided ReLU backward, (N, C, H, W).
+
+    Example:
+        >>> guided_backprop(net, images, target=1).shape
+        torch.Size([2, 3, 8, 8])
+    """
     return _relu_rule_gradient(model, images, target, "guided_backprop", max_batch)
 
 
 def deconvnet(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
-    """Zeiler & Fergus 2013 (arXiv 1311.2901): input gradient with ReLU applied to the backward signal, (N, C, H, W)."""
+    """Zeiler & Fergus 2013 (arXiv 1311.2901): input gradient with ReLU of the backward signal, (N, C, H, W).
+
+    Example:
+        >>> deconvnet(net, images, target=torch.tensor([0, 1])).shape
+        torch.Size([2, 3, 8, 8])
+    """
     return _relu_rule_gradient(model, images, target, "deconvnet", max_batch)
 
 
@@ -178,8 +196,12 @@ def grad_cam(
     """Selvaraju et al. 2017 (arXiv 1610.02391): ``ReLU(sum_k w_k A_k)``, ``w_k`` the spatial mean of
     ``d score / d A_k``, upsampled (bilinear) to the input size. Shape (N, H, W).
 
-    ``layer`` defaults to the last ``nn.Conv2d``. The layer's output is kept out of reach of a following
-    in-place ReLU (the hook hands the rest of the network a copy), so ``A`` is the layer's own output.
+    ``layer`` defaults to the last ``nn.Conv2d``; the rest of the network gets a copy of its output, so a
+    following in-place ReLU cannot change ``A``.
+
+    Example:
+        >>> grad_cam(net, images).shape
+        torch.Size([2, 8, 8])
     """
     check_images(images)
     name = layer if layer is not None else last_conv(model)
@@ -269,15 +291,14 @@ def occlusion(
     """Zeiler & Fergus 2013 occlusion: slide a ``patch`` x ``patch`` square (all channels) with ``stride``;
     each pixel gets the mean drop of the target probability over the windows that cover it. (N, H, W).
 
-    ``baseline`` fills the square: a number, or ``"mean"`` for each image's per-channel mean. ``probability``
-    maps logits to the score (softmax by default). Window positions follow captum's ``Occlusion`` (offsets
-    ``k * stride``, the last window clipped at the border), so the result equals ``Occlusion(...).attribute``
-    on the same score.
+    ``baseline`` fills the square: a number, or ``"mean"`` (each image's per-channel mean); ``probability`` maps
+    logits to the score (softmax). Windows follow captum's ``Occlusion``, so the maps equal its own. The copies
+    are built on the model's device and run as full forwards, as many per pass as fit ``memory_budget`` bytes of
+    activations (default: a quarter of the free memory on CUDA, 16 MiB elsewhere), with no host sync between.
 
-    The occluded copies of all images are built on the model's device and run as full forwards, as many per
-    pass as fit ``memory_budget`` bytes of activations (default: a quarter of the free memory on CUDA, 16 MiB
-    elsewhere; measured from one image's forward). Nothing goes to the host between passes; ``max_batch``
-    images go through each clean forward.
+    Example:
+        >>> occlusion(net, images, patch=4, stride=2).shape
+        torch.Size([2, 8, 8])
     """
     check_images(images)
     if patch < 1 or stride < 1 or stride > patch:

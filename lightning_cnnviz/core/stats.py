@@ -124,14 +124,9 @@ class ActivationStats:
         self.steps += 1
 
     def summary(self, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> ActivationSummary:
-        """The window's statistics on the host, summed over processes, in one device-to-host copy.
-
-        Args:
-            reduce_sum: returns the sum of a tensor over all processes. Defaults to
-                ``torch.distributed.all_reduce`` when a process group of more than one process is
-                initialised (every process must then call ``summary`` at the same point), else the local
-                counts are used. All counts travel in one tensor, so this is one collective.
-        """
+        """The window's statistics on the host in one device-to-host copy, summed over processes by ``reduce_sum``
+        (default: one ``torch.distributed.all_reduce`` of all counts when a group of several processes is
+        initialised; every process must then call ``summary`` at the same point)."""
         names = list(self.channels)
         device = next(iter(self._firing.values())).device if self._firing else self.device
         totals = torch.tensor([self._positions[n] for n in names] + [self.steps], dtype=torch.int64)

@@ -135,9 +135,12 @@ def top_activations(
 ) -> dict[str, TopActivations]:
     """Per layer and chosen channel, the top-``k`` activations over ``images`` (at most one per image).
 
-    The model runs in eval mode without gradients (training flags restored), in batches of ``max_batch``,
-    and each forward stops after the deepest chosen layer. ``image_indices`` (default ``0..N-1``) name
-    the images in the result, so shards of one probe set can be merged.
+    Eval mode, no gradients, batches of ``max_batch``, each forward stopped after the deepest chosen layer.
+    ``image_indices`` (default ``0..N-1``) name the images in the result, so shards of a probe set can merge.
+
+    Example:
+        >>> top_activations(net, {"0": [0, 3]}, images, k=2)["0"].images.shape
+        torch.Size([2, 2])
     """
     check_images(images)
     indices = torch.arange(images.shape[0], device=images.device) if image_indices is None else image_indices
@@ -182,14 +185,10 @@ def _project_rows(
 
 
 def _aligned_crops(field: ReceptiveField, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per row, an input crop that holds the activation's whole receptive field (clipped to the image) and
-    keeps the layer's grid: it starts at a multiple of the layer's stride ``S``, so strides and pooling windows
-    fall as on the whole image, and its edges are either the image's edges or lie outside the field.
-
-    Along each axis every crop has one of two lengths, so rows batch well: ``L``, the longest the field
-    needs (alignment slack included), or, for crops that would run past the far edge, ``L'`` >= ``L`` with
-    ``image - L'`` a multiple of ``S``, placed against the far edge. Returns (starts (B, 2), lengths (B, 2),
-    local ys, local xs), the local positions being the activation's position in the crop's feature map.
+    """Per row, a crop holding the activation's receptive field that keeps the layer's grid (it starts at a
+    multiple of the stride, so pooling windows fall as on the whole image). Along each axis a crop has one of two
+    lengths, so rows batch well: the longest the field needs, or a longer one placed against the far edge.
+    Returns (starts (B, 2), lengths (B, 2), local ys, local xs in the crop's feature map).
     """
     starts, lengths = [], []
     for axis, positions in enumerate((ys, xs)):
@@ -236,6 +235,11 @@ def project_activations(
     layers. Cropping is exact for networks that are translation-equivariant up to the layer; each row checks it
     (the activation on the crop must equal ``expected[i]``, its whole-image value, to ``1e-4`` relative) and rows
     that differ (coordinate channels, adaptive pooling, ...) are redone on the whole image.
+
+    Example:
+        >>> where = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])
+        >>> project_activations(net, "0", images, *where)["deconvnet"].shape
+        torch.Size([2, 3, 8, 8])
     """
     check_images(images)
     if not rules or any(r not in ("deconvnet", "guided_backprop") for r in rules):
