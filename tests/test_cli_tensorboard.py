@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, read_events
 
+from conftest import ROOT, read_events
 from lightning_cnnviz.core import find_relu_sites
 from lightning_cnnviz.demo.models import ImageClassifier
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyCNN
 
+from conftest import TinyCNN
 from lightning_cnnviz.core import ActivationStats, find_relu_sites, occlusion, smoothgrad, tap_relus, tsne
 
 pytestmark = [

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
 from PIL import Image
 
+from conftest import SHARED_DATA
 from lightning_cnnviz.demo.data import DigitsDataModule, IDXDataModule, ImageFolderDataModule, read_idx
 
 

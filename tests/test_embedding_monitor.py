@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from test_monitors import NoConv, small_model
 from torch import nn
 
+from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import EmbeddingMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import penultimate_layer
 from lightning_cnnviz.core import knn_accuracy, procrustes_align

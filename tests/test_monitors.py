@@ -8,11 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
+from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import ActivationMonitor, DeadFilterEvent, FilterMonitor
 from lightning_cnnviz.core import ActivationStats
 from lightning_cnnviz.demo.models import ImageClassifier

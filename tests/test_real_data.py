@@ -9,9 +9,9 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import SHARED_DATA, make_trainer
 from torch import Tensor
 
+from conftest import SHARED_DATA, make_trainer
 from lightning_cnnviz import ActivationMonitor
 from lightning_cnnviz.callbacks._probe import select_balanced
 from lightning_cnnviz.core import saliency as S

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import global_state_clean, hooks_left
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
+from conftest import global_state_clean, hooks_left
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.demo.models import resnet18_cifar
 

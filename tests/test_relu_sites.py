@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, TinyCNN, global_state_clean, hooks_left
 from torch import Tensor, nn
 
+from conftest import ROOT, TinyCNN, global_state_clean, hooks_left
 from lightning_cnnviz.core import capture, find_relu_sites, tap_relus
 
 

@@ -13,9 +13,9 @@ from captum.attr import (
     Occlusion,
     Saliency,
 )
-from conftest import TinyCNN, global_state_clean, hooks_left
 from torch import Tensor, nn
 
+from conftest import TinyCNN, global_state_clean, hooks_left
 from lightning_cnnviz.core import saliency as S
 
 STYLES = ["module", "inplace", "functional"]

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from test_monitors import SMALL, FailingModel, NoConv, assert_training_undisturbed, small_model
 
+from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import TopPatchMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import default_channels, default_layers
 from lightning_cnnviz.core import top_activations

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
-from conftest import global_state_clean, hooks_left
 from torch import Tensor, nn
 
+from conftest import global_state_clean, hooks_left
 from lightning_cnnviz.core.receptive_field import receptive_fields
 from lightning_cnnviz.core.top_patches import (
     StreamingTopK,
