@@ -52,19 +52,24 @@ def test_vanilla_gradient_matches_captum_saliency(style: str) -> None:
     assert_agree(S.vanilla_gradient(ours_model, x, TARGETS), expected)
 
 
+def assert_smoothgrad_agrees(
+    ours_model: nn.Module, reference: nn.Module, x: Tensor, targets: Tensor, samples: int, max_batch: int
+) -> None:
+    """Ours in batches of ``max_batch`` copies against captum's one batch of all, on the same noise."""
+    torch.manual_seed(7)  # captum draws torch.normal(0, stdev) of shape (N * samples, C, H, W)
+    noise = torch.normal(0, torch.tensor(0.3).repeat((x.shape[0] * samples, *x.shape[1:])))
+    torch.manual_seed(7)
+    expected = NoiseTunnel(Saliency(reference)).attribute(
+        x, nt_type="smoothgrad", nt_samples=samples, stdevs=0.3, target=targets
+    )
+    ours = S.smoothgrad(ours_model, x, targets, samples=samples, noise=noise, max_batch=max_batch)
+    assert_agree(ours, expected.amax(dim=1))
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_smoothgrad_matches_captum_noise_tunnel_with_the_same_noise(style: str) -> None:
     ours_model, reference = twin(style)
-    x = images()
-    samples, stdev = 12, 0.3
-    torch.manual_seed(7)  # captum draws torch.normal(0, stdev) of shape (N * samples, C, H, W)
-    noise = torch.normal(0, torch.tensor(stdev).repeat((x.shape[0] * samples, *x.shape[1:])))
-    torch.manual_seed(7)
-    expected = NoiseTunnel(Saliency(reference)).attribute(
-        x, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, target=TARGETS
-    )
-    ours = S.smoothgrad(ours_model, x, TARGETS, samples=samples, noise=noise, max_batch=16)
-    assert_agree(ours, expected.amax(dim=1))
+    assert_smoothgrad_agrees(ours_model, reference, images(), TARGETS, samples=12, max_batch=16)
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -264,20 +269,10 @@ def _leaf_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["densenet121", "vgg11_bn", "mobilenet_v3_small"])
 def test_smoothgrad_matches_captum_on_torchvision_models(name: str) -> None:
-    """Deep float32 models where any change of layout or rounding flips ReLUs in some noisy copies; our batches
-    of 16 copies against captum's one batch of all of them."""
+    """Deep float32 models, where any change of layout or rounding flips ReLUs in some noisy copies."""
     import torchvision
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    targets = torch.tensor([3, 7])
-    samples, stdev = 4, 0.3
-    torch.manual_seed(7)
-    noise = torch.normal(0, torch.tensor(stdev).repeat((x.shape[0] * samples, *x.shape[1:])))
-    torch.manual_seed(7)
-    expected = NoiseTunnel(Saliency(model)).attribute(
-        x, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, target=targets
-    )
-    ours = S.smoothgrad(model, x, targets, samples=samples, noise=noise, max_batch=8)
-    assert_agree(ours, expected.amax(dim=1))
+    assert_smoothgrad_agrees(model, model, x, torch.tensor([3, 7]), samples=4, max_batch=3)
