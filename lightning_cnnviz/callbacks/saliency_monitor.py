@@ -79,9 +79,8 @@ class SaliencyMonitor(EpochMonitor):
                 f"{', '.join(map(repr, S.SALIENCY_METHODS))}."
             )
         self.methods = tuple(methods)
-        labels = target == "true"
-        super().__init__(every_n_epochs, on_error, num_images, "num_images", balanced=True, require_labels=labels)
-        self.probe.batch_to_images = batch_to_images
+        probe = {"balanced": True, "require_labels": target == "true", "batch_to_images": batch_to_images}
+        super().__init__(every_n_epochs, on_error, num_images, "num_images", **probe)
         self.num_images = num_images
         if not (target in ("true", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
             raise ValueError(f"SaliencyMonitor: `target` can be 'true', 'predicted' or a class index, got {target!r}.")

@@ -73,13 +73,14 @@ def _knn(features: Tensor, k: int, block: int = 2048, band: int = 8) -> tuple[Te
     rounding = 2 * (dims**0.5 + 2) * torch.finfo(torch.float32).eps * (norms + norms.max())
     distances, indices = [], []
     for start in range(0, count, block):
-        rows = torch.arange(start, min(start + block, count), device=x.device)
-        d2 = torch.addmm(norms[None, :], x[rows], x.t(), beta=1, alpha=-2).add_(norms[rows, None])
+        stop = min(start + block, count)
+        rows, part = torch.arange(start, stop, device=x.device), x[start:stop]  # a view, not a gathered copy
+        d2 = torch.addmm(norms[None, :], part, x.t(), beta=1, alpha=-2).add_(norms[start:stop, None])
         d2[rows - start, rows] = float("inf")
         value, index = torch.topk(d2, min(count - 1, wide + 1), dim=1, largest=False, sorted=True)
         beyond, value, index = value[:, -1], value[:, :wide], index[:, :wide]
         # differences are exact to float32's rounding of the distance itself (no cancellation of large norms)
-        edge = (x[rows, None, :] - x[index[:, inner:]]).pow_(2).sum(dim=2).double()
+        edge = (part[:, None, :] - x[index[:, inner:]]).pow_(2).sum(dim=2).double()
         exact, order = edge.sort(dim=1, stable=True)
         value, index = value.double(), torch.cat([index[:, :inner], index[:, inner:].gather(1, order)], dim=1)
         value[:, inner:] = exact
@@ -275,7 +276,7 @@ class _ThreadChoice:
         self.initial = torch.get_num_threads()
         self.enabled = device.type == "cpu" and self.initial > 1 and count <= 16384
         self.period, self.probe = period, probe
-        self.chosen, self.started, self.timings = self.initial, 0.0, [0.0, 0.0]
+        self.started, self.timings = 0.0, [0.0, 0.0]
 
     def before(self, iteration: int) -> None:
         phase = iteration % self.period
@@ -288,8 +289,7 @@ class _ThreadChoice:
         if self.enabled and phase in (self.probe - 1, 2 * self.probe - 1):
             self.timings[phase >= self.probe] = time.perf_counter() - self.started
             if phase == 2 * self.probe - 1:
-                self.chosen = 1 if self.timings[0] <= self.timings[1] else self.initial
-                torch.set_num_threads(self.chosen)
+                torch.set_num_threads(1 if self.timings[0] <= self.timings[1] else self.initial)
 
     def restore(self) -> None:
         if self.enabled:
