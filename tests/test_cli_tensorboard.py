@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT, read_events
-from lightning_cnnviz.core import find_relu_sites
+from lightning_cnnviz.core import find_activation_sites
 from lightning_cnnviz.demo.models import ImageClassifier
 
 
@@ -48,7 +48,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def demo_relu_names() -> list[str]:
     model = ImageClassifier(in_channels=1, num_classes=10)
-    return [site.name for site in find_relu_sites(model, torch.zeros(1, 1, 16, 16))]
+    return [site.name for site in find_activation_sites(model, torch.zeros(1, 1, 16, 16))]
 
 
 def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, str]) -> None:

@@ -8,7 +8,8 @@ import torch
 
 from lightning_cnnviz.core import ActivationStats, filter_smoothness, render_filter_grid
 from lightning_cnnviz.core._images import images_from_batch, tile_grid
-from lightning_cnnviz.core.render import dead_filter_map
+from lightning_cnnviz.core.render import dead_filter_map, distribution_map
+from lightning_cnnviz.core.stats import LayerSpec
 
 
 def brute_force(batches: list[np.ndarray]) -> tuple[np.ndarray, int]:
@@ -61,11 +62,10 @@ def test_activation_stats_merge_equals_pooled_data() -> None:
     rank0.update("x", a)
     rank1.update("x", b)
     pooled.update("x", torch.cat([a, b]))
-    other = rank1.summary().layers["x"]
-    # a reduce_sum that adds the other "rank"'s flat counts: what all_reduce does over two processes
-    merged = rank0.summary(
-        reduce_sum=lambda flat: flat + torch.cat([other.firing, torch.tensor([float(other.positions), 0.0])])
-    ).layers["x"]
+    others: list[torch.Tensor] = []
+    rank1.summary(reduce_sum=lambda flat: others.append(flat.clone()) or flat)
+    # a reduce_sum that adds the other "rank"'s accumulators: what all_reduce does over two processes
+    merged = rank0.summary(reduce_sum=lambda flat: flat + others[0]).layers["x"]
     expected = pooled.summary().layers["x"]
     assert merged.firing.tolist() == expected.firing.tolist()
     assert merged.positions == expected.positions
@@ -80,6 +80,41 @@ def test_nan_activations_count_as_not_firing() -> None:
     stats.update("x", values)
     layer = stats.summary().layers["x"]
     assert layer.dead_channels == [0] and layer.firing.tolist() == [0.0, 1.0]
+    assert layer.nonfinite == 2  # the two (image, channel) maps of channel 0
+    assert layer.magnitude.tolist() == [0.0, 3.0]
+
+
+@pytest.mark.parametrize("channel_dim", [1, -1])
+def test_dormant_channels_and_magnitudes_match_brute_force(channel_dim: int) -> None:
+    """ReDo's score by explicit loops in float64: mean |a| per channel over the window / mean over channels."""
+    generator = torch.Generator().manual_seed(11)
+    channels = 6
+    scales = torch.tensor([1.0, 0.02, 1.5, 0.5, 0.001, 2.0])
+    batches = []
+    for size in (3, 5):
+        values = torch.nn.functional.gelu(torch.randn(size, channels, 4, 5, generator=generator))
+        values = values * scales.view(1, -1, 1, 1)
+        batches.append(values.permute(0, 2, 3, 1).contiguous() if channel_dim == -1 else values)
+    stats = ActivationStats({"gelu": LayerSpec(channels, relu=False, channel_dim=channel_dim)})
+    for values in batches:
+        stats.update("gelu", values, distribution=True)
+    layer = stats.summary().layers["gelu"]
+    totals = np.zeros(channels)
+    count = 0
+    for values in batches:
+        array = values.double().numpy()
+        array = np.moveaxis(array, channel_dim if channel_dim == 1 else -1, 0).reshape(channels, -1)
+        count += array.shape[1]
+        for c in range(channels):
+            totals[c] += sum(abs(v) for v in array[c])
+    np.testing.assert_allclose(layer.magnitude.numpy(), totals, rtol=1e-5)
+    means = totals / count
+    expected = [c for c in range(channels) if means[c] / means.mean() <= 0.1]
+    assert expected == [1, 4] and layer.dormant_channels(0.1) == expected
+    assert layer.firing is None and layer.dead_channels == [] and np.isnan(layer.sparsity)
+    # one batch binned: the first; counts of asinh(value) in 64 bins over [-8, 8]
+    reference = np.histogram(np.arcsinh(batches[0].double().numpy()), bins=64, range=(-8, 8))[0]
+    assert layer.distribution is not None and layer.distribution.tolist() == reference.astype(float).tolist()
 
 
 def test_smoothness_hand_computed_values() -> None:
@@ -154,3 +189,13 @@ def test_counts_stay_exact_past_float32_integers() -> None:
         stats.update("x", ones)
     firing = stats.summary().layers["x"].firing
     assert firing.tolist() == [3.0 * 2**24, 3.0 * 2**24 - 3]  # float32 would round the second to the first
+
+
+def test_distribution_map_puts_large_values_on_top_and_scales_each_window() -> None:
+    counts = torch.zeros(2, 4)
+    counts[0, 3] = 1000.0  # window 0: every value in the largest bin
+    counts[1, 0] = 5.0  # window 1: few values, all in the smallest bin
+    image = distribution_map(counts, window_px=1, bin_px=1)
+    brightness = image.sum(0)  # (bins, windows), largest bin on row 0
+    assert brightness[:, 0].argmax() == 0 and brightness[:, 1].argmax() == 3
+    torch.testing.assert_close(brightness[0, 0], brightness[3, 1])  # each column scaled to its own maximum

@@ -4,11 +4,13 @@ Skipped where no CUDA device is present (``pytest -m cuda`` runs only these)."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from conftest import TinyCNN
-from lightning_cnnviz.core import ActivationStats, find_relu_sites, occlusion, smoothgrad, tap_relus, tsne
+from lightning_cnnviz.core import ActivationStats, find_activation_sites, occlusion, smoothgrad, tap_activations, tsne
 
 pytestmark = [
     pytest.mark.cuda,
@@ -21,24 +23,25 @@ def test_statistics_on_the_gpu_need_no_host_sync_and_equal_the_cpu_counts(style:
     torch.manual_seed(0)
     model = TinyCNN(style, in_channels=3, num_classes=4)
     x = torch.randn(8, 3, 12, 12)
-    sites = find_relu_sites(model, x)
+    sites = find_activation_sites(model, x)
     counts = {}
     for device in ("cpu", "cuda"):
         model.to(device)
-        stats = ActivationStats({s.name: s.num_channels for s in sites}, device=device)
-        with tap_relus(model, sites, stats.update) as tap:
+        stats = ActivationStats({s.name: s.spec for s in sites}, device=device)
+        with tap_activations(model, sites, functools.partial(stats.update, distribution=True)):
             model(x.to(device))  # first call: allocations
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")  # any host sync in the training forward now raises
             try:
                 for _ in range(3):
-                    tap.reset()
                     model(x.to(device, non_blocking=True))
                     stats.step()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         summary = stats.summary()
-        counts[device] = {name: layer.firing.tolist() for name, layer in summary.layers.items()}
+        counts[device] = {
+            name: (layer.firing.tolist(), layer.distribution.tolist()) for name, layer in summary.layers.items()
+        }
     assert counts["cpu"] == counts["cuda"]
 
 

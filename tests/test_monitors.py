@@ -223,7 +223,7 @@ def test_no_hooks_left_after_fit_exception_and_monitor_error(
         trainer.fit(model, datamodule=digits_data)
     assert hooks_left(model) == [] and global_state_clean()
 
-    def broken_update(self: ActivationStats, name: str, activation: Tensor) -> None:
+    def broken_update(self: ActivationStats, name: str, activation: Tensor, **options: Any) -> None:
         raise ArithmeticError("injected failure in the statistics")
 
     monkeypatch.setattr(ActivationStats, "update", broken_update)
@@ -352,7 +352,11 @@ class NoConv(pl.LightningModule):
             ValueError,
             r"no activation named 'nope'.*'net.relu1', 'net.relu2'",
         ),
-        (ActivationMonitor(layers=["net.conv1"]), ValueError, r"'net.conv1' is a Conv2d, not a ReLU-family"),
+        (
+            ActivationMonitor(layers=["net.conv1"]),
+            ValueError,
+            r"'net.conv1' is a Conv2d, not an elementwise activation",
+        ),
     ],
 )
 def test_bad_layer_names_fail_at_setup(

@@ -1,4 +1,4 @@
-"""ActivationMonitor: activation sparsity, per-channel firing rates and dead ReLU filters, with alerts."""
+"""ActivationMonitor: sparsity, dead and dormant channels, value distributions and divergence, with alerts."""
 
 from __future__ import annotations
 
@@ -15,9 +15,15 @@ from typing_extensions import override
 from lightning_cnnviz.callbacks._base import Monitor, check_positive_int
 from lightning_cnnviz.core._images import images_from_batch
 from lightning_cnnviz.core._model import format_names
+from lightning_cnnviz.core.activation_sites import (
+    ACTIVATION_MODULE_TYPES,
+    ActivationSite,
+    find_activation_sites,
+    site_scope,
+    tap_activations,
+)
 from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
-from lightning_cnnviz.core.relu_sites import RELU_MODULE_TYPES, ReluSite, find_relu_sites, site_scope, tap_relus
-from lightning_cnnviz.core.render import dead_filter_map
+from lightning_cnnviz.core.render import dead_filter_map, distribution_map
 from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary
 
 __all__ = ["ActivationMonitor"]
@@ -26,30 +32,46 @@ DeadPolicy = Literal["warn", "stop"] | Callable[["DeadFilterEvent"], Any]
 
 
 class ActivationMonitor(Monitor):
-    """Watches every ReLU-family activation of the live network on training batches; alerts when filters die.
+    """Watches every elementwise activation of the live network on training batches; alerts when channels die or
+    go dormant and when the network diverges.
 
-    Statistics come from the real training forwards (no extra pass), accumulate on the model's device with no
-    host sync, and are summed over DDP ranks and written once per window of ``every_n_steps`` batches (step: the
-    global step): ``cnnviz/activations/sparsity|dead|dead_fraction/<layer>`` (a channel is dead when it never
-    fired, > 0, at any position of any input of the window), firing-rate histograms, the channels x windows
-    ``dead_map`` image (red = dead; at epoch ends, alerts and the end of training) and ``cnnviz/alerts``.
+    Statistics come from the real training forwards only (no extra pass; the forwards other monitors run in eval
+    mode are not counted), accumulate on the model's device with no host sync, and are summed over DDP ranks and
+    written once per window of ``every_n_steps`` batches (step: the global step):
 
-    Layers are found on the first training batch (or at ``setup`` from ``example_input_array``): ``nn.ReLU`` /
-    ``nn.ReLU6`` modules by module name (``#2`` for a second call in one forward) and ``F.relu``, ``torch.relu``,
-    ``relu_``, ``x.relu()`` calls as ``<module>.relu`` after the module whose ``forward`` makes them.
+    * every activation: ``cnnviz/activations/dormant|dormant_fraction/<layer>`` (a channel is *dormant* when its
+      mean |activation| over the window is at most ``dormant_threshold`` of the layer's mean: Sokar et al. 2023),
+      ``cnnviz/activations/nonfinite/<layer>`` (maps holding NaN or inf), and the image
+      ``cnnviz/activations/distribution/<layer>``: windows x value bins, the values of one batch per window
+      (fastai's "colorful dimension");
+    * the ReLU family also: ``cnnviz/activations/sparsity|dead|dead_fraction/<layer>`` (a channel is *dead* when it
+      never fired, > 0, at any position of any input of the window), firing-rate histograms;
+    * the channels x windows ``dead_map`` (ReLU family) or ``dormant_map`` image (red = dead or dormant), at epoch
+      ends, alerts and the end of training, and ``cnnviz/alerts``.
 
-    Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): when a layer's dead fraction reaches
-    ``dead_fraction_threshold``, and, with ``alert_on_growth``, whenever more of its channels die above it. Each
-    is a rank-zero warning and a ``cnnviz/alerts`` entry naming layer, channels and learning rate; then
+    Layers are found on the first training batch (or at ``setup`` from ``example_input_array``): activation
+    modules (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ``nn.Hardswish``, ...) by module name (``#2`` for a module used
+    at a second place of one forward) and functional calls (``F.relu``, ``F.gelu``, ``torch.relu_``,
+    ``x.relu()``, ...) as ``<module>.<kind>`` after the module whose ``forward`` makes them. An activation
+    computed after the model's last conv or linear layer (a ReLU on the logits) is not a hidden layer and is left
+    out unless named in ``layers``. Activations of fully connected layers are watched as *units*, and the alert
+    says so.
+
+    Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): when a layer's dead fraction (ReLU family) or
+    dormant fraction (other kinds) reaches ``dead_fraction_threshold``, and, with ``alert_on_growth``, whenever
+    more of its channels join above it; once when activations turn non-finite (the first layer where they
+    appear, the step and the learning rate). Each is a rank-zero warning and a ``cnnviz/alerts`` entry; then
     ``on_dead``: ``"warn"``, ``"stop"`` (``trainer.should_stop`` on every rank) or a callable taking the
     :class:`DeadFilterEvent` (on rank zero).
 
     Args:
         every_n_steps: window length in training batches; statistics are summarised and logged at each
             window end, and a last, shorter window is summarised at the end of training.
-        layers: activation names to watch; ``None`` watches every ReLU-family activation.
+        layers: activation names to watch; ``None`` watches every hidden activation.
         collect_every_n_steps: collect statistics on every this-many-th training batch only (1 = all).
-        dead_fraction_threshold: dead fraction in [0, 1] at which a layer alerts.
+        dead_fraction_threshold: dead (or dormant) fraction in [0, 1] at which a layer alerts.
+        dormant_threshold: a channel whose mean |activation| is at most this fraction of its layer's mean is
+            dormant (ReDo's tau).
         alert_on_growth: alert again when the set of dead channels of a layer at or above the threshold
             grows.
         on_dead: ``"warn"``, ``"stop"`` or a callable taking a :class:`DeadFilterEvent`.
@@ -71,6 +93,7 @@ class ActivationMonitor(Monitor):
         layers: Sequence[str] | None = None,
         collect_every_n_steps: int = 1,
         dead_fraction_threshold: float = 0.1,
+        dormant_threshold: float = 0.1,
         alert_on_growth: bool = True,
         on_dead: DeadPolicy = "warn",
         log_histograms: bool = True,
@@ -89,8 +112,12 @@ class ActivationMonitor(Monitor):
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"{who}: `dead_fraction_threshold` must be a number in [0, 1], got {threshold!r}.")
         self.dead_fraction_threshold = float(dead_fraction_threshold)
+        dormant = dormant_threshold
+        if isinstance(dormant, bool) or not isinstance(dormant, (int, float)) or dormant < 0:
+            raise ValueError(f"{who}: `dormant_threshold` must be a number >= 0, got {dormant_threshold!r}.")
+        self.dormant_threshold = float(dormant_threshold)
         self.alert_on_growth = bool(alert_on_growth)
-        self.policy = DeadFilterAlerts(self.dead_fraction_threshold, self.alert_on_growth)
+        self.policy = DeadFilterAlerts(self.dead_fraction_threshold, self.alert_on_growth, self.dormant_threshold)
         if not (on_dead in ("warn", "stop") or callable(on_dead)):
             raise ValueError(
                 f"{who}: `on_dead` can be 'warn', 'stop' or a callable taking a DeadFilterEvent, got {on_dead!r}."
@@ -102,7 +129,8 @@ class ActivationMonitor(Monitor):
             raise TypeError(f"{who}: `batch_to_images` must be a callable or None, got {batch_to_images!r}.")
         self.batch_to_images = batch_to_images
 
-        self.sites: list[ReluSite] | None = None
+        self.sites: list[ActivationSite] | None = None
+        self._module: torch.nn.Module | None = None
         self._stats: ActivationStats | None = None
         self._tap: Any = None
         self._collecting = False
@@ -111,6 +139,7 @@ class ActivationMonitor(Monitor):
         # history, kept in state_dict
         self._windows = 0
         self._rate_history: dict[str, list[list[float]]] = {}
+        self._distribution_history: dict[str, list[list[float]]] = {}
         self._alerts: list[dict[str, Any]] = []
 
     @property
@@ -123,6 +152,7 @@ class ActivationMonitor(Monitor):
         return {
             "windows": self._windows,
             "rate_history": {k: [list(r) for r in v] for k, v in self._rate_history.items()},
+            "distribution_history": {k: [list(r) for r in v] for k, v in self._distribution_history.items()},
             **self.policy.state_dict(),
             "alerts": list(self._alerts),
         }
@@ -131,6 +161,9 @@ class ActivationMonitor(Monitor):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._windows = int(state_dict.get("windows", 0))
         self._rate_history = {k: [list(r) for r in v] for k, v in state_dict.get("rate_history", {}).items()}
+        self._distribution_history = {
+            k: [list(r) for r in v] for k, v in state_dict.get("distribution_history", {}).items()
+        }
         self.policy.load_state_dict(state_dict)
         self._alerts = list(state_dict.get("alerts", []))
 
@@ -152,26 +185,28 @@ class ActivationMonitor(Monitor):
 
     def _check_names_without_forward(self, pl_module: pl.LightningModule) -> None:
         modules = dict(pl_module.named_modules())
-        relu_modules = format_names([n for n, m in modules.items() if isinstance(m, RELU_MODULE_TYPES)]) or "none"
+        found = [n for n, m in modules.items() if isinstance(m, ACTIVATION_MODULE_TYPES)]
+        activation_modules = format_names(found) or "none"
         for name in self.layers or []:
             module = modules.get(name.split("#", 1)[0])
-            if module is not None and not isinstance(module, RELU_MODULE_TYPES):
+            if module is not None and not isinstance(module, ACTIVATION_MODULE_TYPES):
                 raise ValueError(
-                    f"ActivationMonitor `layers`: {name!r} is a {type(module).__name__}, not a ReLU-family "
-                    f"activation. ReLU modules of this model: {relu_modules}; functional calls are named "
-                    "'<module>.relu' after the module whose forward makes them."
+                    f"ActivationMonitor `layers`: {name!r} is a {type(module).__name__}, not an elementwise "
+                    f"activation. Activation modules of this model: {activation_modules}; functional calls are "
+                    "named '<module>.<kind>' (e.g. 'block1.relu', 'stem.gelu') after the module whose forward "
+                    "makes them."
                 )
             if site_scope(pl_module, name) is None:  # a functional site's calls are checked on the first batch
                 raise ValueError(
-                    f"ActivationMonitor `layers`: no activation named {name!r}. ReLU modules of this model: "
-                    f"{relu_modules}; functional calls (F.relu, torch.relu, x.relu()) are named '<module>.relu' "
-                    "after the module whose forward makes them ('relu' for the model's own forward), '#2', '#3' "
-                    "marking repeated calls."
+                    f"ActivationMonitor `layers`: no activation named {name!r}. Activation modules of this model: "
+                    f"{activation_modules}; functional calls (F.relu, F.gelu, torch.relu, x.relu(), ...) are named "
+                    "'<module>.<kind>' after the module whose forward makes them ('relu' for the model's own "
+                    "forward), '#2', '#3' marking further places in one forward."
                 )
 
     def _discover(self, pl_module: pl.LightningModule, images: Tensor) -> None:
         try:
-            sites = find_relu_sites(pl_module, images[:2])
+            sites = find_activation_sites(pl_module, images[:2])
         except Exception as error:
             raise RuntimeError(
                 f"ActivationMonitor: calling {type(pl_module).__name__} on a batch of images of shape "
@@ -181,8 +216,9 @@ class ActivationMonitor(Monitor):
             ) from error
         if not sites:
             raise ValueError(
-                f"ActivationMonitor: {type(pl_module).__name__} computes no ReLU-family activation (nn.ReLU, "
-                "nn.ReLU6, F.relu, torch.relu, relu_) in its forward; there is nothing to monitor."
+                f"ActivationMonitor: {type(pl_module).__name__} computes no elementwise activation (ReLU, ReLU6, "
+                "LeakyReLU, PReLU, ELU, SELU, CELU, GELU, SiLU, Hardswish, Mish, Hardsigmoid; modules or "
+                "functional calls) in its forward; there is nothing to monitor."
             )
         if self.layers is not None:
             by_name = {site.name: site for site in sites}
@@ -193,6 +229,8 @@ class ActivationMonitor(Monitor):
                     f"the forward pass: {format_names(list(by_name))}."
                 )
             sites = [by_name[name] for name in self.layers]
+        elif any(not site.on_logits for site in sites):
+            sites = [site for site in sites if not site.on_logits]
         self.sites = sites
 
     @override
@@ -206,16 +244,17 @@ class ActivationMonitor(Monitor):
         if self.sites is None:
             self._discover(pl_module, images)
         assert self.sites is not None
-        self._stats = ActivationStats({site.name: site.num_channels for site in self.sites}, device=images.device)
-        self._tap = tap_relus(pl_module, self.sites, self._on_activation)
+        self._stats = ActivationStats({site.name: site.spec for site in self.sites}, device=images.device)
+        self._module = pl_module
+        self._tap = tap_activations(pl_module, self.sites, self._on_activation)
         self._tap.__enter__()
 
     def _on_activation(self, name: str, output: Tensor) -> None:
         # Runs inside the user's forward: an error here must not reach their training step.
-        if not self._collecting:
-            return
+        if not self._collecting or self._module is None or not self._module.training:
+            return  # only training forwards count: other monitors' probe forwards run in eval mode
         try:
-            self._stats.update(name, output)  # type: ignore[union-attr]
+            self._stats.update(name, output, distribution=True)  # type: ignore[union-attr]
         except Exception:
             self._collecting = False
             self._run("statistics", _reraise)
@@ -226,7 +265,6 @@ class ActivationMonitor(Monitor):
     ) -> None:
         if self._tap is None:
             self._start(pl_module, batch)
-        self._tap.reset()
         self._collecting = "statistics" not in self._disabled and (
             self._batch_counter % self.collect_every_n_steps == 0
         )
@@ -274,9 +312,18 @@ class ActivationMonitor(Monitor):
             return
         self._windows += 1
         for name, layer in summary.layers.items():
+            if layer.relu:
+                rates = layer.firing_rate
+            else:  # the map's red cells are the dormant channels
+                score = layer.dormant_score()
+                rates = torch.where(score <= self.dormant_threshold, 0.0, score / score.max().clamp_min(1e-30))
             history = self._rate_history.setdefault(name, [])
-            history.append(layer.firing_rate.tolist())
+            history.append(rates.tolist())
             del history[: -self.max_map_windows]
+            if layer.distribution is not None:
+                distributions = self._distribution_history.setdefault(name, [])
+                distributions.append(layer.distribution.tolist())
+                del distributions[: -self.max_map_windows]
         self._run("activation scalars", self._log_window, trainer, summary)
         events = (
             self._run(
@@ -301,6 +348,12 @@ class ActivationMonitor(Monitor):
         step = trainer.global_step
         scalars: dict[str, float] = {}
         for name, layer in summary.layers.items():
+            dormant = len(layer.dormant_channels(self.dormant_threshold))
+            scalars[f"cnnviz/activations/dormant/{name}"] = float(dormant)
+            scalars[f"cnnviz/activations/dormant_fraction/{name}"] = dormant / max(layer.num_channels, 1)
+            scalars[f"cnnviz/activations/nonfinite/{name}"] = float(layer.nonfinite)
+            if not layer.relu:
+                continue
             scalars[f"cnnviz/activations/sparsity/{name}"] = layer.sparsity
             scalars[f"cnnviz/activations/dead/{name}"] = float(len(layer.dead_channels))
             scalars[f"cnnviz/activations/dead_fraction/{name}"] = layer.dead_fraction
@@ -312,10 +365,16 @@ class ActivationMonitor(Monitor):
         sink = self._sink_for(trainer)
         if not sink.active:
             return
+        relu = {site.name: site.relu for site in self.sites or []}
         for name, history in self._rate_history.items():
             if history:
                 rates = torch.tensor(history, dtype=torch.float32).T  # (channels, windows)
-                sink.image(f"cnnviz/activations/dead_map/{name}", dead_filter_map(rates), trainer.global_step)
+                kind = "dead_map" if relu.get(name, True) else "dormant_map"
+                sink.image(f"cnnviz/activations/{kind}/{name}", dead_filter_map(rates), trainer.global_step)
+        for name, distributions in self._distribution_history.items():
+            if distributions:
+                picture = distribution_map(torch.tensor(distributions))
+                sink.image(f"cnnviz/activations/distribution/{name}", picture, trainer.global_step)
 
     def _act_on(self, trainer: pl.Trainer, events: list[DeadFilterEvent]) -> None:
         sink = self._sink_for(trainer)

@@ -3,8 +3,8 @@
 Everything here takes a model and tensors and returns tensors, on the model's device, so it is usable from a
 notebook or a plain training loop. The verbs:
 
-* activations: :func:`find_relu_sites`, :func:`tap_relus`, :func:`capture`, :class:`ActivationStats`, and the
-  alert policy :class:`DeadFilterAlerts`;
+* activations: :func:`find_activation_sites`, :func:`tap_activations`, :func:`capture`, :class:`ActivationStats`,
+  and the alert policy :class:`DeadFilterAlerts`;
 * filters: :func:`render_filter_grid`, :func:`filter_smoothness`;
 * saliency: :func:`vanilla_gradient`, :func:`smoothgrad`, :func:`guided_backprop`, :func:`deconvnet`,
   :func:`grad_cam`, :func:`occlusion`, drawn by :func:`render_saliency`;
@@ -15,13 +15,13 @@ notebook or a plain training loop. The verbs:
 Each module's ``__all__`` lists what it adds here; the modules' other names serve the package itself.
 """
 
+from lightning_cnnviz.core.activation_sites import find_activation_sites, tap_activations
 from lightning_cnnviz.core.alerts import DeadFilterAlerts
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
 from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.receptive_field import receptive_fields
-from lightning_cnnviz.core.relu_sites import find_relu_sites, tap_relus
 from lightning_cnnviz.core.render import render_saliency, render_top_patches
 from lightning_cnnviz.core.saliency import deconvnet, grad_cam, guided_backprop, occlusion, smoothgrad, vanilla_gradient
 from lightning_cnnviz.core.stats import ActivationStats
@@ -35,7 +35,7 @@ __all__ = [
     "crop_patches",
     "deconvnet",
     "filter_smoothness",
-    "find_relu_sites",
+    "find_activation_sites",
     "grad_cam",
     "guided_backprop",
     "knn_accuracy",
@@ -47,7 +47,7 @@ __all__ = [
     "render_saliency",
     "render_top_patches",
     "smoothgrad",
-    "tap_relus",
+    "tap_activations",
     "top_activations",
     "tsne",
     "vanilla_gradient",

@@ -10,23 +10,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["INPLACE_RELU", "RELU_FUNCTIONS", "argument", "conv2d_geometry", "flat_tensors", "pool2d_geometry"]
-__all__ += ["pair", "relu_kind"]
+__all__ = ["ACTIVATION_FUNCTIONS", "INPLACE_RELU", "RELU_FAMILY", "activation_kind", "argument", "conv2d_geometry"]
+__all__ += ["flat_tensors", "pair", "pool2d_geometry", "relu_kind"]
 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
 
-# Every spelling of a ReLU-family call that reaches ``__torch_function__``, mapped to a readable kind.
-RELU_FUNCTIONS: dict[Any, str] = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6"}
-RELU_FUNCTIONS.update({Tensor.relu: "relu", Tensor.relu_: "relu"})
+# Every spelling of an elementwise activation call that reaches ``__torch_function__``, mapped to its kind.
+ACTIVATION_FUNCTIONS: dict[Any, str] = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6"}
+ACTIVATION_FUNCTIONS.update({Tensor.relu: "relu", Tensor.relu_: "relu"})
+ACTIVATION_FUNCTIONS.update({F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu", torch.prelu: "prelu"})
+ACTIVATION_FUNCTIONS.update({F.elu: "elu", F.elu_: "elu", F.selu: "selu", torch.selu_: "selu", F.celu: "celu"})
+ACTIVATION_FUNCTIONS.update({F.gelu: "gelu", F.silu: "silu", F.hardswish: "hardswish", F.mish: "mish"})
+ACTIVATION_FUNCTIONS.update({F.hardsigmoid: "hardsigmoid", torch.selu: "selu"})
+RELU_FAMILY = frozenset({"relu", "relu6"})
 INPLACE_RELU = frozenset({torch.relu_, Tensor.relu_})
 
 
-def relu_kind(func: Any) -> str | None:
-    """``"relu"``/``"relu6"`` when ``func`` (as seen by ``__torch_function__``) is a ReLU-family call, else None."""
+def activation_kind(func: Any) -> str | None:
+    """The activation kind (``"relu"``, ``"gelu"``, ...) when ``func`` (as seen by ``__torch_function__``) is an
+    elementwise activation call, else None."""
     try:
-        return RELU_FUNCTIONS.get(func)
-    except TypeError:  # unhashable callables are never ReLU
+        return ACTIVATION_FUNCTIONS.get(func)
+    except TypeError:  # unhashable callables are never activations
         return None
+
+
+def relu_kind(func: Any) -> str | None:
+    """``"relu"``/``"relu6"`` when ``func`` is a ReLU-family call, else None."""
+    kind = activation_kind(func)
+    return kind if kind in RELU_FAMILY else None
 
 
 def argument(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str, default: Any = None) -> Any:

@@ -1,4 +1,4 @@
-"""Tap named modules' outputs (and ReLU sites) during a forward pass; every hook is gone on exit."""
+"""Tap named modules' outputs (and activation sites) during a forward pass; every hook is gone on exit."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ from typing import Any
 from torch import Tensor, nn
 
 from lightning_cnnviz.core._model import resolve_modules
-from lightning_cnnviz.core.relu_sites import ReluSite, tap_relus
+from lightning_cnnviz.core.activation_sites import ActivationSite, tap_activations
 
 __all__ = ["capture"]
 
 
 @contextlib.contextmanager
 def capture(
-    model: nn.Module, layers: Sequence[str], *, sites: Sequence[ReluSite] = (), detach: bool = True
+    model: nn.Module, layers: Sequence[str], *, sites: Sequence[ActivationSite] = (), detach: bool = True
 ) -> Iterator[dict[str, Tensor]]:
-    """Record the outputs of named modules (or ReLU sites) during forward passes inside the block.
+    """Record the outputs of named modules (or activation sites) during forward passes inside the block.
 
     Outputs are cloned when recorded, so a later in-place operation (``nn.ReLU(inplace=True)`` after a
     conv, ``x += shortcut``) cannot change what was captured. A module called several times keeps its
     last output. Hooks are removed on exit, also when the forward raised.
 
-    ``layers`` are module names or names of ``sites`` (from :func:`find_relu_sites`; functional calls such as
+    ``layers`` are module names or names of ``sites`` (from :func:`find_activation_sites`; functional calls such as
     ``F.relu`` can only be captured that way). With ``detach=False`` the outputs stay in the autograd graph. A
     name that is neither raises ValueError listing the valid names.
 
@@ -56,5 +56,5 @@ def capture(
             handles.append(module.register_forward_hook(hook))
             stack.callback(handles[-1].remove)
         if chosen_sites:
-            stack.enter_context(tap_relus(model, chosen_sites, keep))
+            stack.enter_context(tap_activations(model, chosen_sites, keep))
         yield outputs

@@ -40,6 +40,25 @@ def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 
     return image.repeat_interleave(cell_px, dim=1).repeat_interleave(window_px, dim=2)
 
 
+def distribution_map(counts: Tensor, *, window_px: int = 4, bin_px: int = 2) -> Tensor:
+    """Value distribution of a layer over training (fastai's "colorful dimension"): columns are windows (oldest
+    left), rows are value bins (largest values at the top), brightness is log(1 + count) scaled per column, in
+    the inferno colormap. A collapse shows as one bright row at zero, an explosion as mass moving to the edges.
+
+    ``counts`` (windows, bins) -> (3, bins * bin_px, windows * window_px) in [0, 1].
+
+    Example:
+        >>> distribution_map(torch.tensor([[0.0, 5.0, 1.0]]), window_px=1, bin_px=1).shape
+        torch.Size([3, 3, 1])
+    """
+    if counts.dim() != 2:
+        raise ValueError(f"counts must be (windows, bins), got {tuple(counts.shape)}")
+    logged = torch.log1p(counts.float().clamp_min(0))
+    scaled = logged / logged.amax(dim=1, keepdim=True).clamp_min(1e-12)
+    image = colormap(scaled.T.flip(0))
+    return image.repeat_interleave(bin_px, dim=1).repeat_interleave(window_px, dim=2)
+
+
 # Control points of matplotlib's "inferno" (perceptually uniform, monotonic luminance), linearly interpolated.
 _INFERNO = (
     (0.001462, 0.000466, 0.013866),

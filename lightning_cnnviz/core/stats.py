@@ -1,8 +1,15 @@
-"""On-device activation statistics: sparsity, per-channel firing counts, dead filters.
+"""On-device activation statistics: sparsity, firing counts, dead and dormant channels, non-finite values.
 
-A channel *fires* at a position when its activation there is > 0. A channel is *dead* over a window when
-it never fires at any position of any input seen in the window (CS231n: dead ReLUs, all-zero activation
-maps, often the mark of a too-high learning rate).
+For every activation kind:
+
+* a channel is *dormant* over a window (Sokar et al. 2023, "The Dormant Neuron Phenomenon", ReDo) when its mean
+  |activation| over every position of every input of the window, divided by the mean of that quantity over the
+  layer's channels, is at or below a threshold (0.1 by default);
+* a (image, channel) map holding a NaN or an infinity is *non-finite*: the network diverged there.
+
+For the ReLU family also: a channel *fires* at a position when its activation there is > 0, and is *dead* over a
+window when it never fires at any position of any input seen in the window (CS231n: dead ReLUs, all-zero
+activation maps, often the mark of a too-high learning rate).
 """
 
 from __future__ import annotations
@@ -15,33 +22,73 @@ from torch import Tensor
 
 __all__ = ["ActivationStats"]
 
+# The value distribution is binned on asinh(value): linear near 0, logarithmic beyond 1, so a collapse to zero
+# and an explosion to thousands both show. Values past the range land in the edge bins (NaN in the top one).
+DISTRIBUTION_BINS = 64
+DISTRIBUTION_RANGE = 8.0  # asinh(8) ~ 1490
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What the statistics need to know about a layer: its channel count, whether it is of the ReLU family (then
+    firing and dead channels are counted), which dimension holds the channels, and whether they are the units of
+    a fully connected layer rather than conv filters."""
+
+    channels: int
+    relu: bool = True
+    channel_dim: int = 1
+    units: bool = False
+
 
 @dataclass(frozen=True)
 class LayerSummary:
-    """Host-side statistics of one layer over one window: per channel, how many (input, position) pairs fired
-    (``firing``, float64 holding exact integers), out of ``positions`` pairs seen per channel."""
+    """Host-side statistics of one layer over one window.
 
-    firing: Tensor
+    Attributes:
+        firing: per channel, how many (input, position) pairs were > 0 (float64 holding exact integers); None
+            outside the ReLU family.
+        magnitude: per channel, the sum of |activation| over the window's finite maps (float64).
+        positions: (input, position) pairs seen per channel.
+        nonfinite: (input, channel) maps that held a NaN or an infinity.
+        distribution: counts of the values of one batch of the window in :data:`DISTRIBUTION_BINS` bins of
+            asinh(value) over [-8, 8], or None when no batch was binned.
+        relu, units: as in :class:`LayerSpec`.
+    """
+
+    firing: Tensor | None
+    magnitude: Tensor
     positions: int
+    nonfinite: int
+    distribution: Tensor | None = None
+    relu: bool = True
+    units: bool = False
 
     @property
     def num_channels(self) -> int:
-        return int(self.firing.numel())
+        return int(self.magnitude.numel())
 
     @property
     def firing_rate(self) -> Tensor:
-        """Per channel, the fraction of (input, position) pairs with activation > 0."""
-        return self.firing / max(self.positions, 1)
+        """Per channel, the fraction of (input, position) pairs with activation > 0 (ReLU family), else the mean
+        |activation| scaled by the layer's largest."""
+        if self.firing is not None:
+            return self.firing / max(self.positions, 1)
+        mean = self.magnitude / max(self.positions, 1)
+        return mean / mean.max().clamp_min(1e-30)
 
     @property
     def sparsity(self) -> float:
-        """Fraction of all activation values that were not > 0 (zeros, for a ReLU)."""
+        """Fraction of all activation values that were not > 0 (zeros, for a ReLU); NaN outside the ReLU family."""
         total = self.positions * self.num_channels
-        return 1.0 - float(self.firing.sum()) / total if total else float("nan")
+        if self.firing is None or not total:
+            return float("nan")
+        return 1.0 - float(self.firing.sum()) / total
 
     @property
     def dead_mask(self) -> Tensor:
-        """Channels that never fired in the window (bool)."""
+        """Channels that never fired in the window (bool); none outside the ReLU family."""
+        if self.firing is None:
+            return torch.zeros(self.num_channels, dtype=torch.bool)
         return self.firing == 0
 
     @property
@@ -51,6 +98,15 @@ class LayerSummary:
     @property
     def dead_fraction(self) -> float:
         return float(self.dead_mask.sum()) / max(self.num_channels, 1)
+
+    def dormant_score(self) -> Tensor:
+        """Per channel, mean |activation| divided by the layer's mean of it (ReDo's score); 0 for a silent layer."""
+        mean = self.magnitude / max(self.positions, 1)
+        layer_mean = mean.mean()
+        return mean / layer_mean if float(layer_mean) > 0 else torch.zeros_like(mean)
+
+    def dormant_channels(self, threshold: float = 0.1) -> list[int]:
+        return [int(i) for i in torch.nonzero(self.dormant_score() <= threshold).flatten()]
 
 
 @dataclass(frozen=True)
@@ -62,61 +118,99 @@ class ActivationSummary:
 
 
 class ActivationStats:
-    """Accumulates per-layer, per-channel firing counts on the activations' device, with no host sync.
+    """Accumulates per-layer, per-channel statistics on the activations' device, with no host sync.
 
-    ``update`` costs one pass and one reduction over the activation, torch ops on any device. Counts are int64 on
-    the device (exact). ``summary`` sums the counts of every process in one
-    collective (so all ranks agree on the dead filters) and moves them to the host in one copy.
+    ``update`` reduces each (image, channel) map once for its magnitude (and, for the ReLU family, once more for
+    its firing count); ``distribution=True`` also bins the batch's values. Counts are int64-exact in float64 on
+    the device. ``summary`` sums the accumulators of every process in one collective (so all ranks agree on the
+    dead filters) and moves them to the host in one copy.
+
+    ``layers`` maps a name to its channel count (a ReLU-family layer with channels at dimension 1) or to a
+    :class:`LayerSpec`.
 
     Example:
         >>> stats = ActivationStats({"relu1": 3})
         >>> stats.update("relu1", torch.tensor([[[[0.0, 1.0]], [[0.0, 0.0]], [[2.0, 3.0]]]]))
         >>> layer = stats.summary().layers["relu1"]
-        >>> layer.firing.tolist(), layer.dead_channels, round(layer.sparsity, 3)
-        ([1.0, 0.0, 2.0], [1], 0.5)
+        >>> layer.firing.tolist(), layer.dead_channels, round(layer.sparsity, 3), layer.dormant_channels()
+        ([1.0, 0.0, 2.0], [1], 0.5, [1])
     """
 
-    def __init__(self, channels: Mapping[str, int], device: torch.device | str | None = None) -> None:
-        self.channels = dict(channels)
+    def __init__(self, layers: Mapping[str, int | LayerSpec], device: torch.device | str | None = None) -> None:
+        self.specs = {name: spec if isinstance(spec, LayerSpec) else LayerSpec(spec) for name, spec in layers.items()}
+        self.channels = {name: spec.channels for name, spec in self.specs.items()}
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self._firing: dict[str, Tensor] = {}
+        self._sums: dict[str, Tensor] = {}
         self._positions: dict[str, int] = {}
         self.steps = 0
         self.reset()
 
+    def _width(self, spec: LayerSpec) -> int:
+        """Accumulator length: [firing (ReLU family)] + magnitude + [non-finite maps] + distribution."""
+        return spec.channels * (2 if spec.relu else 1) + 1 + DISTRIBUTION_BINS
+
+    def _dtype(self) -> torch.dtype:
+        return torch.float32 if self.device.type == "mps" else torch.float64
+
     def reset(self) -> None:
         """Start a new window."""
-        self._firing = {
-            name: torch.zeros(count, dtype=torch.int64, device=self.device) for name, count in self.channels.items()
+        self._sums = {
+            name: torch.zeros(self._width(spec), dtype=self._dtype(), device=self.device)
+            for name, spec in self.specs.items()
         }
-        self._positions = dict.fromkeys(self.channels, 0)
+        self._positions = dict.fromkeys(self.specs, 0)
+        self._binned = dict.fromkeys(self.specs, False)
         self.steps = 0
 
     def to(self, device: torch.device | str) -> ActivationStats:
         """Move the accumulators (e.g. to the model's device once it is known)."""
         self.device = torch.device(device)
-        self._firing = {name: counts.to(self.device) for name, counts in self._firing.items()}
+        self._sums = {name: sums.to(self.device, self._dtype()) for name, sums in self._sums.items()}
         return self
 
-    def update(self, name: str, activation: Tensor) -> None:
-        """Add one batch of a layer's (non-negative) activations, shape (N, C, ...)."""
+    def update(self, name: str, activation: Tensor, *, distribution: bool = False) -> None:
+        """Add one batch of a layer's activations, shape (N, C, ...) (or (N, ..., C) for ``channel_dim=-1``).
+
+        ``distribution``: also bin this batch's values, when no batch of the window was binned yet.
+        """
         values = activation.detach()
         if values.dim() < 2:
             return
-        channels = values.shape[1]
-        expected = self.channels[name]
-        if channels != expected:
-            raise ValueError(f"activation {name!r} has {channels} channels, expected {expected}")
-        firing = self._firing[name]
-        if firing.device != values.device:
-            firing = self._firing[name] = firing.to(values.device)
+        spec = self.specs[name]
+        channels = values.shape[spec.channel_dim]
+        if channels != spec.channels:
+            raise ValueError(f"activation {name!r} has {channels} channels, expected {spec.channels}")
+        sums = self._sums[name]
+        if sums.device != values.device:
+            self.to(values.device)
+            sums = self._sums[name]
         with torch.no_grad():
-            # sign(x) is the firing indicator of a non-negative activation; summed per image and channel over the
-            # contiguous positions first (float32 is exact below 2**24 positions), then over the batch in int64.
-            # That is twice as fast on CPU as counting ``x > 0`` (a bool tensor and an integer reduction). A map
-            # holding a NaN sums to NaN and counts as not firing at all, so a diverged layer shows as dead.
-            per_image = torch.sign(values.reshape(values.shape[0], channels, -1)).sum(dim=2).nan_to_num_(nan=0.0)
-            firing.add_(per_image.to(torch.int64).sum(dim=0))
+            if spec.channel_dim == 1:
+                maps, axis = values.reshape(values.shape[0], channels, -1), 2
+            else:
+                maps, axis = values.reshape(values.shape[0], -1, channels), 1
+            # Per image and channel over the contiguous positions first (float32 is exact for counts below 2**24
+            # positions), then over the batch in float64. A map holding a NaN or an infinity sums to one: it is
+            # counted as non-finite and adds nothing to the magnitude or the firing count.
+            # |x| is x for the ReLU family, a plain sum
+            magnitude = maps.sum(dim=axis) if spec.relu else torch.linalg.vector_norm(maps, ord=1, dim=axis)
+            finite = torch.isfinite(magnitude)
+            offset = 0
+            if spec.relu:
+                # sign(x) is the firing indicator of a non-negative activation: twice as fast on CPU as counting
+                # ``x > 0`` (a bool tensor and an integer reduction).
+                firing = torch.sign(maps).sum(dim=axis).nan_to_num_(nan=0.0)
+                sums[:channels].add_(torch.where(finite, firing, 0.0).to(sums.dtype).sum(dim=0))
+                offset = channels
+            sums[offset : offset + channels].add_(torch.where(finite, magnitude, 0.0).to(sums.dtype).sum(dim=0))
+            sums[offset + channels].add_((~finite).sum())
+            if distribution and not self._binned[name]:
+                self._binned[name] = True
+                binned = torch.asinh(values.float().nan_to_num(nan=float("inf")))
+                binned = binned.clamp(-DISTRIBUTION_RANGE, DISTRIBUTION_RANGE)
+                sums[offset + channels + 1 :].add_(
+                    torch.histc(binned, DISTRIBUTION_BINS, -DISTRIBUTION_RANGE, DISTRIBUTION_RANGE)
+                )
         self._positions[name] += values.numel() // channels
 
     def step(self) -> None:
@@ -125,27 +219,38 @@ class ActivationStats:
 
     def summary(self, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> ActivationSummary:
         """The window's statistics on the host in one device-to-host copy, summed over processes by ``reduce_sum``
-        (default: one ``torch.distributed.all_reduce`` of all counts when a group of several processes is
+        (default: one ``torch.distributed.all_reduce`` of all accumulators when a group of several processes is
         initialised; every process must then call ``summary`` at the same point)."""
-        names = list(self.channels)
-        device = next(iter(self._firing.values())).device if self._firing else self.device
-        totals = torch.tensor([self._positions[n] for n in names] + [self.steps], dtype=torch.int64)
-        flat = torch.cat([*(self._firing[n].to(device) for n in names), totals.to(device)])
+        names = list(self.specs)
+        device = next(iter(self._sums.values())).device if self._sums else self.device
+        totals = [self._positions[n] for n in names] + [int(self._binned[n]) for n in names] + [self.steps]
+        flat = torch.cat(
+            [*(self._sums[n].to(device) for n in names), torch.tensor(totals, dtype=self._dtype(), device=device)]
+        )
         if reduce_sum is None and _distributed():
             reduce_sum = _all_reduce_sum
         if reduce_sum is not None:
             flat = reduce_sum(flat)
-        host = flat.cpu()
+        host = flat.cpu().double()
         layers: dict[str, LayerSummary] = {}
+        offset = sum(self._width(self.specs[n]) for n in names)
+        tail = host[offset:]
         offset = 0
-        position_offset = sum(self.channels[n] for n in names)
         for index, name in enumerate(names):
-            count = self.channels[name]
+            spec = self.specs[name]
+            part = host[offset : offset + self._width(spec)]
+            offset += self._width(spec)
+            start = spec.channels if spec.relu else 0
             layers[name] = LayerSummary(
-                firing=host[offset : offset + count].double(), positions=int(host[position_offset + index])
+                firing=part[: spec.channels].clone() if spec.relu else None,
+                magnitude=part[start : start + spec.channels].clone(),
+                positions=int(tail[index]),
+                nonfinite=int(part[start + spec.channels]),
+                distribution=part[start + spec.channels + 1 :].clone() if tail[len(names) + index] > 0 else None,
+                relu=spec.relu,
+                units=spec.units,
             )
-            offset += count
-        return ActivationSummary(layers=layers, steps=int(host[-1]))
+        return ActivationSummary(layers=layers, steps=int(tail[-1]))
 
 
 def _distributed() -> bool:
