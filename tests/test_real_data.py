@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,63 @@ def test_tsne_of_trained_cnn_codes_matches_opentsne_quality(
     print(f"CNN codes: trustworthiness / 5-NN accuracy {scores}")
     assert abs(scores["ours"][0] - scores["openTSNE"][0]) <= 0.01
     assert abs(scores["ours"][1] - scores["openTSNE"][1]) <= 0.02
+
+
+class WindowMagnitudes(pl.Callback):
+    """Independent of the monitor: per channel, the float64 sum of |activation| of every training forward of the
+    last window (steps ``start`` to the end), from plain forward hooks on the activation modules."""
+
+    def __init__(self, names: list[str], start: int) -> None:
+        self.names, self.start = names, start
+        self.sums: dict[str, Tensor] = {}
+        self.positions: dict[str, int] = {}
+        self.handles: list[Any] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        modules = dict(pl_module.named_modules())
+        for name in self.names:
+
+            def keep(module: torch.nn.Module, args: Any, output: Tensor, name: str = name) -> None:
+                if pl_module.training and trainer.global_step >= self.start:
+                    values = output.detach().double().abs().transpose(0, 1).reshape(output.shape[1], -1)
+                    self.sums[name] = self.sums.get(name, 0) + values.sum(1)
+                    self.positions[name] = self.positions.get(name, 0) + values.shape[1]
+
+            self.handles.append(modules[name].register_forward_hook(keep))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def dormant(self, name: str, threshold: float = 0.1) -> list[int]:
+        means = self.sums[name] / self.positions[name]
+        return [int(i) for i in torch.nonzero(means / means.mean() <= threshold).flatten()]
+
+
+@pytest.mark.parametrize("nonlinearity", ["silu", "gelu"])
+def test_dormant_alert_fires_on_destructive_learning_rate_and_matches_brute_force(
+    tmp_path: Path, fashion: IDXDataModule, nonlinearity: str
+) -> None:
+    names = ["net.act1", "net.act2", "net.act3"]
+    results = {}
+    for optimizer, lr in (("sgd", 0.05), ("adam", 0.03)):
+        pl.seed_everything(0, verbose=False)
+        model = ImageClassifier(in_channels=1, num_classes=10, optimizer=optimizer, lr=lr, nonlinearity=nonlinearity)  # type: ignore[arg-type]
+        monitor = ActivationMonitor(every_n_steps=25)
+        reference = WindowMagnitudes(names, start=STEPS - 25)
+        trainer = make_trainer(tmp_path / optimizer, [monitor, reference], max_steps=STEPS, deterministic=False)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            trainer.fit(model, datamodule=fashion)
+        # the last window's dormant sets (red cells of the dormant map) against the brute-force ones
+        for name in names:
+            last = monitor._rate_history[name][-1]
+            assert [c for c, rate in enumerate(last) if rate == 0] == reference.dormant(name), name
+        results[optimizer] = (monitor, {name: len(reference.dormant(name)) for name in names})
+        dormant, alerts = results[optimizer][1], len(monitor.alerts)
+        print(f"\n{nonlinearity} {optimizer} lr={lr}: dormant per layer {dormant}, alerts {alerts}")
+    sane, broken = results["sgd"][0], results["adam"][0]
+    assert sane.alerts == []
+    assert broken.alerts and all(alert["measure"] == "dormant" for alert in broken.alerts)
+    assert sum(results["adam"][1].values()) >= 32
+    assert all("dormant" in alert["message"] and "learning rate: 0.03" in alert["message"] for alert in broken.alerts)

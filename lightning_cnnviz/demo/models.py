@@ -12,6 +12,8 @@ from torch import Tensor, nn
 __all__ = ["ImageClassifier", "SmallCNN", "resnet18_cifar"]
 
 ActivationStyle = Literal["module", "inplace", "functional"]
+Nonlinearity = Literal["relu", "silu", "gelu"]
+_MODULES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 
 
 class SmallCNN(nn.Module):
@@ -31,6 +33,8 @@ class SmallCNN(nn.Module):
         first_kernel: kernel size of ``conv1`` (odd).
         activation: ``"module"`` (``nn.ReLU`` modules), ``"inplace"`` (``nn.ReLU(inplace=True)``) or
             ``"functional"`` (``F.relu`` called in ``forward``: no ReLU modules at all).
+        nonlinearity: ``"relu"`` (modules ``relu1`` to ``relu3``), ``"silu"`` or ``"gelu"`` (modules ``act1`` to
+            ``act3``; ``"inplace"`` applies to SiLU only).
 
     Example:
         >>> SmallCNN(in_channels=1, num_classes=10)(torch.zeros(2, 1, 28, 28)).shape
@@ -44,26 +48,31 @@ class SmallCNN(nn.Module):
         channels: tuple[int, int, int] = (32, 64, 128),
         first_kernel: int = 5,
         activation: ActivationStyle = "module",
+        nonlinearity: Nonlinearity = "relu",
     ) -> None:
         super().__init__()
         if activation not in ("module", "inplace", "functional"):
             raise ValueError(f"activation can be 'module', 'inplace' or 'functional', got {activation!r}")
+        if nonlinearity not in _MODULES:
+            raise ValueError(f"nonlinearity can be 'relu', 'silu' or 'gelu', got {nonlinearity!r}")
         self.activation = activation
+        self.nonlinearity = nonlinearity
+        self._prefix = "relu" if nonlinearity == "relu" else "act"
         c1, c2, c3 = channels
         self.conv1 = nn.Conv2d(in_channels, c1, first_kernel, padding=first_kernel // 2)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
         self.conv3 = nn.Conv2d(c2, c3, 3, padding=1)
         self.fc = nn.Linear(c3, num_classes)
         if activation != "functional":
-            inplace = activation == "inplace"
-            self.relu1 = nn.ReLU(inplace=inplace)
-            self.relu2 = nn.ReLU(inplace=inplace)
-            self.relu3 = nn.ReLU(inplace=inplace)
+            options = {"inplace": activation == "inplace"} if nonlinearity != "gelu" else {}
+            for index in (1, 2, 3):
+                setattr(self, f"{self._prefix}{index}", _MODULES[nonlinearity](**options))
 
     def _act(self, index: int, x: Tensor) -> Tensor:
         if self.activation == "functional":
-            return F.relu(x)
-        module: nn.Module = getattr(self, f"relu{index}")
+            function = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}[self.nonlinearity]
+            return function(x)
+        module: nn.Module = getattr(self, f"{self._prefix}{index}")
         return module(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -99,7 +108,8 @@ class ImageClassifier(pl.LightningModule):
         optimizer: ``"sgd"`` (momentum 0.9, the default) or ``"adam"``. (Adam at 1e-3 kills a good share of
             the last conv layer's filters of the demo CNN, which ActivationMonitor duly reports.)
         weight_decay: L2 penalty.
-        activation: ReLU style of ``small_cnn`` (see :class:`SmallCNN`).
+        activation: activation style of ``small_cnn`` (see :class:`SmallCNN`).
+        nonlinearity: ``"relu"``, ``"silu"`` or ``"gelu"`` in ``small_cnn``.
         first_kernel: kernel size of ``small_cnn``'s first layer.
         channels: filters of ``small_cnn``'s conv layers.
 
@@ -119,12 +129,13 @@ class ImageClassifier(pl.LightningModule):
         activation: ActivationStyle = "module",
         first_kernel: int = 5,
         channels: tuple[int, int, int] = (32, 64, 128),
+        nonlinearity: Nonlinearity = "relu",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if arch == "small_cnn":
             self.net: nn.Module = SmallCNN(
-                in_channels, num_classes, channels=channels, first_kernel=first_kernel, activation=activation
+                *(in_channels, num_classes, channels, first_kernel, activation, nonlinearity)
             )
         elif arch == "resnet18":
             self.net = resnet18_cifar(in_channels, num_classes)
