@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_cnnviz.core import ActivationStats, filter_smoothness, render_filter_grid
-from lightning_cnnviz.core._images import images_from_batch, tile_grid
+from lightning_cnnviz.core._images import images_from_batch, labels_from_batch, tile_grid
 from lightning_cnnviz.core.render import dead_filter_map, distribution_map
 from lightning_cnnviz.core.stats import LayerSpec
 
@@ -179,6 +179,14 @@ def test_images_from_batch_accepts_common_layouts_and_explains_failures() -> Non
         images_from_batch((torch.zeros(2, 784), labels))
     with pytest.raises(TypeError, match="dtype torch.int64"):
         images_from_batch(torch.zeros(2, 1, 4, 4, dtype=torch.long))
+    raw = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).repeat(2, 1, 1, 1)
+    converted = images_from_batch({"inputs": raw, "targets": labels})
+    assert converted.dtype == torch.float32
+    torch.testing.assert_close(converted[0, 0, 0], torch.tensor([0.0, 51 / 255, 1.0]))
+    for key in ("label", "labels", "target", "targets", "y"):
+        assert labels_from_batch({"x": images, key: labels}, images) is labels
+    assert labels_from_batch({"x": images, "mask": labels}, images) is None
+    assert labels_from_batch(images, images, lambda batch: labels) is labels
 
 
 def test_counts_stay_exact_past_float32_integers() -> None:

@@ -78,7 +78,15 @@ def test_successive_maps_are_aligned_and_resume_continues(tmp_path: Path, digits
 
 def test_penultimate_layer_and_layer_override(digits_data: Any) -> None:
     model = small_model()
-    assert penultimate_layer(model) == "net.fc"
+    assert penultimate_layer(model) == ("net.fc", True)
+    squeeze = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    assert penultimate_layer(squeeze) == ("2", True)  # a 1x1 classifier conv: its input is the code
+    assert penultimate_layer(NoLinear()) == ("conv", False)
+    monitor = EmbeddingMonitor()
+    monitor.setup(None, squeeze, "fit")  # type: ignore[arg-type]
+    images = digits_data._val.tensors[0][:10]
+    expected = torch.relu(squeeze[0](images)).mean(dim=(2, 3))
+    torch.testing.assert_close(monitor.codes(squeeze, images), expected)
     monitor = EmbeddingMonitor(layer="net.conv3")
     monitor.setup(None, model, "fit")  # type: ignore[arg-type]
     codes = monitor.codes(model, digits_data._val.tensors[0][:10])
@@ -96,8 +104,8 @@ class NoLinear(nn.Module):
 
 
 def test_bad_configuration(tmp_path: Path, digits_data: Any) -> None:
-    with pytest.raises(ValueError, match="has no nn.Linear.*pass `layer=`"):
-        EmbeddingMonitor().setup(None, NoLinear(), "fit")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has neither an nn.Linear nor an nn.Conv2d.*pass `layer=`"):
+        penultimate_layer(nn.Sequential(nn.Flatten()))
     trainer = make_trainer(tmp_path, [EmbeddingMonitor(layer="net.nope")])
     with pytest.raises(ValueError, match=r"no module named 'net.nope'.*'net.conv1'"):
         trainer.fit(small_model(), datamodule=digits_data)

@@ -68,10 +68,12 @@ class ProbeSet:
         balanced: bool = False,
         require_labels: bool = False,
         batch_to_images: Callable[[Any], Tensor] | None = None,
+        batch_to_labels: Callable[[Any], Tensor | None] | None = None,
     ) -> None:
         self.who, self.size, self.balanced = who, size, balanced
         self.require_labels = require_labels
         self.batch_to_images = batch_to_images
+        self.batch_to_labels = batch_to_labels
         self.from_training = False
         self.reset()
 
@@ -91,11 +93,12 @@ class ProbeSet:
         if self.images is not None or ((self.from_training or not self.balanced) and len(self._collected) >= quota):
             return
         images = images_from_batch(batch, who=self.who, batch_to_images=self.batch_to_images)
-        labels = labels_from_batch(batch, images)
+        labels = labels_from_batch(batch, images, self.batch_to_labels)
         if labels is None and self.require_labels:
             raise TypeError(
-                f"{self.who}: target='true' needs (images, labels) batches; got no label tensor of shape "
-                f"({images.shape[0]},). Use target='predicted' or a class index."
+                f"{self.who}: target='true' needs a label per image: (images, labels) batches, a dict with one of "
+                f"the keys 'label', 'labels', 'target', 'targets', 'y', or `batch_to_labels=`; got no integer label "
+                f"tensor of shape ({images.shape[0]},). Use target='predicted' or a class index otherwise."
             )
         if not self.balanced or labels is None:
             take = images[: quota - len(self._collected)].detach().cpu().clone()

@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -23,15 +24,21 @@ __all__ = ["EmbeddingMonitor", "penultimate_layer"]
 _SPRITE_PX = 8192  # TensorBoard's Projector caps the sprite image at this side
 
 
-def penultimate_layer(model: nn.Module) -> str:
-    """Name of the last ``nn.Linear`` in registration order: its input is the penultimate-layer code."""
+def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
+    """Where the penultimate-layer code is: ``(name, True)`` for the input of the last ``nn.Linear``; without one,
+    the last ``nn.Conv2d``, by its input when it is a 1x1 classifier conv (SqueezeNet, All-CNN) and by its output
+    otherwise, ``(name, is_input)``."""
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears:
+    if linears:
+        return linears[-1], True
+    convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if not convs:
         raise ValueError(
-            f"EmbeddingMonitor: {type(model).__name__} has no nn.Linear, so the penultimate layer (the input of the "
-            "last Linear) cannot be found; pass `layer=` with the name of the module whose output is the code."
+            f"EmbeddingMonitor: {type(model).__name__} has neither an nn.Linear nor an nn.Conv2d, so no code layer "
+            "can be chosen; pass `layer=` with the name of the module whose output is the code."
         )
-    return linears[-1]
+    name, conv = convs[-1]
+    return name, tuple(conv.kernel_size) == (1, 1)
 
 
 class EmbeddingMonitor(EpochMonitor):
@@ -43,9 +50,11 @@ class EmbeddingMonitor(EpochMonitor):
     (leave-one-out ``knn_k``-NN accuracy in code space) and the Projector data (codes, labels, a sprite) under
     ``cnnviz/embedding``; the step is the epoch.
 
-    The code is the input of the last ``nn.Linear``, or the output of the module ``layer`` (averaged over
-    positions). Each map is Procrustes-aligned to the previous one (saved in checkpoints), so the slider shows
-    clusters forming, not the map turning, and with ``warm_start`` starts from it without early exaggeration.
+    The code is the input of the last ``nn.Linear``; without one, the globally pooled input of a last 1x1 conv
+    (a conv classifier head, as in SqueezeNet) or else the pooled output of the last conv (said once at the
+    start); or the output of the module ``layer`` (averaged over positions). Each map is Procrustes-aligned to the
+    previous one (saved in checkpoints), so the slider shows clusters forming, not the map turning, and with
+    ``warm_start`` starts from it without early exaggeration.
     The probe set is the first ``probe_size`` images and labels of the first validation pass; under DDP each
     rank codes its shard, the codes are gathered, and rank zero embeds and draws.
 
@@ -53,14 +62,15 @@ class EmbeddingMonitor(EpochMonitor):
         probe_size: probe images.
         every_n_epochs: log every this many epochs (and after the last one).
         perplexity: t-SNE perplexity.
-        layer: module whose output is the code (default: the input of the last ``nn.Linear``).
+        layer: module whose output is the code (default: the input of the last ``nn.Linear``, see above).
         knn_k: neighbours of the kNN accuracy.
         grid_cells: cells per side of the thumbnail grid (at most ``sqrt(probe_size)``); ``cell_px`` their size.
         warm_start: start each map from the previous one.
         projector: write the Projector data.
         class_names: names for the legend and the Projector labels.
         seed: t-SNE seed.
-        batch_to_images: where the images are in a batch.
+        batch_to_images: where the images are in a batch; ``batch_to_labels``: where the labels are (see
+            :class:`SaliencyMonitor`).
         on_error: ``"warn"`` or ``"raise"``.
 
     Example:
@@ -81,9 +91,11 @@ class EmbeddingMonitor(EpochMonitor):
         class_names: Sequence[str] | None = None,
         seed: int = 0,
         batch_to_images: Callable[[Any], Tensor] | None = None,
+        batch_to_labels: Callable[[Any], Tensor | None] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        super().__init__(every_n_epochs, on_error, probe_size, batch_to_images=batch_to_images)
+        probe: dict[str, Any] = {"batch_to_images": batch_to_images, "batch_to_labels": batch_to_labels}
+        super().__init__(every_n_epochs, on_error, probe_size, **probe)
         if not (isinstance(perplexity, (int, float)) and perplexity > 0):
             raise ValueError(f"EmbeddingMonitor: `perplexity` must be a positive number, got {perplexity!r}.")
         self.perplexity = float(perplexity)
@@ -96,6 +108,8 @@ class EmbeddingMonitor(EpochMonitor):
         self.class_names = list(class_names) if class_names is not None else None
         self.seed = seed
         self._layer_name: str | None = None
+        self._take_input = False
+        self._said_too_few = False
         self._previous: Tensor | None = None
         self.last_map: Tensor | None = None
         self.last_knn_accuracy: float | None = None
@@ -108,8 +122,15 @@ class EmbeddingMonitor(EpochMonitor):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._take_input = False
         if self.layer is None:
-            self._layer_name = penultimate_layer(pl_module)
+            self._layer_name, self._take_input = penultimate_layer(pl_module)
+            if not isinstance(dict(pl_module.named_modules())[self._layer_name], nn.Linear):
+                where = "input" if self._take_input else "output"
+                rank_zero_info(
+                    f"EmbeddingMonitor: {type(pl_module).__name__} has no nn.Linear; the codes are the globally "
+                    f"pooled {where} of its last conv layer '{self._layer_name}'."
+                )
         else:
             resolve_modules(pl_module, [self.layer], what="EmbeddingMonitor `layer`")
             self._layer_name = self.layer
@@ -125,7 +146,7 @@ class EmbeddingMonitor(EpochMonitor):
 
         with evaluating(pl_module):
             for chunk in images.split(max_batch):
-                run_to(pl_module, chunk, [self._layer_name], take, take_input=self.layer is None)
+                run_to(pl_module, chunk, [self._layer_name], take, take_input=self._take_input)
         return torch.cat(parts)
 
     def _gather_codes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
@@ -162,6 +183,14 @@ class EmbeddingMonitor(EpochMonitor):
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.probe.images is None or len(self.probe.images) <= max(3, self.knn_k):
+            if not self._said_too_few:
+                self._said_too_few = True
+                held = 0 if self.probe.images is None else len(self.probe.images)
+                rank_zero_warn(
+                    f"EmbeddingMonitor: the probe holds {held} image(s), and a map needs more than "
+                    f"{max(3, self.knn_k)} (knn_k={self.knn_k}); nothing is drawn. The probe is filled from the "
+                    "first validation pass (else the first training batches): give it more batches or images."
+                )
             return
         codes = self._gather_codes(trainer, pl_module)
         if codes is None:
@@ -184,7 +213,7 @@ class EmbeddingMonitor(EpochMonitor):
 
         def draw() -> None:
             assert self.probe.images is not None
-            where = f"{self._layer_name} input" if self.layer is None else self._layer_name
+            where = f"{self._layer_name} input" if self._take_input else self._layer_name
             title = f"epoch {epoch}: t-SNE of {where} codes, {len(codes)} probe images"
             scatter = render_scatter(embedding, labels, self.class_names, title=title)
             sink.image("cnnviz/embedding/tsne", scatter, epoch)

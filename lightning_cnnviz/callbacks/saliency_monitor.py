@@ -14,7 +14,8 @@ from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_po
 from lightning_cnnviz.callbacks._probe import ProbeSet
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.core._images import annotate
-from lightning_cnnviz.core._model import class_name, evaluating, resolve_modules
+from lightning_cnnviz.core._model import class_name, evaluating, logits_of, resolve_modules
+from lightning_cnnviz.core.activation_sites import find_activation_sites
 from lightning_cnnviz.core.render import render_saliency
 
 __all__ = ["SaliencyMonitor"]
@@ -48,6 +49,12 @@ class SaliencyMonitor(EpochMonitor):
         grad_cam_layer: conv layer for Grad-CAM (default: the last ``nn.Conv2d``).
         class_names: names for the captions (default: class indices).
         seed: seed of the SmoothGrad noise.
+        batch_to_images: where the images are in a batch (default: the batch, its first element, or a dict's
+            ``image``/``images``/``input``/``inputs``/``x``); uint8 images are taken as floats in [0, 1].
+        batch_to_labels: where the labels are (default: a batch's second element or a dict's
+            ``label``/``labels``/``target``/``targets``/``y``).
+        output_to_logits: function from the model's output to the (N, classes) logits (default: the output, or
+            its first tensor when it is a tuple, list, dict or dataclass; a ``logits`` entry first).
         on_error: ``"warn"`` (report once, switch the failing method off) or ``"raise"``.
 
     Example:
@@ -68,6 +75,8 @@ class SaliencyMonitor(EpochMonitor):
         class_names: Sequence[str] | None = None,
         seed: int = 0,
         batch_to_images: Callable[[Any], Tensor] | None = None,
+        batch_to_labels: Callable[[Any], Tensor | None] | None = None,
+        output_to_logits: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
         if isinstance(methods, str):
@@ -79,7 +88,14 @@ class SaliencyMonitor(EpochMonitor):
                 f"{', '.join(map(repr, S.SALIENCY_METHODS))}."
             )
         self.methods = tuple(methods)
-        probe = {"balanced": True, "require_labels": target == "true", "batch_to_images": batch_to_images}
+        probe: dict[str, Any] = {"balanced": True, "require_labels": target == "true"}
+        probe.update(batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
+        if output_to_logits is not None and not callable(output_to_logits):
+            raise TypeError(
+                f"SaliencyMonitor: `output_to_logits` must be a callable or None, got {output_to_logits!r}."
+            )
+        self.output_to_logits = output_to_logits
+        self._kinds: list[str] | None = None
         super().__init__(every_n_epochs, on_error, num_images, "num_images", **probe)
         self.num_images = num_images
         if not (target in ("true", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
@@ -109,6 +125,7 @@ class SaliencyMonitor(EpochMonitor):
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
         """The ``method``'s maps of the probe images (on the model's device)."""
         assert self.probe.images is not None
+        model: Any = _OutputToLogits(pl_module, self.output_to_logits) if self.output_to_logits else pl_module
         images = self.probe.images.to(pl_module.device)
         target: Tensor | int | None
         if self.target == "true":
@@ -119,7 +136,7 @@ class SaliencyMonitor(EpochMonitor):
         if method == "smoothgrad":
             generator = torch.Generator(device=images.device).manual_seed(self.seed)
             return S.smoothgrad(
-                pl_module,
+                model,
                 images,
                 target,
                 samples=self.smoothgrad_samples,
@@ -127,18 +144,19 @@ class SaliencyMonitor(EpochMonitor):
                 generator=generator,
             )
         if method == "grad_cam":
-            return S.grad_cam(pl_module, images, target, layer=self.grad_cam_layer)
+            return S.grad_cam(model, images, target, layer=self.grad_cam_layer)
         if method == "occlusion":
             patch = self.occlusion_patch or max(2, min(images.shape[-2:]) // 4)
             stride = self.occlusion_stride or max(1, patch // 4)
-            return S.occlusion(pl_module, images, target, patch=patch, stride=stride)
+            return S.occlusion(model, images, target, patch=patch, stride=stride)
         function: Callable[..., Tensor] = getattr(S, method)
-        return function(pl_module, images, target)
+        return function(model, images, target)
 
     def _captions(self, pl_module: pl.LightningModule) -> list[str]:
         assert self.probe.images is not None
+        to_logits = self.output_to_logits or logits_of
         with evaluating(pl_module):
-            predicted = pl_module(self.probe.images.to(pl_module.device)).argmax(dim=1).cpu().tolist()
+            predicted = to_logits(pl_module(self.probe.images.to(pl_module.device))).argmax(dim=1).cpu().tolist()
 
         def name(index: int) -> str:
             return class_name(index, self.class_names)
@@ -158,9 +176,33 @@ class SaliencyMonitor(EpochMonitor):
                 assert self.probe.images is not None
                 maps = self.compute_maps(pl_module, method)
                 grid = render_saliency(self.probe.images.to(maps.device), maps)
-                if captions:
-                    rows = grid.shape[-2] // len(captions)
-                    grid = annotate(grid, [(1, row * rows, caption) for row, caption in enumerate(captions)])
+                shown = list(captions)
+                if shown and method in ("guided_backprop", "deconvnet") and self._other_kinds(pl_module):
+                    shown[0] += f" | rule on ReLU only; true gradient through {', '.join(self._other_kinds(pl_module))}"
+                if shown:
+                    rows = grid.shape[-2] // len(shown)
+                    grid = annotate(grid, [(1, row * rows, caption) for row, caption in enumerate(shown)])
                 sink.image(f"cnnviz/saliency/{method}", grid, epoch)
 
             self._run(f"saliency {method}", draw)
+
+    def _other_kinds(self, pl_module: pl.LightningModule) -> list[str]:
+        """Activation kinds of the model other than ``relu``, through which guided rules pass the true gradient."""
+        if self._kinds is None:
+            assert self.probe.images is not None
+            sites = find_activation_sites(pl_module, self.probe.images[:1].to(pl_module.device))
+            self._kinds = sorted({site.function for site in sites} - {"relu"})
+        return self._kinds
+
+
+class _OutputToLogits:
+    """The model, called through ``output_to_logits``; every other attribute is the model's own."""
+
+    def __init__(self, model: torch.nn.Module, output_to_logits: Callable[[Any], Tensor]) -> None:
+        self._model, self._output_to_logits = model, output_to_logits
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self._output_to_logits(self._model(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 __all__ = [
     "annotate",
+    "as_float_images",
     "check_images",
     "images_from_batch",
     "labels_from_batch",
@@ -20,6 +21,7 @@ __all__ = [
 ]
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
+_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 
 def _describe(value: Any) -> str:
@@ -32,41 +34,63 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+def as_float_images(images: Tensor) -> Tensor:
+    """uint8 images as floats in [0, 1], as torchvision's ``to_dtype(..., scale=True)`` converts them."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
 def images_from_batch(
     batch: Any, *, who: str = "lightning_cnnviz", batch_to_images: Callable[[Any], Tensor] | None = None
 ) -> Tensor:
     """The image tensor of a batch: ``batch_to_images(batch)`` when given, else the batch itself, its first
-    element, or its ``'image'``-like key. TypeError, saying what the batch was and what is accepted, when there
-    is no floating (N, C, H, W) tensor."""
+    element, or its ``'image'``-like key; uint8 images become floats in [0, 1]. TypeError, saying what the batch
+    was and what is accepted, when there is no floating or uint8 (N, C, H, W) tensor."""
     if batch_to_images is not None:
         images = batch_to_images(batch)
-        if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+        if not (isinstance(images, Tensor) and images.dim() == 4 and _image_dtype(images)):
             raise TypeError(
-                f"{who}: `batch_to_images` must return a floating image tensor of shape (N, C, H, W), "
+                f"{who}: `batch_to_images` must return a floating (or uint8) image tensor of shape (N, C, H, W), "
                 f"got {images!r:.200}."
             )
-        return images
+        return as_float_images(images)
     candidate: Any = batch
     if isinstance(batch, (list, tuple)) and batch:
         candidate = batch[0]
     elif isinstance(batch, Mapping):
         key = next((k for k in _IMAGE_KEYS if k in batch), None)
         candidate = batch[key] if key is not None else None
-    if isinstance(candidate, Tensor) and candidate.dim() == 4 and candidate.is_floating_point():
-        return candidate
+    if isinstance(candidate, Tensor) and candidate.dim() == 4 and _image_dtype(candidate):
+        return as_float_images(candidate)
     raise TypeError(
-        f"{who}: the batch must hold an image tensor of shape (N, C, H, W) with a floating dtype: the batch "
-        f"itself, the first element of a (images, labels) tuple/list, or a dict value under one of "
+        f"{who}: the batch must hold an image tensor of shape (N, C, H, W) with a floating (or uint8) dtype: the "
+        f"batch itself, the first element of a (images, labels) tuple/list, or a dict value under one of "
         f"{list(_IMAGE_KEYS)}. Got a batch that is {_describe(batch)}"
         + ("" if candidate is batch else f", whose image candidate is {_describe(candidate)}")
         + ". Pass `batch_to_images=` to tell the monitor where the images are."
     )
 
 
-def labels_from_batch(batch: Any, images: Tensor) -> Tensor | None:
-    """The second element of an ``(images, labels, ...)`` batch when it is a tensor of one label per image."""
-    labels = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
-    return labels if isinstance(labels, Tensor) and labels.shape == images.shape[:1] else None
+def _image_dtype(images: Tensor) -> bool:
+    return images.is_floating_point() or images.dtype == torch.uint8
+
+
+def labels_from_batch(
+    batch: Any, images: Tensor, batch_to_labels: Callable[[Any], Tensor | None] | None = None
+) -> Tensor | None:
+    """One label per image: ``batch_to_labels(batch)`` when given, else the second element of an
+    ``(images, labels, ...)`` batch or a dict value under one of ``label``, ``labels``, ``target``, ``targets``,
+    ``y``; None when there is no integer tensor of shape (N,) there."""
+    if batch_to_labels is not None:
+        labels = batch_to_labels(batch)
+    elif isinstance(batch, (list, tuple)) and len(batch) > 1:
+        labels = batch[1]
+    elif isinstance(batch, Mapping):
+        labels = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
+    else:
+        labels = None
+    if isinstance(labels, Tensor) and labels.shape == images.shape[:1] and not labels.is_floating_point():
+        return labels
+    return None
 
 
 def check_images(images: Tensor) -> None:

@@ -4,7 +4,8 @@ running it only as far as a layer. Each of these is written here once."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,8 +14,17 @@ from torch import Tensor, nn
 from lightning_cnnviz.core._calls import flat_tensors
 
 __all__ = [
-    "StopForward", "class_name", "conv_layers", "evaluating", "first_conv",
-    "format_names", "module_names", "resolve_modules", "restore_training_flags", "run_to",
+    "StopForward",
+    "class_name",
+    "conv_layers",
+    "evaluating",
+    "first_conv",
+    "format_names",
+    "logits_of",
+    "module_names",
+    "resolve_modules",
+    "restore_training_flags",
+    "run_to",
 ]
 
 
@@ -149,3 +159,23 @@ def run_to(
     missing = [name for name in layers if name not in seen]
     if missing:
         raise ValueError(f"layers {missing} are never called by {type(model).__name__}.forward")
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits in a model's output: the output itself when it is a tensor, else the ``logits`` entry or the
+    first tensor of a tuple, list, dict or dataclass (as a Hugging Face ``ModelOutput`` or an auxiliary-head
+    tuple holds them)."""
+    if isinstance(output, Tensor):
+        return output
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        output = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)}
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    if isinstance(output, (tuple, list, Mapping)):
+        for value in output.values() if isinstance(output, Mapping) else output:
+            if isinstance(value, Tensor):
+                return value
+    raise TypeError(
+        f"the model's output holds no tensor of logits: got {type(output).__name__}. Return the logits, a tuple or "
+        "dict whose first tensor (or 'logits' entry) they are, or pass `output_to_logits=`."
+    )

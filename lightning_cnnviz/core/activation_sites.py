@@ -274,7 +274,7 @@ class _ActivationTap:
             if site.kind == "module" and site.places == 1:
                 self._hook_single(modules[site.module], site.name)
             elif site.kind == "module":
-                if not any(s.kind == "module" and s.module == site.module for s in self._sites[: index]):
+                if not any(s.kind == "module" and s.module == site.module for s in self._sites[:index]):
                     self._hook_placed(modules[site.module], site.module, by_place)
                 tracked.setdefault(site.scope, False)
             else:

@@ -132,8 +132,7 @@ class DeadFilterAlerts:
             if layer.relu:
                 state = f"dead at step {global_step}: they never fired (> 0) on any input"
                 advice = (
-                    "A too-high learning rate is a common cause of dying ReLUs: consider lowering it or adding "
-                    "warm-up."
+                    "A too-high learning rate is a common cause of dying ReLUs: consider lowering it or adding warm-up."
                 )
             else:
                 state = (

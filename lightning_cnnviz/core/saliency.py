@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_cnnviz.core._calls import INPLACE_RELU, flat_tensors, relu_kind
 from lightning_cnnviz.core._images import check_images, in_layout_of
-from lightning_cnnviz.core._model import conv_layers, evaluating, resolve_modules
+from lightning_cnnviz.core._model import conv_layers, evaluating, logits_of, resolve_modules
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
@@ -89,7 +89,7 @@ def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, l
     if logits is not None:
         return logits.argmax(dim=1)
     with evaluating(model):
-        return torch.cat([model(chunk).argmax(dim=1) for chunk in images.split(max_batch)])
+        return torch.cat([logits_of(model(chunk)).argmax(dim=1) for chunk in images.split(max_batch)])
 
 
 def _input_gradient(model: nn.Module, images: Tensor, targets: Tensor, max_batch: int) -> Tensor:
@@ -97,7 +97,7 @@ def _input_gradient(model: nn.Module, images: Tensor, targets: Tensor, max_batch
     grads = []
     for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
         inputs = chunk.detach().clone().requires_grad_(True)
-        scores = model(inputs).gather(1, chunk_targets[:, None]).sum()
+        scores = logits_of(model(inputs)).gather(1, chunk_targets[:, None]).sum()
         (grad,) = torch.autograd.grad(scores, inputs)
         grads.append(grad)
     return torch.cat(grads)
@@ -158,6 +158,9 @@ def smoothgrad(
 def guided_backprop(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
     """Springenberg et al. 2014 (arXiv 1412.6806): input gradient with guided ReLU backward, (N, C, H, W).
 
+    The rule replaces the backward of ``relu`` calls only (modules, functional, in place), as captum does; other
+    activations (ReLU6, GELU, SiLU, Hardswish, ...) pass their true gradient.
+
     Example:
         >>> guided_backprop(net, images, target=1).shape
         torch.Size([2, 3, 8, 8])
@@ -167,6 +170,7 @@ def guided_backprop(model: nn.Module, images: Tensor, target: Target = None, *, 
 
 def deconvnet(model: nn.Module, images: Tensor, target: Target = None, *, max_batch: int = 64) -> Tensor:
     """Zeiler & Fergus 2013 (arXiv 1311.2901): input gradient with ReLU of the backward signal, (N, C, H, W).
+    Applied to ``relu`` calls only, as :func:`guided_backprop`.
 
     Example:
         >>> deconvnet(net, images, target=torch.tensor([0, 1])).shape
@@ -219,7 +223,7 @@ def grad_cam(
         with evaluating(model, grad=True):
             for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
                 captured.clear()
-                scores = model(chunk.detach()).gather(1, chunk_targets[:, None]).sum()
+                scores = logits_of(model(chunk.detach())).gather(1, chunk_targets[:, None]).sum()
                 activations = captured[-1]
                 (grad,) = torch.autograd.grad(scores, activations)
                 weights = grad.mean(dim=(2, 3), keepdim=True)
@@ -317,7 +321,7 @@ def occlusion(
     budget = memory_budget if memory_budget is not None else _memory_budget(images.device)
     per_pass = max(1, budget // max(activation_bytes(model, images[:1]), 1))
     with evaluating(model):
-        clean_logits = torch.cat([model(chunk) for chunk in images.split(max_batch)])
+        clean_logits = torch.cat([logits_of(model(chunk)) for chunk in images.split(max_batch)])
         targets = _targets(model, images, target, max_batch, logits=clean_logits)
         clean = score(clean_logits).gather(1, targets[:, None])[:, 0]
         drops = []
@@ -325,7 +329,7 @@ def occlusion(
             copy = torch.arange(start, min(start + per_pass, count * windows), device=images.device)
             image, window = copy // windows, copy % windows
             occluded = in_layout_of(torch.where(masks[window], fill[image], images[image]), images)
-            probs = score(model(occluded)).gather(1, targets[image, None])[:, 0]
+            probs = score(logits_of(model(occluded))).gather(1, targets[image, None])[:, 0]
             drops.append(clean[image] - probs)
     drop = torch.cat(drops).view(count, windows)
     total = torch.einsum("nw,whk->nhk", drop, masks[:, 0].to(drop.dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -70,8 +71,8 @@ class SmallCNN(nn.Module):
 
     def _act(self, index: int, x: Tensor) -> Tensor:
         if self.activation == "functional":
-            function = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}[self.nonlinearity]
-            return function(x)
+            functions: dict[str, Callable[..., Tensor]] = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}
+            return functions[self.nonlinearity](x)
         module: nn.Module = getattr(self, f"{self._prefix}{index}")
         return module(x)
 
