@@ -125,6 +125,13 @@ def _positive_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+def _tiny_convnext() -> nn.Module:
+    """torchvision's ConvNeXt (permute -> LayerNorm -> Linear -> GELU -> Linear -> permute in every block)."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=3)
+
+
 @pytest.mark.parametrize(
     ("make", "layer", "size"),
     [
@@ -137,6 +144,8 @@ def _positive_copy(model: nn.Module) -> nn.Module:
             "2",
             41,
         ),
+        (_tiny_convnext, "features.3.0.block.0", 32),  # a depthwise conv after a channels-last block
+        (_tiny_convnext, "features.3.0", 32),
     ],
 )
 def test_box_equals_the_support_of_the_input_gradient(make, layer: str, size: int) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -153,12 +154,15 @@ class TopPatchMonitor(EpochMonitor):
             self._prepare(pl_module, example.to(pl_module.device))
 
     def _prepare(self, pl_module: pl.LightningModule, example: Tensor) -> bool:
-        """Channel choice and receptive fields from one example. A channel out of range is a configuration
-        error and raises; a layer whose receptive field cannot be followed is a visualization failure that
-        goes through ``on_error``. True when ready."""
+        """Channel choice and receptive fields from one example, before any training step. A channel out of
+        range, or a layer named in ``layers`` whose receptive field cannot be followed, is a configuration error
+        and raises; a default layer that cannot be followed is left out, said once with the reason. True when
+        ready."""
         size = (example.shape[-2], example.shape[-1])
         if self._fields and next(iter(self._fields.values())).input_size == size:
             return True
+        if not self._fields:
+            self._drop_unfollowable(pl_module, example)
         shapes: dict[str, tuple[int, ...]] = {}
         with evaluating(pl_module):
             try:
@@ -185,6 +189,24 @@ class TopPatchMonitor(EpochMonitor):
         fields = self._run("receptive fields", receptive_fields, pl_module, self._layers, example[:1])
         self._fields = fields or {}
         return bool(self._fields)
+
+    def _drop_unfollowable(self, pl_module: pl.LightningModule, example: Tensor) -> None:
+        reasons: dict[str, str] = {}
+        for name in self._layers:
+            try:
+                receptive_fields(pl_module, [name], example[:1])
+            except ValueError as error:
+                reasons[name] = str(error).removeprefix("receptive_fields: ")
+        if not reasons:
+            return
+        said = "; ".join(f"{name!r}: {reason}" for name, reason in reasons.items())
+        if self.layers is not None or len(reasons) == len(self._layers):
+            raise ValueError(
+                f"TopPatchMonitor: the receptive field of {said}, so its top patches cannot be cropped. Choose "
+                "other `layers` (conv layers before the unsupported operation)."
+            )
+        rank_zero_warn(f"TopPatchMonitor: leaving out default layer(s) whose receptive field is unknown: {said}.")
+        self._layers = [name for name in self._layers if name not in reasons]
 
     @override
     def on_train_batch_start(

@@ -5,9 +5,11 @@ Along each axis position ``i`` of a feature map sees input pixels ``offset + i *
 along every tensor of one forward with a :class:`~torch.overrides.TorchFunctionMode`: ``conv2d`` (any padding),
 max and average pooling, ``F.pad`` and evenly dividing adaptive pooling change it; every other op that keeps the
 spatial size (batch norm, activations, residual ``+``, ``torch.cat``, in-place ops) takes the union of its
-inputs' boxes; global pooling, ``flatten``, ``Linear``, spatial gates and group/instance/layer norm see the whole
-image; any other change of spatial size (``interpolate``, slicing) leaves no geometry, and asking for such a
-layer is an error naming the op.
+inputs' boxes. ``permute`` moves the spatial axes (ConvNeXt's channels-last blocks), and a ``Linear`` or a
+``layer_norm`` over the channels alone then acts per position; global pooling, ``flatten``, ``Linear`` on a
+flat code, spatial gates and group/instance/layer norm over the image see the whole image; any other change
+of spatial size (``interpolate``, slicing) leaves no geometry, and asking for such a layer is an error naming
+the op.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class _Axis:
 class _Geometry:
     axes: tuple[_Axis, _Axis] | None  # None: sees the whole input
     spatial: tuple[int, int]
+    dims: tuple[int, int] = (-2, -1)  # where height and width are, counted from the last dimension
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,11 @@ def _union(geometries: list[_Geometry], spatial: tuple[int, int]) -> _Tracked:
         start = min(p.offset for p in parts)
         end = max(p.offset + p.size for p in parts)
         axes.append(_Axis(end - start, parts[0].stride, start))
-    return _Geometry((axes[0], axes[1]), spatial)
+    return _Geometry((axes[0], axes[1]), spatial, geometries[0].dims)
 
 
 # Operations that keep the spatial size but mix all positions (normalisation over H and W): whole input.
-_SPATIALLY_GLOBAL = frozenset({"group_norm", "instance_norm", "layer_norm"})
+_SPATIALLY_GLOBAL = frozenset({"group_norm", "instance_norm"})
 
 
 class _GeometryMode(TorchFunctionMode):
@@ -140,13 +143,16 @@ class _GeometryMode(TorchFunctionMode):
         unknown = [g for g in inputs if isinstance(g, _Unknown)]
         name = getattr(func, "__name__", repr(func))
         for index, output in enumerate(outputs):
+            known = [g for g in inputs if isinstance(g, _Geometry)]
             if unknown:
                 self.geometry[output] = unknown[0]
             elif output.dim() < 3:
                 self.geometry[output] = _Geometry(None, (0, 0))
+            elif name == "permute" and index == 0 and known:
+                self.geometry[output] = _permuted(known[0], args, kwargs, output.dim())
             else:
-                known = [g for g in inputs if isinstance(g, _Geometry)]
-                spatial = (output.shape[-2], output.shape[-1])
+                dims = known[0].dims if known and -output.dim() <= min(known[0].dims) else (-2, -1)
+                spatial = (output.shape[dims[0]], output.shape[dims[1]])
                 self.geometry[output] = self._rule(name, args, kwargs, known, spatial, main=index == 0)
         return result
 
@@ -159,9 +165,17 @@ class _GeometryMode(TorchFunctionMode):
         spatial: tuple[int, int],
         main: bool,
     ) -> _Tracked:
-        if name in _SPATIALLY_GLOBAL:
-            return _Geometry(None, spatial)
         first = self.geometry.get(args[0]) if args and isinstance(args[0], Tensor) else None
+        dims = first.dims if isinstance(first, _Geometry) else (-2, -1)
+        if name in _SPATIALLY_GLOBAL:
+            return _Geometry(None, spatial, dims)
+        if name == "layer_norm":  # over the last len(normalized_shape) dimensions: the image, or channels only
+            normalized = len(tuple(argument(args, kwargs, 1, "normalized_shape", ())))
+            if -normalized <= max(dims):
+                return _Geometry(None, spatial, dims)
+        spatial_op = name in ("conv2d", "_conv_forward", "max_pool2d", "avg_pool2d", "pad") or "adaptive" in name
+        if main and dims != (-2, -1) and spatial_op:
+            return _Unknown(f"{name} on a tensor whose spatial axes were permuted to dimensions {dims}")
         if main and isinstance(first, _Geometry) and first.axes is not None:
             kernel: tuple[int, int] | None = None
             if name in ("conv2d", "_conv_forward"):
@@ -202,6 +216,14 @@ class _GeometryMode(TorchFunctionMode):
         if spatial == (1, 1) and not any(g.spatial == (1, 1) for g in inputs):
             return _Geometry(None, spatial)  # a global reduction with keepdim
         return _Unknown(f"{name} changes the spatial size in a way the receptive-field tracker does not model")
+
+
+def _permuted(geometry: _Geometry, args: Sequence[Any], kwargs: dict[str, Any], ndim: int) -> _Geometry:
+    """The geometry of ``permute(x, dims)``: the same boxes, the spatial axes where the permutation puts them."""
+    order = kwargs.get("dims", args[1] if len(args) == 2 and not isinstance(args[1], int) else args[1:])
+    order = [int(d) % ndim for d in order]
+    height, width = (order.index(d % ndim) - ndim for d in geometry.dims)
+    return _Geometry(geometry.axes, geometry.spatial, (height, width))
 
 
 def receptive_fields(model: nn.Module, layers: Sequence[str], example: Tensor) -> dict[str, ReceptiveField]:
