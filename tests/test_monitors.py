@@ -464,3 +464,63 @@ def test_example_input_array_checks_functional_names_at_setup(tmp_path: Path, di
         bad.setup(trainer, model, "fit")
     trainer.fit(model, datamodule=digits_data)
     assert list(monitor._rate_history) == ["net.relu#2"]
+
+
+class Diverge(pl.Callback):
+    """conv2's weights turn NaN after step ``at`` (conv1 is frozen, so its activations stay finite); at epoch
+    ``heal`` every parameter and the optimizer state are put back as they were."""
+
+    def __init__(self, at: int, heal: int) -> None:
+        self.at, self.heal = at, heal
+        self.saved: dict[str, Tensor] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, index: int) -> None:
+        if trainer.global_step == self.at:
+            self.saved = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            with torch.no_grad():
+                pl_module.net.conv2.weight.fill_(float("nan"))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if trainer.current_epoch == self.heal and self.saved:
+            pl_module.load_state_dict(self.saved)
+            trainer.optimizers[0].state.clear()
+
+
+def test_divergence_is_one_alert_and_visual_monitors_skip_until_finite(tmp_path: Path, digits_data: Any) -> None:
+    from lightning_cnnviz import EmbeddingMonitor, SaliencyMonitor, TopPatchMonitor
+
+    model = small_model("module", lr=0.01)
+    model.net.conv1.requires_grad_(False)
+    with torch.no_grad():
+        for conv in (model.net.conv1, model.net.conv2, model.net.conv3):
+            conv.bias.fill_(0.2)  # every channel starts alive: no dead alert for a healthy net
+    activation = ActivationMonitor(every_n_steps=2, on_error="raise")
+    visual = [
+        FilterMonitor(on_error="raise"),
+        TopPatchMonitor(probe_size=16, on_error="raise"),
+        SaliencyMonitor(num_images=4, smoothgrad_samples=2, on_error="raise"),
+        EmbeddingMonitor(probe_size=24, knn_k=3, every_n_epochs=1, on_error="raise"),
+    ]
+    trainer = make_trainer(tmp_path, [activation, *visual, Diverge(at=2, heal=1)], max_epochs=3, limit_train_batches=4)
+    with pytest.warns(UserWarning) as caught:
+        trainer.fit(model, datamodule=digits_data)
+    messages = [str(w.message) for w in caught]
+    assert [alert["measure"] for alert in activation.alerts] == ["nonfinite"]
+    alert = activation.alerts[0]
+    assert alert["layer"] == "net.relu2" and alert["global_step"] == 4
+    assert "diverged" in alert["message"] and "also in 1 later layer" in alert["message"]
+    events = read_events(tmp_path)
+    nonfinite = [(e.step, e.value) for e in events["scalars"]["cnnviz/activations/nonfinite/net.relu2"]]
+    assert nonfinite[0] == (2, 0.0) and nonfinite[1][0] == 4 and nonfinite[1][1] > 0
+    assert {value for step, value in nonfinite if step > 4} == {0.0}  # healed
+    assert [e.value for e in events["scalars"]["cnnviz/activations/nonfinite/net.relu1"]] == [0.0] * 6
+    for monitor in visual:
+        said = [m for m in messages if m.startswith(type(monitor).__name__) and "diverged" in m]
+        assert len(said) == 1, type(monitor).__name__
+    for tag in (
+        "cnnviz/filters/net.conv1",
+        "cnnviz/saliency/grad_cam",
+        "cnnviz/embedding/tsne",
+        "cnnviz/top_patches/net.conv3",
+    ):
+        assert [e.step for e in events["images"][tag]] == [1, 2], tag  # epoch 0 skipped, then logging resumes

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -116,6 +117,7 @@ class EpochMonitor(Monitor):
         if probe_size is not None:
             self.probe = ProbeSet(self._who, check_positive_int(self._who, probe_argument, probe_size), **probe)
         self._last_logged_step: int | None = None
+        self._diverged: dict[str, bool] = {}
 
     @property
     def probe_images(self) -> Tensor | None:
@@ -143,7 +145,24 @@ class EpochMonitor(Monitor):
         self._last_logged_step = trainer.global_step
         if self.probe is not None:
             self.probe.finish(trainer)  # every rank, before any rank-zero-only work: a collective under DDP
-        self._log(trainer, pl_module)
+        if self.finite(pl_module.parameters(), pl_module.buffers(), what="the model's weights", trainer=trainer):
+            self._log(trainer, pl_module)
+
+    def finite(self, *tensors: Any, what: str, trainer: pl.Trainer) -> bool:
+        """Whether every tensor (or iterable of tensors) is finite; when not, the epoch's pictures are skipped with
+        one message per divergence (the same on every rank: DDP keeps the weights equal), and logging resumes
+        once the values are finite again. One host sync."""
+        flat = [t for group in tensors for t in ([group] if isinstance(group, Tensor) else group)]
+        checks = [torch.isfinite(t).all() for t in flat if t.is_floating_point() and t.numel()]
+        ok = bool(torch.stack(checks).all()) if checks else True
+        if not ok and not self._diverged.get(what, False):
+            rank_zero_warn(
+                f"{self._who}: {what} hold NaN or infinite values at epoch {trainer.current_epoch} (step "
+                f"{trainer.global_step}): the network diverged. Its pictures are skipped until the values are "
+                "finite again; ActivationMonitor names the first layer where they appear."
+            )
+        self._diverged[what] = not ok
+        return ok
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -193,7 +193,7 @@ class EmbeddingMonitor(EpochMonitor):
                 )
             return
         codes = self._gather_codes(trainer, pl_module)
-        if codes is None:
+        if codes is None or not self.finite(codes, what="the probe's codes", trainer=trainer):
             return
         sink = self._sink_for(trainer)
         if not sink.active:

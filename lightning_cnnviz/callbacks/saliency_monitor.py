@@ -175,6 +175,8 @@ class SaliencyMonitor(EpochMonitor):
             def draw(method: str = method) -> None:
                 assert self.probe.images is not None
                 maps = self.compute_maps(pl_module, method)
+                if not self.finite(maps, what=f"the {method} maps", trainer=trainer):
+                    return
                 grid = render_saliency(self.probe.images.to(maps.device), maps)
                 shown = list(captions)
                 if shown and method in ("guided_backprop", "deconvnet") and self._other_kinds(pl_module):

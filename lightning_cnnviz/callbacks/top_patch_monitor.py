@@ -289,7 +289,9 @@ class TopPatchMonitor(EpochMonitor):
         if not self._prepare(pl_module, self.probe.images[:1].to(pl_module.device)):
             return
         tops = self.scan(trainer, pl_module)
-        if tops is None:
+        inf, nan = float("inf"), float("nan")
+        values = [top.values.nan_to_num(nan=nan, posinf=inf, neginf=0.0) for top in (tops or {}).values()]
+        if tops is None or not self.finite(values, what="the probe's activations", trainer=trainer):
             return
         self.last_top = {name: top.to("cpu") for name, top in tops.items()}
         sink = self._sink_for(trainer)
