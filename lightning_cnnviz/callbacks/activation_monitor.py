@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import Monitor, check_positive_int
 from lightning_cnnviz.core._images import images_from_batch
-from lightning_cnnviz.core._model import format_names
+from lightning_cnnviz.core._model import format_names, named_modules
 from lightning_cnnviz.core.activation_sites import (
     ACTIVATION_MODULE_TYPES,
     ActivationSite,
@@ -184,7 +184,7 @@ class ActivationMonitor(Monitor):
             self._discover(pl_module, example.to(pl_module.device))
 
     def _check_names_without_forward(self, pl_module: pl.LightningModule) -> None:
-        modules = dict(pl_module.named_modules())
+        modules = named_modules(pl_module)
         found = [n for n, m in modules.items() if isinstance(m, ACTIVATION_MODULE_TYPES)]
         activation_modules = format_names(found) or "none"
         for name in self.layers or []:

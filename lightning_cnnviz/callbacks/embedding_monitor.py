@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_positive_int
 from lightning_cnnviz.callbacks._probe import ProbeSet, gather_interleaved
-from lightning_cnnviz.core._model import class_name, evaluating, resolve_modules, run_to
+from lightning_cnnviz.core._model import class_name, evaluating, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
 
@@ -28,10 +28,10 @@ def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
     """Where the penultimate-layer code is: ``(name, True)`` for the input of the last ``nn.Linear``; without one,
     the last ``nn.Conv2d``, by its input when it is a 1x1 classifier conv (SqueezeNet, All-CNN) and by its output
     otherwise, ``(name, is_input)``."""
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    linears = [name for name, module in named_modules(model).items() if isinstance(module, nn.Linear)]
     if linears:
         return linears[-1], True
-    convs = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    convs = [(name, module) for name, module in named_modules(model).items() if isinstance(module, nn.Conv2d)]
     if not convs:
         raise ValueError(
             f"EmbeddingMonitor: {type(model).__name__} has neither an nn.Linear nor an nn.Conv2d, so no code layer "
@@ -125,7 +125,7 @@ class EmbeddingMonitor(EpochMonitor):
         self._take_input = False
         if self.layer is None:
             self._layer_name, self._take_input = penultimate_layer(pl_module)
-            if not isinstance(dict(pl_module.named_modules())[self._layer_name], nn.Linear):
+            if not isinstance(named_modules(pl_module)[self._layer_name], nn.Linear):
                 where = "input" if self._take_input else "output"
                 rank_zero_info(
                     f"EmbeddingMonitor: {type(pl_module).__name__} has no nn.Linear; the codes are the globally "

@@ -40,14 +40,23 @@ def class_name(index: int, names: Sequence[str] | None) -> str:
     return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
 
+def named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule by name, without the ``_orig_mod`` step that a ``torch.compile`` wrapper adds: a compiled
+    network's layers keep their eager names (``net.conv1``), and the name of the wrapper is its network's."""
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        found.setdefault(".".join(part for part in name.split(".") if part != "_orig_mod"), module)
+    return found
+
+
 def module_names(model: nn.Module) -> dict[int, str]:
     """``id(module) -> name`` for every submodule ("" is the model itself)."""
-    return {id(module): name for name, module in model.named_modules()}
+    return {id(module): name for name, module in named_modules(model).items()}
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
     """Every ``nn.Conv2d`` of ``model`` by name, in registration order."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    return {name: module for name, module in named_modules(model).items() if isinstance(module, nn.Conv2d)}
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -72,7 +81,7 @@ def resolve_modules(
 ) -> dict[str, nn.Module]:
     """Modules by name; an unknown name, or a module not of one of ``kinds``, raises ``ValueError`` naming the
     argument (``what``) and listing the valid names (with ``extra_valid``, names valid elsewhere)."""
-    modules = dict(model.named_modules())
+    modules = named_modules(model)
     allowed = {n: m for n, m in modules.items() if kinds is None or isinstance(m, kinds)}
     resolved: dict[str, nn.Module] = {}
     for name in names:
@@ -105,8 +114,11 @@ def restore_training_flags(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def evaluating(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
     """The model in eval mode (flags restored on exit), without gradients, or with them (``grad=True``, also
-    inside ``torch.inference_mode``, for a visualization's own gradient pass on fresh tensors)."""
+    inside ``torch.inference_mode``, for a visualization's own gradient pass on fresh tensors). A
+    ``torch.compile``d model (or part) runs its original eager code here: the visualizations' hooks, modes and
+    gradient rules see every op, and the compiled training graph is neither recompiled nor guarded on them."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.compiler.set_stance("force_eager"))
         stack.enter_context(restore_training_flags(model))
         if grad:
             stack.enter_context(torch.inference_mode(False))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_cnnviz.core._calls import ACTIVATION_FUNCTIONS, RELU_FAMILY
-from lightning_cnnviz.core._model import evaluating, module_names
+from lightning_cnnviz.core._model import evaluating, module_names, named_modules
 from lightning_cnnviz.core.stats import LayerSpec
 
 __all__ = ["find_activation_sites", "tap_activations"]
@@ -124,6 +124,12 @@ class _Interceptor(TorchFunctionMode):
         return result
 
 
+def _eager(hook: Callable[..., None]) -> Callable[..., None]:
+    """The hook, run eagerly inside a ``torch.compile``d forward (a graph break): what it reads and counts is
+    Python state that the compiled graph must not guard on, or it would recompile at every step."""
+    return torch.compiler.disable(hook)
+
+
 def _numbered(base: str, index: int) -> str:
     return base if index == 0 else f"{base}#{index + 1}"
 
@@ -144,7 +150,7 @@ def site_scope(model: nn.Module, name: str) -> str | None:
         >>> site_scope(net, "1"), site_scope(net, "relu#2"), site_scope(net, "0")
         ('1', '', None)
     """
-    modules = dict(model.named_modules())
+    modules = named_modules(model)
     base = name.split("#", 1)[0]
     if base in modules:
         return base if module_kind(modules[base]) is not None else None
@@ -205,10 +211,10 @@ def find_activation_sites(model: nn.Module, example_input: Any) -> list[Activati
         record("function", function, function, args[0] if args else None, result)
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    handles = [
-        nn.modules.module.register_module_forward_pre_hook(pre_hook),
-        nn.modules.module.register_module_forward_hook(post_hook, always_call=True),
-    ]
+    handles = []
+    for module in model.modules():  # per-module hooks: global ones would also fire for a compiled wrapper
+        handles.append(module.register_forward_pre_hook(pre_hook))
+        handles.append(module.register_forward_hook(post_hook, always_call=True))
     try:
         with evaluating(model), _Interceptor(frozenset(ACTIVATION_FUNCTIONS) | _PARAMETRIC, on_call):
             model(*inputs)
@@ -263,7 +269,7 @@ class _ActivationTap:
         self.close()
 
     def _attach(self) -> None:
-        modules = dict(self._model.named_modules())
+        modules = named_modules(self._model)
         # (kind, identity, scope, place) -> site name
         by_place = {
             ("module" if s.kind == "module" else "function", s.module or s.function, s.scope, s.place): s.name
@@ -282,22 +288,23 @@ class _ActivationTap:
         if not tracked:
             return
         if any(tracked.values()):
-            self._mode = _Interceptor(frozenset(ACTIVATION_FUNCTIONS), self._functional_call(by_place))
+            self._mode = _Interceptor(frozenset(ACTIVATION_FUNCTIONS), _eager(self._functional_call(by_place)))
             # Every module goes on the stack, so that a call is counted in the forward that makes it (the F.gelu
             # inside nn.GELU.forward, or a call in a module whose sites were not chosen, is not the scope's).
             for name in modules:
                 tracked.setdefault(name, False)
         for name, watches in tracked.items():
             module = modules[name]
-            self._handles.append(module.register_forward_pre_hook(self._make_enter(module, name, watches)))
-            self._handles.append(module.register_forward_hook(self._make_leave(module, watches), always_call=True))
+            enter, leave = self._make_enter(module, name, watches), self._make_leave(module, watches)
+            self._handles.append(module.register_forward_pre_hook(_eager(enter)))
+            self._handles.append(module.register_forward_hook(_eager(leave), always_call=True))
 
     def _hook_single(self, module: nn.Module, name: str) -> None:
         def single(module: nn.Module, args: Any, output: Any) -> None:
             if isinstance(output, Tensor):
                 self._on_activation(name, output)
 
-        self._handles.append(module.register_forward_hook(single))
+        self._handles.append(module.register_forward_hook(_eager(single)))
 
     def _hook_placed(self, module: nn.Module, identity: str, by_place: dict[tuple[str, str, str, int], str]) -> None:
         def placed(module: nn.Module, args: Any, output: Any) -> None:
@@ -308,7 +315,7 @@ class _ActivationTap:
             if name is not None:
                 self._on_activation(name, output)
 
-        self._handles.append(module.register_forward_hook(placed))
+        self._handles.append(module.register_forward_hook(_eager(placed)))
 
     def _functional_call(
         self, by_place: dict[tuple[str, str, str, int], str]

@@ -261,7 +261,7 @@ def activation_bytes(model: nn.Module, image: Tensor) -> int:
         nonlocal total
         total += sum(t.numel() * t.element_size() for t in flat_tensors(output))
 
-    handles = [m.register_forward_hook(add) for m in model.modules() if not next(m.children(), None)]
+    handles = [m.register_forward_hook(add) for m in model.modules() if next(m.children(), None) is None]
     try:
         with evaluating(model):
             model(image)
