@@ -4,8 +4,13 @@ The demo CNN trains on Fashion-MNIST (``../shared/data/fashion-mnist``) for a fi
 without both monitors (activation statistics collected on every step), alternating in one process so both
 see the same machine state. Prints per-run times, the median ratio and the peak-memory ratio.
 
-    python benchmarks/overhead.py                  # CPU, 300 steps x 9 repeats
-    python benchmarks/overhead.py --device cuda     # on a GPU
+    python benchmarks/overhead.py                       # CPU, 300 steps x 9 repeats
+    python benchmarks/overhead.py --nonlinearity silu    # the demo CNN with SiLU (dormant, not dead, channels)
+    python benchmarks/overhead.py --compile              # the network torch.compile'd, with and without
+    python benchmarks/overhead.py --device cuda          # on a GPU
+
+With ``--compile`` each configuration compiles its network once (a warm-up run) and every measured run trains
+that same compiled network from the same initial weights, so compilation time is not in the figures.
 
 Wall time: every repeat runs both configurations back to back (order alternating), and the figure is the median
 of the per-repeat ratios, which cancels the slow drift of a shared machine's speed; the ratio of the median
@@ -96,9 +101,34 @@ def release_freed_memory_at_once() -> None:
     libc.malloc_trim(0)
 
 
-def run_once(data: IDXDataModule, steps: int, monitors: bool, device: str, logdir: str) -> tuple[float, int]:
+_COMPILED: dict[bool, tuple[ImageClassifier, dict[str, torch.Tensor]]] = {}
+
+
+def make_model(monitors: bool, nonlinearity: str, compiled: bool) -> ImageClassifier:
+    """A fresh demo CNN; with ``compiled``, the one compiled network of this configuration, reset to the initial
+    weights."""
     pl.seed_everything(0, verbose=False)
-    model = ImageClassifier(arch="small_cnn", in_channels=1, num_classes=10, lr=1e-3)
+    if compiled and monitors in _COMPILED:
+        model, initial = _COMPILED[monitors]
+        model.load_state_dict(initial)
+        return model
+    model = ImageClassifier(arch="small_cnn", in_channels=1, num_classes=10, lr=1e-3, nonlinearity=nonlinearity)  # type: ignore[arg-type]
+    if compiled:
+        model.net = torch.compile(model.net)  # type: ignore[assignment]
+        _COMPILED[monitors] = (model, {k: v.clone() for k, v in model.state_dict().items()})
+    return model
+
+
+def run_once(
+    data: IDXDataModule,
+    steps: int,
+    monitors: bool,
+    device: str,
+    logdir: str,
+    nonlinearity: str = "relu",
+    compiled: bool = False,
+) -> tuple[float, int]:
+    model = make_model(monitors, nonlinearity, compiled)
     callbacks: list[pl.Callback] = []
     if monitors:
         callbacks = [
@@ -138,6 +168,7 @@ def memory_in_fresh_process(args: argparse.Namespace, monitors: bool) -> int:
     command = [
         sys.executable, __file__, "--memory-child", "1" if monitors else "0", "--data", args.data,
         "--steps", str(min(args.steps, 100)), "--batch-size", str(args.batch_size), "--device", args.device,
+        "--nonlinearity", args.nonlinearity, *(["--compile"] if args.compile else []),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1].removeprefix("peak_bytes="))
@@ -151,8 +182,9 @@ def memory_child(args: argparse.Namespace) -> None:
     data.setup()
     monitors = args.memory_child == 1
     with tempfile.TemporaryDirectory() as logdir:
-        run_once(data, 10, monitors, args.device, logdir)  # warm-up: first-use initialisation of both
-        _, peak = run_once(data, args.steps, monitors, args.device, logdir)
+        options = (args.nonlinearity, args.compile)
+        run_once(data, 10, monitors, args.device, logdir, *options)  # warm-up: first-use initialisation of both
+        _, peak = run_once(data, args.steps, monitors, args.device, logdir, *options)
     print(f"peak_bytes={peak}")
 
 
@@ -164,6 +196,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--memory-repeats", type=int, default=3)
+    parser.add_argument("--nonlinearity", choices=("relu", "silu", "gelu"), default="relu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network in both configurations")
     parser.add_argument("--memory-child", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child is not None:
@@ -176,17 +210,18 @@ def main() -> None:
     data.setup()
     print(
         f"device={args.device} torch_threads={torch.get_num_threads()} steps={args.steps} "
-        f"batch={args.batch_size} repeats={args.repeats}"
+        f"batch={args.batch_size} repeats={args.repeats} nonlinearity={args.nonlinearity} compile={args.compile}"
     )
     times: dict[bool, list[float]] = {False: [], True: []}
     peaks: dict[bool, list[int]] = {False: [], True: []}
     with tempfile.TemporaryDirectory() as logdir:
-        run_once(data, 20, True, args.device, logdir)  # warm-up: imports, allocator, kernels
-        run_once(data, 20, False, args.device, logdir)
+        options = (args.nonlinearity, args.compile)
+        run_once(data, 20, True, args.device, logdir, *options)  # warm-up: imports, allocator, kernels, compiling
+        run_once(data, 20, False, args.device, logdir, *options)
         for repeat in range(args.repeats):
             order = (False, True) if repeat % 2 == 0 else (True, False)
             for monitors in order:
-                seconds, _ = run_once(data, args.steps, monitors, args.device, logdir)
+                seconds, _ = run_once(data, args.steps, monitors, args.device, logdir, *options)
                 times[monitors].append(seconds)
                 print(f"repeat {repeat} {'with   ' if monitors else 'without'} monitors: {seconds:7.3f} s")
         for repeat in range(args.memory_repeats):
@@ -212,6 +247,8 @@ def main() -> None:
             f"wall-time ratio, median of per-repeat ratios: {statistics.median(ratios):.3f} "
             f"(quartiles {quartiles[0]:.3f} .. {quartiles[2]:.3f}; target <= 1.05)"
         )
+    if not args.memory_repeats:
+        return
     mem_base, mem_with = statistics.median(peaks[False]), statistics.median(peaks[True])
     print(
         f"peak-memory ratio: {mem_with / max(mem_base, 1):.3f} (median peak {mem_with / 2**20:.1f} MiB with vs "

@@ -80,7 +80,7 @@ def test_nan_activations_count_as_not_firing() -> None:
     stats.update("x", values)
     layer = stats.summary().layers["x"]
     assert layer.dead_channels == [0] and layer.firing.tolist() == [0.0, 1.0]
-    assert layer.nonfinite == 2  # the two (image, channel) maps of channel 0
+    assert layer.nonfinite == 1  # channel 0 in the one batch
     assert layer.magnitude.tolist() == [0.0, 3.0]
 
 

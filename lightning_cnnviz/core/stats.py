@@ -5,7 +5,7 @@ For every activation kind:
 * a channel is *dormant* over a window (Sokar et al. 2023, "The Dormant Neuron Phenomenon", ReDo) when its mean
   |activation| over every position of every input of the window, divided by the mean of that quantity over the
   layer's channels, is at or below a threshold (0.1 by default);
-* a (image, channel) map holding a NaN or an infinity is *non-finite*: the network diverged there.
+* a channel whose values in a batch held a NaN or an infinity is *non-finite* there: the network diverged.
 
 For the ReLU family also: a channel *fires* at a position when its activation there is > 0, and is *dead* over a
 window when it never fires at any position of any input seen in the window (CS231n: dead ReLUs, all-zero
@@ -26,6 +26,7 @@ __all__ = ["ActivationStats"]
 # and an explosion to thousands both show. Values past the range land in the edge bins (NaN in the top one).
 DISTRIBUTION_BINS = 64
 DISTRIBUTION_RANGE = 8.0  # asinh(8) ~ 1490
+DISTRIBUTION_SAMPLE = 65536  # values binned per batch, at most (about): a picture, not an exact count
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class LayerSummary:
             outside the ReLU family.
         magnitude: per channel, the sum of |activation| over the window's finite maps (float64).
         positions: (input, position) pairs seen per channel.
-        nonfinite: (input, channel) maps that held a NaN or an infinity.
-        distribution: counts of the values of one batch of the window in :data:`DISTRIBUTION_BINS` bins of
-            asinh(value) over [-8, 8], or None when no batch was binned.
+        nonfinite: (batch, channel) pairs whose values held a NaN or an infinity.
+        distribution: counts of the values of one batch of the window (evenly strided down to about 65,536
+            values) in :data:`DISTRIBUTION_BINS` bins of asinh(value) over [-8, 8], or None when none was binned.
         relu, units: as in :class:`LayerSpec`.
     """
 
@@ -120,8 +121,8 @@ class ActivationSummary:
 class ActivationStats:
     """Accumulates per-layer, per-channel statistics on the activations' device, with no host sync.
 
-    ``update`` reduces each (image, channel) map once for its magnitude (and, for the ReLU family, once more for
-    its firing count); ``distribution=True`` also bins the batch's values. Counts are int64-exact in float64 on
+    ``update`` reduces the activation once for its magnitude (and, for the ReLU family, once more for its firing
+    count); ``distribution=True`` also bins the batch's values. Counts are int64-exact in float64 on
     the device. ``summary`` sums the accumulators of every process in one collective (so all ranks agree on the
     dead filters) and moves them to the host in one copy.
 
@@ -190,23 +191,23 @@ class ActivationStats:
             else:
                 maps, axis = values.reshape(values.shape[0], -1, channels), 1
             # Per image and channel over the contiguous positions first (float32 is exact for counts below 2**24
-            # positions), then over the batch in float64. A map holding a NaN or an infinity sums to one: it is
-            # counted as non-finite and adds nothing to the magnitude or the firing count.
-            # |x| is x for the ReLU family, a plain sum
-            magnitude = maps.sum(dim=axis) if spec.relu else torch.linalg.vector_norm(maps, ord=1, dim=axis)
-            finite = torch.isfinite(magnitude)
-            offset = 0
+            # positions), then over the batch in float64: |x| summed (x itself for the ReLU family, whose firing
+            # indicator sign(x) is summed too: twice as fast on CPU as counting ``x > 0``). A channel whose values
+            # in the batch held a NaN or an infinity is counted as non-finite and adds nothing else.
+            per_image = maps.sum(dim=axis) if spec.relu else maps.abs().sum(dim=axis)  # 3x faster than an L1 norm
             if spec.relu:
-                # sign(x) is the firing indicator of a non-negative activation: twice as fast on CPU as counting
-                # ``x > 0`` (a bool tensor and an integer reduction).
-                firing = torch.sign(maps).sum(dim=axis).nan_to_num_(nan=0.0)
-                sums[:channels].add_(torch.where(finite, firing, 0.0).to(sums.dtype).sum(dim=0))
-                offset = channels
-            sums[offset : offset + channels].add_(torch.where(finite, magnitude, 0.0).to(sums.dtype).sum(dim=0))
-            sums[offset + channels].add_((~finite).sum())
+                per_image = torch.stack((torch.sign(maps).sum(dim=axis), per_image))
+            per_channel = per_image.reshape(-1, *per_image.shape[-2:]).sum(dim=-2, dtype=sums.dtype).flatten()
+            finite = torch.isfinite(per_channel[-channels:])
+            width = per_channel.numel()
+            sums[:width].add_(torch.where(finite.repeat(width // channels), per_channel, 0.0))
+            sums[width].add_(channels - finite.sum())
+            offset = width - channels
             if distribution and not self._binned[name]:
                 self._binned[name] = True
-                binned = torch.asinh(values.float().nan_to_num(nan=float("inf")))
+                flat = values.reshape(-1)
+                flat = flat[:: max(1, flat.numel() // DISTRIBUTION_SAMPLE) | 1]  # evenly strided, an odd step
+                binned = torch.asinh(flat.float().nan_to_num(nan=float("inf")))
                 binned = binned.clamp(-DISTRIBUTION_RANGE, DISTRIBUTION_RANGE)
                 sums[offset + channels + 1 :].add_(
                     torch.histc(binned, DISTRIBUTION_BINS, -DISTRIBUTION_RANGE, DISTRIBUTION_RANGE)
