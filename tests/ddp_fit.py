@@ -24,6 +24,7 @@ DEAD = [1, 4, 6]
 
 def main() -> None:
     warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", message=r"torch\.distributed\.nn\.functional\..* is deprecated")  # shown
     out = sys.argv[1]
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)

@@ -39,6 +39,18 @@ def select_balanced(labels: Tensor, count: int) -> list[int]:
     return chosen
 
 
+def all_gather(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` (the same shape on all), stacked: (world, *shape), on the strategy's device. A
+    collective, with ``torch.distributed.all_gather`` (not the deprecated autograd-aware gather that Lightning's
+    ``strategy.all_gather`` calls)."""
+    tensor = tensor.to(trainer.strategy.root_device).contiguous()
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return tensor.unsqueeze(0)
+    parts = [torch.empty_like(tensor) for _ in range(trainer.world_size)]
+    torch.distributed.all_gather(parts, tensor)
+    return torch.stack(parts)
+
+
 def gather_interleaved(trainer: pl.Trainer, local: Tensor, counts: Tensor) -> Tensor:
     """All ranks' ``local`` rows (rank ``r`` holds ``counts[r]`` of them) in the order of a distributed sampler
     without shuffling: row 0 of rank 0, row 0 of rank 1, ..., row 1 of rank 0, ... A collective; returned on
@@ -46,7 +58,7 @@ def gather_interleaved(trainer: pl.Trainer, local: Tensor, counts: Tensor) -> Te
     quota = int(counts.max())
     padded = local.new_zeros((quota, *local.shape[1:]))
     padded[: len(local)] = local
-    everything = trainer.strategy.all_gather(padded.to(trainer.strategy.root_device)).cpu()  # (W, quota, ...)
+    everything = all_gather(trainer, padded).cpu()  # (W, quota, ...)
     keep = torch.arange(quota)[:, None] < counts.cpu()[None, :]  # (quota, W)
     return everything.transpose(0, 1)[keep]
 
@@ -127,13 +139,13 @@ class ProbeSet:
         labels = torch.stack([label for _, label in pairs]).long() if labelled else None  # type: ignore[misc]
         if trainer.world_size > 1:
             device = trainer.strategy.root_device
-            counts = trainer.strategy.all_gather(torch.tensor([len(pairs)], device=device)).view(-1).cpu()
+            counts = all_gather(trainer, torch.tensor([len(pairs)], device=device)).view(-1).cpu()
             if int(counts.max()) == 0:
                 return
             if images is None:
                 raise RuntimeError(f"{self.who}: a rank collected no probe images while others did")
             images = gather_interleaved(trainer, images, counts)
-            has_labels = trainer.strategy.all_gather(torch.tensor([int(labels is not None)], device=device))
+            has_labels = all_gather(trainer, torch.tensor([int(labels is not None)], device=device))
             labelled = labels is not None and bool(has_labels.min())
             labels = gather_interleaved(trainer, labels, counts) if labelled else None  # type: ignore[arg-type]
         if images is None or len(images) == 0:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_positive_int
-from lightning_cnnviz.callbacks._probe import ProbeSet, gather_interleaved
+from lightning_cnnviz.callbacks._probe import ProbeSet, all_gather, gather_interleaved
 from lightning_cnnviz.core._model import class_name, evaluating, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
@@ -157,7 +157,7 @@ class EmbeddingMonitor(EpochMonitor):
         local = self._run("embedding codes", self.codes, pl_module, shard.to(device))
         if world == 1:
             return local
-        width = trainer.strategy.all_gather(torch.tensor([-1 if local is None else local.shape[1]], device=device))
+        width = all_gather(trainer, torch.tensor([-1 if local is None else local.shape[1]], device=device))
         if local is None or int(width.min()) < 0 or int(width.min()) != int(width.max()):
             return None  # every rank returns here alike
         counts = torch.tensor([len(range(r, len(self.probe.images), world)) for r in range(world)])

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_choice, check_positive_int
-from lightning_cnnviz.callbacks._probe import ProbeSet
+from lightning_cnnviz.callbacks._probe import ProbeSet, all_gather
 from lightning_cnnviz.core._images import images_from_batch, normalize_per_item
 from lightning_cnnviz.core._model import conv_layers, evaluating, format_names, resolve_modules, run_to
 from lightning_cnnviz.core.history import EvolutionHistory
@@ -239,7 +239,7 @@ class TopPatchMonitor(EpochMonitor):
         for name, top in local.items():
             packed[f"{name}/values"] = top.values
             packed[f"{name}/where"] = torch.stack([top.images, top.ys, top.xs])
-        gathered = {key: trainer.strategy.all_gather(value) for key, value in packed.items()}
+        gathered = {key: all_gather(trainer, value) for key, value in packed.items()}
         if int(gathered["ok"].min()) < 1:
             return None
         merged = {}
