@@ -22,6 +22,8 @@ CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
         "activation sparsity (fraction of zeros)": ["Multiline", [r"cnnviz/activations/sparsity/.*"]],
         "dead filters (count)": ["Multiline", [r"cnnviz/activations/dead/.*"]],
         "dead filters (fraction)": ["Multiline", [r"cnnviz/activations/dead_fraction/.*"]],
+        "dormant channels (fraction)": ["Multiline", [r"cnnviz/activations/dormant_fraction/.*"]],
+        "non-finite values (channels per step)": ["Multiline", [r"cnnviz/activations/nonfinite/.*"]],
         "filter smoothness": ["Multiline", [r"cnnviz/filters/smoothness/.*"]],
         "embedding kNN accuracy": ["Multiline", [r"cnnviz/embedding/knn_accuracy.*"]],
     }

@@ -207,3 +207,16 @@ def test_distribution_map_puts_large_values_on_top_and_scales_each_window() -> N
     brightness = image.sum(0)  # (bins, windows), largest bin on row 0
     assert brightness[:, 0].argmax() == 0 and brightness[:, 1].argmax() == 3
     torch.testing.assert_close(brightness[0, 0], brightness[3, 1])  # each column scaled to its own maximum
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_counts_and_magnitudes_stay_exact(dtype: torch.dtype) -> None:
+    values = torch.zeros(2, 3, 64, 64, dtype=dtype)
+    values[:, 0] = 1.0
+    values[0, 1, :10] = 2.0
+    values[0, 1, 10, 0] = 2.0  # 641 positions of channel 1 in image 0: not a bfloat16 or float16 number
+    stats = ActivationStats({"x": 3})
+    stats.update("x", values)
+    layer = stats.summary().layers["x"]
+    assert layer.firing.tolist() == [2 * 4096.0, 641.0, 0.0]  # a bfloat16 sum would round it to 640
+    assert layer.magnitude.tolist() == [2 * 4096.0, 1282.0, 0.0]

@@ -194,9 +194,11 @@ class ActivationStats:
             # positions), then over the batch in float64: |x| summed (x itself for the ReLU family, whose firing
             # indicator sign(x) is summed too: twice as fast on CPU as counting ``x > 0``). A channel whose values
             # in the batch held a NaN or an infinity is counted as non-finite and adds nothing else.
-            per_image = maps.sum(dim=axis) if spec.relu else maps.abs().sum(dim=axis)  # 3x faster than an L1 norm
+            # (float32 sums also keep bfloat16/float16 counts exact: a half-precision sum would stop at 256 or 2048)
+            wide = torch.float64 if maps.dtype == torch.float64 else torch.float32
+            per_image = maps.sum(axis, dtype=wide) if spec.relu else maps.abs().sum(axis, dtype=wide)
             if spec.relu:
-                per_image = torch.stack((torch.sign(maps).sum(dim=axis), per_image))
+                per_image = torch.stack((torch.sign(maps).sum(axis, dtype=wide), per_image))
             per_channel = per_image.reshape(-1, *per_image.shape[-2:]).sum(dim=-2, dtype=sums.dtype).flatten()
             finite = torch.isfinite(per_channel[-channels:])
             width = per_channel.numel()

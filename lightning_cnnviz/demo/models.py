@@ -156,15 +156,23 @@ class ImageClassifier(pl.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        self.log(f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=stage == "val")
-        self.log(f"{stage}_acc", accuracy, prog_bar=True, sync_dist=stage == "val")
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "val", sync_dist=stage != "train")
+        self.log(f"{stage}_acc", accuracy, prog_bar=True, sync_dist=stage != "train")
         return loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._step(batch, "train")
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Class probabilities of the batch's images (a batch of images, or of (images, labels))."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(images).softmax(dim=1)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_name == "sgd":
