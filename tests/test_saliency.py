@@ -276,3 +276,32 @@ def test_smoothgrad_matches_captum_on_torchvision_models(name: str) -> None:
     model = getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     assert_smoothgrad_agrees(model, model, x, torch.tensor([3, 7]), samples=4, max_batch=3)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "convnext_tiny"])
+def test_every_method_matches_captum_on_silu_and_gelu_networks(name: str) -> None:
+    """SiLU (EfficientNet) and GELU in channels-last blocks (ConvNeXt): vanilla gradient, SmoothGrad, Grad-CAM and
+    occlusion to 1e-5 of scale; guided backprop leaves these activations' true gradient, as captum does."""
+    import torchvision
+
+    from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=5).eval()
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    expected = Saliency(model).attribute(x, target=TARGETS, abs=True).amax(dim=1)
+    assert_agree(S.vanilla_gradient(model, x, TARGETS), expected)
+    assert_smoothgrad_agrees(model, model, x[:2], TARGETS[:2], samples=3, max_batch=4)
+    layer = S.last_conv(model)
+    module = dict(model.named_modules())[layer]
+    cam = LayerGradCam(model, module).attribute(x, target=TARGETS, relu_attributions=True)
+    assert_agree(S.grad_cam(model, x, TARGETS), LayerAttribution.interpolate(cam, (32, 32), "bilinear").squeeze(1))
+    guided = GuidedBackprop(model).attribute(x, target=TARGETS)
+    assert_agree(S.guided_backprop(model, x, TARGETS), guided)
+    double = model.double()
+    ours = S.occlusion(double, x.double(), TARGETS, patch=8, stride=8, baseline=0.25)
+    assert_agree(ours, captum_occlusion(double, x.double(), 8, 8))
+    monitor = SaliencyMonitor(methods=("guided_backprop",), num_images=2)
+    monitor.probe.images = x[:2].double()
+    assert monitor._other_kinds(model) == (["silu"] if name == "efficientnet_b0" else ["gelu"])  # type: ignore[arg-type]
+    assert hooks_left(model) == [] and global_state_clean()

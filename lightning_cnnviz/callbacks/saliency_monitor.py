@@ -192,7 +192,8 @@ class SaliencyMonitor(EpochMonitor):
         """Activation kinds of the model other than ``relu``, through which guided rules pass the true gradient."""
         if self._kinds is None:
             assert self.probe.images is not None
-            sites = find_activation_sites(pl_module, self.probe.images[:1].to(pl_module.device))
+            device = next(pl_module.parameters()).device
+            sites = find_activation_sites(pl_module, self.probe.images[:1].to(device))
             self._kinds = sorted({site.function for site in sites} - {"relu"})
         return self._kinds
 
