@@ -220,3 +220,20 @@ def test_half_precision_counts_and_magnitudes_stay_exact(dtype: torch.dtype) -> 
     layer = stats.summary().layers["x"]
     assert layer.firing.tolist() == [2 * 4096.0, 641.0, 0.0]  # a bfloat16 sum would round it to 640
     assert layer.magnitude.tolist() == [2 * 4096.0, 1282.0, 0.0]
+
+
+def test_alerts_name_units_of_fully_connected_layers_and_dormant_channels() -> None:
+    from lightning_cnnviz.core import DeadFilterAlerts
+
+    stats = ActivationStats(
+        {"fc.relu": LayerSpec(4, relu=True, units=True), "block.gelu": LayerSpec(4, relu=False, channel_dim=-1)}
+    )
+    stats.update("fc.relu", torch.tensor([[1.0, 0.0, 2.0, 3.0]]))
+    stats.update("block.gelu", torch.tensor([[[[1.0, 0.001, -2.0, 3.0]]]]))
+    events = DeadFilterAlerts(threshold=0.2).check(stats.summary(), global_step=3, learning_rate=0.1)
+    assert [(e.layer, e.measure, e.units, e.dead_channels) for e in events] == [
+        ("fc.relu", "dead", True, [1]),
+        ("block.gelu", "dormant", False, [1]),
+    ]
+    assert "1 of 4 units of the fully connected layer (25.0%) of layer 'fc.relu' are dead" in events[0].message
+    assert "1 of 4 filters (25.0%) of layer 'block.gelu' are dormant" in events[1].message

@@ -96,3 +96,36 @@ def test_a_probe_too_small_for_a_map_is_said_once(tmp_path: Path) -> None:
         trainer.fit(ImageClassifier(channels=(4, 8, 8), num_classes=4), loader, loader)
     assert len([w for w in caught if "the probe holds" in str(w.message)]) == 1
     assert monitor.last_map is None
+
+
+def test_a_leaky_relu_network_is_watched_for_dormant_channels(tmp_path: Path) -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 3), torch.nn.LeakyReLU(0.1), torch.nn.Conv2d(6, 8, 3), torch.nn.PReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    )  # fmt: skip
+
+    class Leaky(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, index: int) -> Tensor:
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    images = torch.rand(16, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(torch.utils.data.TensorDataset(images, torch.arange(16) % 4), batch_size=8)
+    monitor = ActivationMonitor(every_n_steps=2, on_error="raise")
+    make_trainer(tmp_path, [monitor], max_epochs=1).fit(Leaky(), loader)
+    assert [(site.name, site.function) for site in monitor.sites or []] == [
+        ("net.1", "leaky_relu"),
+        ("net.3", "prelu"),
+    ]
+    events = read_events(tmp_path)
+    assert "cnnviz/activations/dormant_fraction/net.1" in events["scalars"]
+    assert "cnnviz/activations/dormant_map/net.3" in events["images"]
