@@ -23,7 +23,7 @@ CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
         "dead filters (count)": ["Multiline", [r"cnnviz/activations/dead/.*"]],
         "dead filters (fraction)": ["Multiline", [r"cnnviz/activations/dead_fraction/.*"]],
         "dormant channels (fraction)": ["Multiline", [r"cnnviz/activations/dormant_fraction/.*"]],
-        "non-finite values (channels per step)": ["Multiline", [r"cnnviz/activations/nonfinite/.*"]],
+        "non-finite channels (count)": ["Multiline", [r"cnnviz/activations/nonfinite/.*"]],
         "filter smoothness": ["Multiline", [r"cnnviz/filters/smoothness/.*"]],
         "embedding kNN accuracy": ["Multiline", [r"cnnviz/embedding/knn_accuracy.*"]],
     }

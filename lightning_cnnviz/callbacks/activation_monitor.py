@@ -41,7 +41,7 @@ class ActivationMonitor(Monitor):
 
     * every activation: ``cnnviz/activations/dormant|dormant_fraction/<layer>`` (a channel is *dormant* when its
       mean |activation| over the window is at most ``dormant_threshold`` of the layer's mean: Sokar et al. 2023),
-      ``cnnviz/activations/nonfinite/<layer>`` (maps holding NaN or inf), and the image
+      ``cnnviz/activations/nonfinite/<layer>`` (channels whose values held NaN or inf), and the image
       ``cnnviz/activations/distribution/<layer>``: windows x value bins, the values of one batch per window
       (fastai's "colorful dimension");
     * the ReLU family also: ``cnnviz/activations/sparsity|dead|dead_fraction/<layer>`` (a channel is *dead* when it

@@ -93,9 +93,9 @@ class DeadFilterAlerts:
                 return []
             layer = summary.layers[first]
             message = (
-                f"ActivationMonitor: the network diverged by step {global_step}: {layer.nonfinite} activation "
-                f"map(s) of layer '{first}' held NaN or infinite values in the last {summary.steps} training "
-                f"step(s), the first layer (in forward order) where they appear"
+                f"ActivationMonitor: the network diverged by step {global_step}: {layer.nonfinite} of "
+                f"{layer.num_channels} channels of layer '{first}' held NaN or infinite values in the last "
+                f"{summary.steps} training step(s), the first layer (in forward order) where they appear"
                 + (f"; also in {len(diverged) - 1} later layer(s)" if len(diverged) > 1 else "")
                 + f". Current learning rate: {rate}. Lower the learning rate, clip gradients, or check the data "
                 "and the loss for NaN; dead and dormant alerts are paused until the values are finite again."

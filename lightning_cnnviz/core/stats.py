@@ -5,7 +5,7 @@ For every activation kind:
 * a channel is *dormant* over a window (Sokar et al. 2023, "The Dormant Neuron Phenomenon", ReDo) when its mean
   |activation| over every position of every input of the window, divided by the mean of that quantity over the
   layer's channels, is at or below a threshold (0.1 by default);
-* a channel whose values in a batch held a NaN or an infinity is *non-finite* there: the network diverged.
+* a channel whose values held a NaN or an infinity in the window is *non-finite*: the network diverged.
 
 For the ReLU family also: a channel *fires* at a position when its activation there is > 0, and is *dead* over a
 window when it never fires at any position of any input seen in the window (CS231n: dead ReLUs, all-zero
@@ -50,7 +50,7 @@ class LayerSummary:
             outside the ReLU family.
         magnitude: per channel, the sum of |activation| over the window's finite maps (float64).
         positions: (input, position) pairs seen per channel.
-        nonfinite: (batch, channel) pairs whose values held a NaN or an infinity.
+        nonfinite: channels whose values held a NaN or an infinity somewhere in the window.
         distribution: counts of the values of one batch of the window (evenly strided down to about 65,536
             values) in :data:`DISTRIBUTION_BINS` bins of asinh(value) over [-8, 8], or None when none was binned.
         relu, units: as in :class:`LayerSpec`.
@@ -147,8 +147,8 @@ class ActivationStats:
         self.reset()
 
     def _width(self, spec: LayerSpec) -> int:
-        """Accumulator length: [firing (ReLU family)] + magnitude + [non-finite maps] + distribution."""
-        return spec.channels * (2 if spec.relu else 1) + 1 + DISTRIBUTION_BINS
+        """Accumulator length: [firing (ReLU family)] + magnitude + distribution."""
+        return spec.channels * (2 if spec.relu else 1) + DISTRIBUTION_BINS
 
     def _dtype(self) -> torch.dtype:
         return torch.float32 if self.device.type == "mps" else torch.float64
@@ -191,27 +191,21 @@ class ActivationStats:
             else:
                 maps, axis = values.reshape(values.shape[0], -1, channels), 1
             # Per image and channel over the contiguous positions first (float32 is exact for counts below 2**24
-            # positions), then over the batch in float64: |x| summed (x itself for the ReLU family, whose firing
-            # indicator sign(x) is summed too: twice as fast on CPU as counting ``x > 0``). A channel whose values
-            # in the batch held a NaN or an infinity is counted as non-finite and adds nothing else.
-            # (float32 sums also keep bfloat16/float16 counts exact: a half-precision sum would stop at 256 or 2048)
+            # positions, and keeps half-precision counts exact), then over the batch in float64: |x| (x itself for
+            # the ReLU family, whose firing indicator sign(x) is summed too: twice as fast on CPU as counting
+            # ``x > 0``). NaN and infinities propagate into the window's sums; ``summary`` reports those channels.
             wide = torch.float64 if maps.dtype == torch.float64 else torch.float32
-            per_image = maps.sum(axis, dtype=wide) if spec.relu else maps.abs().sum(axis, dtype=wide)
+            magnitude = sums[channels : 2 * channels] if spec.relu else sums[:channels]
+            magnitude.add_((maps if spec.relu else maps.abs()).sum(axis, dtype=wide).sum(0, dtype=sums.dtype))
             if spec.relu:
-                per_image = torch.stack((torch.sign(maps).sum(axis, dtype=wide), per_image))
-            per_channel = per_image.reshape(-1, *per_image.shape[-2:]).sum(dim=-2, dtype=sums.dtype).flatten()
-            finite = torch.isfinite(per_channel[-channels:])
-            width = per_channel.numel()
-            sums[:width].add_(torch.where(finite.repeat(width // channels), per_channel, 0.0))
-            sums[width].add_(channels - finite.sum())
-            offset = width - channels
+                sums[:channels].add_(torch.sign(maps).sum(axis, dtype=wide).sum(0, dtype=sums.dtype))
             if distribution and not self._binned[name]:
                 self._binned[name] = True
                 flat = values.reshape(-1)
                 flat = flat[:: max(1, flat.numel() // DISTRIBUTION_SAMPLE) | 1]  # evenly strided, an odd step
                 binned = torch.asinh(flat.float().nan_to_num(nan=float("inf")))
                 binned = binned.clamp(-DISTRIBUTION_RANGE, DISTRIBUTION_RANGE)
-                sums[offset + channels + 1 :].add_(
+                sums[-DISTRIBUTION_BINS:].add_(
                     torch.histc(binned, DISTRIBUTION_BINS, -DISTRIBUTION_RANGE, DISTRIBUTION_RANGE)
                 )
         self._positions[name] += values.numel() // channels
@@ -243,13 +237,15 @@ class ActivationStats:
             spec = self.specs[name]
             part = host[offset : offset + self._width(spec)]
             offset += self._width(spec)
-            start = spec.channels if spec.relu else 0
+            moments = part[: -DISTRIBUTION_BINS].view(-1, spec.channels)  # ([firing,] magnitude) x channels
+            finite = torch.isfinite(moments).all(dim=0)
+            moments = torch.where(finite, moments, 0.0)  # a non-finite channel fired nowhere and weighs nothing
             layers[name] = LayerSummary(
-                firing=part[: spec.channels].clone() if spec.relu else None,
-                magnitude=part[start : start + spec.channels].clone(),
+                firing=moments[0].clone() if spec.relu else None,
+                magnitude=moments[-1].clone(),
                 positions=int(tail[index]),
-                nonfinite=int(part[start + spec.channels]),
-                distribution=part[start + spec.channels + 1 :].clone() if tail[len(names) + index] > 0 else None,
+                nonfinite=int((~finite).sum()),
+                distribution=part[-DISTRIBUTION_BINS:].clone() if tail[len(names) + index] > 0 else None,
                 relu=spec.relu,
                 units=spec.units,
             )
