@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import global_state_clean, hooks_left, make_trainer, read_events
-from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from conftest import every_monitor, global_state_clean, hooks_left, make_trainer, read_events
+from lightning_cnnviz import ActivationMonitor
 from lightning_cnnviz.demo.models import ImageClassifier
 
 
@@ -20,15 +20,9 @@ def fit(tmp_path: Path, data: Any, activation: str, compiled: str) -> tuple[Acti
     model = ImageClassifier(channels=(8, 16, 16), activation=activation)  # type: ignore[arg-type]
     if compiled == "network":
         model.net = torch.compile(model.net)  # type: ignore[assignment]
-    monitor = ActivationMonitor(every_n_steps=3, on_error="raise")
-    monitors = [
-        FilterMonitor(on_error="raise"),
-        monitor,
-        TopPatchMonitor(probe_size=16, on_error="raise"),
-        SaliencyMonitor(num_images=4, smoothgrad_samples=2, on_error="raise"),
-        EmbeddingMonitor(probe_size=24, knn_k=3, every_n_epochs=1, on_error="raise"),
-    ]
-    trainer = make_trainer(tmp_path, monitors, max_epochs=1, limit_train_batches=6)
+    monitors = every_monitor(activation_steps=3, top_probe=16)
+    monitor = monitors["activation"]
+    trainer = make_trainer(tmp_path, list(monitors.values()), max_epochs=1, limit_train_batches=6)
     trainer.fit(torch.compile(model) if compiled == "module" else model, datamodule=data)
     assert hooks_left(model) == [] and global_state_clean()
     return monitor, read_events(tmp_path)

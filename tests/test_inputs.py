@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from conftest import make_trainer, read_events
-from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from conftest import every_monitor, make_trainer, read_events
+from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.demo.models import SmallCNN
 
@@ -61,14 +61,8 @@ class TupleOutput(pl.LightningModule):
 @pytest.mark.parametrize("output", ["tuple", "dict"])
 def test_dict_batches_of_uint8_images_and_tuple_or_dict_outputs(tmp_path: Path, output: str) -> None:
     to_logits = (lambda out: out["scores"]) if output == "dict" else None
-    saliency = SaliencyMonitor(num_images=4, smoothgrad_samples=2, output_to_logits=to_logits, on_error="raise")
-    monitors = [
-        FilterMonitor(on_error="raise"),
-        ActivationMonitor(every_n_steps=2, on_error="raise"),
-        TopPatchMonitor(probe_size=8, on_error="raise"),
-        saliency,
-        EmbeddingMonitor(probe_size=16, knn_k=3, every_n_epochs=1, on_error="raise"),
-    ]
+    chosen = every_monitor(output_to_logits=to_logits)
+    saliency, monitors = chosen["saliency"], list(chosen.values())
     pl.seed_everything(0, verbose=False)
     model = TupleOutput(output)
     train, val = DataLoader(DictImages(32), batch_size=8), DataLoader(DictImages(16), batch_size=8)

@@ -9,8 +9,8 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 
-from conftest import make_trainer, read_events
-from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from conftest import every_monitor, make_trainer, read_events
+from lightning_cnnviz import ActivationMonitor
 from lightning_cnnviz.demo.models import ImageClassifier
 
 NAMES = ("filter", "activation", "top_patch", "saliency", "embedding")
@@ -20,13 +20,7 @@ ORDERS += [tuple(reversed(order)) for order in ORDERS]
 
 
 def monitors() -> dict[str, pl.Callback]:
-    return {
-        "filter": FilterMonitor(on_error="raise"),
-        "activation": ActivationMonitor(every_n_steps=2, on_error="raise"),
-        "top_patch": TopPatchMonitor(probe_size=16, on_error="raise"),
-        "saliency": SaliencyMonitor(num_images=4, smoothgrad_samples=2, on_error="raise"),
-        "embedding": EmbeddingMonitor(probe_size=24, knn_k=3, on_error="raise"),
-    }
+    return every_monitor(top_probe=16)
 
 
 def fit(tmp_path: Path, data: Any, arch: str, order: tuple[str, ...]) -> ActivationMonitor:

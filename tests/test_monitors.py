@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
-from conftest import global_state_clean, hooks_left, make_trainer, read_events
+from conftest import every_monitor, global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import ActivationMonitor, DeadFilterEvent, FilterMonitor
 from lightning_cnnviz.core import ActivationStats
 from lightning_cnnviz.demo.models import ImageClassifier
@@ -487,20 +487,15 @@ class Diverge(pl.Callback):
 
 
 def test_divergence_is_one_alert_and_visual_monitors_skip_until_finite(tmp_path: Path, digits_data: Any) -> None:
-    from lightning_cnnviz import EmbeddingMonitor, SaliencyMonitor, TopPatchMonitor
 
     model = small_model("module", lr=0.01)
     model.net.conv1.requires_grad_(False)
     with torch.no_grad():
         for conv in (model.net.conv1, model.net.conv2, model.net.conv3):
             conv.bias.fill_(0.2)  # every channel starts alive: no dead alert for a healthy net
-    activation = ActivationMonitor(every_n_steps=2, on_error="raise")
-    visual = [
-        FilterMonitor(on_error="raise"),
-        TopPatchMonitor(probe_size=16, on_error="raise"),
-        SaliencyMonitor(num_images=4, smoothgrad_samples=2, on_error="raise"),
-        EmbeddingMonitor(probe_size=24, knn_k=3, every_n_epochs=1, on_error="raise"),
-    ]
+    chosen = every_monitor(top_probe=16)
+    activation = chosen.pop("activation")
+    visual = list(chosen.values())
     trainer = make_trainer(tmp_path, [activation, *visual, Diverge(at=2, heal=1)], max_epochs=3, limit_train_batches=4)
     with pytest.warns(UserWarning) as caught:
         trainer.fit(model, datamodule=digits_data)

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import global_state_clean, hooks_left, make_trainer, read_events
-from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from conftest import every_monitor, global_state_clean, hooks_left, make_trainer, read_events
 
 
 class Classifier(pl.LightningModule):
@@ -56,16 +55,10 @@ def test_every_monitor_logs_on_torchvision_classifier(tmp_path: Path, name: str)
     labels = torch.arange(24) % 4
     train = DataLoader(TensorDataset(images[:16], labels[:16]), batch_size=8)
     val = DataLoader(TensorDataset(images, labels), batch_size=8)
-    activation = ActivationMonitor(every_n_steps=2, on_error="raise")
-    monitors = [
-        FilterMonitor(on_error="raise"),
-        activation,
-        TopPatchMonitor(probe_size=8, on_error="raise"),
-        SaliencyMonitor(num_images=4, smoothgrad_samples=2, on_error="raise"),
-        EmbeddingMonitor(probe_size=16, knn_k=3, on_error="raise"),
-    ]
+    monitors = every_monitor()
+    activation = monitors["activation"]
     model = Classifier(name)
-    make_trainer(tmp_path, monitors, max_epochs=1, limit_val_batches=3).fit(model, train, val)
+    make_trainer(tmp_path, list(monitors.values()), max_epochs=1, limit_val_batches=3).fit(model, train, val)
     assert hooks_left(model) == [] and global_state_clean()
 
     sites = activation.sites or []

@@ -12,19 +12,13 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import global_state_clean, hooks_left, make_trainer, read_events
-from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from conftest import every_monitor, global_state_clean, hooks_left, make_trainer, read_events
+from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, TopPatchMonitor
 from lightning_cnnviz.demo.models import ImageClassifier
 
 
 def monitors() -> list[pl.Callback]:
-    return [
-        FilterMonitor(on_error="raise"),
-        ActivationMonitor(every_n_steps=2, on_error="raise"),
-        TopPatchMonitor(probe_size=8, on_error="raise"),
-        SaliencyMonitor(num_images=4, smoothgrad_samples=2, on_error="raise"),
-        EmbeddingMonitor(probe_size=16, knn_k=3, every_n_epochs=1, on_error="raise"),
-    ]
+    return list(every_monitor().values())
 
 
 def loader(count: int, batch: int, shape: tuple[int, int, int] = (1, 16, 16), seed: int = 0) -> DataLoader:
@@ -122,7 +116,7 @@ def test_validate_test_predict_after_fit_and_a_resume_continue_every_history(tmp
     events = read_events(tmp_path / "two")
     steps = [e.step for e in events["scalars"]["cnnviz/activations/dead_fraction/net.relu1"]]
     assert steps == [6, 8]  # the resumed run goes on from step 4
-    activation, top, embedding = second[1], second[2], second[4]
+    activation, top, embedding = second[1], second[3], second[4]
     assert isinstance(activation, ActivationMonitor) and len(activation._rate_history["net.relu1"]) == 4
     assert isinstance(top, TopPatchMonitor)
     assert [caption for caption, _ in top.history.columns("net.conv1")] == ["ep 0", "ep 1"]
