@@ -164,3 +164,42 @@ def test_no_hooks_left_after_an_exception_or_a_failing_projection(
         trainer.fit(model, datamodule=digits_data)
     assert trainer.current_epoch == 2  # training went on
     assert hooks_left(model) == [] and global_state_clean()
+
+
+class Upsampled(torch.nn.Module):
+    """conv1 -> ReLU -> upsample x2 -> conv2 -> ReLU -> conv3: conv2's and conv3's receptive fields are unknown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(torch.relu(self.conv1(x)), scale_factor=2)
+        x = self.conv3(torch.relu(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_layer_whose_field_cannot_be_followed_is_left_out_or_refused_before_training(
+    tmp_path: Path, digits_data: Any
+) -> None:
+    from lightning_cnnviz.demo.models import ImageClassifier
+
+    def model() -> ImageClassifier:
+        classifier = ImageClassifier(channels=SMALL)
+        classifier.net = Upsampled()
+        return classifier
+
+    monitor = TopPatchMonitor(probe_size=16, on_error="raise")
+    trainer = make_trainer(tmp_path / "default", [monitor], max_epochs=1, limit_train_batches=2)
+    with pytest.warns(UserWarning, match=r"leaving out default layer\(s\).*'net.conv2'.*interpolate"):
+        trainer.fit(model(), datamodule=digits_data)
+    assert monitor._layers == ["net.conv1"]
+    assert "cnnviz/top_patches/net.conv1" in read_events(tmp_path / "default")["images"]
+    named = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=16, on_error="raise")
+    trainer = make_trainer(tmp_path / "named", [named], max_epochs=1, limit_train_batches=2)
+    with pytest.raises(ValueError, match=r"receptive field of 'net.conv3': .*interpolate.*Choose other `layers`"):
+        trainer.fit(model(), datamodule=digits_data)
+    assert trainer.global_step == 0  # refused before any training step
