@@ -10,7 +10,8 @@ notebook or a plain training loop. The verbs:
   :func:`grad_cam`, :func:`occlusion`, drawn by :func:`render_saliency`;
 * Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`,
   :func:`crop_patches`, drawn by :func:`render_top_patches`, tracked by :class:`EvolutionHistory`;
-* codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`.
+* codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`;
+* feature visualization: :func:`visualize_features`, :func:`deep_dream`.
 
 Each module's ``__all__`` lists what it adds here; the modules' other names serve the package itself.
 """
@@ -19,6 +20,7 @@ from lightning_cnnviz.core.activation_sites import find_activation_sites, tap_ac
 from lightning_cnnviz.core.alerts import DeadFilterAlerts
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
+from lightning_cnnviz.core.feature_vis import deep_dream, visualize_features
 from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.receptive_field import receptive_fields
@@ -34,6 +36,7 @@ __all__ = [
     "capture",
     "crop_patches",
     "deconvnet",
+    "deep_dream",
     "filter_smoothness",
     "find_activation_sites",
     "grad_cam",
@@ -51,4 +54,5 @@ __all__ = [
     "top_activations",
     "tsne",
     "vanilla_gradient",
+    "visualize_features",
 ]

@@ -1,0 +1,276 @@
+"""Feature visualization: images synthesised to excite chosen channels, all channels in one batch, and DeepDream.
+
+Activation maximisation (Erhan et al. 2009; Simonyan et al. 2013) with the regularisers of Olah et al. 2017
+("Feature Visualization", Distill) and Lucid: the image is parameterised in a decorrelated Fourier basis (each
+frequency scaled by 1 / frequency) with decorrelated colour (the square root of the data's own colour covariance),
+squashed by a sigmoid to the data's [0, 1] range, then normalised as the model expects; each step sees it through
+a random jitter, scale and rotation (one ``affine_grid``/``grid_sample``), and Adam follows the gradient of each
+channel's mean activation. One image per channel, one forward and backward per step for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_cnnviz.core._calls import INPLACE_RELU, relu_kind
+from lightning_cnnviz.core._model import evaluating, resolve_modules, run_to
+
+__all__ = ["deep_dream", "visualize_features"]
+
+
+def color_correlation(images: Tensor) -> Tensor:
+    """The (C, C) matrix that turns decorrelated colour into the colour statistics of ``images`` (N, C, H, W) in
+    [0, 1]: the square root of their colour covariance (``U sqrt(S)`` of its SVD), scaled so that its largest
+    column has norm 1 (Lucid's ``color_correlation_svd_sqrt``). The identity for one channel.
+
+    Example:
+        >>> from lightning_cnnviz.core.feature_vis import color_correlation
+        >>> color_correlation(torch.rand(4, 1, 8, 8))
+        tensor([[1.]])
+    """
+    channels = images.shape[1]
+    if channels == 1:
+        return torch.ones(1, 1, device=images.device)
+    pixels = images.detach().double().transpose(0, 1).reshape(channels, -1)
+    u, s, _ = torch.linalg.svd(torch.cov(pixels))
+    root = u * s.clamp_min(0).sqrt()
+    return (root / root.norm(dim=0).max().clamp_min(1e-12)).float()
+
+
+def _frequencies(height: int, width: int, device: torch.device) -> Tensor:
+    """|frequency| of every coefficient of an ``rfft2`` of an (height, width) image."""
+    fy = torch.fft.fftfreq(height, device=device)[:, None]
+    fx = torch.fft.rfftfreq(width, device=device)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
+
+
+class FourierImage(nn.Module):
+    """A batch of images parameterised by their decorrelated spectra (Olah et al. 2017, Lucid's ``fft_image``)."""
+
+    scale: Tensor
+    colors: Tensor
+
+    def __init__(
+        self,
+        count: int,
+        channels: int,
+        size: tuple[int, int],
+        colors: Tensor,
+        generator: torch.Generator,
+        device: torch.device,
+        decay: float = 1.0,
+    ) -> None:
+        super().__init__()
+        height, width = size
+        self.size = size
+        frequencies = _frequencies(height, width, device)
+        scale = 1.0 / frequencies.clamp_min(1.0 / max(height, width)) ** decay
+        self.register_buffer("scale", scale * math.sqrt(height * width))
+        self.register_buffer("colors", colors.to(device))
+        shape = (count, channels, *frequencies.shape, 2)
+        self.spectrum = nn.Parameter(0.01 * torch.randn(shape, generator=generator, device=generator.device).to(device))
+
+    def forward(self) -> Tensor:
+        """The images in [0, 1], (count, channels, height, width)."""
+        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4.0
+        image = torch.einsum("nchw,dc->ndhw", image, self.colors)  # decorrelated colour -> the data's colour
+        return torch.sigmoid(image)
+
+
+def random_views(
+    images: Tensor, generator: torch.Generator, *, jitter: float = 0.05, scale: float = 0.05, degrees: float = 10.0
+) -> Tensor:
+    """Each image through its own random translation (up to ``jitter`` of its side), scale (1 +- ``scale``) and
+    rotation (+- ``degrees``): one ``affine_grid`` and ``grid_sample``, reflecting at the border."""
+    count = images.shape[0]
+    draws = torch.rand(count, 4, generator=generator, device=generator.device).to(images.device) * 2 - 1
+    angle = draws[:, 0] * math.radians(degrees)
+    zoom = 1 + draws[:, 1] * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack(
+        [torch.stack([cos, -sin, draws[:, 2] * 2 * jitter], 1), torch.stack([sin, cos, draws[:, 3] * 2 * jitter], 1)],
+        1,
+    )
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class _RedirectedRelu(torch.autograd.Function):
+    """ReLU whose backward also passes gradients that would raise a negative input (Lucid's redirected ReLU)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * ((x > 0) | (grad > 0))
+
+
+class _RedirectRelus(torch.overrides.TorchFunctionMode):
+    def __torch_function__(
+        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if relu_kind(func) != "relu" or not isinstance(args[0], Tensor):
+            return func(*args, **kwargs)
+        out = _RedirectedRelu.apply(args[0])
+        if func in INPLACE_RELU or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)):
+            args[0].copy_(out)
+            return args[0]
+        return out
+
+
+def _check_channels(model: nn.Module, layer: str, channels: Sequence[int], example: Tensor) -> int:
+    shapes: dict[str, tuple[int, ...]] = {}
+    with evaluating(model):
+        run_to(model, example, [layer], lambda name, output: shapes.update({name: tuple(output.shape)}))
+    count = shapes[layer][1]
+    bad = [c for c in channels if not (isinstance(c, int) and 0 <= c < count)]
+    if bad or not channels:
+        raise ValueError(
+            f"visualize_features: channel {bad[0] if bad else None!r} of layer {layer!r} is out of range; the layer "
+            f"has {count} channels, so indices 0..{count - 1} are allowed."
+        )
+    return count
+
+
+def visualize_features(
+    model: nn.Module,
+    layer: str,
+    channels: Sequence[int],
+    *,
+    size: int | tuple[int, int] = 64,
+    in_channels: int = 3,
+    steps: int = 256,
+    lr: float = 0.05,
+    seed: int = 0,
+    colors: Tensor | None = None,
+    normalize: Callable[[Tensor], Tensor] | None = None,
+    mean: Sequence[float] | Tensor | None = None,
+    std: Sequence[float] | Tensor | None = None,
+    transforms: bool = True,
+    objective: str = "channel",
+    l2: float = 0.0,
+    redirected_relu_steps: int = 0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Images that maximise the mean activation of each of ``channels`` of ``layer``: (len(channels), C, H, W) in
+    [0, 1], one per channel, all optimised in one batch.
+
+    ``objective``: ``"channel"`` (the channel's mean activation over all positions) or ``"neuron"`` (its activation
+    at the central position). ``l2`` subtracts ``l2 * ||image - 0.5||^2`` from each score (Simonyan et al. 2013's
+    class-model regulariser; with it, a linear unit's optimum is its own weights). ``colors``: (C, C) colour
+    correlation of the data (:func:`color_correlation` of probe images; the identity by
+    default). The model sees ``normalize(image)``, or ``(image - mean) / std``, or the image. The same ``seed``,
+    weights and arguments give the same images. The model runs in eval mode; parameters' ``.grad`` are untouched
+    (gradients come from ``torch.autograd.grad`` on the image parameters only) and no hook is left. ReLU gradients
+    are autograd's own, unless ``redirected_relu_steps`` > 0: for that many first steps the ReLU backward also
+    passes gradients that would raise a negative input (Lucid's "redirected ReLU"), a departure from the true
+    gradient that helps channels that never fire at the start.
+
+    Example:
+        >>> visualize_features(net, "0", [0, 2], size=8, steps=4).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    if objective not in ("channel", "neuron"):
+        raise ValueError(f"visualize_features: `objective` can be 'channel' or 'neuron', got {objective!r}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    resolve_modules(model, [layer], what="visualize_features layer")
+    _check_channels(model, layer, channels, torch.zeros(1, in_channels, height, width, device=device))
+    if colors is None:
+        colors = torch.eye(in_channels)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    image = FourierImage(len(channels), in_channels, (height, width), colors.float(), generator, device)
+    if normalize is None and mean is not None and std is not None:
+        shift = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        spread = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+        def normalize(x: Tensor) -> Tensor:
+            return (x - shift) / spread
+
+    optimizer = torch.optim.Adam(image.parameters(), lr=lr)
+    index = torch.arange(len(channels), device=device)
+    chosen = torch.as_tensor(list(channels), device=device)
+    jitter = 2.0 / max(height, width)  # about a pixel or two, in grid units
+    with evaluating(model, grad=True):
+        for step in range(steps):
+            pixels = image()
+            seen = random_views(pixels, generator, jitter=max(jitter, 0.03)) if transforms else pixels
+            inputs = normalize(seen) if normalize is not None else seen
+            captured: dict[str, Tensor] = {}
+            if step < redirected_relu_steps:
+                with _RedirectRelus():
+                    run_to(model, inputs, [layer], captured.__setitem__)
+            else:
+                run_to(model, inputs, [layer], captured.__setitem__)
+            activation = captured[layer][index, chosen]  # (channels, h, w): each image's own channel
+            if objective == "neuron":
+                activation = activation[:, activation.shape[1] // 2, activation.shape[2] // 2]
+            score = activation.reshape(len(channels), -1).mean(dim=1).sum()
+            if l2:
+                score = score - l2 * (pixels - 0.5).pow(2).sum()
+            (grad,) = torch.autograd.grad(-score, image.spectrum)
+            image.spectrum.grad = grad
+            optimizer.step()
+            image.spectrum.grad = None
+    with torch.no_grad():
+        return image().detach()
+
+
+def deep_dream(
+    model: nn.Module,
+    layer: str,
+    images: Tensor,
+    *,
+    octaves: int = 3,
+    octave_scale: float = 1.4,
+    steps: int = 10,
+    step_size: float = 0.01,
+    normalize: Callable[[Tensor], Tensor] | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """DeepDream (Mordvintsev et al. 2015): gradient ascent on the squared norm of ``layer``'s activation,
+    starting from ``images`` (N, C, H, W) in [0, 1], from the coarsest of ``octaves`` scales to the full size
+    (each ``octave_scale`` times the previous), with steps normalised by the mean |gradient| and a random roll
+    per step. Returns the dreamed images in [0, 1]; the model runs in eval mode and parameters' ``.grad`` are
+    untouched.
+
+    Example:
+        >>> deep_dream(net, "0", images.clamp(0, 1), octaves=2, steps=2).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    resolve_modules(model, [layer], what="deep_dream layer")
+    generator = torch.Generator().manual_seed(seed)
+    base = images.detach().float().clamp(0, 1)
+    height, width = base.shape[-2:]
+    sizes = [
+        (max(1, round(height / octave_scale**o)), max(1, round(width / octave_scale**o)))
+        for o in range(octaves - 1, -1, -1)
+    ]
+    detail = torch.zeros_like(F.interpolate(base, size=sizes[0], mode="bilinear", align_corners=False))
+    dream = base
+    with evaluating(model, grad=True):
+        for size in sizes:
+            scaled = F.interpolate(base, size=size, mode="bilinear", align_corners=False)
+            detail = F.interpolate(detail, size=size, mode="bilinear", align_corners=False)
+            for _ in range(steps):
+                dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
+                current = (scaled + detail).clamp(0, 1).requires_grad_(True)
+                rolled = torch.roll(current, shifts=(dy, dx), dims=(2, 3))
+                captured: dict[str, Tensor] = {}
+                run_to(model, normalize(rolled) if normalize else rolled, [layer], captured.__setitem__)
+                (grad,) = torch.autograd.grad(captured[layer].pow(2).mean(), current)
+                detail = detail + step_size * grad / grad.abs().mean().clamp_min(1e-12)
+            dream = (scaled + detail).clamp(0, 1)
+    return dream.detach()

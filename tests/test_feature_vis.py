@@ -1,0 +1,92 @@
+"""Feature visualization and DeepDream against what is known of them: a linear unit's optimum, determinism,
+the colour statistics, and the training state left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import global_state_clean, hooks_left
+from lightning_cnnviz.core import deep_dream, visualize_features
+from lightning_cnnviz.core.feature_vis import color_correlation
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 5), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def test_a_first_layer_unit_is_maximised_by_its_own_filter() -> None:
+    """A first-layer unit is linear in its patch: under the L2 bound its optimum is the filter itself (cosine 1),
+    whatever the Fourier parameterisation and colour decorrelation do to the path there."""
+    model = tiny().eval()
+    colors = color_correlation(torch.rand(16, 3, 8, 8) * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1))
+    images = visualize_features(
+        model, "0", list(range(8)), size=15, steps=256, transforms=False, objective="neuron", l2=1.0, colors=colors
+    )
+    patch = images[:, :, 5:10, 5:10] - 0.5  # the central position's 5x5 input patch
+    cosine = torch.nn.functional.cosine_similarity(patch.flatten(1), model[0].weight.detach().flatten(1))
+    assert cosine.min() >= 0.9, cosine
+    assert (images[:, :, :2] - 0.5).abs().max() < 0.01  # pixels outside the patch stay at the centre
+
+
+def test_same_seed_same_images_and_training_state_untouched() -> None:
+    model = tiny()
+    model.train()
+    for parameter in model.parameters():
+        parameter.grad = torch.full_like(parameter, 0.125)
+    before = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    first = visualize_features(model, "2", [0, 5, 7], size=16, steps=12, seed=4)
+    second = visualize_features(model, "2", [0, 5, 7], size=16, steps=12, seed=4)
+    other = visualize_features(model, "2", [0, 5, 7], size=16, steps=12, seed=5)
+    assert torch.equal(first, second) and not torch.equal(first, other)
+    assert first.shape == (3, 3, 16, 16) and float(first.min()) >= 0 and float(first.max()) <= 1
+    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before, strict=True))  # type: ignore[arg-type]
+    assert model.training and all(m.training for m in model.modules())
+    dreamed = deep_dream(model, "2", torch.rand(2, 3, 24, 24), octaves=2, steps=3)
+    assert dreamed.shape == (2, 3, 24, 24)
+    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before, strict=True))  # type: ignore[arg-type]
+    assert hooks_left(model) == [] and global_state_clean()
+
+
+def test_optimised_images_excite_their_channel_more_than_random_ones() -> None:
+    model = tiny().eval()
+    images = visualize_features(model, "2", list(range(8)), size=16, steps=64)
+    noise = torch.rand(64, 3, 16, 16)
+    with torch.no_grad():
+        ours = model[:3](images).mean((2, 3))[torch.arange(8), torch.arange(8)]
+        best = model[:3](noise).mean((2, 3)).amax(dim=0)
+    assert bool((ours > best).all())
+
+
+def test_deep_dream_raises_the_layer_activation() -> None:
+    model = tiny().eval()
+    start = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    dreamed = deep_dream(model, "2", start, octaves=2, steps=8)
+    with torch.no_grad():
+        assert float(model[:3](dreamed).pow(2).mean()) > 1.5 * float(model[:3](start).pow(2).mean())
+
+
+def test_color_correlation_is_the_square_root_of_the_covariance() -> None:
+    pixels = torch.randn(3, 5000, generator=torch.Generator().manual_seed(0))
+    mixed = torch.tensor([[1.0, 0.0, 0.0], [0.7, 0.5, 0.0], [0.3, 0.2, 0.4]]) @ pixels
+    images = mixed.view(3, 50, 10, 10).transpose(0, 1)
+    root = color_correlation(images).double()
+    covariance = torch.cov(mixed.double())
+    product = root @ root.T
+    torch.testing.assert_close(product / product.max(), covariance / covariance.max(), rtol=1e-5, atol=1e-6)
+    assert float(root.norm(dim=0).max()) == pytest.approx(1.0)
+
+
+def test_bad_layer_and_channels_are_clear_errors() -> None:
+    model = tiny()
+    with pytest.raises(ValueError, match=r"no module named 'nope'.*'0'"):
+        visualize_features(model, "nope", [0], size=8, steps=1)
+    with pytest.raises(ValueError, match=r"channel 9 of layer '2' is out of range.*0\.\.7"):
+        visualize_features(model, "2", [1, 9], size=8, steps=1)
+    with pytest.raises(ValueError, match="`objective` can be 'channel' or 'neuron'"):
+        visualize_features(model, "2", [1], size=8, steps=1, objective="class")
