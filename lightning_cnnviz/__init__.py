@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from lightning_cnnviz.callbacks import (
         ActivationMonitor,
         EmbeddingMonitor,
+        FeatureVisMonitor,
         FilterMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
@@ -33,6 +34,7 @@ __all__ = [
     "ActivationMonitor",
     "DeadFilterEvent",
     "EmbeddingMonitor",
+    "FeatureVisMonitor",
     "FilterMonitor",
     "SaliencyMonitor",
     "TensorBoardSink",

@@ -90,3 +90,11 @@ def test_bad_layer_and_channels_are_clear_errors() -> None:
         visualize_features(model, "2", [1, 9], size=8, steps=1)
     with pytest.raises(ValueError, match="`objective` can be 'channel' or 'neuron'"):
         visualize_features(model, "2", [1], size=8, steps=1, objective="class")
+
+
+def test_a_channel_renders_alike_whatever_else_is_in_its_batch() -> None:
+    """Each image has its own seeded start and transforms, so channels can be split over processes."""
+    model = tiny().eval()
+    together = visualize_features(model, "2", [1, 4, 6], size=16, steps=16, seed=2)
+    alone = visualize_features(model, "2", [4], size=16, steps=16, seed=2)
+    torch.testing.assert_close(together[1:2], alone, rtol=0, atol=1e-5)

@@ -2,8 +2,16 @@
 
 from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import EmbeddingMonitor
+from lightning_cnnviz.callbacks.feature_vis_monitor import FeatureVisMonitor
 from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
 from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
-__all__ = ["ActivationMonitor", "EmbeddingMonitor", "FilterMonitor", "SaliencyMonitor", "TopPatchMonitor"]
+__all__ = [
+    "ActivationMonitor",
+    "EmbeddingMonitor",
+    "FeatureVisMonitor",
+    "FilterMonitor",
+    "SaliencyMonitor",
+    "TopPatchMonitor",
+]

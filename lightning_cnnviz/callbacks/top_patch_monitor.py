@@ -251,6 +251,13 @@ class TopPatchMonitor(EpochMonitor):
 
     def render_layer(self, pl_module: pl.LightningModule, name: str, top: TopActivations) -> tuple[Tensor, Tensor]:
         """(top-patches image, evolution thumbnails (C, 3, h, w) in [0, 1]) of one layer."""
+        panels = self.layer_panels(pl_module, name, top)
+        image = render_top_patches(panels, top.valid, top.channels.tolist())
+        blank = ~top.valid[:, 0].to(panels["patches"].device)
+        return image, panels[self.methods[0]][:, 0].masked_fill(blank[:, None, None, None], 1.0)
+
+    def layer_panels(self, pl_module: pl.LightningModule, name: str, top: TopActivations) -> dict[str, Tensor]:
+        """Per projection method and ``"patches"``: (C, k, 3, h, w) tiles in [0, 1] of one layer's top-``k``."""
         assert self.probe.images is not None
         device = pl_module.device
         field = self._fields[name]
@@ -275,9 +282,7 @@ class TopPatchMonitor(EpochMonitor):
         patches = crop_patches(shown, field, ys.cpu(), xs.cpu())
         patches = patches.expand(-1, 3, -1, -1) if patches.shape[1] == 1 else patches[:, :3]
         panels["patches"] = patches.unflatten(0, (count, k))
-        image = render_top_patches(panels, top.valid, top.channels.tolist())
-        blank = ~top.valid[:, 0].to(device)
-        return image, panels[self.methods[0]][:, 0].masked_fill(blank[:, None, None, None], 1.0)
+        return panels
 
     def evolution_image(self, name: str) -> Tensor:
         thumbnails, captions = self.history.stacked(name)

@@ -62,7 +62,7 @@ class FourierImage(nn.Module):
         channels: int,
         size: tuple[int, int],
         colors: Tensor,
-        generator: torch.Generator,
+        generators: Sequence[torch.Generator],
         device: torch.device,
         decay: float = 1.0,
     ) -> None:
@@ -73,24 +73,25 @@ class FourierImage(nn.Module):
         scale = 1.0 / frequencies.clamp_min(1.0 / max(height, width)) ** decay
         self.register_buffer("scale", scale * math.sqrt(height * width))
         self.register_buffer("colors", colors.to(device))
-        shape = (count, channels, *frequencies.shape, 2)
-        self.spectrum = nn.Parameter(0.01 * torch.randn(shape, generator=generator, device=generator.device).to(device))
+        shape = (channels, *frequencies.shape, 2)
+        start = torch.stack([torch.randn(shape, generator=generator) for generator in generators])  # one per image
+        self.spectrum = nn.Parameter(0.01 * start.to(device))
 
     def forward(self) -> Tensor:
         """The images in [0, 1], (count, channels, height, width)."""
         spectrum = torch.view_as_complex(self.spectrum) * self.scale
-        image = torch.fft.irfft2(spectrum, s=self.size, norm="ortho") / 4.0
+        image = torch.fft.irfft2(spectrum, s=self.size) / 4.0  # scales as Lucid (TF's unnormalised irfft2d)
         image = torch.einsum("nchw,dc->ndhw", image, self.colors)  # decorrelated colour -> the data's colour
         return torch.sigmoid(image)
 
 
 def random_views(
-    images: Tensor, generator: torch.Generator, *, jitter: float = 0.05, scale: float = 0.05, degrees: float = 10.0
+    images: Tensor, draws: Tensor, *, jitter: float = 0.05, scale: float = 0.05, degrees: float = 10.0
 ) -> Tensor:
     """Each image through its own random translation (up to ``jitter`` of its side), scale (1 +- ``scale``) and
-    rotation (+- ``degrees``): one ``affine_grid`` and ``grid_sample``, reflecting at the border."""
-    count = images.shape[0]
-    draws = torch.rand(count, 4, generator=generator, device=generator.device).to(images.device) * 2 - 1
+    rotation (+- ``degrees``), from ``draws`` (N, 4) uniform in [-1, 1]: one ``affine_grid`` and ``grid_sample``,
+    reflecting at the border."""
+    draws = draws.to(images.device)
     angle = draws[:, 0] * math.radians(degrees)
     zoom = 1 + draws[:, 1] * scale
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
@@ -172,7 +173,8 @@ def visualize_features(
     class-model regulariser; with it, a linear unit's optimum is its own weights). ``colors``: (C, C) colour
     correlation of the data (:func:`color_correlation` of probe images; the identity by
     default). The model sees ``normalize(image)``, or ``(image - mean) / std``, or the image. The same ``seed``,
-    weights and arguments give the same images. The model runs in eval mode; parameters' ``.grad`` are untouched
+    weights and arguments give the same images, and a channel's image does not depend on the other channels
+    rendered with it. The model runs in eval mode; parameters' ``.grad`` are untouched
     (gradients come from ``torch.autograd.grad`` on the image parameters only) and no hook is left. ReLU gradients
     are autograd's own, unless ``redirected_relu_steps`` > 0: for that many first steps the ReLU backward also
     passes gradients that would raise a negative input (Lucid's "redirected ReLU"), a departure from the true
@@ -190,8 +192,11 @@ def visualize_features(
     _check_channels(model, layer, channels, torch.zeros(1, in_channels, height, width, device=device))
     if colors is None:
         colors = torch.eye(in_channels)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    image = FourierImage(len(channels), in_channels, (height, width), colors.float(), generator, device)
+    # One generator per image, seeded by the seed and its channel: a channel's render does not depend on which
+    # other channels share its batch (so the channels can be split over processes).
+    generators = [torch.Generator().manual_seed(seed * 1_000_003 + int(channel)) for channel in channels]
+    image = FourierImage(len(channels), in_channels, (height, width), colors.float(), generators, device)
+    draws = torch.stack([torch.rand(steps, 4, generator=generator) * 2 - 1 for generator in generators], dim=1)
     if normalize is None and mean is not None and std is not None:
         shift = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         spread = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -206,7 +211,7 @@ def visualize_features(
     with evaluating(model, grad=True):
         for step in range(steps):
             pixels = image()
-            seen = random_views(pixels, generator, jitter=max(jitter, 0.03)) if transforms else pixels
+            seen = random_views(pixels, draws[step], jitter=max(jitter, 0.03)) if transforms else pixels
             inputs = normalize(seen) if normalize is not None else seen
             captured: dict[str, Tensor] = {}
             if step < redirected_relu_steps:

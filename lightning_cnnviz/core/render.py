@@ -143,24 +143,32 @@ def render_top_patches(
     """Zeiler & Fergus Fig. 2 for one layer: per channel, a grid of each panel's ``k`` tiles side by side.
 
     ``panels``: name -> (C, k, 3, h, w) tiles in [0, 1] (e.g. ``{"deconvnet": ..., "patches": ...}``), drawn left
-    to right; tile ``[c, j]`` belongs to channel ``c``'s ``j``-th strongest activation. ``valid`` (C, k): filled
-    slots (others white). Tiles are upscaled to at least ``min_tile_px``; with ``labels`` blocks are captioned
-    ``ch <index>`` and with the panel names. Returns (3, H, W) in [0, 1], about as many block rows as columns.
+    to right; tile ``[c, j]`` belongs to channel ``c``'s ``j``-th strongest activation. A panel of one tile per
+    channel (C, 1, 3, h', w') is drawn as large as the others' grids (an atlas row's synthesised image).
+    ``valid`` (C, k): filled slots (others white). Tiles are upscaled to at least ``min_tile_px``; with
+    ``labels`` blocks are captioned ``ch <index>`` and with the panel names. Returns (3, H, W) in [0, 1], about as many block rows as columns.
 
     Example:
         >>> render_top_patches({"patches": torch.rand(2, 4, 3, 5, 5)}, torch.ones(2, 4, dtype=torch.bool), [0, 7]).shape
         torch.Size([3, 77, 124])
     """
     names = list(panels)
-    first = panels[names[0]]
+    first = next((panels[n] for n in names if panels[n].shape[1] > 1), panels[names[0]])
     count, k = first.shape[:2]
     factor = _factor(max(first.shape[-2:]), min_tile_px)
     per_row = math.ceil(math.sqrt(k))
-    grids = []
+    grids: list[list[Tensor]] = []
     for name in names:
+        if panels[name].shape[1] == 1 and k > 1:
+            continue  # a single image per channel: drawn as large as the others' grids, below
         tiles = panels[name].float().masked_fill(~valid.to(first.device)[:, :, None, None, None], 1.0)
         tiles = upscale_nearest(tiles.flatten(0, 1), factor).unflatten(0, (count, k))
         grids.append([tile_grid(tiles[c], per_row, padding=1, pad_value=1.0) for c in range(count)])
+    side = grids[0][0].shape[-2] if grids else 0
+    for index, name in enumerate(names):
+        if panels[name].shape[1] == 1 and k > 1:
+            large = torch.nn.functional.interpolate(panels[name][:, 0].float(), size=(side, side), mode="nearest")
+            grids.insert(index, list(large.clamp(0, 1).unbind(0)))
     caption_px = 12 if labels else 0
     gap = 4
     blocks = []
