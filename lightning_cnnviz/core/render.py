@@ -146,7 +146,8 @@ def render_top_patches(
     to right; tile ``[c, j]`` belongs to channel ``c``'s ``j``-th strongest activation. A panel of one tile per
     channel (C, 1, 3, h', w') is drawn as large as the others' grids (an atlas row's synthesised image).
     ``valid`` (C, k): filled slots (others white). Tiles are upscaled to at least ``min_tile_px``; with
-    ``labels`` blocks are captioned ``ch <index>`` and with the panel names. Returns (3, H, W) in [0, 1], about as many block rows as columns.
+    ``labels`` blocks are captioned ``ch <index>`` and with the panel names. Returns (3, H, W) in [0, 1], about
+    as many block rows as columns.
 
     Example:
         >>> render_top_patches({"patches": torch.rand(2, 4, 3, 5, 5)}, torch.ones(2, 4, dtype=torch.bool), [0, 7]).shape
