@@ -41,6 +41,16 @@ def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any)
     for tag in ("cnnviz/embedding/tsne", "cnnviz/embedding/grid"):
         assert [e.step for e in events["images"][tag]] == [0, 1]
     assert events["images"]["cnnviz/embedding/grid"][0].width == 17 * 33 + 1  # 17x17 cells of 32 px (sqrt 300)
+    # nearest neighbours in code space: 8 class-balanced queries, each beside its 8 nearest other probe images
+    neighbours = events["images"]["cnnviz/embedding/neighbours"]
+    assert [e.step for e in neighbours] == [0, 1] and neighbours[0].width == 9 * (48 + 2) + 2
+    queries, found = monitor.neighbours(captured[0])
+    assert sorted(val_labels[:300][queries].tolist()) == list(range(8))  # one query per class (the first 8)
+    distances = torch.cdist(captured[0].double(), captured[0].double())
+    for query, row in zip(queries.tolist(), found.tolist(), strict=True):
+        others = [j for j in range(300) if j != query]  # brute force, the query itself excluded
+        nearest = sorted(others, key=lambda j: float(distances[query, j]))[:8]
+        assert row == nearest
     assert monitor.last_map is not None and monitor.last_map.shape == (300, 2)
     # Projector: config, tensors, labels and a sprite within TensorBoard's 8192 px
     run = Path(events["event_files"][0]).parent

@@ -14,12 +14,15 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_positive_int
-from lightning_cnnviz.callbacks._probe import ProbeSet, all_gather, gather_interleaved
+from lightning_cnnviz.callbacks._probe import ProbeSet, all_gather, gather_interleaved, select_balanced
+from lightning_cnnviz.core._images import tile_grid, upscale_nearest
 from lightning_cnnviz.core._model import class_name, evaluating, named_modules, resolve_modules, run_to
-from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
+from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
 
 __all__ = ["EmbeddingMonitor", "penultimate_layer"]
+
+NEIGHBOURS = 8  # queries, and neighbours per query, of cnnviz/embedding/neighbours
 
 _SPRITE_PX = 8192  # TensorBoard's Projector caps the sprite image at this side
 
@@ -219,10 +222,34 @@ class EmbeddingMonitor(EpochMonitor):
             sink.image("cnnviz/embedding/tsne", scatter, epoch)
             grid = render_thumbnail_grid(embedding, self.probe.images, cells=self.grid_cells, cell_px=self.cell_px)
             sink.image("cnnviz/embedding/grid", grid, epoch)
+            if len(codes) > NEIGHBOURS:
+                sink.image("cnnviz/embedding/neighbours", self.neighbours_image(codes), epoch)
 
         self._run("embedding images", draw)
         if self.projector:
             self._run("embedding projector", self._write_projector, sink, codes, labels, epoch)
+
+    def neighbours(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """(queries (Q,), their nearest probe images (Q, 8)): 8 class-balanced queries (the first probe images
+        without labels) and their neighbours by L2 distance of the codes, the query itself excluded."""
+        labels = self.probe.labels
+        count = min(NEIGHBOURS, len(codes))
+        chosen = select_balanced(labels, count) if labels is not None else list(range(count))
+        queries = torch.as_tensor(chosen, dtype=torch.long)
+        return queries, nearest_neighbours(codes.float(), NEIGHBOURS)[queries.to(codes.device)].cpu()
+
+    def neighbours_image(self, codes: Tensor) -> Tensor:
+        """One row per query: [query | its 8 nearest neighbours in code space] (CS231n, "Visualizing what ConvNets
+        learn"): neighbours alike in meaning, not in pixels, are what a good code does."""
+        assert self.probe.images is not None
+        queries, found = self.neighbours(codes)
+        shown = display_rgb(self.probe.images.float())
+        rows = torch.cat([queries[:, None], found], dim=1)  # (Q, 1 + 8)
+        tiles = shown[rows.flatten()]
+        factor = max(1, 48 // max(tiles.shape[-2:]))
+        tiles = upscale_nearest(tiles, factor)
+        tiles[:: NEIGHBOURS + 1] = F.pad(tiles[:: NEIGHBOURS + 1, :, 2:-2, 2:-2], (2, 2, 2, 2), value=0.0)  # frame
+        return tile_grid(tiles, NEIGHBOURS + 1, padding=2)
 
     def _write_projector(self, sink: Any, codes: Tensor, labels: Tensor | None, epoch: int) -> None:
         metadata = None if labels is None else [class_name(v, self.class_names) for v in labels.tolist()]

@@ -420,3 +420,16 @@ def knn_accuracy(points: Tensor, labels: Tensor, k: int = 5, block: int = 2048) 
     votes = torch.zeros(points.shape[0], int(labels.max()) + 1, device=neighbors.device)
     votes.scatter_add_(1, labels[neighbors], torch.ones_like(neighbors, dtype=votes.dtype))
     return float((votes.argmax(dim=1) == labels).double().mean())
+
+
+def nearest_neighbours(points: Tensor, k: int = 8, block: int = 2048) -> Tensor:
+    """(N, k) indices of each point's ``k`` nearest other points by Euclidean distance, nearest first: the exact
+    neighbour sets :func:`tsne` uses (CS231n's "nearest neighbours in code space").
+
+    Example:
+        >>> nearest_neighbours(torch.tensor([[0.0], [1.0], [3.0], [7.0]]), k=2).tolist()
+        [[1, 2], [0, 2], [1, 0], [2, 1]]
+    """
+    if points.shape[0] <= k:
+        raise ValueError(f"need more than k={k} points, got {points.shape[0]}")
+    return _knn(points.reshape(points.shape[0], -1), k, block)[1]
