@@ -146,26 +146,63 @@ def test_occluding_the_most_salient_region_hurts_more_than_a_random_one(
 
 
 def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -> None:
-    """The demo CNN on the CIFAR-10 zip: the strongest first-layer projections go from noise to smooth structure."""
-    from lightning_cnnviz import TopPatchMonitor
-    from lightning_cnnviz.core import filter_smoothness
+    """The demo CNN on the CIFAR-10 zip: the strongest first-layer projections and the first layer's synthesised
+    images go from noise to smooth structure; the last conv layer's synthesised images excite every channel more
+    than the best of 1,000 probe images."""
+    from lightning_cnnviz import FeatureVisMonitor, TopPatchMonitor
+    from lightning_cnnviz.core import filter_smoothness, visualize_features
+    from lightning_cnnviz.core.feature_vis import color_correlation
     from lightning_cnnviz.demo.data import ImageFolderDataModule
 
     archive = SHARED_DATA / "cifar10" / "cifar10-jpg.zip"
     assert archive.is_file(), f"the shared real data must be beside the project: {archive} is missing"
-    data = ImageFolderDataModule(str(archive), batch_size=128, limit_per_class=640, limit_val=512)
+    data = ImageFolderDataModule(str(archive), batch_size=128, limit_per_class=640, limit_val=1000)
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier(in_channels=3, first_kernel=7)
     monitor = TopPatchMonitor(layers="net.conv1", probe_size=512, max_channels=32, on_error="raise")
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=6, limit_train_batches=40, deterministic=False)
+    vis = FeatureVisMonitor(
+        layers="net.conv1", every_n_epochs=1, steps=128, atlas=False, dream_images=0, on_error="raise"
+    )
+    trainer = make_trainer(tmp_path, [monitor, vis], max_epochs=6, limit_train_batches=40, deterministic=False)
     trainer.fit(model, datamodule=data)
-    scores = [
-        filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item()
-        for _, thumbnails in monitor.history.columns("net.conv1")
-    ]
+
+    def smoothness(columns: list[tuple[str, Tensor]]) -> list[float]:
+        return [filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item() for _, thumbnails in columns]
+
+    scores = smoothness(monitor.history.columns("net.conv1"))
+    synthesised = smoothness(vis.history.columns("net.conv1"))
     print(f"conv1 strongest-projection smoothness per epoch (40 steps each): {[round(s, 3) for s in scores]}")
-    assert len(scores) == 6
+    print(f"conv1 feature-vis smoothness per epoch: {[round(s, 3) for s in synthesised]}")
+    assert len(scores) == len(synthesised) == 6
     assert scores[-1] > scores[0] + 0.1 and scores[-1] > 0.15
+    assert min(synthesised) > 0.5  # the 1/f Fourier image is smooth from the first render on (not noise)
+
+    # every channel of the last conv layer: its synthesised image against the best of the 1,000 probe images
+    probe = data._val.tensors[0][:1000]
+    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
+    images = visualize_features(
+        model, "net.conv3", list(range(128)), size=32, steps=256,
+        colors=color_correlation((probe * std + mean).clamp(0, 1)), mean=data.mean, std=data.std,
+    )  # fmt: skip
+    from lightning_cnnviz.core._model import evaluating, run_to
+
+    def mean_activations(inputs: Tensor) -> Tensor:  # (N, 128): each image's mean activation per channel
+        parts: list[Tensor] = []
+        with evaluating(model):
+            for chunk in inputs.split(250):
+                run_to(model, chunk, ["net.conv3"], lambda name, out: parts.append(out.mean((2, 3))))
+        return torch.cat(parts)
+
+    best = mean_activations(probe).amax(dim=0)
+    ours = mean_activations((images - mean) / std).diagonal()
+    positive = best > 0
+    ratios = ours[positive] / best[positive]
+    print(
+        f"conv3, 128 channels: synthesised / best of 1,000 probe images, median {ratios.median():.2f} "
+        f"(min {ratios.min():.2f}, {int(positive.sum())} channels with a positive best); "
+        f"synthesised higher for {int((ours > best).sum())} of 128"
+    )
+    assert bool((ours > best).all())
 
 
 def test_tsne_of_trained_cnn_codes_matches_opentsne_quality(
