@@ -14,8 +14,16 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
-from lightning_cnnviz.core import knn_accuracy, top_activations
+from lightning_cnnviz import (
+    ActivationMonitor,
+    EmbeddingMonitor,
+    FeatureVisMonitor,
+    FilterMonitor,
+    SaliencyMonitor,
+    TopPatchMonitor,
+)
+from lightning_cnnviz.core import knn_accuracy, top_activations, visualize_features
+from lightning_cnnviz.core.feature_vis import color_correlation
 from lightning_cnnviz.demo.data import DigitsDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -36,6 +44,9 @@ def main() -> None:
     embedding = EmbeddingMonitor(probe_size=60, every_n_epochs=1, on_error="raise")
     saliency = SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise")
     patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
+    vis = FeatureVisMonitor(
+        layers=["net.conv2"], every_n_epochs=1, steps=8, probe_size=50, dream_images=1, on_error="raise"
+    )
     trainer = pl.Trainer(
         strategy="ddp",
         accelerator="cpu",
@@ -48,6 +59,7 @@ def main() -> None:
             saliency,
             patches,
             embedding,
+            vis,
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -72,7 +84,17 @@ def main() -> None:
     assert embedding.probe_images is not None and embedding.probe_labels is not None
     codes = embedding.codes(model, embedding.probe_images)
     single_accuracy = knn_accuracy(codes, embedding.probe_labels, k=5)
+    # the feature visualizations: each rank rendered every second channel; rank 0 holds them all, as one process
+    assert vis.probe_images is not None
+    single_render = visualize_features(
+        model, "net.conv2", vis._channels["net.conv2"], size=16, in_channels=1, steps=8,
+        colors=color_correlation(vis._to_pixels(vis.probe_images[:256].float())), normalize=vis._to_model,
+    )  # fmt: skip
+    rendered = vis.last_images.get("net.conv2")
     report = {
+        "feature_vis_equal_single_process": None
+        if rendered is None
+        else bool(torch.allclose(rendered, single_render, atol=1e-4)),
         "rank": trainer.global_rank,
         "world_size": trainer.world_size,
         "global_step": trainer.global_step,
