@@ -5,7 +5,7 @@
 Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer) for filters, saliency and top
 patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps, all from
 ../shared/data.
-``--parts`` picks some of ``saliency activations top_patches embedding``.
+``--parts`` picks some of ``saliency activations top_patches embedding feature_vis``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
-from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+from lightning_cnnviz import (
+    ActivationMonitor,
+    EmbeddingMonitor,
+    FeatureVisMonitor,
+    FilterMonitor,
+    SaliencyMonitor,
+    TopPatchMonitor,
+)
 from lightning_cnnviz.core import filter_smoothness
 from lightning_cnnviz.demo.data import IDXDataModule, ImageFolderDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
@@ -66,7 +73,8 @@ def cifar_classes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
-    parser.add_argument("--parts", nargs="+", default=["saliency", "activations", "top_patches", "embedding"])
+    parts = ["saliency", "activations", "top_patches", "embedding", "feature_vis"]
+    parser.add_argument("--parts", nargs="+", default=parts)
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,6 +90,8 @@ def main() -> None:
             top_patches(Path(tmp), out)
         if "embedding" in args.parts:
             embedding(Path(tmp), out)
+        if "feature_vis" in args.parts:
+            feature_vis(Path(tmp), out)
 
 
 def saliency_and_filters(tmp: Path, out: Path) -> None:
@@ -145,7 +155,21 @@ def embedding(tmp: Path, out: Path) -> None:
     run = fit(tmp / "embedding", fashion, ImageClassifier(), [monitor], max_epochs=6)
     save_last_image(run, "cnnviz/embedding/tsne", out / "embedding_tsne_fashion_mnist.png")
     save_last_image(run, "cnnviz/embedding/grid", out / "embedding_grid_fashion_mnist.png")
+    save_last_image(run, "cnnviz/embedding/neighbours", out / "embedding_neighbours_fashion_mnist.png")
     print(f"kNN accuracy of the codes: {monitor.last_knn_accuracy}")
+
+
+def feature_vis(tmp: Path, out: Path) -> None:
+    """Short epochs (100 steps of 128) on CIFAR-10, a render every epoch: the first layer's synthesised images
+    forming, and the last conv layer's atlas at the end."""
+    cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
+    monitor = FeatureVisMonitor(every_n_epochs=1, max_channels=8, probe_size=1000, dream_images=3)
+    model = ImageClassifier(in_channels=3, first_kernel=7)
+    run = fit(tmp / "vis", cifar, model, [monitor], max_epochs=8, limit_train_batches=100)
+    save_last_image(run, "cnnviz/atlas/net.conv3", out / "atlas_conv3_cifar10.png")
+    save_last_image(run, "cnnviz/feature_vis_evolution/net.conv1", out / "feature_vis_evolution_conv1_cifar10.png")
+    save_last_image(run, "cnnviz/feature_vis/net.conv3", out / "feature_vis_conv3_cifar10.png")
+    save_last_image(run, "cnnviz/deep_dream", out / "deep_dream_cifar10.png")
 
 
 if __name__ == "__main__":

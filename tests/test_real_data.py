@@ -170,12 +170,24 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
         return [filter_smoothness(thumbnails.float().mean(dim=1, keepdim=True)).item() for _, thumbnails in columns]
 
     scores = smoothness(monitor.history.columns("net.conv1"))
-    synthesised = smoothness(vis.history.columns("net.conv1"))
+    # the first layer is rendered for its central position: the 7x7 patch there is what the filter wants
+    columns = vis.history.columns("net.conv1")
+    side = columns[0][1].shape[-1]
+    low, high = side // 2 - 7 * side // 64, side // 2 + 7 * side // 64 + 1
+    synthesised = smoothness([(caption, thumbnails[..., low:high, low:high]) for caption, thumbnails in columns])
     print(f"conv1 strongest-projection smoothness per epoch (40 steps each): {[round(s, 3) for s in scores]}")
-    print(f"conv1 feature-vis smoothness per epoch: {[round(s, 3) for s in synthesised]}")
+    print(f"conv1 feature-vis smoothness (central 7x7) per epoch: {[round(s, 3) for s in synthesised]}")
     assert len(scores) == len(synthesised) == 6
     assert scores[-1] > scores[0] + 0.1 and scores[-1] > 0.15
-    assert min(synthesised) > 0.5  # the 1/f Fourier image is smooth from the first render on (not noise)
+    # The 1/f Fourier prior keeps every render smooth, so the change shows in what the patch depicts: each
+    # channel's central 7x7 patch follows its filter as the model sees pixels (weights / std). Jitter and rotation
+    # blur it, so the cosine is well below the 1.0 of the untransformed case, but far above chance (about 0.08
+    # for 147 values).
+    final = vis.last_images["net.conv1"][:, :, 13:20, 13:20] - 0.5
+    weights = model.net.conv1.weight.detach()[vis._channels["net.conv1"]] / data.std.view(1, -1, 1, 1)
+    cosines = torch.nn.functional.cosine_similarity(final.flatten(1), weights.flatten(1))
+    print(f"conv1 central patch against its filter: cosine median {cosines.median():.2f}, min {cosines.min():.2f}")
+    assert float(cosines.min()) > 0.2 and float(cosines.median()) > 0.4
 
     # every channel of the last conv layer: its synthesised image against the best of the 1,000 probe images
     probe = data._val.tensors[0][:1000]

@@ -15,6 +15,7 @@ from lightning_cnnviz.callbacks._base import ErrorPolicy, check_positive_int
 from lightning_cnnviz.callbacks._probe import gather_interleaved
 from lightning_cnnviz.callbacks.top_patch_monitor import Method, TopPatchMonitor
 from lightning_cnnviz.core._images import tile_grid, upscale_nearest
+from lightning_cnnviz.core._model import first_conv
 from lightning_cnnviz.core.feature_vis import color_correlation, deep_dream, visualize_features
 from lightning_cnnviz.core.render import render_evolution, render_top_patches
 
@@ -33,7 +34,9 @@ class FeatureVisMonitor(TopPatchMonitor):
       what the filter wants beside what it answers in the data;
     * ``cnnviz/deep_dream``: ``dream_images`` probe images [original | dreamed at the middle layer].
 
-    The renders start from the same seed every time, so an epoch's image is comparable to the next one's. The
+    The first conv layer's channels are rendered for their central position (a linear map's mean over positions
+    is maximised by a flat colour), the others for their mean over positions. The renders start from the same
+    seed every time, so an epoch's image is comparable to the next one's. The
     images are optimised in [0, 1] pixels, in the colour statistics of the probe images, and normalised as the
     model expects: ``normalize``, or ``(x - mean) / std`` from the arguments or from the data module's ``mean`` and
     ``std`` attributes (the demo data modules have them), else as they are. Under DDP the channels are split over
@@ -136,9 +139,13 @@ class FeatureVisMonitor(TopPatchMonitor):
         size = self.size or (probe.shape[-2], probe.shape[-1])
         colors = color_correlation(self._to_pixels(probe[:256].float()))
         device = next(pl_module.parameters()).device
+        # The first conv layer is linear in its input: the mean of a channel over positions is maximised by the
+        # flat colour its weights sum to, so it gets the neuron objective (its central position), whose optimum
+        # under the sigmoid's bounds is the filter's own pattern.
+        objective = "neuron" if layer == first_conv(pl_module)[0] else "channel"
         local = visualize_features(
             pl_module, layer, mine or channels[:1], size=size, in_channels=probe.shape[1], steps=self.steps,
-            lr=self.lr, seed=self.seed, colors=colors, normalize=self._to_model, device=device,
+            lr=self.lr, seed=self.seed, colors=colors, normalize=self._to_model, device=device, objective=objective,
         )[: len(mine)]  # fmt: skip
         if world == 1:
             return local
