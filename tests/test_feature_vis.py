@@ -98,3 +98,17 @@ def test_a_channel_renders_alike_whatever_else_is_in_its_batch() -> None:
     together = visualize_features(model, "2", [1, 4, 6], size=16, steps=16, seed=2)
     alone = visualize_features(model, "2", [4], size=16, steps=16, seed=2)
     torch.testing.assert_close(together[1:2], alone, rtol=0, atol=1e-5)
+
+
+def test_redirected_relu_steps_move_a_unit_that_never_fires() -> None:
+    """Below a ReLU that is 0 everywhere the true gradient is 0 and the image cannot move; Lucid's redirected
+    ReLU lets the first steps through (an option, off by default)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # the first layer never fires
+    start = visualize_features(model, "2", [0], size=12, steps=0)
+    frozen = visualize_features(model, "2", [0], size=12, steps=8)
+    moved = visualize_features(model, "2", [0], size=12, steps=8, redirected_relu_steps=8)
+    assert torch.equal(frozen, start) and not torch.allclose(moved, start, atol=1e-3)
+    assert global_state_clean()

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._calls import INPLACE_RELU, relu_kind
 from lightning_cnnviz.core._model import evaluating, resolve_modules, run_to
+from lightning_cnnviz.core.saliency import ReluGradientRule
 
 __all__ = ["deep_dream", "visualize_features"]
 
@@ -101,34 +100,6 @@ def random_views(
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
-class _RedirectedRelu(torch.autograd.Function):
-    """ReLU whose backward also passes gradients that would raise a negative input (Lucid's redirected ReLU)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * ((x > 0) | (grad > 0))
-
-
-class _RedirectRelus(torch.overrides.TorchFunctionMode):
-    def __torch_function__(
-        self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        if relu_kind(func) != "relu" or not isinstance(args[0], Tensor):
-            return func(*args, **kwargs)
-        out = _RedirectedRelu.apply(args[0])
-        if func in INPLACE_RELU or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)):
-            args[0].copy_(out)
-            return args[0]
-        return out
 
 
 def _check_channels(model: nn.Module, layer: str, channels: Sequence[int], example: Tensor) -> int:
@@ -215,7 +186,7 @@ def visualize_features(
             inputs = normalize(seen) if normalize is not None else seen
             captured: dict[str, Tensor] = {}
             if step < redirected_relu_steps:
-                with _RedirectRelus():
+                with ReluGradientRule("redirected"):
                     run_to(model, inputs, [layer], captured.__setitem__)
             else:
                 run_to(model, inputs, [layer], captured.__setitem__)

@@ -27,7 +27,7 @@ __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad"
 
 SALIENCY_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "deconvnet", "grad_cam", "occlusion")
 Target = Tensor | int | None
-ReluRule = Literal["guided_backprop", "deconvnet"]
+ReluRule = Literal["guided_backprop", "deconvnet", "redirected"]
 
 
 class _RuleRelu(torch.autograd.Function):
@@ -46,6 +46,8 @@ class _RuleRelu(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         if ctx.rule.rule == "guided_backprop":
             return grad.clamp_min(0) * (out > 0), None
+        if ctx.rule.rule == "redirected":  # Lucid's: also the gradients that would raise a negative input
+            return grad * ((out > 0) | (grad > 0)), None
         return grad.clamp_min(0), None
 
 
@@ -55,8 +57,8 @@ class ReluGradientRule(TorchFunctionMode):
     forward to get both projections from a single forward."""
 
     def __init__(self, rule: ReluRule) -> None:
-        if rule not in ("guided_backprop", "deconvnet"):
-            raise ValueError(f"rule can be 'guided_backprop' or 'deconvnet', got {rule!r}")
+        if rule not in ("guided_backprop", "deconvnet", "redirected"):
+            raise ValueError(f"rule can be 'guided_backprop', 'deconvnet' or 'redirected', got {rule!r}")
         super().__init__()
         self.rule: ReluRule = rule
 
