@@ -69,3 +69,28 @@ def test_every_order_logs_everything_and_equal_statistics(tmp_path: Path, digits
         tags = [*events["images"], *events["scalars"]]
         for name, prefix in EXPECTED_PREFIXES.items():
             assert any(tag.startswith(prefix) for tag in tags), f"{name} logged nothing in order {order}"
+
+
+def test_one_write_per_tag_and_step(tmp_path: Path, digits_data: Any) -> None:
+    """Windows that end with an epoch, alerts at those steps, a final short window: still one image or scalar per
+    tag and step (TensorBoard would show the later one only, and the slider a step twice)."""
+    from lightning_cnnviz import FeatureVisMonitor
+
+    monitors = every_monitor(activation_steps=2)
+    monitors["activation"].policy.threshold = 0.0  # alert at every window with a dead channel
+    monitors["feature_vis"] = FeatureVisMonitor(every_n_epochs=1, steps=4, probe_size=32, on_error="raise")
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier(channels=(8, 16, 16), num_classes=10, lr=0.5)  # a rate that kills filters
+    trainer = make_trainer(tmp_path / "a", list(monitors.values()), max_epochs=2, limit_train_batches=4)
+    trainer.fit(model, datamodule=digits_data)
+    # a last, short window (3 steps, windows of 2) closed at the end of the fit, at the step of the epoch's end
+    late = ActivationMonitor(every_n_steps=2, dead_fraction_threshold=0.0, on_error="raise")
+    make_trainer(tmp_path / "b", [late], max_epochs=1, limit_train_batches=3).fit(model, datamodule=digits_data)
+    for run in ("a", "b"):
+        events = read_events(tmp_path / run)
+        for kind in ("images", "scalars"):
+            for tag, written in events[kind].items():
+                steps = [event.step for event in written]
+                assert len(steps) == len(set(steps)), (run, tag, steps)
+    maps = read_events(tmp_path / "b")["images"]["cnnviz/activations/dead_map/net.relu1"]
+    assert [e.step for e in maps] == [2, 3] and maps[-1].width > maps[0].width  # the short window is drawn

@@ -140,6 +140,7 @@ class ActivationMonitor(Monitor):
         self._windows = 0
         self._rate_history: dict[str, list[list[float]]] = {}
         self._distribution_history: dict[str, list[list[float]]] = {}
+        self._maps_drawn: tuple[int, int] | None = None  # (global step, windows) of the last maps written
         self._alerts: list[dict[str, Any]] = []
 
     @property
@@ -283,6 +284,8 @@ class ActivationMonitor(Monitor):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._batches_in_window > 0 and _last_epoch(trainer):
+            return  # the fit ends here: on_train_end closes the short window and draws the maps once, at this step
         self._run("dead map", self._log_dead_maps, trainer)
 
     @override
@@ -363,8 +366,10 @@ class ActivationMonitor(Monitor):
 
     def _log_dead_maps(self, trainer: pl.Trainer) -> None:
         sink = self._sink_for(trainer)
-        if not sink.active:
-            return
+        drawn = (trainer.global_step, self._windows)
+        if not sink.active or drawn == self._maps_drawn:
+            return  # one write per tag and step: an alert at an epoch's last window already drew these maps
+        self._maps_drawn = drawn
         relu = {site.name: site.relu for site in self.sites or []}
         for name, history in self._rate_history.items():
             if history:
@@ -399,3 +404,10 @@ def _learning_rate(trainer: pl.Trainer) -> float | None:
         return float(trainer.optimizers[0].param_groups[0]["lr"])
     except (IndexError, KeyError, AttributeError, TypeError):
         return None
+
+
+def _last_epoch(trainer: pl.Trainer) -> bool:
+    """Whether the fit stops after the epoch now ending (max_epochs, max_steps or a stop request)."""
+    steps_done = trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step
+    epochs_done = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch + 1
+    return bool(trainer.should_stop or steps_done or epochs_done)
