@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,41 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-warnings.filterwarnings("ignore", message=".*LitLogger.*")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+# Lightning's own notes about the tests' tiny configurations, and its internal deprecations: not ours to act on.
+# (Filters set at import time would be undone after collection, so they go into pytest's configuration.)
+LIGHTNING_NOISE = (
+    r".*does not have many workers",
+    r".*LitLogger",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    r".*is smaller than the logging interval",
+    r".*You passed in a `val_dataloader` but have no `validation_step`",
+    r".*Checkpoint directory .* exists and is not empty",
+    r".*callbacks used to create the checkpoint need to be provided",
+    r".*You passed `Trainer\(accelerator='cpu', precision='16-mixed'\)`",
+    r".*You defined a `validation_step` but have no `val_dataloader`",
+    r".*`training_step` returned `None`",
+    # captum's notes when the tests compare with it
+    r"Input Tensor 0 did not already require gradients",
+    r"Setting backward hooks on ReLU activations",
+)
+
+
+# What the monitors say on purpose in the tests' runs (alerts of tiny, fast-changing nets; the fallback writer):
+# the tests that are about them check them with ``pytest.warns`` or ``monitor.alerts``, so the summary keeps
+# only warnings nobody asked for.
+DELIBERATE = (
+    r"ActivationMonitor. \d+ of \d+ (filters|units)",  # (a colon would end pytest's message field)
+    r"ActivationMonitor. the network diverged",
+    r"\w+Monitor. the Trainer has no TensorBoardLogger",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for pattern in LIGHTNING_NOISE + DELIBERATE:
+        config.addinivalue_line("filterwarnings", f"ignore:{pattern}")
 
 
 class TinyCNN(nn.Module):

@@ -313,6 +313,8 @@ class ActivationMonitor(Monitor):
         stats.reset()
         if summary.steps == 0 or "statistics" in self._disabled:
             return
+        if all(layer.positions == 0 for layer in summary.layers.values()):
+            return  # no training forward ran these layers in the window (a training_step that skipped it)
         self._windows += 1
         for name, layer in summary.layers.items():
             if layer.relu:

@@ -87,8 +87,9 @@ class LayerSummary:
 
     @property
     def dead_mask(self) -> Tensor:
-        """Channels that never fired in the window (bool); none outside the ReLU family."""
-        if self.firing is None:
+        """Channels that never fired in the window (bool); none outside the ReLU family, or when the layer was not
+        seen at all in the window (a step whose forward did not run it)."""
+        if self.firing is None or self.positions == 0:
             return torch.zeros(self.num_channels, dtype=torch.bool)
         return self.firing == 0
 
@@ -107,6 +108,8 @@ class LayerSummary:
         return mean / layer_mean if float(layer_mean) > 0 else torch.zeros_like(mean)
 
     def dormant_channels(self, threshold: float = 0.1) -> list[int]:
+        if self.positions == 0:
+            return []
         return [int(i) for i in torch.nonzero(self.dormant_score() <= threshold).flatten()]
 
 
