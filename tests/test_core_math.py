@@ -237,3 +237,15 @@ def test_alerts_name_units_of_fully_connected_layers_and_dormant_channels() -> N
     ]
     assert "1 of 4 units of the fully connected layer (25.0%) of layer 'fc.relu' are dead" in events[0].message
     assert "1 of 4 filters (25.0%) of layer 'block.gelu' are dormant" in events[1].message
+
+
+def test_a_wide_layer_map_wraps_and_keeps_a_dead_channel_4_px() -> None:
+    rates = torch.full((512, 10), 0.5)
+    rates[300, 4:] = 0.0  # channel 300 dies in window 4
+    image = dead_filter_map(rates)  # defaults: 4 px per channel, at most 1024 px high
+    assert image.shape[1] <= 1024 and image.shape[1] < 2000
+    red = (image[0] > 0.8) & (image[1] < 0.2)
+    rows, cols = red.nonzero(as_tuple=True)
+    assert rows.max() - rows.min() + 1 == 4 and cols.max() - cols.min() + 1 == 6 * 8  # 4 px tall, 6 windows wide
+    assert int(rows.min()) == (300 - 256) * 4  # in the second block, row 44
+    assert int(cols.min()) == 10 * 8 + 6 + 4 * 8  # after the first block and the gap

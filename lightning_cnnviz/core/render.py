@@ -15,13 +15,17 @@ __all__ = ["render_saliency", "render_top_patches"]
 _DEAD_RGB = (0.85, 0.1, 0.1)
 
 
-def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 8) -> Tensor:
+def dead_filter_map(
+    firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 8, max_height_px: int = 1024, gap_px: int = 6
+) -> Tensor:
     """Channels x windows picture of a layer's history: rows are channels, columns are windows (oldest left).
 
     A live cell is gray, brighter the more often the channel fired (``sqrt`` of the firing rate, so rare
     firing is still visible); a dead cell (rate exactly 0) is red. Non-finite rates are drawn blue.
 
-    ``firing_rates`` (channels, windows) in [0, 1] -> (3, channels * cell_px, windows * window_px) in [0, 1].
+    ``firing_rates`` (channels, windows) in [0, 1] -> (3, channels * cell_px, windows * window_px) in [0, 1]. A wide
+    layer is wrapped: channels beyond ``max_height_px / cell_px`` continue in another block to the right (``gap_px``
+    of white between blocks), so every cell keeps its ``cell_px`` height and the image stays within a screen.
 
     Example:
         >>> [round(v, 2) for v in dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1, window_px=1)[:, 0, 1].tolist()]
@@ -37,7 +41,14 @@ def dead_filter_map(firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 
     for channel, value in enumerate(_DEAD_RGB):
         image[channel][dead] = value
     image[:, ~finite] = torch.tensor([0.1, 0.3, 0.9]).view(3, 1).to(image)
-    return image.repeat_interleave(cell_px, dim=1).repeat_interleave(window_px, dim=2)
+    image = image.repeat_interleave(cell_px, dim=1).repeat_interleave(window_px, dim=2)
+    rows = max(1, max_height_px // cell_px)
+    if rates.shape[0] <= rows:
+        return image
+    blocks = list(image.split(rows * cell_px, dim=1))
+    blocks[-1] = torch.nn.functional.pad(blocks[-1], (0, 0, 0, rows * cell_px - blocks[-1].shape[1]), value=1.0)
+    gap = image.new_ones(3, rows * cell_px, gap_px)
+    return torch.cat([part for block in blocks for part in (block, gap)][:-1], dim=2)
 
 
 def distribution_map(counts: Tensor, *, window_px: int = 4, bin_px: int = 2) -> Tensor:
