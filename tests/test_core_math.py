@@ -155,10 +155,15 @@ def test_filter_grid_rgb_and_grayscale_layouts() -> None:
         global_grid[:, 0, 0], (weight[0, :, 0, 0] - weight.min()) / (weight.max() - weight.min())
     )
 
-    deep = torch.randn(5, 16, 3, 3)
-    deep_grid = render_filter_grid(deep, max_in_channels=4, min_tile_px=3, padding=1)
-    assert deep_grid.shape == (3, 5 * 4 + 1, 4 * 4 + 1)  # rows = filters, columns = input channels
+    deep = torch.randn(5, 16, 3, 3, generator=torch.Generator().manual_seed(1))
+    deep_grid = render_filter_grid(deep, min_tile_px=3, padding=1)
+    assert deep_grid.shape == (3, 2 * 4 + 1, 3 * 4 + 1)  # one tile per filter, 3 x 2 grid
     assert torch.equal(deep_grid[0], deep_grid[1])  # grayscale
+    magnitude = deep[0].abs().mean(dim=0)  # the first filter's kernel magnitude over its 16 input channels
+    expected = (magnitude - magnitude.min()) / (magnitude.max() - magnitude.min())
+    torch.testing.assert_close(deep_grid[0, 1:4, 1:4], expected)
+    wide = render_filter_grid(torch.randn(64, 128, 3, 3))  # a deeper layer stays within a screen
+    assert wide.shape[1] <= 500 and wide.shape[2] <= 500
 
 
 def test_dead_filter_map_colours_dead_cells() -> None:

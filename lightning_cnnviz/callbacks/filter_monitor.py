@@ -29,7 +29,6 @@ class FilterMonitor(EpochMonitor):
         layers: ``nn.Conv2d`` module names; ``None`` means the first ``nn.Conv2d``.
         normalize: ``"per_filter"`` (each filter stretched to its own range) or ``"global"`` (one for the layer).
         max_filters: draw at most this many output filters per layer.
-        max_in_channels: for layers that do not read 3 channels, draw at most this many input channels per filter.
         min_tile_px: upscale kernels (nearest neighbour) until a tile is at least this many pixels wide.
         on_error: ``"warn"`` (report once, switch the failing piece off, keep training) or ``"raise"``.
 
@@ -44,7 +43,6 @@ class FilterMonitor(EpochMonitor):
         layers: Sequence[str] | None = None,
         normalize: Normalization = "per_filter",
         max_filters: int = 64,
-        max_in_channels: int = 8,
         min_tile_px: int = 48,
         on_error: ErrorPolicy = "warn",
     ) -> None:
@@ -54,7 +52,6 @@ class FilterMonitor(EpochMonitor):
         self.layers = list(layers) if layers is not None else None
         self.normalize: Normalization = check_choice(self._who, "normalize", normalize, ("per_filter", "global"))
         self.max_filters = check_positive_int(self._who, "max_filters", max_filters)
-        self.max_in_channels = check_positive_int(self._who, "max_in_channels", max_in_channels)
         self.min_tile_px = check_positive_int(self._who, "min_tile_px", min_tile_px)
         self._convs: dict[str, nn.Conv2d] = {}
 
@@ -91,7 +88,6 @@ class FilterMonitor(EpochMonitor):
                     weight,
                     normalize=self.normalize,
                     max_filters=self.max_filters,
-                    max_in_channels=self.max_in_channels,
                     min_tile_px=self.min_tile_px,
                 )
                 sink.image(f"cnnviz/filters/{name}", grid, epoch)

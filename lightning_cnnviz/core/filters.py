@@ -32,7 +32,6 @@ def render_filter_grid(
     normalize: Normalization = "per_filter",
     min_tile_px: int = 48,
     max_filters: int | None = 64,
-    max_in_channels: int = 8,
     padding: int = 1,
 ) -> Tensor:
     """Draw a conv layer's filters as one image of shape (3, H, W) with values in [0, 1].
@@ -40,8 +39,9 @@ def render_filter_grid(
     * 3 input channels: each filter is one RGB tile (the layer reads colour images, so the filter is a
       colour pattern), laid out in a square-ish grid.
     * 1 input channel: each filter is one grayscale tile, square-ish grid.
-    * otherwise: one row per output filter, one grayscale tile per input channel (the first
-      ``max_in_channels``).
+    * otherwise (a deeper layer): each filter is one grayscale tile of its kernel magnitude, the mean |weight|
+      over its input channels (where in its window the filter looks, whatever the channel), square-ish grid: one
+      tile per filter, so a 64-filter layer stays a legible 8 x 8 grid instead of a column of 64 x C tiles.
 
     Normalisation maps weights to [0, 1]: ``"per_filter"`` uses each filter's own min and max (over all
     its input channels for an RGB tile, over the tile for grayscale), which shows every filter's pattern;
@@ -59,14 +59,12 @@ def render_filter_grid(
     weight = weight.detach().float()
     if max_filters is not None:
         weight = weight[:max_filters]
-    out_channels, in_channels, kh, kw = weight.shape
-    rgb = in_channels == 3
-    if not rgb:
-        weight = weight[:, :max_in_channels]
-        in_channels = weight.shape[1]
+    in_channels, kh, kw = weight.shape[1:]
+    if in_channels not in (1, 3):
+        weight = weight.abs().mean(dim=1, keepdim=True)  # kernel magnitude over the input channels
 
-    # RGB: one (3, kh, kw) tile per filter; otherwise one (1, kh, kw) tile per (filter, input channel)
-    tiles = weight if rgb else weight.reshape(out_channels * in_channels, 1, kh, kw)
+    # RGB: one (3, kh, kw) tile per filter; otherwise one (1, kh, kw) tile per filter
+    tiles = weight
     if normalize == "global":
         low, high = weight.min(), weight.max()
         span = (high - low).clamp_min(1e-12)
@@ -76,8 +74,7 @@ def render_filter_grid(
 
     factor = max(1, math.ceil(min_tile_px / max(kh, kw)))
     tiles = upscale_nearest(tiles, factor)
-    ncol = in_channels if (not rgb and in_channels > 1) else None
-    grid = tile_grid(tiles, ncol, padding=padding, pad_value=1.0)
+    grid = tile_grid(tiles, padding=padding, pad_value=1.0)
     return grid.expand(3, -1, -1).contiguous() if grid.shape[0] == 1 else grid
 
 
