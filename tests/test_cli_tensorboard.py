@@ -78,6 +78,7 @@ def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, s
     assert [e.step for e in events["images"]["cnnviz/deep_dream"]] == [1]
     assert [e.step for e in events["images"]["cnnviz/embedding/neighbours"]] == [1]
     assert "val_acc" in events["scalars"]  # the run trained and validated as usual
+    assert max(image.height for written in events["images"].values() for image in written) <= 2000
 
 
 def _free_port() -> int:

@@ -85,3 +85,5 @@ def test_every_monitor_logs_on_torchvision_classifier(tmp_path: Path, name: str)
     }
     assert expected <= images_logged
     assert "cnnviz/embedding/knn_accuracy" in scalars
+    tallest = max((image.height, tag) for tag, written in events["images"].items() for image in written)
+    assert tallest[0] <= 2000, tallest  # every picture within a screen, also for 1,024-channel layers
