@@ -112,6 +112,7 @@ class TensorBoardSink:
             global_step=step,
             tag=tag,
         )
+        _latest_projector_first(self.writer.get_logdir())
 
     def flush(self) -> None:
         if self.writer is not None:
@@ -123,3 +124,23 @@ def close_fallback_writer(trainer: Any) -> None:
     writer = _fallback_writers.pop(trainer, None)
     if writer is not None:
         writer.close()
+
+
+def _latest_projector_first(logdir: str) -> None:
+    """Put the embedding just written first in the run's ``projector_config.pbtxt``: the Projector opens on the
+    first one, and the latest codes are the ones to look at."""
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+    path = os.path.join(logdir, "projector_config.pbtxt")
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        config = text_format.Parse(handle.read(), ProjectorConfig())
+    if len(config.embeddings) < 2:
+        return
+    ordered = [config.embeddings[-1], *config.embeddings[:-1]]
+    reordered = ProjectorConfig()
+    reordered.embeddings.extend(ordered)
+    with open(path, "w") as handle:
+        handle.write(text_format.MessageToString(reordered))

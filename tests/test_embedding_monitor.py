@@ -56,6 +56,7 @@ def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any)
     run = Path(events["event_files"][0]).parent
     config = (run / "projector_config.pbtxt").read_text()
     assert config.count("tensor_path") == 2 and "sprite" in config and "metadata_path" in config
+    assert config.index("00001") < config.index("00000")  # the Projector opens on the latest codes
     step_dir = run / "00001" / "cnnviz%2fembedding"  # the Projector quotes the tag
     assert (step_dir / "tensors.tsv").read_text().count("\n") == 300
     from PIL import Image
