@@ -18,12 +18,18 @@ from torch import Tensor
 __all__ = ["CUSTOM_SCALARS_LAYOUT", "TensorBoardSink"]
 
 CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
+    "cnnviz health": {
+        "dead (ReLU family) and dormant (every kind) fraction of every layer": [
+            "Multiline",
+            [r"cnnviz/activations/dead_fraction/.*", r"cnnviz/activations/dormant_fraction/.*"],
+        ],
+        "non-finite channels (count)": ["Multiline", [r"cnnviz/activations/nonfinite/.*"]],
+    },
     "cnnviz": {
         "activation sparsity (fraction of zeros)": ["Multiline", [r"cnnviz/activations/sparsity/.*"]],
         "dead filters (count)": ["Multiline", [r"cnnviz/activations/dead/.*"]],
         "dead filters (fraction)": ["Multiline", [r"cnnviz/activations/dead_fraction/.*"]],
         "dormant channels (fraction)": ["Multiline", [r"cnnviz/activations/dormant_fraction/.*"]],
-        "non-finite channels (count)": ["Multiline", [r"cnnviz/activations/nonfinite/.*"]],
         "filter smoothness": ["Multiline", [r"cnnviz/filters/smoothness/.*"]],
         "embedding kNN accuracy": ["Multiline", [r"cnnviz/embedding/knn_accuracy.*"]],
     }

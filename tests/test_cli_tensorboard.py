@@ -146,6 +146,12 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
         layout = _get(f"{base}/data/plugin/custom_scalars/layout")
         titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]
         assert "dead filters (count)" in titles
+        health = layout["category"][0]  # the first category the Custom Scalars tab shows: is the network healthy?
+        assert health["title"] == "cnnviz health"
+        assert health["chart"][0]["multiline"]["tag"] == [
+            r"cnnviz/activations/dead_fraction/.*",
+            r"cnnviz/activations/dormant_fraction/.*",
+        ]
     finally:
         server.terminate()
         server.wait(timeout=30)
