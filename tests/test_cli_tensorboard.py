@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -155,3 +156,21 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_readme_snippet_runs_as_written(tmp_path: Path) -> None:
+    """The README's "add the monitors to your own Trainer" block, executed as it stands (fewer epochs)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\nfrom lightning.pytorch import Trainer")
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    assert "max_epochs=5" in code
+    code = code.replace("max_epochs=5", "max_epochs=1, limit_train_batches=3, enable_progress_bar=False")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = read_events(tmp_path / "lightning_logs")
+    assert {"cnnviz/filters/net.conv1", "cnnviz/feature_vis/net.conv3", "cnnviz/embedding/tsne"} <= set(
+        events["images"]
+    )
