@@ -9,9 +9,12 @@ Then open TensorBoard on the run's folder (printed at the end).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_cnnviz.cli import tensorboard_command
 from lightning_cnnviz.demo.models import ImageClassifier
 
 
@@ -21,8 +24,9 @@ class CnnvizCLI(LightningCLI):
     def after_fit(self) -> None:
         trainer: pl.Trainer = self.trainer
         if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
-            root = trainer.logger.save_dir or trainer.logger.log_dir
-            print(f"\nTraining done. See what the network learned:\n\n    tensorboard --logdir {root}\n")
+            root = Path(trainer.logger.save_dir or trainer.logger.log_dir)
+            command = " ".join(tensorboard_command(root))  # works as printed, also outside the environment
+            print(f"\nTraining done. See what the network learned:\n\n    {command}\n")
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def demo_relu_names() -> list[str]:
 
 def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, str]) -> None:
     logdir, stdout = digits_run
-    assert f"tensorboard --logdir {logdir}" in stdout
+    assert f"tensorboard {logdir.resolve()}" in stdout
     events = read_events(logdir)
     for layer in ("net.conv1", "net.conv2"):
         assert [e.step for e in events["images"][f"cnnviz/filters/{layer}"]] == [0, 1]
@@ -174,3 +174,33 @@ def test_the_readme_snippet_runs_as_written(tmp_path: Path) -> None:
     assert {"cnnviz/filters/net.conv1", "cnnviz/feature_vis/net.conv3", "cnnviz/embedding/tsne"} <= set(
         events["images"]
     )
+
+
+def test_cnnviz_demo_prints_a_tensorboard_command_that_works_as_printed(tmp_path: Path) -> None:
+    """``cnnviz demo`` trains with every monitor and prints a command that starts a real TensorBoard on the run."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_cnnviz.cli", "demo", "--epochs", "1", "--logdir", str(tmp_path / "runs")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = [line.strip() for line in result.stdout.splitlines() if " tensorboard " in line][-1]
+    assert printed.endswith(f"tensorboard {(tmp_path / 'runs').resolve()}")
+    port = _free_port()
+    server = subprocess.Popen(
+        [*printed.split(), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        deadline, tags = time.monotonic() + 90, {}
+        while time.monotonic() < deadline:
+            try:
+                tags = _get(f"http://127.0.0.1:{port}/data/plugin/images/tags")
+                if any("cnnviz/feature_vis/net.conv1" in t for t in tags.values()):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert any("cnnviz/feature_vis/net.conv1" in t for t in tags.values()), tags
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
