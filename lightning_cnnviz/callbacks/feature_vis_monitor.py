@@ -128,16 +128,15 @@ class FeatureVisMonitor(TopPatchMonitor):
         mean, std = (t.to(inputs.device) for t in self._scale)
         return (inputs * std + mean).clamp(0, 1)
 
-    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, layer: str) -> Tensor:
-        """The layer's synthesised images (channels, C, H, W) in [0, 1], on every rank; a collective under DDP
-        (each rank renders every ``world``-th channel)."""
+    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, layer: str, colors: Tensor) -> Tensor:
+        """The layer's synthesised images (channels, C, H, W) in [0, 1], in the probe's colour correlation
+        ``colors``, on every rank; a collective under DDP (each rank renders every ``world``-th channel)."""
         assert self.probe.images is not None
         channels = self._channels[layer]
         world, rank = trainer.world_size, trainer.global_rank
         mine = channels[rank::world]
         probe = self.probe.images
         size = self.size or (probe.shape[-2], probe.shape[-1])
-        colors = color_correlation(self._to_pixels(probe[:256].float()))
         device = next(pl_module.parameters()).device
         # The first conv layer is linear in its input: the mean of a channel over positions is maximised by the
         # flat colour its weights sum to, so it gets the neuron objective (its central position), whose optimum
@@ -158,8 +157,9 @@ class FeatureVisMonitor(TopPatchMonitor):
             return
         if not self._prepare(pl_module, self.probe.images[:1].to(pl_module.device)):
             return
+        colors = color_correlation(self._to_pixels(self.probe.images[:256].float()))  # one for every layer
         rendered = {
-            layer: self._run(f"feature vis of {layer}", self.render, trainer, pl_module, layer)
+            layer: self._run(f"feature vis of {layer}", self.render, trainer, pl_module, layer, colors)
             for layer in self._layers
         }
         tops = self.scan(trainer, pl_module) if self.atlas else None  # a collective under DDP, on every rank

@@ -122,10 +122,15 @@ class SaliencyMonitor(EpochMonitor):
                 pl_module, [self.grad_cam_layer], what="SaliencyMonitor `grad_cam_layer`", kinds=(torch.nn.Conv2d,)
             )
 
+    def _scored(self, pl_module: pl.LightningModule) -> Any:
+        """The model as the maps see it: called through ``output_to_logits`` when one is given (without, the
+        core takes the logits out of the output with ``logits_of``)."""
+        return _OutputToLogits(pl_module, self.output_to_logits) if self.output_to_logits else pl_module
+
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
         """The ``method``'s maps of the probe images (on the model's device)."""
         assert self.probe.images is not None
-        model: Any = _OutputToLogits(pl_module, self.output_to_logits) if self.output_to_logits else pl_module
+        model = self._scored(pl_module)
         images = self.probe.images.to(pl_module.device)
         target: Tensor | int | None
         if self.target == "true":
@@ -154,9 +159,9 @@ class SaliencyMonitor(EpochMonitor):
 
     def _captions(self, pl_module: pl.LightningModule) -> list[str]:
         assert self.probe.images is not None
-        to_logits = self.output_to_logits or logits_of
         with evaluating(pl_module):
-            predicted = to_logits(pl_module(self.probe.images.to(pl_module.device))).argmax(dim=1).cpu().tolist()
+            logits = logits_of(self._scored(pl_module)(self.probe.images.to(pl_module.device)))
+            predicted = logits.argmax(dim=1).cpu().tolist()
 
         def name(index: int) -> str:
             return class_name(index, self.class_names)

@@ -161,8 +161,7 @@ class TopPatchMonitor(EpochMonitor):
         size = (example.shape[-2], example.shape[-1])
         if self._fields and next(iter(self._fields.values())).input_size == size:
             return True
-        if not self._fields:
-            self._drop_unfollowable(pl_module, example)
+        followed = self._follow(pl_module, example) if not self._fields else None
         shapes: dict[str, tuple[int, ...]] = {}
         with evaluating(pl_module):
             try:
@@ -186,19 +185,23 @@ class TopPatchMonitor(EpochMonitor):
                 )
             channels[name] = chosen
         self._channels = channels
-        fields = self._run("receptive fields", receptive_fields, pl_module, self._layers, example[:1])
-        self._fields = fields or {}
+        if followed is None:  # a new input size: the same layers, measured again
+            followed = self._run("receptive fields", receptive_fields, pl_module, self._layers, example[:1])
+        self._fields = followed or {}
         return bool(self._fields)
 
-    def _drop_unfollowable(self, pl_module: pl.LightningModule, example: Tensor) -> None:
+    def _follow(self, pl_module: pl.LightningModule, example: Tensor) -> dict[str, ReceptiveField]:
+        """Each layer's receptive field, measured one layer at a time so that one that cannot be followed is named
+        with its reason; such a default layer is left out (said once), a named one raises."""
+        fields: dict[str, ReceptiveField] = {}
         reasons: dict[str, str] = {}
         for name in self._layers:
             try:
-                receptive_fields(pl_module, [name], example[:1])
+                fields.update(receptive_fields(pl_module, [name], example[:1]))
             except ValueError as error:
                 reasons[name] = str(error).removeprefix("receptive_fields: ")
         if not reasons:
-            return
+            return fields
         said = "; ".join(f"{name!r}: {reason}" for name, reason in reasons.items())
         if self.layers is not None or len(reasons) == len(self._layers):
             raise ValueError(
@@ -207,6 +210,7 @@ class TopPatchMonitor(EpochMonitor):
             )
         rank_zero_warn(f"TopPatchMonitor: leaving out default layer(s) whose receptive field is unknown: {said}.")
         self._layers = [name for name in self._layers if name not in reasons]
+        return fields
 
     @override
     def on_train_batch_start(

@@ -142,7 +142,6 @@ class ActivationStats:
 
     def __init__(self, layers: Mapping[str, int | LayerSpec], device: torch.device | str | None = None) -> None:
         self.specs = {name: spec if isinstance(spec, LayerSpec) else LayerSpec(spec) for name, spec in layers.items()}
-        self.channels = {name: spec.channels for name, spec in self.specs.items()}
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._sums: dict[str, Tensor] = {}
         self._positions: dict[str, int] = {}
