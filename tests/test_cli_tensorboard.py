@@ -93,6 +93,21 @@ def _get(url: str) -> Any:
         return json.loads(response.read().decode())
 
 
+def _wait_for_tag(server: subprocess.Popen[str] | subprocess.Popen[bytes], url: str, tag: str) -> Any:
+    """Poll a TensorBoard tags endpoint (run -> tags) until ``tag`` is served, for up to 90 s; the last answer."""
+    deadline, tags = time.monotonic() + 90, {}
+    while time.monotonic() < deadline:
+        try:
+            tags = _get(url)
+            if any(tag in run_tags for run_tags in tags.values()):
+                break
+        except OSError:
+            pass
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        time.sleep(0.5)
+    return tags
+
+
 def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -> None:
     logdir, _ = digits_run
     port = _free_port()
@@ -116,17 +131,7 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        scalars: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            try:
-                scalars = _get(f"{base}/data/plugin/scalars/tags")
-                if any("cnnviz/activations/sparsity/net.relu1" in tags for tags in scalars.values()):
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            time.sleep(0.5)
+        scalars = _wait_for_tag(server, f"{base}/data/plugin/scalars/tags", "cnnviz/activations/sparsity/net.relu1")
         scalar_tags = {tag for tags in scalars.values() for tag in tags}
         assert {"cnnviz/activations/dead/net.relu3", "cnnviz/filters/smoothness/net.conv1"} <= scalar_tags
         images = _get(f"{base}/data/plugin/images/tags")
@@ -191,15 +196,7 @@ def test_cnnviz_demo_prints_a_tensorboard_command_that_works_as_printed(tmp_path
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     try:
-        deadline, tags = time.monotonic() + 90, {}
-        while time.monotonic() < deadline:
-            try:
-                tags = _get(f"http://127.0.0.1:{port}/data/plugin/images/tags")
-                if any("cnnviz/feature_vis/net.conv1" in t for t in tags.values()):
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
+        tags = _wait_for_tag(server, f"http://127.0.0.1:{port}/data/plugin/images/tags", "cnnviz/feature_vis/net.conv1")
         assert any("cnnviz/feature_vis/net.conv1" in t for t in tags.values()), tags
     finally:
         server.terminate()
