@@ -1,42 +1,13 @@
-"""Train a demo CNN with the lightning_cnnviz monitors, configured from YAML (LightningCLI).
+"""Train with LightningCLI from a YAML config that names the model, the data and the monitors (``class_path``).
 
-    python examples/train.py fit --config configs/digits.yaml
-    python examples/train.py fit --config configs/fashion_mnist.yaml --data.root ../shared/data/fashion-mnist
-    python examples/train.py fit --config configs/cifar10.yaml
+    python examples/train.py fit --config lightning_cnnviz/demo/configs/digits.yaml
+    python examples/train.py fit --config my_run.yaml --trainer.max_epochs 20
 
-Then open TensorBoard on the run's folder (printed at the end).
+This is what ``cnnviz demo`` runs on the packaged demo configs; copy one of them to start a config of your own.
+When fitting ends it prints the commands that open TensorBoard on the run and report on its checkpoint.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
-import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningCLI
-
-from lightning_cnnviz.cli import tensorboard_command
-from lightning_cnnviz.demo.models import ImageClassifier
-
-
-class CnnvizCLI(LightningCLI):
-    """LightningCLI that prints the TensorBoard command for the run when fitting ends."""
-
-    def after_fit(self) -> None:
-        trainer: pl.Trainer = self.trainer
-        if trainer.is_global_zero and trainer.logger is not None and trainer.logger.log_dir:
-            root = Path(trainer.logger.save_dir or trainer.logger.log_dir)
-            command = " ".join(tensorboard_command(root))  # works as printed, also outside the environment
-            print(f"\nTraining done. See what the network learned:\n\n    {command}\n")
-
-
-def main() -> None:
-    CnnvizCLI(
-        ImageClassifier,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-    )
-
+from lightning_cnnviz.cli import lightning_cli
 
 if __name__ == "__main__":
-    main()
+    lightning_cli()

@@ -1,11 +1,15 @@
-"""The ``cnnviz`` command: train the demo with every monitor, and start the TensorBoard that came with the package.
+"""The ``cnnviz`` command: train the demo with every monitor, report on a checkpoint, start TensorBoard.
 
-    cnnviz demo [--data digits|fashion-mnist|cifar10] [--root PATH] [--epochs N] [--logdir runs] [--open]
+    cnnviz demo [--data digits|fashion-mnist|cifar10] [--root PATH] [--epochs N] [--logdir runs] [--open] [...]
+    cnnviz report CHECKPOINT [--config CONFIG] [--out DIR] [--batches N]
     cnnviz tensorboard DIR [--port 6006] [--host localhost]
 
-``demo`` prints a TensorBoard command that works as printed (the full path of this environment's ``cnnviz``), or
-starts it with ``--open``. Fashion-MNIST and CIFAR-10 are read from ``--root`` (an IDX folder, or the CIFAR-10
-ImageFolder zip or folder); digits need no file. The demo needs the ``[demo]`` extra.
+``demo`` runs LightningCLI on the demo config of the chosen data (``lightning_cnnviz/demo/configs``; further
+``--trainer.*``/``--model.*``/``--data.*`` arguments pass through), saves a checkpoint and the config beside the
+event files, and prints the TensorBoard and report commands, which work as printed (the full path of this
+environment's ``cnnviz``); ``--open`` starts TensorBoard. Fashion-MNIST and CIFAR-10 are read from ``--root`` (an
+IDX folder, or the CIFAR-10 ImageFolder zip or folder); digits need no file. ``demo`` and ``report`` need the
+``[demo]`` extra (scikit-learn, jsonargparse).
 """
 
 from __future__ import annotations
@@ -13,92 +17,144 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "tensorboard_command"]
+__all__ = ["demo_config", "main", "tensorboard_command"]
 
-_DATA = ("digits", "fashion-mnist", "cifar10")
+_DATA = {"digits": "digits", "fashion-mnist": "fashion_mnist", "cifar10": "cifar10"}
+#: Lightning's own deprecation noise, raised from Lightning's code while our commands run (not from our calls).
+_LIGHTNING_NOISE = r".*isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+def demo_config(data: str = "digits") -> Path:
+    """The packaged LightningCLI config of the demo on ``data`` (``digits``, ``fashion-mnist`` or ``cifar10``)."""
+    return Path(__file__).parent / "demo" / "configs" / f"{_DATA[data]}.yaml"
+
+
+def _program() -> list[str]:
+    """This environment's ``cnnviz``, by full path when it is installed beside this Python."""
+    beside = Path(sys.executable).parent / "cnnviz"
+    return [str(beside)] if beside.is_file() else [sys.executable, "-m", "lightning_cnnviz.cli"]
 
 
 def tensorboard_command(logdir: Path) -> list[str]:
-    """``cnnviz tensorboard DIR`` with the full path of the ``cnnviz`` next to this Python, when it is there."""
-    beside = Path(sys.executable).parent / "cnnviz"
-    program = [str(beside)] if beside.is_file() else [sys.executable, "-m", "lightning_cnnviz.cli"]
-    return [*program, "tensorboard", str(logdir.resolve())]
+    """``cnnviz tensorboard DIR``, with the full paths, so that it works as pasted from any folder."""
+    return [*_program(), "tensorboard", str(logdir.resolve())]
 
 
-def demo(data: str, root: str | None, epochs: int, logdir: Path, open_board: bool) -> int:
+def lightning_cli(args: Sequence[str] | None = None) -> None:
+    """LightningCLI for any model and data module given by ``class_path`` in the config (``fit``, ``validate``,
+    ...); after ``fit`` it prints the commands that open TensorBoard on the run and report on its checkpoint."""
     import lightning.pytorch as pl
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.cli import LightningCLI
 
-    from lightning_cnnviz import (
-        ActivationMonitor,
-        EmbeddingMonitor,
-        FeatureVisMonitor,
-        FilterMonitor,
-        SaliencyMonitor,
-        TopPatchMonitor,
-    )  # fmt: skip
-    from lightning_cnnviz.demo.data import DigitsDataModule, IDXDataModule, ImageFolderDataModule
-    from lightning_cnnviz.demo.models import ImageClassifier
+    class CnnvizCLI(LightningCLI):
+        def after_fit(self) -> None:
+            trainer: pl.Trainer = self.trainer
+            logger = trainer.logger
+            if not trainer.is_global_zero or logger is None or not logger.log_dir:
+                return
+            lines = [" ".join(tensorboard_command(Path(logger.save_dir or logger.log_dir)))]
+            saver = trainer.checkpoint_callback
+            last = getattr(saver, "last_model_path", "") or getattr(saver, "best_model_path", "")
+            if last:
+                lines.append(" ".join([*_program(), "report", str(Path(last).resolve())]))
+            commands = "\n\n    ".join(lines)
+            print(
+                f"\nTraining done. See what the network learned (TensorBoard; a one-file HTML report):\n\n"
+                f"    {commands}\n"
+            )
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_LIGHTNING_NOISE)
+        CnnvizCLI(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=None if args is None else list(args),
+        )
+
+
+def demo(data: str, root: str | None, epochs: int | None, logdir: str | None, extra: list[str]) -> int:
     if data != "digits" and root is None:
         print(f"cnnviz demo: --data {data} needs --root (an IDX folder or the CIFAR-10 zip).", file=sys.stderr)
         return 2
-    module: pl.LightningDataModule
-    if data == "digits":
-        module, channels = DigitsDataModule(), 1
-    elif data == "fashion-mnist":
-        module, channels = IDXDataModule(str(root), limit_train=128 * 200, limit_val=1000), 1
-    else:
-        module, channels = ImageFolderDataModule(str(root), limit_per_class=1000, limit_val=1000), 3
-    pl.seed_everything(0, verbose=False)
-    monitors: list[pl.Callback] = [
-        FilterMonitor(),
-        ActivationMonitor(every_n_steps=10),
-        SaliencyMonitor(num_images=10, every_n_epochs=2),
-        TopPatchMonitor(probe_size=256, method="both", every_n_epochs=2),
-        EmbeddingMonitor(probe_size=300, every_n_epochs=2),
-        FeatureVisMonitor(steps=128, every_n_epochs=max(2, epochs // 2)),
-    ]
-    trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=monitors, logger=TensorBoardLogger(str(logdir), name=data), log_every_n_steps=5
+    args = ["fit", "--config", str(demo_config(data))]
+    if root is not None:
+        args += ["--data.init_args.root", root]
+    if epochs is not None:
+        args += ["--trainer.max_epochs", str(epochs)]
+    if logdir is not None:
+        args += ["--trainer.logger.init_args.save_dir", logdir]
+    lightning_cli([*args, *extra])
+    return 0
+
+
+def report(checkpoint: str, config: str | None, out: str, batches: int | None) -> int:
+    from lightning_cnnviz.report import run_report
+
+    try:
+        path = run_report(checkpoint, config, out, batches=batches)
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 2
+    size = path.stat().st_size / 2**20
+    print(
+        f"\nReport written: {path.resolve()} ({size:.1f} MB, self-contained). TensorBoard event files beside "
+        f"it:\n\n    {' '.join(tensorboard_command(path.parent))}\n"
     )
-    trainer.fit(ImageClassifier(in_channels=channels, num_classes=10, first_kernel=5), datamodule=module)
-    command = tensorboard_command(logdir)
-    print(f"\nTraining done. See what the network learned:\n\n    {' '.join(command)}\n")
-    if open_board:
-        return subprocess.call(command)
     return 0
 
 
 def tensorboard(logdir: str, port: int, host: str) -> int:
-    """The TensorBoard installed beside this Python (found even when its folder is not on the PATH)."""
+    """Become the TensorBoard installed beside this Python (found even when its folder is not on the PATH)."""
     beside = Path(sys.executable).parent / "tensorboard"
     program = str(beside) if beside.is_file() else shutil.which("tensorboard")
     command = [program] if program else [sys.executable, "-m", "tensorboard.main"]
-    return subprocess.call([*command, "--logdir", logdir, "--port", str(port), "--host", host], env=os.environ.copy())
+    print(
+        f"cnnviz: the health chart (dead and dormant fractions of every layer) is on the first page of "
+        f"http://{host}:{port}/#custom_scalars ; the pictures on http://{host}:{port}/#images",
+        flush=True,
+    )
+    os.execv(command[0], [*command, "--logdir", logdir, "--port", str(port), "--host", host])
+    return 0  # not reached: TensorBoard replaced this process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cnnviz", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("demo", help="train the demo CNN with every monitor")
-    run.add_argument("--data", choices=_DATA, default="digits")
+    run = commands.add_parser(
+        "demo", help="train the demo CNN with every monitor", epilog="Other arguments go to LightningCLI fit."
+    )
+    run.add_argument("--data", choices=list(_DATA), default="digits")
     run.add_argument("--root", help="the data's folder or zip (Fashion-MNIST, CIFAR-10)")
-    run.add_argument("--epochs", type=int, default=8)
-    run.add_argument("--logdir", default="runs")
+    run.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
+    run.add_argument("--logdir", help="where the runs go (default: runs)")
     run.add_argument("--open", action="store_true", help="start TensorBoard when training is done")
+    made = commands.add_parser("report", help="run every monitor once on a checkpoint: event files and one HTML file")
+    made.add_argument("checkpoint", help="a Lightning .ckpt of a LightningCLI run")
+    made.add_argument("--config", help="the run's LightningCLI config (default: config.yaml beside checkpoints/)")
+    made.add_argument("--out", default="cnnviz_report", help="output folder (default: cnnviz_report)")
+    made.add_argument("--batches", type=int, help="batches for the activation statistics (default: one window)")
     board = commands.add_parser("tensorboard", help="start the TensorBoard that came with the package")
     board.add_argument("logdir")
     board.add_argument("--port", type=int, default=6006)
     board.add_argument("--host", default="localhost")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
-        return demo(args.data, args.root, args.epochs, Path(args.logdir), args.open)
+        status = demo(args.data, args.root, args.epochs, args.logdir, extra)
+        if status == 0 and args.open:
+            return tensorboard(args.logdir or "runs", 6006, "localhost")
+        return status
+    if args.command == "report":
+        return report(args.checkpoint, args.config, args.out, args.batches)
     return tensorboard(args.logdir, args.port, args.host)
 
 

@@ -32,7 +32,7 @@ CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
         "dormant channels (fraction)": ["Multiline", [r"cnnviz/activations/dormant_fraction/.*"]],
         "filter smoothness": ["Multiline", [r"cnnviz/filters/smoothness/.*"]],
         "embedding kNN accuracy": ["Multiline", [r"cnnviz/embedding/knn_accuracy.*"]],
-    }
+    },
 }
 
 _layout_written: weakref.WeakSet[Any] = weakref.WeakSet()

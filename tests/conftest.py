@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import glob
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -100,34 +105,9 @@ def global_state_clean() -> bool:
 
 def read_events(logdir: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything TensorBoard's own reader finds under ``logdir``: image, scalar, histogram and text tags."""
-    from tensorboard.backend.event_processing.event_accumulator import (
-        HISTOGRAMS,
-        IMAGES,
-        SCALARS,
-        TENSORS,
-        EventAccumulator,
-    )
+    from lightning_cnnviz.report import read_events as read
 
-    found: dict[str, Any] = {"images": {}, "scalars": {}, "histograms": {}, "text": {}, "event_files": []}
-    files = sorted(glob.glob(os.path.join(str(logdir), "**", "events.out.tfevents.*"), recursive=True))
-    found["event_files"] = files
-    for directory in sorted({os.path.dirname(f) for f in files}):
-        acc = EventAccumulator(directory, size_guidance={IMAGES: 0, SCALARS: 0, HISTOGRAMS: 0, TENSORS: 0})
-        acc.Reload()
-        tags = acc.Tags()
-        for tag in tags.get("images", []):
-            found["images"].setdefault(tag, []).extend(acc.Images(tag))
-        for tag in tags.get("scalars", []):
-            found["scalars"].setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in tags.get("histograms", []):
-            found["histograms"].setdefault(tag, []).extend(acc.Histograms(tag))
-        for tag in tags.get("tensors", []):
-            if tag.endswith("text_summary"):
-                texts = [
-                    t.tensor_proto.string_val[0].decode() if t.tensor_proto.string_val else "" for t in acc.Tensors(tag)
-                ]
-                found["text"].setdefault(tag.rsplit("/text_summary", 1)[0], []).extend(texts)
-    return found
+    return vars(read(logdir))
 
 
 @pytest.fixture
@@ -171,3 +151,60 @@ def every_monitor(activation_steps: int = 2, top_probe: int = 8, **saliency: Any
         "top_patch": TopPatchMonitor(probe_size=top_probe, on_error="raise"),
         "embedding": EmbeddingMonitor(probe_size=24, knn_k=3, every_n_epochs=1, on_error="raise"),
     }
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The README's demo, as its first command runs it (``cnnviz demo``; 2 epochs, or ``CNNVIZ_DEMO_EPOCHS``): the
+    runs folder and stdout."""
+    logdir = tmp_path_factory.mktemp("demo") / "runs"
+    epochs = os.environ.get("CNNVIZ_DEMO_EPOCHS", "2")
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_cnnviz.cli", "demo", "--epochs", epochs, "--logdir", str(logdir),
+         "--trainer.enable_progress_bar", "false"],
+        cwd=logdir.parent, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    return logdir, result.stdout
+
+
+@pytest.fixture(scope="session")
+def demo_report(digits_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """The report command the demo printed, run as printed with ``--out``: (checkpoint, report.html, stdout)."""
+    _, stdout = digits_run
+    printed = [line.strip() for line in stdout.splitlines() if " report " in line][-1].split()
+    checkpoint = Path(printed[-1])
+    out = tmp_path_factory.mktemp("report")
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_cnnviz.cli", "report", str(checkpoint), "--out", str(out)],
+        cwd=out, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Warning" not in result.stderr, result.stderr[-3000:]
+    return checkpoint, out / "report.html", result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read().decode())
+
+
+def wait_for_tag(server: subprocess.Popen[str] | subprocess.Popen[bytes], url: str, tag: str) -> Any:
+    """Poll a TensorBoard tags endpoint (run -> tags) until ``tag`` is served, for up to 90 s; the last answer."""
+    deadline, tags = time.monotonic() + 90, {}
+    while time.monotonic() < deadline:
+        try:
+            tags = get_json(url)
+            if any(tag in run_tags for run_tags in tags.values()):
+                break
+        except OSError:
+            pass
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        time.sleep(0.5)
+    return tags

@@ -1,50 +1,20 @@
-"""The README's demo command, end to end: LightningCLI fit on digits, event files, and a real TensorBoard server."""
+"""The README's demo command (``cnnviz demo``), end to end: LightningCLI fit on digits, event files, a checkpoint,
+and a real TensorBoard server started by the command the demo prints."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-import pytest
 import torch
 
-from conftest import ROOT, read_events
+from conftest import ROOT, free_port, get_json, read_events, wait_for_tag
 from lightning_cnnviz.core import find_activation_sites
 from lightning_cnnviz.demo.models import ImageClassifier
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    logdir = tmp_path_factory.mktemp("cli")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "examples/train.py",
-            "fit",
-            "--config",
-            "configs/digits.yaml",
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.logger.init_args.save_dir",
-            str(logdir),
-            "--trainer.enable_progress_bar",
-            "false",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    return logdir, result.stdout
 
 
 def demo_relu_names() -> list[str]:
@@ -55,6 +25,8 @@ def demo_relu_names() -> list[str]:
 def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, str]) -> None:
     logdir, stdout = digits_run
     assert f"tensorboard {logdir.resolve()}" in stdout
+    assert len(list(logdir.glob("digits/version_0/checkpoints/*.ckpt"))) == 1  # what `cnnviz report` reads
+    assert (logdir / "digits/version_0/config.yaml").is_file()
     events = read_events(logdir)
     for layer in ("net.conv1", "net.conv2"):
         assert [e.step for e in events["images"][f"cnnviz/filters/{layer}"]] == [0, 1]
@@ -82,35 +54,9 @@ def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, s
     assert max(image.height for written in events["images"].values() for image in written) <= 2000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read().decode())
-
-
-def _wait_for_tag(server: subprocess.Popen[str] | subprocess.Popen[bytes], url: str, tag: str) -> Any:
-    """Poll a TensorBoard tags endpoint (run -> tags) until ``tag`` is served, for up to 90 s; the last answer."""
-    deadline, tags = time.monotonic() + 90, {}
-    while time.monotonic() < deadline:
-        try:
-            tags = _get(url)
-            if any(tag in run_tags for run_tags in tags.values()):
-                break
-        except OSError:
-            pass
-        assert server.poll() is None, server.stderr.read() if server.stderr else ""
-        time.sleep(0.5)
-    return tags
-
-
 def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -> None:
     logdir, _ = digits_run
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -131,10 +77,10 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        scalars = _wait_for_tag(server, f"{base}/data/plugin/scalars/tags", "cnnviz/activations/sparsity/net.relu1")
+        scalars = wait_for_tag(server, f"{base}/data/plugin/scalars/tags", "cnnviz/activations/sparsity/net.relu1")
         scalar_tags = {tag for tags in scalars.values() for tag in tags}
         assert {"cnnviz/activations/dead/net.relu3", "cnnviz/filters/smoothness/net.conv1"} <= scalar_tags
-        images = _get(f"{base}/data/plugin/images/tags")
+        images = get_json(f"{base}/data/plugin/images/tags")
         image_tags = {tag for tags in images.values() for tag in tags}
         assert {
             "cnnviz/filters/net.conv1",
@@ -144,12 +90,12 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
             "cnnviz/embedding/tsne",
         } <= image_tags
         # the Projector plugin serves the codes of the probe set (300 images x the 128-d input of net.fc)
-        runs = _get(f"{base}/data/plugin/projector/runs")
+        runs = get_json(f"{base}/data/plugin/projector/runs")
         assert runs
-        info = _get(f"{base}/data/plugin/projector/info?run={urllib.parse.quote(runs[0])}")
+        info = get_json(f"{base}/data/plugin/projector/info?run={urllib.parse.quote(runs[0])}")
         assert [e["tensorShape"] for e in info["embeddings"]] == [[300, 128]]
         assert info["embeddings"][0]["sprite"]["singleImageDim"] == [16, 16]
-        layout = _get(f"{base}/data/plugin/custom_scalars/layout")
+        layout = get_json(f"{base}/data/plugin/custom_scalars/layout")
         titles = [chart["title"] for category in layout["category"] for chart in category["chart"]]
         assert "dead filters (count)" in titles
         health = layout["category"][0]  # the first category the Custom Scalars tab shows: is the network healthy?
@@ -181,23 +127,20 @@ def test_the_readme_snippet_runs_as_written(tmp_path: Path) -> None:
     )
 
 
-def test_cnnviz_demo_prints_a_tensorboard_command_that_works_as_printed(tmp_path: Path) -> None:
+def test_cnnviz_demo_prints_a_tensorboard_command_that_works_as_printed(digits_run: tuple[Path, str]) -> None:
     """``cnnviz demo`` trains with every monitor and prints a command that starts a real TensorBoard on the run."""
-    result = subprocess.run(
-        [sys.executable, "-m", "lightning_cnnviz.cli", "demo", "--epochs", "1", "--logdir", str(tmp_path / "runs")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    printed = [line.strip() for line in result.stdout.splitlines() if " tensorboard " in line][-1]
-    assert printed.endswith(f"tensorboard {(tmp_path / 'runs').resolve()}")
-    port = _free_port()
+    logdir, stdout = digits_run
+    printed = [line.strip() for line in stdout.splitlines() if " tensorboard " in line][-1]
+    assert printed.endswith(f"tensorboard {logdir.resolve()}")
+    port = free_port()
     server = subprocess.Popen(
         [*printed.split(), "--port", str(port), "--host", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     try:
-        tags = _wait_for_tag(server, f"http://127.0.0.1:{port}/data/plugin/images/tags", "cnnviz/feature_vis/net.conv1")
+        tags = wait_for_tag(server, f"http://127.0.0.1:{port}/data/plugin/images/tags", "cnnviz/feature_vis/net.conv1")
         assert any("cnnviz/feature_vis/net.conv1" in t for t in tags.values()), tags
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        out, _ = server.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/#custom_scalars" in out  # where the health chart is, said on start

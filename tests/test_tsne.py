@@ -190,3 +190,9 @@ def test_bad_input() -> None:
         tsne(torch.zeros(10, 4), method="bh")
     with pytest.raises(ValueError, match=r"init must have shape \(10, 2\)"):
         tsne(torch.randn(10, 4), init=torch.zeros(9, 2))
+
+
+def test_identical_codes_give_a_finite_map() -> None:
+    """A network whose last layer died gives every probe image the same code: the map is a finite cloud."""
+    y = tsne(torch.zeros(120, 16), perplexity=10, n_iter=100)
+    assert bool(torch.isfinite(y).all()) and float(y.std()) > 0

@@ -167,9 +167,7 @@ class FeatureVisMonitor(TopPatchMonitor):
         if not sink.active:
             return
         epoch = trainer.current_epoch
-        caption = f"ep {epoch}"
-        if caption in self.history.latest_captions():  # a second log in one epoch (the end of a short fit)
-            caption = f"step {trainer.global_step}"
+        caption = self.history.caption(epoch, trainer.global_step)
         for layer, images in rendered.items():
             if images is None or not self.finite(
                 images, what=f"the feature visualizations of {layer}", trainer=trainer
@@ -180,7 +178,7 @@ class FeatureVisMonitor(TopPatchMonitor):
             def draw(layer: str = layer, images: Tensor = images) -> None:
                 shown = _rgb(images)
                 sink.image(f"cnnviz/feature_vis/{layer}", _captioned_grid(shown, self._channels[layer]), epoch)
-                self.history.add(layer, caption, shown)
+                self.history.add(layer, caption, shown, trainer.global_step)
                 thumbnails, captions = self.history.stacked(layer)
                 evolution = render_evolution(thumbnails, captions, self._channels[layer])
                 sink.image(f"cnnviz/feature_vis_evolution/{layer}", evolution, epoch)

@@ -307,15 +307,13 @@ class TopPatchMonitor(EpochMonitor):
         if not sink.active:
             return
         epoch = trainer.current_epoch
-        caption = f"ep {epoch}"
-        if caption in self.history.latest_captions():  # a second log in one epoch (the end of a short fit)
-            caption = f"step {trainer.global_step}"
+        caption = self.history.caption(epoch, trainer.global_step)
         for name, top in tops.items():
 
             def draw(name: str = name, top: TopActivations = top) -> None:
                 image, strongest = self.render_layer(pl_module, name, top)
                 sink.image(f"cnnviz/top_patches/{name}", image, epoch)
-                self.history.add(name, caption, strongest)
+                self.history.add(name, caption, strongest, trainer.global_step)
                 sink.image(f"cnnviz/evolution/{name}", self.evolution_image(name), epoch)
 
             self._run(f"top patches of {name}", draw)

@@ -152,7 +152,8 @@ def _pca_init(features: Tensor, generator: torch.Generator) -> Tensor:
         components = vh[:2].t()
     signs = torch.sign(components.gather(0, components.abs().argmax(dim=0, keepdim=True)))
     embedding = x @ (components * signs)
-    embedding = embedding / embedding[:, 0].std() * 1e-4
+    spread = embedding[:, 0].std()  # 0 when every code is the same (a network whose last layer died)
+    embedding = embedding / spread * 1e-4 if spread > 0 else torch.zeros_like(embedding)
     jitter = torch.randn(embedding.shape, generator=generator, dtype=torch.float64) * 1e-4 * 0.01
     return (embedding + jitter.to(embedding.device)).float()
 

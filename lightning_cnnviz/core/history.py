@@ -39,11 +39,25 @@ class EvolutionHistory:
             tiles = F.interpolate(tiles.float(), size=size, mode="area")
         return (tiles.clamp(0, 1) * 255).round().byte().cpu()
 
-    def add(self, layer: str, caption: str, tiles: Tensor) -> None:
-        """Add a column: ``tiles`` (C, 3, h, w) in [0, 1], one per channel."""
+    def caption(self, epoch: int, step: int) -> str:
+        """``"ep {epoch}"``, or ``"step {step}"`` for a second column in one epoch at another step (the end of a
+        short fit); the same epoch and step again (``cnnviz report`` on a checkpoint) is the same column."""
+        caption = f"ep {epoch}"
+        for history in self._layers.values():
+            if history["columns"] and history["columns"][-1][1] == caption and history.get("step", step) != step:
+                return f"step {step}"
+        return caption
+
+    def add(self, layer: str, caption: str, tiles: Tensor, step: int | None = None) -> None:
+        """Add a column: ``tiles`` (C, 3, h, w) in [0, 1], one per channel, drawn at training ``step``. A column
+        with the latest column's caption replaces it."""
         thumbnail = self._thumbnail(tiles)
         history = self._layers.setdefault(layer, {"stride": 1, "count": 0, "columns": []})
+        history["step"] = step
         columns = history["columns"]
+        if columns and columns[-1][1] == caption and columns[-1][2].shape == thumbnail.shape:
+            columns[-1] = (columns[-1][0], caption, thumbnail)
+            return
         if columns and columns[-1][2].shape != thumbnail.shape:
             history.update(stride=1, count=0, columns=[])
             columns = history["columns"]
@@ -64,9 +78,6 @@ class EvolutionHistory:
         """(C, T, 3, h, w) float thumbnails in [0, 1] and the T captions."""
         columns = self.columns(layer)
         return torch.stack([t for _, t in columns], dim=1).float() / 255, [c for c, _ in columns]
-
-    def latest_captions(self) -> set[str]:
-        return {columns[-1][0] for layer in self._layers if (columns := self.columns(layer))}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -239,7 +239,7 @@ class ActivationStats:
             spec = self.specs[name]
             part = host[offset : offset + self._width(spec)]
             offset += self._width(spec)
-            moments = part[: -DISTRIBUTION_BINS].view(-1, spec.channels)  # ([firing,] magnitude) x channels
+            moments = part[:-DISTRIBUTION_BINS].view(-1, spec.channels)  # ([firing,] magnitude) x channels
             finite = torch.isfinite(moments).all(dim=0)
             moments = torch.where(finite, moments, 0.0)  # a non-finite channel fired nowhere and weighs nothing
             layers[name] = LayerSummary(

@@ -1,0 +1,386 @@
+"""What the monitors see in a finished run, outside TensorBoard: ``cnnviz report``.
+
+:func:`run_report` loads a Lightning checkpoint with the LightningCLI config of its run (model, data and
+monitors), runs every monitor once on it without training (a few batches through the frozen network, resuming
+the monitors' histories from the checkpoint), and writes TensorBoard event files and one self-contained HTML
+file. :func:`render_report` turns any folder of event files into that HTML: every image tag's latest picture
+embedded, every scalar as a small plot, the alerts, and the run's hyperparameters; no script, no external file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import glob
+import html
+import os
+import types
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+__all__ = ["RunEvents", "read_events", "render_report", "run_report"]
+
+#: Sections of the report, in order: (title, tag prefixes).
+_SECTIONS = (
+    ("Filters", ("cnnviz/filters/",)),
+    ("Activations: dead and dormant channels, distributions", ("cnnviz/activations/",)),
+    ("Saliency", ("cnnviz/saliency/",)),
+    ("Top-9 patches and their projections (Zeiler & Fergus)", ("cnnviz/top_patches/", "cnnviz/evolution/")),
+    ("Feature visualization", ("cnnviz/feature_vis", "cnnviz/atlas/", "cnnviz/deep_dream")),
+    ("Embedding of the network's codes", ("cnnviz/embedding/",)),
+)
+
+
+@dataclass
+class RunEvents:
+    """Everything TensorBoard's own reader finds under a folder: per tag, the events of every run inside it.
+
+    ``images``, ``scalars`` and ``histograms`` hold TensorBoard's event tuples (``.step``, ``.wall_time`` and
+    ``.encoded_image_string``, ``.value``, ...), oldest step first; ``text`` the strings written with ``add_text``.
+    """
+
+    images: dict[str, list[Any]] = field(default_factory=dict)
+    scalars: dict[str, list[Any]] = field(default_factory=dict)
+    histograms: dict[str, list[Any]] = field(default_factory=dict)
+    text: dict[str, list[str]] = field(default_factory=dict)
+    event_files: list[str] = field(default_factory=list)
+
+
+def read_events(logdir: str | os.PathLike[str]) -> RunEvents:
+    """Read every event file under ``logdir`` (recursively), as TensorBoard would, nothing sampled away."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        HISTOGRAMS,
+        IMAGES,
+        SCALARS,
+        TENSORS,
+        EventAccumulator,
+    )
+
+    found = RunEvents()
+    found.event_files = sorted(glob.glob(os.path.join(str(logdir), "**", "events.out.tfevents.*"), recursive=True))
+    for directory in sorted({os.path.dirname(f) for f in found.event_files}):
+        acc = EventAccumulator(directory, size_guidance={IMAGES: 0, SCALARS: 0, HISTOGRAMS: 0, TENSORS: 0})
+        acc.Reload()
+        tags = acc.Tags()
+        for tag in tags.get("images", []):
+            found.images.setdefault(tag, []).extend(acc.Images(tag))
+        for tag in tags.get("scalars", []):
+            found.scalars.setdefault(tag, []).extend(acc.Scalars(tag))
+        for tag in tags.get("histograms", []):
+            found.histograms.setdefault(tag, []).extend(acc.Histograms(tag))
+        for tag in tags.get("tensors", []):
+            if tag.endswith("text_summary"):
+                texts = [
+                    t.tensor_proto.string_val[0].decode() if t.tensor_proto.string_val else "" for t in acc.Tensors(tag)
+                ]
+                found.text.setdefault(tag.rsplit("/text_summary", 1)[0], []).extend(texts)
+    for events in [*found.images.values(), *found.scalars.values(), *found.histograms.values()]:
+        events.sort(key=lambda e: (e.step, e.wall_time))
+    return found
+
+
+def run_report(
+    checkpoint: str | os.PathLike[str],
+    config: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] = "cnnviz_report",
+    batches: int | None = None,
+    accelerator: str = "auto",
+) -> Path:
+    """Run every monitor of a LightningCLI run once on its checkpoint, without training, and write the report.
+
+    Args:
+        checkpoint: a Lightning checkpoint (``.ckpt``) of the run.
+        config: the run's LightningCLI config (``model``, ``data`` and the monitors in ``trainer.callbacks``);
+            by default the ``config.yaml`` LightningCLI saved beside the run's ``checkpoints/`` folder.
+        out: folder for the event files and ``report.html``.
+        batches: training batches run through the frozen network for the activation statistics (default: one
+            ActivationMonitor window).
+        accelerator: the Trainer's accelerator.
+
+    Returns:
+        The path of ``report.html``. The network's weights and buffers are not changed: the training step runs
+        without gradients, every layer in eval mode, and no optimizer steps; the checkpoint file is only read.
+    """
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_cnnviz.callbacks import ActivationMonitor
+    from lightning_cnnviz.callbacks._base import Monitor
+
+    checkpoint, config = _checked_paths(checkpoint, config)
+    out = Path(out)
+    model, datamodule, monitors, trainer_config = _from_config(config)
+    if not monitors:
+        raise ValueError(
+            f"cnnviz report: {str(config)!r} configures no lightning_cnnviz monitor in `trainer.callbacks`; the "
+            "report runs the monitors of the run's config. Add them there (see the demo configs)."
+        )
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    windows = [m.every_n_steps for m in monitors if isinstance(m, ActivationMonitor)]
+    batches = batches or (windows[0] if windows else 10)
+    model.training_step = types.MethodType(_frozen_step(model.training_step), model)
+    model.automatic_optimization = False  # no optimizer step, no scheduler step: the global step stays the checkpoint's
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=trainer_config.get("precision") or "32-true",
+        max_epochs=int(state.get("epoch", 0)) + 2,  # resuming after the checkpoint's epoch: one more (renumbered)
+        log_every_n_steps=1,
+        limit_train_batches=batches,
+        limit_val_batches=batches,
+        num_sanity_val_steps=0,
+        logger=TensorBoardLogger(str(out), name="", version=""),
+        callbacks=[_Frozen(int(state.get("epoch", 0)), int(state.get("global_step", 0))), *monitors],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint))
+    alerts = [a for m in monitors if isinstance(m, ActivationMonitor) for a in m.alerts]
+    run_dir = checkpoint.parent.parent
+    history = read_events(run_dir) if glob.glob(str(run_dir / "events.out.tfevents.*")) else None
+    hyperparameters = {**state.get("hyper_parameters", {}), **state.get("datamodule_hyper_parameters", {})}
+    page = render_report(
+        read_events(out),
+        title=f"cnnviz report: {run_dir.name if history else checkpoint.stem}",
+        about={
+            "checkpoint": str(checkpoint.resolve()),
+            "config": str(config.resolve()),
+            "epoch": str(state.get("epoch", "?")),
+            "global step": str(state.get("global_step", "?")),
+            "monitors": ", ".join(type(m).__name__ for m in monitors if isinstance(m, Monitor)),
+            "written": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+        hyperparameters=hyperparameters,
+        alerts=[str(a.get("message", a)) for a in alerts],
+        history=history,
+        config_text=config.read_text(),
+    )
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def render_report(
+    events: RunEvents,
+    title: str = "cnnviz report",
+    about: dict[str, str] | None = None,
+    hyperparameters: dict[str, Any] | None = None,
+    alerts: list[str] | None = None,
+    history: RunEvents | None = None,
+    config_text: str | None = None,
+) -> str:
+    """One self-contained HTML page: the latest picture of every image tag in ``events`` (PNG data embedded),
+    every scalar as a small SVG plot: the training run's values (``history``, when given) as a line and the
+    report's own values as blue dots (without ``history``, the events' values as the line); the alerts (those
+    given, else the ``cnnviz/alerts`` text of both), the hyperparameters and the config."""
+    line_of, dots_of = (history, events) if history else (events, RunEvents())
+    scalars: dict[str, tuple[list[tuple[int, float]], list[tuple[int, float]]]] = {
+        tag: (
+            [(e.step, e.value) for e in line_of.scalars.get(tag, [])],
+            [(e.step, e.value) for e in dots_of.scalars.get(tag, [])],
+        )
+        for tag in {*line_of.scalars, *dots_of.scalars}
+    }
+    if alerts is None:
+        alerts = [*(history.text.get("cnnviz/alerts", []) if history else []), *events.text.get("cnnviz/alerts", [])]
+    parts = [f"<h1>{_e(title)}</h1>"]
+    if about:
+        parts.append(_table(about))
+    parts.append("<h2>Health</h2>")
+    parts.append(
+        "<ul class='alerts'>" + "".join(f"<li>{_e(a)}</li>" for a in alerts) + "</ul>"
+        if alerts
+        else "<p class='ok'>No alert: no layer's dead or dormant fraction reached its threshold, no non-finite "
+        "values.</p>"
+    )
+    health = [t for t in scalars if t.startswith(("cnnviz/activations/dead_fraction/", "cnnviz/activations/dormant"))]
+    parts.append(_plots(scalars, sorted(t for t in health if "fraction" in t)))
+    if history:
+        parts.append("<p class='legend'>Orange: the training run. Blue: the report's batches on the checkpoint.</p>")
+    shown: set[str] = set()
+    for heading, prefixes in _SECTIONS:
+        tags = sorted(t for t in events.images if t.startswith(prefixes))
+        shown.update(tags)
+        if tags:
+            parts.append(f"<h2>{_e(heading)}</h2>")
+            parts.extend(_figure(tag, events.images[tag][-1]) for tag in tags)
+    others = sorted(set(events.images) - shown)
+    if others:
+        parts.append("<h2>Other images</h2>")
+        parts.extend(_figure(tag, events.images[tag][-1]) for tag in others)
+    if scalars:
+        parts.append("<h2>Scalars</h2>")
+        parts.append(_plots(scalars, sorted(scalars)))
+    if hyperparameters:
+        parts.append("<h2>Hyperparameters</h2>")
+        parts.append(_table({k: repr(v) for k, v in hyperparameters.items()}))
+    if config_text:
+        parts.append(f"<h2>Config</h2><pre>{_e(config_text)}</pre>")
+    return _PAGE.format(title=_e(title), body="\n".join(parts))
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _table(rows: dict[str, str]) -> str:
+    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items()) + "</table>"
+
+
+def _figure(tag: str, event: Any) -> str:
+    data = base64.b64encode(event.encoded_image_string).decode("ascii")
+    kind = "jpeg" if event.encoded_image_string[:2] == b"\xff\xd8" else "png"
+    return (
+        f"<figure><img alt='{_e(tag)}' src='data:image/{kind};base64,{data}' width='{event.width}' "
+        f"height='{event.height}'><figcaption>{_e(tag)} &middot; step {event.step}</figcaption></figure>"
+    )
+
+
+def _plots(scalars: dict[str, tuple[list[tuple[int, float]], list[tuple[int, float]]]], tags: list[str]) -> str:
+    return "<div class='plots'>" + "".join(_plot(tag, *scalars[tag]) for tag in tags) + "</div>"
+
+
+def _plot(
+    tag: str, points: list[tuple[int, float]], marks: list[tuple[int, float]], width: int = 260, height: int = 120
+) -> str:
+    """A small SVG plot: ``points`` as a line, ``marks`` as blue dots, the value and step ranges written on it."""
+    steps = [float(s) for s, _ in points + marks]
+    values = [v for _, v in points + marks if v == v and abs(v) != float("inf")]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    span, first, last = (high - low) or 1.0, min(steps), max(steps)
+    pad = 8
+
+    def x(step: float) -> float:
+        return pad + (step - first) / ((last - first) or 1.0) * (width - 2 * pad)
+
+    def y(value: float) -> float:
+        return height - 18 - (value - low) / span * (height - 36)
+
+    drawn = [(x(s), y(v)) for s, v in points if v == v and abs(v) != float("inf")]
+    line = " ".join(f"{a:.1f},{b:.1f}" for a, b in drawn)
+    dots = "".join(f"<circle cx='{a:.1f}' cy='{b:.1f}' r='2'/>" for a, b in drawn) if len(drawn) < 40 else ""
+    dots += "".join(
+        f"<circle class='now' cx='{x(s):.1f}' cy='{y(v):.1f}' r='3.5'/>"
+        for s, v in marks
+        if v == v and abs(v) != float("inf")
+    )
+    return (
+        f"<figure class='plot'><svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+        f"viewBox='0 0 {width} {height}'><rect width='{width}' height='{height}' class='frame'/>"
+        f"<polyline points='{line}'/>{dots}"
+        f"<text x='{pad}' y='12'>max {high:.4g}</text><text x='{pad}' y='{height - 4}'>min {low:.4g}</text>"
+        f"<text x='{width - pad}' y='{height - 4}' text-anchor='end'>steps {int(first)}&#8211;{int(last)}</text>"
+        f"</svg><figcaption>{_e(tag)}</figcaption></figure>"
+    )
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1800px; }}
+h2 {{ border-bottom: 2px solid #f57c00; padding-bottom: .2em; margin-top: 2em; }}
+figure {{ display: inline-block; vertical-align: top; margin: .5em; }}
+figure img {{ max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #ddd; }}
+figcaption {{ font-size: .8em; color: #555; }}
+table {{ border-collapse: collapse; }}
+th, td {{ text-align: left; padding: .15em .8em; border-bottom: 1px solid #eee; }}
+.alerts li {{ color: #b71c1c; margin: .3em 0; }} .ok {{ color: #1b5e20; }}
+.plot svg {{ font-size: 10px; }} .plot .frame {{ fill: #fafafa; stroke: #ddd; }}
+.plot polyline {{ fill: none; stroke: #f57c00; stroke-width: 1.5; }} .plot circle {{ fill: #f57c00; }}
+.plot circle.now {{ fill: #1565c0; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def _checked_paths(checkpoint: str | os.PathLike[str], config: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"cnnviz report: no checkpoint file {str(path)!r}; pass a Lightning .ckpt file.")
+    if config is None:
+        beside = path.parent.parent / "config.yaml"
+        if not beside.is_file():
+            raise FileNotFoundError(
+                f"cnnviz report: no --config given and no {str(beside)!r} beside the checkpoint's folder. Pass the "
+                "run's LightningCLI config (the YAML with model, data and the monitors in trainer.callbacks)."
+            )
+        return path, beside
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"cnnviz report: no config file {str(config)!r}.")
+    return path, Path(config)
+
+
+def _from_config(config: Path) -> tuple[Any, Any, list[Any], dict[str, Any]]:
+    """The model, data module, monitors and trainer settings a LightningCLI config describes."""
+    import yaml
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_cnnviz.callbacks._base import Monitor
+
+    settings = yaml.safe_load(config.read_text()) or {}
+    # what LightningCLI saved for one subcommand (fit's ckpt_path, ...) is not an argument without one
+    settings = {k: v for k, v in settings.items() if k in ("seed_everything", "trainer", "model", "data")}
+    settings["trainer"] = {**(settings.get("trainer") or {}), "logger": False}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended to run")
+        cli = LightningCLI(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            run=False,
+            save_config_callback=None,
+            seed_everything_default=0,
+            args=settings,
+        )
+    monitors = [c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, Monitor)]
+    return cli.model, cli.datamodule, monitors, dict(cli.config.get("trainer", {}))
+
+
+def _frozen_step(step: Any) -> Any:
+    """The model's own training step, run without gradients and returning no loss: nothing is optimised."""
+    import torch
+
+    def frozen(self: Any, *args: Any, **kwargs: Any) -> None:
+        with torch.no_grad():
+            step(*args, **kwargs)
+
+    return frozen
+
+
+class _Frozen(Callback):
+    """Keeps every layer in eval mode during the report's training batches (batch norm uses its running statistics,
+    dropout is off) while the LightningModule itself stays in training mode, so the monitors count these forwards.
+
+    The report's one epoch is numbered as the checkpoint's epoch, and its manual optimization (which never steps)
+    keeps the checkpoint's global step: the pictures are stamped with the step and epoch of the weights they show,
+    and the epoch-by-epoch histories restored from the checkpoint gain no column for an epoch that never trained.
+    """
+
+    def __init__(self, epoch: int, global_step: int) -> None:
+        self.epoch, self.global_step = epoch, global_step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loop = trainer.fit_loop
+        for counter in ("ready", "started", "processed", "completed"):
+            setattr(loop.epoch_progress.current, counter, self.epoch)
+        loop.max_epochs = self.epoch + 1
+        loop.epoch_loop.manual_optimization.optim_step_progress.total.completed = self.global_step
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        for child in pl_module.children():
+            child.eval()

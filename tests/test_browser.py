@@ -1,0 +1,170 @@
+"""The demo run in a real browser: headless Chromium (Debian's, installed by ``.ci/run``) driven by Playwright opens
+a real TensorBoard on the demo's event files, and the ``cnnviz report`` page, and checks what a person would see:
+our tags rendered, every picture decoded, no failed request, no script error.
+
+Set ``CNNVIZ_SCREENSHOTS=DIR`` to keep the screenshots (``docs/images/`` holds the README's)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, free_port, wait_for_tag
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    if executable is None:
+        message = "no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs it: a missing browser there is a broken CI, not a skip
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+class Watched:
+    """A page with every response, failed request, script error and console error it produced."""
+
+    def __init__(self, browser: Any) -> None:
+        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        self.responses: list[tuple[int, str]] = []
+        self.problems: list[str] = []
+        self.page.on("response", lambda r: self.responses.append((r.status, r.url)))
+        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url}"))
+        self.page.on("pageerror", lambda e: self.problems.append(f"script error: {e}"))
+        self.page.on("console", lambda m: self.problems.append(f"console: {m.text}") if m.type == "error" else None)
+
+    def data(self, part: str) -> list[tuple[int, str]]:
+        return [(status, url) for status, url in self.responses if part in url]
+
+    def wait_for(self, what: str, ready: Any, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            assert time.monotonic() < deadline, f"{what} not shown within {seconds} s; problems: {self.problems}"
+            self.page.wait_for_timeout(250)
+
+    def screenshot(self, name: str, full_page: bool = False) -> None:
+        folder = os.environ.get("CNNVIZ_SCREENSHOTS")
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(Path(folder) / name), full_page=full_page)
+
+    def finish(self, screenshot: str) -> None:
+        """Keep the screenshot; then: no script error, no failed request, every data request answered 200."""
+        self.screenshot(screenshot)
+        assert not self.problems
+        assert all(status == 200 for status, _ in self.data("/data/"))
+
+    def images(self) -> list[dict[str, Any]]:
+        """Every <img> of the page, inside shadow roots too: its alt, whether it loaded and its decoded size."""
+        return self.page.locator("img").evaluate_all(
+            "els => els.map(e => ({alt: e.alt, src: e.src.slice(0, 120), ok: e.complete && e.naturalWidth > 0,"
+            " width: e.naturalWidth, height: e.naturalHeight}))"
+        )
+
+
+@pytest.fixture(scope="module")
+def board(digits_run: tuple[Path, str]) -> Iterator[str]:
+    logdir, _ = digits_run
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port",
+         str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_tag(server, f"{base}/data/plugin/images/tags", "cnnviz/deep_dream")
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_tensorboard_images_tab_shows_our_pictures(browser: Any, board: str) -> None:
+    seen = Watched(browser)
+    seen.page.goto(f"{board}/#images")
+    seen.wait_for("images", lambda: len(seen.images()) >= 8 and all(i["ok"] for i in seen.images()))
+    assert seen.page.locator("text=cnnviz/activations/dead_map/net.relu1").count() >= 1
+    shown = {status for status, _ in seen.data("/data/plugin/images/individualImage")}
+    assert shown == {200}
+    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2F(filters%7Catlas)%2F")
+    seen.wait_for(
+        "filtered images",
+        lambda: seen.page.locator("text=cnnviz/atlas/net.conv3").count() >= 1 and all(i["ok"] for i in seen.images()),
+    )
+    assert seen.page.locator("text=cnnviz/filters/net.conv1").count() >= 1
+    seen.finish("tensorboard_images.png")
+
+
+def test_tensorboard_custom_scalars_open_on_the_health_chart(browser: Any, board: str) -> None:
+    seen = Watched(browser)
+    seen.page.goto(f"{board}/#custom_scalars")
+    seen.wait_for("the health chart", lambda: seen.page.locator("text=cnnviz health").count() >= 1)
+    seen.wait_for(
+        "its lines", lambda: len(seen.data("/data/plugin/custom_scalars/scalars")) >= 6
+    )  # one request per chart
+    first = seen.page.locator("text=/dead \\(ReLU family\\) and dormant/").first
+    health = seen.page.locator("text=cnnviz health").first
+    assert health.bounding_box()["y"] < first.bounding_box()["y"] < 400  # first on the page, above the fold
+    seen.page.wait_for_timeout(1000)
+    seen.finish("tensorboard_health.png")
+
+
+def test_tensorboard_projector_loads_our_codes(browser: Any, board: str) -> None:
+    seen = Watched(browser)
+    seen.page.goto(f"{board}/#projector")
+
+    def points() -> bool:
+        return any(frame.locator("text=Points: 300").count() for frame in seen.page.frames)
+
+    seen.wait_for("the projector's 300 points", points)
+    tensors = seen.data("/data/plugin/projector/tensor")
+    assert tensors and all(status == 200 for status, _ in tensors)
+    assert "name=cnnviz/embedding" in tensors[0][1]
+    assert all(status == 200 for status, _ in seen.data("/data/plugin/projector/sprite_image"))
+    seen.page.wait_for_timeout(1500)
+    seen.screenshot("tensorboard_projector.png")
+    assert not [p for p in seen.problems if "WebGL" not in p]  # software WebGL notices are Chromium's, headless
+
+
+def test_report_page_shows_every_picture(browser: Any, demo_report: tuple[Path, Path, str]) -> None:
+    from lightning_cnnviz.report import read_events
+
+    _, html, _ = demo_report
+    seen = Watched(browser)
+    seen.page.goto(html.resolve().as_uri())
+    seen.wait_for("the report's images", lambda: all(i["ok"] for i in seen.images()))
+    images = seen.images()
+    tags = read_events(html.parent).images
+    assert sorted(i["alt"] for i in images) == sorted(tags)
+    for image in images:  # decoded at the size the event file says
+        latest = tags[image["alt"]][-1]
+        assert (image["width"], image["height"]) == (latest.width, latest.height)
+    assert seen.page.locator("svg polyline").count() >= len(read_events(html.parent).scalars)
+    assert not seen.problems
+    assert {url.split(":")[0] for _, url in seen.responses} <= {"file", "data"}  # nothing fetched from elsewhere
+    seen.screenshot("report.png")
+
+
+def test_readme_shows_the_committed_screenshots() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in ("tensorboard_images.png", "tensorboard_health.png", "report.png"):
+        assert (ROOT / "docs" / "images" / name).is_file()
+        assert f"docs/images/{name}" in readme

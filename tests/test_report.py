@@ -1,0 +1,143 @@
+"""``cnnviz report``: every monitor once on the demo's checkpoint, without training, into event files and one
+self-contained HTML file whose pictures are exactly the event files' pictures."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, read_events
+from lightning_cnnviz.report import read_events as read_run
+from lightning_cnnviz.report import render_report
+
+EVERY_MONITOR = (
+    "cnnviz/filters/net.conv1",
+    "cnnviz/activations/dead_map/net.relu3",
+    "cnnviz/activations/distribution/net.relu1",
+    *(f"cnnviz/saliency/{m}" for m in ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")),
+    "cnnviz/top_patches/net.conv3",
+    "cnnviz/evolution/net.conv1",
+    "cnnviz/embedding/tsne",
+    "cnnviz/embedding/grid",
+    "cnnviz/embedding/neighbours",
+    "cnnviz/feature_vis/net.conv2",
+    "cnnviz/feature_vis_evolution/net.conv1",
+    "cnnviz/atlas/net.conv3",
+    "cnnviz/deep_dream",
+)
+
+
+def embedded_images(page: str) -> dict[str, bytes]:
+    found = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    return {tag: base64.b64decode(data) for tag, data in found}
+
+
+def test_report_embeds_every_monitors_pictures_in_one_small_file(demo_report: tuple[Path, Path, str]) -> None:
+    _, html, stdout = demo_report
+    assert f"Report written: {html.resolve()}" in stdout
+    page = html.read_text()
+    assert html.stat().st_size < 20 * 2**20
+    assert not re.search(r"<script|<link|src='(?!data:)|src=\"(?!data:)|url\(", page)  # nothing outside the file
+    events = read_run(html.parent)
+    images = embedded_images(page)
+    assert set(EVERY_MONITOR) <= set(images)
+    assert set(images) == set(events.images)
+    for tag, data in images.items():  # byte for byte the latest picture of the tag, and it decodes
+        latest = events.images[tag][-1]
+        assert data == latest.encoded_image_string, tag
+        assert Image.open(io.BytesIO(data)).size == (latest.width, latest.height)
+    assert "No alert" in page
+    assert "FilterMonitor, ActivationMonitor, SaliencyMonitor, TopPatchMonitor, EmbeddingMonitor" in page
+    assert "<th>lr</th><td>0.05</td>" in page  # the run's hyperparameters
+
+
+def test_report_runs_on_the_checkpoint_without_training(
+    demo_report: tuple[Path, Path, str], digits_run: tuple[Path, str]
+) -> None:
+    """Pictures computed from the weights alone equal, byte for byte, those the run drew at the checkpoint's epoch;
+    the epoch-by-epoch histories come back from the checkpoint and gain no column; the steps are the checkpoint's."""
+    checkpoint, html, _ = demo_report
+    logdir, _ = digits_run
+    trained, report = read_events(logdir), read_events(html.parent)
+    epoch, step = map(int, re.fullmatch(r"epoch=(\d+)-step=(\d+)\.ckpt", checkpoint.name).groups())  # type: ignore[union-attr]
+    for tag in ("cnnviz/filters/net.conv1", "cnnviz/filters/net.conv2", "cnnviz/saliency/grad_cam",
+                "cnnviz/saliency/vanilla_gradient", "cnnviz/evolution/net.conv1", "cnnviz/top_patches/net.conv2",
+                "cnnviz/feature_vis_evolution/net.conv1"):  # fmt: skip
+        (drawn,) = report["images"][tag]
+        last = trained["images"][tag][-1]
+        assert (drawn.step, last.step) == (epoch, epoch), tag
+        assert drawn.encoded_image_string == last.encoded_image_string, tag
+    assert [e.step for e in report["images"]["cnnviz/activations/dead_map/net.relu1"]] == [step]
+    # the activation statistics come from the report's own batches: a new window on the restored map
+    dead_maps = [run["images"]["cnnviz/activations/dead_map/net.relu1"][-1] for run in (report, trained)]
+    assert dead_maps[0].encoded_image_string != dead_maps[1].encoded_image_string
+    assert [e.step for e in report["scalars"]["cnnviz/activations/dead/net.relu3"]] == [step]
+    # the report's page plots the training run's scalars too: every scalar tag of both
+    page = html.read_text()
+    for tag in {*trained["scalars"], *report["scalars"]}:
+        assert f"<figcaption>{tag}</figcaption>" in page, tag
+
+
+def test_render_report_shows_alerts_escaped_and_plots_scalars(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step, value in enumerate([0.0, 0.25, 0.5]):
+        writer.add_scalar("cnnviz/activations/dead_fraction/net.relu1", value, step)
+    writer.add_text("cnnviz/alerts", "net.relu1: 50% of filters <dead>", 2)
+    writer.close()
+    page = render_report(read_run(tmp_path), title="t")
+    assert "net.relu1: 50% of filters &lt;dead&gt;" in page and "No alert" not in page
+    health = page.split("<h2>Health</h2>")[1].split("<h2>")[0]
+    points = re.search(r"<polyline points='([^']+)'", health).group(1).split()  # type: ignore[union-attr]
+    ys = [float(p.split(",")[1]) for p in points]
+    assert len(ys) == 3 and ys[0] > ys[1] > ys[2]  # rising values are drawn upwards, evenly
+    assert abs((ys[0] - ys[1]) - (ys[1] - ys[2])) < 0.2
+    assert "max 0.5" in health and "min 0" in health and "steps 0&#8211;2" in health
+
+
+def test_report_explains_missing_inputs(tmp_path: Path) -> None:
+    from lightning_cnnviz.report import run_report
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        run_report(tmp_path / "missing.ckpt")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no --config given and no .*config.yaml"):
+        run_report(checkpoint)
+    config = tmp_path / "plain.yaml"
+    config.write_text(
+        "model:\n  class_path: lightning_cnnviz.demo.models.ImageClassifier\n"
+        "data:\n  class_path: lightning_cnnviz.demo.data.DigitsDataModule\n"
+    )
+    with pytest.raises(ValueError, match="configures no lightning_cnnviz monitor"):
+        run_report(checkpoint, config)
+
+
+def test_report_of_a_run_whose_filters_died_lists_its_alerts(tmp_path: Path) -> None:
+    """The README's destructive learning rate: the report's Health section names the dead layers, from the alerts
+    the checkpoint carries."""
+    from lightning_cnnviz.report import run_report
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_cnnviz.cli", "demo", "--epochs", "1", "--logdir", str(tmp_path / "runs"),
+         "--model.init_args.optimizer", "adam", "--model.init_args.lr", "0.03", "--trainer.enable_progress_bar",
+         "false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "runs").glob("digits/version_0/checkpoints/*.ckpt")
+    with pytest.warns(UserWarning, match="are dead"):  # the report's own window finds them dead too
+        page = run_report(checkpoint, out=tmp_path / "report").read_text()
+    alerts = page.split("<ul class='alerts'>")[1].split("</ul>")[0]
+    assert "of layer &#x27;net.relu2&#x27; are dead at step" in alerts
+    assert alerts.count("<li>") >= 2
