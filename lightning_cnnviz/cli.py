@@ -100,7 +100,7 @@ def report(checkpoint: str, config: str | None, out: str, batches: int | None) -
 
     try:
         path = run_report(checkpoint, config, out, batches=batches)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, FileExistsError) as error:
         print(error, file=sys.stderr)
         return 2
     size = path.stat().st_size / 2**20

@@ -14,6 +14,7 @@ import datetime
 import glob
 import html
 import os
+import shutil
 import types
 import warnings
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ def run_report(
     from lightning_cnnviz.callbacks._base import Monitor
 
     checkpoint, config = _checked_paths(checkpoint, config)
-    out = Path(out)
+    out = _emptied(Path(out))
     model, datamodule, monitors, trainer_config = _from_config(config)
     if not monitors:
         raise ValueError(
@@ -303,6 +304,23 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 {body}
 </body></html>
 """
+
+
+def _emptied(out: Path) -> Path:
+    """``out``, without the files of an earlier report there (so the event files hold this report only); a folder
+    with event files but no ``report.html`` is someone else's, and is refused."""
+    events = list(out.glob("events.out.tfevents.*"))
+    if events and not (out / "report.html").is_file():
+        raise FileExistsError(
+            f"cnnviz report: {str(out)!r} holds TensorBoard event files that are not an earlier report's (no "
+            "report.html); pass another --out (the report writes its own event files there)."
+        )
+    if (out / "report.html").is_file():
+        for path in [*events, out / "report.html", out / "projector_config.pbtxt", out / "hparams.yaml"]:
+            path.unlink(missing_ok=True)
+        for folder in out.glob("[0-9][0-9][0-9][0-9][0-9]"):  # the Projector's files, one folder per epoch
+            shutil.rmtree(folder)
+    return out
 
 
 def _checked_paths(checkpoint: str | os.PathLike[str], config: str | os.PathLike[str] | None) -> tuple[Path, Path]:

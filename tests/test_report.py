@@ -7,6 +7,7 @@ import base64
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,17 @@ def test_report_of_a_run_whose_filters_died_lists_its_alerts(tmp_path: Path) -> 
     alerts = page.split("<ul class='alerts'>")[1].split("</ul>")[0]
     assert "of layer &#x27;net.relu2&#x27; are dead at step" in alerts
     assert alerts.count("<li>") >= 2
+
+
+def test_report_replaces_an_earlier_report_and_refuses_a_training_folder(
+    demo_report: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    from lightning_cnnviz.report import run_report
+
+    checkpoint, html, _ = demo_report
+    with pytest.raises(FileExistsError, match="not an earlier report's"):
+        run_report(checkpoint, out=checkpoint.parent.parent)  # the training run's own folder: left alone
+    earlier = shutil.copytree(html.parent, tmp_path / "report")
+    again = run_report(checkpoint, out=earlier)
+    assert len(list(earlier.glob("events.out.tfevents.*"))) == 1
+    assert {len(events) for events in read_run(again.parent).images.values()} == {1}
