@@ -104,8 +104,9 @@ def run_report(
         accelerator: the Trainer's accelerator.
 
     Returns:
-        The path of ``report.html``. The network's weights and buffers are not changed: the training step runs
-        without gradients, every layer in eval mode, and no optimizer steps; the checkpoint file is only read.
+        The path of ``report.html``. The network's weights and buffers are not changed: the training step is
+        replaced by ``forward(images)`` without gradients, every layer is in eval mode, no optimizer steps; the
+        checkpoint file is only read.
     """
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -122,9 +123,9 @@ def run_report(
             "report runs the monitors of the run's config. Add them there (see the demo configs)."
         )
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    windows = [m.every_n_steps for m in monitors if isinstance(m, ActivationMonitor)]
-    batches = batches or (windows[0] if windows else 10)
-    model.training_step = types.MethodType(_frozen_step(model.training_step), model)
+    watching = [m for m in monitors if isinstance(m, ActivationMonitor)]
+    batches = batches or (watching[0].every_n_steps if watching else 10)
+    model.training_step = types.MethodType(_forward_only(watching[0].batch_to_images if watching else None), model)
     model.automatic_optimization = False  # no optimizer step, no scheduler step: the global step stays the checkpoint's
     trainer = pl.Trainer(
         accelerator=accelerator,
@@ -151,7 +152,9 @@ def run_report(
     hyperparameters = {**state.get("hyper_parameters", {}), **state.get("datamodule_hyper_parameters", {})}
     page = render_report(
         read_events(out),
-        title=f"cnnviz report: {run_dir.name if history else checkpoint.stem}",
+        title=f"cnnviz report: {run_dir.parent.name}/{run_dir.name}"
+        if history
+        else f"cnnviz report: {checkpoint.stem}",
         about={
             "checkpoint": str(checkpoint.resolve()),
             "config": str(config.resolve()),
@@ -367,15 +370,20 @@ def _from_config(config: Path) -> tuple[Any, Any, list[Any], dict[str, Any]]:
     return cli.model, cli.datamodule, monitors, dict(cli.config.get("trainer", {}))
 
 
-def _frozen_step(step: Any) -> Any:
-    """The model's own training step, run without gradients and returning no loss: nothing is optimised."""
+def _forward_only(batch_to_images: Any) -> Any:
+    """A training step that only runs ``forward(images)`` without gradients and returns no loss: the monitors see
+    the network's activations on the batch, and nothing of the user's step runs (no loss, no manual optimizer
+    step, no augmentation)."""
     import torch
 
-    def frozen(self: Any, *args: Any, **kwargs: Any) -> None:
-        with torch.no_grad():
-            step(*args, **kwargs)
+    from lightning_cnnviz.core._images import images_from_batch
 
-    return frozen
+    def step(self: Any, batch: Any, *args: Any, **kwargs: Any) -> None:
+        images = images_from_batch(batch, who="cnnviz report", batch_to_images=batch_to_images)
+        with torch.no_grad():
+            self(images.to(self.device))
+
+    return step
 
 
 class _Frozen(Callback):

@@ -11,11 +11,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from conftest import ROOT, read_events
+from lightning_cnnviz.demo.models import ImageClassifier
 from lightning_cnnviz.report import read_events as read_run
 from lightning_cnnviz.report import render_report
 
@@ -156,3 +158,53 @@ def test_report_replaces_an_earlier_report_and_refuses_a_training_folder(
     again = run_report(checkpoint, out=earlier)
     assert len(list(earlier.glob("events.out.tfevents.*"))) == 1
     assert {len(events) for events in read_run(again.parent).images.values()} == {1}
+
+
+class ManuallyOptimized(ImageClassifier):
+    """The demo classifier with manual optimization: its training step calls backward and the optimizer itself."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(self._step(batch, "train"))
+        optimizer.step()  # type: ignore[union-attr]
+
+
+def test_report_never_runs_the_users_training_step(tmp_path: Path) -> None:
+    """A manually optimized model (backward and step inside training_step) is reported on by forwards alone: the
+    report runs, every configured monitor draws, and the checkpoint is untouched."""
+    import hashlib
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_cnnviz import ActivationMonitor
+    from lightning_cnnviz.demo.data import DigitsDataModule
+    from lightning_cnnviz.report import run_report
+
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=6, limit_val_batches=2, logger=TensorBoardLogger(str(tmp_path), name="run"),
+        callbacks=[ActivationMonitor(every_n_steps=3)], enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(ManuallyOptimized(in_channels=1, num_classes=10), datamodule=DigitsDataModule(batch_size=32))
+    (checkpoint,) = (tmp_path / "run" / "version_0" / "checkpoints").glob("*.ckpt")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - {class_path: lightning_cnnviz.ActivationMonitor, init_args: {every_n_steps: 3}}\n"
+        "    - lightning_cnnviz.FilterMonitor\n"
+        "model: {class_path: test_report.ManuallyOptimized, init_args: {in_channels: 1, num_classes: 10}}\n"
+        "data: {class_path: lightning_cnnviz.demo.data.DigitsDataModule, init_args: {batch_size: 32}}\n"
+    )
+    before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    page = run_report(checkpoint, config, out=tmp_path / "report").read_text()
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == before
+    events = read_run(tmp_path / "report")
+    assert {"cnnviz/filters/net.conv1", "cnnviz/activations/dead_map/net.relu1"} <= set(events.images)
+    assert [e.step for e in events.scalars["cnnviz/activations/dead/net.relu1"]] == [6]  # the checkpoint's step
+    assert "ActivationMonitor, FilterMonitor" in page
