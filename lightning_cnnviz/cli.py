@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["demo_config", "main", "tensorboard_command"]
+__all__ = ["demo_config", "lightning_cli", "main", "tensorboard_command"]
 
 _DATA = {"digits": "digits", "fashion-mnist": "fashion_mnist", "cifar10": "cifar10"}
 #: Lightning's own deprecation noise, raised from Lightning's code while our commands run (not from our calls).
@@ -57,11 +58,11 @@ def lightning_cli(args: Sequence[str] | None = None) -> None:
             logger = trainer.logger
             if not trainer.is_global_zero or logger is None or not logger.log_dir:
                 return
-            lines = [" ".join(tensorboard_command(Path(logger.save_dir or logger.log_dir)))]
+            lines = [shlex.join(tensorboard_command(Path(logger.save_dir or logger.log_dir)))]
             saver = trainer.checkpoint_callback
             last = getattr(saver, "last_model_path", "") or getattr(saver, "best_model_path", "")
             if last:
-                lines.append(" ".join([*_program(), "report", str(Path(last).resolve())]))
+                lines.append(shlex.join([*_program(), "report", str(Path(last).resolve())]))
             commands = "\n\n    ".join(lines)
             print(
                 f"\nTraining done. See what the network learned (TensorBoard; a one-file HTML report):\n\n"
@@ -100,13 +101,13 @@ def report(checkpoint: str, config: str | None, out: str, batches: int | None) -
 
     try:
         path = run_report(checkpoint, config, out, batches=batches)
-    except (FileNotFoundError, FileExistsError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # what was wrong with the input, said
         print(error, file=sys.stderr)
         return 2
     size = path.stat().st_size / 2**20
     print(
         f"\nReport written: {path.resolve()} ({size:.1f} MB, self-contained). TensorBoard event files beside "
-        f"it:\n\n    {' '.join(tensorboard_command(path.parent))}\n"
+        f"it:\n\n    {shlex.join(tensorboard_command(path.parent))}\n"
     )
     return 0
 

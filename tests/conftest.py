@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def every_monitor(activation_steps: int = 2, top_probe: int = 8, **saliency: Any
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The README's demo, as its first command runs it (``cnnviz demo``; 2 epochs, or ``CNNVIZ_DEMO_EPOCHS``): the
     runs folder and stdout."""
-    logdir = tmp_path_factory.mktemp("demo") / "runs"
+    logdir = tmp_path_factory.mktemp("demo") / "my runs"  # a space: the printed commands must quote it
     epochs = os.environ.get("CNNVIZ_DEMO_EPOCHS", "2")
     result = subprocess.run(
         [sys.executable, "-m", "lightning_cnnviz.cli", "demo", "--epochs", epochs, "--logdir", str(logdir),
@@ -172,11 +173,11 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def demo_report(digits_run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """The report command the demo printed, run as printed with ``--out``: (checkpoint, report.html, stdout)."""
     _, stdout = digits_run
-    printed = [line.strip() for line in stdout.splitlines() if " report " in line][-1].split()
-    checkpoint = Path(printed[-1])
+    printed = [line.strip() for line in stdout.splitlines() if " report " in line][-1]
+    checkpoint = Path(shlex.split(printed)[-1])
     out = tmp_path_factory.mktemp("report")
-    result = subprocess.run(
-        [sys.executable, "-m", "lightning_cnnviz.cli", "report", str(checkpoint), "--out", str(out)],
+    result = subprocess.run(  # pasted into a shell, as printed, with --out
+        ["bash", "-c", f"{printed} --out {shlex.quote(str(out))}"],
         cwd=out, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]

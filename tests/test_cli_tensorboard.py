@@ -4,6 +4,7 @@ and a real TensorBoard server started by the command the demo prints."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import urllib.parse
@@ -24,7 +25,7 @@ def demo_relu_names() -> list[str]:
 
 def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, str]) -> None:
     logdir, stdout = digits_run
-    assert f"tensorboard {logdir.resolve()}" in stdout
+    assert f"tensorboard {shlex.quote(str(logdir.resolve()))}" in stdout
     assert len(list(logdir.glob("digits/version_0/checkpoints/*.ckpt"))) == 1  # what `cnnviz report` reads
     assert (logdir / "digits/version_0/config.yaml").is_file()
     events = read_events(logdir)
@@ -131,10 +132,10 @@ def test_cnnviz_demo_prints_a_tensorboard_command_that_works_as_printed(digits_r
     """``cnnviz demo`` trains with every monitor and prints a command that starts a real TensorBoard on the run."""
     logdir, stdout = digits_run
     printed = [line.strip() for line in stdout.splitlines() if " tensorboard " in line][-1]
-    assert printed.endswith(f"tensorboard {logdir.resolve()}")
+    assert shlex.split(printed)[-2:] == ["tensorboard", str(logdir.resolve())]
     port = free_port()
-    server = subprocess.Popen(
-        [*printed.split(), "--port", str(port), "--host", "127.0.0.1"],
+    server = subprocess.Popen(  # pasted into a shell (exec: terminating the shell stops TensorBoard)
+        ["bash", "-c", f"exec {printed} --port {port} --host 127.0.0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     try:
