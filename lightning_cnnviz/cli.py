@@ -35,10 +35,16 @@ def demo_config(data: str = "digits") -> Path:
     return Path(__file__).parent / "demo" / "configs" / f"{_DATA[data]}.yaml"
 
 
+def _beside_python(program: str) -> str | None:
+    """The full path of ``program`` when it is installed beside this Python (its folder need not be on the PATH)."""
+    beside = Path(sys.executable).parent / program
+    return str(beside) if beside.is_file() else None
+
+
 def _program() -> list[str]:
     """This environment's ``cnnviz``, by full path when it is installed beside this Python."""
-    beside = Path(sys.executable).parent / "cnnviz"
-    return [str(beside)] if beside.is_file() else [sys.executable, "-m", "lightning_cnnviz.cli"]
+    beside = _beside_python("cnnviz")
+    return [beside] if beside else [sys.executable, "-m", "lightning_cnnviz.cli"]
 
 
 def tensorboard_command(logdir: Path) -> list[str]:
@@ -114,8 +120,7 @@ def report(checkpoint: str, config: str | None, out: str, batches: int | None) -
 
 def tensorboard(logdir: str, port: int, host: str) -> int:
     """Become the TensorBoard installed beside this Python (found even when its folder is not on the PATH)."""
-    beside = Path(sys.executable).parent / "tensorboard"
-    program = str(beside) if beside.is_file() else shutil.which("tensorboard")
+    program = _beside_python("tensorboard") or shutil.which("tensorboard")
     command = [program] if program else [sys.executable, "-m", "tensorboard.main"]
     print(
         f"cnnviz: the health chart (dead and dormant fractions of every layer) is on the first page of "

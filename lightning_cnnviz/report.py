@@ -52,8 +52,9 @@ class RunEvents:
     event_files: list[str] = field(default_factory=list)
 
 
-def read_events(logdir: str | os.PathLike[str]) -> RunEvents:
-    """Read every event file under ``logdir`` (recursively), as TensorBoard would, nothing sampled away."""
+def read_events(logdir: str | os.PathLike[str], pictures: bool = True) -> RunEvents:
+    """Read every event file under ``logdir`` (recursively), as TensorBoard would, nothing sampled away; with
+    ``pictures=False`` the images and histograms are skipped (not held in memory) and left empty."""
     from tensorboard.backend.event_processing.event_accumulator import (
         HISTOGRAMS,
         IMAGES,
@@ -65,14 +66,15 @@ def read_events(logdir: str | os.PathLike[str]) -> RunEvents:
     found = RunEvents()
     found.event_files = sorted(glob.glob(os.path.join(str(logdir), "**", "events.out.tfevents.*"), recursive=True))
     for directory in sorted({os.path.dirname(f) for f in found.event_files}):
-        acc = EventAccumulator(directory, size_guidance={IMAGES: 0, SCALARS: 0, HISTOGRAMS: 0, TENSORS: 0})
+        kept = 0 if pictures else 1  # 0: every event; 1: a reservoir of one, dropped below
+        acc = EventAccumulator(directory, size_guidance={IMAGES: kept, SCALARS: 0, HISTOGRAMS: kept, TENSORS: 0})
         acc.Reload()
         tags = acc.Tags()
-        for tag in tags.get("images", []):
+        for tag in tags.get("images", []) if pictures else ():
             found.images.setdefault(tag, []).extend(acc.Images(tag))
         for tag in tags.get("scalars", []):
             found.scalars.setdefault(tag, []).extend(acc.Scalars(tag))
-        for tag in tags.get("histograms", []):
+        for tag in tags.get("histograms", []) if pictures else ():
             found.histograms.setdefault(tag, []).extend(acc.Histograms(tag))
         for tag in tags.get("tensors", []):
             if tag.endswith("text_summary"):
@@ -122,7 +124,8 @@ def run_report(
             f"cnnviz report: {str(config)!r} configures no lightning_cnnviz monitor in `trainer.callbacks`; the "
             "report runs the monitors of the run's config. Add them there (see the demo configs)."
         )
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    # its step, epoch and hyperparameters; memory-mapped, so the weights are not read here (Lightning reads them)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
     watching = [m for m in monitors if isinstance(m, ActivationMonitor)]
     batches = batches or (watching[0].every_n_steps if watching else 10)
     model.training_step = types.MethodType(_forward_only(watching[0].batch_to_images if watching else None), model)
@@ -148,7 +151,8 @@ def run_report(
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint))
     alerts = [a for m in monitors if isinstance(m, ActivationMonitor) for a in m.alerts]
     run_dir = checkpoint.parent.parent
-    history = read_events(run_dir) if glob.glob(str(run_dir / "events.out.tfevents.*")) else None
+    # the training run's scalars and alert texts only: its pictures are not needed and may be many
+    history = read_events(run_dir, pictures=False) if glob.glob(str(run_dir / "events.out.tfevents.*")) else None
     hyperparameters = {**state.get("hyper_parameters", {}), **state.get("datamodule_hyper_parameters", {})}
     page = render_report(
         read_events(out),

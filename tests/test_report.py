@@ -87,6 +87,11 @@ def test_report_runs_on_the_checkpoint_without_training(
     page = html.read_text()
     for tag in {*trained["scalars"], *report["scalars"]}:
         assert f"<figcaption>{tag}</figcaption>" in page, tag
+    scalars_only = read_run(logdir, pictures=False)  # how the report reads the training run
+    assert not scalars_only.images and not scalars_only.histograms
+    assert {t: [e.step for e in v] for t, v in scalars_only.scalars.items()} == {
+        t: [e.step for e in v] for t, v in trained["scalars"].items()
+    }
 
 
 def test_render_report_shows_alerts_escaped_and_plots_scalars(tmp_path: Path) -> None:

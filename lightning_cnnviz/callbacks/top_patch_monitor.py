@@ -298,7 +298,7 @@ class TopPatchMonitor(EpochMonitor):
         if not self._prepare(pl_module, self.probe.images[:1].to(pl_module.device)):
             return
         tops = self.scan(trainer, pl_module)
-        inf, nan = float("inf"), float("nan")
+        inf, nan = float("inf"), float("nan")  # -inf marks an empty slot (fewer positions than k), not divergence
         values = [top.values.nan_to_num(nan=nan, posinf=inf, neginf=0.0) for top in (tops or {}).values()]
         if tops is None or not self.finite(values, what="the probe's activations", trainer=trainer):
             return
