@@ -50,12 +50,14 @@ class ActivationMonitor(Monitor):
       ends, alerts and the end of training, and ``cnnviz/alerts``.
 
     Layers are found on the first training batch (or at ``setup`` from ``example_input_array``): activation
-    modules (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ``nn.Hardswish``, ...) by module name (``#2`` for a module used
-    at a second place of one forward) and functional calls (``F.relu``, ``F.gelu``, ``torch.relu_``,
-    ``x.relu()``, ...) as ``<module>.<kind>`` after the module whose ``forward`` makes them. An activation
-    computed after the model's last conv or linear layer (a ReLU on the logits) is not a hidden layer and is left
-    out unless named in ``layers``. Activations of fully connected layers are watched as *units*, and the alert
-    says so.
+    modules (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ``nn.Hardswish``, ...) by module name and functional calls
+    (``F.relu``, ``F.gelu``, ``torch.relu_``, ``x.relu()``, ...) as ``<module>.<kind>`` after the module whose
+    ``forward`` makes them; k uses in one forward are k layers (``#2``, ``#3``: a module used twice, or any
+    activation inside a container or block called twice or in a loop). An activation computed after the model's
+    last conv or linear layer (a ReLU on the logits) is not a hidden layer and is left out unless named in
+    ``layers``. Activations of fully connected layers are watched as *units*, and the alert says so. A layer
+    that receives nothing in a window in which others did (a branch only eval-mode forwards take) is said once.
+    Backward passes are not counted (``torch.utils.checkpoint`` runs checkpointed forwards again there).
 
     Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): when a layer's dead fraction (ReLU family) or
     dormant fraction (other kinds) reaches ``dead_fraction_threshold``, and, with ``alert_on_growth``, whenever
@@ -142,6 +144,7 @@ class ActivationMonitor(Monitor):
         self._distribution_history: dict[str, list[list[float]]] = {}
         self._maps_drawn: tuple[int, int] | None = None  # (global step, windows) of the last maps written
         self._alerts: list[dict[str, Any]] = []
+        self._silent: set[str] = set()  # sites already said to have received nothing in a window
 
     @property
     @override
@@ -177,7 +180,7 @@ class ActivationMonitor(Monitor):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._check_model(pl_module)
         # a monitor reused for another fit finds the (possibly different) model's activations afresh
-        self.sites, self._stats = None, None
+        self.sites, self._stats, self._silent = None, None, set()
         if self.layers is not None:
             self._check_names_without_forward(pl_module)
         example = getattr(pl_module, "example_input_array", None)
@@ -271,6 +274,16 @@ class ActivationMonitor(Monitor):
         )
 
     @override
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        if self._tap is not None:  # a checkpointed block recomputes its activations in backward: not a forward
+            self._tap.enabled = False
+
+    @override
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._tap is not None:
+            self._tap.enabled = True
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -315,6 +328,9 @@ class ActivationMonitor(Monitor):
             return
         if all(layer.positions == 0 for layer in summary.layers.values()):
             return  # no training forward ran these layers in the window (a training_step that skipped it)
+        silent = [name for name, layer in summary.layers.items() if layer.positions == 0]
+        summary = ActivationSummary({n: layer for n, layer in summary.layers.items() if n not in silent}, summary.steps)
+        self._say_silent(silent, trainer)
         self._windows += 1
         for name, layer in summary.layers.items():
             if layer.relu:
@@ -345,6 +361,20 @@ class ActivationMonitor(Monitor):
         if events:
             self._run("dead map", self._log_dead_maps, trainer)
             self._act_on(trainer, events)
+
+    def _say_silent(self, silent: list[str], trainer: pl.Trainer) -> None:
+        """Once per site: it received nothing in a window in which other sites did (no statistics, no alert)."""
+        unsaid = [name for name in silent if name not in self._silent]
+        if not unsaid:
+            return
+        self._silent.update(unsaid)
+        rank_zero_warn(
+            f"ActivationMonitor: {format_names(unsaid)} received no activation in a window of {self.every_n_steps} "
+            f"training batches (ending at step {trainer.global_step}) in which the other activations did: nothing "
+            "is counted there, so its dead or dormant channels cannot be seen or alerted on. The training forward "
+            "skips it (a branch taken only in eval mode, or a forward other than the one the activations were "
+            "found in: the monitor runs forward(images) once); pass `layers=` to watch only the ones that run."
+        )
 
     def _log_window(self, trainer: pl.Trainer, summary: ActivationSummary) -> None:
         sink = self._sink_for(trainer)

@@ -8,13 +8,16 @@ A site is named by where it is, never by how many calls came before it in the pr
 its module name (``features.1``), a functional call as ``<module>.<kind>`` after the module whose ``forward``
 makes it (``block1.relu``; ``relu`` for the root model). When the same module, or the same kind of call in one
 ``forward``, is used at several places of one forward, ``#2``, ``#3``, ... mark the second, third place in the
-order the code runs them, counted afresh in every run of the enclosing ``forward``: a forward run by someone else
-(another monitor's probe, a forward stopped half-way) cannot shift a name.
+order the code runs them: k uses are k sites. This holds through containers too: an ``nn.Sequential`` or a block
+called twice (or in a Python loop) gives every activation inside it a site per call (``seq.1``, ``seq.1#2``).
+Places are counted afresh in every run of the enclosing ``forward``: a forward run by someone else (another
+monitor's probe, a forward stopped half-way) cannot shift a name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,10 +54,14 @@ class ActivationSite:
         kind: ``"module"`` or ``"function"``; ``function``: the activation kind (``"relu"``, ``"gelu"``, ...).
         module: the activation module's name (``""`` for a functional call).
         place: which place (0, 1, ...) of that module or that kind of call in one run of ``scope``'s forward.
-        places: at how many places of its scope's forward the same module (or kind of call) is used.
+        places: how many sites share this site's name before ``#`` (the uses of one module, or of one kind of
+            call in one scope, in one forward).
         shape: output shape of the example forward, batch dimension excluded.
         channel_dim: 1, or -1 for the channels-last output of an ``nn.Linear`` applied per position (ConvNeXt).
         on_logits: computed after the model's last conv or linear layer: applied to the output, not a hidden layer.
+        within: the repeated runs the site lies in: ``(module name, run)`` for ``scope`` and each module that
+            called it whose run was not the first of that module in its caller's forward (a container or block
+            called twice, a module called in a loop); ``()`` for most sites.
     """
 
     name: str
@@ -67,6 +74,7 @@ class ActivationSite:
     shape: tuple[int, ...]
     channel_dim: int = 1
     on_logits: bool = False
+    within: tuple[tuple[str, int], ...] = ()
 
     @property
     def num_channels(self) -> int:
@@ -88,19 +96,79 @@ class ActivationSite:
         """What :class:`~lightning_cnnviz.core.ActivationStats` needs to know about this site."""
         return LayerSpec(self.num_channels, relu=self.relu, channel_dim=self.channel_dim, units=self.units)
 
+    @property
+    def key(self) -> _SiteKey:
+        """Where the site is, as :class:`_Places` counts it."""
+        return _SiteKey(self.kind, self.module or self.function, self.scope, self.within, self.place)
+
+
+@dataclass(frozen=True)
+class _SiteKey:
+    """Where an activation call is: its kind (``"module"``/``"function"``), the module or activation kind, the
+    module whose forward makes it, the repeated runs it lies in, and its place in that run."""
+
+    kind: str
+    identity: str
+    scope: str
+    within: tuple[tuple[str, int], ...]
+    place: int
+
 
 @dataclass
 class _Run:
-    """One running forward of a tracked module, with the places of activations used in it so far."""
+    """One running forward of a module, with what it has called so far."""
 
     module: nn.Module
     name: str
+    within: tuple[tuple[str, int], ...]
     used: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def next_place(self, key: tuple[str, str]) -> int:
         place = self.used.get(key, 0)
         self.used[key] = place + 1
         return place
+
+
+class _Places:
+    """The one place where activation calls are counted, for :func:`find_activation_sites` and the tap alike.
+
+    A stack of running module forwards: ``enter``/``leave`` at every module's forward, ``module_output`` after an
+    activation module's forward has left, ``function_output`` after a functional activation call. Each returns
+    the :class:`_SiteKey` of the call, or None for one that is not a site (no enclosing forward, not a tensor of
+    at least two dimensions, the functional call that an activation module's own forward makes).
+    """
+
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names = names
+        self.runs: list[_Run] = []
+
+    def enter(self, module: nn.Module) -> None:
+        name = self.names[id(module)]
+        caller = self.runs[-1] if self.runs else None
+        run = caller.next_place(("run", name)) if caller is not None else 0
+        within = caller.within if caller is not None else ()
+        self.runs.append(_Run(module, name, (*within, (name, run)) if run else within))
+
+    def leave(self, module: nn.Module) -> None:
+        if self.runs and self.runs[-1].module is module:
+            self.runs.pop()
+
+    def module_output(self, module: nn.Module, output: Any) -> _SiteKey | None:
+        return self._place("module", self.names[id(module)], output)
+
+    def function_output(self, function: str, output: Any) -> _SiteKey | None:
+        if self.runs and module_kind(self.runs[-1].module) is not None:
+            return None  # the F.gelu inside nn.GELU.forward: the module's output is the site
+        return self._place("function", function, output)
+
+    def _place(self, kind: str, identity: str, output: Any) -> _SiteKey | None:
+        if not isinstance(output, Tensor) or output.dim() < 2 or not self.runs:
+            return None
+        run = self.runs[-1]
+        return _SiteKey(kind, identity, run.name, run.within, run.next_place((kind, identity)))
+
+    def clear(self) -> None:
+        self.runs.clear()
 
 
 class _Interceptor(TorchFunctionMode):
@@ -171,33 +239,28 @@ def find_activation_sites(model: nn.Module, example_input: Any) -> list[Activati
         [('1', 'relu', False), ('3', 'silu', True)]
     """
     names = module_names(model)
-    runs: list[_Run] = []
+    places = _Places(names)
     linear_outputs: dict[int, Tensor] = {}  # kept alive so that ids stay unique during the forward
     parametric_calls = [0]
-    # (kind, identity, scope, place) -> (function, shape, channel_dim, parametric calls before it), first-seen order
-    found: dict[tuple[str, str, str, int], tuple[str, tuple[int, ...], int, int]] = {}
+    # key -> (function, shape, channel_dim, parametric calls before it), in first-seen order
+    found: dict[_SiteKey, tuple[str, tuple[int, ...], int, int]] = {}
 
-    def record(kind: str, identity: str, function: str, source: Any, output: Any) -> None:
-        if not isinstance(output, Tensor) or output.dim() < 2 or not runs:
-            return
-        run = runs[-1]
-        key = (kind, identity, run.name, run.next_place((kind, identity)))
-        if key not in found:
+    def record(key: _SiteKey | None, function: str, source: Any, output: Any) -> None:
+        if key is not None and key not in found:
             channels_last = output.dim() >= 3 and isinstance(source, Tensor) and id(source) in linear_outputs
             found[key] = (function, tuple(output.shape[1:]), -1 if channels_last else 1, parametric_calls[0])
 
     def pre_hook(module: nn.Module, args: Any) -> None:
         if id(module) in names:
-            runs.append(_Run(module, names[id(module)]))
+            places.enter(module)
 
     def post_hook(module: nn.Module, args: Any, output: Any) -> None:
         if id(module) not in names:
             return
-        if runs and runs[-1].module is module:
-            runs.pop()
+        places.leave(module)
         function = module_kind(module)
         if function is not None:
-            record("module", names[id(module)], function, args[0] if args else None, output)
+            record(places.module_output(module, output), function, args[0] if args else None, output)
 
     def on_call(func: Any, args: Sequence[Any], result: Any) -> None:
         if func in _PARAMETRIC:
@@ -205,10 +268,8 @@ def find_activation_sites(model: nn.Module, example_input: Any) -> list[Activati
             if func is F.linear and isinstance(result, Tensor):
                 linear_outputs[id(result)] = result
             return
-        if runs and module_kind(runs[-1].module) is not None:
-            return  # the module hook records it under the module's name
         function = ACTIVATION_FUNCTIONS[func]
-        record("function", function, function, args[0] if args else None, result)
+        record(places.function_output(function, result), function, args[0] if args else None, result)
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     handles = []
@@ -222,29 +283,42 @@ def find_activation_sites(model: nn.Module, example_input: Any) -> list[Activati
         for handle in handles:
             handle.remove()
 
-    places: dict[tuple[str, str, str], list[tuple[str, str, str, int]]] = {}
+    # One name per module (wherever it is called) and per kind of call in one scope; #2, #3 for further uses.
+    groups: dict[tuple[str, str, str], list[_SiteKey]] = {}
     for key in found:
-        kind, identity, scope, _ = key
-        places.setdefault((kind, identity, "" if kind == "module" else scope), []).append(key)
+        groups.setdefault((key.kind, key.identity, "" if key.kind == "module" else key.scope), []).append(key)
     taken = set(names.values())
     sites: list[ActivationSite] = []
     for key, (function, shape, channel_dim, before) in found.items():
-        kind, identity, scope, place = key
-        same = places[(kind, identity, "" if kind == "module" else scope)]
-        index = same.index(key)
-        base = identity if kind == "module" else _function_base(scope, function, taken)
-        spelled: Literal["module", "function"] = "module" if kind == "module" else "function"
+        same = groups[(key.kind, key.identity, "" if key.kind == "module" else key.scope)]
+        base = key.identity if key.kind == "module" else _function_base(key.scope, function, taken)
         sites.append(
             ActivationSite(
-                *(_numbered(base, index), scope, spelled, function, identity if kind == "module" else ""),
-                *(place, len(same), shape, channel_dim, before == parametric_calls[0]),
+                name=_numbered(base, same.index(key)),
+                scope=key.scope,
+                kind="module" if key.kind == "module" else "function",
+                function=function,
+                module=key.identity if key.kind == "module" else "",
+                place=key.place,
+                places=len(same),
+                shape=shape,
+                channel_dim=channel_dim,
+                on_logits=before == parametric_calls[0],
+                within=key.within,
             )
         )
     return sites
 
 
 class _ActivationTap:
-    """Live tap on chosen sites: calls ``on_activation(site_name, output)`` during every forward."""
+    """Live tap on chosen sites: calls ``on_activation(site_name, output)`` during every forward.
+
+    Sites of activation modules used at one place only are read by a hook on the module. Any other site (a
+    module used at several places, a module inside a container or block called several times, a functional
+    call) needs to know where the forward is: then every module's forward is followed by :class:`_Places`, as
+    :func:`find_activation_sites` followed it, and functional calls are watched while a forward that makes a
+    chosen one runs.
+    """
 
     def __init__(
         self, model: nn.Module, sites: Sequence[ActivationSite], on_activation: Callable[[str, Tensor], None]
@@ -253,9 +327,10 @@ class _ActivationTap:
         self._sites = list(sites)
         self._on_activation = on_activation
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._runs: list[_Run] = []
+        self._places = _Places(module_names(model))
         self._mode: _Interceptor | None = None
         self._mode_depth = 0
+        self.enabled = True
 
     def __enter__(self) -> _ActivationTap:
         try:
@@ -268,72 +343,52 @@ class _ActivationTap:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Deliver nothing inside the block: wrap a backward pass, whose recomputation of checkpointed
+        activations (``torch.utils.checkpoint``) runs their forwards a second time."""
+        enabled, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = enabled
+
+    def _deliver(self, key: _SiteKey | None, output: Tensor, chosen: dict[_SiteKey, str]) -> None:
+        name = chosen.get(key) if key is not None else None
+        if name is not None and self.enabled:
+            self._on_activation(name, output)
+
     def _attach(self) -> None:
         modules = named_modules(self._model)
-        # (kind, identity, scope, place) -> site name
-        by_place = {
-            ("module" if s.kind == "module" else "function", s.module or s.function, s.scope, s.place): s.name
-            for s in self._sites
-        }
-        tracked: dict[str, bool] = {}  # module name -> whether functional calls in its forward are watched
-        for index, site in enumerate(self._sites):
-            if site.kind == "module" and site.places == 1:
+        if all(site.kind == "module" and site.places == 1 for site in self._sites):
+            for site in self._sites:
                 self._hook_single(modules[site.module], site.name)
-            elif site.kind == "module":
-                if not any(s.kind == "module" and s.module == site.module for s in self._sites[:index]):
-                    self._hook_placed(modules[site.module], site.module, by_place)
-                tracked.setdefault(site.scope, False)
-            else:
-                tracked[site.scope] = True
-        if not tracked:
             return
-        if any(tracked.values()):
-            self._mode = _Interceptor(frozenset(ACTIVATION_FUNCTIONS), _eager(self._functional_call(by_place)))
-            # Every module goes on the stack, so that a call is counted in the forward that makes it (the F.gelu
-            # inside nn.GELU.forward, or a call in a module whose sites were not chosen, is not the scope's).
-            for name in modules:
-                tracked.setdefault(name, False)
-        for name, watches in tracked.items():
-            module = modules[name]
-            enter, leave = self._make_enter(module, name, watches), self._make_leave(module, watches)
+        chosen = {site.key: site.name for site in self._sites}
+        watching = {site.scope for site in self._sites if site.kind == "function"}
+        if watching:
+            self._mode = _Interceptor(frozenset(ACTIVATION_FUNCTIONS), _eager(self._functional_call(chosen)))
+        for name, module in modules.items():
+            enter, leave = self._make_enter(name in watching), self._make_leave(name in watching, chosen)
             self._handles.append(module.register_forward_pre_hook(_eager(enter)))
             self._handles.append(module.register_forward_hook(_eager(leave), always_call=True))
 
     def _hook_single(self, module: nn.Module, name: str) -> None:
         def single(module: nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, Tensor):
+            if isinstance(output, Tensor) and self.enabled:
                 self._on_activation(name, output)
 
         self._handles.append(module.register_forward_hook(_eager(single)))
 
-    def _hook_placed(self, module: nn.Module, identity: str, by_place: dict[tuple[str, str, str, int], str]) -> None:
-        def placed(module: nn.Module, args: Any, output: Any) -> None:
-            if not self._runs or not isinstance(output, Tensor):
-                return
-            run = self._runs[-1]
-            name = by_place.get(("module", identity, run.name, run.next_place(("module", identity))))
-            if name is not None:
-                self._on_activation(name, output)
-
-        self._handles.append(module.register_forward_hook(_eager(placed)))
-
-    def _functional_call(
-        self, by_place: dict[tuple[str, str, str, int], str]
-    ) -> Callable[[Any, Sequence[Any], Any], None]:
+    def _functional_call(self, chosen: dict[_SiteKey, str]) -> Callable[[Any, Sequence[Any], Any], None]:
         def on_call(func: Any, args: Sequence[Any], result: Any) -> None:
-            run = self._runs[-1] if self._runs else None
-            if run is None or module_kind(run.module) is not None or not isinstance(result, Tensor):
-                return
-            function = ACTIVATION_FUNCTIONS[func]
-            name = by_place.get(("function", function, run.name, run.next_place(("function", function))))
-            if name is not None:
-                self._on_activation(name, result)
+            self._deliver(self._places.function_output(ACTIVATION_FUNCTIONS[func], result), result, chosen)
 
         return on_call
 
-    def _make_enter(self, module: nn.Module, name: str, watches: bool) -> Callable[[nn.Module, Any], None]:
+    def _make_enter(self, watches: bool) -> Callable[[nn.Module, Any], None]:
         def enter(module: nn.Module, args: Any) -> None:
-            self._runs.append(_Run(module, name))
+            self._places.enter(module)
             if watches:
                 if self._mode_depth == 0 and self._mode is not None:
                     self._mode.__enter__()
@@ -341,10 +396,11 @@ class _ActivationTap:
 
         return enter
 
-    def _make_leave(self, module: nn.Module, watches: bool) -> Callable[[nn.Module, Any, Any], None]:
+    def _make_leave(self, watches: bool, chosen: dict[_SiteKey, str]) -> Callable[[nn.Module, Any, Any], None]:
         def leave(module: nn.Module, args: Any, output: Any) -> None:
-            if self._runs and self._runs[-1].module is module:
-                self._runs.pop()
+            self._places.leave(module)
+            if module_kind(module) is not None:
+                self._deliver(self._places.module_output(module, output), output, chosen)
             if watches and self._mode_depth > 0:
                 self._mode_depth -= 1
                 if self._mode_depth == 0 and self._mode is not None:
@@ -360,7 +416,7 @@ class _ActivationTap:
         if self._mode_depth > 0 and self._mode is not None:
             self._mode.__exit__(None, None, None)
         self._mode_depth = 0
-        self._runs.clear()
+        self._places.clear()
 
 
 def tap_activations(
@@ -368,7 +424,9 @@ def tap_activations(
 ) -> _ActivationTap:
     """Context manager that calls ``on_activation(site.name, output)`` for the chosen sites in every forward.
 
-    ``output`` is the live activation: read it at once, do not keep it.
+    ``output`` is the live activation: read it at once, do not keep it. Forwards run again inside a backward pass
+    (``torch.utils.checkpoint`` recomputing a checkpointed block) are delivered too, as forwards: run the backward
+    inside the tap's ``paused()`` block (ActivationMonitor does) to count training forwards only.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU())
