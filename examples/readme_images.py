@@ -3,8 +3,9 @@
     python examples/readme_images.py --out docs/images
 
 Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer) for filters, saliency and top
-patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps, all from
-../shared/data.
+patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps. The data is
+found as ``lightning_cnnviz.demo.data.find_data`` finds it (``$CNNVIZ_DATA``, Debian's Fashion-MNIST package) or
+given with ``--data DIR`` (a folder holding ``fashion-mnist/`` and ``cifar10/cifar10-jpg.zip``).
 ``--parts`` picks some of ``saliency activations top_patches embedding feature_vis``.
 """
 
@@ -29,11 +30,18 @@ from lightning_cnnviz import (
     TopPatchMonitor,
 )
 from lightning_cnnviz.core import filter_smoothness
-from lightning_cnnviz.demo.data import IDXDataModule, ImageFolderDataModule
+from lightning_cnnviz.demo.data import IDXDataModule, ImageFolderDataModule, find_data, how_to_get
 from lightning_cnnviz.demo.models import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+ROOTS: list[str] = []  # --data folders, searched after $CNNVIZ_DATA
+
+
+def data_path(name: str, roots: list[str]) -> Path:
+    found = find_data(name, roots=roots)
+    if found is None:
+        raise SystemExit(how_to_get(name))
+    return found
 
 
 def fit(
@@ -75,7 +83,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
     parts = ["saliency", "activations", "top_patches", "embedding", "feature_vis"]
     parser.add_argument("--parts", nargs="+", default=parts)
+    parser.add_argument("--data", action="append", default=[], help="a folder holding fashion-mnist/ and cifar10/")
     args = parser.parse_args()
+    ROOTS.extend(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore")
@@ -95,7 +105,7 @@ def main() -> None:
 
 
 def saliency_and_filters(tmp: Path, out: Path) -> None:
-    cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
+    cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
     saliency = SaliencyMonitor(
         methods=("smoothgrad", "guided_backprop", "grad_cam", "occlusion"),
         num_images=6,
@@ -110,7 +120,7 @@ def saliency_and_filters(tmp: Path, out: Path) -> None:
 
 
 def activations(tmp: Path, out: Path) -> None:
-    fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_train=128 * 300, limit_val=1000)
+    fashion = IDXDataModule(str(data_path("fashion-mnist", ROOTS)), limit_train=128 * 300, limit_val=1000)
     sane = fit(
         tmp / "sane",
         fashion,
@@ -132,7 +142,7 @@ def activations(tmp: Path, out: Path) -> None:
 
 def top_patches(tmp: Path, out: Path) -> None:
     """Short epochs (100 steps of 128) so the evolution shows the first layer's features forming."""
-    cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
+    cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
     monitor = TopPatchMonitor(probe_size=1000, method="both", max_channels=8)
     model = ImageClassifier(in_channels=3, first_kernel=7)
     run = fit(tmp / "top", cifar, model, [monitor], max_epochs=16, limit_train_batches=100)
@@ -150,7 +160,7 @@ FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 
 def embedding(tmp: Path, out: Path) -> None:
     """The demo CNN on all of Fashion-MNIST for 6 epochs; t-SNE of 2,000 test images every 2 epochs."""
-    fashion = IDXDataModule(str(DATA / "fashion-mnist"), limit_val=2000)
+    fashion = IDXDataModule(str(data_path("fashion-mnist", ROOTS)), limit_val=2000)
     monitor = EmbeddingMonitor(probe_size=2000, every_n_epochs=2, class_names=FASHION_CLASSES)
     run = fit(tmp / "embedding", fashion, ImageClassifier(), [monitor], max_epochs=6)
     save_last_image(run, "cnnviz/embedding/tsne", out / "embedding_tsne_fashion_mnist.png")
@@ -162,7 +172,7 @@ def embedding(tmp: Path, out: Path) -> None:
 def feature_vis(tmp: Path, out: Path) -> None:
     """Short epochs (100 steps of 128) on CIFAR-10, a render every epoch: the first layer's synthesised images
     forming, and the last conv layer's atlas at the end."""
-    cifar = ImageFolderDataModule(str(DATA / "cifar10" / "cifar10-jpg.zip"), limit_val=1000)
+    cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
     monitor = FeatureVisMonitor(every_n_epochs=1, max_channels=8, probe_size=1000, dream_images=3)
     model = ImageClassifier(in_channels=3, first_kernel=7)
     run = fit(tmp / "vis", cifar, model, [monitor], max_epochs=8, limit_train_batches=100)

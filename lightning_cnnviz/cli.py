@@ -1,20 +1,23 @@
 """The ``cnnviz`` command: train the demo with every monitor, report on a checkpoint, start TensorBoard.
 
-    cnnviz demo [--data digits|fashion-mnist|cifar10] [--root PATH] [--epochs N] [--logdir runs] [--open] [...]
+    cnnviz demo [--data digits|fashion-mnist|cifar10] [--root PATH] [--download] [--epochs N] [--logdir runs]
+                [--open] [...]
     cnnviz report CHECKPOINT [--config CONFIG] [--out DIR] [--batches N]
     cnnviz tensorboard DIR [--port 6006] [--host localhost]
 
 ``demo`` runs LightningCLI on the demo config of the chosen data (``lightning_cnnviz/demo/configs``; further
 ``--trainer.*``/``--model.*``/``--data.*`` arguments pass through), saves a checkpoint and the config beside the
 event files, and prints the TensorBoard and report commands, which work as printed (the full path of this
-environment's ``cnnviz``); ``--open`` starts TensorBoard. Fashion-MNIST and CIFAR-10 are read from ``--root`` (an
-IDX folder, or the CIFAR-10 ImageFolder zip or folder); digits need no file. ``demo`` and ``report`` need the
-``[demo]`` extra (scikit-learn, jsonargparse).
+environment's ``cnnviz``); ``--open`` starts TensorBoard. Digits need no file. Fashion-MNIST and CIFAR-10 are read
+from ``--root`` (an IDX folder; an ImageFolder folder or zip), else found in ``$CNNVIZ_DATA`` or (Fashion-MNIST)
+Debian's ``dataset-fashion-mnist`` package; ``--download`` lets torchvision download them. ``demo`` and ``report``
+need the ``[demo]`` extra (scikit-learn, jsonargparse) and say so when it is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import shutil
@@ -87,13 +90,55 @@ def lightning_cli(args: Sequence[str] | None = None) -> None:
         )
 
 
-def demo(data: str, root: str | None, epochs: int | None, logdir: str | None, extra: list[str]) -> int:
-    if data != "digits" and root is None:
-        print(f"cnnviz demo: --data {data} needs --root (an IDX folder or the CIFAR-10 zip).", file=sys.stderr)
+#: What ``cnnviz demo`` and ``cnnviz report`` import beyond the package's own dependencies: the ``[demo]`` extra.
+_DEMO_EXTRA = {"jsonargparse": "jsonargparse[signatures]", "sklearn": "scikit-learn"}
+_TORCHVISION_NAMES = {"fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+def missing_extra(command: str) -> str | None:
+    """What to install when the ``[demo]`` extra that ``cnnviz <command>`` needs is missing, else None."""
+    missing = [package for module, package in _DEMO_EXTRA.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return None
+    return (
+        f"cnnviz {command} needs the [demo] extra, which is not installed here (missing: {', '.join(missing)}). "
+        "Install it with: pip install 'lightning_cnnviz[demo]' (from a clone: pip install '.[demo]')."
+    )
+
+
+def _demo_root(data: str, root: str | None, download: bool) -> tuple[list[str], str | None]:
+    """The LightningCLI arguments that point the demo's data module at its data, or what to tell the user."""
+    if data == "digits":
+        return [], None
+    if download:  # torchvision's dataset class downloads into root where a network exists
+        target = root or "data"
+        return [
+            "--data", "lightning_cnnviz.demo.data.TorchvisionDataModule",
+            "--data.init_args.name", _TORCHVISION_NAMES[data], "--data.init_args.root", target,
+        ], None  # fmt: skip
+    if root is None:
+        from lightning_cnnviz.demo.data import find_data, how_to_get
+
+        found = find_data(data)
+        if found is None:
+            accepts = "an IDX folder" if data == "fashion-mnist" else "an ImageFolder folder or zip"
+            return [], (
+                f"cnnviz demo: {how_to_get(data)} Or pass --root ({accepts}), or --download to let torchvision "
+                "download it where a network exists."
+            )
+        print(f"cnnviz demo: {data} from {found}", file=sys.stderr)
+        root = str(found)
+    return ["--data.init_args.root", root], None
+
+
+def demo(
+    data: str, root: str | None, epochs: int | None, logdir: str | None, extra: list[str], download: bool = False
+) -> int:
+    args, problem = _demo_root(data, root, download)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 2
-    args = ["fit", "--config", str(demo_config(data))]
-    if root is not None:
-        args += ["--data.init_args.root", root]
+    args = ["fit", "--config", str(demo_config(data)), *args]
     if epochs is not None:
         args += ["--trainer.max_epochs", str(epochs)]
     if logdir is not None:
@@ -138,7 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo", help="train the demo CNN with every monitor", epilog="Other arguments go to LightningCLI fit."
     )
     run.add_argument("--data", choices=list(_DATA), default="digits")
-    run.add_argument("--root", help="the data's folder or zip (Fashion-MNIST, CIFAR-10)")
+    run.add_argument(
+        "--root",
+        help="the data's folder or zip: an IDX folder (Fashion-MNIST, MNIST), an ImageFolder folder or zip with "
+        "train/<class>/ and test/<class>/ (CIFAR-10); default: found in $CNNVIZ_DATA or, for Fashion-MNIST, "
+        "Debian's dataset-fashion-mnist package",
+    )
+    run.add_argument(
+        "--download", action="store_true", help="download the data with torchvision into --root (default: data)"
+    )
     run.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
     run.add_argument("--logdir", help="where the runs go (default: runs)")
     run.add_argument("--open", action="store_true", help="start TensorBoard when training is done")
@@ -154,8 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "demo":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("demo", "report"):
+        problem = missing_extra(args.command)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 2
     if args.command == "demo":
-        status = demo(args.data, args.root, args.epochs, args.logdir, extra)
+        status = demo(args.data, args.root, args.epochs, args.logdir, extra, args.download)
         if status == 0 and args.open:
             return tensorboard(args.logdir or "runs", 6006, "localhost")
         return status

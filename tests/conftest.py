@@ -20,7 +20,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = ROOT.parent / "shared" / "data"  # our CI's real data, beside the checkout (a user's clone has none)
+
+
+def real_data(name: str) -> Path:
+    """Where real data set ``name`` is: ``$CNNVIZ_DATA``, our CI's ``../shared/data``, then (Fashion-MNIST) Debian's
+    ``dataset-fashion-mnist``. Skips the test with how to get it when it is nowhere; fails instead under
+    ``CI=true``, so that CI never silently loses the tests on real data."""
+    from lightning_cnnviz.demo.data import find_data, how_to_get
+
+    found = find_data(name, roots=[SHARED_DATA])
+    if found is None:
+        message = f"real data needed: {how_to_get(name)}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message} (CI=true: CI must provide it)")
+        pytest.skip(message)
+    return found
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 

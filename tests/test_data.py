@@ -1,4 +1,5 @@
-"""Data modules read real formats correctly: IDX (as in ../shared/data), ImageFolder trees as folders and zips."""
+"""Data modules read real formats correctly: IDX (Fashion-MNIST as shipped), ImageFolder trees as folders and zips;
+the real data is found where a user or CI keeps it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import real_data
 from lightning_cnnviz.demo.data import DigitsDataModule, IDXDataModule, ImageFolderDataModule, read_idx
 
 
@@ -22,12 +23,44 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         handle.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_read_idx_round_trip_and_shared_fashion_mnist(tmp_path: Path) -> None:
+def test_read_idx_round_trip(tmp_path: Path) -> None:
     array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "x.gz", array)
     assert np.array_equal(read_idx(tmp_path / "x.gz"), array)
-    labels = read_idx(SHARED_DATA / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz")
+
+
+def test_read_idx_reads_real_fashion_mnist() -> None:
+    labels = read_idx(real_data("fashion-mnist") / "t10k-labels-idx1-ubyte.gz")
     assert labels.shape == (10000,) and np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_real_data_is_found_in_order_or_skipped_with_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CNNVIZ_DATA first, then the given roots, then Debian's package (Fashion-MNIST); how to get it otherwise."""
+    from lightning_cnnviz.demo import data as data_module
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root in (first, second):
+        (root / "fashion-mnist").mkdir(parents=True)
+        (root / "fashion-mnist" / "train-images-idx3-ubyte.gz").touch()
+    (second / "cifar10").mkdir()
+    (second / "cifar10" / "cifar10-jpg.zip").touch()
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    (debian / "train-images-idx3-ubyte.gz").touch()
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setenv("CNNVIZ_DATA", str(first))
+    assert data_module.find_data("fashion-mnist", roots=[second]) == first / "fashion-mnist"
+    assert data_module.find_data("cifar10", roots=[second]) == second / "cifar10" / "cifar10-jpg.zip"
+    monkeypatch.delenv("CNNVIZ_DATA")
+    assert data_module.find_data("fashion-mnist", roots=[second]) == second / "fashion-mnist"
+    assert data_module.find_data("fashion-mnist", roots=[tmp_path / "none"]) == debian
+    assert data_module.find_data("mnist", roots=[second]) is None
+    assert "apt-get install dataset-fashion-mnist" in data_module.how_to_get("fashion-mnist")
+    assert "CNNVIZ_DATA" in data_module.how_to_get("cifar10")
+    with pytest.raises(ValueError, match=r"name can be \('mnist', 'fashion-mnist', 'cifar10'\), got 'svhn'"):
+        data_module.find_data("svhn")
 
 
 def test_idx_data_module_normalises_with_training_statistics(tmp_path: Path) -> None:

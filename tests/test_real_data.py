@@ -1,4 +1,7 @@
-"""Real scenario on real data: the demo CNN on Fashion-MNIST (../shared/data), destructive vs sane learning rate."""
+"""Real scenario on real data: the demo CNN on Fashion-MNIST, destructive vs sane learning rate; CIFAR-10.
+
+The data is found by ``conftest.real_data`` (``CNNVIZ_DATA``, our CI's folder, Debian's Fashion-MNIST package);
+without it these tests skip, saying how to get it (and fail under ``CI=true``)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from conftest import SHARED_DATA, make_trainer
+from conftest import make_trainer, real_data
 from lightning_cnnviz import ActivationMonitor
 from lightning_cnnviz.callbacks._probe import select_balanced
 from lightning_cnnviz.core import saliency as S
@@ -24,8 +27,7 @@ STEPS = 150
 
 @pytest.fixture(scope="module")
 def fashion() -> IDXDataModule:
-    root = SHARED_DATA / "fashion-mnist"
-    assert root.is_dir(), f"the shared real data must be beside the project: {root} is missing"
+    root = real_data("fashion-mnist")
     data = IDXDataModule(str(root), batch_size=128, limit_train=STEPS * 128, limit_val=512)
     data.setup()
     return data
@@ -154,8 +156,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     from lightning_cnnviz.core.feature_vis import color_correlation
     from lightning_cnnviz.demo.data import ImageFolderDataModule
 
-    archive = SHARED_DATA / "cifar10" / "cifar10-jpg.zip"
-    assert archive.is_file(), f"the shared real data must be beside the project: {archive} is missing"
+    archive = real_data("cifar10")
     data = ImageFolderDataModule(str(archive), batch_size=128, limit_per_class=640, limit_val=1000)
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier(in_channels=3, first_kernel=7)

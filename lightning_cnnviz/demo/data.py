@@ -24,13 +24,76 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 __all__ = [
+    "DATA_ENV",
+    "DEBIAN_FASHION_MNIST",
     "DigitsDataModule",
     "IDXDataModule",
     "ImageFolderDataModule",
     "TensorDataModule",
     "TorchvisionDataModule",
+    "find_data",
+    "how_to_get",
     "read_idx",
 ]
+
+#: A folder of data sets laid out as ``mnist/``, ``fashion-mnist/`` (IDX files) and ``cifar10/`` (the ImageFolder
+#: zip ``cifar10-jpg.zip``, or a folder with ``train/<class>/`` and ``test/<class>/``).
+DATA_ENV = "CNNVIZ_DATA"
+#: Where Debian's ``dataset-fashion-mnist`` package puts the four Fashion-MNIST IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+
+
+def _usable(name: str, path: Path) -> Path | None:
+    """``path`` (or the CIFAR-10 zip inside it) when it holds data set ``name``, else None."""
+    if name == "cifar10":
+        for candidate in (path / "cifar10-jpg.zip", path):
+            if candidate.is_file() or (candidate.is_dir() and (candidate / "train").is_dir()):
+                return candidate
+        return None
+    has_images = any((path / f"train-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz"))
+    return path if has_images else None
+
+
+def find_data(name: str, roots: Sequence[str | os.PathLike[str]] = ()) -> Path | None:
+    """Where data set ``name`` (``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``) lies on this machine, or None.
+
+    Looks in ``$CNNVIZ_DATA/<name>``, then in ``<root>/<name>`` for each of ``roots``, then, for Fashion-MNIST,
+    where Debian's ``dataset-fashion-mnist`` package installs it (``/usr/share/datasets/fashion-mnist``). For
+    CIFAR-10 the answer is the zip ``cifar10-jpg.zip`` inside the folder when there is one, else the folder.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "mnist").mkdir()
+        >>> (root / "mnist" / "train-images-idx3-ubyte.gz").touch()
+        >>> find_data("mnist", roots=[root]) == root / "mnist" or DATA_ENV in os.environ
+        True
+    """
+    if name not in DATASETS:
+        raise ValueError(f"find_data: name can be {DATASETS}, got {name!r}")
+    folders = [Path(os.environ[DATA_ENV]) / name] if os.environ.get(DATA_ENV) else []
+    folders += [Path(root) / name for root in roots]
+    if name == "fashion-mnist":
+        folders.append(DEBIAN_FASHION_MNIST)
+    for folder in folders:
+        found = _usable(name, folder)
+        if found is not None:
+            return found
+    return None
+
+
+def how_to_get(name: str) -> str:
+    """A sentence that says how to get data set ``name`` onto this machine."""
+    layout = {
+        "mnist": "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...)",
+        "fashion-mnist": "the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...)",
+        "cifar10": "cifar10-jpg.zip or a folder with train/<class>/*.jpg and test/<class>/*.jpg",
+    }[name]
+    ways = [f"set {DATA_ENV} to a folder whose {name}/ holds {layout}"]
+    if name == "fashion-mnist":
+        ways.insert(0, f"on Debian or Ubuntu, `apt-get install dataset-fashion-mnist` (into {DEBIAN_FASHION_MNIST})")
+    return f"{name} was not found: " + "; or ".join(ways) + "."
 
 
 class TensorDataModule(pl.LightningDataModule):
@@ -167,8 +230,8 @@ def _find(root: Path, stem: str) -> Path:
 class IDXDataModule(TensorDataModule):
     """MNIST-format folders (``train-images-idx3-ubyte[.gz]`` and the three other standard files).
 
-    Works for MNIST and Fashion-MNIST as shipped (for example ``../shared/data/fashion-mnist``); the test
-    split is the validation data.
+    Works for MNIST and Fashion-MNIST as shipped (for example Debian's ``/usr/share/datasets/fashion-mnist``); the
+    test split is the validation data.
     """
 
     FASHION_CLASSES: tuple[str, ...] = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt")
@@ -195,17 +258,29 @@ class IDXDataModule(TensorDataModule):
 
 class ImageFolderDataModule(TensorDataModule):
     """An ImageFolder-layout tree, as a folder or a zip: ``train/<class>/*.jpg`` and ``test/<class>/*`` (or
-    ``val/``). Classes sort alphabetically. Reads the CIFAR-10 zip of ``../shared/data`` in place.
+    ``val/``). Classes sort alphabetically. Reads a zip in place (``cifar10-jpg.zip``, CIFAR-10 as JPEGs).
 
     Args:
         root: folder or ``.zip``.
         limit_per_class: keep at most this many training images per class (None: all).
+        image_size: resize every image to this square size (bilinear; needed when the images' sizes differ);
+            None keeps them as they are.
     """
 
-    def __init__(self, root: str, limit_per_class: int | None = None, batch_size: int = 128, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        limit_per_class: int | None = None,
+        image_size: int | None = None,
+        batch_size: int = 128,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"ImageFolderDataModule: image_size must be >= 1 or None, got {image_size}")
         self.root = Path(root)
         self.limit_per_class = limit_per_class
+        self.image_size = image_size
 
     def _entries(self) -> tuple[list[str], dict[str, list[tuple[str, int]]], zipfile.ZipFile | None]:
         archive = zipfile.ZipFile(self.root) if self.root.suffix == ".zip" else None
@@ -254,7 +329,10 @@ class ImageFolderDataModule(TensorDataModule):
             for name, _ in items:
                 raw = archive.read(name) if archive is not None else (self.root / name).read_bytes()
                 with Image.open(io.BytesIO(raw)) as image:
-                    arrays.append(np.asarray(image.convert("RGB")))
+                    rgb = image.convert("RGB")
+                    if self.image_size is not None:
+                        rgb = rgb.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+                    arrays.append(np.asarray(rgb))
             stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
             return stacked, torch.tensor([label for _, label in items])
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ImageClassifier", "SmallCNN", "resnet18_cifar"]
+__all__ = ["ImageClassifier", "SmallCNN", "resnet18_cifar", "resnet18_imagenet"]
 
 ActivationStyle = Literal["module", "inplace", "functional"]
 Nonlinearity = Literal["relu", "silu", "gelu"]
@@ -98,11 +98,23 @@ def resnet18_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
     return model
 
 
+def resnet18_imagenet(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
+    """torchvision's ResNet-18 as it is (a 7x7 stride-2 stem and a max-pool: for images of 64 px and more),
+    untrained, with ``in_channels`` input channels."""
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
 class ImageClassifier(pl.LightningModule):
     """Cross-entropy image classifier around a demo CNN.
 
     Args:
-        arch: ``"small_cnn"`` or ``"resnet18"``.
+        arch: ``"small_cnn"``, ``"resnet18"`` (:func:`resnet18_cifar`, for 32 px images) or
+            ``"resnet18_imagenet"`` (torchvision's ResNet-18 as it is, for 64 px and more).
         in_channels: image channels.
         num_classes: classes.
         lr: learning rate.
@@ -121,7 +133,7 @@ class ImageClassifier(pl.LightningModule):
 
     def __init__(
         self,
-        arch: Literal["small_cnn", "resnet18"] = "small_cnn",
+        arch: Literal["small_cnn", "resnet18", "resnet18_imagenet"] = "small_cnn",
         in_channels: int = 1,
         num_classes: int = 10,
         lr: float = 0.05,
@@ -140,8 +152,10 @@ class ImageClassifier(pl.LightningModule):
             )
         elif arch == "resnet18":
             self.net = resnet18_cifar(in_channels, num_classes)
+        elif arch == "resnet18_imagenet":
+            self.net = resnet18_imagenet(in_channels, num_classes)
         else:
-            raise ValueError(f"arch can be 'small_cnn' or 'resnet18', got {arch!r}")
+            raise ValueError(f"arch can be 'small_cnn', 'resnet18' or 'resnet18_imagenet', got {arch!r}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer can be 'adam' or 'sgd', got {optimizer!r}")
         self.lr = lr
