@@ -15,6 +15,7 @@ network calls ``F.relu``: the calls of the forwards that make them are intercept
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -33,8 +34,8 @@ class FunctionalCNN(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         widths = [3, 32, 32, 64, 64, 128, 128]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, stride=1 + i % 2) for i, (a, b) in
-                                   enumerate(zip(widths, widths[1:])))  # fmt: skip
+        pairs = enumerate(itertools.pairwise(widths))
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, stride=1 + i % 2) for i, (a, b) in pairs)
         self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
