@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, free_port, wait_for_tag
+from conftest import ROOT, free_port, in_ci, wait_for_tag
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -27,7 +27,7 @@ def browser() -> Iterator[Any]:
     executable = next((found for name in BROWSERS if (found := shutil.which(name))), None)
     if executable is None:
         message = "no Chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(message)  # CI installs it: a missing browser there is a broken CI, not a skip
         pytest.skip(message)
     from playwright.sync_api import sync_playwright

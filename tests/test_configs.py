@@ -2,7 +2,8 @@
 
 The three demo configs are the packaged ones (``lightning_cnnviz/demo/configs``, what ``cnnviz demo`` runs), byte
 for byte. Fashion-MNIST and CIFAR-10 fit where their real data is found (``CNNVIZ_DATA``, our CI's folder, Debian's
-Fashion-MNIST package) and are only parsed elsewhere; the ResNet-18 config fits on a small ImageFolder made here.
+Fashion-MNIST package) and are only parsed elsewhere (under ``CI=true`` missing data fails); the ResNet-18 config
+fits on a small ImageFolder made here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT, SHARED_DATA, read_events
+from conftest import ROOT, SHARED_DATA, in_ci, read_events
 from lightning_cnnviz.cli import lightning_cli
-from lightning_cnnviz.demo.data import find_data
+from lightning_cnnviz.demo.data import find_data, how_to_get
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 MONITORS = ("FilterMonitor", "ActivationMonitor", "SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor")
@@ -62,6 +63,8 @@ def data_arguments(config: Path, tmp_path: Path) -> list[str] | None:
         return ["--data.init_args.root", str(tree), *sizes, "--model.init_args.num_classes", "3"]
     name = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10"}[config.stem]
     found = find_data(name, roots=[SHARED_DATA])
+    if found is None and in_ci():
+        pytest.fail(f"{config.name} cannot be fitted: {how_to_get(name)} (CI=true: CI must provide it)")
     return None if found is None else ["--data.init_args.root", str(found), "--data.init_args.limit_val", "256"]
 
 
