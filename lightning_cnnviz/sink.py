@@ -1,9 +1,9 @@
 """The one place where results become TensorBoard calls. Rank zero writes; every other rank gets a no-op.
 
-Every tag starts with ``cnnviz/`` (see ``DESIGN.md``). The monitors find the run's ``TensorBoardLogger``;
-when the Trainer has none (``logger=False``, or only a CSV/W&B/... logger) they write to a
-``SummaryWriter`` of their own in ``<default_root_dir>/cnnviz`` and say so once, so the pictures are never
-silently lost.
+Every tag starts with ``cnnviz/``, then the monitor, then the layer or method (the README lists them). The
+monitors find the run's ``TensorBoardLogger``; when the Trainer has none (``logger=False``, or only a
+CSV/W&B/... logger) they write to a ``SummaryWriter`` of their own in ``<default_root_dir>/cnnviz`` and say so
+once, so the pictures are never silently lost.
 """
 
 from __future__ import annotations

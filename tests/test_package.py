@@ -65,3 +65,10 @@ def test_the_monitors_import_neither_the_demo_nor_its_extras() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5"
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    """``help(SaliencyMonitor)`` says what it does: no annotation before a class's docstring swallows it."""
+    for module in (lightning_cnnviz, core):
+        missing = [name for name in module.__all__ if not (getattr(module, name).__doc__ or "").strip()]
+        assert missing == [], f"{module.__name__}: no docstring for {missing}"

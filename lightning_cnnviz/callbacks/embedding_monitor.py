@@ -45,7 +45,6 @@ def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
 
 
 class EmbeddingMonitor(EpochMonitor):
-    probe: ProbeSet
     """t-SNE maps of the penultimate-layer codes of a fixed probe set, every ``every_n_epochs`` epochs.
 
     Writes ``cnnviz/embedding/tsne`` (class-coloured scatter), ``cnnviz/embedding/grid`` (the probe images on a
@@ -79,6 +78,8 @@ class EmbeddingMonitor(EpochMonitor):
     Example:
         >>> monitor = EmbeddingMonitor(probe_size=1000, every_n_epochs=2)
     """
+
+    probe: ProbeSet
 
     def __init__(
         self,

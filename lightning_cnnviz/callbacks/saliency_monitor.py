@@ -24,7 +24,6 @@ DEFAULT_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_ca
 
 
 class SaliencyMonitor(EpochMonitor):
-    probe: ProbeSet
     """Saliency maps of a fixed probe set, one TensorBoard image per method: ``cnnviz/saliency/<method>``.
 
     Methods (:mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013), ``smoothgrad``
@@ -60,6 +59,8 @@ class SaliencyMonitor(EpochMonitor):
     Example:
         >>> monitor = SaliencyMonitor(methods=("grad_cam", "occlusion"), num_images=8)
     """
+
+    probe: ProbeSet
 
     def __init__(
         self,

@@ -55,7 +55,6 @@ def default_channels(num_channels: int, count: int = 16) -> list[int]:
 
 
 class TopPatchMonitor(EpochMonitor):
-    probe: ProbeSet
     """The top-``k`` probe patches of chosen filters beside their projections to pixel space, every N epochs.
 
     What it draws (Zeiler & Fergus 2013, arXiv 1311.2901):
@@ -90,6 +89,8 @@ class TopPatchMonitor(EpochMonitor):
     Example:
         >>> monitor = TopPatchMonitor(layers=["net.conv1", "net.conv3"], method="both", every_n_epochs=2)
     """
+
+    probe: ProbeSet
 
     def __init__(
         self,
