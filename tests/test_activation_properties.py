@@ -259,7 +259,48 @@ def test_a_site_that_receives_nothing_in_a_window_is_said_once(tmp_path: Path) -
         make_trainer(tmp_path, [monitor], max_steps=6, limit_val_batches=0).fit(model, tiny_loader(6))
     assert sum("received no activation" in str(warning.message) for warning in said) == 1
     assert monitor.sites is not None and "extra.1" in [site.name for site in monitor.sites]
-    assert "extra.1" not in monitor._rate_history and len(monitor._rate_history["net.acts.0"]) == 3
+    assert "extra.1" not in monitor.health.rate_history and len(monitor.health.rate_history["net.acts.0"]) == 3
     events = read_events(tmp_path)
     assert "cnnviz/activations/dead/net.acts.0" in events["scalars"]
     assert not any("extra.1" in tag for tag in events["scalars"])
+
+
+def test_a_plain_loop_draws_what_the_callback_draws(tmp_path: Path, digits_data: Any) -> None:
+    """ActivationHealth is ActivationMonitor's logic without a Trainer: the same weights and batches in a plain
+    PyTorch loop give the same windows, maps and alerts as the callback in a Lightning fit."""
+    from lightning_cnnviz.core import ActivationHealth
+    from lightning_cnnviz.demo.models import ImageClassifier
+
+    def model() -> ImageClassifier:
+        torch.manual_seed(0)
+        classifier = ImageClassifier(channels=(8, 16, 16), activation="functional")
+        with torch.no_grad():  # three of conv1's eight filters can never fire: an alert in every run
+            classifier.net.conv1.weight[[1, 4, 6]] = 0.0
+            classifier.net.conv1.bias[[1, 4, 6]] = -100.0
+        return classifier
+
+    monitor = ActivationMonitor(every_n_steps=4, on_error="raise")
+    make_trainer(tmp_path, [monitor], max_steps=12, limit_val_batches=0).fit(model(), digits_data.train_dataloader())
+
+    net = model()
+    optimizer = net.configure_optimizers()
+    health = ActivationHealth()
+    batches = iter(digits_data.train_dataloader())
+    images, labels = next(batches)
+    health.discover(net, images)
+    with health.watch(net) as tap:
+        for step in range(1, 13):
+            loss = F.cross_entropy(net(images), labels)
+            optimizer.zero_grad()
+            with tap.paused():
+                loss.backward()
+            optimizer.step()
+            health.step()
+            if step % 4 == 0 and (summary := health.close_window()) is not None:
+                health.check_alerts(summary, global_step=step)
+            images, labels = next(batches, (images, labels))
+    assert health.windows == monitor.health.windows == 3
+    assert health.rate_history == monitor.health.rate_history
+    ours, theirs = health.snapshot(), monitor.health.snapshot()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[tag], theirs[tag]) for tag in ours)
+    assert health.alerts and [a["dead_channels"] for a in health.alerts] == [a["dead_channels"] for a in monitor.alerts]

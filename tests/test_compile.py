@@ -36,7 +36,7 @@ def test_compiled_models_equal_eager_statistics_without_recompile_warnings(
     with caplog.at_level(logging.WARNING, logger="torch._dynamo"):
         monitor, events = fit(tmp_path / "compiled", digits_data, activation, compiled)
     assert not [r for r in caplog.records if "recompile" in r.getMessage()]
-    assert monitor._rate_history == eager._rate_history and monitor._windows == 2
-    assert monitor._distribution_history == eager._distribution_history
+    assert monitor.health.rate_history == eager.health.rate_history and monitor.health.windows == 2
+    assert monitor.health.distribution_history == eager.health.distribution_history
     for prefix in ("cnnviz/filters/", "cnnviz/top_patches/", "cnnviz/saliency/grad_cam", "cnnviz/embedding/tsne"):
         assert any(tag.startswith(prefix) for tag in events["images"]), prefix

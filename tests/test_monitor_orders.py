@@ -36,7 +36,7 @@ def fit(tmp_path: Path, data: Any, arch: str, order: tuple[str, ...]) -> Activat
 
 
 def statistics(monitor: ActivationMonitor) -> tuple[Any, ...]:
-    return (monitor._windows, monitor._rate_history, monitor._distribution_history)
+    return (monitor.health.windows, monitor.health.rate_history, monitor.health.distribution_history)
 
 
 EXPECTED_PREFIXES = {
@@ -77,7 +77,7 @@ def test_one_write_per_tag_and_step(tmp_path: Path, digits_data: Any) -> None:
     from lightning_cnnviz import FeatureVisMonitor
 
     monitors = every_monitor(activation_steps=2)
-    monitors["activation"].policy.threshold = 0.0  # alert at every window with a dead channel
+    monitors["activation"].health.policy.threshold = 0.0  # alert at every window with a dead channel
     monitors["feature_vis"] = FeatureVisMonitor(every_n_epochs=1, steps=4, probe_size=32, on_error="raise")
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier(channels=(8, 16, 16), num_classes=10, lr=0.5)  # a rate that kills filters

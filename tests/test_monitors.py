@@ -56,7 +56,7 @@ def test_forced_dead_channels_are_reported_exactly(tmp_path: Path, digits_data: 
     events = read_events(tmp_path)
     counts = dead_counts(events, first)
     assert counts and all(c == len(DEAD) for c in counts)
-    assert monitor.policy.last_dead[first] == DEAD
+    assert monitor.health.policy.last_dead[first] == DEAD
     alert = monitor.alerts[0]
     assert alert["layer"] == first and alert["dead_channels"] == DEAD and alert["reason"] == "threshold"
     assert alert["learning_rate"] == pytest.approx(0.05)
@@ -120,7 +120,7 @@ def test_dead_sets_equal_brute_force_per_window(tmp_path: Path, digits_data: Any
             a3 = torch.relu(net.conv3(torch.nn.functional.max_pool2d(a2, 2)))
         for name, act in zip(names, (a1, a2, a3), strict=True):
             expected = [c for c in range(act.shape[1]) if not bool((act[:, c] > 0).any())]
-            reported = [c for c, rate in enumerate(monitor._rate_history[name][index]) if rate == 0]
+            reported = [c for c, rate in enumerate(monitor.health.rate_history[name][index]) if rate == 0]
             assert reported == expected, (index, name)
             seen_dead += len(expected)
     assert seen_dead > 2 * len(windows)  # the check compared real dead sets, not only empty ones
@@ -271,8 +271,8 @@ def test_resume_continues_dead_filter_history(tmp_path: Path, digits_data: Any) 
     second = ActivationMonitor(every_n_steps=5)
     trainer = make_trainer(tmp_path / "two", [second], max_epochs=2)
     trainer.fit(small_model(), datamodule=digits_data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    assert second._windows == saved["windows"] + 5  # four full windows and the last short one
-    history = second._rate_history["net.relu1"]
+    assert second.health.windows == saved["windows"] + 5  # four full windows and the last short one
+    history = second.health.rate_history["net.relu1"]
     assert history[: saved["windows"]] == saved["rate_history"]["net.relu1"]
     # the layer was already over the threshold before the resume: no second threshold alert
     assert [a["reason"] for a in second.alerts] == [a["reason"] for a in saved["alerts"]]
@@ -463,7 +463,7 @@ def test_example_input_array_checks_functional_names_at_setup(tmp_path: Path, di
     with pytest.raises(ValueError, match=r"no activation named 'net.relu#5'"):
         bad.setup(trainer, model, "fit")
     trainer.fit(model, datamodule=digits_data)
-    assert list(monitor._rate_history) == ["net.relu#2"]
+    assert list(monitor.health.rate_history) == ["net.relu#2"]
 
 
 class Diverge(pl.Callback):

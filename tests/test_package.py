@@ -30,8 +30,7 @@ def test_core_module_all_lists_are_the_core_exports() -> None:
             assert name not in listed, f"{name} listed by {listed.get(name)} and {path.stem}"
             listed[name] = path.stem
             assert getattr(core, name) is getattr(module, name)
-    assert sorted(listed) == sorted(core.__all__)
-    assert len(core.__all__) <= 25
+    assert sorted(listed) == sorted(core.__all__)  # the real interface, whatever its length (issue 22)
 
 
 def test_top_level_exports_the_monitors_and_the_sink() -> None:

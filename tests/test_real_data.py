@@ -43,7 +43,7 @@ def train(tmp_path: Path, data: IDXDataModule, optimizer: str, lr: float) -> tup
 
 
 def last_dead_counts(monitor: ActivationMonitor) -> dict[str, int]:
-    return {name: sum(1 for rate in history[-1] if rate == 0) for name, history in monitor._rate_history.items()}
+    return {name: sum(1 for rate in history[-1] if rate == 0) for name, history in monitor.health.rate_history.items()}
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +298,7 @@ def test_dormant_alert_fires_on_destructive_learning_rate_and_matches_brute_forc
             trainer.fit(model, datamodule=fashion)
         # the last window's dormant sets (red cells of the dormant map) against the brute-force ones
         for name in names:
-            last = monitor._rate_history[name][-1]
+            last = monitor.health.rate_history[name][-1]
             assert [c for c, rate in enumerate(last) if rate == 0] == reference.dormant(name), name
         results[optimizer] = (monitor, {name: len(reference.dormant(name)) for name in names})
         dormant, alerts = results[optimizer][1], len(monitor.alerts)

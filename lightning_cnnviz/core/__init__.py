@@ -4,7 +4,8 @@ Everything here takes a model and tensors and returns tensors, on the model's de
 notebook or a plain training loop. The verbs:
 
 * activations: :func:`find_activation_sites`, :func:`tap_activations`, :func:`capture`, :class:`ActivationStats`,
-  and the alert policy :class:`DeadFilterAlerts`;
+  the alert policy :class:`DeadFilterAlerts`, and :class:`ActivationHealth`, ActivationMonitor's state and logic
+  for any training loop;
 * filters: :func:`render_filter_grid`, :func:`filter_smoothness`;
 * saliency: :func:`vanilla_gradient`, :func:`smoothgrad`, :func:`guided_backprop`, :func:`deconvnet`,
   :func:`grad_cam`, :func:`occlusion`, drawn by :func:`render_saliency`;
@@ -16,6 +17,7 @@ notebook or a plain training loop. The verbs:
 Each module's ``__all__`` lists what it adds here; the modules' other names serve the package itself.
 """
 
+from lightning_cnnviz.core.activation_health import ActivationHealth
 from lightning_cnnviz.core.activation_sites import find_activation_sites, tap_activations
 from lightning_cnnviz.core.alerts import DeadFilterAlerts
 from lightning_cnnviz.core.capture import capture
@@ -30,6 +32,7 @@ from lightning_cnnviz.core.stats import ActivationStats
 from lightning_cnnviz.core.top_patches import crop_patches, project_activations, top_activations
 
 __all__ = [
+    "ActivationHealth",
     "ActivationStats",
     "DeadFilterAlerts",
     "EvolutionHistory",

@@ -310,7 +310,7 @@ def find_activation_sites(model: nn.Module, example_input: Any) -> list[Activati
     return sites
 
 
-class _ActivationTap:
+class ActivationTap:
     """Live tap on chosen sites: calls ``on_activation(site_name, output)`` during every forward.
 
     Sites of activation modules used at one place only are read by a hook on the module. Any other site (a
@@ -332,7 +332,7 @@ class _ActivationTap:
         self._mode_depth = 0
         self.enabled = True
 
-    def __enter__(self) -> _ActivationTap:
+    def __enter__(self) -> ActivationTap:
         try:
             self._attach()
         except BaseException:
@@ -421,7 +421,7 @@ class _ActivationTap:
 
 def tap_activations(
     model: nn.Module, sites: Sequence[ActivationSite], on_activation: Callable[[str, Tensor], None]
-) -> _ActivationTap:
+) -> ActivationTap:
     """Context manager that calls ``on_activation(site.name, output)`` for the chosen sites in every forward.
 
     ``output`` is the live activation: read it at once, do not keep it. Forwards run again inside a backward pass
@@ -437,4 +437,4 @@ def tap_activations(
         >>> seen
         [('1', (2, 4, 6, 6))]
     """
-    return _ActivationTap(model, sites, on_activation)
+    return ActivationTap(model, sites, on_activation)

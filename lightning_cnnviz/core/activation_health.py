@@ -1,0 +1,280 @@
+"""ActivationMonitor's state and logic, Trainer-free: which activations to watch, their statistics over windows of
+training forwards, the windows' histories, the alerts, and the pictures of them.
+
+A plain loop, Fabric and the Lightning callback use it alike::
+
+    health = ActivationHealth()
+    health.discover(model, images)                   # the activations of one forward
+    with health.watch(model) as tap:                 # every training forward is counted
+        for step, (images, labels) in enumerate(loader):
+            loss = criterion(model(images), labels)
+            with tap.paused():                       # a backward may run checkpointed forwards again
+                loss.backward()
+            health.step()
+            if (step + 1) % 50 == 0:
+                summary = health.close_window()      # summed over processes under torch.distributed
+                if summary is not None:
+                    scalars, histograms = health.scalars(summary)
+                    events = health.check_alerts(summary, global_step=step + 1)
+    pictures = health.snapshot()                     # {tag: image} of the dead, dormant and value maps
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cnnviz.core._model import format_names, named_modules
+from lightning_cnnviz.core.activation_sites import (
+    ACTIVATION_MODULE_TYPES,
+    ActivationSite,
+    ActivationTap,
+    find_activation_sites,
+    site_scope,
+    tap_activations,
+)
+from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
+from lightning_cnnviz.core.render import dead_filter_map, distribution_map
+from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary
+
+__all__ = ["ActivationHealth"]
+
+WHO = "ActivationMonitor"
+
+
+class ActivationHealth:
+    """The activations of a model's training forwards, window by window: dead (ReLU family) and dormant channels,
+    value distributions, non-finite values, alerts, and their pictures.
+
+    Args:
+        layers: activation names to watch; ``None`` watches every hidden activation.
+        dead_fraction_threshold: dead (or dormant) fraction in [0, 1] at which a layer alerts.
+        dormant_threshold: a channel whose mean |activation| is at most this fraction of its layer's mean is
+            dormant (ReDo's tau).
+        alert_on_growth: alert again when the set of dead channels of a layer at or above the threshold grows.
+        log_histograms: give each ReLU-family layer's per-channel firing rates as a histogram.
+        max_map_windows: the maps show at most this many most recent windows.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.GELU(), nn.Flatten())
+        >>> health = ActivationHealth()
+        >>> health.discover(net, torch.randn(2, 1, 8, 8))
+        >>> with health.watch(net):
+        ...     _ = net(torch.randn(4, 1, 8, 8))
+        >>> health.step()
+        >>> summary = health.close_window()
+        >>> sorted(summary.layers), sorted(health.snapshot())
+        (['1'], ['cnnviz/activations/dead_map/1', 'cnnviz/activations/distribution/1'])
+    """
+
+    def __init__(
+        self,
+        layers: list[str] | None = None,
+        dead_fraction_threshold: float = 0.1,
+        dormant_threshold: float = 0.1,
+        alert_on_growth: bool = True,
+        log_histograms: bool = True,
+        max_map_windows: int = 100,
+    ) -> None:
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise TypeError(f"{WHO}: `layers` must be a list of activation names or None, got {layers!r}.")
+        threshold = dead_fraction_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"{WHO}: `dead_fraction_threshold` must be a number in [0, 1], got {threshold!r}.")
+        dormant = dormant_threshold
+        if isinstance(dormant, bool) or not isinstance(dormant, (int, float)) or dormant < 0:
+            raise ValueError(f"{WHO}: `dormant_threshold` must be a number >= 0, got {dormant_threshold!r}.")
+        if isinstance(max_map_windows, bool) or not isinstance(max_map_windows, int) or max_map_windows < 1:
+            raise ValueError(f"{WHO}: `max_map_windows` must be a positive integer, got {max_map_windows!r}.")
+        self.layers = list(layers) if layers is not None else None
+        self.dormant_threshold = float(dormant_threshold)
+        self.log_histograms = bool(log_histograms)
+        self.max_map_windows = max_map_windows
+        self.policy = DeadFilterAlerts(float(dead_fraction_threshold), bool(alert_on_growth), self.dormant_threshold)
+        self.sites: list[ActivationSite] | None = None
+        self.stats: ActivationStats | None = None
+        self.silent: set[str] = set()  # sites found to receive nothing in a window
+        self.silent_now: list[str] = []  # those of them found in the last window closed
+        # history, in state_dict
+        self.windows = 0
+        self.rate_history: dict[str, list[list[float]]] = {}
+        self.distribution_history: dict[str, list[list[float]]] = {}
+        self.alerts: list[dict[str, Any]] = []
+
+    def reset_sites(self) -> None:
+        """Forget the sites (a new model): the next :meth:`discover` finds them afresh."""
+        self.sites, self.stats, self.silent = None, None, set()
+
+    def check_names(self, model: nn.Module) -> None:
+        """ValueError, at once and without a forward, for a name in ``layers`` that no activation of ``model``
+        can have (a functional site's calls are checked by :meth:`discover`)."""
+        modules = named_modules(model)
+        found = [n for n, m in modules.items() if isinstance(m, ACTIVATION_MODULE_TYPES)]
+        activation_modules = format_names(found) or "none"
+        for name in self.layers or []:
+            module = modules.get(name.split("#", 1)[0])
+            if module is not None and not isinstance(module, ACTIVATION_MODULE_TYPES):
+                raise ValueError(
+                    f"{WHO} `layers`: {name!r} is a {type(module).__name__}, not an elementwise activation. "
+                    f"Activation modules of this model: {activation_modules}; functional calls are named "
+                    "'<module>.<kind>' (e.g. 'block1.relu', 'stem.gelu') after the module whose forward makes them."
+                )
+            if site_scope(model, name) is None:
+                raise ValueError(
+                    f"{WHO} `layers`: no activation named {name!r}. Activation modules of this model: "
+                    f"{activation_modules}; functional calls (F.relu, F.gelu, torch.relu, x.relu(), ...) are named "
+                    "'<module>.<kind>' after the module whose forward makes them ('relu' for the model's own "
+                    "forward), '#2', '#3' marking further places in one forward."
+                )
+
+    def discover(self, model: nn.Module, images: Tensor) -> None:
+        """Find the activations of ``model(images[:2])`` and choose the ones to watch."""
+        try:
+            sites = find_activation_sites(model, images[:2])
+        except Exception as error:
+            raise RuntimeError(
+                f"{WHO}: calling {type(model).__name__} on a batch of images of shape {tuple(images.shape)} failed "
+                f"({type(error).__name__}: {error}). The monitor finds the activations by running the "
+                "LightningModule's forward(images) once; define forward, or pass `batch_to_images=` if the images "
+                "are not where the monitor looked."
+            ) from error
+        if not sites:
+            raise ValueError(
+                f"{WHO}: {type(model).__name__} computes no elementwise activation (ReLU, ReLU6, LeakyReLU, PReLU, "
+                "ELU, SELU, CELU, GELU, SiLU, Hardswish, Mish, Hardsigmoid; modules or functional calls) in its "
+                "forward; there is nothing to monitor."
+            )
+        if self.layers is not None:
+            by_name = {site.name: site for site in sites}
+            unknown = [name for name in self.layers if name not in by_name]
+            if unknown:
+                raise ValueError(
+                    f"{WHO} `layers`: no activation named {unknown[0]!r}. Activations found in the forward pass: "
+                    f"{format_names(list(by_name))}."
+                )
+            sites = [by_name[name] for name in self.layers]
+        elif any(not site.on_logits for site in sites):
+            sites = [site for site in sites if not site.on_logits]
+        self.sites = sites
+
+    def watch(
+        self,
+        model: nn.Module,
+        device: torch.device | str | None = None,
+        observe: Callable[[str, Tensor], None] | None = None,
+    ) -> ActivationTap:
+        """A context manager that counts every forward of ``model`` into this window's statistics (kept on
+        ``device``, by default that of the model's parameters); its ``paused()`` block counts nothing. ``observe``
+        replaces :meth:`observe` as what the tap calls (a caller that decides which forwards count)."""
+        if self.sites is None:
+            raise RuntimeError(f"{WHO}: call discover(model, images) before watch(model).")
+        if device is None:
+            device = next(iter(model.parameters()), torch.empty(0)).device
+        self.stats = ActivationStats({site.name: site.spec for site in self.sites}, device=device)
+        return tap_activations(model, self.sites, observe or self.observe)
+
+    def observe(self, name: str, output: Tensor) -> None:
+        """Add one activation of site ``name`` (the tap calls this)."""
+        assert self.stats is not None
+        self.stats.update(name, output, distribution=True)
+
+    def step(self) -> None:
+        """Count one training step in the window."""
+        if self.stats is not None:
+            self.stats.step()
+
+    def close_window(self) -> ActivationSummary | None:
+        """Summarise the window (every process of a ``torch.distributed`` group must call this at the same point),
+        start the next, and add the window to the histories. None when no step or no forward ran in it. Sites that
+        received nothing while others did are left out of it; :attr:`silent_now` names those not named before."""
+        self.silent_now = []
+        if self.stats is None:
+            return None
+        summary = self.stats.summary()
+        self.stats.reset()
+        if summary.steps == 0 or all(layer.positions == 0 for layer in summary.layers.values()):
+            return None  # no training forward ran these layers in the window (a training_step that skipped it)
+        silent = [name for name, layer in summary.layers.items() if layer.positions == 0]
+        self.silent_now = [name for name in silent if name not in self.silent]
+        self.silent.update(silent)
+        layers = {name: layer for name, layer in summary.layers.items() if name not in silent}
+        summary = ActivationSummary(layers=layers, steps=summary.steps)
+        self.windows += 1
+        for name, layer in summary.layers.items():
+            if layer.relu:
+                rates = layer.firing_rate
+            else:  # the map's red cells are the dormant channels
+                score = layer.dormant_score()
+                rates = torch.where(score <= self.dormant_threshold, 0.0, score / score.max().clamp_min(1e-30))
+            self._remember(self.rate_history, name, rates.tolist())
+            if layer.distribution is not None:
+                self._remember(self.distribution_history, name, layer.distribution.tolist())
+        return summary
+
+    def _remember(self, history: dict[str, list[list[float]]], name: str, column: list[float]) -> None:
+        columns = history.setdefault(name, [])
+        columns.append(column)
+        del columns[: -self.max_map_windows]
+
+    def scalars(self, summary: ActivationSummary) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """The window's scalars and firing-rate histograms, by tag."""
+        scalars: dict[str, float] = {}
+        histograms: dict[str, Tensor] = {}
+        for name, layer in summary.layers.items():
+            dormant = len(layer.dormant_channels(self.dormant_threshold))
+            scalars[f"cnnviz/activations/dormant/{name}"] = float(dormant)
+            scalars[f"cnnviz/activations/dormant_fraction/{name}"] = dormant / max(layer.num_channels, 1)
+            scalars[f"cnnviz/activations/nonfinite/{name}"] = float(layer.nonfinite)
+            if not layer.relu:
+                continue
+            scalars[f"cnnviz/activations/sparsity/{name}"] = layer.sparsity
+            scalars[f"cnnviz/activations/dead/{name}"] = float(len(layer.dead_channels))
+            scalars[f"cnnviz/activations/dead_fraction/{name}"] = layer.dead_fraction
+            if self.log_histograms:
+                histograms[f"cnnviz/activations/firing_rate/{name}"] = layer.firing_rate
+        return scalars, histograms
+
+    def check_alerts(
+        self, summary: ActivationSummary, *, global_step: int, epoch: int = 0, learning_rate: float | None = None
+    ) -> list[DeadFilterEvent]:
+        """The window's alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`), also kept in :attr:`alerts`."""
+        events = self.policy.check(summary, global_step=global_step, epoch=epoch, learning_rate=learning_rate)
+        self.alerts.extend(asdict(event) for event in events)
+        return events
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """The pictures, by tag: channels x windows ``dead_map`` (ReLU family) or ``dormant_map`` per layer (red:
+        dead or dormant), and windows x value bins ``distribution`` per layer."""
+        relu = {site.name: site.relu for site in self.sites or []}
+        pictures: dict[str, Tensor] = {}
+        for name, history in self.rate_history.items():
+            if history:
+                rates = torch.tensor(history, dtype=torch.float32).T  # (channels, windows)
+                kind = "dead_map" if relu.get(name, True) else "dormant_map"
+                pictures[f"cnnviz/activations/{kind}/{name}"] = dead_filter_map(rates)
+        for name, distributions in self.distribution_history.items():
+            if distributions:
+                pictures[f"cnnviz/activations/distribution/{name}"] = distribution_map(torch.tensor(distributions))
+        return pictures
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "windows": self.windows,
+            "rate_history": {k: [list(r) for r in v] for k, v in self.rate_history.items()},
+            "distribution_history": {k: [list(r) for r in v] for k, v in self.distribution_history.items()},
+            **self.policy.state_dict(),
+            "alerts": list(self.alerts),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.windows = int(state_dict.get("windows", 0))
+        self.rate_history = {k: [list(r) for r in v] for k, v in state_dict.get("rate_history", {}).items()}
+        self.distribution_history = {
+            k: [list(r) for r in v] for k, v in state_dict.get("distribution_history", {}).items()
+        }
+        self.policy.load_state_dict(state_dict)
+        self.alerts = list(state_dict.get("alerts", []))
