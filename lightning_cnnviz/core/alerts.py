@@ -102,8 +102,20 @@ class DeadFilterAlerts:
             )
             return [
                 DeadFilterEvent(
-                    *(first, "diverged", [], [], layer.num_channels, 0.0, self.threshold, global_step, epoch),
-                    *(summary.steps, learning_rate, message, "nonfinite", layer.units),
+                    layer=first,
+                    reason="diverged",
+                    dead_channels=[],
+                    new_dead_channels=[],
+                    num_channels=layer.num_channels,
+                    dead_fraction=0.0,
+                    threshold=self.threshold,
+                    global_step=global_step,
+                    epoch=epoch,
+                    window_steps=summary.steps,
+                    learning_rate=learning_rate,
+                    message=message,
+                    measure="nonfinite",
+                    units=layer.units,
                 )
             ]
         self.diverged = False
@@ -150,8 +162,20 @@ class DeadFilterAlerts:
             )
             events.append(
                 DeadFilterEvent(
-                    *(name, reason, dead, new_dead, layer.num_channels, fraction, self.threshold, global_step),
-                    *(epoch, summary.steps, learning_rate, message, measure, layer.units),
+                    layer=name,
+                    reason=reason,
+                    dead_channels=dead,
+                    new_dead_channels=new_dead,
+                    num_channels=layer.num_channels,
+                    dead_fraction=fraction,
+                    threshold=self.threshold,
+                    global_step=global_step,
+                    epoch=epoch,
+                    window_steps=summary.steps,
+                    learning_rate=learning_rate,
+                    message=message,
+                    measure=measure,
+                    units=layer.units,
                 )
             )
         return events
