@@ -13,7 +13,6 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import Monitor, check_positive_int
 from lightning_cnnviz.core._images import images_from_batch
-from lightning_cnnviz.core._model import format_names
 from lightning_cnnviz.core.activation_health import ActivationHealth
 from lightning_cnnviz.core.activation_sites import ActivationSite
 from lightning_cnnviz.core.alerts import DeadFilterEvent
@@ -28,53 +27,23 @@ class ActivationMonitor(Monitor):
     """Watches every elementwise activation of the live network on training batches; alerts when channels die or
     go dormant and when the network diverges.
 
-    Statistics come from the real training forwards only (no extra pass; the forwards other monitors run in eval
-    mode are not counted), accumulate on the model's device with no host sync, and are summed over DDP ranks and
-    written once per window of ``every_n_steps`` batches (step: the global step):
-
-    * every activation: ``cnnviz/activations/dormant|dormant_fraction/<layer>`` (a channel is *dormant* when its
-      mean |activation| over the window is at most ``dormant_threshold`` of the layer's mean: Sokar et al. 2023),
-      ``cnnviz/activations/nonfinite/<layer>`` (channels whose values held NaN or inf), and the image
-      ``cnnviz/activations/distribution/<layer>``: windows x value bins, the values of one batch per window
-      (fastai's "colorful dimension");
-    * the ReLU family also: ``cnnviz/activations/sparsity|dead|dead_fraction/<layer>`` (a channel is *dead* when it
-      never fired, > 0, at any position of any input of the window), firing-rate histograms;
-    * the channels x windows ``dead_map`` (ReLU family) or ``dormant_map`` image (red = dead or dormant), at epoch
-      ends, alerts and the end of training, and ``cnnviz/alerts``.
-
-    Layers are found on the first training batch (or at ``setup`` from ``example_input_array``): activation
-    modules (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ``nn.Hardswish``, ...) by module name and functional calls
-    (``F.relu``, ``F.gelu``, ``torch.relu_``, ``x.relu()``, ...) as ``<module>.<kind>`` after the module whose
-    ``forward`` makes them; k uses in one forward are k layers (``#2``, ``#3``: a module used twice, or any
-    activation inside a container or block called twice or in a loop). An activation computed after the model's
-    last conv or linear layer (a ReLU on the logits) is not a hidden layer and is left out unless named in
-    ``layers``. Activations of fully connected layers are watched as *units*, and the alert says so. A layer
-    that receives nothing in a window in which others did (a branch only eval-mode forwards take) is said once.
-    Backward passes are not counted (``torch.utils.checkpoint`` runs checkpointed forwards again there).
-
-    Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): when a layer's dead fraction (ReLU family) or
-    dormant fraction (other kinds) reaches ``dead_fraction_threshold``, and, with ``alert_on_growth``, whenever
-    more of its channels join above it; once when activations turn non-finite (the first layer where they
-    appear, the step and the learning rate). Each is a rank-zero warning and a ``cnnviz/alerts`` entry; then
-    ``on_dead``: ``"warn"``, ``"stop"`` (``trainer.should_stop`` on every rank) or a callable taking the
-    :class:`DeadFilterEvent` (on rank zero).
+    The thin Lightning adapter of :class:`~lightning_cnnviz.core.ActivationHealth`, which says what is measured,
+    drawn and alerted on, and how layers are named. Statistics come from the training forwards only (not the
+    backward, nor the eval-mode forwards of other monitors), are summed over DDP ranks, and are written at the end
+    of every window of ``every_n_steps`` batches (step: the global step); the maps at epoch ends, alerts and the
+    end of training. Layers are found on the first training batch (or at ``setup`` from ``example_input_array``).
+    Each alert is a rank-zero warning and a ``cnnviz/alerts`` entry, then ``on_dead``: ``"warn"``, ``"stop"``
+    (``trainer.should_stop`` on every rank) or a callable taking the :class:`DeadFilterEvent` (on rank zero).
 
     Args:
-        every_n_steps: window length in training batches; statistics are summarised and logged at each
-            window end, and a last, shorter window is summarised at the end of training.
-        layers: activation names to watch; ``None`` watches every hidden activation.
+        every_n_steps: window length in training batches (a last, shorter window closes at the end of training).
         collect_every_n_steps: collect statistics on every this-many-th training batch only (1 = all).
-        dead_fraction_threshold: dead (or dormant) fraction in [0, 1] at which a layer alerts.
-        dormant_threshold: a channel whose mean |activation| is at most this fraction of its layer's mean is
-            dormant (ReDo's tau).
-        alert_on_growth: alert again when the set of dead channels of a layer at or above the threshold
-            grows.
         on_dead: ``"warn"``, ``"stop"`` or a callable taking a :class:`DeadFilterEvent`.
-        log_histograms: log per-channel firing-rate histograms.
-        max_map_windows: the dead map shows at most this many most recent windows.
         batch_to_images: function from a training batch to its image tensor (N, C, H, W); by default the
             batch itself, its first element, or its ``"image"`` key.
         on_error: ``"warn"`` (report once, switch the failing piece off, keep training) or ``"raise"``.
+        layers, dead_fraction_threshold, dormant_threshold, alert_on_growth, log_histograms, max_map_windows:
+            as :class:`~lightning_cnnviz.core.ActivationHealth`.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -236,7 +205,8 @@ class ActivationMonitor(Monitor):
         summary = self.health.close_window()
         if summary is None or "statistics" in self._disabled:
             return
-        self._say_silent(self.health.silent_now, trainer)
+        if self.health.silent_now:
+            rank_zero_warn(self.health.silent_message(self.every_n_steps, trainer.global_step))
         self._run("activation scalars", self._log_window, trainer, summary)
         epoch, lr = trainer.current_epoch, _learning_rate(trainer)
         check = self.health.check_alerts
@@ -245,18 +215,6 @@ class ActivationMonitor(Monitor):
         if events:
             self._run("dead map", self._log_dead_maps, trainer)
             self._act_on(trainer, events)
-
-    def _say_silent(self, silent: list[str], trainer: pl.Trainer) -> None:
-        """Once per site: it received nothing in a window in which other sites did (no statistics, no alert)."""
-        if not silent:
-            return
-        rank_zero_warn(
-            f"ActivationMonitor: {format_names(silent)} received no activation in a window of {self.every_n_steps} "
-            f"training batches (ending at step {trainer.global_step}) in which the other activations did: nothing "
-            "is counted there, so its dead or dormant channels cannot be seen or alerted on. The training forward "
-            "skips it (a branch taken only in eval mode, or a forward other than the one the activations were "
-            "found in: the monitor runs forward(images) once); pass `layers=` to watch only the ones that run."
-        )
 
     def _log_window(self, trainer: pl.Trainer, summary: ActivationSummary) -> None:
         sink = self._sink_for(trainer)

@@ -50,6 +50,31 @@ class ActivationHealth:
     """The activations of a model's training forwards, window by window: dead (ReLU family) and dormant channels,
     value distributions, non-finite values, alerts, and their pictures.
 
+    What a window gives (tags as ActivationMonitor writes them):
+
+    * every activation: ``cnnviz/activations/dormant|dormant_fraction/<layer>`` (a channel is *dormant* when its
+      mean |activation| over the window is at most ``dormant_threshold`` of the layer's mean: Sokar et al. 2023),
+      ``cnnviz/activations/nonfinite/<layer>`` (channels whose values held NaN or inf), and the image
+      ``cnnviz/activations/distribution/<layer>``: windows x value bins, the values of one batch per window
+      (fastai's "colorful dimension");
+    * the ReLU family also: ``cnnviz/activations/sparsity|dead|dead_fraction/<layer>`` (a channel is *dead* when it
+      never fired, > 0, at any position of any input of the window), firing-rate histograms;
+    * the channels x windows ``dead_map`` (ReLU family) or ``dormant_map`` image (red = dead or dormant).
+
+    Layers: activation modules (``nn.ReLU``, ``nn.GELU``, ``nn.SiLU``, ``nn.Hardswish``, ...) by module name and
+    functional calls (``F.relu``, ``F.gelu``, ``torch.relu_``, ``x.relu()``, ...) as ``<module>.<kind>`` after the
+    module whose ``forward`` makes them; k uses in one forward are k layers (``#2``, ``#3``: a module used twice,
+    or any activation inside a container or block called twice or in a loop). An activation computed after the
+    model's last conv or linear layer (a ReLU on the logits) is not a hidden layer and is left out unless named in
+    ``layers``. Activations of fully connected layers are watched as *units*, and the alert says so. A layer that
+    receives nothing in a window in which others did (a branch only eval-mode forwards take) is named once in
+    :attr:`silent_now`.
+
+    Alerts (:class:`~lightning_cnnviz.core.DeadFilterAlerts`): when a layer's dead fraction (ReLU family) or
+    dormant fraction (other kinds) reaches ``dead_fraction_threshold``, and, with ``alert_on_growth``, whenever
+    more of its channels join above it; once when activations turn non-finite (the first layer where they
+    appear, the step and the learning rate).
+
     Args:
         layers: activation names to watch; ``None`` watches every hidden activation.
         dead_fraction_threshold: dead (or dormant) fraction in [0, 1] at which a layer alerts.
@@ -219,6 +244,17 @@ class ActivationHealth:
         columns = history.setdefault(name, [])
         columns.append(column)
         del columns[: -self.max_map_windows]
+
+    def silent_message(self, window: int, global_step: int) -> str:
+        """What to say of :attr:`silent_now`: sites that received nothing in a window of ``window`` training
+        batches ending at ``global_step`` while the others did."""
+        return (
+            f"{WHO}: {format_names(self.silent_now)} received no activation in a window of {window} training "
+            f"batches (ending at step {global_step}) in which the other activations did: nothing is counted there, "
+            "so its dead or dormant channels cannot be seen or alerted on. The training forward skips it (a branch "
+            "taken only in eval mode, or a forward other than the one the activations were found in: the monitor "
+            "runs forward(images) once); pass `layers=` to watch only the ones that run."
+        )
 
     def scalars(self, summary: ActivationSummary) -> tuple[dict[str, float], dict[str, Tensor]]:
         """The window's scalars and firing-rate histograms, by tag."""
