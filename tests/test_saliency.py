@@ -302,6 +302,5 @@ def test_every_method_matches_captum_on_silu_and_gelu_networks(name: str) -> Non
     ours = S.occlusion(double, x.double(), TARGETS, patch=8, stride=8, baseline=0.25)
     assert_agree(ours, captum_occlusion(double, x.double(), 8, 8))
     monitor = SaliencyMonitor(methods=("guided_backprop",), num_images=2)
-    monitor.probe.images = x[:2].double()
-    assert monitor._other_kinds(model) == (["silu"] if name == "efficientnet_b0" else ["gelu"])  # type: ignore[arg-type]
+    assert monitor.panel.other_kinds(model, x[:2].double()) == (["silu"] if name == "efficientnet_b0" else ["gelu"])
     assert hooks_left(model) == [] and global_state_clean()

@@ -79,3 +79,26 @@ def test_without_validation_data_the_probe_comes_from_the_first_training_batches
     assert monitor.probe_labels is not None and monitor.probe_labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     assert torch.equal(monitor.probe_images, images[:8])  # balanced from the first batch, no more copied
     assert [e.step for e in read_events(tmp_path)["images"]["cnnviz/saliency/grad_cam"]] == [0]
+
+
+def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data: Any) -> None:
+    """SaliencyPanel is SaliencyMonitor's logic without a Trainer: on the fitted weights and the monitor's probe,
+    a plain SummaryWriter gets the same PNG bytes, method by method, as the callback wrote at the last epoch."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_cnnviz.core import SaliencyPanel
+
+    methods = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
+    monitor = SaliencyMonitor(methods=methods, num_images=6, smoothgrad_samples=3, on_error="raise")
+    model = small_model()
+    make_trainer(tmp_path / "fit", [monitor], max_epochs=1, limit_train_batches=5).fit(model, datamodule=digits_data)
+    panel = SaliencyPanel(methods=methods, smoothgrad_samples=3)
+    assert monitor.probe_images is not None
+    writer = SummaryWriter(str(tmp_path / "plain"))
+    for tag, picture in panel.snapshot(model, monitor.probe_images, monitor.probe_labels).items():
+        writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")
+    writer.close()
+    fitted, plain = read_events(tmp_path / "fit")["images"], read_events(tmp_path / "plain")["images"]
+    for method in methods:
+        tag = f"cnnviz/saliency/{method}"
+        assert plain[tag][-1].encoded_image_string == fitted[tag][-1].encoded_image_string, method

@@ -8,7 +8,8 @@ notebook or a plain training loop. The verbs:
   for any training loop;
 * filters: :func:`render_filter_grid`, :func:`filter_smoothness`;
 * saliency: :func:`vanilla_gradient`, :func:`smoothgrad`, :func:`guided_backprop`, :func:`deconvnet`,
-  :func:`grad_cam`, :func:`occlusion`, drawn by :func:`render_saliency`;
+  :func:`grad_cam`, :func:`occlusion`, drawn by :func:`render_saliency`; :class:`SaliencyPanel`, SaliencyMonitor's
+  logic for any training loop;
 * Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`,
   :func:`crop_patches`, drawn by :func:`render_top_patches`, tracked by :class:`EvolutionHistory`;
 * codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`;
@@ -28,6 +29,7 @@ from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.receptive_field import receptive_fields
 from lightning_cnnviz.core.render import render_saliency, render_top_patches
 from lightning_cnnviz.core.saliency import deconvnet, grad_cam, guided_backprop, occlusion, smoothgrad, vanilla_gradient
+from lightning_cnnviz.core.saliency_panel import SaliencyPanel
 from lightning_cnnviz.core.stats import ActivationStats
 from lightning_cnnviz.core.top_patches import crop_patches, project_activations, top_activations
 
@@ -36,6 +38,7 @@ __all__ = [
     "ActivationStats",
     "DeadFilterAlerts",
     "EvolutionHistory",
+    "SaliencyPanel",
     "capture",
     "crop_patches",
     "deconvnet",
