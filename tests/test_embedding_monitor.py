@@ -13,8 +13,7 @@ from torch import nn
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import EmbeddingMonitor
-from lightning_cnnviz.callbacks.embedding_monitor import penultimate_layer
-from lightning_cnnviz.core import knn_accuracy, procrustes_align
+from lightning_cnnviz.core import knn_accuracy, penultimate_layer, procrustes_align
 
 
 def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any) -> None:
@@ -44,7 +43,7 @@ def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any)
     # nearest neighbours in code space: 8 class-balanced queries, each beside its 8 nearest other probe images
     neighbours = events["images"]["cnnviz/embedding/neighbours"]
     assert [e.step for e in neighbours] == [0, 1] and neighbours[0].width == 9 * (48 + 2) + 2
-    queries, found = monitor.neighbours(captured[0])
+    queries, found = monitor.map.neighbours(captured[0], monitor.probe_labels)
     assert sorted(val_labels[:300][queries].tolist()) == list(range(8))  # one query per class (the first 8)
     distances = torch.cdist(captured[0].double(), captured[0].double())
     for query, row in zip(queries.tolist(), found.tolist(), strict=True):
@@ -146,3 +145,29 @@ def test_grid_assignment_is_the_optimal_one_to_one_placement() -> None:
     best = min(itertools.permutations(range(5), 4), key=cost)
     assert cost(tuple(chosen)) == pytest.approx(cost(best))
     assert len(set(chosen)) == 4  # one point per cell
+
+
+def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data: Any) -> None:
+    """EmbeddingMap is EmbeddingMonitor's logic without a Trainer: on the fitted weights and the monitor's probe,
+    a plain SummaryWriter gets the same PNG bytes and kNN accuracy as the callback wrote."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_cnnviz.core import EmbeddingMap
+
+    monitor = EmbeddingMonitor(probe_size=64, every_n_epochs=1, knn_k=3, on_error="raise")
+    model = small_model()
+    make_trainer(tmp_path / "fit", [monitor], max_epochs=1, limit_train_batches=5).fit(model, datamodule=digits_data)
+    images, labels = monitor.probe_images, monitor.probe_labels
+    assert images is not None and labels is not None
+    embedding_map = EmbeddingMap(knn_k=3)
+    codes = embedding_map.codes(model, images)
+    writer = SummaryWriter(str(tmp_path / "plain"))
+    writer.add_scalar("cnnviz/embedding/knn_accuracy", embedding_map.knn(codes, labels), global_step=0)
+    for tag, picture in embedding_map.pictures(embedding_map.embed(codes), codes, images, labels, epoch=0).items():
+        writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")
+    writer.close()
+    fitted, plain = read_events(tmp_path / "fit"), read_events(tmp_path / "plain")
+    for tag in ("cnnviz/embedding/tsne", "cnnviz/embedding/grid", "cnnviz/embedding/neighbours"):
+        assert plain["images"][tag][-1].encoded_image_string == fitted["images"][tag][-1].encoded_image_string, tag
+    accuracy = "cnnviz/embedding/knn_accuracy"
+    assert plain["scalars"][accuracy][-1].value == fitted["scalars"][accuracy][-1].value

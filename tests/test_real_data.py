@@ -17,8 +17,8 @@ from torch import Tensor
 
 from conftest import make_trainer, real_data
 from lightning_cnnviz import ActivationMonitor
-from lightning_cnnviz.callbacks._probe import select_balanced
 from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core import select_balanced
 from lightning_cnnviz.demo.data import IDXDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 

@@ -11,7 +11,7 @@ from test_monitors import assert_training_undisturbed, small_model
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import SaliencyMonitor
-from lightning_cnnviz.callbacks._probe import select_balanced
+from lightning_cnnviz.core import select_balanced
 from lightning_cnnviz.core.saliency import SALIENCY_METHODS
 
 

@@ -12,31 +12,11 @@ import torch
 from torch import Tensor
 
 from lightning_cnnviz.core._images import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.probe import select_balanced
 
-__all__ = ["ProbeSet", "gather_interleaved", "select_balanced"]
+__all__ = ["ProbeSet", "gather_interleaved"]
 
 _MAX_STATE_BYTES = 32 * 2**20  # a larger probe is not saved in checkpoints; it is chosen afresh after a resume
-
-
-def select_balanced(labels: Tensor, count: int) -> list[int]:
-    """Indices of ``count`` items, round-robin over the classes in label order (first of each class, then the
-    second, ...), so every class is represented as evenly as the data allows. Deterministic.
-
-    Example:
-        >>> select_balanced(torch.tensor([1, 1, 0, 2, 0]), 4)
-        [2, 0, 3, 4]
-    """
-    by_class: dict[int, list[int]] = {}
-    for index, label in enumerate(labels.tolist()):
-        by_class.setdefault(int(label), []).append(index)
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < count and any(depth < len(v) for v in by_class.values()):
-        for label in sorted(by_class):
-            if depth < len(by_class[label]) and len(chosen) < count:
-                chosen.append(by_class[label][depth])
-        depth += 1
-    return chosen
 
 
 def all_gather(trainer: pl.Trainer, tensor: Tensor) -> Tensor:

@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy, check_positive_int
-from lightning_cnnviz.callbacks._probe import ProbeSet, all_gather, gather_interleaved, select_balanced
-from lightning_cnnviz.core._images import tile_grid, upscale_nearest
-from lightning_cnnviz.core._model import class_name, evaluating, named_modules, resolve_modules, run_to
-from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
-from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
+from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy
+from lightning_cnnviz.callbacks._probe import ProbeSet, all_gather, gather_interleaved
+from lightning_cnnviz.core._model import class_name
+from lightning_cnnviz.core.embedding_map import EmbeddingMap
 
-__all__ = ["EmbeddingMonitor", "penultimate_layer"]
-
-NEIGHBOURS = 8  # queries, and neighbours per query, of cnnviz/embedding/neighbours
-
-_SPRITE_PX = 8192  # TensorBoard's Projector caps the sprite image at this side
-
-
-def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
-    """Where the penultimate-layer code is: ``(name, True)`` for the input of the last ``nn.Linear``; without one,
-    the last ``nn.Conv2d``, by its input when it is a 1x1 classifier conv (SqueezeNet, All-CNN) and by its output
-    otherwise, ``(name, is_input)``."""
-    linears = [name for name, module in named_modules(model).items() if isinstance(module, nn.Linear)]
-    if linears:
-        return linears[-1], True
-    convs = [(name, module) for name, module in named_modules(model).items() if isinstance(module, nn.Conv2d)]
-    if not convs:
-        raise ValueError(
-            f"EmbeddingMonitor: {type(model).__name__} has neither an nn.Linear nor an nn.Conv2d, so no code layer "
-            "can be chosen; pass `layer=` with the name of the module whose output is the code."
-        )
-    name, conv = convs[-1]
-    return name, tuple(conv.kernel_size) == (1, 1)
+__all__ = ["EmbeddingMonitor"]
 
 
 class EmbeddingMonitor(EpochMonitor):
@@ -60,17 +35,14 @@ class EmbeddingMonitor(EpochMonitor):
     The probe set is the first ``probe_size`` images and labels of the first validation pass; under DDP each
     rank codes its shard, the codes are gathered, and rank zero embeds and draws.
 
+    The Lightning adapter of :class:`~lightning_cnnviz.core.EmbeddingMap`.
+
     Args:
         probe_size: probe images.
         every_n_epochs: log every this many epochs (and after the last one).
-        perplexity: t-SNE perplexity.
-        layer: module whose output is the code (default: the input of the last ``nn.Linear``, see above).
-        knn_k: neighbours of the kNN accuracy.
-        grid_cells: cells per side of the thumbnail grid (at most ``sqrt(probe_size)``); ``cell_px`` their size.
-        warm_start: start each map from the previous one.
         projector: write the Projector data.
-        class_names: names for the legend and the Projector labels.
-        seed: t-SNE seed.
+        perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed: as
+            :class:`~lightning_cnnviz.core.EmbeddingMap`.
         batch_to_images: where the images are in a batch; ``batch_to_labels``: where the labels are (see
             :class:`SaliencyMonitor`).
         on_error: ``"warn"`` or ``"raise"``.
@@ -100,58 +72,35 @@ class EmbeddingMonitor(EpochMonitor):
     ) -> None:
         probe: dict[str, Any] = {"batch_to_images": batch_to_images, "batch_to_labels": batch_to_labels}
         super().__init__(every_n_epochs, on_error, probe_size, **probe)
-        if not (isinstance(perplexity, (int, float)) and perplexity > 0):
-            raise ValueError(f"EmbeddingMonitor: `perplexity` must be a positive number, got {perplexity!r}.")
-        self.perplexity = float(perplexity)
-        self.layer = layer
-        self.knn_k = check_positive_int(self._who, "knn_k", knn_k)
-        self.grid_cells = check_positive_int(self._who, "grid_cells", grid_cells)
-        self.cell_px = check_positive_int(self._who, "cell_px", cell_px)
-        self.warm_start = bool(warm_start)
+        self.map = EmbeddingMap(perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed)
+        self.layer, self.knn_k, self.class_names = layer, self.map.knn_k, self.map.class_names
         self.projector = bool(projector)
-        self.class_names = list(class_names) if class_names is not None else None
-        self.seed = seed
-        self._layer_name: str | None = None
-        self._take_input = False
         self._said_too_few = False
-        self._previous: Tensor | None = None
-        self.last_map: Tensor | None = None
-        self.last_knn_accuracy: float | None = None
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(probe_size=self.probe.size, layer=self.layer)
 
+    @property
+    def last_map(self) -> Tensor | None:
+        """The latest t-SNE map (N, 2) on the host."""
+        return self.map.previous
+
+    @property
+    def last_knn_accuracy(self) -> float | None:
+        return self.map.last_knn_accuracy
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._take_input = False
-        if self.layer is None:
-            self._layer_name, self._take_input = penultimate_layer(pl_module)
-            if not isinstance(named_modules(pl_module)[self._layer_name], nn.Linear):
-                where = "input" if self._take_input else "output"
-                rank_zero_info(
-                    f"EmbeddingMonitor: {type(pl_module).__name__} has no nn.Linear; the codes are the globally "
-                    f"pooled {where} of its last conv layer '{self._layer_name}'."
-                )
-        else:
-            resolve_modules(pl_module, [self.layer], what="EmbeddingMonitor `layer`")
-            self._layer_name = self.layer
+        said = self.map.resolve(pl_module)
+        if said is not None:
+            rank_zero_info(said)
 
     def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
-        """The codes of ``images`` (N, D) on the model's device: eval mode, no gradient, each forward stopped
-        as soon as the code is known."""
-        assert self._layer_name is not None
-        parts: list[Tensor] = []
-
-        def take(name: str, value: Tensor) -> None:
-            parts.append((value.mean(dim=(2, 3)) if value.dim() == 4 else value).detach().flatten(1).float())
-
-        with evaluating(pl_module):
-            for chunk in images.split(max_batch):
-                run_to(pl_module, chunk, [self._layer_name], take, take_input=self._take_input)
-        return torch.cat(parts)
+        """The codes of ``images`` (N, D) on the model's device (:meth:`EmbeddingMap.codes`)."""
+        return self.map.codes(pl_module, images, max_batch)
 
     def _gather_codes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
         """Every rank codes its shard; the codes come back in probe order on every rank. A collective."""
@@ -167,33 +116,16 @@ class EmbeddingMonitor(EpochMonitor):
         counts = torch.tensor([len(range(r, len(self.probe.images), world)) for r in range(world)])
         return gather_interleaved(trainer, local, counts).to(device)
 
-    def embed(self, codes: Tensor) -> Tensor:
-        """The t-SNE map of ``codes``, started from and aligned to the previous map when there is one."""
-        previous = self._previous if self._previous is not None and len(self._previous) == len(codes) else None
-        if previous is not None and self.warm_start:
-            init = previous.to(codes.device)
-            embedding = tsne(codes, perplexity=self.perplexity, init=init, early_exaggeration_iter=0, seed=self.seed)
-        else:
-            embedding = tsne(codes, perplexity=self.perplexity, seed=self.seed)
-        if previous is not None:
-            embedding = procrustes_align(embedding, previous.to(embedding.device))
-        return embedding
-
-    def _thumbnails(self, count: int) -> Tensor:
-        assert self.probe.images is not None
-        side = max(4, min(self.probe.images.shape[-1], 64, _SPRITE_PX // math.ceil(math.sqrt(count))))
-        shown = display_rgb(self.probe.images.float())
-        return F.interpolate(shown, size=(side, side), mode="area" if shown.shape[-1] > side else "nearest")
-
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe.images is None or len(self.probe.images) <= max(3, self.knn_k):
+        images, labels = self.probe.images, self.probe.labels
+        if images is None or len(images) <= max(3, self.knn_k):
             if not self._said_too_few:
                 self._said_too_few = True
-                held = 0 if self.probe.images is None else len(self.probe.images)
                 rank_zero_warn(
-                    f"EmbeddingMonitor: the probe holds {held} image(s), and a map needs more than "
-                    f"{max(3, self.knn_k)} (knn_k={self.knn_k}); nothing is drawn. The probe is filled from the "
-                    "first validation pass (else the first training batches): give it more batches or images."
+                    f"EmbeddingMonitor: the probe holds {0 if images is None else len(images)} image(s), and a map "
+                    f"needs more than {max(3, self.knn_k)} (knn_k={self.knn_k}); nothing is drawn. The probe is "
+                    "filled from the first validation pass (else the first training batches): give it more batches "
+                    "or images."
                 )
             return
         codes = self._gather_codes(trainer, pl_module)
@@ -203,65 +135,30 @@ class EmbeddingMonitor(EpochMonitor):
         if not sink.active:
             return
         epoch = trainer.current_epoch
-        labels = self.probe.labels
         if labels is not None:
-            accuracy = self._run("embedding knn accuracy", knn_accuracy, codes, labels, self.knn_k)
+            accuracy = self._run("embedding knn accuracy", self.map.knn, codes, labels)
             if accuracy is not None:
-                self.last_knn_accuracy = accuracy
                 sink.scalars({"cnnviz/embedding/knn_accuracy": accuracy}, epoch)
-        embedding = self._run("embedding t-SNE", self.embed, codes)
+        embedding = self._run("embedding t-SNE", self.map.embed, codes)
         if embedding is None:
             return
-        embedding = embedding.detach().cpu()
-        self._previous = self.last_map = embedding
-
-        def draw() -> None:
-            assert self.probe.images is not None
-            where = f"{self._layer_name} input" if self._take_input else self._layer_name
-            title = f"epoch {epoch}: t-SNE of {where} codes, {len(codes)} probe images"
-            scatter = render_scatter(embedding, labels, self.class_names, title=title)
-            sink.image("cnnviz/embedding/tsne", scatter, epoch)
-            grid = render_thumbnail_grid(embedding, self.probe.images, cells=self.grid_cells, cell_px=self.cell_px)
-            sink.image("cnnviz/embedding/grid", grid, epoch)
-            if len(codes) > NEIGHBOURS:
-                sink.image("cnnviz/embedding/neighbours", self.neighbours_image(codes), epoch)
-
-        self._run("embedding images", draw)
+        pictures = self._run("embedding images", self.map.pictures, embedding, codes, images, labels, epoch) or {}
+        for tag, picture in pictures.items():
+            sink.image(tag, picture, epoch)
         if self.projector:
             self._run("embedding projector", self._write_projector, sink, codes, labels, epoch)
 
-    def neighbours(self, codes: Tensor) -> tuple[Tensor, Tensor]:
-        """(queries (Q,), their nearest probe images (Q, 8)): 8 class-balanced queries (the first probe images
-        without labels) and their neighbours by L2 distance of the codes, the query itself excluded."""
-        labels = self.probe.labels
-        count = min(NEIGHBOURS, len(codes))
-        chosen = select_balanced(labels, count) if labels is not None else list(range(count))
-        queries = torch.as_tensor(chosen, dtype=torch.long)
-        return queries, nearest_neighbours(codes.float(), NEIGHBOURS)[queries.to(codes.device)].cpu()
-
-    def neighbours_image(self, codes: Tensor) -> Tensor:
-        """One row per query: [query | its 8 nearest neighbours in code space] (CS231n, "Visualizing what ConvNets
-        learn"): neighbours alike in meaning, not in pixels, are what a good code does."""
-        assert self.probe.images is not None
-        queries, found = self.neighbours(codes)
-        shown = display_rgb(self.probe.images.float())
-        rows = torch.cat([queries[:, None], found], dim=1)  # (Q, 1 + 8)
-        tiles = shown[rows.flatten()]
-        factor = max(1, 48 // max(tiles.shape[-2:]))
-        tiles = upscale_nearest(tiles, factor)
-        tiles[:: NEIGHBOURS + 1] = F.pad(tiles[:: NEIGHBOURS + 1, :, 2:-2, 2:-2], (2, 2, 2, 2), value=0.0)  # frame
-        return tile_grid(tiles, NEIGHBOURS + 1, padding=2)
-
     def _write_projector(self, sink: Any, codes: Tensor, labels: Tensor | None, epoch: int) -> None:
+        assert self.probe.images is not None
         metadata = None if labels is None else [class_name(v, self.class_names) for v in labels.tolist()]
-        sink.embedding("cnnviz/embedding", codes, epoch, metadata=metadata, thumbnails=self._thumbnails(len(codes)))
+        thumbnails = self.map.thumbnails(self.probe.images)
+        sink.embedding("cnnviz/embedding", codes, epoch, metadata=metadata, thumbnails=thumbnails)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "previous": None if self._previous is None else self._previous.clone()}
+        return {**super().state_dict(), **self.map.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        previous = state_dict.get("previous")
-        self._previous = None if previous is None else previous.float().cpu()
+        self.map.load_state_dict(state_dict)

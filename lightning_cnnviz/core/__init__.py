@@ -12,7 +12,9 @@ notebook or a plain training loop. The verbs:
   logic for any training loop;
 * Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`,
   :func:`crop_patches`, drawn by :func:`render_top_patches`, tracked by :class:`EvolutionHistory`;
-* codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`;
+* codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`; :class:`EmbeddingMap`, EmbeddingMonitor's
+  logic for any training loop, on the :func:`penultimate_layer`'s codes;
+* probes: :func:`select_balanced`;
 * feature visualization: :func:`visualize_features`, :func:`deep_dream`.
 
 Each module's ``__all__`` lists what it adds here; the modules' other names serve the package itself.
@@ -23,9 +25,11 @@ from lightning_cnnviz.core.activation_sites import find_activation_sites, tap_ac
 from lightning_cnnviz.core.alerts import DeadFilterAlerts
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
+from lightning_cnnviz.core.embedding_map import EmbeddingMap, penultimate_layer
 from lightning_cnnviz.core.feature_vis import deep_dream, visualize_features
 from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.history import EvolutionHistory
+from lightning_cnnviz.core.probe import select_balanced
 from lightning_cnnviz.core.receptive_field import receptive_fields
 from lightning_cnnviz.core.render import render_saliency, render_top_patches
 from lightning_cnnviz.core.saliency import deconvnet, grad_cam, guided_backprop, occlusion, smoothgrad, vanilla_gradient
@@ -37,6 +41,7 @@ __all__ = [
     "ActivationHealth",
     "ActivationStats",
     "DeadFilterAlerts",
+    "EmbeddingMap",
     "EvolutionHistory",
     "SaliencyPanel",
     "capture",
@@ -49,12 +54,14 @@ __all__ = [
     "guided_backprop",
     "knn_accuracy",
     "occlusion",
+    "penultimate_layer",
     "procrustes_align",
     "project_activations",
     "receptive_fields",
     "render_filter_grid",
     "render_saliency",
     "render_top_patches",
+    "select_balanced",
     "smoothgrad",
     "tap_activations",
     "top_activations",

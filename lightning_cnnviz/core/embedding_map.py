@@ -1,0 +1,205 @@
+"""EmbeddingMonitor's logic, Trainer-free: the codes of probe images, their t-SNE map tracked from one call to the
+next, and the pictures of it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_cnnviz.core._images import tile_grid, upscale_nearest
+from lightning_cnnviz.core._model import evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
+from lightning_cnnviz.core.probe import select_balanced
+from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
+
+__all__ = ["EmbeddingMap", "penultimate_layer"]
+
+NEIGHBOURS = 8  # queries, and neighbours per query, of cnnviz/embedding/neighbours
+SPRITE_PX = 8192  # TensorBoard's Projector caps the sprite image at this side
+WHO = "EmbeddingMonitor"
+
+
+def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
+    """Where the penultimate-layer code is: ``(name, True)`` for the input of the last ``nn.Linear``; without one,
+    the last ``nn.Conv2d``, by its input when it is a 1x1 classifier conv (SqueezeNet, All-CNN) and by its output
+    otherwise, ``(name, is_input)``.
+
+    Example:
+        >>> penultimate_layer(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(36, 2)))
+        ('2', True)
+    """
+    linears = [name for name, module in named_modules(model).items() if isinstance(module, nn.Linear)]
+    if linears:
+        return linears[-1], True
+    convs = [(name, module) for name, module in named_modules(model).items() if isinstance(module, nn.Conv2d)]
+    if not convs:
+        raise ValueError(
+            f"{WHO}: {type(model).__name__} has neither an nn.Linear nor an nn.Conv2d, so no code layer can be "
+            "chosen; pass `layer=` with the name of the module whose output is the code."
+        )
+    name, conv = convs[-1]
+    return name, tuple(conv.kernel_size) == (1, 1)
+
+
+def _check_positive_int(argument: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{WHO}: `{argument}` must be a positive integer, got {value!r}.")
+    return value
+
+
+class EmbeddingMap:
+    """t-SNE maps of the penultimate-layer codes of probe images (van der Maaten & Hinton 2008; Karpathy's "t-SNE
+    visualization of CNN codes"), each started from and aligned to the previous one, and their pictures: a
+    class-coloured scatter, the images on a grid at their places, and probe images beside their nearest
+    neighbours in code space; the kNN accuracy of the codes.
+
+    Args:
+        perplexity: t-SNE perplexity.
+        layer: module whose output is the code (default: :func:`penultimate_layer`, globally pooled).
+        knn_k: neighbours of the kNN accuracy.
+        grid_cells: cells per side of the thumbnail grid (at most ``sqrt(N)``); ``cell_px`` their size.
+        warm_start: start each map from the previous one.
+        class_names: names for the legend and the Projector labels.
+        seed: t-SNE seed.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+        >>> embedding_map = EmbeddingMap(perplexity=5.0)
+        >>> embedding_map.resolve(net)
+        >>> images, labels = torch.randn(40, 1, 8, 8), torch.arange(40) % 4
+        >>> codes = embedding_map.codes(net, images)
+        >>> points = embedding_map.embed(codes)
+        >>> points.shape, sorted(embedding_map.pictures(points, codes, images, labels, epoch=0))
+        (torch.Size([40, 2]), ['cnnviz/embedding/grid', 'cnnviz/embedding/neighbours', 'cnnviz/embedding/tsne'])
+    """
+
+    def __init__(
+        self,
+        perplexity: float = 30.0,
+        layer: str | None = None,
+        knn_k: int = 5,
+        grid_cells: int = 32,
+        cell_px: int = 32,
+        warm_start: bool = True,
+        class_names: Sequence[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(perplexity, bool) or not (isinstance(perplexity, (int, float)) and perplexity > 0):
+            raise ValueError(f"{WHO}: `perplexity` must be a positive number, got {perplexity!r}.")
+        self.perplexity = float(perplexity)
+        self.layer = layer
+        self.knn_k = _check_positive_int("knn_k", knn_k)
+        self.grid_cells = _check_positive_int("grid_cells", grid_cells)
+        self.cell_px = _check_positive_int("cell_px", cell_px)
+        self.warm_start = bool(warm_start)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.seed = seed
+        self.layer_name: str | None = None
+        self.take_input = False
+        self.previous: Tensor | None = None  # the last map, in state_dict
+        self.last_knn_accuracy: float | None = None
+
+    def resolve(self, model: nn.Module) -> str | None:
+        """Choose the code layer of ``model`` (ValueError for an unknown ``layer``); what to tell the user when the
+        model has no ``nn.Linear`` and the codes are a conv layer's, else None."""
+        self.take_input = False
+        if self.layer is not None:
+            resolve_modules(model, [self.layer], what=f"{WHO} `layer`")
+            self.layer_name = self.layer
+            return None
+        self.layer_name, self.take_input = penultimate_layer(model)
+        if isinstance(named_modules(model)[self.layer_name], nn.Linear):
+            return None
+        where = "input" if self.take_input else "output"
+        return (
+            f"{WHO}: {type(model).__name__} has no nn.Linear; the codes are the globally pooled {where} of its last "
+            f"conv layer '{self.layer_name}'."
+        )
+
+    def codes(self, model: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
+        """The codes of ``images`` (N, D) on the model's device: eval mode, no gradient, each forward stopped
+        as soon as the code is known."""
+        if self.layer_name is None:
+            self.resolve(model)
+        assert self.layer_name is not None
+        parts: list[Tensor] = []
+
+        def take(name: str, value: Tensor) -> None:
+            parts.append((value.mean(dim=(2, 3)) if value.dim() == 4 else value).detach().flatten(1).float())
+
+        with evaluating(model):
+            for chunk in images.split(max_batch):
+                run_to(model, chunk, [self.layer_name], take, take_input=self.take_input)
+        return torch.cat(parts)
+
+    def knn(self, codes: Tensor, labels: Tensor) -> float:
+        """Leave-one-out ``knn_k``-NN accuracy of the classes in code space."""
+        self.last_knn_accuracy = knn_accuracy(codes, labels, self.knn_k)
+        return self.last_knn_accuracy
+
+    def embed(self, codes: Tensor) -> Tensor:
+        """The t-SNE map of ``codes`` (on the host), started from and aligned to the previous map when there is
+        one; it becomes the previous map."""
+        previous = self.previous if self.previous is not None and len(self.previous) == len(codes) else None
+        if previous is not None and self.warm_start:
+            init = previous.to(codes.device)
+            embedding = tsne(codes, perplexity=self.perplexity, init=init, early_exaggeration_iter=0, seed=self.seed)
+        else:
+            embedding = tsne(codes, perplexity=self.perplexity, seed=self.seed)
+        if previous is not None:
+            embedding = procrustes_align(embedding, previous.to(embedding.device))
+        self.previous = embedding.detach().cpu()
+        return self.previous
+
+    def pictures(
+        self, embedding: Tensor, codes: Tensor, images: Tensor, labels: Tensor | None, epoch: int
+    ) -> dict[str, Tensor]:
+        """The scatter, the thumbnail grid and (with more than 8 images) the neighbours, by tag."""
+        where = f"{self.layer_name} input" if self.take_input else self.layer_name
+        title = f"epoch {epoch}: t-SNE of {where} codes, {len(codes)} probe images"
+        pictures = {
+            "cnnviz/embedding/tsne": render_scatter(embedding, labels, self.class_names, title=title),
+            "cnnviz/embedding/grid": render_thumbnail_grid(embedding, images, cells=self.grid_cells,
+                                                           cell_px=self.cell_px),
+        }  # fmt: skip
+        if len(codes) > NEIGHBOURS:
+            pictures["cnnviz/embedding/neighbours"] = self.neighbours_image(codes, images, labels)
+        return pictures
+
+    def neighbours(self, codes: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(queries (Q,), their nearest probe images (Q, 8)): 8 class-balanced queries (the first images without
+        labels) and their neighbours by L2 distance of the codes, the query itself excluded."""
+        count = min(NEIGHBOURS, len(codes))
+        chosen = select_balanced(labels, count) if labels is not None else list(range(count))
+        queries = torch.as_tensor(chosen, dtype=torch.long)
+        return queries, nearest_neighbours(codes.float(), NEIGHBOURS)[queries.to(codes.device)].cpu()
+
+    def neighbours_image(self, codes: Tensor, images: Tensor, labels: Tensor | None) -> Tensor:
+        """One row per query: [query | its 8 nearest neighbours in code space] (CS231n, "Visualizing what ConvNets
+        learn"): neighbours alike in meaning, not in pixels, are what a good code does."""
+        queries, found = self.neighbours(codes, labels)
+        shown = display_rgb(images.float())
+        rows = torch.cat([queries[:, None], found], dim=1)  # (Q, 1 + 8)
+        tiles = shown[rows.flatten()]
+        factor = max(1, 48 // max(tiles.shape[-2:]))
+        tiles = upscale_nearest(tiles, factor)
+        tiles[:: NEIGHBOURS + 1] = F.pad(tiles[:: NEIGHBOURS + 1, :, 2:-2, 2:-2], (2, 2, 2, 2), value=0.0)  # frame
+        return tile_grid(tiles, NEIGHBOURS + 1, padding=2)
+
+    def thumbnails(self, images: Tensor) -> Tensor:
+        """The Projector's sprite tiles of ``images``: at most 64 px, all of them within its 8192 px sprite."""
+        side = max(4, min(images.shape[-1], 64, SPRITE_PX // math.ceil(math.sqrt(len(images)))))
+        shown = display_rgb(images.float())
+        return F.interpolate(shown, size=(side, side), mode="area" if shown.shape[-1] > side else "nearest")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"previous": None if self.previous is None else self.previous.clone()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        previous = state_dict.get("previous")
+        self.previous = None if previous is None else previous.float().cpu()
