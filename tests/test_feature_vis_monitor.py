@@ -38,7 +38,7 @@ def test_feature_vis_evolution_atlas_and_dream_per_layer_and_epoch(tmp_path: Pat
     assert vis.probe_images is not None
     pixels = (vis.probe_images * digits_data.std.view(1, -1, 1, 1) + digits_data.mean.view(1, -1, 1, 1)).clamp(0, 1)
     expected = visualize_features(
-        model, "net.conv2", vis._channels["net.conv2"], size=16, in_channels=1, steps=16,
+        model, "net.conv2", vis.gallery.chosen_channels["net.conv2"], size=16, in_channels=1, steps=16,
         colors=color_correlation(pixels), mean=digits_data.mean, std=digits_data.std,
     )  # fmt: skip
     torch.testing.assert_close(vis.last_images["net.conv2"], expected, rtol=0, atol=1e-5)

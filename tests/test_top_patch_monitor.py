@@ -11,8 +11,7 @@ from test_monitors import SMALL, FailingModel, NoConv, assert_training_undisturb
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import TopPatchMonitor
-from lightning_cnnviz.callbacks.top_patch_monitor import default_channels, default_layers
-from lightning_cnnviz.core import top_activations
+from lightning_cnnviz.core import default_channels, default_layers, top_activations
 from lightning_cnnviz.demo.models import resnet18_cifar
 
 LAYERS = ["net.conv1", "net.conv2", "net.conv3"]
@@ -27,7 +26,8 @@ def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_da
     assert monitor.probe_images is not None
     assert torch.equal(monitor.probe_images, digits_data._val.tensors[0][:100])
     # what was logged last is the exact top-9 of the final model on the probe
-    expected = top_activations(model, {name: monitor._channels[name] for name in LAYERS}, monitor.probe_images)
+    chosen = monitor.gallery.chosen_channels
+    expected = top_activations(model, {name: chosen[name] for name in LAYERS}, monitor.probe_images)
     for name in LAYERS:
         for field in ("images", "ys", "xs"):
             assert torch.equal(getattr(monitor.last_top[name], field), getattr(expected[name], field))
@@ -38,7 +38,7 @@ def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_da
         assert [e.step for e in evolution] == [0, 1, 2]
         assert evolution[0].width < evolution[1].width < evolution[2].width  # one column more per epoch
         assert [caption for caption, _ in monitor.history.columns(name)] == ["ep 0", "ep 1", "ep 2"]
-    assert monitor._channels["net.conv2"] == list(range(16))  # 16 channels: all of them
+    assert monitor.gallery.chosen_channels["net.conv2"] == list(range(16))  # 16 channels: all of them
     assert hooks_left(model) == [] and global_state_clean()
 
 
@@ -152,7 +152,7 @@ def test_no_hooks_left_after_an_exception_or_a_failing_projection(
         trainer.fit(model, datamodule=digits_data)
     assert hooks_left(model) == [] and global_state_clean()
 
-    import lightning_cnnviz.callbacks.top_patch_monitor as tpm
+    import lightning_cnnviz.core.top_patch_gallery as tpm
 
     def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise FloatingPointError("injected")
@@ -196,10 +196,40 @@ def test_a_layer_whose_field_cannot_be_followed_is_left_out_or_refused_before_tr
     trainer = make_trainer(tmp_path / "default", [monitor], max_epochs=1, limit_train_batches=2)
     with pytest.warns(UserWarning, match=r"leaving out default layer\(s\).*'net.conv2'.*interpolate"):
         trainer.fit(model(), datamodule=digits_data)
-    assert monitor._layers == ["net.conv1"]
+    assert monitor.gallery.chosen_layers == ["net.conv1"]
     assert "cnnviz/top_patches/net.conv1" in read_events(tmp_path / "default")["images"]
     named = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=16, on_error="raise")
     trainer = make_trainer(tmp_path / "named", [named], max_epochs=1, limit_train_batches=2)
     with pytest.raises(ValueError, match=r"receptive field of 'net.conv3': .*interpolate.*Choose other `layers`"):
         trainer.fit(model(), datamodule=digits_data)
     assert trainer.global_step == 0  # refused before any training step
+
+
+def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data: Any) -> None:
+    """TopPatchGallery is TopPatchMonitor's logic without a Trainer: on the fitted weights and the monitor's probe,
+    a plain SummaryWriter gets the same PNG bytes of the top patches and the evolution as the callback wrote."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_cnnviz.core import TopPatchGallery
+
+    monitor = TopPatchMonitor(probe_size=32, method="both", on_error="raise")
+    model = small_model()
+    trainer = make_trainer(tmp_path / "fit", [monitor], max_epochs=1, limit_train_batches=5)
+    trainer.fit(model, datamodule=digits_data)
+    probe = monitor.probe_images
+    assert probe is not None
+    gallery = TopPatchGallery(method="both")
+    gallery.configure(model)
+    assert gallery.prepare(model, probe[:1])
+    tops = gallery.scan(model, probe, torch.arange(len(probe)))
+    writer = SummaryWriter(str(tmp_path / "plain"))
+    caption = gallery.history.caption(0, trainer.global_step)
+    for name, top in tops.items():
+        for tag, picture in gallery.pictures(model, name, top, probe, caption, trainer.global_step).items():
+            writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")
+    writer.close()
+    fitted, plain = read_events(tmp_path / "fit")["images"], read_events(tmp_path / "plain")["images"]
+    tags = [tag for tag in fitted if tag.startswith(("cnnviz/top_patches/", "cnnviz/evolution/"))]
+    assert len(tags) == 6 and sorted(tags) == sorted(plain)
+    for tag in tags:
+        assert plain[tag][-1].encoded_image_string == fitted[tag][-1].encoded_image_string, tag

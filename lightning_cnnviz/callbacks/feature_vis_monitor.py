@@ -132,7 +132,7 @@ class FeatureVisMonitor(TopPatchMonitor):
         """The layer's synthesised images (channels, C, H, W) in [0, 1], in the probe's colour correlation
         ``colors``, on every rank; a collective under DDP (each rank renders every ``world``-th channel)."""
         assert self.probe.images is not None
-        channels = self._channels[layer]
+        channels = self.gallery.chosen_channels[layer]
         world, rank = trainer.world_size, trainer.global_rank
         mine = channels[rank::world]
         probe = self.probe.images
@@ -160,7 +160,7 @@ class FeatureVisMonitor(TopPatchMonitor):
         colors = color_correlation(self._to_pixels(self.probe.images[:256].float()))  # one for every layer
         rendered = {
             layer: self._run(f"feature vis of {layer}", self.render, trainer, pl_module, layer, colors)
-            for layer in self._layers
+            for layer in self.gallery.chosen_layers
         }
         tops = self.scan(trainer, pl_module) if self.atlas else None  # a collective under DDP, on every rank
         sink = self._sink_for(trainer)
@@ -177,10 +177,11 @@ class FeatureVisMonitor(TopPatchMonitor):
 
             def draw(layer: str = layer, images: Tensor = images) -> None:
                 shown = _rgb(images)
-                sink.image(f"cnnviz/feature_vis/{layer}", _captioned_grid(shown, self._channels[layer]), epoch)
+                channels = self.gallery.chosen_channels[layer]
+                sink.image(f"cnnviz/feature_vis/{layer}", _captioned_grid(shown, channels), epoch)
                 self.history.add(layer, caption, shown, trainer.global_step)
                 thumbnails, captions = self.history.stacked(layer)
-                evolution = render_evolution(thumbnails, captions, self._channels[layer])
+                evolution = render_evolution(thumbnails, captions, self.gallery.chosen_channels[layer])
                 sink.image(f"cnnviz/feature_vis_evolution/{layer}", evolution, epoch)
                 if tops is not None and layer in tops:
                     panels = {"feature vis": shown[:, None], **self.layer_panels(pl_module, layer, tops[layer])}
@@ -194,7 +195,7 @@ class FeatureVisMonitor(TopPatchMonitor):
     def _dream(self, pl_module: pl.LightningModule, sink: Any, epoch: int) -> None:
         assert self.probe.images is not None
         device = next(pl_module.parameters()).device
-        layer = self._layers[len(self._layers) // 2]
+        layer = self.gallery.chosen_layers[len(self.gallery.chosen_layers) // 2]
         start = self._to_pixels(self.probe.images[: self.dream_images].float().to(device))
         dreamed = deep_dream(pl_module, layer, start, normalize=self._to_model, seed=self.seed)
         pairs = torch.stack([_rgb(start), _rgb(dreamed)], dim=1).flatten(0, 1)

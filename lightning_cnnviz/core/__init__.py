@@ -12,6 +12,8 @@ notebook or a plain training loop. The verbs:
   logic for any training loop;
 * Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`,
   :func:`crop_patches`, drawn by :func:`render_top_patches`, tracked by :class:`EvolutionHistory`;
+  :class:`TopPatchGallery`, TopPatchMonitor's logic for any training loop, on :func:`default_layers` and
+  :func:`default_channels`;
 * codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`; :class:`EmbeddingMap`, EmbeddingMonitor's
   logic for any training loop, on the :func:`penultimate_layer`'s codes;
 * probes: :func:`select_balanced`;
@@ -35,6 +37,7 @@ from lightning_cnnviz.core.render import render_saliency, render_top_patches
 from lightning_cnnviz.core.saliency import deconvnet, grad_cam, guided_backprop, occlusion, smoothgrad, vanilla_gradient
 from lightning_cnnviz.core.saliency_panel import SaliencyPanel
 from lightning_cnnviz.core.stats import ActivationStats
+from lightning_cnnviz.core.top_patch_gallery import TopPatchGallery, default_channels, default_layers
 from lightning_cnnviz.core.top_patches import crop_patches, project_activations, top_activations
 
 __all__ = [
@@ -44,10 +47,13 @@ __all__ = [
     "EmbeddingMap",
     "EvolutionHistory",
     "SaliencyPanel",
+    "TopPatchGallery",
     "capture",
     "crop_patches",
     "deconvnet",
     "deep_dream",
+    "default_channels",
+    "default_layers",
     "filter_smoothness",
     "find_activation_sites",
     "grad_cam",
