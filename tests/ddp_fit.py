@@ -23,7 +23,6 @@ from lightning_cnnviz import (
     TopPatchMonitor,
 )
 from lightning_cnnviz.core import knn_accuracy, top_activations, visualize_features
-from lightning_cnnviz.core.feature_vis import color_correlation
 from lightning_cnnviz.demo.data import DigitsDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -88,7 +87,7 @@ def main() -> None:
     assert vis.probe_images is not None
     single_render = visualize_features(
         model, "net.conv2", vis.gallery.chosen_channels["net.conv2"], size=16, in_channels=1, steps=8,
-        colors=color_correlation(vis._to_pixels(vis.probe_images[:256].float())), normalize=vis._to_model,
+        colors=vis.renderer.colors(vis.probe_images), normalize=vis.renderer.to_model,
     )  # fmt: skip
     rendered = vis.last_images.get("net.conv2")
     report = {

@@ -57,7 +57,7 @@ def test_gradients_untouched_and_hooks_gone_after_an_exception_and_an_error(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ArithmeticError("injected failure in the render")
 
-    monkeypatch.setattr("lightning_cnnviz.callbacks.feature_vis_monitor.visualize_features", broken)
+    monkeypatch.setattr("lightning_cnnviz.core.feature_atlas.visualize_features", broken)
     model = small_model()
     failing = monitor(on_error="warn")
     trainer = make_trainer(tmp_path / "warn", [failing], max_epochs=2, limit_train_batches=4)
@@ -92,3 +92,40 @@ def test_resume_continues_the_feature_vis_evolution(tmp_path: Path, digits_data:
     trainer = make_trainer(tmp_path / "two", [resumed, checkpoint], max_epochs=2, **options)
     trainer.fit(small_model(), datamodule=digits_data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert [caption for caption, _ in resumed.history.columns("net.conv1")] == ["ep 0", "ep 1"]
+
+
+def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data: Any) -> None:
+    """FeatureAtlas and TopPatchGallery are FeatureVisMonitor's logic without a Trainer: on the fitted weights and
+    the monitor's probe, a plain SummaryWriter gets the same PNG bytes of every picture as the callback wrote."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_cnnviz.core import FeatureAtlas, TopPatchGallery
+
+    vis = FeatureVisMonitor(steps=8, probe_size=32, max_channels=4, dream_images=2, on_error="raise")
+    model = small_model()
+    trainer = make_trainer(tmp_path / "fit", [vis], max_epochs=1, limit_train_batches=5)
+    trainer.fit(model, datamodule=digits_data)
+    probe = vis.probe_images
+    assert probe is not None
+    gallery = TopPatchGallery(method="guided_backprop", max_channels=4)
+    gallery.configure(model)
+    assert gallery.prepare(model, probe[:1])
+    atlas = FeatureAtlas(steps=8, dream_images=2)
+    atlas.use_scale(digits_data.mean, digits_data.std)  # what the callback reads from the data module
+    colors, tops = atlas.colors(probe), gallery.scan(model, probe, torch.arange(len(probe)))
+    caption = atlas.history.caption(0, trainer.global_step)
+    writer = SummaryWriter(str(tmp_path / "plain"))
+    for layer in gallery.chosen_layers:
+        channels = gallery.chosen_channels[layer]
+        images = atlas.render(model, layer, channels, probe, colors)
+        panels = gallery.layer_panels(model, layer, tops[layer], probe)
+        pictures = atlas.pictures(layer, images, channels, caption, trainer.global_step, panels, tops[layer].valid)
+        for tag, picture in pictures.items():
+            writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")
+    middle = gallery.chosen_layers[len(gallery.chosen_layers) // 2]
+    writer.add_image("cnnviz/deep_dream", atlas.dream(model, middle, probe), global_step=0, dataformats="CHW")
+    writer.close()
+    fitted, plain = read_events(tmp_path / "fit")["images"], read_events(tmp_path / "plain")["images"]
+    assert len(plain) == 3 * 3 + 1 and sorted(plain) == sorted(fitted)
+    for tag in plain:
+        assert plain[tag][-1].encoded_image_string == fitted[tag][-1].encoded_image_string, tag

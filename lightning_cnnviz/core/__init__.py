@@ -17,7 +17,8 @@ notebook or a plain training loop. The verbs:
 * codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`; :class:`EmbeddingMap`, EmbeddingMonitor's
   logic for any training loop, on the :func:`penultimate_layer`'s codes;
 * probes: :func:`select_balanced`;
-* feature visualization: :func:`visualize_features`, :func:`deep_dream`.
+* feature visualization: :func:`visualize_features`, :func:`deep_dream`; :class:`FeatureAtlas`,
+  FeatureVisMonitor's logic for any training loop.
 
 Each module's ``__all__`` lists what it adds here; the modules' other names serve the package itself.
 """
@@ -28,6 +29,7 @@ from lightning_cnnviz.core.alerts import DeadFilterAlerts
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
 from lightning_cnnviz.core.embedding_map import EmbeddingMap, penultimate_layer
+from lightning_cnnviz.core.feature_atlas import FeatureAtlas
 from lightning_cnnviz.core.feature_vis import deep_dream, visualize_features
 from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.history import EvolutionHistory
@@ -46,6 +48,7 @@ __all__ = [
     "DeadFilterAlerts",
     "EmbeddingMap",
     "EvolutionHistory",
+    "FeatureAtlas",
     "SaliencyPanel",
     "TopPatchGallery",
     "capture",
