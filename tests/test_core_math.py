@@ -254,3 +254,14 @@ def test_a_wide_layer_map_wraps_and_keeps_a_dead_channel_4_px() -> None:
     assert rows.max() - rows.min() + 1 == 4 and cols.max() - cols.min() + 1 == 6 * 8  # 4 px tall, 6 windows wide
     assert int(rows.min()) == (300 - 256) * 4  # in the second block, row 44
     assert int(cols.min()) == 10 * 8 + 6 + 4 * 8  # after the first block and the gap
+
+
+def test_activation_stats_skip_an_empty_batch() -> None:
+    """A forward of zero images (an empty last batch, a pass over zero rows) adds nothing and does not fail."""
+
+    stats = ActivationStats({"a": LayerSpec(3)})
+    stats.update("a", torch.zeros(0, 3, 4, 4))
+    stats.update("a", torch.tensor([[[[1.0]], [[0.0]], [[2.0]]]]))
+    stats.step()
+    layer = stats.summary().layers["a"]
+    assert layer.positions == 1 and layer.firing is not None and layer.firing.tolist() == [1.0, 0.0, 1.0]

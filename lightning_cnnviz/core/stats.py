@@ -177,7 +177,7 @@ class ActivationStats:
         ``distribution``: also bin this batch's values, when no batch of the window was binned yet.
         """
         values = activation.detach()
-        if values.dim() < 2:
+        if values.dim() < 2 or values.numel() == 0:  # an empty batch adds nothing
             return
         spec = self.specs[name]
         channels = values.shape[spec.channel_dim]
