@@ -14,6 +14,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._probe import ProbeSet
+from lightning_cnnviz.core._checks import check_choice, check_positive_int
 from lightning_cnnviz.core._model import conv_layers
 from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
 
@@ -21,18 +22,6 @@ ErrorPolicy = Literal["warn", "raise"]
 T = TypeVar("T")
 
 __all__ = ["EpochMonitor", "ErrorPolicy", "Monitor", "check_choice", "check_positive_int"]
-
-
-def check_positive_int(who: str, argument: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{who}: `{argument}` must be a positive integer, got {value!r}.")
-    return value
-
-
-def check_choice(who: str, argument: str, value: Any, allowed: tuple[Any, ...]) -> Any:
-    if value not in allowed:
-        raise ValueError(f"{who}: `{argument}` can be {{{', '.join(map(repr, allowed))}}}, got {value!r}.")
-    return value
 
 
 class Monitor(Callback):

@@ -70,7 +70,7 @@ class ActivationMonitor(Monitor):
         self.every_n_steps = check_positive_int(who, "every_n_steps", every_n_steps)
         self.collect_every_n_steps = check_positive_int(who, "collect_every_n_steps", collect_every_n_steps)
         self.health = ActivationHealth(
-            list(layers) if layers is not None and not isinstance(layers, str) else layers,  # type: ignore[arg-type]
+            layers,
             *(dead_fraction_threshold, dormant_threshold, alert_on_growth, log_histograms, max_map_windows),
         )
         self.layers = self.health.layers

@@ -21,13 +21,14 @@ A plain loop, Fabric and the Lightning callback use it alike::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lightning_cnnviz.core._checks import check_positive_int
 from lightning_cnnviz.core._model import format_names, named_modules
 from lightning_cnnviz.core.activation_sites import (
     ACTIVATION_MODULE_TYPES,
@@ -98,7 +99,7 @@ class ActivationHealth:
 
     def __init__(
         self,
-        layers: list[str] | None = None,
+        layers: Sequence[str] | None = None,
         dead_fraction_threshold: float = 0.1,
         dormant_threshold: float = 0.1,
         alert_on_growth: bool = True,
@@ -113,8 +114,7 @@ class ActivationHealth:
         dormant = dormant_threshold
         if isinstance(dormant, bool) or not isinstance(dormant, (int, float)) or dormant < 0:
             raise ValueError(f"{WHO}: `dormant_threshold` must be a number >= 0, got {dormant_threshold!r}.")
-        if isinstance(max_map_windows, bool) or not isinstance(max_map_windows, int) or max_map_windows < 1:
-            raise ValueError(f"{WHO}: `max_map_windows` must be a positive integer, got {max_map_windows!r}.")
+        check_positive_int(WHO, "max_map_windows", max_map_windows)
         self.layers = list(layers) if layers is not None else None
         self.dormant_threshold = float(dormant_threshold)
         self.log_histograms = bool(log_histograms)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cnnviz.core._checks import check_positive_int
 from lightning_cnnviz.core._images import tile_grid, upscale_nearest
 from lightning_cnnviz.core._model import evaluating, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
@@ -44,12 +45,6 @@ def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
         )
     name, conv = convs[-1]
     return name, tuple(conv.kernel_size) == (1, 1)
-
-
-def _check_positive_int(argument: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{WHO}: `{argument}` must be a positive integer, got {value!r}.")
-    return value
 
 
 class EmbeddingMap:
@@ -93,9 +88,9 @@ class EmbeddingMap:
             raise ValueError(f"{WHO}: `perplexity` must be a positive number, got {perplexity!r}.")
         self.perplexity = float(perplexity)
         self.layer = layer
-        self.knn_k = _check_positive_int("knn_k", knn_k)
-        self.grid_cells = _check_positive_int("grid_cells", grid_cells)
-        self.cell_px = _check_positive_int("cell_px", cell_px)
+        self.knn_k = check_positive_int(WHO, "knn_k", knn_k)
+        self.grid_cells = check_positive_int(WHO, "grid_cells", grid_cells)
+        self.cell_px = check_positive_int(WHO, "cell_px", cell_px)
         self.warm_start = bool(warm_start)
         self.class_names = list(class_names) if class_names is not None else None
         self.seed = seed

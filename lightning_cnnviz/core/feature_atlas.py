@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cnnviz.core._checks import check_positive_int
 from lightning_cnnviz.core._images import annotate, tile_grid, upscale_nearest
 from lightning_cnnviz.core._model import first_conv
 from lightning_cnnviz.core.feature_vis import color_correlation, deep_dream, visualize_features
@@ -61,9 +62,9 @@ class FeatureAtlas:
         dream_images: int = 4,
         history: EvolutionHistory | None = None,
     ) -> None:
-        for argument, value in (("steps", steps), ("size", size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{WHO}: `{argument}` must be a positive integer, got {value!r}.")
+        check_positive_int(WHO, "steps", steps)
+        if size is not None:
+            check_positive_int(WHO, "size", size)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
             raise ValueError(f"{WHO}: `lr` must be a positive number, got {lr!r}.")
         if (mean is None) != (std is None):

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core._checks import check_positive_int
 from lightning_cnnviz.core._images import annotate
 from lightning_cnnviz.core._model import class_name, evaluating, logits_of, resolve_modules
 from lightning_cnnviz.core.activation_sites import find_activation_sites
@@ -77,12 +78,9 @@ class SaliencyPanel:
             raise TypeError(f"{WHO}: `output_to_logits` must be a callable or None, got {output_to_logits!r}.")
         if not (target in ("true", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
             raise ValueError(f"{WHO}: `target` can be 'true', 'predicted' or a class index, got {target!r}.")
-        samples = smoothgrad_samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ValueError(f"{WHO}: `smoothgrad_samples` must be a positive integer, got {samples!r}.")
         self.methods = tuple(methods)
         self.target = target
-        self.smoothgrad_samples = samples
+        self.smoothgrad_samples = check_positive_int(WHO, "smoothgrad_samples", smoothgrad_samples)
         self.smoothgrad_sigma = float(smoothgrad_sigma)
         self.occlusion_patch = occlusion_patch
         self.occlusion_stride = occlusion_stride

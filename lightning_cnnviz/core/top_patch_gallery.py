@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_cnnviz.core._checks import check_choice, check_positive_int
 from lightning_cnnviz.core._images import normalize_per_item
 from lightning_cnnviz.core._model import conv_layers, evaluating, format_names, resolve_modules, run_to
 from lightning_cnnviz.core.history import EvolutionHistory
@@ -53,12 +54,6 @@ def default_channels(num_channels: int, count: int = 16) -> list[int]:
     if num_channels <= count:
         return list(range(num_channels))
     return sorted({round(i * (num_channels - 1) / (count - 1)) for i in range(count)})
-
-
-def _positive_int(argument: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{WHO}: `{argument}` must be a positive integer, got {value!r}.")
-    return value
 
 
 class TopPatchGallery:
@@ -109,14 +104,12 @@ class TopPatchGallery:
         if channels is not None and not isinstance(channels, Mapping):
             channels = [int(c) for c in channels]
         self.channels = channels
-        self.k = _positive_int("k", k)
-        if method not in METHODS:
-            raise ValueError(f"{WHO}: `method` can be {{{', '.join(map(repr, METHODS))}}}, got {method!r}.")
-        self.method: Method = method
-        self.max_channels = _positive_int("max_channels", max_channels)
-        self.max_batch = _positive_int("max_batch", max_batch)
-        self.thumbnail_px = _positive_int("thumbnail_px", thumbnail_px)
-        self.max_evolution_columns = _positive_int("max_evolution_columns", max_evolution_columns)
+        self.k = check_positive_int(WHO, "k", k)
+        self.method: Method = check_choice(WHO, "method", method, METHODS)
+        self.max_channels = check_positive_int(WHO, "max_channels", max_channels)
+        self.max_batch = check_positive_int(WHO, "max_batch", max_batch)
+        self.thumbnail_px = check_positive_int(WHO, "thumbnail_px", thumbnail_px)
+        self.max_evolution_columns = check_positive_int(WHO, "max_evolution_columns", max_evolution_columns)
         self.history = EvolutionHistory(self.max_evolution_columns, self.thumbnail_px)
         self.chosen_layers: list[str] = []
         self.chosen_channels: dict[str, list[int]] = {}
@@ -239,11 +232,19 @@ class TopPatchGallery:
         return panels
 
     def pictures(
-        self, model: nn.Module, name: str, top: TopActivations, probe: Tensor, caption: str, step: int | None = None
+        self,
+        model: nn.Module,
+        name: str,
+        top: TopActivations,
+        probe: Tensor,
+        caption: str,
+        step: int | None = None,
+        panels: dict[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """One layer's top-patches picture and its evolution, with this call's column added (``caption`` over
-        it; ``step`` the training step, which a later column of the same step replaces)."""
-        panels = self.layer_panels(model, name, top, probe)
+        it; ``step`` the training step, which a later column of the same step replaces). ``panels``: the layer's
+        :meth:`layer_panels` when the caller has them already (they are computed otherwise)."""
+        panels = panels if panels is not None else self.layer_panels(model, name, top, probe)
         image = render_top_patches(panels, top.valid, top.channels.tolist())
         blank = ~top.valid[:, 0].to(panels["patches"].device)
         strongest = panels[self.methods[0]][:, 0].masked_fill(blank[:, None, None, None], 1.0)
