@@ -6,13 +6,12 @@ that Fabric wraps (hooks go on the network itself; its forwards run through Fabr
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
-from plain_pytorch import Pictures, digits
+from plain_pytorch import Pictures, arguments, digits
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_cnnviz.core import select_balanced
@@ -20,11 +19,7 @@ from lightning_cnnviz.demo.models import SmallCNN
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--logdir", default="runs/fabric")
-    parser.add_argument("--steps-per-epoch", type=int, default=20)
-    args = parser.parse_args(argv)
+    args = arguments(argv, __doc__.splitlines()[0], "runs/fabric")
     fabric = Fabric(accelerator="auto", devices=1)
     fabric.seed_everything(0)
     net = SmallCNN(in_channels=1, num_classes=10, channels=(16, 32, 32))

@@ -94,10 +94,10 @@ class Pictures:
         caption = self.gallery.history.caption(epoch, self.steps)
         colors = self.atlas.colors(self.probe)
         for layer, top in tops.items():
-            pictures.update(self.gallery.pictures(model, layer, top, self.probe, caption, self.steps))
+            panels = self.gallery.layer_panels(model, layer, top, self.probe)  # for both pictures of the layer
+            pictures.update(self.gallery.pictures(model, layer, top, self.probe, caption, self.steps, panels))
             channels = self.gallery.chosen_channels[layer]
             images = self.atlas.render(model, layer, channels, self.probe, colors)
-            panels = self.gallery.layer_panels(model, layer, top, self.probe)
             pictures.update(self.atlas.pictures(layer, images, channels, caption, self.steps, panels, top.valid))
         codes = self.codes.codes(model, self.probe)
         scalars["cnnviz/embedding/knn_accuracy"] = self.codes.knn(codes, self.labels)
@@ -120,12 +120,17 @@ def digits(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor
     return x_train.to(device), y_train.to(device), x_val.to(device), y_val.to(device), data.mean, data.std
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(argv: list[str] | None, description: str, logdir: str) -> argparse.Namespace:
+    """``--epochs``, ``--logdir`` and ``--steps-per-epoch``, as both examples take them."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--logdir", default="runs/plain")
+    parser.add_argument("--logdir", default=logdir)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = arguments(argv, __doc__.splitlines()[0], "runs/plain")
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x_train, y_train, x_val, y_val, mean, std = digits(device)
