@@ -51,8 +51,11 @@ def _usable(name: str, path: Path) -> Path | None:
             if candidate.is_file() or (candidate.is_dir() and (candidate / "train").is_dir()):
                 return candidate
         return None
-    has_images = any((path / f"train-images-idx3-ubyte{gz}").is_file() for gz in ("", ".gz"))
-    return path if has_images else None
+    try:
+        _find(path, "train-images-idx3-ubyte")  # where IDXDataModule looks: .gz or not, or under raw/
+    except FileNotFoundError:
+        return None
+    return path
 
 
 def find_data(name: str, roots: Sequence[str | os.PathLike[str]] = ()) -> Path | None:
