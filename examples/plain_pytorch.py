@@ -22,15 +22,17 @@ from torch.utils.tensorboard import SummaryWriter
 
 from lightning_cnnviz.core import (
     ActivationHealth,
+    ActivationTap,
     EmbeddingMap,
     FeatureAtlas,
+    Moment,
+    Probe,
     SaliencyPanel,
     TopPatchGallery,
     filter_smoothness,
     render_filter_grid,
     select_balanced,
 )
-from lightning_cnnviz.core.activation_sites import ActivationTap
 
 
 class Pictures:
@@ -83,13 +85,14 @@ class Pictures:
             self._draw(model, epoch)
 
     def _draw(self, model: nn.Module, epoch: int) -> None:
-        pictures: dict[str, Tensor] = dict(self.health.snapshot())
+        pictures: dict[str, Tensor] = dict(self.health.snapshot().images)
         scalars: dict[str, float] = {}
         for name, conv in {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}.items():
             pictures[f"cnnviz/filters/{name}"] = render_filter_grid(conv.weight.detach())
             scalars[f"cnnviz/filters/smoothness/{name}"] = float(filter_smoothness(conv.weight.detach()))
             break  # the first conv layer, as FilterMonitor draws by default
-        pictures.update(self.saliency.snapshot(model, self.probe[:8], self.labels[:8]))
+        moment = Moment(epoch=epoch, step=self.steps)
+        pictures.update(self.saliency.snapshot(model, Probe(self.probe[:8], self.labels[:8]), moment).images)
         tops = self.gallery.scan(model, self.probe, torch.arange(len(self.probe)))
         caption = self.gallery.history.caption(epoch, self.steps)
         colors = self.atlas.colors(self.probe)

@@ -1,9 +1,9 @@
 """What the monitors see in a finished run, outside TensorBoard: ``cnnviz report``.
 
-:func:`run_report` loads a Lightning checkpoint with the LightningCLI config of its run (model, data and
-monitors), runs every monitor once on it without training (a few batches through the frozen network, resuming
-the monitors' histories from the checkpoint), and writes TensorBoard event files and one self-contained HTML
-file. :func:`render_report` turns any folder of event files into that HTML: every image tag's latest picture
+:func:`run_report` builds the model, data and monitors from the LightningCLI config of a run, loads the
+checkpoint's weights and the monitors' saved states, runs a few batches through the network in a plain no-grad
+loop, draws every monitor's snapshot (no Trainer runs), and writes TensorBoard event files and one
+self-contained HTML file. :func:`render_report` turns any folder of event files into that HTML: every image tag's latest picture
 embedded, every scalar as a small plot, the alerts, and the run's hyperparameters; no script, no external file.
 """
 
@@ -15,14 +15,14 @@ import glob
 import html
 import os
 import shutil
-import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+
+from lightning_cnnviz.core import Guard, Moment, ProbeService, Ranks, images_from_batch
 
 __all__ = ["RunEvents", "read_events", "render_report", "run_report"]
 
@@ -96,60 +96,55 @@ def run_report(
 ) -> Path:
     """Run every monitor of a LightningCLI run once on its checkpoint, without training, and write the report.
 
+    The model and data come from the config; the checkpoint gives the weights and the monitors' saved states
+    (histories, probe sets, alerts). ``batches`` training batches then run through the network in a plain
+    ``torch.no_grad()`` loop in eval mode (the activation statistics: one more window), and every monitor's core
+    object draws its :class:`~lightning_cnnviz.core.Snapshot` at the checkpoint's epoch and step. No Trainer runs.
+
     Args:
         checkpoint: a Lightning checkpoint (``.ckpt``) of the run.
         config: the run's LightningCLI config (``model``, ``data`` and the monitors in ``trainer.callbacks``);
             by default the ``config.yaml`` LightningCLI saved beside the run's ``checkpoints/`` folder.
         out: folder for the event files and ``report.html``.
-        batches: training batches run through the frozen network for the activation statistics (default: one
+        batches: training batches run through the network for the activation statistics (default: one
             ActivationMonitor window).
-        accelerator: the Trainer's accelerator.
+        accelerator: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"gpu"`` or ``"cuda"``.
 
     Returns:
-        The path of ``report.html``. The network's weights and buffers are not changed: the training step is
-        replaced by ``forward(images)`` without gradients, every layer is in eval mode, no optimizer steps; the
-        checkpoint file is only read.
+        The path of ``report.html``. The checkpoint file is only read; the user's training step never runs.
     """
     import torch
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.tensorboard import SummaryWriter
 
     from lightning_cnnviz.callbacks import ActivationMonitor
-    from lightning_cnnviz.callbacks._base import Monitor
+    from lightning_cnnviz.sink import TensorBoardSink
 
     checkpoint, config = _checked_paths(checkpoint, config)
     out = _emptied(Path(out))
-    model, datamodule, monitors, trainer_config = _from_config(config)
+    model, datamodule, monitors, _ = _from_config(config)
     if not monitors:
         raise ValueError(
             f"cnnviz report: {str(config)!r} configures no lightning_cnnviz monitor in `trainer.callbacks`; the "
             "report runs the monitors of the run's config. Add them there (see the demo configs)."
         )
-    # its step, epoch and hyperparameters; memory-mapped, so the weights are not read here (Lightning reads them)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    use_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    model.load_state_dict(state["state_dict"])
+    model.to(device).eval()
+    moment = Moment(int(state.get("epoch", 0)), int(state.get("global_step", 0)))
+    saved = state.get("callbacks", {})
+    for monitor in monitors:
+        monitor.load_state_dict(saved.get(monitor.state_key, {}))
+    datamodule.setup("fit")
     watching = [m for m in monitors if isinstance(m, ActivationMonitor)]
     batches = batches or (watching[0].every_n_steps if watching else 10)
-    model.training_step = types.MethodType(_forward_only(watching[0].batch_to_images if watching else None), model)
-    model.automatic_optimization = False  # no optimizer step, no scheduler step: the global step stays the checkpoint's
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision=trainer_config.get("precision") or "32-true",
-        max_epochs=int(state.get("epoch", 0)) + 2,  # resuming after the checkpoint's epoch: one more (renumbered)
-        log_every_n_steps=1,
-        limit_train_batches=batches,
-        limit_val_batches=batches,
-        num_sanity_val_steps=0,
-        logger=TensorBoardLogger(str(out), name="", version=""),
-        callbacks=[_Frozen(int(state.get("epoch", 0)), int(state.get("global_step", 0))), *monitors],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)")
-        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint))
-    alerts = [a for m in monitors if isinstance(m, ActivationMonitor) for a in m.alerts]
+    writer = SummaryWriter(str(out))
+    sink = TensorBoardSink(writer)
+    _activation_window(model, datamodule, watching, batches, moment, sink, device)
+    _probe_monitors(model, datamodule, monitors, moment, sink, device)
+    writer.close()
+    alerts = [str(a.get("message", a)) for m in watching for a in m.alerts]
     run_dir = checkpoint.parent.parent
     # the training run's scalars and alert texts only: its pictures are not needed and may be many
     history = read_events(run_dir, pictures=False) if glob.glob(str(run_dir / "events.out.tfevents.*")) else None
@@ -164,17 +159,76 @@ def run_report(
             "config": str(config.resolve()),
             "epoch": str(state.get("epoch", "?")),
             "global step": str(state.get("global_step", "?")),
-            "monitors": ", ".join(type(m).__name__ for m in monitors if isinstance(m, Monitor)),
+            "monitors": ", ".join(type(m).__name__ for m in monitors),
             "written": datetime.datetime.now().isoformat(timespec="seconds"),
         },
         hyperparameters=hyperparameters,
-        alerts=[str(a.get("message", a)) for a in alerts],
+        alerts=alerts,
         history=history,
         config_text=config.read_text(),
     )
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _activation_window(
+    model: Any, datamodule: Any, watching: list[Any], batches: int, moment: Moment, sink: Any, device: Any
+) -> None:
+    """ActivationMonitor's statistics over ``batches`` training batches of the frozen network (one window on the
+    restored histories), its alerts said and written, and its maps."""
+    import torch
+
+    for monitor in watching:
+        health, guard = monitor.health, Guard(type(monitor).__name__, "warn")
+        loader = datamodule.train_dataloader()
+        first = images_from_batch(next(iter(loader)), who="cnnviz report", batch_to_images=monitor.batch_to_images)
+        health.discover(model, first.to(device))
+        count = 0
+        with health.watch(model, device), torch.no_grad():
+            for batch in loader:
+                if count == batches:
+                    break
+                model(images_from_batch(batch, who="cnnviz report", batch_to_images=monitor.batch_to_images).to(device))
+                health.step()
+                count += 1
+        shot, events = health.end_window(moment, count, guard=guard)
+        for event in events:
+            guard.say(event.message)
+            sink.text("cnnviz/alerts", event.message, moment.step)
+        shot.update(health.snapshot())
+        sink.write(shot, moment.step)
+
+
+def _probe_monitors(model: Any, datamodule: Any, monitors: list[Any], moment: Moment, sink: Any, device: Any) -> None:
+    """Every epoch monitor's snapshot at the checkpoint's epoch, on its probe (restored from the checkpoint, else
+    chosen from the validation batches in one pass for all, as in training)."""
+    from lightning_cnnviz.callbacks._base import EpochMonitor
+
+    service = ProbeService()
+    epoch_monitors = [m for m in monitors if isinstance(m, EpochMonitor)]
+    for monitor in epoch_monitors:
+        monitor.service = service
+        if monitor.probe is not None:
+            service.join(monitor.probe)
+        gallery, renderer = getattr(monitor, "gallery", None), getattr(monitor, "renderer", None)
+        if gallery is not None:
+            gallery.configure(model)
+        if renderer is not None and renderer.mean is None:
+            renderer.use_scale(getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
+    if service.wants():
+        for batch in datamodule.val_dataloader():
+            service.offer(batch)
+            if not service.wants():
+                break
+        service.finish()
+    for monitor in epoch_monitors:
+        probe = None if monitor.probe is None else monitor.probe.probe
+        if monitor.probe is not None and probe is None:
+            continue
+        guard = Guard(type(monitor).__name__, "warn")
+        shot = monitor.core.snapshot(model, probe, moment, guard=guard, ranks=Ranks.single(device), **monitor.options())
+        sink.write(shot, moment.epoch)
 
 
 def render_report(
@@ -372,45 +426,3 @@ def _from_config(config: Path) -> tuple[Any, Any, list[Any], dict[str, Any]]:
         )
     monitors = [c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, Monitor)]
     return cli.model, cli.datamodule, monitors, dict(cli.config.get("trainer", {}))
-
-
-def _forward_only(batch_to_images: Any) -> Any:
-    """A training step that only runs ``forward(images)`` without gradients and returns no loss: the monitors see
-    the network's activations on the batch, and nothing of the user's step runs (no loss, no manual optimizer
-    step, no augmentation)."""
-    import torch
-
-    from lightning_cnnviz.core._images import images_from_batch
-
-    def step(self: Any, batch: Any, *args: Any, **kwargs: Any) -> None:
-        images = images_from_batch(batch, who="cnnviz report", batch_to_images=batch_to_images)
-        with torch.no_grad():
-            self(images.to(self.device))
-
-    return step
-
-
-class _Frozen(Callback):
-    """Keeps every layer in eval mode during the report's training batches (batch norm uses its running statistics,
-    dropout is off) while the LightningModule itself stays in training mode, so the monitors count these forwards.
-
-    The report's one epoch is numbered as the checkpoint's epoch, and its manual optimization (which never steps)
-    keeps the checkpoint's global step: the pictures are stamped with the step and epoch of the weights they show,
-    and the epoch-by-epoch histories restored from the checkpoint gain no column for an epoch that never trained.
-    """
-
-    def __init__(self, epoch: int, global_step: int) -> None:
-        self.epoch, self.global_step = epoch, global_step
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loop = trainer.fit_loop
-        for counter in ("ready", "started", "processed", "completed"):
-            setattr(loop.epoch_progress.current, counter, self.epoch)
-        loop.max_epochs = self.epoch + 1
-        loop.epoch_loop.manual_optimization.optim_step_progress.total.completed = self.global_step
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        for child in pl_module.children():
-            child.eval()

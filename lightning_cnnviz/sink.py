@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_cnnviz.core.protocol import Snapshot
+
 __all__ = ["CUSTOM_SCALARS_LAYOUT", "TensorBoardSink"]
 
 CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
@@ -119,6 +121,18 @@ class TensorBoardSink:
             tag=tag,
         )
         _latest_projector_first(self.writer.get_logdir())
+
+    def write(self, snapshot: Snapshot, step: int) -> None:
+        """Every entry of a monitor's :class:`~lightning_cnnviz.core.Snapshot` at ``step``."""
+        for tag, values in snapshot.histograms.items():
+            self.histogram(tag, values, step)
+        self.scalars(snapshot.scalars, step)
+        for tag, picture in snapshot.images.items():
+            self.image(tag, picture, step)
+        for tag, text in snapshot.texts.items():
+            self.text(tag, text, step)
+        for tag, data in snapshot.embeddings.items():
+            self.embedding(tag, data.codes, step, metadata=data.metadata, thumbnails=data.thumbnails)
 
     def flush(self) -> None:
         if self.writer is not None:

@@ -242,7 +242,7 @@ def test_loop_places_units_channels_last_and_logits() -> None:
 
 def test_names_survive_forwards_stopped_half_way_and_eval_forwards() -> None:
     """A forward stopped after the first layer (as a probe pass does) cannot shift the next forward's names."""
-    from lightning_cnnviz.core._model import run_to
+    from lightning_cnnviz.core.model import run_to
 
     torch.manual_seed(5)
     model = TinyCNN("functional")

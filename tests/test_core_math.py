@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_cnnviz.core import ActivationStats, filter_smoothness, render_filter_grid
-from lightning_cnnviz.core._images import images_from_batch, labels_from_batch, tile_grid
+from lightning_cnnviz.core import (
+    ActivationStats,
+    filter_smoothness,
+    images_from_batch,
+    labels_from_batch,
+    render_filter_grid,
+    tile_grid,
+)
 from lightning_cnnviz.core.render import dead_filter_map, distribution_map
 from lightning_cnnviz.core.stats import LayerSpec
 

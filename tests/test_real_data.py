@@ -197,7 +197,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
         model, "net.conv3", list(range(128)), size=32, steps=256,
         colors=color_correlation((probe * std + mean).clamp(0, 1)), mean=data.mean, std=data.std,
     )  # fmt: skip
-    from lightning_cnnviz.core._model import evaluating, run_to
+    from lightning_cnnviz.core.model import evaluating, run_to
 
     def mean_activations(inputs: Tensor) -> Tensor:  # (N, 128): each image's mean activation per channel
         parts: list[Tensor] = []

@@ -11,7 +11,7 @@ from test_monitors import assert_training_undisturbed, small_model
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import SaliencyMonitor
-from lightning_cnnviz.core import select_balanced
+from lightning_cnnviz.core import Moment, Probe, select_balanced
 from lightning_cnnviz.core.saliency import SALIENCY_METHODS
 
 
@@ -95,7 +95,8 @@ def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data:
     panel = SaliencyPanel(methods=methods, smoothgrad_samples=3)
     assert monitor.probe_images is not None
     writer = SummaryWriter(str(tmp_path / "plain"))
-    for tag, picture in panel.snapshot(model, monitor.probe_images, monitor.probe_labels).items():
+    probe = Probe(monitor.probe_images, monitor.probe_labels)
+    for tag, picture in panel.snapshot(model, probe, Moment(epoch=0, step=0)).images.items():
         writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")
     writer.close()
     fitted, plain = read_events(tmp_path / "fit")["images"], read_events(tmp_path / "plain")["images"]

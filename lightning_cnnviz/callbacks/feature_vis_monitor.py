@@ -6,14 +6,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
-from lightning_cnnviz.callbacks._probe import gather_interleaved
 from lightning_cnnviz.callbacks.top_patch_monitor import Method, TopPatchMonitor
-from lightning_cnnviz.core.feature_atlas import FeatureAtlas
+from lightning_cnnviz.core import FeatureAtlas
 
 __all__ = ["FeatureVisMonitor"]
 
@@ -27,7 +25,8 @@ class FeatureVisMonitor(TopPatchMonitor):
     * ``cnnviz/feature_vis_evolution/<layer>``: channels x logged epochs (saved in checkpoints, so a resumed run
       continues it);
     * ``cnnviz/atlas/<layer>``: per channel [synthesised image | its top-9 probe patches | their projections]:
-      what the filter wants beside what it answers in the data;
+      what the filter wants beside what it answers in the data. When a TopPatchMonitor of the same Trainer scans
+      the same channels at the same step on a probe at least as large, its scan is used, not made again;
     * ``cnnviz/deep_dream``: ``dream_images`` probe images [original | dreamed at the middle layer].
 
     The Lightning adapter of :class:`~lightning_cnnviz.core.FeatureAtlas`, which says how the images are made.
@@ -72,13 +71,17 @@ class FeatureVisMonitor(TopPatchMonitor):
             batch_to_images=batch_to_images, on_error=on_error,
         )  # fmt: skip
         self.renderer = FeatureAtlas(steps, lr, seed, size, mean, std, normalize, dream_images, self.history)
-        self.steps, self.seed, self.atlas = steps, seed, bool(atlas)
-        self.last_images: dict[str, Tensor] = {}
+        self.core, self.steps, self.seed, self.atlas = self.renderer, steps, seed, bool(atlas)
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(layers=self.layers, steps=self.steps, seed=self.seed)
+
+    @property
+    def last_images(self) -> dict[str, Tensor]:
+        """The latest renders per layer (channels, C, H, W) on the host."""
+        return self.renderer.last_images
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -87,52 +90,15 @@ class FeatureVisMonitor(TopPatchMonitor):
         if self.renderer.mean is None and data is not None:
             self.renderer.use_scale(getattr(data, "mean", None), getattr(data, "std", None))
 
-    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, layer: str, colors: Tensor) -> Tensor:
-        """The layer's synthesised images (channels, C, H, W) in [0, 1] on every rank; a collective under DDP
-        (each rank renders every ``world``-th channel)."""
-        assert self.probe.images is not None
-        channels = self.gallery.chosen_channels[layer]
-        world, rank = trainer.world_size, trainer.global_rank
-        mine = channels[rank::world]
-        local = self.renderer.render(pl_module, layer, mine or channels[:1], self.probe.images, colors)[: len(mine)]
-        if world == 1:
-            return local
-        counts = torch.tensor([len(channels[r::world]) for r in range(world)])
-        return gather_interleaved(trainer, local, counts).to(local.device)
+    @override
+    def options(self) -> dict[str, Any]:
+        return {"service": self.service, "gallery": self.gallery, "atlas": self.atlas}
 
     @override
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe.images is None or not self._prepare(pl_module, self.probe.images[:1].to(pl_module.device)):
-            return
-        colors = self.renderer.colors(self.probe.images)  # one for every layer
-        rendered = {
-            layer: self._run(f"feature vis of {layer}", self.render, trainer, pl_module, layer, colors)
-            for layer in self.gallery.chosen_layers
-        }
-        tops = self.scan(trainer, pl_module) if self.atlas else None  # a collective under DDP, on every rank
-        sink = self._sink_for(trainer)
-        if not sink.active:
-            return
-        epoch, step = trainer.current_epoch, trainer.global_step
-        caption = self.history.caption(epoch, step)
-        for layer, images in rendered.items():
-            if images is None or not self.finite(images, what=f"the feature visualizations of {layer}",
-                                                 trainer=trainer):  # fmt: skip
-                continue
-            self.last_images[layer] = images.cpu()
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self.gallery.state_dict()}
 
-            def draw(layer: str = layer, images: Tensor = images) -> None:
-                top = tops.get(layer) if tops is not None else None
-                panels = self.layer_panels(pl_module, layer, top) if top is not None else None
-                channels = self.gallery.chosen_channels[layer]
-                valid = top.valid if top is not None else None
-                for tag, picture in self.renderer.pictures(layer, images, channels, caption, step, panels,
-                                                           valid).items():  # fmt: skip
-                    sink.image(tag, picture, epoch)
-
-            self._run(f"feature vis images of {layer}", draw)
-        if self.renderer.dream_images > 0:
-            layer = self.gallery.chosen_layers[len(self.gallery.chosen_layers) // 2]
-            dream = self._run("deep dream", self.renderer.dream, pl_module, layer, self.probe.images)
-            if dream is not None:
-                sink.image("cnnviz/deep_dream", dream, epoch)
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.gallery.load_state_dict(state_dict)

@@ -10,8 +10,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy
-from lightning_cnnviz.callbacks._probe import ProbeSet
-from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS, SaliencyPanel
+from lightning_cnnviz.core import ProbeSet, SaliencyPanel, check_positive_int
+from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS
 
 __all__ = ["SaliencyMonitor"]
 
@@ -39,8 +39,6 @@ class SaliencyMonitor(EpochMonitor):
         >>> monitor = SaliencyMonitor(methods=("grad_cam", "occlusion"), num_images=8)
     """
 
-    probe: ProbeSet
-
     def __init__(
         self,
         methods: Sequence[str] = DEFAULT_METHODS,
@@ -59,14 +57,15 @@ class SaliencyMonitor(EpochMonitor):
         output_to_logits: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        self.panel = SaliencyPanel(
+        self.core = SaliencyPanel(
             *(methods, target, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride),
             *(grad_cam_layer, class_names, seed, output_to_logits),
         )
-        probe: dict[str, Any] = {"balanced": True, "require_labels": target == "true"}
-        probe.update(batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
-        super().__init__(every_n_epochs, on_error, num_images, "num_images", **probe)
-        self.methods, self.num_images = self.panel.methods, num_images
+        who, size = type(self).__name__, check_positive_int(type(self).__name__, "num_images", num_images)
+        probe = ProbeSet(who, size, balanced=True, require_labels=target == "true", batch_to_images=batch_to_images,
+                         batch_to_labels=batch_to_labels)  # fmt: skip
+        super().__init__(every_n_epochs, on_error, probe)
+        self.panel, self.methods, self.num_images = self.core, self.core.methods, num_images
 
     @property
     @override
@@ -76,29 +75,10 @@ class SaliencyMonitor(EpochMonitor):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self.panel.check(pl_module)
-
-    def _probe(self, pl_module: pl.LightningModule) -> tuple[Tensor, Tensor | None]:
-        assert self.probe.images is not None
-        labels = self.probe.labels
-        return self.probe.images.to(pl_module.device), None if labels is None else labels.to(pl_module.device)
+        self.core.check(pl_module)
 
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
         """The ``method``'s maps of the probe images (on the model's device)."""
-        return self.panel.maps(pl_module, *self._probe(pl_module), method)
-
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sink = self._sink_for(trainer)
-        if not sink.active or self.probe.images is None:
-            return
-        images, labels = self._probe(pl_module)
-        captions = self._run("saliency captions", self.panel.captions, pl_module, images, labels) or []
-        for method in self.methods:
-
-            def draw(method: str = method) -> None:
-                maps = self.panel.maps(pl_module, images, labels, method)
-                if self.finite(maps, what=f"the {method} maps", trainer=trainer):
-                    picture = self.panel.picture(pl_module, images, maps, method, captions)
-                    sink.image(f"cnnviz/saliency/{method}", picture, trainer.current_epoch)
-
-            self._run(f"saliency {method}", draw)
+        assert self.probe is not None and self.probe.probe is not None
+        probe = self.probe.probe.to(pl_module.device)
+        return self.core.maps(pl_module, probe.images, probe.labels, method)

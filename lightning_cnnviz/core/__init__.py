@@ -6,7 +6,15 @@ notebook or a plain training loop. The verbs:
 * activations: :func:`find_activation_sites`, :func:`tap_activations`, :func:`capture`, :class:`ActivationStats`,
   the alert policy :class:`DeadFilterAlerts`, and :class:`ActivationHealth`, ActivationMonitor's state and logic
   for any training loop;
-* filters: :func:`render_filter_grid`, :func:`filter_smoothness`;
+* the protocol every monitor's core object keeps: ``snapshot(model, probe, moment, guard=, ranks=)`` returns a
+  :class:`Snapshot`; :class:`Moment`, :class:`Guard` (error policy), :class:`Ranks` (gathering over processes);
+* probes: :class:`Probe`, :class:`ProbeSet`, :class:`ProbeService` (one pass for every monitor),
+  :func:`select_balanced`; batches: :func:`images_from_batch`, :func:`labels_from_batch`;
+* models: :func:`conv_layers`, :func:`first_conv`, :func:`resolve_modules`, :func:`hooked`, :func:`evaluating`,
+  :func:`run_to`, :func:`class_name`; argument checks :func:`check_positive_int`, :func:`check_choice`;
+* drawing: :func:`to_rgb`, :func:`upscale`, :func:`normalize_per_item`, :func:`tile_grid`, :func:`annotate`,
+  :func:`captioned_grid`;
+* filters: :class:`FilterPanel`, :func:`render_filter_grid`, :func:`filter_smoothness`;
 * saliency: :func:`vanilla_gradient`, :func:`smoothgrad`, :func:`guided_backprop`, :func:`deconvnet`,
   :func:`grad_cam`, :func:`occlusion`, drawn by :func:`render_saliency`; :class:`SaliencyPanel`, SaliencyMonitor's
   logic for any training loop;
@@ -16,7 +24,6 @@ notebook or a plain training loop. The verbs:
   :func:`default_channels`;
 * codes: :func:`tsne`, :func:`procrustes_align`, :func:`knn_accuracy`; :class:`EmbeddingMap`, EmbeddingMonitor's
   logic for any training loop, on the :func:`penultimate_layer`'s codes;
-* probes: :func:`select_balanced`;
 * feature visualization: :func:`visualize_features`, :func:`deep_dream`; :class:`FeatureAtlas`,
   FeatureVisMonitor's logic for any training loop.
 
@@ -24,16 +31,21 @@ Each module's ``__all__`` lists what it adds here; the modules' other names serv
 """
 
 from lightning_cnnviz.core.activation_health import ActivationHealth
-from lightning_cnnviz.core.activation_sites import find_activation_sites, tap_activations
-from lightning_cnnviz.core.alerts import DeadFilterAlerts
+from lightning_cnnviz.core.activation_sites import ActivationSite, ActivationTap, find_activation_sites, tap_activations
+from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
+from lightning_cnnviz.core.batches import images_from_batch, labels_from_batch
 from lightning_cnnviz.core.capture import capture
+from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.drawing import annotate, captioned_grid, normalize_per_item, tile_grid, to_rgb, upscale
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
 from lightning_cnnviz.core.embedding_map import EmbeddingMap, penultimate_layer
 from lightning_cnnviz.core.feature_atlas import FeatureAtlas
 from lightning_cnnviz.core.feature_vis import deep_dream, visualize_features
-from lightning_cnnviz.core.filters import filter_smoothness, render_filter_grid
+from lightning_cnnviz.core.filters import FilterPanel, filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.history import EvolutionHistory
-from lightning_cnnviz.core.probe import select_balanced
+from lightning_cnnviz.core.model import class_name, conv_layers, evaluating, first_conv, hooked, resolve_modules, run_to
+from lightning_cnnviz.core.probe import Probe, ProbeService, ProbeSet, select_balanced
+from lightning_cnnviz.core.protocol import Embedding, Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.receptive_field import receptive_fields
 from lightning_cnnviz.core.render import render_saliency, render_top_patches
 from lightning_cnnviz.core.saliency import deconvnet, grad_cam, guided_backprop, occlusion, smoothgrad, vanilla_gradient
@@ -44,24 +56,48 @@ from lightning_cnnviz.core.top_patches import crop_patches, project_activations,
 
 __all__ = [
     "ActivationHealth",
+    "ActivationSite",
     "ActivationStats",
+    "ActivationTap",
     "DeadFilterAlerts",
+    "DeadFilterEvent",
+    "Embedding",
     "EmbeddingMap",
     "EvolutionHistory",
     "FeatureAtlas",
+    "FilterPanel",
+    "Guard",
+    "Moment",
+    "Probe",
+    "ProbeService",
+    "ProbeSet",
+    "Ranks",
     "SaliencyPanel",
+    "Snapshot",
     "TopPatchGallery",
+    "annotate",
+    "captioned_grid",
     "capture",
+    "check_choice",
+    "check_positive_int",
+    "class_name",
+    "conv_layers",
     "crop_patches",
     "deconvnet",
     "deep_dream",
     "default_channels",
     "default_layers",
+    "evaluating",
     "filter_smoothness",
     "find_activation_sites",
+    "first_conv",
     "grad_cam",
     "guided_backprop",
+    "hooked",
+    "images_from_batch",
     "knn_accuracy",
+    "labels_from_batch",
+    "normalize_per_item",
     "occlusion",
     "penultimate_layer",
     "procrustes_align",
@@ -70,11 +106,16 @@ __all__ = [
     "render_filter_grid",
     "render_saliency",
     "render_top_patches",
+    "resolve_modules",
+    "run_to",
     "select_balanced",
     "smoothgrad",
     "tap_activations",
+    "tile_grid",
+    "to_rgb",
     "top_activations",
     "tsne",
+    "upscale",
     "vanilla_gradient",
     "visualize_features",
 ]

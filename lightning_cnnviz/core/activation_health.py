@@ -21,6 +21,7 @@ A plain loop, Fabric and the Lightning callback use it alike::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -28,8 +29,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._checks import check_positive_int
-from lightning_cnnviz.core._model import format_names, named_modules
 from lightning_cnnviz.core.activation_sites import (
     ACTIVATION_MODULE_TYPES,
     ActivationSite,
@@ -39,6 +38,10 @@ from lightning_cnnviz.core.activation_sites import (
     tap_activations,
 )
 from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.model import format_names, named_modules
+from lightning_cnnviz.core.probe import Probe
+from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import dead_filter_map, distribution_map
 from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary
 
@@ -93,7 +96,7 @@ class ActivationHealth:
         ...     _ = net(torch.randn(4, 1, 8, 8))
         >>> health.step()
         >>> summary = health.close_window()
-        >>> sorted(summary.layers), sorted(health.snapshot())
+        >>> sorted(summary.layers), sorted(health.snapshot().images)
         (['1'], ['cnnviz/activations/dead_map/1', 'cnnviz/activations/distribution/1'])
     """
 
@@ -202,6 +205,23 @@ class ActivationHealth:
         self.stats = ActivationStats({site.name: site.spec for site in self.sites}, device=device)
         return tap_activations(model, self.sites, observe or self.observe)
 
+    def follow(
+        self, model: nn.Module, images: Tensor, *, gate: Callable[[], bool], guard: Guard | None = None
+    ) -> ActivationTap:
+        """:meth:`watch` for a training loop that also runs other forwards: the sites found on ``images`` when not
+        yet found, and a tap counting only the forwards in training mode for which ``gate()`` holds (not other
+        monitors' eval-mode forwards). An error while counting goes to ``guard`` (it switches ``"statistics"`` off,
+        or raises), never silently into the user's forward."""
+        guard = guard or Guard(WHO)
+        if self.sites is None:
+            self.discover(model, images)
+
+        def observe(name: str, output: Tensor) -> None:
+            if gate() and model.training and "statistics" not in guard.disabled:
+                guard.run("statistics", self.observe, name, output)
+
+        return self.watch(model, images.device, observe)
+
     def observe(self, name: str, output: Tensor) -> None:
         """Add one activation of site ``name`` (the tap calls this)."""
         assert self.stats is not None
@@ -282,9 +302,18 @@ class ActivationHealth:
         self.alerts.extend(asdict(event) for event in events)
         return events
 
-    def snapshot(self) -> dict[str, Tensor]:
-        """The pictures, by tag: channels x windows ``dead_map`` (ReLU family) or ``dormant_map`` per layer (red:
-        dead or dormant), and windows x value bins ``distribution`` per layer."""
+    def snapshot(
+        self,
+        model: nn.Module | None = None,
+        probe: Probe | None = None,
+        moment: Moment | None = None,
+        *,
+        guard: Guard | None = None,
+        ranks: Ranks | None = None,
+    ) -> Snapshot:
+        """The maps of the windows so far (no forward: ``model`` and ``probe`` are not needed), by tag: channels x
+        windows ``dead_map`` (ReLU family) or ``dormant_map`` per layer (red: dead or dormant), and windows x
+        value bins ``distribution`` per layer."""
         relu = {site.name: site.relu for site in self.sites or []}
         pictures: dict[str, Tensor] = {}
         for name, history in self.rate_history.items():
@@ -295,7 +324,33 @@ class ActivationHealth:
         for name, distributions in self.distribution_history.items():
             if distributions:
                 pictures[f"cnnviz/activations/distribution/{name}"] = distribution_map(torch.tensor(distributions))
-        return pictures
+        return Snapshot(images=pictures)
+
+    def end_window(
+        self, moment: Moment, window: int, *, learning_rate: float | None = None, guard: Guard | None = None
+    ) -> tuple[Snapshot, list[DeadFilterEvent]]:
+        """Close the window of ``window`` training batches ending at ``moment`` (a collective under
+        ``torch.distributed``: every process calls it at the same point): its scalars and histograms, its alerts
+        and, when there are any, the maps. Sites newly silent are said once through ``guard``."""
+        guard = guard or Guard(WHO)
+        summary = self.close_window()
+        if summary is None or "statistics" in guard.disabled:
+            return Snapshot(), []
+        if self.silent_now:
+            guard.say(self.silent_message(window, moment.step))
+        shot = guard.run("activation scalars", self.window, summary) or Snapshot()
+        check = functools.partial(
+            self.check_alerts, summary, global_step=moment.step, epoch=moment.epoch, learning_rate=learning_rate
+        )
+        events = guard.run("dead-filter alerts", check) or []
+        if events:
+            shot.update(guard.run("dead map", self.snapshot))
+        return shot, events
+
+    def window(self, summary: ActivationSummary) -> Snapshot:
+        """A closed window's scalars and histograms (:meth:`scalars`)."""
+        scalars, histograms = self.scalars(summary)
+        return Snapshot(scalars=scalars, histograms=histograms)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_cnnviz.core._calls import ACTIVATION_FUNCTIONS, RELU_FAMILY
-from lightning_cnnviz.core._model import evaluating, module_names, named_modules
+from lightning_cnnviz.core.model import evaluating, hooked, module_names, named_modules
 from lightning_cnnviz.core.stats import LayerSpec
 
-__all__ = ["find_activation_sites", "tap_activations"]
+__all__ = ["ActivationSite", "ActivationTap", "find_activation_sites", "tap_activations"]
 
 ACTIVATION_MODULES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu"}
 ACTIVATION_MODULES.update({nn.PReLU: "prelu", nn.ELU: "elu", nn.SELU: "selu", nn.CELU: "celu", nn.GELU: "gelu"})
@@ -272,16 +272,14 @@ def find_activation_sites(model: nn.Module, example_input: Any) -> list[Activati
         record(places.function_output(function, result), function, args[0] if args else None, result)
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    handles = []
-    for module in model.modules():  # per-module hooks: global ones would also fire for a compiled wrapper
-        handles.append(module.register_forward_pre_hook(pre_hook))
-        handles.append(module.register_forward_hook(post_hook, always_call=True))
-    try:
-        with evaluating(model), _Interceptor(frozenset(ACTIVATION_FUNCTIONS) | _PARAMETRIC, on_call):
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    # per-module hooks: global ones would also fire for a compiled wrapper
+    modules = list(model.modules())
+    with (
+        hooked([(m, post_hook) for m in modules], [(m, pre_hook) for m in modules], always_call=True),
+        evaluating(model),
+        _Interceptor(frozenset(ACTIVATION_FUNCTIONS) | _PARAMETRIC, on_call),
+    ):
+        model(*inputs)
 
     # One name per module (wherever it is called) and per kind of call in one scope; #2, #3 for further uses.
     groups: dict[tuple[str, str, str], list[_SiteKey]] = {}

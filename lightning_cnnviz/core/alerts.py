@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from lightning_cnnviz.core.stats import ActivationSummary
 
-__all__ = ["DeadFilterAlerts"]
+__all__ = ["DeadFilterAlerts", "DeadFilterEvent"]
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._model import resolve_modules
 from lightning_cnnviz.core.activation_sites import ActivationSite, tap_activations
+from lightning_cnnviz.core.model import hooked, resolve_modules
 
 __all__ = ["capture"]
 
@@ -44,17 +44,15 @@ def capture(
     def keep(name: str, output: Tensor) -> None:
         outputs[name] = output.detach().clone() if detach else output.clone()
 
-    handles = []
+    def hook_for(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, Tensor):
+                keep(name, output)
+
+        return hook
+
     chosen_sites = [site_by_name[name] for name in layers if name in site_by_name]
-    with contextlib.ExitStack() as stack:
-        for name, module in modules.items():
-
-            def hook(module: nn.Module, args: Any, output: Any, _name: str = name) -> None:
-                if isinstance(output, Tensor):
-                    keep(_name, output)
-
-            handles.append(module.register_forward_hook(hook))
-            stack.callback(handles[-1].remove)
+    with hooked([(module, hook_for(name)) for name, module in modules.items()]), contextlib.ExitStack() as stack:
         if chosen_sites:
             stack.enter_context(tap_activations(model, chosen_sites, keep))
         yield outputs

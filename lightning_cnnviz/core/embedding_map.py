@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._checks import check_positive_int
-from lightning_cnnviz.core._images import tile_grid, upscale_nearest
-from lightning_cnnviz.core._model import evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.drawing import tile_grid, upscale
 from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
-from lightning_cnnviz.core.probe import select_balanced
+from lightning_cnnviz.core.model import class_name, evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.probe import Probe, select_balanced
+from lightning_cnnviz.core.protocol import Embedding, Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
 
 __all__ = ["EmbeddingMap", "penultimate_layer"]
@@ -61,6 +62,7 @@ class EmbeddingMap:
         warm_start: start each map from the previous one.
         class_names: names for the legend and the Projector labels.
         seed: t-SNE seed.
+        projector: give the Projector data (codes, labels, a sprite) in :meth:`snapshot`.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
@@ -83,6 +85,7 @@ class EmbeddingMap:
         warm_start: bool = True,
         class_names: Sequence[str] | None = None,
         seed: int = 0,
+        projector: bool = True,
     ) -> None:
         if isinstance(perplexity, bool) or not (isinstance(perplexity, (int, float)) and perplexity > 0):
             raise ValueError(f"{WHO}: `perplexity` must be a positive number, got {perplexity!r}.")
@@ -98,6 +101,8 @@ class EmbeddingMap:
         self.take_input = False
         self.previous: Tensor | None = None  # the last map, in state_dict
         self.last_knn_accuracy: float | None = None
+        self.projector = bool(projector)
+        self._said_too_few = False
 
     def resolve(self, model: nn.Module) -> str | None:
         """Choose the code layer of ``model`` (ValueError for an unknown ``layer``); what to tell the user when the
@@ -181,8 +186,7 @@ class EmbeddingMap:
         shown = display_rgb(images.float())
         rows = torch.cat([queries[:, None], found], dim=1)  # (Q, 1 + 8)
         tiles = shown[rows.flatten()]
-        factor = max(1, 48 // max(tiles.shape[-2:]))
-        tiles = upscale_nearest(tiles, factor)
+        tiles = upscale(tiles, 48)
         tiles[:: NEIGHBOURS + 1] = F.pad(tiles[:: NEIGHBOURS + 1, :, 2:-2, 2:-2], (2, 2, 2, 2), value=0.0)  # frame
         return tile_grid(tiles, NEIGHBOURS + 1, padding=2)
 
@@ -191,6 +195,46 @@ class EmbeddingMap:
         side = max(4, min(images.shape[-1], 64, SPRITE_PX // math.ceil(math.sqrt(len(images)))))
         shown = display_rgb(images.float())
         return F.interpolate(shown, size=(side, side), mode="area" if shown.shape[-1] > side else "nearest")
+
+    def snapshot(
+        self, model: nn.Module, probe: Probe, moment: Moment, *, guard: Guard | None = None, ranks: Ranks | None = None
+    ) -> Snapshot:
+        """The map of the probe's codes at this moment: the kNN accuracy, the pictures and the Projector data. Each
+        rank codes its share of the probe and the codes are gathered (a collective); rank zero embeds and draws."""
+        guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
+        images, labels = probe.images, probe.labels
+        if len(images) <= max(3, self.knn_k):
+            if not self._said_too_few:
+                self._said_too_few = True
+                guard.say(
+                    f"{WHO}: the probe holds {len(images)} image(s), and a map needs more than {max(3, self.knn_k)} "
+                    f"(knn_k={self.knn_k}); nothing is drawn. The probe is filled from the first validation pass "
+                    "(else the first training batches): give it more batches or images."
+                )
+            return shot
+        device = next(model.parameters()).device
+        shard, _ = probe.shard(ranks)
+        local = guard.run("embedding codes", self.codes, model, shard.to(device))
+        widths = ranks.gather(torch.tensor([-1 if local is None else local.shape[1]])).view(-1)
+        if local is None or int(widths.min()) < 0 or int(widths.min()) != int(widths.max()):
+            return shot  # every rank returns here alike
+        codes = ranks.join(local, len(images))
+        if not guard.finite(codes, what="the probe's codes", moment=moment) or not ranks.is_zero:
+            return shot
+        if labels is not None:
+            accuracy = guard.run("embedding knn accuracy", self.knn, codes, labels)
+            if accuracy is not None:
+                shot.scalars["cnnviz/embedding/knn_accuracy"] = accuracy
+        embedding = guard.run("embedding t-SNE", self.embed, codes)
+        if embedding is None:
+            return shot
+        shot.images.update(guard.run("embedding images", self.pictures, embedding, codes, images, labels,
+                                     moment.epoch) or {})  # fmt: skip
+        if self.projector:
+            metadata = None if labels is None else [class_name(v, self.class_names) for v in labels.tolist()]
+            thumbnails = guard.run("embedding projector", self.thumbnails, images)
+            shot.embeddings["cnnviz/embedding"] = Embedding(codes, metadata, thumbnails)
+        return shot
 
     def state_dict(self) -> dict[str, Any]:
         return {"previous": None if self.previous is None else self.previous.clone()}

@@ -3,18 +3,22 @@ calls, the atlas beside the channels' top patches, and DeepDream of probe images
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._checks import check_positive_int
-from lightning_cnnviz.core._images import annotate, tile_grid, upscale_nearest
-from lightning_cnnviz.core._model import first_conv
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.drawing import captioned_grid, tile_grid, to_rgb, upscale
 from lightning_cnnviz.core.feature_vis import color_correlation, deep_dream, visualize_features
 from lightning_cnnviz.core.history import EvolutionHistory
+from lightning_cnnviz.core.model import first_conv
+from lightning_cnnviz.core.probe import Probe, ProbeService
+from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import render_evolution, render_top_patches
+from lightning_cnnviz.core.top_patch_gallery import TopPatchGallery
+from lightning_cnnviz.core.top_patches import TopActivations
 
 __all__ = ["FeatureAtlas"]
 
@@ -75,6 +79,7 @@ class FeatureAtlas:
         self.history = history if history is not None else EvolutionHistory()
         self.scale: tuple[Tensor, Tensor] | None = None
         self.use_scale(mean, std)
+        self.last_images: dict[str, Tensor] = {}
 
     def use_scale(self, mean: Sequence[float] | Tensor | None, std: Sequence[float] | Tensor | None) -> None:
         """Take ``(x - mean) / std`` as the model's normalisation (unless ``normalize`` was given)."""
@@ -129,11 +134,11 @@ class FeatureAtlas:
     ) -> dict[str, Tensor]:
         """One layer's captioned tiles and evolution (with this call's column, ``caption`` over it), and with the
         top patches' ``panels`` (:meth:`TopPatchGallery.layer_panels`) and validity, its atlas."""
-        shown = _rgb(images)
+        shown = to_rgb(images.float().clamp(0, 1))
         self.history.add(layer, caption, shown, step)
         thumbnails, captions = self.history.stacked(layer)
         pictures = {
-            f"cnnviz/feature_vis/{layer}": _captioned_grid(shown, channels),
+            f"cnnviz/feature_vis/{layer}": captioned_grid(shown, [f"ch {c}" for c in channels]),
             f"cnnviz/feature_vis_evolution/{layer}": render_evolution(thumbnails, captions, list(channels)),
         }
         if panels is not None and top_valid is not None:
@@ -146,24 +151,65 @@ class FeatureAtlas:
         device = next(model.parameters()).device
         start = self.to_pixels(probe[: self.dream_images].float().to(device))
         dreamed = deep_dream(model, layer, start, normalize=self.to_model, seed=self.seed)
-        pairs = torch.stack([_rgb(start), _rgb(dreamed)], dim=1).flatten(0, 1)
-        factor = max(1, 96 // max(start.shape[-2:]))
-        return tile_grid(upscale_nearest(pairs, factor), 2, padding=2)
+        pairs = torch.stack([to_rgb(start.clamp(0, 1)), to_rgb(dreamed.clamp(0, 1))], dim=1).flatten(0, 1)
+        return tile_grid(upscale(pairs, 96), 2, padding=2)
 
+    def render_split(
+        self, model: nn.Module, layer: str, channels: Sequence[int], probe: Tensor, colors: Tensor, ranks: Ranks
+    ) -> Tensor:
+        """:meth:`render` with the channels split over the ranks (each renders every ``world``-th) and joined in
+        channel order on every rank: a collective under several processes."""
+        mine = ranks.split(channels)
+        local = self.render(model, layer, mine or list(channels[:1]), probe, colors)[: len(mine)]
+        return ranks.join(local, len(channels))
 
-def _rgb(images: Tensor) -> Tensor:
-    """(N, 3, H, W) for display: grayscale repeated, extra channels dropped."""
-    images = images.float().clamp(0, 1)
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    def snapshot(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        moment: Moment,
+        *,
+        gallery: TopPatchGallery,
+        guard: Guard | None = None,
+        ranks: Ranks | None = None,
+        service: ProbeService | None = None,
+        atlas: bool = True,
+    ) -> Snapshot:
+        """The renders of the ``gallery``'s layers and channels, their evolution, with ``atlas`` their atlas beside
+        the gallery's top patches (the ``service``'s scan at this step when it has one), and the dream; drawn on
+        rank zero. Renders are kept in :attr:`last_images` (on the host)."""
+        guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
+        device = next(model.parameters()).device
+        measure = functools.partial(guard.run, "receptive fields")
+        if not gallery.prepare(model, probe.images[:1].to(device), say=guard.say, measure=measure):
+            return shot
+        colors = self.colors(probe.images)  # one for every layer
+        rendered = {
+            layer: guard.run(f"feature vis of {layer}", self.render_split, model, layer,
+                             gallery.chosen_channels[layer], probe.images, colors, ranks)
+            for layer in gallery.chosen_layers
+        }  # fmt: skip
+        tops, scanned = gallery.top(model, probe.images, moment, guard, ranks, service) if atlas else (None, None)
+        if not ranks.is_zero:
+            return shot
+        caption = gallery.history.caption(moment.epoch, moment.step)
+        for layer, images in rendered.items():
+            if images is None or not guard.finite(images, what=f"the feature visualizations of {layer}",
+                                                  moment=moment):  # fmt: skip
+                continue
+            self.last_images[layer] = images.cpu()
+            top = tops.get(layer) if tops is not None else None
 
+            def draw(layer: str = layer, images: Tensor = images, top: TopActivations | None = top) -> None:
+                found = top is not None and scanned is not None
+                panels = gallery.layer_panels(model, layer, top, scanned) if found else None  # type: ignore[arg-type]
+                channels, valid = gallery.chosen_channels[layer], None if top is None else top.valid
+                shot.images.update(self.pictures(layer, images, channels, caption, moment.step, panels, valid))
 
-def _captioned_grid(images: Tensor, channels: Sequence[int]) -> Tensor:
-    factor = max(1, 64 // max(images.shape[-2:]))
-    tiles = F.pad(upscale_nearest(images, factor), (0, 0, 12, 0), value=1.0)
-    grid = tile_grid(tiles, padding=2)
-    per_row = max(1, round((grid.shape[-1] - 2) / (tiles.shape[-1] + 2)))
-    notes = [
-        (2 + (i % per_row) * (tiles.shape[-1] + 2), 2 + (i // per_row) * (tiles.shape[-2] + 2), f"ch {c}")
-        for i, c in enumerate(channels)
-    ]
-    return annotate(grid, notes)
+            guard.run(f"feature vis images of {layer}", draw)
+        if self.dream_images > 0:
+            layer = gallery.chosen_layers[len(gallery.chosen_layers) // 2]
+            dream = guard.run("deep dream", self.dream, model, layer, probe.images)
+            if dream is not None:
+                shot.images["cnnviz/deep_dream"] = dream
+        return shot

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._model import evaluating, resolve_modules, run_to
+from lightning_cnnviz.core.model import evaluating, resolve_modules, run_to
 from lightning_cnnviz.core.saliency import ReluGradientRule
 
 __all__ = ["deep_dream", "visualize_features"]

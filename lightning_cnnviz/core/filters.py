@@ -6,17 +6,23 @@ clean patterns; noisy filters point to an undertrained or under-regularized netw
 
 from __future__ import annotations
 
-import math
+import functools
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_cnnviz.core._images import normalize_per_item, tile_grid, upscale_nearest
+from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.drawing import normalize_per_item, tile_grid, to_rgb, upscale
+from lightning_cnnviz.core.model import first_conv, resolve_modules
+from lightning_cnnviz.core.probe import Probe
+from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
 
-__all__ = ["filter_smoothness", "render_filter_grid"]
+__all__ = ["FilterPanel", "filter_smoothness", "render_filter_grid"]
 
 Normalization = Literal["per_filter", "global"]
+WHO = "FilterMonitor"
 
 
 def _check_weight(weight: Tensor) -> None:
@@ -59,8 +65,7 @@ def render_filter_grid(
     weight = weight.detach().float()
     if max_filters is not None:
         weight = weight[:max_filters]
-    in_channels, kh, kw = weight.shape[1:]
-    if in_channels not in (1, 3):
+    if weight.shape[1] not in (1, 3):
         weight = weight.abs().mean(dim=1, keepdim=True)  # kernel magnitude over the input channels
 
     # RGB: one (3, kh, kw) tile per filter; otherwise one (1, kh, kw) tile per filter
@@ -72,10 +77,9 @@ def render_filter_grid(
     else:
         tiles = normalize_per_item(tiles)
 
-    factor = max(1, math.ceil(min_tile_px / max(kh, kw)))
-    tiles = upscale_nearest(tiles, factor)
+    tiles = upscale(tiles, min_tile_px)
     grid = tile_grid(tiles, padding=padding, pad_value=1.0)
-    return grid.expand(3, -1, -1).contiguous() if grid.shape[0] == 1 else grid
+    return to_rgb(grid[None])[0].contiguous()
 
 
 def filter_smoothness(weight: Tensor) -> Tensor:
@@ -109,3 +113,73 @@ def filter_smoothness(weight: Tensor) -> Tensor:
         return torch.tensor(float("nan"), dtype=torch.float64)
     scores = 1.0 - mean_sq_diff[valid] / (2.0 * variance[valid])
     return scores.mean()
+
+
+class FilterPanel:
+    """FilterMonitor's logic, Trainer-free: conv layers' filters as an image grid (:func:`render_filter_grid`)
+    and their smoothness (:func:`filter_smoothness`), ``cnnviz/filters/<layer>`` and
+    ``cnnviz/filters/smoothness/<layer>``.
+
+    Args:
+        layers: ``nn.Conv2d`` module names; ``None`` means the first ``nn.Conv2d``.
+        normalize: ``"per_filter"`` (each filter stretched to its own range) or ``"global"`` (one for the layer).
+        max_filters: draw at most this many output filters per layer.
+        min_tile_px: upscale kernels (nearest neighbour) until a tile is at least this many pixels wide.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 5), nn.ReLU())
+        >>> shot = FilterPanel().snapshot(net, None, Moment(epoch=0, step=0))
+        >>> tuple(shot.images["cnnviz/filters/0"].shape), sorted(shot.scalars)
+        ((3, 154, 154), ['cnnviz/filters/smoothness/0'])
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        normalize: Normalization = "per_filter",
+        max_filters: int = 64,
+        min_tile_px: int = 48,
+    ) -> None:
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise TypeError(f"{WHO}: `layers` must be a list of layer names or None, got {layers!r}.")
+        self.layers = list(layers) if layers is not None else None
+        self.normalize: Normalization = check_choice(WHO, "normalize", normalize, ("per_filter", "global"))
+        self.max_filters = check_positive_int(WHO, "max_filters", max_filters)
+        self.min_tile_px = check_positive_int(WHO, "min_tile_px", min_tile_px)
+
+    def convs(self, model: nn.Module) -> dict[str, nn.Conv2d]:
+        """The watched layers of ``model`` (ValueError naming the valid ones for a wrong name)."""
+        if self.layers is None:
+            name, conv = first_conv(model)
+            return {name: conv}
+        found = resolve_modules(model, self.layers, what=f"{WHO} `layers`", kinds=(nn.Conv2d,))
+        return {name: module for name, module in found.items() if isinstance(module, nn.Conv2d)}
+
+    def snapshot(
+        self,
+        model: nn.Module,
+        probe: Probe | None,
+        moment: Moment,
+        *,
+        guard: Guard | None = None,
+        ranks: Ranks | None = None,
+    ) -> Snapshot:
+        """Every watched layer's filter grid and smoothness (from the weights alone: no probe, no forward)."""
+        guard, shot = guard or Guard(WHO), Snapshot()
+        scores: dict[str, Tensor] = {}
+        for name, conv in self.convs(model).items():
+            weight = conv.weight.detach()
+            draw = functools.partial(render_filter_grid, normalize=self.normalize, max_filters=self.max_filters,
+                                     min_tile_px=self.min_tile_px)  # fmt: skip
+            grid = guard.run(f"filter image of {name!r}", draw, weight)
+            if grid is not None:
+                shot.images[f"cnnviz/filters/{name}"] = grid
+            score = guard.run(f"smoothness of {name!r}", filter_smoothness, weight)
+            if score is not None:
+                scores[name] = score
+        if scores:
+            values = torch.stack(list(scores.values())).cpu().tolist()  # one host copy for all layers
+            shot.scalars.update(
+                {f"cnnviz/filters/smoothness/{n}": v for n, v in zip(scores, values) if v == v}  # NaN: no 2-D slice
+            )
+        return shot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -9,6 +10,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["EvolutionHistory"]
+
+
+@dataclass
+class Column:
+    """One column of an evolution picture: its log index, caption and uint8 thumbnails (C, 3, h, w)."""
+
+    index: int
+    caption: str
+    thumbnails: Tensor
+
+
+@dataclass
+class LayerHistory:
+    """One layer's columns, oldest first, on every ``stride``-th of ``count`` logged points, last drawn at ``step``."""
+
+    stride: int = 1
+    count: int = 0
+    step: int | None = None
+    columns: list[Column] = field(default_factory=list)
 
 
 class EvolutionHistory:
@@ -29,8 +49,7 @@ class EvolutionHistory:
     def __init__(self, max_columns: int = 24, thumbnail_px: int = 48) -> None:
         self.max_columns = max_columns
         self.thumbnail_px = thumbnail_px
-        # layer -> {"stride", "count", "columns": [(log index, caption, thumbnails uint8 (C, 3, h, w))]}
-        self._layers: dict[str, dict[str, Any]] = {}
+        self._layers: dict[str, LayerHistory] = {}
 
     def _thumbnail(self, tiles: Tensor) -> Tensor:
         side = max(tiles.shape[-2:])
@@ -44,7 +63,8 @@ class EvolutionHistory:
         short fit); the same epoch and step again (``cnnviz report`` on a checkpoint) is the same column."""
         caption = f"ep {epoch}"
         for history in self._layers.values():
-            if history["columns"] and history["columns"][-1][1] == caption and history.get("step", step) != step:
+            last = history.columns[-1] if history.columns else None
+            if last is not None and last.caption == caption and history.step not in (None, step):
                 return f"step {step}"
         return caption
 
@@ -52,27 +72,28 @@ class EvolutionHistory:
         """Add a column: ``tiles`` (C, 3, h, w) in [0, 1], one per channel, drawn at training ``step``. A column
         with the latest column's caption replaces it."""
         thumbnail = self._thumbnail(tiles)
-        history = self._layers.setdefault(layer, {"stride": 1, "count": 0, "columns": []})
-        history["step"] = step
-        columns = history["columns"]
-        if columns and columns[-1][1] == caption and columns[-1][2].shape == thumbnail.shape:
-            columns[-1] = (columns[-1][0], caption, thumbnail)
+        history = self._layers.setdefault(layer, LayerHistory())
+        history.step = step
+        columns = history.columns
+        if columns and columns[-1].caption == caption and columns[-1].thumbnails.shape == thumbnail.shape:
+            columns[-1] = Column(columns[-1].index, caption, thumbnail)
             return
-        if columns and columns[-1][2].shape != thumbnail.shape:
-            history.update(stride=1, count=0, columns=[])
-            columns = history["columns"]
-        index = history["count"]
-        history["count"] = index + 1
-        if columns and columns[-1][0] % history["stride"] != 0:
+        if columns and columns[-1].thumbnails.shape != thumbnail.shape:
+            history.stride, history.count, history.columns = 1, 0, []
+            columns = history.columns
+        index = history.count
+        history.count = index + 1
+        if columns and columns[-1].index % history.stride != 0:
             columns.pop()  # the previous latest column is off the grid
-        columns.append((index, caption, thumbnail))
+        columns.append(Column(index, caption, thumbnail))
         while len(columns) > self.max_columns:
-            history["stride"] *= 2
-            columns[:] = [c for c in columns[:-1] if c[0] % history["stride"] == 0] + columns[-1:]
+            history.stride *= 2
+            columns[:] = [c for c in columns[:-1] if c.index % history.stride == 0] + columns[-1:]
 
     def columns(self, layer: str) -> list[tuple[str, Tensor]]:
         """The layer's kept columns, oldest first: (caption, uint8 thumbnails (C, 3, h, w))."""
-        return [(caption, tiles) for _, caption, tiles in self._layers.get(layer, {}).get("columns", [])]
+        history = self._layers.get(layer)
+        return [(c.caption, c.thumbnails) for c in history.columns] if history is not None else []
 
     def stacked(self, layer: str) -> tuple[Tensor, list[str]]:
         """(C, T, 3, h, w) float thumbnails in [0, 1] and the T captions."""
@@ -81,11 +102,16 @@ class EvolutionHistory:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            name: {**history, "columns": [(i, c, t.clone()) for i, c, t in history["columns"]]}
-            for name, history in self._layers.items()
-        }
+            name: {"stride": h.stride, "count": h.count, "step": h.step,
+                   "columns": [(c.index, c.caption, c.thumbnails.clone()) for c in h.columns]}
+            for name, h in self._layers.items()
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._layers = {
-            name: {**h, "columns": [(int(i), str(c), t.cpu()) for i, c, t in h["columns"]]} for name, h in state.items()
-        }
+            name: LayerHistory(
+                int(h.get("stride", 1)), int(h.get("count", 0)), h.get("step"),
+                [Column(int(i), str(c), t.cpu()) for i, c, t in h["columns"]],
+            )
+            for name, h in state.items()
+        }  # fmt: skip

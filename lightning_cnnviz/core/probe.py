@@ -1,10 +1,22 @@
-"""Choosing probe images: the fixed sets of images that the monitors draw on."""
+"""Probe images: the fixed sets of images that the monitors draw on, chosen once, the same on every rank, and
+collected for every monitor in one pass over the batches."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 from torch import Tensor
 
-__all__ = ["select_balanced"]
+from lightning_cnnviz.core.batches import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.protocol import Ranks
+
+__all__ = ["Probe", "ProbeService", "ProbeSet", "select_balanced"]
+
+_MAX_STATE_BYTES = 32 * 2**20  # a larger probe is not saved in checkpoints; it is chosen afresh after a resume
 
 
 def select_balanced(labels: Tensor, count: int) -> list[int]:
@@ -27,3 +39,208 @@ def select_balanced(labels: Tensor, count: int) -> list[int]:
                 chosen.append(by_class[label][depth])
         depth += 1
     return chosen
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Probe images (N, C, H, W) and their labels (N,) when the batches carry them, on the host.
+
+    Example:
+        >>> Probe(torch.zeros(4, 1, 8, 8)).labels is None
+        True
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Probe:
+        return Probe(self.images.to(device), None if self.labels is None else self.labels.to(device))
+
+    def shard(self, ranks: Ranks) -> tuple[Tensor, Tensor]:
+        """This rank's share of the images (every ``world``-th) and their indices in the probe."""
+        return self.images[ranks.rank :: ranks.world], torch.arange(ranks.rank, len(self.images), ranks.world)
+
+
+class ProbeSet:
+    """One monitor's fixed probe: the first ``size`` images offered (with ``balanced``, round-robin over the
+    classes, :func:`select_balanced`, holding about ``2 * size`` images while it collects), and their labels.
+
+    Under several processes each rank offers its own batches and :meth:`finish` gathers the parts in a distributed
+    sampler's interleaved order, so every rank holds the same probe. At most 32 MiB of it is kept in
+    :meth:`state_dict`.
+
+    Example:
+        >>> probe = ProbeSet("MyMonitor", 3)
+        >>> probe.offer((torch.rand(2, 1, 8, 8), torch.tensor([0, 1])))
+        >>> probe.offer((torch.rand(2, 1, 8, 8), torch.tensor([2, 3])))
+        >>> probe.finish()
+        >>> probe.labels.tolist()
+        [0, 1, 2]
+    """
+
+    def __init__(
+        self,
+        who: str,
+        size: int,
+        *,
+        balanced: bool = False,
+        require_labels: bool = False,
+        batch_to_images: Callable[[Any], Tensor] | None = None,
+        batch_to_labels: Callable[[Any], Tensor | None] | None = None,
+    ) -> None:
+        self.who, self.size, self.balanced = who, size, balanced
+        self.require_labels = require_labels
+        self.batch_to_images = batch_to_images
+        self.batch_to_labels = batch_to_labels
+        self.from_training = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the probe: the next pass chooses it afresh."""
+        self.images: Tensor | None = None
+        self.labels: Tensor | None = None
+        self._collected: list[tuple[Tensor, Tensor | None]] = []  # (image, label or None), in arrival order
+
+    @property
+    def probe(self) -> Probe | None:
+        return None if self.images is None else Probe(self.images, self.labels)
+
+    def wants(self, world: int = 1) -> bool:
+        """Whether another batch may still change the probe."""
+        if self.images is not None:
+            return False
+        quota = math.ceil(self.size / max(1, world))
+        return (self.balanced and not self.from_training) or len(self._collected) < quota
+
+    def unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
+        """The images and labels of a batch, as this probe's settings find them."""
+        images = images_from_batch(batch, who=self.who, batch_to_images=self.batch_to_images)
+        labels = labels_from_batch(batch, images, self.batch_to_labels)
+        if labels is None and self.require_labels:
+            raise TypeError(
+                f"{self.who}: target='true' needs a label per image: (images, labels) batches, a dict with one of "
+                f"the keys 'label', 'labels', 'target', 'targets', 'y', or `batch_to_labels=`; got no integer label "
+                f"tensor of shape ({images.shape[0]},). Use target='predicted' or a class index otherwise."
+            )
+        return images, labels
+
+    def offer(self, batch: Any, world: int = 1) -> None:
+        """Keep what the probe may still need from one batch."""
+        if self.wants(world):
+            self.take(*self.unpack(batch), world=world)
+
+    def take(self, images: Tensor, labels: Tensor | None, world: int = 1) -> None:
+        """Keep what the probe may still need from a batch's (unpacked) images and labels."""
+        if not self.wants(world):
+            return
+        if not self.balanced or labels is None:
+            quota = math.ceil(self.size / max(1, world))
+            take = images[: quota - len(self._collected)].detach().cpu().clone()
+            kept = labels[: len(take)].detach().cpu() if labels is not None else [None] * len(take)
+            self._collected += list(zip(take.unbind(0), kept))
+            return
+        # balanced: keep per class what a round-robin choice can still pick (copies of single images, so no
+        # batch stays alive for one image)
+        by_class: dict[int, list[tuple[Tensor, Tensor | None]]] = {}
+        for pair in self._collected:
+            by_class.setdefault(int(pair[1]), []).append(pair)  # type: ignore[arg-type]
+        for image, label in zip(images.detach(), labels.detach().cpu()):
+            if len(members := by_class.setdefault(int(label), [])) < self.size:
+                members.append((image.cpu().clone(), label))
+        classes = sorted(by_class)[: self.size]
+        cap = -(-self.size // len(classes))
+        self._collected = [pair for label in classes for pair in by_class[label][:cap]]
+
+    def finish(self, ranks: Ranks | None = None) -> None:
+        """Fix the probe set. A collective when ``ranks.world > 1``: every rank calls it at the same point."""
+        ranks = ranks or Ranks.single()
+        if self.images is not None:
+            return
+        pairs = self._collected
+        images = torch.stack([image for image, _ in pairs]) if pairs else None
+        labelled = bool(pairs) and all(label is not None for _, label in pairs)
+        labels = torch.stack([label for _, label in pairs]).long() if labelled else None  # type: ignore[misc]
+        if ranks.world > 1:
+            counts = ranks.gather(torch.tensor([len(pairs)])).view(-1).cpu()
+            if int(counts.max()) == 0:
+                return
+            if images is None:
+                raise RuntimeError(f"{self.who}: a rank collected no probe images while others did")
+            images = ranks.interleave(images, counts)
+            labelled = ranks.agree(labels is not None)
+            labels = ranks.interleave(labels, counts) if labelled else None  # type: ignore[arg-type]
+        if images is None or len(images) == 0:
+            return
+        chosen = select_balanced(labels, self.size) if self.balanced and labels is not None else range(self.size)
+        index = torch.as_tensor(list(chosen), dtype=torch.long)[: len(images)]
+        self.images = images[index].contiguous()
+        self.labels = None if labels is None else labels[index].contiguous()
+        self._collected = []
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.images is None or self.images.numel() * self.images.element_size() > _MAX_STATE_BYTES:
+            return {}
+        return {"images": self.images.clone(), "labels": None if self.labels is None else self.labels.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("images") is not None:
+            self.images, self.labels, self._collected = state["images"], state.get("labels"), []
+
+
+class ProbeService:
+    """The probe sets of every monitor of one run, filled in one pass over the batches: each batch is unpacked
+    once per distinct ``batch_to_images``/``batch_to_labels`` pair (``reads`` counts it), however many monitors
+    draw on it; each set keeps its own size and balance. It also keeps the latest top-activation scan, so a
+    second monitor drawing the same layers at the same step reuses it (:meth:`scan`).
+
+    Example:
+        >>> service = ProbeService()
+        >>> small, large = ProbeSet("A", 2), ProbeSet("B", 4)
+        >>> service.join(small), service.join(large)
+        (None, None)
+        >>> for _ in range(3):
+        ...     service.offer(torch.rand(2, 1, 8, 8))
+        >>> service.finish()
+        >>> len(small.images), len(large.images), service.reads  # the third batch was not needed by anyone
+        (2, 4, 2)
+    """
+
+    def __init__(self) -> None:
+        self.members: list[ProbeSet] = []
+        self.reads = 0
+        self._scan: tuple[Any, Any] | None = None  # (key, (tops, probe images))
+
+    def join(self, probe: ProbeSet) -> None:
+        if all(member is not probe for member in self.members):
+            self.members.append(probe)
+
+    def wants(self, world: int = 1) -> bool:
+        return any(member.wants(world) for member in self.members)
+
+    def offer(self, batch: Any, world: int = 1) -> None:
+        unpacked: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
+        for member in self.members:
+            if member.wants(world):
+                key = (id(member.batch_to_images), id(member.batch_to_labels))
+                if key not in unpacked:
+                    unpacked[key] = member.unpack(batch)
+                    self.reads += 1
+                member.take(*unpacked[key], world=world)
+
+    def finish(self, ranks: Ranks | None = None) -> None:
+        """Fix every member's probe (a collective under several processes)."""
+        for member in self.members:
+            member.finish(ranks)
+
+    def scan(self, step: int, wanted: dict[str, list[int]], k: int, probe: Tensor, compute: Callable[[], Any]) -> Any:
+        """Top activations of the ``wanted`` layers' channels, ``k`` each, at ``step``: the scan made at this step
+        by another monitor when it covered them on a probe at least as large as ``probe``, else ``compute()``
+        (kept for the others). Returns ``(tops, the probe images they index)``."""
+        if self._scan is not None:
+            (at, covered, depth, size), found = self._scan
+            if (at == step and depth == k and size >= len(probe) and found[0] is not None
+                    and all(covered.get(layer) == channels for layer, channels in wanted.items())):  # fmt: skip
+                return found
+        found = (compute(), probe)
+        self._scan = ((step, dict(wanted), k, len(probe)), found)
+        return found

@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from lightning_cnnviz.core._calls import argument, conv2d_geometry, flat_tensors, pool2d_geometry
-from lightning_cnnviz.core._model import evaluating, resolve_modules
+from lightning_cnnviz.core.model import evaluating, hooked, resolve_modules
 
 __all__ = ["receptive_fields"]
 
@@ -246,7 +246,7 @@ def receptive_fields(model: nn.Module, layers: Sequence[str], example: Tensor) -
     image = example[:1].detach().clone()
     mode = _GeometryMode(image)
     found: dict[str, _Tracked | None] = {}
-    handles = []
+    hooks = []
     for name, module in modules.items():
 
         def keep(module: nn.Module, args: Any, output: Any, name: str = name) -> None:
@@ -255,13 +255,9 @@ def receptive_fields(model: nn.Module, layers: Sequence[str], example: Tensor) -
             if name not in found and tensors:
                 found[name] = mode.geometry.get(tensors[0])
 
-        handles.append(module.register_forward_hook(keep))
-    try:
-        with evaluating(model), mode:
-            model(image)
-    finally:
-        for handle in handles:
-            handle.remove()
+        hooks.append((module, keep))
+    with hooked(hooks), evaluating(model), mode:
+        model(image)
     height, width = image.shape[-2], image.shape[-1]
     fields: dict[str, ReceptiveField] = {}
     for name in modules:

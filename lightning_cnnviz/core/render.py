@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core._images import annotate, normalize_per_item, tile_grid, upscale_nearest
+from lightning_cnnviz.core.drawing import annotate, normalize_per_item, tile_grid, to_rgb, upscale
 
 __all__ = ["render_saliency", "render_top_patches"]
 
@@ -96,20 +96,16 @@ def colormap(values: Tensor) -> Tensor:
     return rgb.movedim(-1, 0)
 
 
-def _rgb(images: Tensor) -> Tensor:
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
-
-
 def display_rgb(images: Tensor) -> Tensor:
     """(N, C, H, W) -> (N, 3, H, W) in [0, 1], each image stretched to its own min/max, gray as RGB."""
-    return _rgb(normalize_per_item(images.float()))
+    return to_rgb(normalize_per_item(images.float()))
 
 
 def signed_display(maps: Tensor) -> Tensor:
     """Signed maps (N, C, H, W) -> (N, 3, H, W) in [0, 1]: ``0.5 + map / (2 max |map|)`` per item, so zero is
     mid-gray and the sign survives (Zeiler & Fergus show their projections this way)."""
     scale = maps.float().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return _rgb(0.5 + maps.float() / (2 * scale))
+    return to_rgb(0.5 + maps.float() / (2 * scale))
 
 
 def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: float = 0.55) -> Tensor:
@@ -123,7 +119,7 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
         >>> render_saliency(images, torch.rand(2, 8, 8)).shape
         torch.Size([3, 132, 196])
     """
-    count, _, height, width = images.shape
+    count = images.shape[0]
     shown = display_rgb(images)
     if maps.dim() == 3:
         heat = maps.float().clamp_min(0)
@@ -136,16 +132,11 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
         magnitude = maps.float().abs().sum(dim=1)
         magnitude = magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         right = colormap(magnitude).movedim(0, 1)
-    factor = max(1, -(-min_px // max(height, width)))
-    panels = [upscale_nearest(panel, factor) for panel in (shown, middle, right)]
+    panels = [upscale(panel, min_px) for panel in (shown, middle, right)]
     gap = torch.ones(count, 3, panels[0].shape[-2], 2, device=images.device)
     rows = torch.cat([panels[0], gap, panels[1], gap, panels[2]], dim=-1)  # (N, 3, h, 3w + 4)
     spacer = torch.ones(count, 3, 2, rows.shape[-1], device=images.device)
     return torch.cat([rows, spacer], dim=-2).permute(1, 0, 2, 3).reshape(3, -1, rows.shape[-1])
-
-
-def _factor(side: int, min_px: int) -> int:
-    return max(1, -(-min_px // max(side, 1)))
 
 
 def render_top_patches(
@@ -167,14 +158,13 @@ def render_top_patches(
     names = list(panels)
     first = next((panels[n] for n in names if panels[n].shape[1] > 1), panels[names[0]])
     count, k = first.shape[:2]
-    factor = _factor(max(first.shape[-2:]), min_tile_px)
     per_row = math.ceil(math.sqrt(k))
     grids: list[list[Tensor]] = []
     for name in names:
         if panels[name].shape[1] == 1 and k > 1:
             continue  # a single image per channel: drawn as large as the others' grids, below
         tiles = panels[name].float().masked_fill(~valid.to(first.device)[:, :, None, None, None], 1.0)
-        tiles = upscale_nearest(tiles.flatten(0, 1), factor).unflatten(0, (count, k))
+        tiles = upscale(tiles.flatten(0, 1), min_tile_px).unflatten(0, (count, k))
         grids.append([tile_grid(tiles[c], per_row, padding=1, pad_value=1.0) for c in range(count)])
     side = grids[0][0].shape[-2] if grids else 0
     for index, name in enumerate(names):
@@ -216,8 +206,7 @@ def render_evolution(
         channels: C channel indices for the row captions.
     """
     columns = thumbnails.shape[1]
-    factor = _factor(max(thumbnails.shape[-2:]), min_tile_px)
-    tiles = upscale_nearest(thumbnails.float().flatten(0, 1), factor)
+    tiles = upscale(thumbnails.float().flatten(0, 1), min_tile_px)
     grid = tile_grid(tiles, columns, padding=2, pad_value=1.0)
     left_px, top_px = 40, 14
     image = torch.nn.functional.pad(grid, (left_px, 0, top_px, 0), value=1.0)

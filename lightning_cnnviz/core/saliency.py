@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from lightning_cnnviz.core._calls import INPLACE_RELU, flat_tensors, relu_kind
-from lightning_cnnviz.core._images import check_images, in_layout_of
-from lightning_cnnviz.core._model import conv_layers, evaluating, logits_of, resolve_modules
+from lightning_cnnviz.core.batches import check_images, in_layout_of
+from lightning_cnnviz.core.model import conv_layers, evaluating, hooked, logits_of, resolve_modules
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
@@ -220,18 +220,14 @@ def grad_cam(
         return output.clone()
 
     maps = []
-    handle = module.register_forward_hook(keep)
-    try:
-        with evaluating(model, grad=True):
-            for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
-                captured.clear()
-                scores = logits_of(model(chunk.detach())).gather(1, chunk_targets[:, None]).sum()
-                activations = captured[-1]
-                (grad,) = torch.autograd.grad(scores, activations)
-                weights = grad.mean(dim=(2, 3), keepdim=True)
-                maps.append(F.relu((weights * activations).sum(dim=1, keepdim=True)).detach())
-    finally:
-        handle.remove()
+    with hooked([(module, keep)]), evaluating(model, grad=True):
+        for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
+            captured.clear()
+            scores = logits_of(model(chunk.detach())).gather(1, chunk_targets[:, None]).sum()
+            activations = captured[-1]
+            (grad,) = torch.autograd.grad(scores, activations)
+            weights = grad.mean(dim=(2, 3), keepdim=True)
+            maps.append(F.relu((weights * activations).sum(dim=1, keepdim=True)).detach())
     cam = torch.cat(maps)
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
 
@@ -263,13 +259,9 @@ def activation_bytes(model: nn.Module, image: Tensor) -> int:
         nonlocal total
         total += sum(t.numel() * t.element_size() for t in flat_tensors(output))
 
-    handles = [m.register_forward_hook(add) for m in model.modules() if next(m.children(), None) is None]
-    try:
-        with evaluating(model):
-            model(image)
-    finally:
-        for handle in handles:
-            handle.remove()
+    leaves = [(m, add) for m in model.modules() if next(m.children(), None) is None]
+    with hooked(leaves), evaluating(model):
+        model(image)
     return total
 
 

@@ -9,10 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.core._checks import check_positive_int
-from lightning_cnnviz.core._images import annotate
-from lightning_cnnviz.core._model import class_name, evaluating, logits_of, resolve_modules
 from lightning_cnnviz.core.activation_sites import find_activation_sites
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.drawing import annotate
+from lightning_cnnviz.core.model import class_name, evaluating, logits_of, resolve_modules
+from lightning_cnnviz.core.probe import Probe
+from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import render_saliency
 
 __all__ = ["SaliencyPanel"]
@@ -49,7 +51,8 @@ class SaliencyPanel:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         ...                     nn.Linear(4, 3))
         >>> panel = SaliencyPanel(methods=("vanilla_gradient", "grad_cam"), target="predicted")
-        >>> {tag: tuple(picture.shape) for tag, picture in panel.snapshot(net, torch.randn(2, 1, 8, 8)).items()}
+        >>> shot = panel.snapshot(net, Probe(torch.randn(2, 1, 8, 8)), Moment(epoch=0, step=0))
+        >>> {tag: tuple(picture.shape) for tag, picture in shot.images.items()}
         {'cnnviz/saliency/vanilla_gradient': (3, 132, 196), 'cnnviz/saliency/grad_cam': (3, 132, 196)}
     """
 
@@ -152,15 +155,26 @@ class SaliencyPanel:
             grid = annotate(grid, [(1, row * rows, caption) for row, caption in enumerate(shown)])
         return grid
 
-    def snapshot(self, model: nn.Module, images: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
-        """Every method's picture by tag (``cnnviz/saliency/<method>``)."""
-        captions = self.captions(model, images, labels)
-        return {
-            f"cnnviz/saliency/{method}": self.picture(
-                model, images, self.maps(model, images, labels, method), method, captions
-            )
-            for method in self.methods
-        }
+    def snapshot(
+        self, model: nn.Module, probe: Probe, moment: Moment, *, guard: Guard | None = None, ranks: Ranks | None = None
+    ) -> Snapshot:
+        """Every method's picture of the probe (``cnnviz/saliency/<method>``), computed on rank zero only; a method
+        that fails (under ``guard``'s policy) or whose maps are not finite is left out."""
+        guard, shot = guard or Guard(WHO), Snapshot()
+        if ranks is not None and not ranks.is_zero:
+            return shot
+        device = next(model.parameters()).device
+        images, labels = probe.to(device).images, probe.to(device).labels
+        captions = guard.run("saliency captions", self.captions, model, images, labels) or []
+        for method in self.methods:
+
+            def draw(method: str = method) -> None:
+                maps = self.maps(model, images, labels, method)
+                if guard.finite(maps, what=f"the {method} maps", moment=moment):
+                    shot.images[f"cnnviz/saliency/{method}"] = self.picture(model, images, maps, method, captions)
+
+            guard.run(f"saliency {method}", draw)
+        return shot
 
 
 class _OutputToLogits:

@@ -3,21 +3,31 @@ images, the projections beside the patches, and their evolution over calls."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._checks import check_choice, check_positive_int
-from lightning_cnnviz.core._images import normalize_per_item
-from lightning_cnnviz.core._model import conv_layers, evaluating, format_names, resolve_modules, run_to
+from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.drawing import normalize_per_item, to_rgb
 from lightning_cnnviz.core.history import EvolutionHistory
+from lightning_cnnviz.core.model import conv_layers, evaluating, format_names, resolve_modules, run_to
+from lightning_cnnviz.core.probe import Probe, ProbeService
+from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.core.render import render_evolution, render_top_patches, signed_display
 from lightning_cnnviz.core.saliency import ReluRule
-from lightning_cnnviz.core.top_patches import TopActivations, crop_patches, feature_map, project_activations
+from lightning_cnnviz.core.top_patches import (
+    StreamingTopK,
+    TopActivations,
+    crop_patches,
+    feature_map,
+    merge_top_activations,
+    project_activations,
+)
 from lightning_cnnviz.core.top_patches import top_activations as scan_top_activations
 
 __all__ = ["TopPatchGallery", "default_channels", "default_layers"]
@@ -114,6 +124,7 @@ class TopPatchGallery:
         self.chosen_layers: list[str] = []
         self.chosen_channels: dict[str, list[int]] = {}
         self.fields: dict[str, ReceptiveField] = {}
+        self.last_top: dict[str, TopActivations] = {}
 
     @property
     def methods(self) -> tuple[ReluRule, ...]:
@@ -227,7 +238,7 @@ class TopPatchGallery:
             panels[method] = crops.unflatten(0, (count, k))
         shown = normalize_per_item(images.float())  # per image, so the same as normalising the probe first
         patches = crop_patches(shown, field, ys.cpu(), xs.cpu())
-        patches = patches.expand(-1, 3, -1, -1) if patches.shape[1] == 1 else patches[:, :3]
+        patches = to_rgb(patches)
         panels["patches"] = patches.unflatten(0, (count, k))
         return panels
 
@@ -252,3 +263,69 @@ class TopPatchGallery:
         thumbnails, captions = self.history.stacked(name)
         evolution = render_evolution(thumbnails, captions, self.chosen_channels[name])
         return {f"cnnviz/top_patches/{name}": image, f"cnnviz/evolution/{name}": evolution}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history.load_state_dict(state_dict.get("history", {}))
+
+    def top(
+        self, model: nn.Module, probe: Tensor, moment: Moment, guard: Guard, ranks: Ranks, service: ProbeService | None
+    ) -> tuple[dict[str, TopActivations] | None, Tensor]:
+        """The top-``k`` of every chosen channel over ``probe`` (a scan another monitor made at this step when the
+        ``service`` has one that covers them), and the probe images they index. Each rank scans its shard and the
+        shards merge: a collective under several processes. None when the scan failed on a rank."""
+
+        def compute() -> dict[str, TopActivations] | None:
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            shard, indices = Probe(probe).shard(ranks)
+            result = guard.run("top patches scan", self.scan, model, shard.to(device), indices.to(device))
+            if ranks.world == 1:
+                return result
+            channels = self.chosen_channels
+            local = result or {n: StreamingTopK(c, self.k, device).result() for n, c in channels.items()}
+            if not ranks.agree(result is not None):
+                return None
+            merged = {}
+            for name, top in local.items():
+                values, where = ranks.gather(top.values), ranks.gather(torch.stack([top.images, top.ys, top.xs]))
+                parts = [TopActivations(top.channels, v, w[0], w[1], w[2]) for v, w in zip(values, where)]
+                merged[name] = merge_top_activations(parts)
+            return merged
+
+        if service is None:
+            return compute(), probe
+        return service.scan(moment.step, self.chosen_channels, self.k, probe, compute)
+
+    def snapshot(
+        self,
+        model: nn.Module,
+        probe: Probe,
+        moment: Moment,
+        *,
+        guard: Guard | None = None,
+        ranks: Ranks | None = None,
+        service: ProbeService | None = None,
+    ) -> Snapshot:
+        """Every chosen layer's top patches and evolution (this moment's column added), drawn on rank zero; the
+        scan is shared over the ranks (a collective) and with the ``service``'s other monitors. Kept in
+        :attr:`last_top` (on the host)."""
+        guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        measure = functools.partial(guard.run, "receptive fields")
+        if not self.prepare(model, probe.images[:1].to(device), say=guard.say, measure=measure):
+            return shot
+        tops, images = self.top(model, probe.images, moment, guard, ranks, service)
+        inf, nan = float("inf"), float("nan")  # -inf marks an empty slot (fewer positions than k), not divergence
+        values = [top.values.nan_to_num(nan=nan, posinf=inf, neginf=0.0) for top in (tops or {}).values()]
+        if tops is None or not guard.finite(values, what="the probe's activations", moment=moment):
+            return shot
+        self.last_top = {name: top.to("cpu") for name, top in tops.items()}
+        if not ranks.is_zero:
+            return shot
+        caption = self.history.caption(moment.epoch, moment.step)
+        for name, top in tops.items():
+            draw = functools.partial(self.pictures, model, name, top, images, caption, moment.step)
+            shot.images.update(guard.run(f"top patches of {name}", draw) or {})
+        return shot

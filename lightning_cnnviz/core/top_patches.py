@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._images import check_images, in_layout_of
-from lightning_cnnviz.core._model import evaluating, run_to
+from lightning_cnnviz.core.batches import check_images, in_layout_of
+from lightning_cnnviz.core.model import evaluating, run_to
 from lightning_cnnviz.core.receptive_field import ReceptiveField
 from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule
 

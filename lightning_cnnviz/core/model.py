@@ -1,11 +1,11 @@
-"""Private to :mod:`lightning_cnnviz`: finding layers by name, running the model without disturbing it, and
-running it only as far as a layer. Each of these is written here once."""
+"""Finding layers by name, hooking a model for a while, running it without disturbing it, and running it only as
+far as a layer. Each of these is written here once."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,19 +13,7 @@ from torch import Tensor, nn
 
 from lightning_cnnviz.core._calls import flat_tensors
 
-__all__ = [
-    "StopForward",
-    "class_name",
-    "conv_layers",
-    "evaluating",
-    "first_conv",
-    "format_names",
-    "logits_of",
-    "module_names",
-    "resolve_modules",
-    "restore_training_flags",
-    "run_to",
-]
+__all__ = ["class_name", "conv_layers", "evaluating", "first_conv", "hooked", "resolve_modules", "run_to"]
 
 
 def format_names(names: Collection[str], limit: int = 40) -> str:
@@ -36,7 +24,12 @@ def format_names(names: Collection[str], limit: int = 40) -> str:
 
 
 def class_name(index: int, names: Sequence[str] | None) -> str:
-    """The name of class ``index`` (its number when no names are given or it has none)."""
+    """The name of class ``index`` (its number when no names are given or it has none).
+
+    Example:
+        >>> class_name(1, ["cat", "dog"]), class_name(7, ["cat", "dog"])
+        ('dog', '7')
+    """
     return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
 
@@ -55,12 +48,22 @@ def module_names(model: nn.Module) -> dict[int, str]:
 
 
 def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """Every ``nn.Conv2d`` of ``model`` by name, in registration order."""
+    """Every ``nn.Conv2d`` of ``model`` by name, in registration order.
+
+    Example:
+        >>> list(conv_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))))
+        ['0', '2']
+    """
     return {name: module for name, module in named_modules(model).items() if isinstance(module, nn.Conv2d)}
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first ``nn.Conv2d`` in registration order (the layer that looks at pixels); ValueError if none."""
+    """The first ``nn.Conv2d`` in registration order (the layer that looks at pixels); ValueError if none.
+
+    Example:
+        >>> first_conv(nn.Sequential(nn.ReLU(), nn.Conv2d(1, 2, 3)))[0]
+        '1'
+    """
     convs = conv_layers(model)
     if not convs:
         raise ValueError(
@@ -80,7 +83,13 @@ def resolve_modules(
     extra_valid: Collection[str] = (),
 ) -> dict[str, nn.Module]:
     """Modules by name; an unknown name, or a module not of one of ``kinds``, raises ``ValueError`` naming the
-    argument (``what``) and listing the valid names (with ``extra_valid``, names valid elsewhere)."""
+    argument (``what``) and listing the valid names (with ``extra_valid``, names valid elsewhere).
+
+    Example:
+        >>> resolve_modules(nn.Sequential(nn.Conv2d(1, 2, 3)), ["1"], what="my layers")
+        Traceback (most recent call last):
+        ValueError: my layers: no module named '1'. Valid names: '', '0'.
+    """
     modules = named_modules(model)
     allowed = {n: m for n, m in modules.items() if kinds is None or isinstance(m, kinds)}
     resolved: dict[str, nn.Module] = {}
@@ -116,7 +125,16 @@ def evaluating(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
     """The model in eval mode (flags restored on exit), without gradients, or with them (``grad=True``, also
     inside ``torch.inference_mode``, for a visualization's own gradient pass on fresh tensors). A
     ``torch.compile``d model (or part) runs its original eager code here: the visualizations' hooks, modes and
-    gradient rules see every op, and the compiled training graph is neither recompiled nor guarded on them."""
+    gradient rules see every op, and the compiled training graph is neither recompiled nor guarded on them.
+
+    Example:
+        >>> net = nn.Sequential(nn.Dropout()).train()
+        >>> with evaluating(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.compiler.set_stance("force_eager"))
         stack.enter_context(restore_training_flags(model))
@@ -127,6 +145,39 @@ def evaluating(model: nn.Module, *, grad: bool = False) -> Iterator[None]:
             stack.enter_context(torch.no_grad())
         model.eval()
         yield
+
+
+Hook = Callable[..., Any]
+
+
+@contextlib.contextmanager
+def hooked(
+    forward: Iterable[tuple[nn.Module, Hook]] = (),
+    pre: Iterable[tuple[nn.Module, Hook]] = (),
+    *,
+    always_call: bool = False,
+) -> Iterator[None]:
+    """Forward hooks (``(module, hook)`` pairs) and forward pre-hooks on modules for the duration of the block;
+    every one is removed on exit, also when the block raised. The one way the package hooks a model for a while.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+        >>> seen = []
+        >>> with hooked([(net[0], lambda module, args, output: seen.append(output.shape))]):
+        ...     _ = net(torch.zeros(1, 1, 5, 5))
+        >>> seen, len(net[0]._forward_hooks)
+        ([torch.Size([1, 2, 3, 3])], 0)
+    """
+    handles = []
+    try:
+        for module, hook in pre:
+            handles.append(module.register_forward_pre_hook(hook))
+        for module, hook in forward:
+            handles.append(module.register_forward_hook(hook, always_call=always_call))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class StopForward(Exception):
@@ -143,7 +194,13 @@ def run_to(
 ) -> None:
     """One forward of ``inputs`` that calls ``on_output(name, tensor)`` with each named module's first output (its
     first input with ``take_input``) and stops once every one has been seen. ValueError for an unknown layer (the
-    valid names are listed) or one the forward never reaches."""
+    valid names are listed) or one the forward never reaches.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))
+        >>> run_to(net, torch.zeros(1, 1, 5, 5), ["0"], lambda name, out: print(name, tuple(out.shape)))
+        0 (1, 2, 3, 3)
+    """
     modules = resolve_modules(model, list(layers), what="layer")
     seen: set[str] = set()
 
@@ -156,18 +213,10 @@ def run_to(
         if len(seen) == len(modules):
             raise StopForward
 
-    handles = []
-    try:
-        for name, module in modules.items():
-            if take_input:
-                handles.append(module.register_forward_pre_hook(lambda m, args, name=name: see(name, args)))
-            else:
-                handles.append(module.register_forward_hook(lambda m, args, out, name=name: see(name, out)))
-        with contextlib.suppress(StopForward):
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    pre = [(m, lambda m, args, name=name: see(name, args)) for name, m in modules.items()] if take_input else []
+    post = [] if take_input else [(m, lambda m, args, out, name=name: see(name, out)) for name, m in modules.items()]
+    with hooked(post, pre), contextlib.suppress(StopForward):
+        model(inputs)
     missing = [name for name in layers if name not in seen]
     if missing:
         raise ValueError(f"layers {missing} are never called by {type(model).__name__}.forward")

@@ -1,0 +1,191 @@
+"""The protocol every monitor's core object keeps, Trainer-free: ``snapshot(model, probe, moment, guard=, ranks=)``
+returns a :class:`Snapshot` of what is drawn; ``state_dict()``/``load_state_dict()`` carry what a resume needs.
+
+:class:`Guard` is the error policy (a failing piece of visualization is reported once and switched off, or raises)
+and the divergence check; :class:`Ranks` is the one way the monitors gather tensors over processes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Embedding", "Guard", "Moment", "Ranks", "Snapshot"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Moment:
+    """Where in training a snapshot is taken: the epoch (the x-axis of epoch-by-epoch pictures) and the global step.
+
+    Example:
+        >>> Moment(epoch=2, step=300).caption
+        'ep 2 (step 300)'
+    """
+
+    epoch: int
+    step: int
+
+    @property
+    def caption(self) -> str:
+        return f"ep {self.epoch} (step {self.step})"
+
+
+@dataclass
+class Embedding:
+    """Projector data: codes (N, D), one metadata string per point (or None), sprite thumbnails (N, C, h, w)."""
+
+    codes: Tensor
+    metadata: list[str] | None = None
+    thumbnails: Tensor | None = None
+
+
+@dataclass
+class Snapshot:
+    """What a monitor draws at one moment, by TensorBoard tag: images (C, H, W) in [0, 1], scalars, histograms
+    (values), texts and Projector embeddings. :meth:`TensorBoardSink.write` writes one.
+
+    Example:
+        >>> shot = Snapshot(scalars={"cnnviz/filters/smoothness/conv1": 0.9})
+        >>> shot.update(Snapshot(texts={"cnnviz/alerts": "dead"}))
+        >>> sorted(shot.tags())
+        ['cnnviz/alerts', 'cnnviz/filters/smoothness/conv1']
+    """
+
+    images: dict[str, Tensor] = field(default_factory=dict)
+    scalars: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, Tensor] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)
+    embeddings: dict[str, Embedding] = field(default_factory=dict)
+
+    def update(self, other: Snapshot | None) -> None:
+        """Add ``other``'s entries (a later entry replaces an earlier one of the same tag)."""
+        if other is not None:
+            for name in ("images", "scalars", "histograms", "texts", "embeddings"):
+                getattr(self, name).update(getattr(other, name))
+
+    def tags(self) -> list[str]:
+        return [*self.images, *self.scalars, *self.histograms, *self.texts, *self.embeddings]
+
+
+class Guard:
+    """The error policy of one monitor, and its divergence check.
+
+    ``run(piece, work, *args)`` runs one piece of visualization work: with ``on_error="warn"`` an exception is said
+    once through ``say`` and switches that piece off (``None`` is returned, now and on later calls); with
+    ``"raise"`` it propagates. ``finite(...)`` says once per divergence that values are not finite.
+
+    Example:
+        >>> said = []
+        >>> guard = Guard("MyMonitor", on_error="warn", say=said.append)
+        >>> guard.run("ratio", lambda: 1 / 0)
+        >>> said[0][:58]
+        'MyMonitor: ratio failed with ZeroDivisionError: division b'
+        >>> guard.run("ratio", lambda: 1), "ratio" in guard.disabled
+        (None, True)
+    """
+
+    def __init__(
+        self, who: str, on_error: Literal["warn", "raise"] = "raise", say: Callable[[str], Any] | None = None
+    ) -> None:
+        self.who, self.on_error = who, on_error
+        self.say: Callable[[str], Any] = say or (lambda message: warnings.warn(message, stacklevel=3))
+        self.disabled: set[str] = set()
+        self._diverged: dict[str, bool] = {}
+
+    def run(self, piece: str, work: Callable[..., T], *args: Any) -> T | None:
+        if piece in self.disabled:
+            return None
+        try:
+            return work(*args)
+        except Exception as error:
+            if self.on_error == "raise":
+                raise
+            self.disabled.add(piece)
+            self.say(
+                f"{self.who}: {piece} failed with {type(error).__name__}: {error}. It is switched off for the rest "
+                f"of this run; training continues. Pass on_error='raise' to {self.who} to see the traceback."
+            )
+            return None
+
+    def finite(self, *tensors: Tensor | Iterable[Tensor], what: str, moment: Moment) -> bool:
+        """Whether every tensor (or iterable of tensors) is finite; when not, says so once per divergence (the
+        pictures of ``what`` are skipped until the values are finite again). One host sync."""
+        flat = [t for group in tensors for t in ([group] if isinstance(group, Tensor) else group)]
+        checks = [torch.isfinite(t).all() for t in flat if t.is_floating_point() and t.numel()]
+        ok = bool(torch.stack(checks).all()) if checks else True
+        if not ok and not self._diverged.get(what, False):
+            self.say(
+                f"{self.who}: {what} hold NaN or infinite values at epoch {moment.epoch} (step {moment.step}): the "
+                "network diverged. Its pictures are skipped until the values are finite again; ActivationMonitor "
+                "names the first layer where they appear."
+            )
+        self._diverged[what] = not ok
+        return ok
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """The processes a monitor's work is split over, and the one way it gathers tensors between them
+    (``torch.distributed.all_gather``; nothing when there is one process). Every method is a collective when
+    ``world > 1``: every rank calls it at the same point.
+
+    Example:
+        >>> ranks = Ranks.single()
+        >>> ranks.gather(torch.tensor([1.0, 2.0])).tolist()  # (world, ...)
+        [[1.0, 2.0]]
+        >>> ranks.interleave(torch.arange(3.0)[:, None], torch.tensor([3])).flatten().tolist()
+        [0.0, 1.0, 2.0]
+    """
+
+    world: int = 1
+    rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def single(cls, device: torch.device | str = "cpu") -> Ranks:
+        return cls(1, 0, torch.device(device))
+
+    @property
+    def is_zero(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        """Every rank's ``tensor`` (the same shape on all), stacked: (world, *shape), on ``device``."""
+        tensor = tensor.to(self.device).contiguous()
+        if self.world == 1 or not torch.distributed.is_initialized():
+            return tensor.unsqueeze(0)
+        parts = [torch.empty_like(tensor) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.stack(parts)
+
+    def interleave(self, local: Tensor, counts: Tensor) -> Tensor:
+        """All ranks' ``local`` rows (rank ``r`` holds ``counts[r]``) in the order of a distributed sampler without
+        shuffling: row 0 of rank 0, row 0 of rank 1, ..., row 1 of rank 0, ... On the host."""
+        quota = int(counts.max())
+        padded = local.new_zeros((quota, *local.shape[1:]))
+        padded[: len(local)] = local
+        everything = self.gather(padded).cpu()  # (W, quota, ...)
+        keep = torch.arange(quota)[:, None] < counts.cpu()[None, :]  # (quota, W)
+        return everything.transpose(0, 1)[keep]
+
+    def split(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``: every ``world``-th from its rank."""
+        return list(items[self.rank :: self.world])
+
+    def join(self, local: Tensor, total: int) -> Tensor:
+        """The rows each rank computed for its :meth:`split` of ``total`` items, in item order, on every rank."""
+        if self.world == 1:
+            return local
+        counts = torch.tensor([len(range(r, total, self.world)) for r in range(self.world)])
+        return self.interleave(local, counts).to(local.device)
+
+    def agree(self, ok: bool) -> bool:
+        """Whether ``ok`` holds on every rank."""
+        return bool(self.gather(torch.tensor([int(ok)])).min()) if self.world > 1 else ok
