@@ -3,8 +3,9 @@
 :func:`run_report` builds the model, data and monitors from the LightningCLI config of a run, loads the
 checkpoint's weights and the monitors' saved states, runs a few batches through the network in a plain no-grad
 loop, draws every monitor's snapshot (no Trainer runs), and writes TensorBoard event files and one
-self-contained HTML file. :func:`render_report` turns any folder of event files into that HTML: every image tag's latest picture
-embedded, every scalar as a small plot, the alerts, and the run's hyperparameters; no script, no external file.
+self-contained HTML file. :func:`render_report` turns any folder of event files into that HTML: every image
+tag's latest picture embedded, every scalar as a small plot, the alerts, and the run's hyperparameters; no
+script, no external file.
 """
 
 from __future__ import annotations

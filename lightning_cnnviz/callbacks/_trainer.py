@@ -18,8 +18,8 @@ def ranks_of(trainer: pl.Trainer) -> Ranks:
 
 
 def service_of(trainer: pl.Trainer) -> ProbeService:
-    """The one probe service of ``trainer``, shared by all its monitors."""
-    return _services.setdefault(trainer, ProbeService())
+    """The one probe service of ``trainer``, shared by all its monitors (a monitor set up without one has its own)."""
+    return ProbeService() if trainer is None else _services.setdefault(trainer, ProbeService())
 
 
 def learning_rate(trainer: pl.Trainer) -> float | None:
