@@ -195,7 +195,6 @@ def _activation_window(
                 count += 1
         shot, events = health.end_window(moment, count, guard=guard)
         for event in events:
-            guard.say(event.message)
             sink.text("cnnviz/alerts", event.message, moment.step)
         shot.update(health.snapshot())
         sink.write(shot, moment.step)
@@ -204,7 +203,7 @@ def _activation_window(
 def _probe_monitors(model: Any, datamodule: Any, monitors: list[Any], moment: Moment, sink: Any, device: Any) -> None:
     """Every epoch monitor's snapshot at the checkpoint's epoch, on its probe (restored from the checkpoint, else
     chosen from the validation batches in one pass for all, as in training)."""
-    from lightning_cnnviz.callbacks._base import EpochMonitor
+    from lightning_cnnviz.callbacks._epoch import EpochMonitor
 
     service = ProbeService()
     epoch_monitors = [m for m in monitors if isinstance(m, EpochMonitor)]

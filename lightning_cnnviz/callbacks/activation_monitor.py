@@ -11,15 +11,9 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import Monitor
 from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate
-from lightning_cnnviz.core import (
-    ActivationHealth,
-    ActivationTap,
-    DeadFilterEvent,
-    Moment,
-    Snapshot,
-    check_positive_int,
-    images_from_batch,
-)
+from lightning_cnnviz.core import ActivationHealth, ActivationTap, DeadFilterEvent, Moment, Snapshot
+from lightning_cnnviz.core.batches import images_from_batch
+from lightning_cnnviz.core.checks import check_positive_int
 
 __all__ = ["ActivationMonitor"]
 
@@ -40,10 +34,8 @@ class ActivationMonitor(Monitor):
     Args:
         every_n_steps: window length in training batches (a last, shorter window closes at the end of training).
         collect_every_n_steps: collect statistics on every this-many-th training batch only (1 = all).
-        on_dead: ``"warn"``, ``"stop"`` or a callable taking a :class:`DeadFilterEvent`.
-        batch_to_images: function from a training batch to its image tensor (N, C, H, W); by default the
-            batch itself, its first element, or its ``"image"`` key.
-        on_error: ``"warn"`` (report once, switch the failing piece off, keep training) or ``"raise"``.
+        batch_to_images: where the images are in a training batch (default: the batch, its first element, or
+            its ``"image"`` key); ``on_error``: ``"warn"`` (report once, switch the piece off) or ``"raise"``.
         layers, dead_fraction_threshold, dormant_threshold, alert_on_growth, log_histograms, max_map_windows:
             as :class:`~lightning_cnnviz.core.ActivationHealth`.
 
@@ -86,24 +78,13 @@ class ActivationMonitor(Monitor):
     def state_key(self) -> str:
         return self._generate_state_key(layers=self.layers, every_n_steps=self.every_n_steps)
 
-    @property
-    def sites(self) -> Any:
-        """The activations watched, once found; ``alerts``: every alert so far (dicts of event fields)."""
-        return self.health.sites
-
-    @property
-    def alerts(self) -> list[dict[str, Any]]:
-        return list(self.health.alerts)
+    sites = property(lambda self: self.health.sites, doc="The activations watched, once found.")
+    alerts = property(lambda self: list(self.health.alerts), doc="Every alert so far (dicts of event fields).")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._check_model(pl_module)
-        self.health.reset_sites()  # a monitor reused for another fit finds the (other) model's activations afresh
-        if self.layers is not None:
-            self.health.check_names(pl_module)
-        example = getattr(pl_module, "example_input_array", None)
-        if isinstance(example, Tensor):
-            self.health.discover(pl_module, example.to(pl_module.device))
+        self.health.attach(pl_module, getattr(pl_module, "example_input_array", None))
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -162,14 +143,11 @@ class ActivationMonitor(Monitor):
         # Every rank reaches this collective, also one whose statistics were switched off after an error.
         self._in_window = 0
         moment = Moment(trainer.current_epoch, trainer.global_step)
-        end = self.health.end_window
-        shot, events = end(moment, self.every_n_steps, learning_rate=learning_rate(trainer), guard=self.guard)
-        sink = self._sink_for(trainer)
-        if shot.images:
-            self._maps_drawn = (trainer.global_step, self.health.windows)
+        end, rate, sink = self.health.end_window, learning_rate(trainer), self._sink_for(trainer)
+        shot, events = end(moment, self.every_n_steps, learning_rate=rate, guard=self.guard)
+        self._maps_drawn = (trainer.global_step, self.health.windows) if shot.images else self._maps_drawn
         sink.write(shot, trainer.global_step)
         for event in events:
-            self.guard.say(event.message)
             sink.text("cnnviz/alerts", event.message, trainer.global_step)
             if callable(self.on_dead) and trainer.is_global_zero:
                 self.on_dead(event)

@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import EmbeddingMap, ProbeSet, check_positive_int
 
 __all__ = ["EmbeddingMonitor"]

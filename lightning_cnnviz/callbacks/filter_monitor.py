@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import FilterPanel
 from lightning_cnnviz.core.filters import Normalization
 

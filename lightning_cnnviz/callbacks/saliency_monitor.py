@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import ProbeSet, SaliencyPanel, check_positive_int
 from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS
 

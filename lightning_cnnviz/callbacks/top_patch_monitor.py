@@ -10,7 +10,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import EpochMonitor, ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import ProbeSet, TopPatchGallery, check_positive_int
 from lightning_cnnviz.core.top_patch_gallery import Method
 

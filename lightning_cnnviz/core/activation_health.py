@@ -133,6 +133,15 @@ class ActivationHealth:
         self.distribution_history: dict[str, list[list[float]]] = {}
         self.alerts: list[dict[str, Any]] = []
 
+    def attach(self, model: nn.Module, example: Any = None) -> None:
+        """Start afresh on ``model`` (another fit's model): check the ``layers`` names, and find the sites at once
+        when an ``example`` input tensor is given (else :meth:`discover` on the first batch)."""
+        self.reset_sites()
+        if self.layers is not None:
+            self.check_names(model)
+        if isinstance(example, Tensor):
+            self.discover(model, example.to(next(iter(model.parameters()), torch.empty(0)).device))
+
     def reset_sites(self) -> None:
         """Forget the sites (a new model): the next :meth:`discover` finds them afresh."""
         self.sites, self.stats, self.silent = None, None, set()
@@ -343,6 +352,8 @@ class ActivationHealth:
             self.check_alerts, summary, global_step=moment.step, epoch=moment.epoch, learning_rate=learning_rate
         )
         events = guard.run("dead-filter alerts", check) or []
+        for event in events:
+            guard.say(event.message)
         if events:
             shot.update(guard.run("dead map", self.snapshot))
         return shot, events
