@@ -3,6 +3,7 @@ which layers alert."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -86,6 +87,10 @@ class DeadFilterAlerts:
     ) -> list[DeadFilterEvent]:
         """The alerts of one window (and the policy's memory moves on to it)."""
         rate = f"{learning_rate:g}" if learning_rate is not None else "unknown"
+        event = functools.partial(
+            DeadFilterEvent, threshold=self.threshold, global_step=global_step, epoch=epoch,
+            window_steps=summary.steps, learning_rate=learning_rate,
+        )  # fmt: skip  # what every event of this window shares
         diverged = [name for name, layer in summary.layers.items() if layer.nonfinite > 0]
         if diverged:
             first, self.diverged, was = diverged[0], True, self.diverged
@@ -101,23 +106,12 @@ class DeadFilterAlerts:
                 "and the loss for NaN; dead and dormant alerts are paused until the values are finite again."
             )
             return [
-                DeadFilterEvent(
-                    layer=first,
-                    reason="diverged",
-                    dead_channels=[],
-                    new_dead_channels=[],
-                    num_channels=layer.num_channels,
-                    dead_fraction=0.0,
-                    threshold=self.threshold,
-                    global_step=global_step,
-                    epoch=epoch,
-                    window_steps=summary.steps,
-                    learning_rate=learning_rate,
-                    message=message,
-                    measure="nonfinite",
+                event(
+                    layer=first, reason="diverged", dead_channels=[], new_dead_channels=[],
+                    num_channels=layer.num_channels, dead_fraction=0.0, message=message, measure="nonfinite",
                     units=layer.units,
                 )
-            ]
+            ]  # fmt: skip
         self.diverged = False
         events = []
         for name, layer in summary.layers.items():
@@ -161,23 +155,12 @@ class DeadFilterAlerts:
                 f"channels: [{shown}]. Current learning rate: {rate}. {advice}"
             )
             events.append(
-                DeadFilterEvent(
-                    layer=name,
-                    reason=reason,
-                    dead_channels=dead,
-                    new_dead_channels=new_dead,
-                    num_channels=layer.num_channels,
-                    dead_fraction=fraction,
-                    threshold=self.threshold,
-                    global_step=global_step,
-                    epoch=epoch,
-                    window_steps=summary.steps,
-                    learning_rate=learning_rate,
-                    message=message,
-                    measure=measure,
+                event(
+                    layer=name, reason=reason, dead_channels=dead, new_dead_channels=new_dead,
+                    num_channels=layer.num_channels, dead_fraction=fraction, message=message, measure=measure,
                     units=layer.units,
                 )
-            )
+            )  # fmt: skip
         return events
 
     def state_dict(self) -> dict[str, Any]:
