@@ -115,14 +115,7 @@ class ProbeSet:
     def unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """The images and labels of a batch, as this probe's settings find them."""
         images = images_from_batch(batch, who=self.who, batch_to_images=self.batch_to_images)
-        labels = labels_from_batch(batch, images, self.batch_to_labels)
-        if labels is None and self.require_labels:
-            raise TypeError(
-                f"{self.who}: target='true' needs a label per image: (images, labels) batches, a dict with one of "
-                f"the keys 'label', 'labels', 'target', 'targets', 'y', or `batch_to_labels=`; got no integer label "
-                f"tensor of shape ({images.shape[0]},). Use target='predicted' or a class index otherwise."
-            )
-        return images, labels
+        return images, labels_from_batch(batch, images, self.batch_to_labels)
 
     def offer(self, batch: Any, world: int = 1) -> None:
         """Keep what the probe may still need from one batch."""
@@ -133,6 +126,12 @@ class ProbeSet:
         """Keep what the probe may still need from a batch's (unpacked) images and labels."""
         if not self.wants(world):
             return
+        if labels is None and self.require_labels:
+            raise TypeError(
+                f"{self.who}: target='true' needs a label per image: (images, labels) batches, a dict with one of "
+                f"the keys 'label', 'labels', 'target', 'targets', 'y', or `batch_to_labels=`; got no integer label "
+                f"tensor of shape ({images.shape[0]},). Use target='predicted' or a class index otherwise."
+            )
         if not self.balanced or labels is None:
             quota = math.ceil(self.size / max(1, world))
             take = images[: quota - len(self._collected)].detach().cpu().clone()
