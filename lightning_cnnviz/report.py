@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import glob
 import html
+import itertools
 import os
 import shutil
 import warnings
@@ -23,7 +25,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_cnnviz.core import Guard, Moment, ProbeService, Ranks, images_from_batch
+from lightning_cnnviz.core import Moment, ProbeService, Ranks, images_from_batch
 
 __all__ = ["RunEvents", "read_events", "render_report", "run_report"]
 
@@ -181,19 +183,20 @@ def _activation_window(
     import torch
 
     for monitor in watching:
-        health, guard = monitor.health, Guard(type(monitor).__name__, "warn")
-        loader = datamodule.train_dataloader()
-        first = images_from_batch(next(iter(loader)), who="cnnviz report", batch_to_images=monitor.batch_to_images)
-        health.discover(model, first.to(device))
+        health = monitor.health
+        unpack = functools.partial(images_from_batch, who="cnnviz report", batch_to_images=monitor.batch_to_images)
+        health.attach(model, getattr(model, "example_input_array", None))
+        loader = iter(datamodule.train_dataloader())
+        first = next(loader)
+        if health.sites is None:
+            health.discover(model, unpack(first).to(device))
         count = 0
         with health.watch(model, device), torch.no_grad():
-            for batch in loader:
-                if count == batches:
-                    break
-                model(images_from_batch(batch, who="cnnviz report", batch_to_images=monitor.batch_to_images).to(device))
+            for batch in itertools.islice(itertools.chain([first], loader), batches):
+                model(unpack(batch).to(device))
                 health.step()
                 count += 1
-        shot, events = health.end_window(moment, count, guard=guard)
+        shot, events = health.end_window(moment, count, guard=monitor.guard)
         for event in events:
             sink.text("cnnviz/alerts", event.message, moment.step)
         shot.update(health.snapshot())
@@ -211,11 +214,7 @@ def _probe_monitors(model: Any, datamodule: Any, monitors: list[Any], moment: Mo
         monitor.service = service
         if monitor.probe is not None:
             service.join(monitor.probe)
-        gallery, renderer = getattr(monitor, "gallery", None), getattr(monitor, "renderer", None)
-        if gallery is not None:
-            gallery.configure(model)
-        if renderer is not None and renderer.mean is None:
-            renderer.use_scale(getattr(datamodule, "mean", None), getattr(datamodule, "std", None))
+        monitor.attach(model, datamodule)
     if service.wants():
         for batch in datamodule.val_dataloader():
             service.offer(batch)
@@ -223,12 +222,9 @@ def _probe_monitors(model: Any, datamodule: Any, monitors: list[Any], moment: Mo
                 break
         service.finish()
     for monitor in epoch_monitors:
-        probe = None if monitor.probe is None else monitor.probe.probe
-        if monitor.probe is not None and probe is None:
-            continue
-        guard = Guard(type(monitor).__name__, "warn")
-        shot = monitor.core.snapshot(model, probe, moment, guard=guard, ranks=Ranks.single(device), **monitor.options())
-        sink.write(shot, moment.epoch)
+        shot = monitor.draw(model, moment, Ranks.single(device))
+        if shot is not None:
+            sink.write(shot, moment.epoch)
 
 
 def render_report(

@@ -9,11 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_cnnviz.core import (
-    Guard,
-    check_choice,
-    conv_layers,
-)
+from lightning_cnnviz.core import Guard, check_choice, conv_layers
 from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
 
 ErrorPolicy = Literal["warn", "raise"]

@@ -9,7 +9,7 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import ranks_of, service_of
-from lightning_cnnviz.core import Moment, Probe, ProbeService, ProbeSet, Snapshot, check_positive_int
+from lightning_cnnviz.core import Moment, ProbeService, ProbeSet, Ranks, Snapshot, check_positive_int
 
 
 class EpochMonitor(Monitor):
@@ -41,6 +41,11 @@ class EpochMonitor(Monitor):
             if stage == "fit":  # chosen once per fit, from that fit's data
                 self.probe.reset()
             self.service.join(self.probe)
+        self.attach(pl_module, getattr(trainer, "datamodule", None))
+
+    def attach(self, model: Any, data: Any = None) -> None:
+        """Fit the core object to ``model`` (and ``data``, a data module or None) before anything is drawn: what
+        ``setup`` does without a Trainer, and ``cnnviz report`` calls. A wrong configuration raises here."""
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -51,22 +56,24 @@ class EpochMonitor(Monitor):
         """What the core object's ``snapshot`` takes beyond the protocol's arguments."""
         return {}
 
-    def snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: Probe | None) -> Snapshot:
-        moment, ranks = Moment(trainer.current_epoch, trainer.global_step), ranks_of(trainer)
-        shot: Snapshot = self.core.snapshot(pl_module, probe, moment, guard=self.guard, ranks=ranks, **self.options())
+    def draw(self, model: Any, moment: Moment, ranks: Ranks) -> Snapshot | None:
+        """The core object's snapshot of ``model`` on this monitor's probe; None while a probe monitor has none."""
+        probe = None if self.probe is None else self.probe.probe
+        if self.probe is not None and probe is None:
+            return None
+        shot: Snapshot = self.core.snapshot(model, probe, moment, guard=self.guard, ranks=ranks, **self.options())
         return shot
 
     def _log_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_logged_step = trainer.global_step
+        moment, ranks = Moment(trainer.current_epoch, trainer.global_step), ranks_of(trainer)
         if self.probe is not None:
-            self.probe.finish(ranks_of(trainer))  # every rank, before any rank-zero-only work: a collective
+            self.probe.finish(ranks)  # every rank, before any rank-zero-only work: a collective
             if self.probe.probe is None:
                 return
         weights = [*pl_module.parameters(), *pl_module.buffers()]
-        if self.guard.finite(weights, what="the model's weights", moment=Moment(trainer.current_epoch,
-                                                                                trainer.global_step)):  # fmt: skip
-            shot = self.snapshot(trainer, pl_module, None if self.probe is None else self.probe.probe)
-            self._sink_for(trainer).write(shot, trainer.current_epoch)
+        if self.guard.finite(weights, what="the model's weights", moment=moment):
+            self._sink_for(trainer).write(self.draw(pl_module, moment, ranks) or Snapshot(), moment.epoch)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -90,7 +97,7 @@ class EpochMonitor(Monitor):
 
     def _feeds(self) -> bool:
         """Whether this monitor feeds the service (the first of the Trainer's probe monitors does, once)."""
-        return self.probe is not None and next((m for m in self.service.members), None) is self.probe
+        return self.probe is not None and self.service.members[0] is self.probe
 
     @override
     def on_train_batch_start(

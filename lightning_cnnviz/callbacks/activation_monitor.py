@@ -9,9 +9,9 @@ import lightning.pytorch as pl
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import Monitor
+from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate
-from lightning_cnnviz.core import ActivationHealth, ActivationTap, DeadFilterEvent, Moment, Snapshot
+from lightning_cnnviz.core import ActivationHealth, ActivationSite, ActivationTap, DeadFilterEvent, Moment, Snapshot
 from lightning_cnnviz.core.batches import images_from_batch
 from lightning_cnnviz.core.checks import check_positive_int
 
@@ -22,14 +22,13 @@ DeadPolicy = Literal["warn", "stop"] | Callable[["DeadFilterEvent"], Any]
 
 class ActivationMonitor(Monitor):
     """Watches every elementwise activation of the live network on training batches; alerts when channels die or
-    go dormant and when the network diverges.
+    go dormant and when the network diverges. The Lightning adapter of :class:`~lightning_cnnviz.core.ActivationHealth`
+    (what is measured, drawn and alerted on, and how layers are named).
 
-    The Lightning adapter of :class:`~lightning_cnnviz.core.ActivationHealth` (what is measured, drawn, alerted on,
-    and how layers are named). Statistics come from training forwards only (not backward, nor other monitors'
-    eval forwards), are summed over DDP ranks and written at the end of every window of ``every_n_steps`` batches
-    (step: the global step); the maps at epoch ends, alerts and the end of training. Each alert is a rank-zero
-    warning and a ``cnnviz/alerts`` entry, then ``on_dead``: ``"warn"``, ``"stop"`` (``trainer.should_stop``) or a
-    callable taking the :class:`DeadFilterEvent` (on rank zero).
+    Statistics come from training forwards only (not backward, nor other monitors' eval forwards), are summed over
+    DDP ranks and written after every ``every_n_steps`` batches (step: the global step); the maps at epoch ends,
+    alerts and the end of training. Each alert is a rank-zero warning and a ``cnnviz/alerts`` entry, then
+    ``on_dead``: ``"warn"``, ``"stop"`` (``trainer.should_stop``) or a callable of the :class:`DeadFilterEvent`.
 
     Args:
         every_n_steps: window length in training batches (a last, shorter window closes at the end of training).
@@ -55,7 +54,7 @@ class ActivationMonitor(Monitor):
         log_histograms: bool = True,
         max_map_windows: int = 100,
         batch_to_images: Callable[[Any], Tensor] | None = None,
-        on_error: Literal["warn", "raise"] = "warn",
+        on_error: ErrorPolicy = "warn",
     ) -> None:
         super().__init__(on_error=on_error)
         who = self.guard.who
@@ -78,8 +77,14 @@ class ActivationMonitor(Monitor):
     def state_key(self) -> str:
         return self._generate_state_key(layers=self.layers, every_n_steps=self.every_n_steps)
 
-    sites = property(lambda self: self.health.sites, doc="The activations watched, once found.")
-    alerts = property(lambda self: list(self.health.alerts), doc="Every alert so far (dicts of event fields).")
+    @property
+    def sites(self) -> list[ActivationSite] | None:
+        """The activations watched, once found; :attr:`alerts`: every alert so far (dicts of event fields)."""
+        return self.health.sites
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self.health.alerts)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -143,10 +148,11 @@ class ActivationMonitor(Monitor):
         # Every rank reaches this collective, also one whose statistics were switched off after an error.
         self._in_window = 0
         moment = Moment(trainer.current_epoch, trainer.global_step)
-        end, rate, sink = self.health.end_window, learning_rate(trainer), self._sink_for(trainer)
-        shot, events = end(moment, self.every_n_steps, learning_rate=rate, guard=self.guard)
-        self._maps_drawn = (trainer.global_step, self.health.windows) if shot.images else self._maps_drawn
+        rate, sink = learning_rate(trainer), self._sink_for(trainer)
+        shot, events = self.health.end_window(moment, self.every_n_steps, learning_rate=rate, guard=self.guard)
         sink.write(shot, trainer.global_step)
+        if events:
+            self._draw_maps(trainer)
         for event in events:
             sink.text("cnnviz/alerts", event.message, trainer.global_step)
             if callable(self.on_dead) and trainer.is_global_zero:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
@@ -84,9 +83,8 @@ class EmbeddingMonitor(EpochMonitor):
         return self.map.last_knn_accuracy
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        said = self.map.resolve(pl_module)
+    def attach(self, model: Any, data: Any = None) -> None:
+        said = self.map.resolve(model)
         if said is not None:
             rank_zero_info(said)
 

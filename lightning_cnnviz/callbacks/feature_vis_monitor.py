@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
 from torch import Tensor
 from typing_extensions import override
 
@@ -84,9 +83,8 @@ class FeatureVisMonitor(TopPatchMonitor):
         return self.renderer.last_images
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        data = getattr(trainer, "datamodule", None)
+    def attach(self, model: Any, data: Any = None) -> None:
+        super().attach(model, data)
         if self.renderer.mean is None and data is not None:
             self.renderer.use_scale(getattr(data, "mean", None), getattr(data, "std", None))
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import lightning.pytorch as pl
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
@@ -53,6 +53,5 @@ class FilterMonitor(EpochMonitor):
         return self._generate_state_key(layers=self.layers, every_n_epochs=self.every_n_epochs)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self.core.convs(pl_module)  # a wrong layer name raises now, before training
+    def attach(self, model: Any, data: Any = None) -> None:
+        self.core.convs(model)  # a wrong layer name raises now, before training

@@ -74,9 +74,8 @@ class SaliencyMonitor(EpochMonitor):
         return self._generate_state_key(methods=self.methods, num_images=self.num_images)
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self.core.check(pl_module)
+    def attach(self, model: Any, data: Any = None) -> None:
+        self.core.check(model)
 
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
         """The ``method``'s maps of the probe images (on the model's device)."""

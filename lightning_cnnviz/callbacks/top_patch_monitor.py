@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -78,18 +78,21 @@ class TopPatchMonitor(EpochMonitor):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
         fields = self.gallery.fields
-        self.gallery.configure(pl_module)
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             self.gallery.fields = fields
         example = getattr(pl_module, "example_input_array", None)
         if isinstance(example, Tensor) and example.dim() == 4:
             self._prepare(pl_module, example.to(pl_module.device))
 
+    @override
+    def attach(self, model: Any, data: Any = None) -> None:
+        self.gallery.configure(model)
+
     def _prepare(self, pl_module: pl.LightningModule, example: Tensor) -> bool:
-        measure = lambda *args: self.guard.run("receptive fields", *args)  # noqa: E731
-        return self.gallery.prepare(pl_module, example, say=rank_zero_warn, measure=measure)
+        measure = functools.partial(self.guard.run, "receptive fields")
+        return self.gallery.prepare(pl_module, example, say=self.guard.say, measure=measure)
 
     @override
     def on_train_batch_start(

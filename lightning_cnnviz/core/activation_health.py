@@ -226,7 +226,7 @@ class ActivationHealth:
             self.discover(model, images)
 
         def observe(name: str, output: Tensor) -> None:
-            if gate() and model.training and "statistics" not in guard.disabled:
+            if gate() and model.training:
                 guard.run("statistics", self.observe, name, output)
 
         return self.watch(model, images.device, observe)
@@ -339,8 +339,9 @@ class ActivationHealth:
         self, moment: Moment, window: int, *, learning_rate: float | None = None, guard: Guard | None = None
     ) -> tuple[Snapshot, list[DeadFilterEvent]]:
         """Close the window of ``window`` training batches ending at ``moment`` (a collective under
-        ``torch.distributed``: every process calls it at the same point): its scalars and histograms, its alerts
-        and, when there are any, the maps. Sites newly silent are said once through ``guard``."""
+        ``torch.distributed``: every process calls it at the same point): its scalars and histograms, and its alerts
+        (said through ``guard``; draw the maps, :meth:`snapshot`, when there are any). Sites newly silent are said
+        once."""
         guard = guard or Guard(WHO)
         summary = self.close_window()
         if summary is None or "statistics" in guard.disabled:
@@ -354,8 +355,6 @@ class ActivationHealth:
         events = guard.run("dead-filter alerts", check) or []
         for event in events:
             guard.say(event.message)
-        if events:
-            shot.update(guard.run("dead map", self.snapshot))
         return shot, events
 
     def window(self, summary: ActivationSummary) -> Snapshot:

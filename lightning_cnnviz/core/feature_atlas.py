@@ -189,7 +189,8 @@ class FeatureAtlas:
                              gallery.chosen_channels[layer], probe.images, colors, ranks)
             for layer in gallery.chosen_layers
         }  # fmt: skip
-        tops, scanned = gallery.top(model, probe.images, moment, guard, ranks, service) if atlas else (None, None)
+        scan = gallery.top(model, probe.images, moment, guard, ranks, service) if atlas else (None, probe.images)
+        tops, scanned = scan
         if not ranks.is_zero:
             return shot
         caption = gallery.history.caption(moment.epoch, moment.step)
@@ -201,8 +202,7 @@ class FeatureAtlas:
             top = tops.get(layer) if tops is not None else None
 
             def draw(layer: str = layer, images: Tensor = images, top: TopActivations | None = top) -> None:
-                found = top is not None and scanned is not None
-                panels = gallery.layer_panels(model, layer, top, scanned) if found else None  # type: ignore[arg-type]
+                panels = gallery.layer_panels(model, layer, top, scanned) if top is not None else None
                 channels, valid = gallery.chosen_channels[layer], None if top is None else top.valid
                 shot.images.update(self.pictures(layer, images, channels, caption, moment.step, panels, valid))
 

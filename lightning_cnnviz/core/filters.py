@@ -167,10 +167,10 @@ class FilterPanel:
         """Every watched layer's filter grid and smoothness (from the weights alone: no probe, no forward)."""
         guard, shot = guard or Guard(WHO), Snapshot()
         scores: dict[str, Tensor] = {}
+        draw = functools.partial(render_filter_grid, normalize=self.normalize, max_filters=self.max_filters,
+                                 min_tile_px=self.min_tile_px)  # fmt: skip
         for name, conv in self.convs(model).items():
             weight = conv.weight.detach()
-            draw = functools.partial(render_filter_grid, normalize=self.normalize, max_filters=self.max_filters,
-                                     min_tile_px=self.min_tile_px)  # fmt: skip
             grid = guard.run(f"filter image of {name!r}", draw, weight)
             if grid is not None:
                 shot.images[f"cnnviz/filters/{name}"] = grid

@@ -164,7 +164,8 @@ class SaliencyPanel:
         if ranks is not None and not ranks.is_zero:
             return shot
         device = next(model.parameters()).device
-        images, labels = probe.to(device).images, probe.to(device).labels
+        moved = probe.to(device)
+        images, labels = moved.images, moved.labels
         captions = guard.run("saliency captions", self.captions, model, images, labels) or []
         for method in self.methods:
 
