@@ -3,7 +3,10 @@
     python benchmarks/tsne.py                      # CPU, N = 1000 2000 5000 10000
     python benchmarks/tsne.py --busy               # the same beside a competing CPU-bound process
     python benchmarks/tsne.py --device cuda --sizes 5000 10000
+    python benchmarks/tsne.py --busy --fixed-threads  # also ours with every thread throughout (no switch)
 
+``--fixed-threads`` adds ``ours-fixed``: our t-SNE with the one-or-all thread choice switched off (all of torch's
+threads throughout), alternating with the others, to measure what the process-wide thread switch gains.
 ``--busy`` starts one CPU-bound process (a Python busy loop) before the runs and stops it after, so both
 implementations share the machine with it, as inside a training run with data-loader workers.
 
@@ -25,6 +28,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +36,7 @@ from openTSNE import TSNE as OpenTSNE
 from sklearn.manifold import TSNE as SkTSNE
 from sklearn.manifold import trustworthiness
 
+from lightning_cnnviz.core import embedding as embedding_module
 from lightning_cnnviz.core import knn_accuracy, tsne
 from lightning_cnnviz.demo.data import IDXDataModule
 
@@ -66,6 +71,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-sklearn", action="store_true")
     parser.add_argument("--busy", action="store_true", help="run beside a competing CPU-bound process")
+    parser.add_argument("--fixed-threads", action="store_true", help="also time ours without the thread switch")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
@@ -94,10 +100,25 @@ def run(args: argparse.Namespace) -> None:
         def theirs(x: np.ndarray = x) -> np.ndarray:
             return np.asarray(OpenTSNE(n_jobs=2, random_state=0).fit(x))
 
-        times: dict[str, list[float]] = {"ours": [], "openTSNE": []}
+        def ours_fixed() -> np.ndarray:
+            choice = embedding_module._ThreadChoice
+            original = choice.__init__
+
+            def fixed(self: Any, *rest: Any, **options: Any) -> None:
+                original(self, *rest, **options)
+                self.enabled = False
+
+            choice.__init__ = fixed  # type: ignore[method-assign]
+            try:
+                return ours()
+            finally:
+                choice.__init__ = original  # type: ignore[method-assign]
+
+        runs = [("ours", ours), ("openTSNE", theirs)] + ([("ours-fixed", ours_fixed)] if args.fixed_threads else [])
+        times: dict[str, list[float]] = {name: [] for name, _ in runs}
         maps: dict[str, np.ndarray] = {}
         for _ in range(args.repeats):
-            for name, run in (("ours", ours), ("openTSNE", theirs)):
+            for name, run in runs:
                 seconds, maps[name] = timed(run)
                 times[name].append(seconds)
         if not args.no_sklearn:
