@@ -154,7 +154,10 @@ class TopPatchGallery:
         """Channel choice and receptive fields from one example image. A channel out of range, or a layer named
         in ``layers`` whose receptive field cannot be followed, raises; a default layer that cannot be followed is
         left out and ``say`` is told why. ``measure(receptive_fields, model, layers, example)`` measures them again
-        for a new image size (a caller's error policy). True when ready."""
+        for a new image size (a caller's error policy). True when ready. Chooses the layers first
+        (:meth:`configure`) when no layers are chosen yet."""
+        if not self.chosen_layers:
+            self.configure(model)
         size = (example.shape[-2], example.shape[-1])
         if self.fields and next(iter(self.fields.values())).input_size == size:
             return True
