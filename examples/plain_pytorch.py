@@ -25,37 +25,38 @@ from lightning_cnnviz.core import (
     ActivationTap,
     EmbeddingMap,
     FeatureAtlas,
+    FilterPanel,
     Moment,
     Probe,
+    ProbeService,
     SaliencyPanel,
     TopPatchGallery,
-    filter_smoothness,
-    render_filter_grid,
     select_balanced,
 )
+from lightning_cnnviz.sink import TensorBoardSink
 
 
 class Pictures:
-    """Every monitor's core object on one model and one fixed probe set, written to ``writer``."""
+    """Every monitor's core object on one model and one fixed probe set, written to ``writer``: each draws a
+    :class:`~lightning_cnnviz.core.Snapshot` with ``snapshot(model, probe, moment)``, and the sink writes it."""
 
     def __init__(self, writer: SummaryWriter, probe: Tensor, labels: Tensor, window: int = 20) -> None:
-        self.writer, self.probe, self.labels, self.window = writer, probe, labels, window
+        self.sink, self.probe, self.window = TensorBoardSink(writer), Probe(probe, labels), window
         self.health = ActivationHealth()
+        self.filters = FilterPanel()
         self.saliency = SaliencyPanel(smoothgrad_samples=8)
         self.gallery = TopPatchGallery(method="both", max_channels=8)
-        self.codes = EmbeddingMap(perplexity=20.0)
+        self.codes = EmbeddingMap(perplexity=20.0, projector=False)
         self.atlas = FeatureAtlas(steps=64, history=None)
-        self.steps = 0
+        self.steps, self.epoch = 0, 0
         self.tap: ActivationTap | None = None
 
     @contextmanager
     def start(self, model: nn.Module, mean: Tensor, std: Tensor) -> Iterator[ActivationTap]:
         """Find the activations and layers, then count every forward inside the block; yields the tap, whose
         ``paused()`` block a backward pass goes in."""
-        self.health.discover(model, self.probe[:2])
+        self.health.discover(model, self.probe.images[:2])
         self.gallery.configure(model)
-        self.gallery.prepare(model, self.probe[:1])
-        self.codes.resolve(model)
         self.atlas.use_scale(mean, std)
         with self.health.watch(model) as tap:
             self.tap = tap
@@ -65,51 +66,27 @@ class Pictures:
         """After each optimizer step: count it, and write the window's statistics and alerts when it ends."""
         self.steps += 1
         self.health.step()
-        if self.steps % self.window:
-            return
-        summary = self.health.close_window()
-        if summary is None:
-            return
-        scalars, histograms = self.health.scalars(summary)
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, self.steps)
-        for tag, values in histograms.items():
-            self.writer.add_histogram(tag, values, self.steps)
-        for event in self.health.check_alerts(summary, global_step=self.steps):
-            self.writer.add_text("cnnviz/alerts", event.message, self.steps)
+        if self.steps % self.window == 0:
+            shot, events = self.health.end_window(Moment(self.epoch, self.steps), self.window)
+            self.sink.write(shot, self.steps)
+            for event in events:
+                self.sink.text("cnnviz/alerts", event.message, self.steps)
 
     def epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Draw every picture of the model as it is now (the pictures' own forwards are not counted)."""
         assert self.tap is not None, "call epoch_end inside start()"
+        self.epoch = epoch + 1
         with self.tap.paused():
-            self._draw(model, epoch)
-
-    def _draw(self, model: nn.Module, epoch: int) -> None:
-        pictures: dict[str, Tensor] = dict(self.health.snapshot().images)
-        scalars: dict[str, float] = {}
-        for name, conv in {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}.items():
-            pictures[f"cnnviz/filters/{name}"] = render_filter_grid(conv.weight.detach())
-            scalars[f"cnnviz/filters/smoothness/{name}"] = float(filter_smoothness(conv.weight.detach()))
-            break  # the first conv layer, as FilterMonitor draws by default
-        moment = Moment(epoch=epoch, step=self.steps)
-        pictures.update(self.saliency.snapshot(model, Probe(self.probe[:8], self.labels[:8]), moment).images)
-        tops = self.gallery.scan(model, self.probe, torch.arange(len(self.probe)))
-        caption = self.gallery.history.caption(epoch, self.steps)
-        colors = self.atlas.colors(self.probe)
-        for layer, top in tops.items():
-            panels = self.gallery.layer_panels(model, layer, top, self.probe)  # for both pictures of the layer
-            pictures.update(self.gallery.pictures(model, layer, top, self.probe, caption, self.steps, panels))
-            channels = self.gallery.chosen_channels[layer]
-            images = self.atlas.render(model, layer, channels, self.probe, colors)
-            pictures.update(self.atlas.pictures(layer, images, channels, caption, self.steps, panels, top.valid))
-        codes = self.codes.codes(model, self.probe)
-        scalars["cnnviz/embedding/knn_accuracy"] = self.codes.knn(codes, self.labels)
-        pictures.update(self.codes.pictures(self.codes.embed(codes), codes, self.probe, self.labels, epoch))
-        for tag, picture in pictures.items():
-            self.writer.add_image(tag, picture.float().clamp(0, 1), epoch, dataformats="CHW")
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, epoch)
-        self.writer.flush()
+            moment, probe, service = Moment(epoch=epoch, step=self.steps), self.probe, ProbeService()
+            self.sink.write(self.health.snapshot(), self.steps)
+            self.sink.write(self.filters.snapshot(model, probe, moment), epoch)
+            self.sink.write(self.gallery.snapshot(model, probe, moment, service=service), epoch)
+            self.sink.write(self.codes.snapshot(model, probe, moment), epoch)
+            few = Probe(probe.images[:8], None if probe.labels is None else probe.labels[:8])
+            self.sink.write(self.saliency.snapshot(model, few, moment), epoch)
+            # the atlas reuses the gallery's scan of this moment, through the service
+            self.sink.write(self.atlas.snapshot(model, probe, moment, gallery=self.gallery, service=service), epoch)
+        self.sink.flush()
 
 
 def digits(device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
