@@ -268,10 +268,15 @@ def _repulsion_fft(coords: Tensor, grid: _FFTGrid, bounds: tuple[float, float] |
 
 class _ThreadChoice:
     """On CPU, iterations run on one thread or on all of torch's, whichever was faster when both were last timed
-    (``probe`` iterations each, every ``period``): beside a busy process two threads wait for a time slice at
-    every barrier and run 2x to 3x slower than one; on a quiet machine they are 1.3x to 1.6x faster. The map
-    does not depend on it: every sum runs rows first, then over fewer than 32,768 partial sums (one thread), and
-    no fused complex product is split across threads, for N up to 16,384 (above, the thread count stays)."""
+    (``probe`` iterations each, every ``period``): beside a busy process every thread of an op waits for a time
+    slice at its barrier, so one thread is then far faster; on a quiet machine all threads are. The map does not
+    depend on it: every sum runs rows first, then over fewer than 32,768 partial sums (one thread), and no fused
+    complex product is split across threads, for N up to 16,384 (above, the thread count stays).
+
+    This sets torch's process-wide intra-op thread count during the iterations (restored on exit, also on error):
+    another Python thread running torch ops meanwhile runs under it. It is kept because the gain is large: 4x to
+    6x beside one busy process against a cost of about 4% on a quiet machine (``benchmarks/tsne.py
+    --fixed-threads``, figures in ``benchmarks/README.md``)."""
 
     def __init__(self, device: torch.device, count: int, period: int = 150, probe: int = 8) -> None:
         self.initial = torch.get_num_threads()

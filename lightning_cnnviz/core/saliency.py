@@ -267,8 +267,8 @@ def activation_bytes(model: nn.Module, image: Tensor) -> int:
 
 def _memory_budget(device: torch.device) -> int:
     """Bytes of activations a pass of occluded copies may hold: a quarter of the free memory on CUDA; 16 MiB
-    elsewhere, about a CPU's last-level cache (measured: passes of 16 MiB run 2.4x faster than passes of 256 MiB
-    of the same copies on the 32x32 benchmark, where the convolutions are memory-bound)."""
+    elsewhere, about a CPU's last-level cache, past which small convolutions are memory-bound (the figures are in
+    ``benchmarks/README.md``, Saliency)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] // 4
     return 16 * 2**20
