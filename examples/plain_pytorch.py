@@ -67,10 +67,8 @@ class Pictures:
         self.steps += 1
         self.health.step()
         if self.steps % self.window == 0:
-            shot, events = self.health.end_window(Moment(self.epoch, self.steps), self.window)
-            self.sink.write(shot, self.steps)
-            for event in events:
-                self.sink.text("cnnviz/alerts", event.message, self.steps)
+            shot, _ = self.health.end_window(Moment(self.epoch, self.steps), self.window)
+            self.sink.write(shot, self.steps)  # the window's scalars, histograms and alerts
 
     def epoch_end(self, model: nn.Module, epoch: int) -> None:
         """Draw every picture of the model as it is now (the pictures' own forwards are not counted)."""

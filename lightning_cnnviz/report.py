@@ -196,9 +196,7 @@ def _activation_window(
                 model(unpack(batch).to(device))
                 health.step()
                 count += 1
-        shot, events = health.end_window(moment, count, guard=monitor.guard)
-        for event in events:
-            sink.text("cnnviz/alerts", event.message, moment.step)
+        shot, _ = health.end_window(moment, count, guard=monitor.guard)
         shot.update(health.snapshot())
         sink.write(shot, moment.step)
 

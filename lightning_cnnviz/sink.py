@@ -129,8 +129,9 @@ class TensorBoardSink:
         self.scalars(snapshot.scalars, step)
         for tag, picture in snapshot.images.items():
             self.image(tag, picture, step)
-        for tag, text in snapshot.texts.items():
-            self.text(tag, text, step)
+        for tag, texts in snapshot.texts.items():
+            for text in texts:
+                self.text(tag, text, step)
         for tag, data in snapshot.embeddings.items():
             self.embedding(tag, data.codes, step, metadata=data.metadata, thumbnails=data.thumbnails)
 

@@ -148,18 +148,17 @@ class ActivationMonitor(Monitor):
         # Every rank reaches this collective, also one whose statistics were switched off after an error.
         self._in_window = 0
         moment = Moment(trainer.current_epoch, trainer.global_step)
-        rate, sink = learning_rate(trainer), self._sink_for(trainer)
+        rate = learning_rate(trainer)
         shot, events = self.health.end_window(moment, self.every_n_steps, learning_rate=rate, guard=self.guard)
-        sink.write(shot, trainer.global_step)
+        self._sink_for(trainer).write(shot, trainer.global_step)  # with the alerts' texts
         if events:
             self._draw_maps(trainer)
-        for event in events:
-            sink.text("cnnviz/alerts", event.message, trainer.global_step)
             if callable(self.on_dead) and trainer.is_global_zero:
-                self.on_dead(event)
-        sink.flush()
-        if events and self.on_dead == "stop":
-            trainer.should_stop = True
+                for event in events:
+                    self.on_dead(event)
+            if self.on_dead == "stop":
+                trainer.should_stop = True
+        self._sink_for(trainer).flush()
 
     def _draw_maps(self, trainer: pl.Trainer) -> None:
         drawn = (trainer.global_step, self.health.windows)

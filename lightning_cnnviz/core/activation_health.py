@@ -340,8 +340,8 @@ class ActivationHealth:
     ) -> tuple[Snapshot, list[DeadFilterEvent]]:
         """Close the window of ``window`` training batches ending at ``moment`` (a collective under
         ``torch.distributed``: every process calls it at the same point): its scalars and histograms, and its alerts
-        (said through ``guard``; draw the maps, :meth:`snapshot`, when there are any). Sites newly silent are said
-        once."""
+        (said through ``guard`` and given as ``cnnviz/alerts`` texts; draw the maps, :meth:`snapshot`, when there
+        are any). Sites newly silent are said once."""
         guard = guard or Guard(WHO)
         summary = self.close_window()
         if summary is None or "statistics" in guard.disabled:
@@ -355,6 +355,8 @@ class ActivationHealth:
         events = guard.run("dead-filter alerts", check) or []
         for event in events:
             guard.say(event.message)
+        if events:
+            shot.texts["cnnviz/alerts"] = [event.message for event in events]
         return shot, events
 
     def window(self, summary: ActivationSummary) -> Snapshot:

@@ -49,11 +49,12 @@ class Embedding:
 @dataclass
 class Snapshot:
     """What a monitor draws at one moment, by TensorBoard tag: images (C, H, W) in [0, 1], scalars, histograms
-    (values), texts and Projector embeddings. :meth:`TensorBoardSink.write` writes one.
+    (values), texts (several entries per tag, each its own TensorBoard text) and Projector embeddings.
+    :meth:`TensorBoardSink.write` writes one.
 
     Example:
         >>> shot = Snapshot(scalars={"cnnviz/filters/smoothness/conv1": 0.9})
-        >>> shot.update(Snapshot(texts={"cnnviz/alerts": "dead"}))
+        >>> shot.update(Snapshot(texts={"cnnviz/alerts": ["conv1 dead", "conv2 dead"]}))
         >>> sorted(shot.tags())
         ['cnnviz/alerts', 'cnnviz/filters/smoothness/conv1']
     """
@@ -61,7 +62,7 @@ class Snapshot:
     images: dict[str, Tensor] = field(default_factory=dict)
     scalars: dict[str, float] = field(default_factory=dict)
     histograms: dict[str, Tensor] = field(default_factory=dict)
-    texts: dict[str, str] = field(default_factory=dict)
+    texts: dict[str, list[str]] = field(default_factory=dict)
     embeddings: dict[str, Embedding] = field(default_factory=dict)
 
     def update(self, other: Snapshot | None) -> None:
