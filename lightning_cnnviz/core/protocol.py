@@ -134,7 +134,8 @@ class Guard:
 @dataclass(frozen=True)
 class Ranks:
     """The processes a monitor's work is split over, and the one way it gathers tensors between them
-    (``torch.distributed.all_gather``; nothing when there is one process). Every method is a collective when
+    (``torch.distributed.all_gather``, and ``all_reduce`` for :meth:`sum`; nothing when there is one process).
+    Every method is a collective when
     ``world > 1``: every rank calls it at the same point.
 
     Example:
@@ -153,9 +154,22 @@ class Ranks:
     def single(cls, device: torch.device | str = "cpu") -> Ranks:
         return cls(1, 0, torch.device(device))
 
+    @classmethod
+    def current(cls, device: torch.device | str = "cpu") -> Ranks:
+        """The processes of the initialised ``torch.distributed`` group, else one."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return cls(torch.distributed.get_world_size(), torch.distributed.get_rank(), torch.device(device))
+        return cls.single(device)
+
     @property
     def is_zero(self) -> bool:
         return self.rank == 0
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over the ranks, in place (``torch.distributed.all_reduce``); itself on one process."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(tensor)
+        return tensor
 
     def gather(self, tensor: Tensor) -> Tensor:
         """Every rank's ``tensor`` (the same shape on all), stacked: (world, *shape), on ``device``."""

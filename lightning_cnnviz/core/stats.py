@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_cnnviz.core.protocol import Ranks
+
 __all__ = ["ActivationStats"]
 
 # The value distribution is binned on asinh(value): linear near 0, logarithmic beyond 1, so a collapse to zero
@@ -218,18 +220,16 @@ class ActivationStats:
 
     def summary(self, reduce_sum: Callable[[Tensor], Tensor] | None = None) -> ActivationSummary:
         """The window's statistics on the host in one device-to-host copy, summed over processes by ``reduce_sum``
-        (default: one ``torch.distributed.all_reduce`` of all accumulators when a group of several processes is
-        initialised; every process must then call ``summary`` at the same point)."""
+        (default: :meth:`Ranks.sum <lightning_cnnviz.core.Ranks.sum>`, one ``all_reduce`` of all accumulators when a
+        ``torch.distributed`` group of several processes is initialised; every process must then call ``summary``
+        at the same point)."""
         names = list(self.specs)
         device = next(iter(self._sums.values())).device if self._sums else self.device
         totals = [self._positions[n] for n in names] + [int(self._binned[n]) for n in names] + [self.steps]
         flat = torch.cat(
             [*(self._sums[n].to(device) for n in names), torch.tensor(totals, dtype=self._dtype(), device=device)]
         )
-        if reduce_sum is None and _distributed():
-            reduce_sum = _all_reduce_sum
-        if reduce_sum is not None:
-            flat = reduce_sum(flat)
+        flat = (reduce_sum or Ranks.current(device).sum)(flat)
         host = flat.cpu().double()
         layers: dict[str, LayerSummary] = {}
         offset = sum(self._width(self.specs[n]) for n in names)
@@ -253,15 +253,3 @@ class ActivationStats:
             )
         return ActivationSummary(layers=layers, steps=int(tail[-1]))
 
-
-def _distributed() -> bool:
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
-
-
-def _all_reduce_sum(tensor: Tensor) -> Tensor:
-    torch.distributed.all_reduce(tensor)
-    return tensor
