@@ -125,7 +125,7 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
         heat = maps.float().clamp_min(0)
         heat = heat / heat.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         middle = colormap(heat).movedim(0, 1)
-        gray = shown.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+        gray = to_rgb(shown.mean(dim=1, keepdim=True))
         right = (1 - alpha) * gray + alpha * middle
     else:
         middle = signed_display(maps)
