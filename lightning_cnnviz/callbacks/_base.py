@@ -21,6 +21,7 @@ class Monitor(Callback):
     and cleanup on every exit path. Configuration errors always raise at ``setup``."""
 
     core: Any = None  # the Trainer-free object that holds the monitor's state and logic
+    _state_fields: tuple[str, ...] = ()  # the attributes that tell two of these monitors apart in a checkpoint
 
     def __init__(self, on_error: ErrorPolicy = "warn") -> None:
         super().__init__()
@@ -28,12 +29,25 @@ class Monitor(Callback):
         self.guard = Guard(type(self).__name__, self.on_error, say=rank_zero_warn)
         self._sink: TensorBoardSink | None = None
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(**{name: getattr(self, name) for name in self._state_fields})
+
     def _check_model(self, pl_module: pl.LightningModule) -> None:
         if not conv_layers(pl_module):
             raise ValueError(
                 f"{self.guard.who}: {type(pl_module).__name__} has no nn.Conv2d layer. lightning_cnnviz monitors "
                 "convolutional networks; add the monitor to a model with at least one torch.nn.Conv2d."
             )
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_model(pl_module)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sink_for(trainer)  # says at once where the pictures go when the Trainer has no TensorBoardLogger
 
     def _sink_for(self, trainer: pl.Trainer) -> TensorBoardSink:
         if self._sink is None:

@@ -35,7 +35,7 @@ class EpochMonitor(Monitor):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_model(pl_module)
+        super().setup(trainer, pl_module, stage)
         self.service = service_of(trainer)
         if self.probe is not None:
             if stage == "fit":  # chosen once per fit, from that fit's data
@@ -49,8 +49,8 @@ class EpochMonitor(Monitor):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
         self._last_logged_step = None
-        self._sink_for(trainer)
 
     def options(self) -> dict[str, Any]:
         """What the core object's ``snapshot`` takes beyond the protocol's arguments."""

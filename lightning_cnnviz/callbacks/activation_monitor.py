@@ -13,7 +13,7 @@ from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate
 from lightning_cnnviz.core import ActivationHealth, ActivationSite, ActivationTap, DeadFilterEvent, Moment, Snapshot
 from lightning_cnnviz.core.batches import images_from_batch
-from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.checks import check_callable, check_positive_int
 
 __all__ = ["ActivationMonitor"]
 
@@ -42,6 +42,8 @@ class ActivationMonitor(Monitor):
         >>> monitor = ActivationMonitor(every_n_steps=50, on_dead="warn")
     """
 
+    _state_fields = ("layers", "every_n_steps")
+
     def __init__(
         self,
         every_n_steps: int = 50,
@@ -65,17 +67,10 @@ class ActivationMonitor(Monitor):
         self.core, self.layers = self.health, self.health.layers
         if not (on_dead in ("warn", "stop") or callable(on_dead)):
             raise ValueError(f"{who}: `on_dead` can be 'warn', 'stop' or a callable of a DeadFilterEvent: {on_dead!r}")
-        if batch_to_images is not None and not callable(batch_to_images):
-            raise TypeError(f"{who}: `batch_to_images` must be a callable or None, got {batch_to_images!r}.")
-        self.on_dead, self.batch_to_images = on_dead, batch_to_images
+        self.on_dead, self.batch_to_images = on_dead, check_callable(who, "batch_to_images", batch_to_images)
         self._tap: ActivationTap | None = None
-        self._collecting, self._in_window, self._batches = False, 0, 0
+        self._collecting, self._batches = False, 0  # training batches of this fit; windows end at multiples
         self._maps_drawn: tuple[int, int] | None = None  # (global step, windows) of the last maps written
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, every_n_steps=self.every_n_steps)
 
     @property
     def sites(self) -> list[ActivationSite] | None:
@@ -88,13 +83,9 @@ class ActivationMonitor(Monitor):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_model(pl_module)
+        super().setup(trainer, pl_module, stage)
         self.health.attach(pl_module, getattr(pl_module, "example_input_array", None))
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sink_for(trainer)
-        self._in_window = self._batches = 0
+        self._batches = 0
 
     @override
     def on_train_batch_start(
@@ -122,18 +113,18 @@ class ActivationMonitor(Monitor):
     ) -> None:
         if self._collecting:
             self.health.step()
-        self._collecting, self._batches, self._in_window = False, self._batches + 1, self._in_window + 1
-        if self._in_window >= self.every_n_steps:
+        self._collecting, self._batches = False, self._batches + 1
+        if self._batches % self.every_n_steps == 0:
             self._end_window(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (self._in_window > 0 and last_epoch(trainer)):  # else on_train_end closes the window and draws
+        if not (self._batches % self.every_n_steps and last_epoch(trainer)):  # else on_train_end closes and draws
             self._draw_maps(trainer)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._in_window > 0:
+        if self._batches % self.every_n_steps:  # a last, shorter window
             self._end_window(trainer)
             self._draw_maps(trainer)
         self._cleanup()
@@ -146,7 +137,6 @@ class ActivationMonitor(Monitor):
 
     def _end_window(self, trainer: pl.Trainer) -> None:
         # Every rank reaches this collective, also one whose statistics were switched off after an error.
-        self._in_window = 0
         moment = Moment(trainer.current_epoch, trainer.global_step)
         rate = learning_rate(trainer)
         shot, events = self.health.end_window(moment, self.every_n_steps, learning_rate=rate, guard=self.guard)

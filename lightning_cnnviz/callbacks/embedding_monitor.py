@@ -45,6 +45,8 @@ class EmbeddingMonitor(EpochMonitor):
         >>> monitor = EmbeddingMonitor(probe_size=1000, every_n_epochs=2)
     """
 
+    _state_fields = ("probe_size", "layer")
+
     def __init__(
         self,
         probe_size: int = 2000,
@@ -65,13 +67,9 @@ class EmbeddingMonitor(EpochMonitor):
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "probe_size", probe_size)
         probe = ProbeSet(who, size, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
         super().__init__(every_n_epochs, on_error, probe)
+        self.probe_size = size
         self.map = EmbeddingMap(perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector)
         self.core, self.layer, self.knn_k, self.class_names = self.map, layer, self.map.knn_k, self.map.class_names
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(probe_size=self.probe.size if self.probe else 0, layer=self.layer)
 
     @property
     def last_map(self) -> Tensor | None:

@@ -44,6 +44,8 @@ class FeatureVisMonitor(TopPatchMonitor):
         >>> monitor = FeatureVisMonitor(every_n_epochs=5, steps=256)
     """
 
+    _state_fields = ("layers", "steps", "seed")
+
     def __init__(
         self,
         layers: Sequence[str] | str | None = None,
@@ -71,11 +73,6 @@ class FeatureVisMonitor(TopPatchMonitor):
         )  # fmt: skip
         self.renderer = FeatureAtlas(steps, lr, seed, size, mean, std, normalize, dream_images, self.history)
         self.core, self.steps, self.seed, self.atlas = self.renderer, steps, seed, bool(atlas)
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, steps=self.steps, seed=self.seed)
 
     @property
     def last_images(self) -> dict[str, Tensor]:

@@ -34,6 +34,8 @@ class FilterMonitor(EpochMonitor):
         >>> trainer = Trainer(callbacks=[FilterMonitor()], logger=False, enable_progress_bar=False)
     """
 
+    _state_fields = ("layers", "every_n_epochs")
+
     def __init__(
         self,
         every_n_epochs: int = 1,
@@ -46,11 +48,6 @@ class FilterMonitor(EpochMonitor):
         super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
         self.core = FilterPanel(layers, normalize, max_filters, min_tile_px)
         self.layers, self.normalize = self.core.layers, self.core.normalize
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, every_n_epochs=self.every_n_epochs)
 
     @override
     def attach(self, model: Any, data: Any = None) -> None:

@@ -40,6 +40,8 @@ class SaliencyMonitor(EpochMonitor):
         >>> monitor = SaliencyMonitor(methods=("grad_cam", "occlusion"), num_images=8)
     """
 
+    _state_fields = ("methods", "num_images")
+
     def __init__(
         self,
         methods: Sequence[str] = DEFAULT_METHODS,
@@ -67,11 +69,6 @@ class SaliencyMonitor(EpochMonitor):
                          batch_to_labels=batch_to_labels)  # fmt: skip
         super().__init__(every_n_epochs, on_error, probe)
         self.panel, self.methods, self.num_images = self.core, self.core.methods, num_images
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(methods=self.methods, num_images=self.num_images)
 
     @override
     def attach(self, model: Any, data: Any = None) -> None:

@@ -42,6 +42,8 @@ class TopPatchMonitor(EpochMonitor):
         >>> monitor = TopPatchMonitor(layers=["net.conv1", "net.conv3"], method="both", every_n_epochs=2)
     """
 
+    _state_fields = ("layers", "k", "method")
+
     def __init__(
         self,
         layers: Sequence[str] | str | None = None,
@@ -65,11 +67,6 @@ class TopPatchMonitor(EpochMonitor):
         )
         self.core, self.history, self.batch_to_images = self.gallery, self.gallery.history, batch_to_images
         self.layers, self.k, self.method = self.gallery.layers, self.gallery.k, self.gallery.method
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, k=self.k, method=self.method)
 
     @property
     def last_top(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from lightning_cnnviz.core.activation_sites import ActivationSite, ActivationTap
 from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.batches import images_from_batch, labels_from_batch
 from lightning_cnnviz.core.capture import capture
-from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.checks import check_callable, check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import annotate, captioned_grid, normalize_per_item, tile_grid, to_rgb, upscale
 from lightning_cnnviz.core.embedding import knn_accuracy, procrustes_align, tsne
 from lightning_cnnviz.core.embedding_map import EmbeddingMap, penultimate_layer
@@ -78,6 +78,7 @@ __all__ = [
     "annotate",
     "captioned_grid",
     "capture",
+    "check_callable",
     "check_choice",
     "check_positive_int",
     "class_name",

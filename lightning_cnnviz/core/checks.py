@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_choice", "check_positive_int"]
+__all__ = ["check_callable", "check_choice", "check_positive_int"]
 
 
 def check_positive_int(who: str, argument: str, value: Any) -> int:
@@ -31,4 +31,17 @@ def check_choice(who: str, argument: str, value: Any, allowed: tuple[Any, ...]) 
     """
     if value not in allowed:
         raise ValueError(f"{who}: `{argument}` can be {{{', '.join(map(repr, allowed))}}}, got {value!r}.")
+    return value
+
+
+def check_callable(who: str, argument: str, value: Any) -> Any:
+    """``value`` when it is callable or None, else TypeError.
+
+    Example:
+        >>> check_callable("MyMonitor", "batch_to_images", "images")
+        Traceback (most recent call last):
+        TypeError: MyMonitor: `batch_to_images` must be a callable or None, got 'images'.
+    """
+    if value is not None and not callable(value):
+        raise TypeError(f"{who}: `{argument}` must be a callable or None, got {value!r}.")
     return value

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lightning_cnnviz.core.batches import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.checks import check_callable
 from lightning_cnnviz.core.protocol import Ranks
 
 __all__ = ["Probe", "ProbeService", "ProbeSet", "select_balanced"]
@@ -90,8 +91,8 @@ class ProbeSet:
     ) -> None:
         self.who, self.size, self.balanced = who, size, balanced
         self.require_labels = require_labels
-        self.batch_to_images = batch_to_images
-        self.batch_to_labels = batch_to_labels
+        self.batch_to_images = check_callable(who, "batch_to_images", batch_to_images)
+        self.batch_to_labels = check_callable(who, "batch_to_labels", batch_to_labels)
         self.from_training = False
         self.reset()
 
