@@ -11,13 +11,11 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate
-from lightning_cnnviz.core import ActivationHealth, ActivationSite, ActivationTap, DeadFilterEvent, Moment, Snapshot
+from lightning_cnnviz.core import ActivationHealth, ActivationSite, DeadFilterEvent, Moment, Snapshot
 from lightning_cnnviz.core.batches import images_from_batch
 from lightning_cnnviz.core.checks import check_callable, check_positive_int
 
 __all__ = ["ActivationMonitor"]
-
-DeadPolicy = Literal["warn", "stop"] | Callable[["DeadFilterEvent"], Any]
 
 
 class ActivationMonitor(Monitor):
@@ -52,7 +50,7 @@ class ActivationMonitor(Monitor):
         dead_fraction_threshold: float = 0.1,
         dormant_threshold: float = 0.1,
         alert_on_growth: bool = True,
-        on_dead: DeadPolicy = "warn",
+        on_dead: Literal["warn", "stop"] | Callable[[DeadFilterEvent], Any] = "warn",
         log_histograms: bool = True,
         max_map_windows: int = 100,
         batch_to_images: Callable[[Any], Tensor] | None = None,
@@ -68,7 +66,6 @@ class ActivationMonitor(Monitor):
         if not (on_dead in ("warn", "stop") or callable(on_dead)):
             raise ValueError(f"{who}: `on_dead` can be 'warn', 'stop' or a callable of a DeadFilterEvent: {on_dead!r}")
         self.on_dead, self.batch_to_images = on_dead, check_callable(who, "batch_to_images", batch_to_images)
-        self._tap: ActivationTap | None = None
         self._collecting, self._batches = False, 0  # training batches of this fit; windows end at multiples
         self._maps_drawn: tuple[int, int] | None = None  # (global step, windows) of the last maps written
 
@@ -91,21 +88,20 @@ class ActivationMonitor(Monitor):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._tap is None:
+        if self.health.tap is None:
             images = images_from_batch(batch, who=self.guard.who, batch_to_images=self.batch_to_images)
-            self._tap = self.health.follow(pl_module, images, gate=lambda: self._collecting, guard=self.guard)
-            self._tap.__enter__()
+            self.health.follow(pl_module, images, gate=lambda: self._collecting, guard=self.guard)
         self._collecting = self._batches % self.collect_every_n_steps == 0
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        if self._tap is not None:  # a checkpointed block recomputes its activations in backward: not a forward
-            self._tap.enabled = False
+        if self.health.tap is not None:  # a checkpointed block recomputes its activations in backward: no forward
+            self.health.tap.enabled = False
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._tap is not None:
-            self._tap.enabled = True
+        if self.health.tap is not None:
+            self.health.tap.enabled = True
 
     @override
     def on_train_batch_end(
@@ -131,14 +127,11 @@ class ActivationMonitor(Monitor):
 
     @override
     def _cleanup(self) -> None:
-        if self._tap is not None:
-            self._tap.close()
-        self._tap, self._collecting = None, False
+        self.health.close()  # the tap's hooks; the next batch start sets what is collected afresh
 
     def _end_window(self, trainer: pl.Trainer) -> None:
         # Every rank reaches this collective, also one whose statistics were switched off after an error.
-        moment = Moment(trainer.current_epoch, trainer.global_step)
-        rate = learning_rate(trainer)
+        moment, rate = Moment(trainer.current_epoch, trainer.global_step), learning_rate(trainer)
         shot, events = self.health.end_window(moment, self.every_n_steps, learning_rate=rate, guard=self.guard)
         self._sink_for(trainer).write(shot, trainer.global_step)  # with the alerts' texts
         if events:

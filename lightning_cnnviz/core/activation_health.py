@@ -125,6 +125,7 @@ class ActivationHealth:
         self.policy = DeadFilterAlerts(float(dead_fraction_threshold), bool(alert_on_growth), self.dormant_threshold)
         self.sites: list[ActivationSite] | None = None
         self.stats: ActivationStats | None = None
+        self.tap: ActivationTap | None = None  # the tap follow() opened, until close()
         self.silent: set[str] = set()  # sites found to receive nothing in a window
         self.silent_now: list[str] = []  # those of them found in the last window closed
         # history, in state_dict
@@ -218,9 +219,9 @@ class ActivationHealth:
         self, model: nn.Module, images: Tensor, *, gate: Callable[[], bool], guard: Guard | None = None
     ) -> ActivationTap:
         """:meth:`watch` for a training loop that also runs other forwards: the sites found on ``images`` when not
-        yet found, and a tap counting only the forwards in training mode for which ``gate()`` holds (not other
-        monitors' eval-mode forwards). An error while counting goes to ``guard`` (it switches ``"statistics"`` off,
-        or raises), never silently into the user's forward."""
+        yet found, and a tap, open until :meth:`close` (:attr:`tap`), counting only the forwards in training mode
+        for which ``gate()`` holds (not other monitors' eval-mode forwards). An error while counting goes to
+        ``guard`` (it switches ``"statistics"`` off, or raises), never silently into the user's forward."""
         guard = guard or Guard(WHO)
         if self.sites is None:
             self.discover(model, images)
@@ -229,7 +230,15 @@ class ActivationHealth:
             if gate() and model.training:
                 guard.run("statistics", self.observe, name, output)
 
-        return self.watch(model, images.device, observe)
+        self.close()
+        self.tap = self.watch(model, images.device, observe).__enter__()
+        return self.tap
+
+    def close(self) -> None:
+        """Remove the hooks of the tap :meth:`follow` opened (safe to call again)."""
+        if self.tap is not None:
+            self.tap.close()
+        self.tap = None
 
     def observe(self, name: str, output: Tensor) -> None:
         """Add one activation of site ``name`` (the tap calls this)."""
