@@ -194,9 +194,10 @@ def test_images_from_batch_accepts_common_layouts_and_explains_failures() -> Non
     converted = images_from_batch({"inputs": raw, "targets": labels})
     assert converted.dtype == torch.float32
     torch.testing.assert_close(converted[0, 0, 0], torch.tensor([0.0, 51 / 255, 1.0]))
-    for key in ("label", "labels", "target", "targets", "y"):
+    for key in ("label", "labels", "target", "targets", "y", "mask", "masks"):
         assert labels_from_batch({"x": images, key: labels}, images) is labels
-    assert labels_from_batch({"x": images, "mask": labels}, images) is None
+    assert labels_from_batch({"x": images, "weight": labels}, images) is None
+    assert labels_from_batch({"x": images, "y": labels[:1]}, images) is None  # not one per image
     assert labels_from_batch(images, images, lambda batch: labels) is labels
 
 

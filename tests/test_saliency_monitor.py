@@ -59,8 +59,10 @@ def test_a_failing_method_is_switched_off_and_the_others_go_on(
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unknown method 'lime'.*'vanilla_gradient', 'smoothgrad'"):
         SaliencyMonitor(methods=("grad_cam", "lime"))
-    with pytest.raises(ValueError, match="`target` can be 'true', 'predicted' or a class index"):
+    with pytest.raises(ValueError, match="`target` can be 'auto', 'true', 'predicted', a class index or a callable"):
         SaliencyMonitor(target="best")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`task`.*'classification'.*'segmentation'"):
+        SaliencyMonitor(task="detection")  # type: ignore[arg-type]
 
 
 def test_select_balanced_is_round_robin() -> None:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_cnnviz.core import Guard, check_choice, conv_layers
@@ -26,7 +26,7 @@ class Monitor(Callback):
     def __init__(self, on_error: ErrorPolicy = "warn") -> None:
         super().__init__()
         self.on_error: ErrorPolicy = check_choice(type(self).__name__, "on_error", on_error, ("warn", "raise"))
-        self.guard = Guard(type(self).__name__, self.on_error, say=rank_zero_warn)
+        self.guard = Guard(type(self).__name__, self.on_error, say=rank_zero_warn, inform=rank_zero_info)
         self._sink: TensorBoardSink | None = None
 
     @property

@@ -68,6 +68,8 @@ class EpochMonitor(Monitor):
         self._last_logged_step = trainer.global_step
         moment, ranks = Moment(trainer.current_epoch, trainer.global_step), ranks_of(trainer)
         if self.probe is not None:
+            if self.probe.problem is not None:
+                self.guard.skip("the probe", f"the batches give no images it can use ({self.probe.problem})")
             self.probe.finish(ranks)  # every rank, before any rank-zero-only work: a collective
             if self.probe.probe is None:
                 return

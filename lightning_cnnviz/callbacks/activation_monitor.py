@@ -70,12 +70,11 @@ class ActivationMonitor(Monitor):
         self._maps_drawn: tuple[int, int] | None = None  # (global step, windows) of the last maps written
 
     @property
-    def sites(self) -> list[ActivationSite] | None:
-        """The activations watched, once found; :attr:`alerts`: every alert so far (dicts of event fields)."""
+    def sites(self) -> list[ActivationSite] | None:  # the activations watched, once found
         return self.health.sites
 
     @property
-    def alerts(self) -> list[dict[str, Any]]:
+    def alerts(self) -> list[dict[str, Any]]:  # every alert so far (dicts of event fields)
         return list(self.health.alerts)
 
     @override
@@ -88,9 +87,10 @@ class ActivationMonitor(Monitor):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.health.tap is None:
-            images = images_from_batch(batch, who=self.guard.who, batch_to_images=self.batch_to_images)
-            self.health.follow(pl_module, images, gate=lambda: self._collecting, guard=self.guard)
+        if self.health.tap is None:  # a batch without images: said once, and nothing is watched
+            read = lambda: images_from_batch(batch, who=self.guard.who, batch_to_images=self.batch_to_images)  # noqa: E731
+            if (images := self.guard.run("activation statistics", read)) is not None:
+                self.health.follow(pl_module, images, gate=lambda: self._collecting, guard=self.guard)
         self._collecting = self._batches % self.collect_every_n_steps == 0
 
     @override

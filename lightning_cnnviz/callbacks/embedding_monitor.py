@@ -12,6 +12,7 @@ from typing_extensions import override
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import EmbeddingMap, ProbeSet, check_positive_int
+from lightning_cnnviz.core.task import Task
 
 __all__ = ["EmbeddingMonitor"]
 
@@ -19,9 +20,11 @@ __all__ = ["EmbeddingMonitor"]
 class EmbeddingMonitor(EpochMonitor):
     """t-SNE maps of the penultimate-layer codes of a fixed probe set, every ``every_n_epochs`` epochs.
 
-    Writes ``cnnviz/embedding/tsne`` (class-coloured scatter), ``cnnviz/embedding/grid`` (the probe images on a
+    Writes ``cnnviz/embedding/tsne`` (a scatter coloured by class, by value for regression, by the first positive
+    class of multi-hot labels, or in one colour without labels), ``cnnviz/embedding/grid`` (the probe images on a
     grid at their map positions, Karpathy's "t-SNE of CNN codes"), ``cnnviz/embedding/neighbours``,
-    ``cnnviz/embedding/knn_accuracy`` (leave-one-out ``knn_k``-NN accuracy in code space) and the Projector data
+    ``cnnviz/embedding/knn_accuracy`` (leave-one-out ``knn_k``-NN accuracy in code space, where the labels are
+    classes) and the Projector data
     (codes, labels, a sprite) under ``cnnviz/embedding``; the step is the epoch.
 
     The code is the input of the last ``nn.Linear``; without one, the globally pooled input of a last 1x1 conv
@@ -35,7 +38,7 @@ class EmbeddingMonitor(EpochMonitor):
     Args:
         probe_size: probe images.
         every_n_epochs: log every this many epochs (and after the last one).
-        perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector: as
+        perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector, task: as
             :class:`~lightning_cnnviz.core.EmbeddingMap`.
         batch_to_images: where the images are in a batch; ``batch_to_labels``: where the labels are (see
             :class:`SaliencyMonitor`).
@@ -63,12 +66,14 @@ class EmbeddingMonitor(EpochMonitor):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         batch_to_labels: Callable[[Any], Tensor | None] | None = None,
         on_error: ErrorPolicy = "warn",
+        task: Task = "auto",
     ) -> None:
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "probe_size", probe_size)
         probe = ProbeSet(who, size, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
         super().__init__(every_n_epochs, on_error, probe)
         self.probe_size = size
-        self.map = EmbeddingMap(perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector)
+        self.map = EmbeddingMap(perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector,
+                                task)  # fmt: skip
         self.core, self.layer, self.knn_k, self.class_names = self.map, layer, self.map.knn_k, self.map.class_names
 
     @property

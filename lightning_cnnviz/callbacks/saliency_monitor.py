@@ -1,9 +1,9 @@
-"""SaliencyMonitor: saliency maps of a fixed, class-balanced probe set, every N epochs."""
+"""SaliencyMonitor: saliency maps of a fixed probe set (class-balanced when there are classes), every N epochs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 from torch import Tensor
@@ -13,6 +13,7 @@ from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import ProbeSet, SaliencyPanel, check_positive_int
 from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS
+from lightning_cnnviz.core.task import TargetSpec, Task
 
 __all__ = ["SaliencyMonitor"]
 
@@ -20,20 +21,23 @@ __all__ = ["SaliencyMonitor"]
 class SaliencyMonitor(EpochMonitor):
     """Saliency maps of a fixed probe set, one TensorBoard image per method: ``cnnviz/saliency/<method>``.
 
-    The Lightning adapter of :class:`~lightning_cnnviz.core.SaliencyPanel`, which says what each method draws. One
-    row per probe image, [image | map | overlay], captioned with true and predicted class; the step is the epoch.
-    The probe set is chosen once, round-robin over the classes, from the first validation pass (else the first
-    training batches). Rank zero computes the maps in its own grad-enabled eval pass.
+    The Lightning adapter of :class:`~lightning_cnnviz.core.SaliencyPanel`, which says what each method draws and
+    what it explains for each task (classification, multi-label, regression, segmentation, reconstruction,
+    embedding: ``task="auto"`` reads it off the labels or the output and says what it chose). One row per probe
+    image, [image | map | overlay], captioned with what the batch holds and what was predicted; the step is the
+    epoch. The probe set is chosen once, round-robin over the classes when the labels are classes, from the first
+    validation pass (else the first training batches). Rank zero computes the maps in its own grad-enabled eval
+    pass.
 
     Args:
         num_images: probe images.
         every_n_epochs: log every this many epochs (and after the last one).
-        methods, target, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride, grad_cam_layer,
-            class_names, seed, output_to_logits: as :class:`~lightning_cnnviz.core.SaliencyPanel`.
+        methods, target, task, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride,
+            grad_cam_layer, class_names, seed, output_to_logits: as :class:`~lightning_cnnviz.core.SaliencyPanel`.
         batch_to_images: where the images are in a batch (default: the batch, its first element, or a dict's
             ``image``/``images``/``input``/``inputs``/``x``); uint8 images are taken as floats in [0, 1].
         batch_to_labels: where the labels are (default: a batch's second element or a dict's
-            ``label``/``labels``/``target``/``targets``/``y``).
+            ``label``/``labels``/``target``/``targets``/``y``/``mask``/``masks``), of any task.
         on_error: ``"warn"`` (report once, switch the failing method off) or ``"raise"``.
 
     Example:
@@ -46,7 +50,7 @@ class SaliencyMonitor(EpochMonitor):
         self,
         methods: Sequence[str] = DEFAULT_METHODS,
         num_images: int = 16,
-        target: Literal["true", "predicted"] | int = "true",
+        target: TargetSpec = "auto",
         every_n_epochs: int = 1,
         smoothgrad_samples: int = 25,
         smoothgrad_sigma: float = 0.15,
@@ -59,14 +63,14 @@ class SaliencyMonitor(EpochMonitor):
         batch_to_labels: Callable[[Any], Tensor | None] | None = None,
         output_to_logits: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
+        task: Task = "auto",
     ) -> None:
         self.core = SaliencyPanel(
             *(methods, target, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride),
-            *(grad_cam_layer, class_names, seed, output_to_logits),
+            *(grad_cam_layer, class_names, seed, output_to_logits, task),
         )
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "num_images", num_images)
-        probe = ProbeSet(who, size, balanced=True, require_labels=target == "true", batch_to_images=batch_to_images,
-                         batch_to_labels=batch_to_labels)  # fmt: skip
+        probe = ProbeSet(who, size, balanced=True, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
         super().__init__(every_n_epochs, on_error, probe)
         self.panel, self.methods, self.num_images = self.core, self.core.methods, num_images
 

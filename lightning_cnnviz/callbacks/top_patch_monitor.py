@@ -89,7 +89,7 @@ class TopPatchMonitor(EpochMonitor):
 
     def _prepare(self, pl_module: pl.LightningModule, example: Tensor) -> bool:
         measure = functools.partial(self.guard.run, "receptive fields")
-        return self.gallery.prepare(pl_module, example, say=self.guard.say, measure=measure)
+        return self.gallery.prepare(pl_module, example, say=self.guard.once, measure=measure)
 
     @override
     def on_train_batch_start(

@@ -10,6 +10,9 @@ notebook or a plain training loop. The verbs:
   :class:`Snapshot`; :class:`Moment`, :class:`Guard` (error policy), :class:`Ranks` (gathering over processes);
 * probes: :class:`Probe`, :class:`ProbeSet`, :class:`ProbeService` (one pass for every monitor),
   :func:`select_balanced`; batches: :func:`images_from_batch`, :func:`labels_from_batch`;
+* tasks: :func:`label_kind`, :func:`decide_task` (what a network is trained for, from its labels or output),
+  :func:`choose_target` (the :class:`Target` its saliency maps explain), :func:`describe_labels`, :data:`TASKS`;
+  :class:`DoesNotApply`, what a picture that cannot be drawn for a model or its batches raises;
 * models: :func:`conv_layers`, :func:`first_conv`, :func:`resolve_modules`, :func:`hooked`, :func:`evaluating`,
   :func:`run_to`, :func:`class_name`; argument checks :func:`check_positive_int`, :func:`check_choice`;
 * drawing: :func:`to_rgb`, :func:`upscale`, :func:`normalize_per_item`, :func:`tile_grid`, :func:`annotate`,
@@ -45,25 +48,29 @@ from lightning_cnnviz.core.filters import FilterPanel, filter_smoothness, render
 from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.model import class_name, conv_layers, evaluating, first_conv, hooked, resolve_modules, run_to
 from lightning_cnnviz.core.probe import Probe, ProbeService, ProbeSet, select_balanced
-from lightning_cnnviz.core.protocol import Embedding, Guard, Moment, Ranks, Snapshot
+from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.receptive_field import receptive_fields
 from lightning_cnnviz.core.render import render_saliency, render_top_patches
 from lightning_cnnviz.core.saliency import deconvnet, grad_cam, guided_backprop, occlusion, smoothgrad, vanilla_gradient
-from lightning_cnnviz.core.saliency_panel import SaliencyPanel
+from lightning_cnnviz.core.saliency_panel import Explanation, SaliencyPanel
 from lightning_cnnviz.core.stats import ActivationStats
+from lightning_cnnviz.core.task import TASKS, Target, choose_target, decide_task, describe_labels, label_kind
 from lightning_cnnviz.core.top_patch_gallery import TopPatchGallery, default_channels, default_layers
 from lightning_cnnviz.core.top_patches import crop_patches, project_activations, top_activations
 
 __all__ = [
+    "TASKS",
     "ActivationHealth",
     "ActivationSite",
     "ActivationStats",
     "ActivationTap",
     "DeadFilterAlerts",
     "DeadFilterEvent",
+    "DoesNotApply",
     "Embedding",
     "EmbeddingMap",
     "EvolutionHistory",
+    "Explanation",
     "FeatureAtlas",
     "FilterPanel",
     "Guard",
@@ -74,6 +81,7 @@ __all__ = [
     "Ranks",
     "SaliencyPanel",
     "Snapshot",
+    "Target",
     "TopPatchGallery",
     "annotate",
     "captioned_grid",
@@ -81,13 +89,16 @@ __all__ = [
     "check_callable",
     "check_choice",
     "check_positive_int",
+    "choose_target",
     "class_name",
     "conv_layers",
     "crop_patches",
+    "decide_task",
     "deconvnet",
     "deep_dream",
     "default_channels",
     "default_layers",
+    "describe_labels",
     "evaluating",
     "filter_smoothness",
     "find_activation_sites",
@@ -97,6 +108,7 @@ __all__ = [
     "hooked",
     "images_from_batch",
     "knn_accuracy",
+    "label_kind",
     "labels_from_batch",
     "normalize_per_item",
     "occlusion",

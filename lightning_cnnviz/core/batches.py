@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_cnnviz.core.protocol import DoesNotApply
+
 __all__ = ["images_from_batch", "labels_from_batch"]
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
-_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+_LABEL_KEYS = ("label", "labels", "target", "targets", "y", "mask", "masks")
 
 
 def _describe(value: Any) -> str:
@@ -24,6 +26,10 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+class NoImages(DoesNotApply, TypeError):
+    """A batch holds no image tensor where the monitor looks: it does not apply to such batches."""
+
+
 def as_float_images(images: Tensor) -> Tensor:
     """uint8 images as floats in [0, 1], as torchvision's ``to_dtype(..., scale=True)`` converts them."""
     return images.float().div_(255) if images.dtype == torch.uint8 else images
@@ -33,8 +39,9 @@ def images_from_batch(
     batch: Any, *, who: str = "lightning_cnnviz", batch_to_images: Callable[[Any], Tensor] | None = None
 ) -> Tensor:
     """The image tensor of a batch: ``batch_to_images(batch)`` when given, else the batch itself, its first
-    element, or its ``'image'``-like key; uint8 images become floats in [0, 1]. TypeError, saying what the batch
-    was and what is accepted, when there is no floating or uint8 (N, C, H, W) tensor.
+    element, or its ``'image'``-like key; uint8 images become floats in [0, 1]. :class:`NoImages` (a TypeError and
+    a ``DoesNotApply``), saying what the batch was and what is accepted, when there is no floating or uint8
+    (N, C, H, W) tensor.
 
     Example:
         >>> images_from_batch({"image": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "label": torch.ones(2)}).dtype
@@ -43,7 +50,7 @@ def images_from_batch(
     if batch_to_images is not None:
         images = batch_to_images(batch)
         if not (isinstance(images, Tensor) and images.dim() == 4 and _image_dtype(images)):
-            raise TypeError(
+            raise NoImages(
                 f"{who}: `batch_to_images` must return a floating (or uint8) image tensor of shape (N, C, H, W), "
                 f"got {images!r:.200}."
             )
@@ -56,7 +63,7 @@ def images_from_batch(
         candidate = batch[key] if key is not None else None
     if isinstance(candidate, Tensor) and candidate.dim() == 4 and _image_dtype(candidate):
         return as_float_images(candidate)
-    raise TypeError(
+    raise NoImages(
         f"{who}: the batch must hold an image tensor of shape (N, C, H, W) with a floating (or uint8) dtype: the "
         f"batch itself, the first element of a (images, labels) tuple/list, or a dict value under one of "
         f"{list(_IMAGE_KEYS)}. Got a batch that is {_describe(batch)}"
@@ -72,14 +79,19 @@ def _image_dtype(images: Tensor) -> bool:
 def labels_from_batch(
     batch: Any, images: Tensor, batch_to_labels: Callable[[Any], Tensor | None] | None = None
 ) -> Tensor | None:
-    """One label per image: ``batch_to_labels(batch)`` when given, else the second element of an
+    """The labels of a batch's images: ``batch_to_labels(batch)`` when given, else the second element of an
     ``(images, labels, ...)`` batch or a dict value under one of ``label``, ``labels``, ``target``, ``targets``,
-    ``y``; None when there is no integer tensor of shape (N,) there.
+    ``y``, ``mask``, ``masks``. Labels of every task are kept (:func:`~lightning_cnnviz.core.task.label_kind`):
+    integer classes (N,), multi-hot (N, C), values (N,) or (N, K), integer masks (N, H, W); None otherwise.
 
     Example:
         >>> labels_from_batch((torch.zeros(2, 1, 4, 4), torch.tensor([3, 1])), torch.zeros(2, 1, 4, 4))
         tensor([3, 1])
+        >>> labels_from_batch((torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4)) is None
+        True
     """
+    from lightning_cnnviz.core.task import label_kind
+
     if batch_to_labels is not None:
         labels = batch_to_labels(batch)
     elif isinstance(batch, (list, tuple)) and len(batch) > 1:
@@ -88,9 +100,7 @@ def labels_from_batch(
         labels = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
     else:
         labels = None
-    if isinstance(labels, Tensor) and labels.shape == images.shape[:1] and not labels.is_floating_point():
-        return labels
-    return None
+    return labels if label_kind(labels, images.shape[0]) is not None else None
 
 
 def check_images(images: Tensor) -> None:

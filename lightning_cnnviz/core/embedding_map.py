@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import tile_grid, upscale
 from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
-from lightning_cnnviz.core.model import class_name, evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.model import evaluating, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.probe import Probe, select_balanced
 from lightning_cnnviz.core.protocol import Embedding, Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
+from lightning_cnnviz.core.task import TASKS, Task, describe_labels, label_kind
 
 __all__ = ["EmbeddingMap", "penultimate_layer"]
 
@@ -63,6 +64,9 @@ class EmbeddingMap:
         class_names: names for the legend and the Projector labels.
         seed: t-SNE seed.
         projector: give the Projector data (codes, labels, a sprite) in :meth:`snapshot`.
+        task: how the labels colour the map: ``"auto"`` by their kind (classes; the first positive class of
+            multi-hot labels; a colour bar of values; no colours for masks or no labels), or a task of
+            :data:`~lightning_cnnviz.core.task.TASKS` to read them as. The kNN accuracy needs one class per image.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
@@ -86,6 +90,7 @@ class EmbeddingMap:
         class_names: Sequence[str] | None = None,
         seed: int = 0,
         projector: bool = True,
+        task: Task = "auto",
     ) -> None:
         if isinstance(perplexity, bool) or not (isinstance(perplexity, (int, float)) and perplexity > 0):
             raise ValueError(f"{WHO}: `perplexity` must be a positive number, got {perplexity!r}.")
@@ -102,6 +107,7 @@ class EmbeddingMap:
         self.previous: Tensor | None = None  # the last map, in state_dict
         self.last_knn_accuracy: float | None = None
         self.projector = bool(projector)
+        self.task = check_choice(WHO, "task", task, ("auto", *TASKS))
         self._said_too_few = False
 
     def resolve(self, model: nn.Module) -> str | None:
@@ -156,20 +162,45 @@ class EmbeddingMap:
         self.previous = embedding.detach().cpu()
         return self.previous
 
+    def colours(self, labels: Tensor | None) -> tuple[str | None, Tensor | None]:
+        """How ``labels`` colour the map: ``("class", classes)`` (for multi-hot labels the first positive class,
+        -1 for none), ``("value", values)``, or ``(None, None)``."""
+        if labels is None:
+            return None, None
+        kind: str | None = label_kind(labels, len(labels))
+        if self.task != "auto" and kind is not None:  # the labels read as the task says
+            kind = {"classification": "class", "multilabel": "multilabel", "regression": "value"}.get(self.task)
+        if kind == "class" and labels.dim() == 1:
+            return "class", labels.long()
+        if kind == "multilabel" and labels.dim() == 2:
+            positive = labels > 0.5
+            return "class", torch.where(positive.any(dim=1), positive.float().argmax(dim=1), -1)
+        if kind == "value":
+            return "value", labels.float().reshape(len(labels), -1)[:, 0]
+        return None, None
+
     def pictures(
         self, embedding: Tensor, codes: Tensor, images: Tensor, labels: Tensor | None, epoch: int
     ) -> dict[str, Tensor]:
         """The scatter, the thumbnail grid and (with more than 8 images) the neighbours, by tag."""
         where = f"{self.layer_name} input" if self.take_input else self.layer_name
         title = f"epoch {epoch}: t-SNE of {where} codes, {len(codes)} probe images"
+        kind, colours = self.colours(labels)
+        if kind == "class" and labels is not None and labels.dim() == 2:
+            title += ", coloured by the first positive class"
         pictures = {
-            "cnnviz/embedding/tsne": render_scatter(embedding, labels, self.class_names, title=title),
+            "cnnviz/embedding/tsne": render_scatter(embedding, colours, self.class_names, title=title),
             "cnnviz/embedding/grid": render_thumbnail_grid(embedding, images, cells=self.grid_cells,
                                                            cell_px=self.cell_px),
         }  # fmt: skip
         if len(codes) > NEIGHBOURS:
-            pictures["cnnviz/embedding/neighbours"] = self.neighbours_image(codes, images, labels)
+            pictures["cnnviz/embedding/neighbours"] = self.neighbours_image(codes, images, self.classes(labels))
         return pictures
+
+    def classes(self, labels: Tensor | None) -> Tensor | None:
+        """One class per image when the labels are classes (as this map reads them), else None."""
+        kind, colours = self.colours(labels)
+        return colours if kind == "class" and labels is not None and labels.dim() == 1 else None
 
     def neighbours(self, codes: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
         """(queries (Q,), their nearest probe images (Q, 8)): 8 class-balanced queries (the first images without
@@ -221,17 +252,22 @@ class EmbeddingMap:
         codes = ranks.join(local, len(images))
         if not guard.finite(codes, what="the probe's codes", moment=moment) or not ranks.is_zero:
             return shot
-        if labels is not None:
-            accuracy = guard.run("embedding knn accuracy", self.knn, codes, labels)
+        classes = self.classes(labels)
+        if classes is not None:
+            accuracy = guard.run("embedding knn accuracy", self.knn, codes, classes)
             if accuracy is not None:
                 shot.scalars["cnnviz/embedding/knn_accuracy"] = accuracy
+        else:
+            found = "no labels" if labels is None else f"labels of shape {tuple(labels.shape)} ({labels.dtype})"
+            guard.skip("the kNN accuracy", f"it needs one integer class per image, and the batches hold {found}; "
+                       "the map is drawn without it (pass `batch_to_labels=` to give classes).")  # fmt: skip
         embedding = guard.run("embedding t-SNE", self.embed, codes)
         if embedding is None:
             return shot
         shot.images.update(guard.run("embedding images", self.pictures, embedding, codes, images, labels,
                                      moment.epoch) or {})  # fmt: skip
         if self.projector:
-            metadata = None if labels is None else [class_name(v, self.class_names) for v in labels.tolist()]
+            metadata = describe_labels(labels, self.class_names) if self.colours(labels)[0] else None
             thumbnails = guard.run("embedding projector", self.thumbnails, images)
             shot.embeddings["cnnviz/embedding"] = Embedding(codes, metadata, thumbnails)
         return shot

@@ -181,7 +181,7 @@ class FeatureAtlas:
         guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
         device = next(model.parameters()).device
         measure = functools.partial(guard.run, "receptive fields")
-        if not gallery.prepare(model, probe.images[:1].to(device), say=guard.say, measure=measure):
+        if not gallery.prepare(model, probe.images[:1].to(device), say=guard.once, measure=measure):
             return shot
         colors = self.colors(probe.images)  # one for every layer
         rendered = {

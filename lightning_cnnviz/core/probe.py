@@ -44,7 +44,8 @@ def select_balanced(labels: Tensor, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Probe:
-    """Probe images (N, C, H, W) and their labels (N,) when the batches carry them, on the host.
+    """Probe images (N, C, H, W) and their labels (any kind, :func:`~lightning_cnnviz.core.batches.labels_from_batch`)
+    when the batches carry them, on the host.
 
     Example:
         >>> Probe(torch.zeros(4, 1, 8, 8)).labels is None
@@ -63,8 +64,9 @@ class Probe:
 
 
 class ProbeSet:
-    """One monitor's fixed probe: the first ``size`` images offered (with ``balanced``, round-robin over the
-    classes, :func:`select_balanced`, holding about ``2 * size`` images while it collects), and their labels.
+    """One monitor's fixed probe: the first ``size`` images offered (with ``balanced`` and integer class labels,
+    round-robin over the classes, :func:`select_balanced`, holding about ``2 * size`` images while it collects),
+    and their labels.
 
     Under several processes each rank offers its own batches and :meth:`finish` gathers the parts in a distributed
     sampler's interleaved order, so every rank holds the same probe. At most 32 MiB of it is kept in
@@ -85,12 +87,10 @@ class ProbeSet:
         size: int,
         *,
         balanced: bool = False,
-        require_labels: bool = False,
         batch_to_images: Callable[[Any], Tensor] | None = None,
         batch_to_labels: Callable[[Any], Tensor | None] | None = None,
     ) -> None:
         self.who, self.size, self.balanced = who, size, balanced
-        self.require_labels = require_labels
         self.batch_to_images = check_callable(who, "batch_to_images", batch_to_images)
         self.batch_to_labels = check_callable(who, "batch_to_labels", batch_to_labels)
         self.from_training = False
@@ -101,6 +101,7 @@ class ProbeSet:
         self.images: Tensor | None = None
         self.labels: Tensor | None = None
         self._collected: list[tuple[Tensor, Tensor | None]] = []  # (image, label or None), in arrival order
+        self.problem: str | None = None  # why the batches give no probe (said once by the monitor)
 
     @property
     def probe(self) -> Probe | None:
@@ -108,7 +109,7 @@ class ProbeSet:
 
     def wants(self, world: int = 1) -> bool:
         """Whether another batch may still change the probe."""
-        if self.images is not None:
+        if self.images is not None or self.problem is not None:
             return False
         quota = math.ceil(self.size / max(1, world))
         return (self.balanced and not self.from_training) or len(self._collected) < quota
@@ -127,13 +128,7 @@ class ProbeSet:
         """Keep what the probe may still need from a batch's (unpacked) images and labels."""
         if not self.wants(world):
             return
-        if labels is None and self.require_labels:
-            raise TypeError(
-                f"{self.who}: target='true' needs a label per image: (images, labels) batches, a dict with one of "
-                f"the keys 'label', 'labels', 'target', 'targets', 'y', or `batch_to_labels=`; got no integer label "
-                f"tensor of shape ({images.shape[0]},). Use target='predicted' or a class index otherwise."
-            )
-        if not self.balanced or labels is None:
+        if not self.balanced or labels is None or labels.dim() != 1 or labels.is_floating_point():
             quota = math.ceil(self.size / max(1, world))
             take = images[: quota - len(self._collected)].detach().cpu().clone()
             kept = labels[: len(take)].detach().cpu() if labels is not None else [None] * len(take)
@@ -159,7 +154,7 @@ class ProbeSet:
         pairs = self._collected
         images = torch.stack([image for image, _ in pairs]) if pairs else None
         labelled = bool(pairs) and all(label is not None for _, label in pairs)
-        labels = torch.stack([label for _, label in pairs]).long() if labelled else None  # type: ignore[misc]
+        labels = torch.stack([label for _, label in pairs]) if labelled else None  # type: ignore[misc]
         if ranks.world > 1:
             counts = ranks.gather(torch.tensor([len(pairs)])).view(-1).cpu()
             if int(counts.max()) == 0:
@@ -171,7 +166,8 @@ class ProbeSet:
             labels = ranks.interleave(labels, counts) if labelled else None  # type: ignore[arg-type]
         if images is None or len(images) == 0:
             return
-        chosen = select_balanced(labels, self.size) if self.balanced and labels is not None else range(self.size)
+        classes = labels is not None and labels.dim() == 1 and not labels.is_floating_point()
+        chosen = select_balanced(labels, self.size) if self.balanced and classes else range(self.size)  # type: ignore[arg-type]
         index = torch.as_tensor(list(chosen), dtype=torch.long)[: len(images)]
         self.images = images[index].contiguous()
         self.labels = None if labels is None else labels[index].contiguous()
@@ -218,14 +214,23 @@ class ProbeService:
         return any(member.wants(world) for member in self.members)
 
     def offer(self, batch: Any, world: int = 1) -> None:
-        unpacked: dict[tuple[int, int], tuple[Tensor, Tensor | None]] = {}
+        """Give one batch to every member that still wants one. A batch a member cannot read (no image tensor
+        where it looks) never raises here: the member keeps the reason in ``problem`` and wants nothing more."""
+        unpacked: dict[tuple[int, int], tuple[Tensor, Tensor | None] | Exception] = {}
         for member in self.members:
             if member.wants(world):
                 key = (id(member.batch_to_images), id(member.batch_to_labels))
                 if key not in unpacked:
-                    unpacked[key] = member.unpack(batch)
+                    try:
+                        unpacked[key] = member.unpack(batch)
+                    except Exception as error:
+                        unpacked[key] = error
                     self.reads += 1
-                member.take(*unpacked[key], world=world)
+                found = unpacked[key]
+                if isinstance(found, Exception):
+                    member.problem = f"{type(found).__name__}: {found}"
+                else:
+                    member.take(*found, world=world)
 
     def finish(self, ranks: Ranks | None = None) -> None:
         """Fix every member's probe (a collective under several processes)."""

@@ -7,6 +7,7 @@ and the divergence check; :class:`Ranks` is the one way the monitors gather tens
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +16,16 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["Embedding", "Guard", "Moment", "Ranks", "Snapshot"]
+__all__ = ["DoesNotApply", "Embedding", "Guard", "Moment", "Ranks", "Snapshot"]
 
 T = TypeVar("T")
+
+
+class DoesNotApply(Exception):
+    """A picture that cannot be drawn for this model or these batches (no labels where labels are needed, an
+    output that is not class scores, ...): the message is one sentence naming what was found and what the user
+    can pass. :meth:`Guard.run` says it once and leaves that piece off, whatever the error policy: it is not a bug
+    to see a traceback of."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,10 @@ class Guard:
 
     ``run(piece, work, *args)`` runs one piece of visualization work: with ``on_error="warn"`` an exception is said
     once through ``say`` and switches that piece off (``None`` is returned, now and on later calls); with
-    ``"raise"`` it propagates. ``finite(...)`` says once per divergence that values are not finite.
+    ``"raise"`` it propagates. A :class:`DoesNotApply` is said once as such (:meth:`skip`) under either policy.
+    ``once(message)`` says a message once; ``tell(message)`` informs once, through ``inform`` (default: the
+    ``lightning_cnnviz`` logger at INFO), of a choice made; ``finite(...)`` says once per divergence that values are
+    not finite.
 
     Example:
         >>> said = []
@@ -93,18 +104,44 @@ class Guard:
     """
 
     def __init__(
-        self, who: str, on_error: Literal["warn", "raise"] = "raise", say: Callable[[str], Any] | None = None
+        self,
+        who: str,
+        on_error: Literal["warn", "raise"] = "raise",
+        say: Callable[[str], Any] | None = None,
+        inform: Callable[[str], Any] | None = None,
     ) -> None:
         self.who, self.on_error = who, on_error
         self.say: Callable[[str], Any] = say or (lambda message: warnings.warn(message, stacklevel=3))
+        self.inform: Callable[[str], Any] = inform or logging.getLogger("lightning_cnnviz").info
         self.disabled: set[str] = set()
         self._diverged: dict[str, bool] = {}
+        self._said: set[str] = set()
+
+    def once(self, message: str) -> None:
+        """Say ``message`` (prefixed with who says it) unless it was said before."""
+        if message not in self._said:
+            self._said.add(message)
+            self.say(f"{self.who}: {message}")
+
+    def tell(self, message: str) -> None:
+        """Tell ``message`` once through ``inform``: what a monitor chose for this run, not a problem."""
+        if message not in self._said:
+            self._said.add(message)
+            self.inform(f"{self.who}: {message}")
+
+    def skip(self, piece: str, reason: object) -> None:
+        """Switch ``piece`` off for good, saying once that it does not apply and why."""
+        self.disabled.add(piece)
+        self.once(f"{piece} does not apply: {str(reason).removeprefix(f'{self.who}: ')}")
 
     def run(self, piece: str, work: Callable[..., T], *args: Any) -> T | None:
         if piece in self.disabled:
             return None
         try:
             return work(*args)
+        except DoesNotApply as reason:
+            self.skip(piece, reason)
+            return None
         except Exception as error:
             if self.on_error == "raise":
                 raise

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_cnnviz.core.drawing import annotate, normalize_per_item, tile_grid, to_rgb, upscale
+from lightning_cnnviz.core.model import class_name
 
 __all__ = ["render_saliency", "render_top_patches"]
 
@@ -108,8 +109,31 @@ def signed_display(maps: Tensor) -> Tensor:
     return to_rgb(0.5 + maps.float() / (2 * scale))
 
 
-def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: float = 0.55) -> Tensor:
-    """Rows of [image | map | overlay] for N images, as one (3, H, W) image in [0, 1].
+# Colours of mask classes: class 0 (background) black, then matplotlib's tab10.
+MASK_PALETTE = torch.tensor([
+    [0, 0, 0], [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+    [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+]) / 255.0  # fmt: skip
+
+
+def mask_rgb(masks: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    """Class masks (N, h, w) as colours (N, 3, H, W): class 0 black, classes 1.. in tab10's colours (cycling),
+    resized (nearest) to ``size``.
+
+    Example:
+        >>> (mask_rgb(torch.tensor([[[0, 1]]]))[0, :, 0] * 255).round().T.tolist()  # black, then tab10's blue
+        [[0.0, 0.0, 0.0], [31.0, 119.0, 180.0]]
+    """
+    index = torch.where(masks > 0, (masks - 1) % (len(MASK_PALETTE) - 1) + 1, torch.zeros_like(masks))
+    colours = MASK_PALETTE.to(masks.device)[index.long()].permute(0, 3, 1, 2)
+    return colours if size is None else torch.nn.functional.interpolate(colours, size=tuple(size), mode="nearest")
+
+
+def render_saliency(
+    images: Tensor, maps: Tensor, *, masks: Tensor | None = None, min_px: int = 64, alpha: float = 0.55
+) -> Tensor:
+    """Rows of [image | map | overlay] for N images, as one (3, H, W) image in [0, 1]; with ``masks`` (N, h, w)
+    of classes, rows of [image | mask | map | overlay] (:func:`mask_rgb`).
 
     Maps (N, H, W) are divided by each image's largest value (negative values shown as 0), drawn with the inferno
     colormap and blended over a gray copy of the image (weight ``alpha``); signed maps (N, C, H, W) are drawn as
@@ -132,9 +156,12 @@ def render_saliency(images: Tensor, maps: Tensor, *, min_px: int = 64, alpha: fl
         magnitude = maps.float().abs().sum(dim=1)
         magnitude = magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
         right = colormap(magnitude).movedim(0, 1)
-    panels = [upscale(panel, min_px) for panel in (shown, middle, right)]
+    drawn = [shown, middle, right]
+    if masks is not None:
+        drawn.insert(1, mask_rgb(masks.to(images.device), shown.shape[-2:]))
+    panels = [upscale(panel, min_px) for panel in drawn]
     gap = torch.ones(count, 3, panels[0].shape[-2], 2, device=images.device)
-    rows = torch.cat([panels[0], gap, panels[1], gap, panels[2]], dim=-1)  # (N, 3, h, 3w + 4)
+    rows = torch.cat([part for panel in panels for part in (gap, panel)][1:], dim=-1)  # (N, 3, h, 3w + 4)
     spacer = torch.ones(count, 3, 2, rows.shape[-1], device=images.device)
     return torch.cat([rows, spacer], dim=-2).permute(1, 0, 2, 3).reshape(3, -1, rows.shape[-1])
 
@@ -226,7 +253,8 @@ def render_scatter(
 ) -> Tensor:
     """A class-coloured scatter of a 2-D map with a legend, drawn by matplotlib (Agg, no global state).
 
-    Returns (3, size_px, size_px) in [0, 1]. Without ``labels`` every point is drawn in one colour.
+    Returns (3, size_px, size_px) in [0, 1]. Without ``labels`` every point is drawn in one colour; floating
+    ``labels`` are values, drawn on a colour bar (viridis); class -1 is "none".
     """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -238,6 +266,10 @@ def render_scatter(
     axes = figure.add_subplot(1, 1, 1)
     if labels is None:
         axes.scatter(points[:, 0], points[:, 1], s=4, c="tab:blue", linewidths=0)
+    elif labels.is_floating_point():
+        drawn = axes.scatter(points[:, 0], points[:, 1], s=4, c=labels.detach().cpu().numpy(), cmap="viridis",
+                             linewidths=0)  # fmt: skip
+        figure.colorbar(drawn, ax=axes, fraction=0.046, pad=0.02)
     else:
         values = labels.detach().cpu().numpy()
         classes = sorted(set(values.tolist()))
@@ -246,7 +278,7 @@ def render_scatter(
         palette = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
         for index, label in enumerate(classes):
             chosen = values == label
-            name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+            name = "none" if label < 0 else class_name(label, class_names)
             axes.scatter(
                 points[chosen, 0], points[chosen, 1], s=4, color=palette(index % palette.N), label=name, linewidths=0
             )

@@ -5,7 +5,10 @@ Each function runs its own eval-mode forward with gradients (also under ``torch.
 ``torch.autograd.grad`` with respect to the inputs only, so no ``.grad`` changes; ``training`` flags are
 restored. Guided backprop and deconvnet change the backward rule of every ReLU the forward computes (modules,
 in-place modules and ``F.relu``/``torch.relu_``/``x.relu()`` alike) through a ``TorchFunctionMode``. Targets:
-``None`` is the predicted class, an ``int`` one class for all, a tensor (N,) one class per image.
+``None`` is the predicted class, an ``int`` one class for all, a tensor (N,) one class per image, and a callable
+``score(output, inputs, rows) -> (n,)`` any score per input (``rows``: the index in ``images`` of the image each
+input is, or is a noisy or occluded copy of), such as :class:`~lightning_cnnviz.core.task.Target` makes for
+every task.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from lightning_cnnviz.core.model import conv_layers, evaluating, hooked, logits_
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
 SALIENCY_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "deconvnet", "grad_cam", "occlusion")
-Target = Tensor | int | None
+Score = Callable[[Any, Tensor, Tensor], Tensor]
+Target = Tensor | int | Score | None
 ReluRule = Literal["guided_backprop", "deconvnet", "redirected"]
 
 
@@ -94,12 +98,34 @@ def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, l
         return torch.cat([logits_of(model(chunk)).argmax(dim=1) for chunk in images.split(max_batch)])
 
 
-def _input_gradient(model: nn.Module, images: Tensor, targets: Tensor, max_batch: int) -> Tensor:
-    """d score_target / d input for every image, in chunks of ``max_batch``; the caller sets any ReLU rule."""
+def _scorer(model: nn.Module, images: Tensor, target: Target, max_batch: int, logits: Tensor | None = None) -> Score:
+    """The score of each input: ``target`` itself when it is a callable, else the logit of its image's class."""
+    if callable(target):
+        return target
+    classes = _targets(model, images, target, max_batch, logits)
+
+    def score(output: Any, inputs: Tensor, rows: Tensor) -> Tensor:
+        return logits_of(output).gather(1, classes[rows, None])[:, 0]
+
+    return score
+
+
+def _checked(scores: Tensor, count: int) -> Tensor:
+    if not isinstance(scores, Tensor) or scores.shape != (count,):
+        raise TypeError(f"a target score must be one value per input, shape ({count},), got {scores!r:.100}")
+    return scores
+
+
+def _input_gradient(
+    model: nn.Module, images: Tensor, score: Score, max_batch: int, rows: Tensor | None = None
+) -> Tensor:
+    """d score / d input for every image (``rows``: each one's image, default its own index), in chunks of
+    ``max_batch``; the caller sets any ReLU rule."""
+    rows = torch.arange(len(images), device=images.device) if rows is None else rows
     grads = []
-    for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
+    for chunk, chunk_rows in zip(images.split(max_batch), rows.split(max_batch)):
         inputs = chunk.detach().clone().requires_grad_(True)
-        scores = logits_of(model(inputs)).gather(1, chunk_targets[:, None]).sum()
+        scores = _checked(score(model(inputs), inputs, chunk_rows), len(inputs)).sum()
         (grad,) = torch.autograd.grad(scores, inputs)
         grads.append(grad)
     return torch.cat(grads)
@@ -113,9 +139,9 @@ def vanilla_gradient(model: nn.Module, images: Tensor, target: Target = None, *,
         torch.Size([2, 8, 8])
     """
     check_images(images)
-    targets = _targets(model, images, target, max_batch)
+    score = _scorer(model, images, target, max_batch)
     with evaluating(model, grad=True):
-        return _input_gradient(model, images, targets, max_batch).abs().amax(dim=1)
+        return _input_gradient(model, images, score, max_batch).abs().amax(dim=1)
 
 
 def smoothgrad(
@@ -143,7 +169,7 @@ def smoothgrad(
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     count = images.shape[0]
-    targets = _targets(model, images, target, max_batch)
+    score = _scorer(model, images, target, max_batch)
     expanded = images.repeat_interleave(samples, dim=0)
     if noise is None:
         span = (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))).repeat_interleave(samples)
@@ -153,7 +179,8 @@ def smoothgrad(
         raise ValueError(f"noise must have shape {tuple(expanded.shape)}, got {tuple(noise.shape)}")
     with evaluating(model, grad=True):
         noisy = in_layout_of(expanded + noise, images)
-        grads = _input_gradient(model, noisy, targets.repeat_interleave(samples), max_batch)
+        rows = torch.arange(count, device=images.device).repeat_interleave(samples)
+        grads = _input_gradient(model, noisy, score, max_batch, rows)
     return grads.abs().view(count, samples, *images.shape[1:]).mean(dim=1).amax(dim=1)
 
 
@@ -183,9 +210,9 @@ def deconvnet(model: nn.Module, images: Tensor, target: Target = None, *, max_ba
 
 def _relu_rule_gradient(model: nn.Module, images: Tensor, target: Target, rule: ReluRule, max_batch: int) -> Tensor:
     check_images(images)
-    targets = _targets(model, images, target, max_batch)
+    score = _scorer(model, images, target, max_batch)
     with evaluating(model, grad=True), ReluGradientRule(rule):
-        return _input_gradient(model, images, targets, max_batch)
+        return _input_gradient(model, images, score, max_batch)
 
 
 def last_conv(model: nn.Module) -> str:
@@ -212,7 +239,8 @@ def grad_cam(
     check_images(images)
     name = layer if layer is not None else last_conv(model)
     module = resolve_modules(model, [name], what="grad_cam layer")[name]
-    targets = _targets(model, images, target, max_batch)
+    score = _scorer(model, images, target, max_batch)
+    rows = torch.arange(len(images), device=images.device)
     captured: list[Tensor] = []
 
     def keep(module: nn.Module, args: Any, output: Tensor) -> Tensor:
@@ -221,9 +249,9 @@ def grad_cam(
 
     maps = []
     with hooked([(module, keep)]), evaluating(model, grad=True):
-        for chunk, chunk_targets in zip(images.split(max_batch), targets.split(max_batch)):
+        for chunk, chunk_rows in zip(images.split(max_batch), rows.split(max_batch)):
             captured.clear()
-            scores = logits_of(model(chunk.detach())).gather(1, chunk_targets[:, None]).sum()
+            scores = _checked(score(model(chunk.detach()), chunk, chunk_rows), len(chunk)).sum()
             activations = captured[-1]
             (grad,) = torch.autograd.grad(scores, activations)
             weights = grad.mean(dim=(2, 3), keepdim=True)
@@ -290,9 +318,10 @@ def occlusion(
     each pixel gets the mean drop of the target probability over the windows that cover it. (N, H, W).
 
     ``baseline`` fills the square: a number, or ``"mean"`` (each image's per-channel mean); ``probability`` maps
-    logits to the score (softmax). Windows follow captum's ``Occlusion``, so the maps equal its own. The copies
-    are built on the model's device and run as full forwards, as many per pass as fit ``memory_budget`` bytes of
-    activations (default: a quarter of the free memory on CUDA, 16 MiB elsewhere), with no host sync between.
+    the logits of a class target to the score (softmax); a callable target is the score itself. Windows follow
+    captum's ``Occlusion``, so the maps equal its own. The copies are built on the model's device and run as full
+    forwards, as many per pass as fit ``memory_budget`` bytes of activations (default: a quarter of the free
+    memory on CUDA, 16 MiB elsewhere), with no host sync between.
 
     Example:
         >>> occlusion(net, images, patch=4, stride=2).shape
@@ -314,17 +343,28 @@ def occlusion(
 
     budget = memory_budget if memory_budget is not None else _memory_budget(images.device)
     per_pass = max(1, budget // max(activation_bytes(model, images[:1]), 1))
+    rows = torch.arange(count, device=images.device)
     with evaluating(model):
-        clean_logits = torch.cat([logits_of(model(chunk)) for chunk in images.split(max_batch)])
-        targets = _targets(model, images, target, max_batch, logits=clean_logits)
-        clean = score(clean_logits).gather(1, targets[:, None])[:, 0]
+        measure: Score
+        if callable(target):
+            measure = target
+            parts = zip(images.split(max_batch), rows.split(max_batch))
+            clean = torch.cat([_checked(measure(model(chunk), chunk, r), len(chunk)) for chunk, r in parts])
+        else:
+            clean_logits = torch.cat([logits_of(model(chunk)) for chunk in images.split(max_batch)])
+            targets = _targets(model, images, target, max_batch, logits=clean_logits)
+
+            def by_class(output: Any, inputs: Tensor, image: Tensor) -> Tensor:
+                return score(logits_of(output)).gather(1, targets[image, None])[:, 0]
+
+            measure = by_class
+            clean = measure(clean_logits, images, rows)
         drops = []
         for start in range(0, count * windows, per_pass):
             copy = torch.arange(start, min(start + per_pass, count * windows), device=images.device)
             image, window = copy // windows, copy % windows
             occluded = in_layout_of(torch.where(masks[window], fill[image], images[image]), images)
-            probs = score(logits_of(model(occluded))).gather(1, targets[image, None])[:, 0]
-            drops.append(clean[image] - probs)
+            drops.append(clean[image] - _checked(measure(model(occluded), occluded, image), len(occluded)))
     drop = torch.cat(drops).view(count, windows)
     total = torch.einsum("nw,whk->nhk", drop, masks[:, 0].to(drop.dtype))
     return total / masks.sum(dim=0).clamp_min(1)

@@ -2,55 +2,89 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.core.activation_sites import find_activation_sites
-from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import annotate
-from lightning_cnnviz.core.model import class_name, evaluating, logits_of, resolve_modules
+from lightning_cnnviz.core.model import class_name, conv_layers, evaluating, hooked, logits_of, resolve_modules
 from lightning_cnnviz.core.probe import Probe
 from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import render_saliency
+from lightning_cnnviz.core.task import (
+    TASKS,
+    Target,
+    TargetSpec,
+    Task,
+    choose_target,
+    decide_task,
+    describe_labels,
+    label_kind,
+    main_class,
+)
 
-__all__ = ["SaliencyPanel"]
+__all__ = ["Explanation", "SaliencyPanel"]
 
 DEFAULT_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
 WHO = "SaliencyMonitor"
-Target = Literal["true", "predicted"] | int
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the maps of a probe explain: the decided ``task``, the :class:`~lightning_cnnviz.core.task.Target`,
+    one caption per image, and the predicted masks of a segmentation (else None)."""
+
+    task: str
+    target: Target
+    captions: list[str]
+    masks: Tensor | None = None
+    cam_layer: str | None = None  # Grad-CAM's layer when not the last conv (segmentation: see ``explain``)
 
 
 class SaliencyPanel:
-    """Saliency maps of probe images, one picture per method: rows of [image | map | overlay], captioned with the
-    true and predicted class, normalised per image.
+    """Saliency maps of probe images, one picture per method: rows of [image | map | overlay] ([image | predicted
+    mask | map | overlay] for segmentation), captioned with what the batch holds and what was predicted, and with
+    the target the maps explain; normalised per image.
 
     Methods (:mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013), ``smoothgrad``
     (Smilkov et al. 2017), ``guided_backprop`` (Springenberg et al. 2014), ``deconvnet`` and ``occlusion`` (Zeiler
-    & Fergus 2013), ``grad_cam`` (Selvaraju et al. 2017). SmoothGrad noise comes from a private generator seeded
-    with ``seed``: the same at every call, the global RNG untouched.
+    & Fergus 2013), ``grad_cam`` (Selvaraju et al. 2017). Every method explains the same target, one score per
+    image (:func:`~lightning_cnnviz.core.task.choose_target`); occlusion measures its drop (for class targets the
+    drop of the class probability). SmoothGrad noise comes from a private generator seeded with ``seed``: the same
+    at every call, the global RNG untouched.
 
     Args:
         methods: any of ``vanilla_gradient``, ``smoothgrad``, ``guided_backprop``, ``deconvnet``, ``grad_cam``,
             ``occlusion``.
-        target: ``"true"`` (the label), ``"predicted"``, or a class index.
+        target: ``"auto"`` (per task: the true class, the predicted class without labels, the top true class of
+            multi-hot labels, the output of a regression, the predicted class over its pixels, the reconstruction
+            error, the embedding's norm), ``"true"`` or ``"predicted"`` (class tasks), a class index (an output
+            index for regression), or a callable ``target(output, (images, labels)) -> (N,)``.
+        task: ``"auto"`` (from the labels, else the output: :func:`~lightning_cnnviz.core.task.decide_task`),
+            ``"classification"``, ``"multilabel"``, ``"regression"``, ``"segmentation"``, ``"reconstruction"`` or
+            ``"embedding"``.
         smoothgrad_samples: noisy copies per image; ``smoothgrad_sigma``: noise level, a fraction of each
             image's value range.
         occlusion_patch: side of the occluding square (default: a quarter of the image side);
             ``occlusion_stride`` its step (default: a quarter of the patch).
-        grad_cam_layer: conv layer for Grad-CAM (default: the last ``nn.Conv2d``).
+        grad_cam_layer: conv layer for Grad-CAM (default: the last ``nn.Conv2d``; for segmentation the last one
+            whose output is a feature map, not the class scores nor a 1x1 attention branch).
         class_names: names for the captions (default: class indices).
         seed: seed of the SmoothGrad noise.
-        output_to_logits: function from the model's output to the (N, classes) logits (default: the output, or
-            its first tensor when it is a tuple, list, dict or dataclass; a ``logits`` entry first).
+        output_to_logits: function from the model's output to the tensor the task reads (default: the output,
+            or its first tensor when it is a tuple, list, dict or dataclass; a ``logits`` entry first).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         ...                     nn.Linear(4, 3))
-        >>> panel = SaliencyPanel(methods=("vanilla_gradient", "grad_cam"), target="predicted")
+        >>> panel = SaliencyPanel(methods=("vanilla_gradient", "grad_cam"), task="classification")
         >>> shot = panel.snapshot(net, Probe(torch.randn(2, 1, 8, 8)), Moment(epoch=0, step=0))
         >>> {tag: tuple(picture.shape) for tag, picture in shot.images.items()}
         {'cnnviz/saliency/vanilla_gradient': (3, 132, 196), 'cnnviz/saliency/grad_cam': (3, 132, 196)}
@@ -59,7 +93,7 @@ class SaliencyPanel:
     def __init__(
         self,
         methods: Sequence[str] = DEFAULT_METHODS,
-        target: Target = "true",
+        target: TargetSpec = "auto",
         smoothgrad_samples: int = 25,
         smoothgrad_sigma: float = 0.15,
         occlusion_patch: int | None = None,
@@ -68,6 +102,7 @@ class SaliencyPanel:
         class_names: Sequence[str] | None = None,
         seed: int = 0,
         output_to_logits: Callable[[Any], Tensor] | None = None,
+        task: Task = "auto",
     ) -> None:
         if isinstance(methods, str):
             methods = (methods,)
@@ -79,10 +114,15 @@ class SaliencyPanel:
             )
         if output_to_logits is not None and not callable(output_to_logits):
             raise TypeError(f"{WHO}: `output_to_logits` must be a callable or None, got {output_to_logits!r}.")
-        if not (target in ("true", "predicted") or (isinstance(target, int) and not isinstance(target, bool))):
-            raise ValueError(f"{WHO}: `target` can be 'true', 'predicted' or a class index, got {target!r}.")
+        named = isinstance(target, str) and target in ("auto", "true", "predicted")
+        if not (named or callable(target) or (isinstance(target, int) and not isinstance(target, bool))):
+            raise ValueError(
+                f"{WHO}: `target` can be 'auto', 'true', 'predicted', a class index or a callable "
+                f"target(output, batch) -> (N,), got {target!r}."
+            )
         self.methods = tuple(methods)
         self.target = target
+        self.task = check_choice(WHO, "task", task, ("auto", *TASKS))
         self.smoothgrad_samples = check_positive_int(WHO, "smoothgrad_samples", smoothgrad_samples)
         self.smoothgrad_sigma = float(smoothgrad_sigma)
         self.occlusion_patch = occlusion_patch
@@ -103,39 +143,91 @@ class SaliencyPanel:
         core takes the logits out of the output with ``logits_of``)."""
         return _OutputToLogits(model, self.output_to_logits) if self.output_to_logits else model
 
-    def maps(self, model: nn.Module, images: Tensor, labels: Tensor | None, method: str) -> Tensor:
-        """The ``method``'s maps of ``images`` (on the images' device), for the target of each image."""
-        scored = self.scored(model)
-        target: Tensor | int | None
-        if self.target == "true":
-            if labels is None:
-                raise ValueError(f"{WHO}: target='true' needs the probe images' labels.")
-            target = labels.to(images.device)
+    def explain(
+        self, model: nn.Module, images: Tensor, labels: Tensor | None, guard: Guard | None = None
+    ) -> Explanation:
+        """The task, target and captions of ``images`` (one eval forward); ``guard`` is told the task chosen.
+        :class:`~lightning_cnnviz.core.protocol.DoesNotApply` when the task's target cannot be had."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        convs = [(module, lambda m, a, out, name=name: shapes.update({name: tuple(out.shape)}))
+                 for name, module in conv_layers(model).items()]  # fmt: skip
+        with evaluating(model), hooked(convs):
+            output = self.scored(model)(images)
+        task, why = decide_task(self.task, labels, output, images)
+        target = choose_target(task, self.target, output, images, labels, self.class_names)
+        if guard is not None:
+            guard.tell(
+                f"task {task!r} ({why}), so the maps explain: {target.rule}. Pass `task=` or `target=` to choose "
+                "otherwise."
+            )
+        main = logits_of(output).detach()
+        masks = main.argmax(dim=1) if task == "segmentation" else None
+        cam_layer = None
+        if task == "segmentation" and main.dim() == 4:  # the last conv of features, not of class scores
+            features = [n for n, shape in shapes.items() if shape[1] != main.shape[1] and math.prod(shape[2:]) > 1]
+            cam_layer = features[-1] if features else None
+        captions = self.describe(task, target, output, images, labels)
+        return Explanation(task, target, captions, masks, cam_layer)
+
+    def describe(self, task: str, target: Target, output: Any, images: Tensor, labels: Tensor | None) -> list[str]:
+        """One caption per image: what its label holds (a class, the positive classes, a value) and what the
+        network made of it (``true 3 / pred 5``, ``true 0.71 / pred 0.66``, ``class 1: 12% of pixels``, ...)."""
+        main = logits_of(output).detach()
+        truth = describe_labels(labels, self.class_names) or [""] * len(images)
+        if task == "classification" and main.dim() == 2:
+            said = [class_name(int(p), self.class_names) for p in main.argmax(dim=1).tolist()]
+        elif task == "multilabel":
+            said = [",".join(class_name(int(c), self.class_names) for c in row.nonzero().flatten().tolist()) or "none"
+                    for row in (main > 0).cpu()]  # fmt: skip
+        elif task == "regression":
+            said = [", ".join(f"{v:.3g}" for v in row.tolist()[:3]) for row in main.flatten(1).cpu()]
+        elif task == "segmentation" and target.classes is None and self.target == "auto":
+            return self._regions(main, labels)
         else:
-            target = None if self.target == "predicted" else int(self.target)
+            values = target.score(output, images, torch.arange(len(images), device=images.device)).detach()
+            said = [f"{target.rule} {v:.3g}" for v in values.cpu().tolist()]
+            return [f"{t} / {s}" if t else s for t, s in zip(truth, said)]
+        return [f"true {t} / pred {s}" if t else f"pred {s}" for t, s in zip(truth, said)]
+
+    def _regions(self, main: Tensor, labels: Tensor | None) -> list[str]:
+        predicted = main.argmax(dim=1)
+        classes = main_class(predicted, main.shape[1])
+        share = (predicted == classes[:, None, None]).flatten(1).float().mean(dim=1).cpu().tolist()
+        true = None
+        if label_kind(labels, len(main)) == "mask" and labels is not None and labels.shape[1:] == predicted.shape[1:]:
+            chosen = labels.to(predicted.device) == classes[:, None, None]
+            true = chosen.flatten(1).float().mean(dim=1).cpu().tolist()
+        return [f"class {class_name(int(c), self.class_names)}: {p:.0%} of pixels" + (f", true {true[i]:.0%}"
+                if true is not None else "") for i, (c, p) in enumerate(zip(classes.tolist(), share))]  # fmt: skip
+
+    def maps(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor | None,
+        method: str,
+        explained: Explanation | None = None,
+    ) -> Tensor:
+        """The ``method``'s maps of ``images`` (on the images' device) for the target of each image (``explained``
+        when the caller has it, else :meth:`explain`)."""
+        scored = self.scored(model)
+        explained = explained or self.explain(model, images, labels)
+        chosen = explained.target
+        by_class = chosen.classes is not None and explained.task == "classification"
+        target: S.Target = chosen.classes if by_class else chosen
         if method == "smoothgrad":
             generator = torch.Generator(device=images.device).manual_seed(self.seed)
             samples, sigma = self.smoothgrad_samples, self.smoothgrad_sigma
             return S.smoothgrad(scored, images, target, samples=samples, sigma=sigma, generator=generator)
         if method == "grad_cam":
-            return S.grad_cam(scored, images, target, layer=self.grad_cam_layer)
+            return S.grad_cam(scored, images, target, layer=self.grad_cam_layer or explained.cam_layer)
         if method == "occlusion":
             patch = self.occlusion_patch or max(2, min(images.shape[-2:]) // 4)
             stride = self.occlusion_stride or max(1, patch // 4)
-            return S.occlusion(scored, images, target, patch=patch, stride=stride)
+            change: S.Target = target if by_class else chosen.change
+            return S.occlusion(scored, images, change, patch=patch, stride=stride)
         function: Callable[..., Tensor] = getattr(S, method)
         return function(scored, images, target)
-
-    def captions(self, model: nn.Module, images: Tensor, labels: Tensor | None) -> list[str]:
-        """``true <class> / pred <class>`` per image (``pred <class>`` without labels)."""
-        with evaluating(model):
-            predicted = logits_of(self.scored(model)(images)).argmax(dim=1).cpu().tolist()
-
-        def name(index: int) -> str:
-            return class_name(index, self.class_names)
-
-        truth = labels.tolist() if labels is not None else [None] * len(predicted)
-        return [(f"true {name(t)} / " if t is not None else "") + f"pred {name(p)}" for t, p in zip(truth, predicted)]
 
     def other_kinds(self, model: nn.Module, images: Tensor) -> list[str]:
         """Activation kinds of the model other than ``relu``, through which guided rules pass the true gradient."""
@@ -144,35 +236,46 @@ class SaliencyPanel:
             self._kinds = sorted({site.function for site in sites} - {"relu"})
         return self._kinds
 
-    def picture(self, model: nn.Module, images: Tensor, maps: Tensor, method: str, captions: list[str]) -> Tensor:
-        """The (3, H, W) picture of one method's maps: rows of [image | map | overlay], captioned."""
-        grid = render_saliency(images.to(maps.device), maps)
-        shown = list(captions)
-        if shown and method in ("guided_backprop", "deconvnet") and self.other_kinds(model, images):
-            shown[0] += f" | rule on ReLU only; true gradient through {', '.join(self.other_kinds(model, images))}"
-        if shown:
-            rows = grid.shape[-2] // len(shown)
-            grid = annotate(grid, [(1, row * rows, caption) for row, caption in enumerate(shown)])
+    def picture(
+        self, model: nn.Module, images: Tensor, maps: Tensor, method: str, explained: Explanation | list[str]
+    ) -> Tensor:
+        """The (3, H, W) picture of one method's maps: rows of [image | map | overlay] (with the predicted mask
+        of a segmentation), captioned, the target's rule on the first row."""
+        if isinstance(explained, list):
+            captions, masks = list(explained), None
+        else:
+            captions, masks = list(explained.captions), explained.masks
+            if captions:
+                captions[0] += f" | target: {explained.target.rule}"
+        grid = render_saliency(images.to(maps.device), maps, masks=masks)
+        if captions and method in ("guided_backprop", "deconvnet") and self.other_kinds(model, images):
+            captions[0] += f" | rule on ReLU only; true gradient through {', '.join(self.other_kinds(model, images))}"
+        if captions:
+            rows = grid.shape[-2] // len(captions)
+            grid = annotate(grid, [(1, row * rows, caption) for row, caption in enumerate(captions)])
         return grid
 
     def snapshot(
         self, model: nn.Module, probe: Probe, moment: Moment, *, guard: Guard | None = None, ranks: Ranks | None = None
     ) -> Snapshot:
         """Every method's picture of the probe (``cnnviz/saliency/<method>``), computed on rank zero only; a method
-        that fails (under ``guard``'s policy) or whose maps are not finite is left out."""
+        that fails (under ``guard``'s policy) or whose maps are not finite is left out; nothing is drawn when the
+        task's target does not apply (said once)."""
         guard, shot = guard or Guard(WHO), Snapshot()
         if ranks is not None and not ranks.is_zero:
             return shot
         device = next(model.parameters()).device
         moved = probe.to(device)
         images, labels = moved.images, moved.labels
-        captions = guard.run("saliency captions", self.captions, model, images, labels) or []
+        explained = guard.run("saliency", self.explain, model, images, labels, guard)
+        if explained is None:
+            return shot
         for method in self.methods:
 
-            def draw(method: str = method) -> None:
-                maps = self.maps(model, images, labels, method)
+            def draw(method: str = method, explained: Explanation = explained) -> None:
+                maps = self.maps(model, images, labels, method, explained)
                 if guard.finite(maps, what=f"the {method} maps", moment=moment):
-                    shot.images[f"cnnviz/saliency/{method}"] = self.picture(model, images, maps, method, captions)
+                    shot.images[f"cnnviz/saliency/{method}"] = self.picture(model, images, maps, method, explained)
 
             guard.run(f"saliency {method}", draw)
         return shot

@@ -148,20 +148,21 @@ class TopPatchGallery:
         self,
         model: nn.Module,
         example: Tensor,
-        say: Callable[[str], None] = warnings.warn,
+        say: Callable[[str], None] | None = None,
         measure: Callable[..., dict[str, ReceptiveField] | None] | None = None,
     ) -> bool:
         """Channel choice and receptive fields from one example image. A channel out of range, or a layer named
         in ``layers`` whose receptive field cannot be followed, raises; a default layer that cannot be followed is
-        left out and ``say`` is told why. ``measure(receptive_fields, model, layers, example)`` measures them again
-        for a new image size (a caller's error policy). True when ready. Chooses the layers first
-        (:meth:`configure`) when no layers are chosen yet."""
+        left out and ``say`` is told why (default: a warning). ``measure(receptive_fields, model, layers,
+        example)`` measures them again for a new image size (a caller's error policy). True when ready. Chooses
+        the layers first (:meth:`configure`) when no layers are chosen yet."""
         if not self.chosen_layers:
             self.configure(model)
         size = (example.shape[-2], example.shape[-1])
         if self.fields and next(iter(self.fields.values())).input_size == size:
             return True
-        followed = self._follow(model, example, say) if not self.fields else None
+        tell = say or (lambda message: warnings.warn(f"{WHO}: {message}", stacklevel=2))
+        followed = self._follow(model, example, tell) if not self.fields else None
         shapes: dict[str, tuple[int, ...]] = {}
         with evaluating(model):
             try:
@@ -208,7 +209,7 @@ class TopPatchGallery:
                 f"{WHO}: the receptive field of {said}, so its top patches cannot be cropped. Choose other `layers` "
                 "(conv layers before the unsupported operation)."
             )
-        say(f"{WHO}: leaving out default layer(s) whose receptive field is unknown: {said}.")
+        say(f"leaving out default layer(s) whose receptive field is unknown: {said}.")
         self.chosen_layers = [name for name in self.chosen_layers if name not in reasons]
         return fields
 
@@ -317,7 +318,7 @@ class TopPatchGallery:
         guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
         device = next(iter(model.parameters()), torch.empty(0)).device
         measure = functools.partial(guard.run, "receptive fields")
-        if not self.prepare(model, probe.images[:1].to(device), say=guard.say, measure=measure):
+        if not self.prepare(model, probe.images[:1].to(device), say=guard.once, measure=measure):
             return shot
         tops, images = self.top(model, probe.images, moment, guard, ranks, service)
         inf, nan = float("inf"), float("nan")  # -inf marks an empty slot (fewer positions than k), not divergence

@@ -1,0 +1,188 @@
+"""CNNs for tasks other than single-label classification, as users train them, on generated images: each task's
+network, loss and batches. Every image holds a bright square (and a dimmer second one) on noise; each task reads
+its target off them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+TASKS = ("simclr", "autoencoder", "multilabel", "regression", "segmentation", "unet")
+SIDE = 32
+
+
+def squares(count: int, side: int = SIDE, seed: int = 0, dim_square: bool = True) -> dict[str, Tensor]:
+    """Images (N, 3, side, side) with a bright square each (and a dimmer one, unless not ``dim_square``), and what
+    each task learns from them: the bright square's quadrant (class), the quadrants holding any square
+    (multi-hot), its brightness (a value), its mask."""
+    generator = torch.Generator().manual_seed(seed)
+    images = 0.1 * torch.randn(count, 3, side, side, generator=generator)
+    masks = torch.zeros(count, side, side, dtype=torch.long)
+    multi = torch.zeros(count, 4)
+    size = side // 4
+    corners = torch.randint(0, side - size, (count, 2, 2), generator=generator)
+    brightness = 0.5 + torch.rand(count, generator=generator)
+    for i in range(count):
+        for j, scale in ((0, 1.0), (1, 0.4))[: 2 if dim_square else 1]:
+            y, x = corners[i, j].tolist()
+            images[i, :, y : y + size, x : x + size] += scale * brightness[i]
+            centre = (y + size // 2 >= side // 2) * 2 + (x + size // 2 >= side // 2)
+            multi[i, centre] = 1.0
+            if j == 0:
+                masks[i, y : y + size, x : x + size] = 1
+    first = corners[:, 0] + size // 2
+    quadrant = (first[:, 0] >= side // 2).long() * 2 + (first[:, 1] >= side // 2).long()
+    return {"images": images, "class": quadrant, "multi": multi, "value": brightness[:, None], "mask": masks}
+
+
+class Batches(Dataset[Any]):
+    def __init__(self, data: dict[str, Tensor], target: str | None) -> None:
+        self.data, self.target = data, target
+
+    def __len__(self) -> int:
+        return len(self.data["images"])
+
+    def __getitem__(self, index: int) -> Any:
+        image = self.data["images"][index]
+        return image if self.target is None else (image, self.data[self.target][index])
+
+
+class TaskData(pl.LightningDataModule):
+    def __init__(self, target: str | None, count: int = 64, batch_size: int = 16) -> None:
+        super().__init__()
+        self.target, self.count, self.batch_size = target, count, batch_size
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(Batches(squares(self.count, seed=0), self.target), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(Batches(squares(self.count, seed=1), self.target), batch_size=self.batch_size)
+
+
+def trunk(width: int = 16) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+        nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
+    )  # fmt: skip
+
+
+def headed(outputs: int) -> nn.Sequential:
+    return nn.Sequential(trunk(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, outputs))
+
+
+class UNet(nn.Module):
+    """Two levels down, two up, each up-step concatenating the skip of its level (Ronneberger et al. 2015)."""
+
+    def __init__(self, classes: int = 2, width: int = 8) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.down1, self.down2 = block(3, width), block(width, 2 * width)
+        self.bottom = block(2 * width, 4 * width)
+        self.up2 = nn.ConvTranspose2d(4 * width, 2 * width, 2, stride=2)
+        self.dec2 = block(4 * width, 2 * width)
+        self.up1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.dec1 = block(2 * width, width)
+        self.head = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s1 = self.down1(x)
+        s2 = self.down2(F.max_pool2d(s1, 2))
+        bottom = self.bottom(F.max_pool2d(s2, 2))
+        d2 = self.dec2(torch.cat([self.up2(bottom), s2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), s1], dim=1))
+        return self.head(d1)
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )  # fmt: skip
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 2, stride=2), nn.ReLU(), nn.ConvTranspose2d(width, 3, 2, stride=2)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class SimCLR(nn.Module):
+    """A backbone and a projection head (Chen et al. 2020): the forward gives the projection."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(trunk(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.projector = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(self.backbone(x))
+
+
+def nt_xent(z: Tensor, temperature: float = 0.5) -> Tensor:
+    """The NT-Xent loss of 2N projections, views ``i`` and ``i + N`` positive pairs."""
+    z = F.normalize(z, dim=1)
+    count = len(z) // 2
+    similarity = z @ z.T / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    positives = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(z.device)
+    return F.cross_entropy(similarity, positives)
+
+
+def segmentation_net() -> nn.Module:
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    return lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=2)
+
+
+class TaskModule(pl.LightningModule):
+    """A network and its task's loss, as a user's LightningModule."""
+
+    def __init__(self, net: nn.Module, loss: Callable[[nn.Module, Any], Tensor], lr: float = 0.01) -> None:
+        super().__init__()
+        self.net, self.loss, self.lr = net, loss, lr
+
+    def forward(self, x: Tensor) -> Any:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.loss(self, batch)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", self.loss(self, batch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def _simclr_loss(module: nn.Module, x: Tensor) -> Tensor:
+    views = torch.cat([x + 0.05 * torch.randn_like(x), x.flip(-1) + 0.05 * torch.randn_like(x)])
+    return nt_xent(module(views))
+
+
+def task(name: str) -> tuple[TaskModule, TaskData]:
+    """The LightningModule and data of a task of :data:`TASKS`."""
+    if name == "simclr":
+        return TaskModule(SimCLR(), _simclr_loss), TaskData(None)
+    if name == "autoencoder":
+        return TaskModule(AutoEncoder(), lambda m, x: F.mse_loss(m(x), x)), TaskData(None)
+    if name == "multilabel":
+        return TaskModule(headed(4), lambda m, b: F.binary_cross_entropy_with_logits(m(b[0]), b[1])), TaskData("multi")
+    if name == "regression":
+        return TaskModule(headed(1), lambda m, b: F.mse_loss(m(b[0]), b[1])), TaskData("value")
+    if name == "segmentation":
+        return TaskModule(segmentation_net(), lambda m, b: F.cross_entropy(m(b[0])["out"], b[1])), TaskData("mask")
+    if name == "unet":
+        return TaskModule(UNet(), lambda m, b: F.cross_entropy(m(b[0]), b[1])), TaskData("mask")
+    raise ValueError(f"unknown task {name!r}; the tasks are {TASKS}")
