@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam, Saliency
-from tasks import TASKS, AutoEncoder, squares, task
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -43,6 +42,7 @@ from lightning_cnnviz.core import (
     select_balanced,
 )
 from lightning_cnnviz.core.saliency import grad_cam, vanilla_gradient
+from lightning_cnnviz.demo.tasks import TASKS, AutoEncoder, squares, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
 # What every monitor writes on each task: no task here has one class label per image, so no kNN accuracy.
@@ -445,3 +445,37 @@ def test_segmentation_maps_are_larger_inside_the_square(capsys: pytest.CaptureFi
         print(f"\nsegmentation maps, mean per pixel inside / outside the square (IoU {float(overlap):.2f}):",
               {method: round(ratio, 2) for method, ratio in ratios.items()})  # fmt: skip
     assert all(ratios[method] > 1 for method in methods[:4]), ratios
+
+
+def test_the_readme_task_examples_run_as_written(tmp_path: Path) -> None:
+    """The README's "Tasks" block, executed as it stands (fewer batches, smaller probes): each fit writes the
+    pictures it promises."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    section = text.index("## Tasks")
+    start = text.index("```python\n", section)
+    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    assert code.count("Trainer(max_epochs=2, ") == 6
+    code = code.replace("Trainer(max_epochs=2, ", "Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, "
+                        "enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, ")
+    code = code.replace("SaliencyMonitor(", "SaliencyMonitor(num_images=4, smoothgrad_samples=2, occlusion_stride=4, ")
+    code = code.replace("EmbeddingMonitor(", "EmbeddingMonitor(probe_size=24, ")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "failed with" not in result.stderr
+    runs = [read_events(tmp_path / "lightning_logs" / f"version_{index}") for index in range(6)]
+    for index, events in enumerate(runs):
+        assert {f"cnnviz/saliency/{method}" for method in SALIENCY} <= set(events["images"]), index
+    for index in (0, 2, 3):
+        assert "cnnviz/embedding/tsne" in runs[index]["images"]
+    said = result.stderr
+    for chosen in ("embedding norm", "reconstruction error", "top true class", "output", "predicted class over its "
+                   "pixels", "<lambda> target"):  # fmt: skip
+        assert f"so the maps explain: {chosen}." in said, chosen

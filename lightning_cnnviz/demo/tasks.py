@@ -1,6 +1,13 @@
 """CNNs for tasks other than single-label classification, as users train them, on generated images: each task's
-network, loss and batches. Every image holds a bright square (and a dimmer second one) on noise; each task reads
-its target off them."""
+network, loss and batches (the README's "Tasks" examples and the task tests). Every image holds a bright square
+(and a dimmer second one) on noise; each task reads its target off them.
+
+Example:
+    >>> model, data = task("regression")
+    >>> images, values = next(iter(data.train_dataloader()))
+    >>> tuple(model(images).shape), tuple(values.shape)
+    ((16, 1), (16, 1))
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["TASKS", "TaskData", "TaskModule", "UNet", "squares", "task"]
 
 TASKS = ("simclr", "autoencoder", "multilabel", "regression", "segmentation", "unet")
 SIDE = 32
@@ -42,6 +51,8 @@ def squares(count: int, side: int = SIDE, seed: int = 0, dim_square: bool = True
 
 
 class Batches(Dataset[Any]):
+    """The images alone (``target=None``) or (image, target) pairs of :func:`squares`."""
+
     def __init__(self, data: dict[str, Tensor], target: str | None) -> None:
         self.data, self.target = data, target
 
@@ -54,6 +65,8 @@ class Batches(Dataset[Any]):
 
 
 class TaskData(pl.LightningDataModule):
+    """Training and validation batches of :func:`squares`: images alone, or with the ``target`` entry."""
+
     def __init__(self, target: str | None, count: int = 64, batch_size: int = 16) -> None:
         super().__init__()
         self.target, self.count, self.batch_size = target, count, batch_size
@@ -66,6 +79,7 @@ class TaskData(pl.LightningDataModule):
 
 
 def trunk(width: int = 16) -> nn.Sequential:
+    """Three convolutions, the last two of stride 2."""
     return nn.Sequential(
         nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
@@ -74,6 +88,7 @@ def trunk(width: int = 16) -> nn.Sequential:
 
 
 def headed(outputs: int) -> nn.Sequential:
+    """:func:`trunk`, pooled, with a linear head of ``outputs``."""
     return nn.Sequential(trunk(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, outputs))
 
 
@@ -104,6 +119,8 @@ class UNet(nn.Module):
 
 
 class AutoEncoder(nn.Module):
+    """Two strided convolutions down, two transposed convolutions up: an output of the input's shape."""
+
     def __init__(self, width: int = 16) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
@@ -141,6 +158,7 @@ def nt_xent(z: Tensor, temperature: float = 0.5) -> Tensor:
 
 
 def segmentation_net() -> nn.Module:
+    """torchvision's LRASPP MobileNet-V3 for two classes, untrained: its output is ``{"out": (N, 2, H, W)}``."""
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
     return lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=2)
