@@ -6,7 +6,8 @@ Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer
 patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps. The data is
 found as ``lightning_cnnviz.demo.data.find_data`` finds it (``$CNNVIZ_DATA``, Debian's Fashion-MNIST package) or
 given with ``--data DIR`` (a folder holding ``fashion-mnist/`` and ``cifar10/cifar10-jpg.zip``).
-``--parts`` picks some of ``saliency activations top_patches embedding feature_vis``.
+``--parts`` picks some of ``saliency activations top_patches embedding feature_vis tasks`` (``tasks``: a
+segmentation network's saliency and a regression network's t-SNE map, on generated images).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -47,7 +49,7 @@ def data_path(name: str, roots: list[str]) -> Path:
 def fit(
     logdir: Path,
     data: pl.LightningDataModule,
-    model: ImageClassifier,
+    model: pl.LightningModule,
     callbacks: list[pl.Callback],
     **trainer_args: object,
 ) -> Path:
@@ -81,7 +83,7 @@ def cifar_classes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
-    parts = ["saliency", "activations", "top_patches", "embedding", "feature_vis"]
+    parts = ["saliency", "activations", "top_patches", "embedding", "feature_vis", "tasks"]
     parser.add_argument("--parts", nargs="+", default=parts)
     parser.add_argument("--data", action="append", default=[], help="a folder holding fashion-mnist/ and cifar10/")
     args = parser.parse_args()
@@ -102,6 +104,37 @@ def main() -> None:
             embedding(Path(tmp), out)
         if "feature_vis" in args.parts:
             feature_vis(Path(tmp), out)
+        if "tasks" in args.parts:
+            tasks(Path(tmp), out)
+
+
+def tasks(tmp: Path, out: Path) -> None:
+    """Segmentation (torchvision LRASPP, 64 px squares, the foreground weighted for its 6% of pixels) and
+    regression (the square's brightness): what SaliencyMonitor and EmbeddingMonitor draw for them."""
+    import torch
+    import torch.nn.functional as F
+
+    from lightning_cnnviz.demo.tasks import TaskData, TaskModule, segmentation_net, task
+
+    weight = torch.tensor([1.0, 8.0])
+
+    def segmentation_loss(module: torch.nn.Module, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(module(batch[0])["out"], batch[1], weight=weight)
+
+    net = segmentation_net()
+    for module in net.modules():  # MobileNet-V3's momentum of 0.01 would keep the eval statistics near their start
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 0.1
+    data = TaskData("mask", count=1024, batch_size=32, side=64, dim_square=False)
+    saliency = SaliencyMonitor(methods=("vanilla_gradient", "occlusion"), num_images=4, every_n_epochs=6)
+    run = fit(tmp / "segmentation", data, TaskModule(net, segmentation_loss), [saliency], max_epochs=6)
+    for method in saliency.methods:
+        save_last_image(run, f"cnnviz/saliency/{method}", out / f"saliency_{method}_segmentation.png")
+    model, _ = task("regression")
+    values = TaskData("value", count=1024, batch_size=32)
+    embedding = EmbeddingMonitor(probe_size=512, every_n_epochs=10, perplexity=20)
+    run = fit(tmp / "regression", values, model, [embedding], max_epochs=10)
+    save_last_image(run, "cnnviz/embedding/tsne", out / "embedding_tsne_regression.png")
 
 
 def saliency_and_filters(tmp: Path, out: Path) -> None:

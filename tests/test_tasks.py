@@ -221,6 +221,12 @@ def resnet_with(head: nn.Module) -> nn.Module:
     return net.eval()
 
 
+def resnet_autoencoder() -> nn.Module:
+    """ResNet-18's trunk and a transposed-convolution head back to the 32-pixel input."""
+    trunk = list(resnet_with(nn.Identity()).children())[:-2]
+    return nn.Sequential(*trunk, nn.ConvTranspose2d(512, 3, 32, stride=32)).eval()
+
+
 def segmenter() -> nn.Module:
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
@@ -228,23 +234,32 @@ def segmenter() -> nn.Module:
     return lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3).eval()
 
 
-def target_cases() -> dict[str, tuple[Any, ...]]:
-    """rule -> (model, Grad-CAM layer, images, labels, task, target)."""
+def target_case(rule: str) -> tuple[Any, ...]:
+    """(model, Grad-CAM layer, images, labels, task, target) of a rule of ``target="auto"`` (and of a given
+    segmentation class): a torchvision model of the task where one exists, else ResNet-18 with the task's head."""
     data = squares(4, side=32)
     images = data["images"]
-    return {
-        "true class": (resnet_with(nn.Linear(512, 4)), "layer4.1.conv2", images, data["class"], "auto", "auto"),
-        "predicted class": (resnet_with(nn.Linear(512, 4)), "layer4.1.conv2", images, None, "classification",
-                            "auto"),
-        "top true class": (resnet_with(nn.Linear(512, 4)), "layer4.1.conv2", images, data["multi"], "auto", "auto"),
-        "output": (resnet_with(nn.Linear(512, 1)), "layer4.1.conv2", images, data["value"], "auto", "auto"),
-        "embedding norm": (resnet_with(nn.Sequential(nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 16))),
-                           "layer4.1.conv2", images, None, "auto", "auto"),
-        "reconstruction error": (AutoEncoder().eval(), "encoder.2", images, None, "auto", "auto"),
-        "predicted class over its pixels": (segmenter(), "classifier.high_classifier", images, data["mask"], "auto",
-                                            "auto"),
-        "class": (segmenter(), "backbone.16.0", images, None, "segmentation", predicted_class(images)),
-    }  # fmt: skip
+    resnet = "layer4.1.conv2"
+    if rule == "true class":
+        return resnet_with(nn.Linear(512, 4)), resnet, images, data["class"], "auto", "auto"
+    if rule == "predicted class":
+        return resnet_with(nn.Linear(512, 4)), resnet, images, None, "classification", "auto"
+    if rule == "top true class":
+        return resnet_with(nn.Linear(512, 4)), resnet, images, data["multi"], "auto", "auto"
+    if rule == "output":
+        return resnet_with(nn.Linear(512, 1)), resnet, images, data["value"], "auto", "auto"
+    if rule == "embedding norm":
+        head = nn.Sequential(nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 16))
+        return resnet_with(head), resnet, images, None, "auto", "auto"
+    if rule == "reconstruction error":
+        return resnet_autoencoder(), "7.1.conv2", images, None, "auto", "auto"
+    if rule == "predicted class over its pixels":
+        return segmenter(), "classifier.high_classifier", images, data["mask"], "auto", "auto"
+    return segmenter(), "backbone.16.0", images, None, "segmentation", predicted_class(images)
+
+
+RULES_OF_AUTO = ["true class", "predicted class", "top true class", "output", "embedding norm",
+                 "reconstruction error", "predicted class over its pixels", "class"]  # fmt: skip
 
 
 def predicted_class(images: Tensor) -> int:
@@ -253,9 +268,9 @@ def predicted_class(images: Tensor) -> int:
         return int(segmenter()(images)["out"].argmax(dim=1).flatten().mode().values)
 
 
-@pytest.mark.parametrize("rule", list(target_cases()))
+@pytest.mark.parametrize("rule", RULES_OF_AUTO)
 def test_every_target_rule_equals_captum_given_the_same_scalar_function(rule: str) -> None:
-    model, layer, images, labels, task_name, target = target_cases()[rule]
+    model, layer, images, labels, task_name, target = target_case(rule)
     panel = SaliencyPanel(methods=("vanilla_gradient", "grad_cam"), task=task_name, target=target,
                           grad_cam_layer=layer)  # fmt: skip
     explained = panel.explain(model, images, labels)

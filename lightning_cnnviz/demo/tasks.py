@@ -65,17 +65,24 @@ class Batches(Dataset[Any]):
 
 
 class TaskData(pl.LightningDataModule):
-    """Training and validation batches of :func:`squares`: images alone, or with the ``target`` entry."""
+    """Training and validation batches of :func:`squares` (``count`` each, ``side`` pixels): images alone, or
+    with the ``target`` entry."""
 
-    def __init__(self, target: str | None, count: int = 64, batch_size: int = 16) -> None:
+    def __init__(
+        self, target: str | None, count: int = 64, batch_size: int = 16, side: int = SIDE, dim_square: bool = True
+    ) -> None:
         super().__init__()
         self.target, self.count, self.batch_size = target, count, batch_size
+        self.side, self.dim_square = side, dim_square
+
+    def _batches(self, seed: int) -> Batches:
+        return Batches(squares(self.count, self.side, seed, self.dim_square), self.target)
 
     def train_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(Batches(squares(self.count, seed=0), self.target), batch_size=self.batch_size, shuffle=True)
+        return DataLoader(self._batches(0), batch_size=self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(Batches(squares(self.count, seed=1), self.target), batch_size=self.batch_size)
+        return DataLoader(self._batches(1), batch_size=self.batch_size)
 
 
 def trunk(width: int = 16) -> nn.Sequential:
