@@ -124,6 +124,23 @@ def global_state_clean() -> bool:
     )
 
 
+def readme_block(after: str) -> str:
+    """The first ```python block of the README after the text ``after``."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n", text.index(after))
+    return text[start + len("```python\n") : text.index("```", start + 10)]
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` run by this interpreter in a fresh process in ``cwd``, the checkout importable; it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def read_events(logdir: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything TensorBoard's own reader finds under ``logdir``: image, scalar, histogram and text tags."""
     from lightning_cnnviz.report import read_events as read

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import ROOT, free_port, get_json, read_events, wait_for_tag
+from conftest import ROOT, free_port, get_json, read_events, readme_block, run_python, wait_for_tag
 from lightning_cnnviz.core import find_activation_sites
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -112,16 +112,10 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
 
 def test_the_readme_snippet_runs_as_written(tmp_path: Path) -> None:
     """The README's "add the monitors to your own Trainer" block, executed as it stands (fewer epochs)."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index("```python\nfrom lightning.pytorch import Trainer")
-    code = text[start + len("```python\n") : text.index("```", start + 10)]
-    assert "max_epochs=5" in code
+    code = readme_block("## Add the monitors to your own Trainer")
+    assert code.startswith("from lightning.pytorch import Trainer") and "max_epochs=5" in code
     code = code.replace("max_epochs=5", "max_epochs=1, limit_train_batches=3, enable_progress_bar=False")
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(code, tmp_path)
     events = read_events(tmp_path / "lightning_logs")
     assert {"cnnviz/filters/net.conv1", "cnnviz/feature_vis/net.conv3", "cnnviz/embedding/tsne"} <= set(
         events["images"]

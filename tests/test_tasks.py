@@ -18,7 +18,7 @@ from captum.attr import LayerAttribution, LayerGradCam, Saliency
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from conftest import make_trainer, read_events
+from conftest import make_trainer, read_events, readme_block, run_python
 from lightning_cnnviz import (
     ActivationMonitor,
     EmbeddingMonitor,
@@ -465,25 +465,13 @@ def test_segmentation_maps_are_larger_inside_the_square(capsys: pytest.CaptureFi
 def test_the_readme_task_examples_run_as_written(tmp_path: Path) -> None:
     """The README's "Tasks" block, executed as it stands (fewer batches, smaller probes): each fit writes the
     pictures it promises."""
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    text = (root / "README.md").read_text()
-    section = text.index("## Tasks")
-    start = text.index("```python\n", section)
-    code = text[start + len("```python\n") : text.index("```", start + 10)]
+    code = readme_block("## Tasks")
     assert code.count("Trainer(max_epochs=2, ") == 6
     code = code.replace("Trainer(max_epochs=2, ", "Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, "
                         "enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False, ")
     code = code.replace("SaliencyMonitor(", "SaliencyMonitor(num_images=4, smoothgrad_samples=2, occlusion_stride=4, ")
     code = code.replace("EmbeddingMonitor(", "EmbeddingMonitor(probe_size=24, ")
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "PYTHONPATH": str(root)},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python(code, tmp_path)
     assert "failed with" not in result.stderr
     runs = [read_events(tmp_path / "lightning_logs" / f"version_{index}") for index in range(6)]
     for index, events in enumerate(runs):
