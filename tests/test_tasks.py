@@ -482,3 +482,47 @@ def test_the_readme_task_examples_run_as_written(tmp_path: Path) -> None:
     for chosen in ("embedding norm", "reconstruction error", "top true class", "output", "predicted class over its "
                    "pixels", "<lambda> target"):  # fmt: skip
         assert f"so the maps explain: {chosen}." in said, chosen
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_an_auxiliary_head_registered_last_is_not_grad_cams_layer(labelled: bool) -> None:
+    """torchvision's FCN registers its auxiliary classifier after the main one, and its output is not in "out":
+    Grad-CAM takes the last conv the target depends on (for segmentation, the last of features), so every method
+    draws and none is switched off."""
+    from torchvision.models.segmentation import fcn_resnet50
+
+    torch.manual_seed(0)
+    net = fcn_resnet50(weights=None, weights_backbone=None, num_classes=2, aux_loss=True).eval()
+    data = squares(2, side=32)
+    labels = data["mask"] if labelled else None
+    said: list[str] = []
+    panel = SaliencyPanel(smoothgrad_samples=2, occlusion_stride=8)
+    explained = panel.explain(net, data["images"], labels)
+    assert explained.task == "segmentation"  # from the masks, or from the output (N, 2, H, W) without them
+    assert explained.cam_layer == "classifier.0"  # not aux_classifier.*, not the 1x1 class-score conv
+    guard = Guard("SaliencyMonitor", on_error="raise", say=said.append)
+    shot = panel.snapshot(net, Probe(data["images"], labels), Moment(0, 0), guard=guard)
+    assert sorted(shot.images) == sorted(f"cnnviz/saliency/{method}" for method in SALIENCY) and said == []
+
+
+def test_a_classifier_whose_last_conv_feeds_an_unused_branch_keeps_a_grad_cam() -> None:
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(3, 4, 3)
+            self.head = nn.Linear(4, 3)
+            self.side = nn.Conv2d(4, 2, 1)  # registered last, computed, not used by the logits
+
+        def forward(self, x: Tensor) -> Tensor:
+            features = self.features(x).relu()
+            self.side_output = self.side(features)
+            return self.head(features.mean(dim=(2, 3)))
+
+    net, images = Branches().eval(), torch.randn(2, 3, 8, 8)
+    panel = SaliencyPanel(methods=("grad_cam",), task="classification")
+    explained = panel.explain(net, images, None)
+    assert explained.cam_layer == "features"
+    torch.testing.assert_close(panel.maps(net, images, None, "grad_cam", explained),
+                               grad_cam(net, images, explained.target.classes, layer="features"))  # fmt: skip
+    assert SaliencyPanel(methods=("grad_cam",)).explain(nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1),
+                                                                      nn.Flatten()), images, None).cam_layer is None

@@ -148,13 +148,15 @@ class SaliencyPanel:
     ) -> Explanation:
         """The task, target and captions of ``images`` (one eval forward); ``guard`` is told the task chosen.
         :class:`~lightning_cnnviz.core.protocol.DoesNotApply` when the task's target cannot be had."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        convs = [(module, lambda m, a, out, name=name: shapes.update({name: tuple(out.shape)}))
+        outputs: dict[str, Tensor] = {}  # each conv's (first) output, in the order the forward made them
+        convs = [(module, lambda m, a, out, name=name: outputs.setdefault(name, out))
                  for name, module in conv_layers(model).items()]  # fmt: skip
-        with evaluating(model), hooked(convs):
-            output = self.scored(model)(images)
-        task, why = decide_task(self.task, labels, output, images)
-        target = choose_target(task, self.target, output, images, labels, self.class_names)
+        inputs = images.detach().requires_grad_(True)
+        with evaluating(model, grad=True), hooked(convs):
+            output = self.scored(model)(inputs)
+            task, why = decide_task(self.task, labels, output, images)
+            target = choose_target(task, self.target, output, images, labels, self.class_names)
+            cam_layer = self._cam_layer(model, task, target, output, inputs, outputs)
         if guard is not None:
             guard.tell(
                 f"task {task!r} ({why}), so the maps explain: {target.rule}. Pass `task=` or `target=` to choose "
@@ -162,12 +164,28 @@ class SaliencyPanel:
             )
         main = logits_of(output).detach()
         masks = main.argmax(dim=1) if task == "segmentation" else None
-        cam_layer = None
-        if task == "segmentation" and main.dim() == 4:  # the last conv of features, not of class scores
-            features = [n for n, shape in shapes.items() if shape[1] != main.shape[1] and math.prod(shape[2:]) > 1]
-            cam_layer = features[-1] if features else None
         captions = self.describe(task, target, output, images, labels)
         return Explanation(task, target, captions, masks, cam_layer)
+
+    def _cam_layer(
+        self, model: nn.Module, task: str, target: Target, output: Any, inputs: Tensor, outputs: dict[str, Tensor]
+    ) -> str | None:
+        """Grad-CAM's layer when not the default (the last ``nn.Conv2d``): the last conv the target depends on
+        when the last one is not (an auxiliary head's), and for segmentation the last one of features (not the
+        class scores, nor a 1x1 attention branch). One backward of the probe, only when Grad-CAM is drawn."""
+        if self.grad_cam_layer is not None or "grad_cam" not in self.methods or not outputs:
+            return None
+        names = [name for name, value in outputs.items() if value.requires_grad]
+        rows = torch.arange(len(inputs), device=inputs.device)
+        grads = torch.autograd.grad(target(output, inputs, rows).sum(), [outputs[n] for n in names], allow_unused=True)
+        used = [name for name, grad in zip(names, grads) if grad is not None]
+        main = logits_of(output)
+        if task == "segmentation" and main.dim() == 4:
+            used = [n for n in used if outputs[n].shape[1] != main.shape[1] and math.prod(outputs[n].shape[2:]) > 1]
+        registered = list(conv_layers(model))
+        if not used or (task != "segmentation" and registered[-1] in used):
+            return None
+        return max(used, key=registered.index)
 
     def describe(self, task: str, target: Target, output: Any, images: Tensor, labels: Tensor | None) -> list[str]:
         """One caption per image: what its label holds (a class, the positive classes, a value) and what the
