@@ -117,17 +117,15 @@ class Guard:
         self._diverged: dict[str, bool] = {}
         self._said: set[str] = set()
 
-    def once(self, message: str) -> None:
-        """Say ``message`` (prefixed with who says it) unless it was said before."""
+    def once(self, message: str, through: Callable[[str], Any] | None = None) -> None:
+        """Say ``message`` (prefixed with who says it) unless it was said before; ``through`` another channel."""
         if message not in self._said:
             self._said.add(message)
-            self.say(f"{self.who}: {message}")
+            (through or self.say)(f"{self.who}: {message}")
 
     def tell(self, message: str) -> None:
         """Tell ``message`` once through ``inform``: what a monitor chose for this run, not a problem."""
-        if message not in self._said:
-            self._said.add(message)
-            self.inform(f"{self.who}: {message}")
+        self.once(message, self.inform)
 
     def skip(self, piece: str, reason: object) -> None:
         """Switch ``piece`` off for good, saying once that it does not apply and why."""

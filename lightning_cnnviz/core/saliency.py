@@ -25,11 +25,11 @@ from torch.overrides import TorchFunctionMode
 from lightning_cnnviz.core._calls import INPLACE_RELU, flat_tensors, relu_kind
 from lightning_cnnviz.core.batches import check_images, in_layout_of
 from lightning_cnnviz.core.model import conv_layers, evaluating, hooked, logits_of, resolve_modules
+from lightning_cnnviz.core.task import Score, check_scores, class_score
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
 SALIENCY_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "deconvnet", "grad_cam", "occlusion")
-Score = Callable[[Any, Tensor, Tensor], Tensor]
 Target = Tensor | int | Score | None
 ReluRule = Literal["guided_backprop", "deconvnet", "redirected"]
 
@@ -100,20 +100,7 @@ def _targets(model: nn.Module, images: Tensor, target: Target, max_batch: int, l
 
 def _scorer(model: nn.Module, images: Tensor, target: Target, max_batch: int, logits: Tensor | None = None) -> Score:
     """The score of each input: ``target`` itself when it is a callable, else the logit of its image's class."""
-    if callable(target):
-        return target
-    classes = _targets(model, images, target, max_batch, logits)
-
-    def score(output: Any, inputs: Tensor, rows: Tensor) -> Tensor:
-        return logits_of(output).gather(1, classes[rows, None])[:, 0]
-
-    return score
-
-
-def _checked(scores: Tensor, count: int) -> Tensor:
-    if not isinstance(scores, Tensor) or scores.shape != (count,):
-        raise TypeError(f"a target score must be one value per input, shape ({count},), got {scores!r:.100}")
-    return scores
+    return target if callable(target) else class_score(_targets(model, images, target, max_batch, logits))
 
 
 def _input_gradient(
@@ -125,7 +112,7 @@ def _input_gradient(
     grads = []
     for chunk, chunk_rows in zip(images.split(max_batch), rows.split(max_batch)):
         inputs = chunk.detach().clone().requires_grad_(True)
-        scores = _checked(score(model(inputs), inputs, chunk_rows), len(inputs)).sum()
+        scores = check_scores(score(model(inputs), inputs, chunk_rows), len(inputs)).sum()
         (grad,) = torch.autograd.grad(scores, inputs)
         grads.append(grad)
     return torch.cat(grads)
@@ -251,7 +238,7 @@ def grad_cam(
     with hooked([(module, keep)]), evaluating(model, grad=True):
         for chunk, chunk_rows in zip(images.split(max_batch), rows.split(max_batch)):
             captured.clear()
-            scores = _checked(score(model(chunk.detach()), chunk, chunk_rows), len(chunk)).sum()
+            scores = check_scores(score(model(chunk.detach()), chunk, chunk_rows), len(chunk)).sum()
             activations = captured[-1]
             (grad,) = torch.autograd.grad(scores, activations)
             weights = grad.mean(dim=(2, 3), keepdim=True)
@@ -349,22 +336,17 @@ def occlusion(
         if callable(target):
             measure = target
             parts = zip(images.split(max_batch), rows.split(max_batch))
-            clean = torch.cat([_checked(measure(model(chunk), chunk, r), len(chunk)) for chunk, r in parts])
+            clean = torch.cat([check_scores(measure(model(chunk), chunk, r), len(chunk)) for chunk, r in parts])
         else:
             clean_logits = torch.cat([logits_of(model(chunk)) for chunk in images.split(max_batch)])
-            targets = _targets(model, images, target, max_batch, logits=clean_logits)
-
-            def by_class(output: Any, inputs: Tensor, image: Tensor) -> Tensor:
-                return score(logits_of(output)).gather(1, targets[image, None])[:, 0]
-
-            measure = by_class
+            measure = class_score(_targets(model, images, target, max_batch, logits=clean_logits), score)
             clean = measure(clean_logits, images, rows)
         drops = []
         for start in range(0, count * windows, per_pass):
             copy = torch.arange(start, min(start + per_pass, count * windows), device=images.device)
             image, window = copy // windows, copy % windows
             occluded = in_layout_of(torch.where(masks[window], fill[image], images[image]), images)
-            drops.append(clean[image] - _checked(measure(model(occluded), occluded, image), len(occluded)))
+            drops.append(clean[image] - check_scores(measure(model(occluded), occluded, image), len(occluded)))
     drop = torch.cat(drops).view(count, windows)
     total = torch.einsum("nw,whk->nhk", drop, masks[:, 0].to(drop.dtype))
     return total / masks.sum(dim=0).clamp_min(1)

@@ -27,7 +27,8 @@ from lightning_cnnviz.core.task import (
     decide_task,
     describe_labels,
     label_kind,
-    main_class,
+    positive_names,
+    shown_values,
 )
 
 __all__ = ["Explanation", "SaliencyPanel"]
@@ -151,8 +152,9 @@ class SaliencyPanel:
         outputs: dict[str, Tensor] = {}  # each conv's (first) output, in the order the forward made them
         convs = [(module, lambda m, a, out, name=name: outputs.setdefault(name, out))
                  for name, module in conv_layers(model).items()]  # fmt: skip
-        inputs = images.detach().requires_grad_(True)
-        with evaluating(model, grad=True), hooked(convs):
+        follow = "grad_cam" in self.methods and self.grad_cam_layer is None  # the graph tells Grad-CAM's layer
+        inputs = images.detach().requires_grad_(follow)
+        with evaluating(model, grad=follow), hooked(convs):
             output = self.scored(model)(inputs)
             task, why = decide_task(self.task, labels, output, images)
             target = choose_target(task, self.target, output, images, labels, self.class_names)
@@ -172,13 +174,13 @@ class SaliencyPanel:
     ) -> str | None:
         """Grad-CAM's layer when not the default (the last ``nn.Conv2d``): the last conv the target depends on
         when the last one is not (an auxiliary head's), and for segmentation the last one of features (not the
-        class scores, nor a 1x1 attention branch). One backward of the probe, only when Grad-CAM is drawn."""
+        class scores, nor a 1x1 attention branch). Read off the autograd graph of the target (no backward), only
+        when Grad-CAM is drawn at its default layer."""
         if self.grad_cam_layer is not None or "grad_cam" not in self.methods or not outputs:
             return None
-        names = [name for name, value in outputs.items() if value.requires_grad]
         rows = torch.arange(len(inputs), device=inputs.device)
-        grads = torch.autograd.grad(target(output, inputs, rows).sum(), [outputs[n] for n in names], allow_unused=True)
-        used = [name for name, grad in zip(names, grads) if grad is not None]
+        reached = _graph_nodes(target(output, inputs, rows).grad_fn)
+        used = [name for name, value in outputs.items() if value.grad_fn is not None and value.grad_fn in reached]
         main = logits_of(output)
         if task == "segmentation" and main.dim() == 4:
             used = [n for n in used if outputs[n].shape[1] != main.shape[1] and math.prod(outputs[n].shape[2:]) > 1]
@@ -195,21 +197,19 @@ class SaliencyPanel:
         if task == "classification" and main.dim() == 2:
             said = [class_name(int(p), self.class_names) for p in main.argmax(dim=1).tolist()]
         elif task == "multilabel":
-            said = [",".join(class_name(int(c), self.class_names) for c in row.nonzero().flatten().tolist()) or "none"
-                    for row in (main > 0).cpu()]  # fmt: skip
+            said = positive_names(main > 0, self.class_names)
         elif task == "regression":
-            said = [", ".join(f"{v:.3g}" for v in row.tolist()[:3]) for row in main.flatten(1).cpu()]
-        elif task == "segmentation" and target.classes is None and self.target == "auto":
-            return self._regions(main, labels)
+            said = shown_values(main)
+        elif task == "segmentation" and target.classes is not None and self.target == "auto":
+            return self._regions(main, target.classes, labels)
         else:
             values = target.score(output, images, torch.arange(len(images), device=images.device)).detach()
             said = [f"{target.rule} {v:.3g}" for v in values.cpu().tolist()]
             return [f"{t} / {s}" if t else s for t, s in zip(truth, said)]
         return [f"true {t} / pred {s}" if t else f"pred {s}" for t, s in zip(truth, said)]
 
-    def _regions(self, main: Tensor, labels: Tensor | None) -> list[str]:
-        predicted = main.argmax(dim=1)
-        classes = main_class(predicted, main.shape[1])
+    def _regions(self, main: Tensor, classes: Tensor, labels: Tensor | None) -> list[str]:
+        predicted = main.argmax(dim=1).to(classes.device)
         share = (predicted == classes[:, None, None]).flatten(1).float().mean(dim=1).cpu().tolist()
         true = None
         if label_kind(labels, len(main)) == "mask" and labels is not None and labels.shape[1:] == predicted.shape[1:]:
@@ -297,6 +297,18 @@ class SaliencyPanel:
 
             guard.run(f"saliency {method}", draw)
         return shot
+
+
+def _graph_nodes(root: Any) -> set[Any]:
+    """Every autograd node from which ``root`` (a ``grad_fn``) is computed: what a backward from it reaches."""
+    reached: set[Any] = set()
+    waiting = [root]
+    while waiting:
+        node = waiting.pop()
+        if node is not None and node not in reached:
+            reached.add(node)
+            waiting.extend(parent for parent, _ in node.next_functions)
+    return reached
 
 
 class _OutputToLogits:

@@ -90,7 +90,8 @@ class Target:
     """What the maps explain: ``score(output, inputs, rows)``, one value per input (``rows``: each input's image,
     so a noisy or occluded copy is scored for its image), the ``rule`` that names it in captions, and what
     occlusion measures the drop of (``change``, the score itself unless a probability is more telling). A
-    class target also keeps the class of each image in ``classes``, which the maps take directly.
+    class target (and a segmentation's) also keeps the class of each image in ``classes``; a classification's the
+    maps take directly.
     """
 
     rule: str
@@ -102,14 +103,31 @@ class Target:
         return self.score(output, inputs, rows)
 
 
-def _class_target(rule: str, classes: Tensor, probability: Callable[[Tensor], Tensor]) -> Target:
+def class_score(classes: Tensor, probability: Callable[[Tensor], Tensor] | None = None) -> Score:
+    """The score of each input's image's class: its logit, or its ``probability`` (softmax, sigmoid) of the
+    logits.
+
+    Example:
+        >>> class_score(torch.tensor([1, 0]))(torch.tensor([[0.0, 2.0], [3.0, 1.0]]), None, torch.arange(2))
+        tensor([2., 3.])
+    """
+
     def score(output: Any, inputs: Tensor, rows: Tensor) -> Tensor:
-        return logits_of(output).gather(1, classes[rows, None])[:, 0]
+        logits = logits_of(output)
+        return (logits if probability is None else probability(logits)).gather(1, classes[rows, None])[:, 0]
 
-    def change(output: Any, inputs: Tensor, rows: Tensor) -> Tensor:
-        return probability(logits_of(output)).gather(1, classes[rows, None])[:, 0]
+    return score
 
-    return Target(rule, score, change, classes)
+
+def check_scores(value: Any, count: int, what: str = "a target score") -> Tensor:
+    """``value`` when it is one score per input, shape (``count``,); else TypeError naming ``what``."""
+    if not isinstance(value, Tensor) or value.shape != (count,):
+        raise TypeError(f"{what} must be one value per input, shape ({count},), got {value!r:.100}")
+    return value
+
+
+def _class_target(rule: str, classes: Tensor, probability: Callable[[Tensor], Tensor]) -> Target:
+    return Target(rule, class_score(classes), class_score(classes, probability), classes)
 
 
 def _plain(rule: str, score: Score) -> Target:
@@ -153,9 +171,7 @@ def choose_target(
 
         def custom(output: Any, inputs: Tensor, rows: Tensor) -> Tensor:
             value = user(output, (inputs, None if labels is None else labels.to(inputs.device)[rows]))
-            if not isinstance(value, Tensor) or value.shape != (len(inputs),):
-                raise TypeError(f"`target` must return one value per image, shape ({len(inputs)},), got {value!r:.80}")
-            return value
+            return check_scores(value, len(inputs), "what `target` returns")
 
         return _plain(f"{getattr(user, '__name__', 'custom')} target", custom)
     if task in ("classification", "multilabel"):
@@ -211,7 +227,7 @@ def choose_target(
             chosen = scores.gather(1, classes[rows, None, None, None].expand(-1, 1, *scores.shape[2:]))[:, 0]
             return (chosen * pixels[rows]).sum(dim=(1, 2))
 
-        return Target(rule, region, region, None)
+        return Target(rule, region, region, classes)
     if task == "reconstruction":
         if main.shape[1:] != images.shape[1:]:
             raise DoesNotApply(
@@ -252,8 +268,20 @@ def describe_labels(labels: Tensor | None, class_names: Sequence[str] | None = N
     if kind == "class":
         return [class_name(int(v), class_names) for v in values.tolist()]
     if kind == "multilabel":
-        return [",".join(class_name(int(c), class_names) for c in row.nonzero().flatten().tolist()) or "none"
-                for row in values]  # fmt: skip
+        return positive_names(values > 0.5, class_names)
     if kind == "value":
-        return [", ".join(f"{v:.3g}" for v in row.flatten().tolist()[:3]) for row in values.reshape(len(values), -1)]
+        return shown_values(values)
     return ["" for _ in range(len(values))]
+
+
+def positive_names(positive: Tensor, class_names: Sequence[str] | None = None) -> list[str]:
+    """Per row of a boolean (N, C), its positive classes by name, ``"none"`` for none: ``['cat,car', 'none']``."""
+    rows = positive.detach().cpu()
+    return [",".join(class_name(int(c), class_names) for c in row.nonzero().flatten().tolist()) or "none"
+            for row in rows]  # fmt: skip
+
+
+def shown_values(values: Tensor) -> list[str]:
+    """Per image, its first three values to three digits: ``['0.83', '1.2, -0.5']``."""
+    rows = values.detach().cpu().reshape(len(values), -1)
+    return [", ".join(f"{v:.3g}" for v in row.tolist()[:3]) for row in rows]
