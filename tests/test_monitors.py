@@ -340,12 +340,12 @@ class NoConv(pl.LightningModule):
         (
             FilterMonitor(layers=["nope"]),
             ValueError,
-            r"no module named 'nope'.*Valid names of type Conv2d: 'net.conv1'",
+            r"no module named 'nope'.*Valid names of type Conv1d/Conv2d/Conv3d: 'net.conv1'",
         ),
         (
             FilterMonitor(layers=["net.relu1"]),
             ValueError,
-            r"'net.relu1' is a ReLU, not a module of type Conv2d",
+            r"'net.relu1' is a ReLU, not a module of type Conv1d/Conv2d/Conv3d",
         ),
         (
             ActivationMonitor(layers=["nope"]),
@@ -375,33 +375,60 @@ def test_unknown_functional_name_fails_before_the_first_step(tmp_path: Path, dig
     assert trainer.global_step == 0
 
 
-@pytest.mark.parametrize("monitor", [FilterMonitor(), ActivationMonitor()])
-def test_model_without_conv_fails_at_setup(tmp_path: Path, digits_data: Any, monitor: pl.Callback) -> None:
-    trainer = make_trainer(tmp_path, [monitor])
-    with pytest.raises(ValueError, match="NoConv has no nn.Conv2d layer"):
-        trainer.fit(NoConv(), datamodule=digits_data)
+def test_a_model_without_conv_keeps_the_activation_statistics_and_filter_monitor_says_it_does_not_apply(
+    tmp_path: Path, digits_data: Any
+) -> None:
+    """No monitor refuses a model for its kind of layers: FilterMonitor says once that it draws convolutions and
+    stays off; ActivationMonitor watches the MLP's ReLU, and its sparsity equals a direct count."""
+    class Frozen(NoConv):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    recorder, activation = RecordImages(), ActivationMonitor(every_n_steps=22, on_error="raise")
+    trainer = make_trainer(tmp_path, [recorder, FilterMonitor(), activation], limit_val_batches=0)
+    model = Frozen()
+    with pytest.warns(UserWarning, match=r"FilterMonitor: does not apply: it draws the filters of convolutions "
+                      r"\(nn.Conv1d, nn.Conv2d, nn.Conv3d\), and Frozen has none. It stays off"):  # fmt: skip
+        trainer.fit(model, datamodule=digits_data)
+    assert trainer.global_step == len(recorder.images)
+    assert [site.name for site in activation.sites or []] == ["fc.2"]
+    scalars = read_events(tmp_path)["scalars"]
+    assert not [tag for tag in scalars if tag.startswith("cnnviz/filters")]
+    with torch.no_grad():
+        hidden = torch.relu(model.fc[1](torch.cat(recorder.images).flatten(1)))
+    logged = scalars["cnnviz/activations/sparsity/fc.2"]
+    assert len(logged) == 1 and logged[0].value == pytest.approx((hidden == 0).double().mean().item(), abs=1e-6)
 
 
 def test_batch_that_is_not_an_image_tensor(tmp_path: Path) -> None:
+    """ActivationMonitor takes inputs of any shape (here flat vectors); a batch that holds no input tensor (a list
+    of images) is said once, and the fit goes on."""
+
     class FlatInput(ImageClassifier):
         def forward(self, x: Tensor) -> Tensor:
             return super().forward(x.view(-1, 1, 16, 16))
 
     flat = torch.utils.data.TensorDataset(torch.randn(64, 256), torch.randint(0, 10, (64,)))
     loader = torch.utils.data.DataLoader(flat, batch_size=16)
-    trainer = make_trainer(tmp_path, [ActivationMonitor()], limit_val_batches=0)
+    monitor = ActivationMonitor(on_error="raise")
+    trainer = make_trainer(tmp_path / "flat", [monitor], limit_val_batches=0)
     torch.manual_seed(0)
-    with pytest.warns(  # said once; the fit goes on without the statistics (never ended by what a batch holds)
-        UserWarning, match=r"statistics does not apply: .*Tensor of shape \(16, 256\).*batch_to_images"
-    ):
-        trainer.fit(FlatInput(channels=SMALL), train_dataloaders=loader)
-    assert trainer.global_step == 4
-    assert not [tag for tag in read_events(tmp_path)["scalars"] if tag.startswith("cnnviz/")]
-    # the documented way out: tell the monitor where the images are
-    monitor = ActivationMonitor(batch_to_images=lambda batch: batch[0].view(-1, 1, 16, 16), on_error="raise")
-    trainer = make_trainer(tmp_path / "ok", [monitor], limit_val_batches=0)
     trainer.fit(FlatInput(channels=SMALL), train_dataloaders=loader)
     assert [s.name for s in monitor.sites or []] == ["net.relu1", "net.relu2", "net.relu3"]
+
+    class ListInput(FlatInput):
+        def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+            return super().training_step((torch.stack(batch[0]), batch[1]), batch_idx)
+
+    listed = torch.utils.data.DataLoader(flat, batch_size=16, collate_fn=lambda items: ([x for x, _ in items],
+                                         torch.stack([y for _, y in items])))  # fmt: skip
+    trainer = make_trainer(tmp_path / "listed", [ActivationMonitor()], limit_val_batches=0)
+    with pytest.warns(  # said once; the fit goes on without the statistics (never ended by what a batch holds)
+        UserWarning, match=r"statistics does not apply: .*input candidate is list of 16 elements.*batch_to_images"
+    ):
+        trainer.fit(ListInput(channels=SMALL), train_dataloaders=listed)
+    assert trainer.global_step == 4
+    assert not [tag for tag in read_events(tmp_path / "listed")["scalars"] if tag.startswith("cnnviz/")]
 
 
 @pytest.mark.parametrize("logger", ["none", "csv"])

@@ -136,10 +136,12 @@ def test_model_without_conv_and_bad_arguments() -> None:
         TopPatchMonitor(layers=[])
 
 
-def test_no_conv_model_fails_at_setup(tmp_path: Path, digits_data: Any) -> None:
+def test_no_conv_model_is_said_once_and_the_fit_goes_on(tmp_path: Path, digits_data: Any) -> None:
     trainer = make_trainer(tmp_path, [TopPatchMonitor()])
-    with pytest.raises(ValueError, match="NoConv has no nn.Conv2d layer"):
+    with pytest.warns(UserWarning, match=r"TopPatchMonitor: does not apply: it needs 2-D images \(N, C, H, W\) "
+                      "and nn.Conv2d layers, and NoConv has no convolution. It stays off"):  # fmt: skip
         trainer.fit(NoConv(), datamodule=digits_data)
+    assert trainer.global_step > 0 and not read_events(tmp_path)["images"]
 
 
 def test_no_hooks_left_after_an_exception_or_a_failing_projection(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
 from typing_extensions import override
 
 from lightning_cnnviz.core import Guard, check_choice, conv_layers
@@ -28,22 +29,23 @@ class Monitor(Callback):
         self.on_error: ErrorPolicy = check_choice(type(self).__name__, "on_error", on_error, ("warn", "raise"))
         self.guard = Guard(type(self).__name__, self.on_error, say=rank_zero_warn, inform=rank_zero_info)
         self._sink: TensorBoardSink | None = None
+        self.off = False  # the monitor does not apply to the model (see ``applies``)
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(**{name: getattr(self, name) for name in self._state_fields})
 
-    def _check_model(self, pl_module: pl.LightningModule) -> None:
-        if not conv_layers(pl_module):
-            raise ValueError(
-                f"{self.guard.who}: {type(pl_module).__name__} has no nn.Conv2d layer. lightning_cnnviz monitors "
-                "convolutional networks; add the monitor to a model with at least one torch.nn.Conv2d."
-            )
+    def applies(self, model: nn.Module) -> str | None:
+        """Why this monitor does not apply to ``model`` (it then stays off, said once); None when it does."""
+        return None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_model(pl_module)
+        reason = self.applies(pl_module)
+        self.off = reason is not None
+        if reason is not None:
+            self.guard.once(f"does not apply: {reason} It stays off; the fit goes on.")
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -77,3 +79,21 @@ class Monitor(Callback):
             self._sink.flush()
         close_fallback_writer(trainer)
         self._sink = None
+
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def convolutions(model: nn.Module) -> str:
+    """What convolutions ``model`` has, for a sentence: ``"nn.Conv1d layers"``, ``"no convolution"``."""
+    kinds = sorted({type(m).__name__ for m in model.modules() if isinstance(m, CONVS)})
+    return " and ".join(f"nn.{kind}" for kind in kinds) + " layers" if kinds else "no convolution"
+
+
+def needs_2d_images(model: nn.Module) -> str | None:
+    """Why a monitor of 2-D images does not apply to ``model`` (no ``nn.Conv2d``), else None."""
+    if conv_layers(model):
+        return None
+    return (
+        f"it needs 2-D images (N, C, H, W) and nn.Conv2d layers, and {type(model).__name__} has {convolutions(model)}."
+    )

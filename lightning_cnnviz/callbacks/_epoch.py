@@ -37,6 +37,8 @@ class EpochMonitor(Monitor):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self.service = service_of(trainer)
+        if self.off:
+            return
         if self.probe is not None:
             if stage == "fit":  # chosen once per fit, from that fit's data
                 self.probe.reset()
@@ -66,6 +68,8 @@ class EpochMonitor(Monitor):
 
     def _log_now(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_logged_step = trainer.global_step
+        if self.off:
+            return
         moment, ranks = Moment(trainer.current_epoch, trainer.global_step), ranks_of(trainer)
         if self.probe is not None:
             if self.probe.problem is not None:
@@ -99,7 +103,7 @@ class EpochMonitor(Monitor):
 
     def _feeds(self) -> bool:
         """Whether this monitor feeds the service (the first of the Trainer's probe monitors does, once)."""
-        return self.probe is not None and self.service.members[0] is self.probe
+        return self.probe is not None and not self.off and self.service.members[0] is self.probe
 
     @override
     def on_train_batch_start(
@@ -117,7 +121,7 @@ class EpochMonitor(Monitor):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.probe is not None and not trainer.sanity_checking and trainer.state.fn == "fit":
+        if self.probe is not None and not self.off and not trainer.sanity_checking and trainer.state.fn == "fit":
             self.probe.finish(ranks_of(trainer))
 
     @override

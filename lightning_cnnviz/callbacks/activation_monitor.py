@@ -12,7 +12,7 @@ from typing_extensions import override
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate
 from lightning_cnnviz.core import ActivationHealth, ActivationSite, DeadFilterEvent, Moment, Snapshot
-from lightning_cnnviz.core.batches import images_from_batch
+from lightning_cnnviz.core.batches import inputs_from_batch
 from lightning_cnnviz.core.checks import check_callable, check_positive_int
 
 __all__ = ["ActivationMonitor"]
@@ -31,8 +31,9 @@ class ActivationMonitor(Monitor):
     Args:
         every_n_steps: window length in training batches (a last, shorter window closes at the end of training).
         collect_every_n_steps: collect statistics on every this-many-th training batch only (1 = all).
-        batch_to_images: where the images are in a training batch (default: the batch, its first element, or
-            its ``"image"`` key); ``on_error``: ``"warn"`` (report once, switch the piece off) or ``"raise"``.
+        batch_to_images: where the network's input is in a training batch, of any shape (default: the batch,
+            its first element, or its ``"image"`` key); ``on_error``: ``"warn"`` (report once, switch the piece
+            off) or ``"raise"``.
         layers, dead_fraction_threshold, dormant_threshold, alert_on_growth, log_histograms, max_map_windows:
             as :class:`~lightning_cnnviz.core.ActivationHealth`.
 
@@ -87,8 +88,8 @@ class ActivationMonitor(Monitor):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.health.tap is None:  # a batch without images: said once, and nothing is watched
-            read = lambda: images_from_batch(batch, who=self.guard.who, batch_to_images=self.batch_to_images)  # noqa: E731
+        if self.health.tap is None:  # a batch without an input tensor: said once, and nothing is watched
+            read = lambda: inputs_from_batch(batch, who=self.guard.who, batch_to_inputs=self.batch_to_images)  # noqa: E731
             if (images := self.guard.run("activation statistics", read)) is not None:
                 self.health.follow(pl_module, images, gate=lambda: self._collecting, guard=self.guard)
         self._collecting = self._batches % self.collect_every_n_steps == 0

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import EmbeddingMap, ProbeSet, check_positive_int
 from lightning_cnnviz.core.task import Task
@@ -38,8 +38,9 @@ class EmbeddingMonitor(EpochMonitor):
     Args:
         probe_size: probe images.
         every_n_epochs: log every this many epochs (and after the last one).
-        perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector, task: as
-            :class:`~lightning_cnnviz.core.EmbeddingMap`.
+        perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector, task, module: as
+            :class:`~lightning_cnnviz.core.EmbeddingMap` (``module``: the part fed the probe images, by default the
+            model or, when it transforms its input first as a detector does, its backbone; said once).
         batch_to_images: where the images are in a batch; ``batch_to_labels``: where the labels are (see
             :class:`SaliencyMonitor`).
         on_error: ``"warn"`` or ``"raise"``.
@@ -67,13 +68,14 @@ class EmbeddingMonitor(EpochMonitor):
         batch_to_labels: Callable[[Any], Tensor | None] | None = None,
         on_error: ErrorPolicy = "warn",
         task: Task = "auto",
+        module: str | None = None,
     ) -> None:
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "probe_size", probe_size)
         probe = ProbeSet(who, size, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
         super().__init__(every_n_epochs, on_error, probe)
         self.probe_size = size
         self.map = EmbeddingMap(perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector,
-                                task)  # fmt: skip
+                                task, module)  # fmt: skip
         self.core, self.layer, self.knn_k, self.class_names = self.map, layer, self.map.knn_k, self.map.class_names
 
     @property
@@ -90,6 +92,10 @@ class EmbeddingMonitor(EpochMonitor):
         said = self.map.resolve(model)
         if said is not None:
             rank_zero_info(said)
+
+    @override
+    def applies(self, model: nn.Module) -> str | None:
+        return needs_2d_images(model)
 
     def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
         """The codes of ``images`` (N, D) on the model's device (:meth:`EmbeddingMap.codes`)."""

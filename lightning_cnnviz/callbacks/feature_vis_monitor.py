@@ -34,7 +34,8 @@ class FeatureVisMonitor(TopPatchMonitor):
     gathered; rank zero draws. Parameters' ``.grad``, ``training`` flags and hooks are left as they were.
 
     Args:
-        layers, channels, max_channels, k, probe_size, method, batch_to_images: as :class:`TopPatchMonitor`.
+        layers, channels, max_channels, k, probe_size, method, batch_to_images, module: as
+            :class:`TopPatchMonitor`.
         every_n_epochs: render every this many epochs (and after the last one).
         steps, lr, seed, size, mean, std, normalize, dream_images: as :class:`~lightning_cnnviz.core.FeatureAtlas`.
         atlas: draw the atlas.
@@ -66,10 +67,11 @@ class FeatureVisMonitor(TopPatchMonitor):
         max_channels: int = 16,
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
+        module: str | None = None,
     ) -> None:
         super().__init__(
             layers, channels, k, probe_size, every_n_epochs, method, max_channels,
-            batch_to_images=batch_to_images, on_error=on_error,
+            batch_to_images=batch_to_images, on_error=on_error, module=module,
         )  # fmt: skip
         self.renderer = FeatureAtlas(steps, lr, seed, size, mean, std, normalize, dream_images, self.history)
         self.core, self.steps, self.seed, self.atlas = self.renderer, steps, seed, bool(atlas)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._base import CONVS, ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import FilterPanel
 from lightning_cnnviz.core.filters import Normalization
@@ -52,3 +53,10 @@ class FilterMonitor(EpochMonitor):
     @override
     def attach(self, model: Any, data: Any = None) -> None:
         self.core.convs(model)  # a wrong layer name raises now, before training
+
+    @override
+    def applies(self, model: nn.Module) -> str | None:
+        if any(isinstance(module, CONVS) for module in model.modules()):
+            return None
+        kinds = "nn.Conv1d, nn.Conv2d, nn.Conv3d"
+        return f"it draws the filters of convolutions ({kinds}), and {type(model).__name__} has none."

@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import ProbeSet, SaliencyPanel, check_positive_int
 from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS
@@ -77,6 +77,10 @@ class SaliencyMonitor(EpochMonitor):
     @override
     def attach(self, model: Any, data: Any = None) -> None:
         self.core.check(model)
+
+    @override
+    def applies(self, model: nn.Module) -> str | None:
+        return needs_2d_images(model)
 
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
         """The ``method``'s maps of the probe images (on the model's device)."""

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.core import ProbeSet, TopPatchGallery, check_positive_int
+from lightning_cnnviz.core.batches import NoImages
 from lightning_cnnviz.core.top_patch_gallery import Method
 
 __all__ = ["Method", "TopPatchMonitor"]
@@ -36,6 +38,9 @@ class TopPatchMonitor(EpochMonitor):
         layers, channels, k, method, max_channels, max_batch, thumbnail_px, max_evolution_columns: as
             :class:`~lightning_cnnviz.core.TopPatchGallery`.
         batch_to_images: where the images are in a batch, when it is not ``images`` or ``(images, labels)``.
+        module: the part of the model fed the probe images, named as in ``named_modules`` (default: the model, or
+            its backbone when the model transforms its input first, as torchvision's detectors resize it; which
+            part was chosen is said once).
         on_error: ``"warn"`` (report once, switch the failing piece off) or ``"raise"``.
 
     Example:
@@ -58,12 +63,13 @@ class TopPatchMonitor(EpochMonitor):
         max_evolution_columns: int = 24,
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
+        module: str | None = None,
     ) -> None:
         size = check_positive_int(type(self).__name__, "probe_size", probe_size)
         probe = ProbeSet(type(self).__name__, size, batch_to_images=batch_to_images)
         super().__init__(every_n_epochs, on_error, probe)
         self.gallery = TopPatchGallery(
-            layers, channels, k, method, max_channels, max_batch, thumbnail_px, max_evolution_columns
+            layers, channels, k, method, max_channels, max_batch, thumbnail_px, max_evolution_columns, module
         )
         self.core, self.history, self.batch_to_images = self.gallery, self.gallery.history, batch_to_images
         self.layers, self.k, self.method = self.gallery.layers, self.gallery.k, self.gallery.method
@@ -77,6 +83,8 @@ class TopPatchMonitor(EpochMonitor):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         fields = self.gallery.fields
         super().setup(trainer, pl_module, stage)
+        if self.off:
+            return
         if stage != "fit":
             self.gallery.fields = fields
         example = getattr(pl_module, "example_input_array", None)
@@ -87,16 +95,23 @@ class TopPatchMonitor(EpochMonitor):
     def attach(self, model: Any, data: Any = None) -> None:
         self.gallery.configure(model)
 
+    @override
+    def applies(self, model: nn.Module) -> str | None:
+        return needs_2d_images(model)
+
     def _prepare(self, pl_module: pl.LightningModule, example: Tensor) -> bool:
+        part = self.guard.run("top patches", self.gallery.fed, pl_module, example, self.guard)
         measure = functools.partial(self.guard.run, "receptive fields")
-        return self.gallery.prepare(pl_module, example, say=self.guard.once, measure=measure)
+        return part is not None and self.gallery.prepare(part, example, say=self.guard.once, measure=measure)
 
     @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self.gallery.fields and batch_idx == 0 and self.probe is not None:  # before any training happened
-            self._prepare(pl_module, self.probe.unpack(batch)[0][:1])
+        # before any training happened
+        if not (self.gallery.fields or self.off) and batch_idx == 0 and self.probe is not None:
+            with contextlib.suppress(NoImages):  # the probe says so, once
+                self._prepare(pl_module, self.probe.unpack(batch)[0][:1])
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     @override

@@ -9,15 +9,18 @@ notebook or a plain training loop. The verbs:
 * the protocol every monitor's core object keeps: ``snapshot(model, probe, moment, guard=, ranks=)`` returns a
   :class:`Snapshot`; :class:`Moment`, :class:`Guard` (error policy), :class:`Ranks` (gathering over processes);
 * probes: :class:`Probe`, :class:`ProbeSet`, :class:`ProbeService` (one pass for every monitor),
-  :func:`select_balanced`; batches: :func:`images_from_batch`, :func:`labels_from_batch`;
+  :func:`select_balanced`; batches: :func:`images_from_batch`, :func:`inputs_from_batch` (any shape),
+  :func:`labels_from_batch`; where images go in: :class:`ImageEntry` (the model, or the backbone of one that
+  transforms its input first, as a detector does) and :class:`Trunk`;
 * tasks: :func:`label_kind`, :func:`decide_task` (what a network is trained for, from its labels or output),
-  :func:`choose_target` (the :class:`Target` its saliency maps explain), :func:`describe_labels`, :data:`TASKS`;
+  :func:`choose_target` (the :class:`Target` its saliency maps explain), :func:`describe_labels`,
+  :func:`detections_of` (a detector's boxes, labels and scores), :data:`TASKS`;
   :class:`DoesNotApply`, what a picture that cannot be drawn for a model or its batches raises;
 * models: :func:`conv_layers`, :func:`first_conv`, :func:`resolve_modules`, :func:`hooked`, :func:`evaluating`,
   :func:`run_to`, :func:`class_name`; argument checks :func:`check_positive_int`, :func:`check_choice`;
 * drawing: :func:`to_rgb`, :func:`upscale`, :func:`normalize_per_item`, :func:`tile_grid`, :func:`annotate`,
   :func:`captioned_grid`;
-* filters: :class:`FilterPanel`, :func:`render_filter_grid`, :func:`filter_smoothness`;
+* filters (Conv1d, Conv2d, Conv3d): :class:`FilterPanel`, :func:`render_filter_grid`, :func:`filter_smoothness`;
 * saliency: :func:`vanilla_gradient`, :func:`smoothgrad`, :func:`guided_backprop`, :func:`deconvnet`,
   :func:`grad_cam`, :func:`occlusion`, drawn by :func:`render_saliency`; :class:`SaliencyPanel`, SaliencyMonitor's
   logic for any training loop;
@@ -36,7 +39,7 @@ Each module's ``__all__`` lists what it adds here; the modules' other names serv
 from lightning_cnnviz.core.activation_health import ActivationHealth
 from lightning_cnnviz.core.activation_sites import ActivationSite, ActivationTap, find_activation_sites, tap_activations
 from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
-from lightning_cnnviz.core.batches import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.batches import images_from_batch, inputs_from_batch, labels_from_batch
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.checks import check_callable, check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import annotate, captioned_grid, normalize_per_item, tile_grid, to_rgb, upscale
@@ -54,9 +57,18 @@ from lightning_cnnviz.core.render import render_saliency, render_top_patches
 from lightning_cnnviz.core.saliency import deconvnet, grad_cam, guided_backprop, occlusion, smoothgrad, vanilla_gradient
 from lightning_cnnviz.core.saliency_panel import Explanation, SaliencyPanel
 from lightning_cnnviz.core.stats import ActivationStats
-from lightning_cnnviz.core.task import TASKS, Target, choose_target, decide_task, describe_labels, label_kind
+from lightning_cnnviz.core.task import (
+    TASKS,
+    Target,
+    choose_target,
+    decide_task,
+    describe_labels,
+    detections_of,
+    label_kind,
+)
 from lightning_cnnviz.core.top_patch_gallery import TopPatchGallery, default_channels, default_layers
 from lightning_cnnviz.core.top_patches import crop_patches, project_activations, top_activations
+from lightning_cnnviz.core.trunk import ImageEntry, Trunk
 
 __all__ = [
     "TASKS",
@@ -74,6 +86,7 @@ __all__ = [
     "FeatureAtlas",
     "FilterPanel",
     "Guard",
+    "ImageEntry",
     "Moment",
     "Probe",
     "ProbeService",
@@ -83,6 +96,7 @@ __all__ = [
     "Snapshot",
     "Target",
     "TopPatchGallery",
+    "Trunk",
     "annotate",
     "captioned_grid",
     "capture",
@@ -99,6 +113,7 @@ __all__ = [
     "default_channels",
     "default_layers",
     "describe_labels",
+    "detections_of",
     "evaluating",
     "filter_smoothness",
     "find_activation_sites",
@@ -107,6 +122,7 @@ __all__ = [
     "guided_backprop",
     "hooked",
     "images_from_batch",
+    "inputs_from_batch",
     "knn_accuracy",
     "label_kind",
     "labels_from_batch",

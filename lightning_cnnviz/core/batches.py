@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_cnnviz.core.protocol import DoesNotApply
 
-__all__ = ["images_from_batch", "labels_from_batch"]
+__all__ = ["images_from_batch", "inputs_from_batch", "labels_from_batch"]
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "target", "targets", "y", "mask", "masks")
@@ -69,6 +69,33 @@ def images_from_batch(
         f"{list(_IMAGE_KEYS)}. Got a batch that is {_describe(batch)}"
         + ("" if candidate is batch else f", whose image candidate is {_describe(candidate)}")
         + ". Pass `batch_to_images=` to tell the monitor where the images are."
+    )
+
+
+def inputs_from_batch(
+    batch: Any, *, who: str = "lightning_cnnviz", batch_to_inputs: Callable[[Any], Tensor] | None = None
+) -> Tensor:
+    """The network's input in a batch, of any shape (N, ...): signals (N, C, L), images, clips (N, C, T, H, W),
+    features or token ids; found as :func:`images_from_batch` finds images (``batch_to_inputs(batch)`` when
+    given). uint8 images become floats in [0, 1]. :class:`NoImages` when there is no tensor there.
+
+    Example:
+        >>> inputs_from_batch((torch.zeros(2, 1, 100), torch.ones(2))).shape
+        torch.Size([2, 1, 100])
+    """
+    candidate: Any = batch_to_inputs(batch) if batch_to_inputs is not None else batch
+    if batch_to_inputs is None and isinstance(batch, (list, tuple)) and batch:
+        candidate = batch[0]
+    elif batch_to_inputs is None and isinstance(batch, Mapping):
+        key = next((k for k in _IMAGE_KEYS if k in batch), None)
+        candidate = batch[key] if key is not None else None
+    if isinstance(candidate, Tensor) and candidate.dim() >= 1:
+        return as_float_images(candidate) if candidate.dim() == 4 else candidate
+    raise NoImages(
+        f"{who}: the batch must hold the network's input tensor (N, ...): the batch itself, the first element of a "
+        f"tuple/list, or a dict value under one of {list(_IMAGE_KEYS)}. Got a batch that is {_describe(batch)}"
+        + ("" if candidate is batch else f", whose input candidate is {_describe(candidate)}")
+        + ". Pass `batch_to_images=` to tell the monitor where the inputs are."
     )
 
 

@@ -3,22 +3,25 @@ next, and the pictures of it."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cnnviz.core._calls import flat_tensors
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import tile_grid, upscale
 from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
 from lightning_cnnviz.core.model import evaluating, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.probe import Probe, select_balanced
-from lightning_cnnviz.core.protocol import Embedding, Guard, Moment, Ranks, Snapshot
+from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
 from lightning_cnnviz.core.task import TASKS, Task, describe_labels, label_kind
+from lightning_cnnviz.core.trunk import ImageEntry, Trunk
 
 __all__ = ["EmbeddingMap", "penultimate_layer"]
 
@@ -67,6 +70,9 @@ class EmbeddingMap:
         task: how the labels colour the map: ``"auto"`` by their kind (classes; the first positive class of
             multi-hot labels; a colour bar of values; no colours for masks or no labels), or a task of
             :data:`~lightning_cnnviz.core.task.TASKS` to read them as. The kNN accuracy needs one class per image.
+        module: the part of the model fed the probe images (default: the model, or its backbone when the model
+            transforms its input before its first conv, as a detector does: :class:`~lightning_cnnviz.core.trunk
+            .ImageEntry`); fed to a part, the code is its last feature map, globally pooled, unless ``layer`` says.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
@@ -91,7 +97,9 @@ class EmbeddingMap:
         seed: int = 0,
         projector: bool = True,
         task: Task = "auto",
+        module: str | None = None,
     ) -> None:
+        self.entry = ImageEntry(WHO, module)
         if isinstance(perplexity, bool) or not (isinstance(perplexity, (int, float)) and perplexity > 0):
             raise ValueError(f"{WHO}: `perplexity` must be a positive number, got {perplexity!r}.")
         self.perplexity = float(perplexity)
@@ -114,10 +122,14 @@ class EmbeddingMap:
         """Choose the code layer of ``model`` (ValueError for an unknown ``layer``); what to tell the user when the
         model has no ``nn.Linear`` and the codes are a conv layer's, else None."""
         self.take_input = False
+        self.entry.check(model)
         if self.layer is not None:
             resolve_modules(model, [self.layer], what=f"{WHO} `layer`")
             self.layer_name = self.layer
             return None
+        if isinstance(model, Trunk):
+            self.layer_name = model.name
+            return f"{WHO}: the codes are the globally pooled last feature map of {model.name!r}, one per image."
         self.layer_name, self.take_input = penultimate_layer(model)
         if isinstance(named_modules(model)[self.layer_name], nn.Linear):
             return None
@@ -134,13 +146,23 @@ class EmbeddingMap:
             self.resolve(model)
         assert self.layer_name is not None
         parts: list[Tensor] = []
+        whole = isinstance(model, Trunk) and self.layer_name == model.name
 
-        def take(name: str, value: Tensor) -> None:
+        def take(name: str, value: Tensor, count: int) -> None:
+            if len(value) != count:
+                raise DoesNotApply(
+                    f"the code layer {name!r} gives {len(value)} rows for {count} images (features per box or per "
+                    "token, not per image): pass `layer=` with a module that gives one code per image, or `module=`."
+                )
             parts.append((value.mean(dim=(2, 3)) if value.dim() == 4 else value).detach().flatten(1).float())
 
         with evaluating(model):
             for chunk in images.split(max_batch):
-                run_to(model, chunk, [self.layer_name], take, take_input=self.take_input)
+                if whole:
+                    take(self.layer_name, _last_map(model(chunk), self.layer_name), len(chunk))
+                else:
+                    see = functools.partial(_count_first, take, len(chunk))
+                    run_to(model, chunk, [self.layer_name], see, take_input=self.take_input)
         return torch.cat(parts)
 
     def knn(self, codes: Tensor, labels: Tensor) -> float:
@@ -244,6 +266,12 @@ class EmbeddingMap:
                 )
             return shot
         device = next(model.parameters()).device
+        part = guard.run("embedding codes", self.entry.of, model, images[:1].to(device), guard)
+        if part is None:
+            return shot
+        if part is not model and self.layer_name != getattr(part, "name", None) and self.layer is None:
+            guard.tell(str(self.resolve(part)).removeprefix(f"{WHO}: "))
+        model = part
         shard, _ = probe.shard(ranks)
         local = guard.run("embedding codes", self.codes, model, shard.to(device))
         widths = ranks.gather(torch.tensor([-1 if local is None else local.shape[1]])).view(-1)
@@ -278,3 +306,16 @@ class EmbeddingMap:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         previous = state_dict.get("previous")
         self.previous = None if previous is None else previous.float().cpu()
+
+
+def _count_first(take: Callable[[str, Tensor, int], None], count: int, name: str, value: Tensor) -> None:
+    take(name, value, count)
+
+
+def _last_map(output: Any, name: str) -> Tensor:
+    """The last feature map (N, C, H, W) in a part's output (a tensor, or a dict or tuple of them, as a feature
+    pyramid gives)."""
+    maps = [tensor for tensor in flat_tensors(output) if tensor.dim() == 4]
+    if not maps:
+        raise DoesNotApply(f"{name!r} gives no feature map (N, C, H, W): pass `layer=` with the module of the code.")
+    return maps[-1]

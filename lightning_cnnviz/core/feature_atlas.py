@@ -180,6 +180,10 @@ class FeatureAtlas:
         rank zero. Renders are kept in :attr:`last_images` (on the host)."""
         guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
         device = next(model.parameters()).device
+        part = guard.run("feature vis", gallery.fed, model, probe.images[:1].to(device), guard)
+        if part is None:
+            return shot
+        model = part
         measure = functools.partial(guard.run, "receptive fields")
         if not gallery.prepare(model, probe.images[:1].to(device), say=guard.once, measure=measure):
             return shot

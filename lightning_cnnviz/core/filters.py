@@ -7,15 +7,17 @@ clean patterns; noisy filters point to an undertrained or under-regularized netw
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import normalize_per_item, tile_grid, to_rgb, upscale
-from lightning_cnnviz.core.model import first_conv, resolve_modules
+from lightning_cnnviz.core.model import named_modules, resolve_modules
 from lightning_cnnviz.core.probe import Probe
 from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
 
@@ -25,11 +27,78 @@ Normalization = Literal["per_filter", "global"]
 WHO = "FilterMonitor"
 
 
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LINE_COLOURS = torch.tensor([[0.85, 0.1, 0.1], [0.1, 0.55, 0.1], [0.1, 0.2, 0.9]])  # input channels 0, 1, 2
+
+
 def _check_weight(weight: Tensor) -> None:
-    if weight.dim() != 4:
+    if weight.dim() not in (3, 4, 5):
         raise ValueError(
-            f"expected a Conv2d weight of shape (out_channels, in_channels, kh, kw), got {tuple(weight.shape)}"
+            "expected a Conv1d, Conv2d or Conv3d weight of shape (out_channels, in_channels, *kernel), got "
+            f"{tuple(weight.shape)}"
         )
+
+
+def _shown(weight: Tensor, normalize: Normalization) -> Tensor:
+    """The weights as drawn, in [0, 1]: 1 or 3 input channels kept, else the kernel magnitude (mean |weight| over
+    the input channels); stretched per filter or over the layer."""
+    if weight.shape[1] not in (1, 3):
+        weight = weight.abs().mean(dim=1, keepdim=True)
+    if normalize == "global":
+        return (weight - weight.min()) / (weight.max() - weight.min()).clamp_min(1e-12)
+    return normalize_per_item(weight)
+
+
+def render_profiles(weight: Tensor, *, normalize: Normalization = "per_filter", min_tile_px: int = 48) -> Tensor:
+    """Conv1d filters (O, I, k) as small line plots (O, 3, h, w) in [0, 1]: one line per input channel (red, green,
+    blue for three; black for one), or the kernel magnitude for more, over a grey zero line when zero is in range.
+
+    Example:
+        >>> render_profiles(torch.randn(4, 1, 9)).shape
+        torch.Size([4, 3, 48, 54])
+    """
+    shown = _shown(weight.detach().float(), normalize)  # (O, L, k)
+    count, lines, taps = shown.shape
+    height, width = min_tile_px, max(min_tile_px, 6 * taps)
+    where = torch.linspace(0, taps - 1, width, device=shown.device)
+    left = where.floor().long().clamp_max(max(taps - 2, 0))
+    fraction = (where - left).clamp(0, 1)
+    right = (left + 1).clamp_max(taps - 1)
+    values = shown[..., left] * (1 - fraction) + shown[..., right] * fraction  # (O, L, width)
+    ys = (1 - values) * (height - 3) + 1
+    low = torch.minimum(ys, torch.cat([ys[..., 1:], ys[..., -1:]], dim=-1)).round()
+    high = torch.maximum(ys, torch.cat([ys[..., 1:], ys[..., -1:]], dim=-1)).round()
+    rows = torch.arange(height, device=shown.device, dtype=ys.dtype)[:, None]
+    drawn = (rows >= low[..., None, :]) & (rows <= high[..., None, :])  # (O, L, height, width)
+    tiles = torch.ones(count, 3, height, width, device=shown.device)
+    tiles[:, :, [0, -1], :], tiles[:, :, :, [0, -1]] = 0.8, 0.8  # a frame
+    if weight.shape[1] in (1, 3):  # the weights themselves are drawn: a zero line where zero is in range
+        raw = weight.detach().float().flatten(1)
+        low = raw.amin().expand(count) if normalize == "global" else raw.amin(dim=1)
+        high = raw.amax().expand(count) if normalize == "global" else raw.amax(dim=1)
+        zero = -low / (high - low).clamp_min(1e-12)
+        zero_row = ((1 - zero) * (height - 3) + 1).round()
+        axis = (rows == zero_row[:, None, None]) & ((zero > 0) & (zero < 1))[:, None, None]  # (O, height, 1)
+        tiles[:, :, :, 1:-1] = torch.where(axis[:, None], 0.75, tiles[:, :, :, 1:-1])
+    colours = LINE_COLOURS.to(shown.device) if lines == 3 else torch.zeros(1, 3, device=shown.device)
+    for index in range(lines):
+        tiles = torch.where(drawn[:, index, None], colours[index][None, :, None, None], tiles)
+    return tiles
+
+
+def render_slices(weight: Tensor, *, normalize: Normalization = "per_filter", min_tile_px: int = 48) -> Tensor:
+    """Conv3d filters (O, I, t, kh, kw) as tiles (O, 3, h, w) in [0, 1]: each filter's ``t`` temporal slices side
+    by side (RGB for three input channels, else grey), stretched together so the slices compare.
+
+    Example:
+        >>> render_slices(torch.randn(2, 3, 3, 5, 5)).shape
+        torch.Size([2, 3, 52, 156])
+    """
+    shown = _shown(weight.detach().float(), normalize)  # (O, L, t, kh, kw)
+    count, depth = shown.shape[0], shown.shape[2]
+    slices = upscale(shown.transpose(1, 2).flatten(0, 1), min_tile_px)  # (O * t, L, h, w)
+    slices = F.pad(slices, (1, 1, 1, 1), value=1.0).unflatten(0, (count, depth))
+    return to_rgb(torch.cat(list(slices.unbind(1)), dim=-1))
 
 
 def render_filter_grid(
@@ -40,7 +109,8 @@ def render_filter_grid(
     max_filters: int | None = 64,
     padding: int = 1,
 ) -> Tensor:
-    """Draw a conv layer's filters as one image of shape (3, H, W) with values in [0, 1].
+    """Draw a conv layer's filters as one image of shape (3, H, W) with values in [0, 1]: a Conv2d's as below, a
+    Conv1d's as line plots (:func:`render_profiles`), a Conv3d's as temporal slices (:func:`render_slices`).
 
     * 3 input channels: each filter is one RGB tile (the layer reads colour images, so the filter is a
       colour pattern), laid out in a square-ish grid.
@@ -65,6 +135,11 @@ def render_filter_grid(
     weight = weight.detach().float()
     if max_filters is not None:
         weight = weight[:max_filters]
+    if weight.dim() != 4:  # Conv1d: line plots; Conv3d: temporal slices side by side
+        draw = render_profiles if weight.dim() == 3 else render_slices
+        tiles = draw(weight, normalize=normalize, min_tile_px=min_tile_px)
+        columns = max(1, round(math.sqrt(len(tiles) * tiles.shape[-2] / tiles.shape[-1])))
+        return tile_grid(tiles, columns, padding=4 * padding, pad_value=1.0).contiguous()
     if weight.shape[1] not in (1, 3):
         weight = weight.abs().mean(dim=1, keepdim=True)  # kernel magnitude over the input channels
 
@@ -83,13 +158,14 @@ def render_filter_grid(
 
 
 def filter_smoothness(weight: Tensor) -> Tensor:
-    """Lag-1 spatial autocorrelation of the filters: near 1 for smooth, near 0 for noise, -1 for checkers.
+    """Lag-1 autocorrelation of the filters along their kernel axes: near 1 for smooth, near 0 for noise, -1 for
+    checkers.
 
-    For each (output, input) kernel slice ``w`` of size kh x kw with mean-centred values, the score is
-    ``1 - D / (2 V)`` where ``D`` is the mean squared difference between horizontally and vertically
-    neighbouring weights and ``V`` the variance of the slice. White noise gives ``D = 2V`` (score 0); a
-    linear ramp over a 5x5 kernel gives ``1 - 0.5 / (2 * 2) = 0.875``. The layer score is the mean over
-    slices with non-zero variance; returns NaN when no slice qualifies (1x1 kernels, all-constant slices).
+    For each (output, input) kernel slice ``w`` (k taps of a Conv1d, kh x kw of a Conv2d, t x kh x kw of a Conv3d)
+    with mean-centred values, the score is ``1 - D / (2 V)`` where ``D`` is the mean squared difference between
+    neighbouring weights along every axis and ``V`` the variance of the slice. White noise gives ``D = 2V`` (score
+    0); a linear ramp over a 5x5 kernel gives ``1 - 0.5 / (2 * 2) = 0.875``. The layer score is the mean over
+    slices with non-zero variance; returns NaN when no slice qualifies (1-tap kernels, all-constant slices).
 
     Example:
         >>> ramp = torch.arange(5.0).repeat_interleave(5).reshape(1, 1, 5, 5)
@@ -98,17 +174,21 @@ def filter_smoothness(weight: Tensor) -> Tensor:
     """
     _check_weight(weight)
     w = weight.detach().double()
-    out_channels, in_channels, kh, kw = w.shape
-    if kh * kw < 2:
+    kernel = tuple(w.shape[2:])
+    if math.prod(kernel) < 2:
         return torch.tensor(float("nan"), dtype=torch.float64)
-    slices = w.reshape(out_channels * in_channels, kh, kw)
-    centred = slices - slices.mean(dim=(1, 2), keepdim=True)
-    variance = centred.pow(2).mean(dim=(1, 2))
-    horizontal = (slices[:, :, 1:] - slices[:, :, :-1]).pow(2).sum(dim=(1, 2))
-    vertical = (slices[:, 1:, :] - slices[:, :-1, :]).pow(2).sum(dim=(1, 2))
-    pairs = kh * (kw - 1) + kw * (kh - 1)
-    mean_sq_diff = (horizontal + vertical) / pairs
-    valid = variance > 1e-12 * slices.abs().amax(dim=(1, 2)).pow(2).clamp_min(1e-30)
+    slices = w.flatten(0, 1)  # (O * I, *kernel)
+    axes = tuple(range(1, slices.dim()))
+    centred = slices - slices.mean(dim=axes, keepdim=True)
+    variance = centred.pow(2).mean(dim=axes)
+    squared = torch.zeros_like(variance)
+    pairs: int = 0
+    for axis, size in enumerate(kernel, start=1):
+        if size > 1:
+            squared += slices.diff(dim=axis).pow(2).sum(dim=axes)
+            pairs += (size - 1) * math.prod(kernel) // size
+    mean_sq_diff = squared / pairs
+    valid = variance > 1e-12 * slices.abs().amax(dim=axes).pow(2).clamp_min(1e-30)
     if not bool(valid.any()):
         return torch.tensor(float("nan"), dtype=torch.float64)
     scores = 1.0 - mean_sq_diff[valid] / (2.0 * variance[valid])
@@ -121,7 +201,7 @@ class FilterPanel:
     ``cnnviz/filters/smoothness/<layer>``.
 
     Args:
-        layers: ``nn.Conv2d`` module names; ``None`` means the first ``nn.Conv2d``.
+        layers: ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` module names; ``None`` means the first of them.
         normalize: ``"per_filter"`` (each filter stretched to its own range) or ``"global"`` (one for the layer).
         max_filters: draw at most this many output filters per layer.
         min_tile_px: upscale kernels (nearest neighbour) until a tile is at least this many pixels wide.
@@ -147,13 +227,15 @@ class FilterPanel:
         self.max_filters = check_positive_int(WHO, "max_filters", max_filters)
         self.min_tile_px = check_positive_int(WHO, "min_tile_px", min_tile_px)
 
-    def convs(self, model: nn.Module) -> dict[str, nn.Conv2d]:
-        """The watched layers of ``model`` (ValueError naming the valid ones for a wrong name)."""
+    def convs(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The watched layers of ``model`` (ValueError naming the valid ones for a wrong name, or when it has no
+        convolution)."""
         if self.layers is None:
-            name, conv = first_conv(model)
-            return {name: conv}
-        found = resolve_modules(model, self.layers, what=f"{WHO} `layers`", kinds=(nn.Conv2d,))
-        return {name: module for name, module in found.items() if isinstance(module, nn.Conv2d)}
+            found = next(((n, m) for n, m in named_modules(model).items() if isinstance(m, CONVS)), None)
+            if found is None:
+                raise ValueError(f"{WHO}: {type(model).__name__} has no nn.Conv1d, nn.Conv2d or nn.Conv3d layer.")
+            return dict([found])
+        return resolve_modules(model, self.layers, what=f"{WHO} `layers`", kinds=CONVS)
 
     def snapshot(
         self,
@@ -170,7 +252,7 @@ class FilterPanel:
         draw = functools.partial(render_filter_grid, normalize=self.normalize, max_filters=self.max_filters,
                                  min_tile_px=self.min_tile_px)  # fmt: skip
         for name, conv in self.convs(model).items():
-            weight = conv.weight.detach()
+            weight = conv.weight.detach()  # type: ignore[operator]
             grid = guard.run(f"filter image of {name!r}", draw, weight)
             if grid is not None:
                 shot.images[f"cnnviz/filters/{name}"] = grid

@@ -29,6 +29,7 @@ from lightning_cnnviz.core.task import (
     label_kind,
     positive_names,
     shown_values,
+    top_boxes,
 )
 
 __all__ = ["Explanation", "SaliencyPanel"]
@@ -66,11 +67,14 @@ class SaliencyPanel:
             ``occlusion``.
         target: ``"auto"`` (per task: the true class, the predicted class without labels, the top true class of
             multi-hot labels, the output of a regression, the predicted class over its pixels, the reconstruction
-            error, the embedding's norm), ``"true"`` or ``"predicted"`` (class tasks), a class index (an output
-            index for regression), or a callable ``target(output, (images, labels)) -> (N,)``.
+            error, the embedding's norm, the highest-scoring box of a detector), ``"true"`` or ``"predicted"``
+            (class tasks), a class index (an output index for regression; the best box of that class for a
+            detector), or a callable ``target(output, (images, labels)) -> (N,)``.
         task: ``"auto"`` (from the labels, else the output: :func:`~lightning_cnnviz.core.task.decide_task`),
-            ``"classification"``, ``"multilabel"``, ``"regression"``, ``"segmentation"``, ``"reconstruction"`` or
-            ``"embedding"``.
+            ``"classification"``, ``"multilabel"``, ``"regression"``, ``"segmentation"``, ``"reconstruction"``,
+            ``"embedding"`` or ``"detection"`` (a model giving one dict of ``boxes``, ``labels`` and ``scores`` per
+            image, as torchvision's detectors do in eval mode: the full detector is run, its own transform
+            included; an image without a box is captioned so and has an empty map).
         smoothgrad_samples: noisy copies per image; ``smoothgrad_sigma``: noise level, a fraction of each
             image's value range.
         occlusion_patch: side of the occluding square (default: a quarter of the image side);
@@ -150,8 +154,11 @@ class SaliencyPanel:
         """The task, target and captions of ``images`` (one eval forward); ``guard`` is told the task chosen.
         :class:`~lightning_cnnviz.core.protocol.DoesNotApply` when the task's target cannot be had."""
         outputs: dict[str, Tensor] = {}  # each conv's (first) output, in the order the forward made them
-        convs = [(module, lambda m, a, out, name=name: outputs.setdefault(name, out))
-                 for name, module in conv_layers(model).items()]  # fmt: skip
+
+        def keep(name: str) -> Callable[..., None]:  # a hook returns None: a shared conv's later calls stay its own
+            return lambda module, args, out: None if name in outputs else outputs.update({name: out})
+
+        convs = [(module, keep(name)) for name, module in conv_layers(model).items()]
         follow = "grad_cam" in self.methods and self.grad_cam_layer is None  # the graph tells Grad-CAM's layer
         inputs = images.detach().requires_grad_(follow)
         with evaluating(model, grad=follow), hooked(convs):
@@ -164,8 +171,7 @@ class SaliencyPanel:
                 f"task {task!r} ({why}), so the maps explain: {target.rule}. Pass `task=` or `target=` to choose "
                 "otherwise."
             )
-        main = logits_of(output).detach()
-        masks = main.argmax(dim=1) if task == "segmentation" else None
+        masks = logits_of(output).detach().argmax(dim=1) if task == "segmentation" else None
         captions = self.describe(task, target, output, images, labels)
         return Explanation(task, target, captions, masks, cam_layer)
 
@@ -181,8 +187,8 @@ class SaliencyPanel:
         rows = torch.arange(len(inputs), device=inputs.device)
         reached = _graph_nodes(target(output, inputs, rows).grad_fn)
         used = [name for name, value in outputs.items() if value.grad_fn is not None and value.grad_fn in reached]
-        main = logits_of(output)
-        if task == "segmentation" and main.dim() == 4:
+        main = logits_of(output) if task == "segmentation" else None
+        if main is not None and main.dim() == 4:
             used = [n for n in used if outputs[n].shape[1] != main.shape[1] and math.prod(outputs[n].shape[2:]) > 1]
         registered = list(conv_layers(model))
         if not used or (task != "segmentation" and registered[-1] in used):
@@ -191,7 +197,13 @@ class SaliencyPanel:
 
     def describe(self, task: str, target: Target, output: Any, images: Tensor, labels: Tensor | None) -> list[str]:
         """One caption per image: what its label holds (a class, the positive classes, a value) and what the
-        network made of it (``true 3 / pred 5``, ``true 0.71 / pred 0.66``, ``class 1: 12% of pixels``, ...)."""
+        network made of it (``true 3 / pred 5``, ``true 0.71 / pred 0.66``, ``class 1: 12% of pixels``, ``box 2
+        0.83 of 12``, ...)."""
+        if task == "detection":
+            return [
+                "no box" if top is None else f"box {class_name(top[0], self.class_names)} {top[1]:.2f} of {top[2]}"
+                for top in top_boxes(output)
+            ]
         main = logits_of(output).detach()
         truth = describe_labels(labels, self.class_names) or [""] * len(images)
         if task == "classification" and main.dim() == 2:

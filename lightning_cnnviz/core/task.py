@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -13,10 +13,12 @@ from torch import Tensor
 from lightning_cnnviz.core.model import class_name, logits_of
 from lightning_cnnviz.core.protocol import DoesNotApply
 
-__all__ = ["TASKS", "Target", "choose_target", "decide_task", "describe_labels", "label_kind"]
+__all__ = ["TASKS", "Target", "choose_target", "decide_task", "describe_labels", "detections_of", "label_kind"]
 
-TASKS = ("classification", "multilabel", "regression", "segmentation", "reconstruction", "embedding")
-Task = Literal["auto", "classification", "multilabel", "regression", "segmentation", "reconstruction", "embedding"]
+TASKS = ("classification", "multilabel", "regression", "segmentation", "reconstruction", "embedding", "detection")
+Task = Literal[
+    "auto", "classification", "multilabel", "regression", "segmentation", "reconstruction", "embedding", "detection"
+]
 LabelKind = Literal["class", "multilabel", "value", "mask"]
 TargetSpec = Literal["auto", "true", "predicted"] | int | Callable[[Any, Any], Tensor]
 Score = Callable[[Any, Tensor, Tensor], Tensor]  # (model output, inputs, each input's image index) -> (n,)
@@ -70,13 +72,84 @@ def decide_task(task: str, labels: Tensor | None, output: Any, images: Tensor) -
         'reconstruction'
     """
     kind = label_kind(labels, len(images))
-    main = logits_of(output)
     if task != "auto":
         return task, f"task={task!r} was given"
+    if detections_of(output) is not None:
+        return "detection", f"the model gives boxes, labels and scores for each of the {len(images)} images"
+    main = logits_of(output)
     if kind is not None:
         return TASK_OF_LABELS[kind], f"the batches hold {_describe_kind(kind, labels)}"
     chosen = task_of_output(main, images)
     return chosen, f"the batches hold no labels and the model's output is {tuple(main.shape)}"
+
+
+def detections_of(output: Any) -> list[Mapping[str, Tensor]] | None:
+    """A detector's output, one dict per image with at least ``scores`` (and, as torchvision's, ``boxes`` and
+    ``labels``, sorted by score or not); None for any other output.
+
+    Example:
+        >>> detections_of([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0)}]) is not None
+        True
+    """
+    if not isinstance(output, (list, tuple)) or not output:
+        return None
+    if all(isinstance(item, Mapping) and isinstance(item.get("scores"), Tensor) for item in output):
+        return list(output)
+    return None
+
+
+def top_boxes(output: Any) -> list[tuple[int, float, int] | None]:
+    """Per image of a detector's output, ``(class, score, boxes)`` of its highest-scoring box (class 0 when the
+    detector gives no labels) and how many boxes it gave; None for an image without one."""
+    found: list[tuple[int, float, int] | None] = []
+    for item in detections_of(output) or []:
+        scores = item["scores"].detach()
+        if scores.numel() == 0:
+            found.append(None)
+            continue
+        best = int(scores.argmax())
+        labels = item.get("labels")
+        found.append((int(labels[best]) if isinstance(labels, Tensor) else 0, float(scores[best]), len(scores)))
+    return found
+
+
+def _detection_target(target: TargetSpec, output: Any, images: Tensor, class_names: Sequence[str] | None) -> Target:
+    """The score of each image's highest-scoring box, or of its best box of class ``target``: the highest score
+    among the boxes of that class, so a noisy or occluded copy is scored by the same class (zero without one)."""
+    if detections_of(output) is None:
+        raise DoesNotApply(
+            f"task='detection' explains box scores, and the model's output is {type(output).__name__}, not one dict "
+            "of boxes, labels and scores per image: pass task='auto' or a callable target."
+        )
+    if target == "true":
+        raise DoesNotApply(
+            "target='true' chooses between classes, and a detector's batches hold boxes: pass target='auto' (the "
+            "highest-scoring box), a class index, or a callable `target(output, batch)`."
+        )
+    if isinstance(target, int):
+        classes = torch.full((len(images),), target, dtype=torch.long)
+        rule = f"best box of class {class_name(target, class_names)}"
+    else:
+        classes = torch.tensor([-1 if top is None else top[0] for top in top_boxes(output)], dtype=torch.long)
+        rule = "highest-scoring box"
+    wanted = classes.tolist()
+
+    def best_box(out: Any, inputs: Tensor, rows: Tensor) -> Tensor:
+        found = detections_of(out)
+        if found is None or len(found) != len(inputs):
+            raise TypeError(f"the detector gave {type(out).__name__} for {len(inputs)} images, not one dict each")
+        values = []
+        for i, (item, row) in enumerate(zip(found, rows.tolist())):
+            scores, labels = item["scores"], item.get("labels")
+            if isinstance(labels, Tensor) and wanted[row] >= 0:
+                scores = scores[labels == wanted[row]]
+            elif wanted[row] < 0:
+                scores = scores[:0]
+            # no box: zero, and no gradient, through the detector's scores and the input alike
+            values.append(scores.max() if scores.numel() else (item["scores"].sum() + inputs[i].sum()) * 0)
+        return torch.stack(values)
+
+    return Target(rule, best_box, best_box, classes.to(images.device))
 
 
 def _describe_kind(kind: str, labels: Any) -> str:
@@ -153,7 +226,8 @@ def choose_target(
     known. ``target``: ``"auto"`` picks per task (the true class; the predicted class without labels; the top
     true class of multi-hot labels; the output of a regression; the predicted class summed over the pixels
     predicted as it (pytorch-grad-cam's ``SemanticSegmentationTarget``); the reconstruction error; the embedding's
-    L2 norm); ``"true"``/``"predicted"`` choose for class tasks; an int is a class (an output, for regression);
+    L2 norm; the highest-scoring box of a detector); ``"true"``/``"predicted"`` choose for class tasks; an int is
+    a class (an output, for regression);
     a callable ``target(output, (inputs, labels)) -> (N,)`` is used as given. :class:`DoesNotApply` when the
     output or labels do not allow it.
 
@@ -163,7 +237,6 @@ def choose_target(
         >>> chosen.rule, chosen.classes.tolist()
         ('predicted class', [1, 0])
     """
-    main = logits_of(output).detach()
     count, device = len(images), images.device
     kind = label_kind(labels, count)
     if callable(target) and not isinstance(target, int):
@@ -174,6 +247,9 @@ def choose_target(
             return check_scores(value, len(inputs), "what `target` returns")
 
         return _plain(f"{getattr(user, '__name__', 'custom')} target", custom)
+    if task == "detection":
+        return _detection_target(target, output, images, class_names)
+    main = logits_of(output).detach()
     if task in ("classification", "multilabel"):
         over = "task='regression' or 'embedding'"
         _needs(task, main, (2,), "class scores (N, classes)", over)

@@ -29,6 +29,7 @@ from lightning_cnnviz.core.top_patches import (
     project_activations,
 )
 from lightning_cnnviz.core.top_patches import top_activations as scan_top_activations
+from lightning_cnnviz.core.trunk import ImageEntry
 
 __all__ = ["TopPatchGallery", "default_channels", "default_layers"]
 
@@ -84,6 +85,9 @@ class TopPatchGallery:
         max_batch: images per forward when scanning (and rows per projection pass / 4).
         thumbnail_px: largest side of a stored evolution thumbnail.
         max_evolution_columns: columns the evolution keeps.
+        module: the part of the model fed the probe images (default: the model, or its backbone when the model
+            transforms its input before its first conv, as a detector's resize does: :class:`~lightning_cnnviz.core
+            .trunk.ImageEntry`).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
@@ -107,7 +111,10 @@ class TopPatchGallery:
         max_batch: int = 256,
         thumbnail_px: int = 48,
         max_evolution_columns: int = 24,
+        module: str | None = None,
     ) -> None:
+        self.entry = ImageEntry(WHO, module)
+        self._part: nn.Module | None = None
         self.layers = [layers] if isinstance(layers, str) else (list(layers) if layers is not None else None)
         if self.layers is not None and not self.layers:
             raise ValueError(f"{WHO}: `layers` is empty; pass module names or None for the default.")
@@ -124,6 +131,7 @@ class TopPatchGallery:
         self.chosen_layers: list[str] = []
         self.chosen_channels: dict[str, list[int]] = {}
         self.fields: dict[str, ReceptiveField] = {}
+        self.unfollowed = False
         self.last_top: dict[str, TopActivations] = {}
 
     @property
@@ -133,6 +141,7 @@ class TopPatchGallery:
     def configure(self, model: nn.Module) -> None:
         """Choose the layers of ``model`` (ValueError for an unknown one, or a ``channels`` mapping that names a
         layer not watched); the receptive fields are measured again by :meth:`prepare`."""
+        self.entry.check(model)
         self.chosen_layers = self.layers if self.layers is not None else default_layers(model)
         resolve_modules(model, self.chosen_layers, what=f"{WHO} `layers`", extra_valid=())
         if isinstance(self.channels, Mapping):
@@ -143,6 +152,17 @@ class TopPatchGallery:
                     f"{format_names(self.chosen_layers)}."
                 )
         self.fields = {}
+        self.unfollowed = False  # no chosen layer's receptive field can be followed: nothing is drawn
+
+    def fed(self, model: nn.Module, example: Tensor, guard: Guard | None = None) -> nn.Module:
+        """The part of ``model`` that takes ``example``-like images (:class:`~lightning_cnnviz.core.trunk.ImageEntry`;
+        ``guard`` told which), its layers chosen again when it is not the model itself. ``DoesNotApply`` when none
+        does."""
+        part = self.entry.of(model, example, guard)
+        if part is not model and part is not self._part:
+            self.configure(part)
+        self._part = part
+        return part
 
     def prepare(
         self,
@@ -156,6 +176,8 @@ class TopPatchGallery:
         left out and ``say`` is told why (default: a warning). ``measure(receptive_fields, model, layers,
         example)`` measures them again for a new image size (a caller's error policy). True when ready. Chooses
         the layers first (:meth:`configure`) when no layers are chosen yet."""
+        if self.unfollowed:
+            return False
         if not self.chosen_layers:
             self.configure(model)
         size = (example.shape[-2], example.shape[-1])
@@ -163,6 +185,8 @@ class TopPatchGallery:
             return True
         tell = say or (lambda message: warnings.warn(f"{WHO}: {message}", stacklevel=2))
         followed = self._follow(model, example, tell) if not self.fields else None
+        if self.unfollowed:
+            return False
         shapes: dict[str, tuple[int, ...]] = {}
         with evaluating(model):
             try:
@@ -204,12 +228,17 @@ class TopPatchGallery:
         if not reasons:
             return fields
         said = "; ".join(f"{name!r}: {reason}" for name, reason in reasons.items())
-        if self.layers is not None or len(reasons) == len(self.chosen_layers):
+        if self.layers is not None:
             raise ValueError(
                 f"{WHO}: the receptive field of {said}, so its top patches cannot be cropped. Choose other `layers` "
                 "(conv layers before the unsupported operation)."
             )
-        say(f"leaving out default layer(s) whose receptive field is unknown: {said}.")
+        if len(reasons) == len(self.chosen_layers):
+            self.unfollowed = True
+            say(f"no default layer has a receptive field that can be followed ({said}), so nothing is drawn. Pass "
+                "`layers=` (conv layers before the unsupported operation) or `module=`.")  # fmt: skip
+        else:
+            say(f"leaving out default layer(s) whose receptive field is unknown: {said}.")
         self.chosen_layers = [name for name in self.chosen_layers if name not in reasons]
         return fields
 
@@ -317,6 +346,10 @@ class TopPatchGallery:
         :attr:`last_top` (on the host)."""
         guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
         device = next(iter(model.parameters()), torch.empty(0)).device
+        part = guard.run("top patches", self.fed, model, probe.images[:1].to(device), guard)
+        if part is None:
+            return shot
+        model = part
         measure = functools.partial(guard.run, "receptive fields")
         if not self.prepare(model, probe.images[:1].to(device), say=guard.once, measure=measure):
             return shot

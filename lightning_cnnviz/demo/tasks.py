@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["TASKS", "TaskData", "TaskModule", "UNet", "squares", "task"]
+__all__ = ["OTHER_INPUTS", "TASKS", "TaskData", "TaskModule", "UNet", "clips", "signals", "squares", "task"]
 
 TASKS = ("simclr", "autoencoder", "multilabel", "regression", "segmentation", "unet")
+OTHER_INPUTS = ("detection", "signal", "clip")  # a detector that resizes its input; a Conv1d and a Conv3d network
 SIDE = 32
 
 
@@ -50,6 +51,47 @@ def squares(count: int, side: int = SIDE, seed: int = 0, dim_square: bool = True
     return {"images": images, "class": quadrant, "multi": multi, "value": brightness[:, None], "mask": masks}
 
 
+def signals(count: int, length: int = 128, seed: int = 0) -> dict[str, Tensor]:
+    """Signals (N, 1, length): a bump on noise; the class is the quarter it is in."""
+    generator = torch.Generator().manual_seed(seed)
+    where = torch.randint(4, length - 4, (count,), generator=generator)
+    positions = torch.arange(length)
+    bumps = torch.exp(-(((positions[None, :] - where[:, None]) / 3.0) ** 2))
+    noise = 0.1 * torch.randn(count, 1, length, generator=generator)
+    return {"images": bumps[:, None] + noise, "class": where * 4 // length}
+
+
+def clips(count: int, frames: int = 4, side: int = 16, seed: int = 0) -> dict[str, Tensor]:
+    """Clips (N, 3, frames, side, side): a bright square moving right, left, down or up (the class) on noise."""
+    generator = torch.Generator().manual_seed(seed)
+    data = 0.1 * torch.randn(count, 3, frames, side, side, generator=generator)
+    direction = torch.randint(0, 4, (count,), generator=generator)
+    start = torch.randint(frames, side - frames - 4, (count, 2), generator=generator)
+    steps = torch.tensor([[0, 1], [0, -1], [1, 0], [-1, 0]])
+    for i in range(count):
+        for t in range(frames):
+            y, x = (start[i] + t * steps[direction[i]]).tolist()
+            data[i, :, t, y : y + 4, x : x + 4] += 1.0
+    return {"images": data, "class": direction}
+
+
+def boxes(count: int, side: int = 64, seed: int = 0) -> list[tuple[Tensor, dict[str, Tensor]]]:
+    """(image, target) pairs as torchvision's detectors take them: :func:`squares` images with the bright square's
+    box (x1, y1, x2, y2) and its label (1 in the top half, 2 in the bottom half; 0 is the background)."""
+    data = squares(count, side, seed)
+    pairs = []
+    for image, mask, quadrant in zip(data["images"], data["mask"], data["class"]):
+        ys, xs = mask.nonzero(as_tuple=True)
+        box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+        pairs.append((image, {"boxes": box, "labels": torch.tensor([1 + int(quadrant) // 2])}))
+    return pairs
+
+
+def detection_batch(items: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict[str, Tensor]]]:
+    """A stack of images and the list of their target dicts."""
+    return torch.stack([image for image, _ in items]), [target for _, target in items]
+
+
 class Batches(Dataset[Any]):
     """The images alone (``target=None``) or (image, target) pairs of :func:`squares`."""
 
@@ -66,23 +108,37 @@ class Batches(Dataset[Any]):
 
 class TaskData(pl.LightningDataModule):
     """Training and validation batches of :func:`squares` (``count`` each, ``side`` pixels): images alone, or
-    with the ``target`` entry."""
+    with the ``target`` entry; of :func:`signals`, :func:`clips` or :func:`boxes` with ``inputs``."""
 
     def __init__(
-        self, target: str | None, count: int = 64, batch_size: int = 16, side: int = SIDE, dim_square: bool = True
+        self,
+        target: str | None,
+        count: int = 64,
+        batch_size: int = 16,
+        side: int = SIDE,
+        dim_square: bool = True,
+        inputs: str = "squares",
     ) -> None:
         super().__init__()
         self.target, self.count, self.batch_size = target, count, batch_size
-        self.side, self.dim_square = side, dim_square
+        self.side, self.dim_square, self.inputs = side, dim_square, inputs
 
-    def _batches(self, seed: int) -> Batches:
-        return Batches(squares(self.count, self.side, seed, self.dim_square), self.target)
+    def _batches(self, seed: int) -> Dataset[Any]:
+        if self.inputs == "boxes":
+            return boxes(self.count, self.side, seed)  # type: ignore[return-value]
+        made = {"signals": lambda: signals(self.count, seed=seed), "clips": lambda: clips(self.count, seed=seed)}
+        data = made[self.inputs]() if self.inputs in made else squares(self.count, self.side, seed, self.dim_square)
+        return Batches(data, self.target)
+
+    def _loader(self, seed: int, shuffle: bool) -> DataLoader[Any]:
+        collate = detection_batch if self.inputs == "boxes" else None
+        return DataLoader(self._batches(seed), batch_size=self.batch_size, shuffle=shuffle, collate_fn=collate)
 
     def train_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self._batches(0), batch_size=self.batch_size, shuffle=True)
+        return self._loader(0, True)
 
     def val_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self._batches(1), batch_size=self.batch_size)
+        return self._loader(1, False)
 
 
 def trunk(width: int = 16) -> nn.Sequential:
@@ -171,21 +227,49 @@ def segmentation_net() -> nn.Module:
     return lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=2)
 
 
+def detector(classes: int = 3) -> nn.Module:
+    """torchvision's Faster R-CNN MobileNet-V3 320 FPN, untrained: it resizes its input to 320 pixels, and gives
+    one dict of ``boxes``, ``labels`` and ``scores`` per image in eval mode, its losses in training mode."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    return fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=classes)
+
+
+def signal_net(classes: int = 4) -> nn.Sequential:
+    """A Conv1d classifier of signals (N, 1, L)."""
+    return nn.Sequential(
+        nn.Conv1d(1, 8, 9, padding=4), nn.ReLU(), nn.Conv1d(8, 16, 9, stride=2, padding=4), nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, classes),
+    )  # fmt: skip
+
+
+def clip_net(classes: int = 4) -> nn.Sequential:
+    """A Conv3d classifier of clips (N, 3, T, H, W)."""
+    return nn.Sequential(
+        nn.Conv3d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(16, classes),
+    )  # fmt: skip
+
+
 class TaskModule(pl.LightningModule):
-    """A network and its task's loss, as a user's LightningModule."""
+    """A network and its task's loss, as a user's LightningModule. A detector takes the stacked images as a list
+    and is validated without a loss (in eval mode it gives boxes, not losses)."""
 
-    def __init__(self, net: nn.Module, loss: Callable[[nn.Module, Any], Tensor], lr: float = 0.01) -> None:
+    def __init__(
+        self, net: nn.Module, loss: Callable[[nn.Module, Any], Tensor], lr: float = 0.01, detects: bool = False
+    ) -> None:
         super().__init__()
-        self.net, self.loss, self.lr = net, loss, lr
+        self.net, self.loss, self.lr, self.detects = net, loss, lr, detects
 
-    def forward(self, x: Tensor) -> Any:
-        return self.net(x)
+    def forward(self, x: Tensor, targets: Any = None) -> Any:
+        return self.net(list(x), targets) if self.detects else self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.loss(self, batch)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_loss", self.loss(self, batch))
+        if not self.detects:
+            self.log("val_loss", self.loss(self, batch))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
@@ -197,7 +281,7 @@ def _simclr_loss(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def task(name: str) -> tuple[TaskModule, TaskData]:
-    """The LightningModule and data of a task of :data:`TASKS`."""
+    """The LightningModule and data of a task of :data:`TASKS` or :data:`OTHER_INPUTS`."""
     if name == "simclr":
         return TaskModule(SimCLR(), _simclr_loss), TaskData(None)
     if name == "autoencoder":
@@ -210,4 +294,12 @@ def task(name: str) -> tuple[TaskModule, TaskData]:
         return TaskModule(segmentation_net(), lambda m, b: F.cross_entropy(m(b[0])["out"], b[1])), TaskData("mask")
     if name == "unet":
         return TaskModule(UNet(), lambda m, b: F.cross_entropy(m(b[0]), b[1])), TaskData("mask")
-    raise ValueError(f"unknown task {name!r}; the tasks are {TASKS}")
+    if name == "detection":
+        data = TaskData(None, count=8, batch_size=4, side=64, inputs="boxes")
+        return TaskModule(detector(), lambda m, b: sum(m(b[0], b[1]).values()), detects=True), data
+    classify = lambda m, b: F.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    if name == "signal":
+        return TaskModule(signal_net(), classify), TaskData("class", inputs="signals")
+    if name == "clip":
+        return TaskModule(clip_net(), classify), TaskData("class", inputs="clips")
+    raise ValueError(f"unknown task {name!r}; the tasks are {TASKS + OTHER_INPUTS}")
