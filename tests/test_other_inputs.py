@@ -31,7 +31,7 @@ from lightning_cnnviz.core import SaliencyPanel, TopPatchGallery, filter_smoothn
 from lightning_cnnviz.core.filters import render_profiles
 from lightning_cnnviz.core.saliency import vanilla_gradient
 from lightning_cnnviz.core.trunk import ImageEntry, Trunk
-from lightning_cnnviz.demo.tasks import OTHER_INPUTS, boxes, task
+from lightning_cnnviz.demo.tasks import OTHER_INPUTS, TaskModule, boxes, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
 IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "FeatureVisMonitor")
@@ -46,16 +46,26 @@ WRITTEN = {
 KNN = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
 
 
-def six_monitors() -> dict[str, pl.Callback]:
-    """The six monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride) shrunk."""
+def six_monitors(channels: int = 16) -> dict[str, pl.Callback]:
+    """The six monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
+    per layer) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
         "saliency": SaliencyMonitor(num_images=2, smoothgrad_samples=2, occlusion_stride=16),
-        "top_patch": TopPatchMonitor(probe_size=8),
+        "top_patch": TopPatchMonitor(probe_size=8, max_channels=channels),
         "embedding": EmbeddingMonitor(probe_size=8, every_n_epochs=1),
-        "feature_vis": FeatureVisMonitor(steps=4, probe_size=8, every_n_epochs=1),
+        "feature_vis": FeatureVisMonitor(steps=4, probe_size=8, every_n_epochs=1, max_channels=channels),
     }
+
+
+def fcos() -> tuple[pl.LightningModule, pl.LightningDataModule]:
+    """torchvision's FCOS (ResNet-50 FPN, untrained), resizing the 64-pixel images to 96, on the detection data."""
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    net = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3, min_size=96, max_size=96)
+    detection, data = task("detection")
+    return TaskModule(net, detection.loss, detects=True), data
 
 
 class Told(logging.Handler):
@@ -70,8 +80,8 @@ class Told(logging.Handler):
 def fit_six(name: str, tmp_path: Path) -> tuple[dict[str, pl.Callback], list[str], list[str], list[str]]:
     """Fit task ``name`` with the six monitors: (monitors, warnings said, informations told, tags written)."""
     pl.seed_everything(0, verbose=False)
-    model, data = task(name)
-    monitors = six_monitors()
+    model, data = fcos() if name == "fcos" else task(name)
+    monitors = six_monitors(4 if name == "fcos" else 16)
     trainer = make_trainer(tmp_path, list(monitors.values()), max_epochs=1, limit_train_batches=2)
     told, informed = Told(), logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = informed.level
@@ -89,17 +99,17 @@ def fit_six(name: str, tmp_path: Path) -> tuple[dict[str, pl.Callback], list[str
     return monitors, said, told.messages, [*events["images"], *events["scalars"], *events["histograms"]]
 
 
-@pytest.mark.parametrize("name", OTHER_INPUTS)
+@pytest.mark.parametrize("name", [*OTHER_INPUTS, "fcos"])
 def test_six_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(name: str, tmp_path: Path) -> None:
     monitors, said, told, tags = fit_six(name, tmp_path)
     assert [m for m in said if "failed with" in m or "switched off" in m] == []
     off = [m for m in said if "does not apply" in m]
-    if name == "detection":
+    if name in ("detection", "fcos"):
         assert len(off) == 1 and off[0].startswith(KNN), off  # the batches hold boxes, not one class per image
         writers = list(WRITTEN)
         chosen = [m for m in told if "so the probe images go directly into 'net.backbone' (its `backbone`)" in m]
         assert sorted(m.split(":")[0] for m in chosen) == ["EmbeddingMonitor", "FeatureVisMonitor", "TopPatchMonitor"]
-        assert "(64, 64) -> (320, 320)" in chosen[0]
+        assert f"(64, 64) -> {(96, 96) if name == 'fcos' else (320, 320)}" in chosen[0]
         assert any(m.startswith("SaliencyMonitor: task 'detection'") and "highest-scoring box" in m for m in told)
     else:
         kind = "nn.Conv1d" if name == "signal" else "nn.Conv3d"
@@ -114,7 +124,7 @@ def test_six_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         assert not [tag for tag in tags if tag.startswith(tuple(f"cnnviz/{kind}" for kind in images))]
     for monitor in writers:
         for prefix in WRITTEN[monitor]:
-            if name != "detection":
+            if name not in ("detection", "fcos"):
                 prefix = prefix.removesuffix("net.backbone.")
             assert any(tag.startswith(prefix) for tag in tags), f"{name}: {monitor} wrote no {prefix}"
     assert all(not m.guard.disabled - {"the kNN accuracy"} for m in monitors.values())  # type: ignore[attr-defined]
