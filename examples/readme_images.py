@@ -6,8 +6,9 @@ Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer
 patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps. The data is
 found as ``lightning_cnnviz.demo.data.find_data`` finds it (``$CNNVIZ_DATA``, Debian's Fashion-MNIST package) or
 given with ``--data DIR`` (a folder holding ``fashion-mnist/`` and ``cifar10/cifar10-jpg.zip``).
-``--parts`` picks some of ``saliency activations top_patches embedding feature_vis tasks`` (``tasks``: a
-segmentation network's saliency and a regression network's t-SNE map, on generated images).
+``--parts`` picks some of ``saliency activations top_patches embedding feature_vis tasks other`` (``tasks``: a
+segmentation network's saliency and a regression network's t-SNE map, on generated images; ``other``: Conv1d and
+Conv3d filters and a detector's saliency, on generated signals, clips and boxes).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def cifar_classes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
-    parts = ["saliency", "activations", "top_patches", "embedding", "feature_vis", "tasks"]
+    parts = ["saliency", "activations", "top_patches", "embedding", "feature_vis", "tasks", "other"]
     parser.add_argument("--parts", nargs="+", default=parts)
     parser.add_argument("--data", action="append", default=[], help="a folder holding fashion-mnist/ and cifar10/")
     args = parser.parse_args()
@@ -106,6 +107,8 @@ def main() -> None:
             feature_vis(Path(tmp), out)
         if "tasks" in args.parts:
             tasks(Path(tmp), out)
+        if "other" in args.parts:
+            other_inputs(Path(tmp), out)
 
 
 def tasks(tmp: Path, out: Path) -> None:
@@ -136,6 +139,25 @@ def tasks(tmp: Path, out: Path) -> None:
     run = fit(tmp / "regression", values, model, [embedding], max_epochs=10)
     save_last_image(run, "cnnviz/embedding/tsne", out / "embedding_tsne_regression.png")
 
+
+def other_inputs(tmp: Path, out: Path) -> None:
+    """A Conv1d and a Conv3d network's first-layer filters, trained on generated signals and clips; and SaliencyMonitor
+    on torchvision's Faster R-CNN, at initialisation, on generated boxes."""
+    from lightning_cnnviz.demo.tasks import TaskData, TaskModule, detector, task
+
+    for name, inputs, png in (("signal", "signals", "filters_conv1d.png"), ("clip", "clips", "filters_conv3d.png")):
+        model, _ = task(name)
+        data = TaskData("class", count=2048, batch_size=64, inputs=inputs)
+        run = fit(tmp / name, data, model, [FilterMonitor(every_n_epochs=8)], max_epochs=8)
+        save_last_image(run, "cnnviz/filters/net.0", out / png)
+    # A detector learns to find boxes in far more steps than a CPU picture affords (after 36 steps it finds none yet:
+    # "no box" and an empty map); drawn at initialisation (lr=0), it scores boxes everywhere.
+    model, _ = task("detection")
+    model = TaskModule(detector(), model.loss, lr=0.0, detects=True)
+    boxes = TaskData(None, count=8, batch_size=8, side=64, inputs="boxes")
+    saliency = SaliencyMonitor(methods=("smoothgrad",), num_images=4)
+    run = fit(tmp / "detection", boxes, model, [saliency], max_epochs=1, limit_val_batches=1)
+    save_last_image(run, "cnnviz/saliency/smoothgrad", out / "saliency_detection.png")
 
 def saliency_and_filters(tmp: Path, out: Path) -> None:
     cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)

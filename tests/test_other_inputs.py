@@ -29,6 +29,7 @@ from lightning_cnnviz import (
 )
 from lightning_cnnviz.core import SaliencyPanel, TopPatchGallery, filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.filters import render_profiles
+from lightning_cnnviz.core.render import render_saliency
 from lightning_cnnviz.core.saliency import vanilla_gradient
 from lightning_cnnviz.core.trunk import ImageEntry, Trunk
 from lightning_cnnviz.demo.tasks import OTHER_INPUTS, TaskModule, boxes, task
@@ -209,6 +210,15 @@ def test_an_image_without_a_box_is_captioned_so_and_has_an_empty_map() -> None:
     assert explained.captions == ["no box", "no box"]
     for method in panel.methods:
         assert float(panel.maps(model, images, None, method, explained).abs().amax()) == 0.0, method
+
+
+def test_maps_of_any_scale_are_drawn_alike() -> None:
+    """A detector's input gradients can be 1e-12 and smaller: the picture of a map does not depend on its scale."""
+    images, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    for scale in (1e-15, 1e-30):
+        torch.testing.assert_close(render_saliency(images, maps * scale), render_saliency(images, maps))
+        signed = maps[:, None] - 0.5
+        torch.testing.assert_close(render_saliency(images, signed * scale), render_saliency(images, signed))
 
 
 def test_the_entry_is_the_model_unless_it_resizes_and_module_chooses_it() -> None:

@@ -62,7 +62,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="`target` can be 'auto', 'true', 'predicted', a class index or a callable"):
         SaliencyMonitor(target="best")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`task`.*'classification'.*'segmentation'"):
-        SaliencyMonitor(task="detection")  # type: ignore[arg-type]
+        SaliencyMonitor(task="pose")  # type: ignore[arg-type]
 
 
 def test_select_balanced_is_round_robin() -> None:

@@ -105,7 +105,7 @@ def display_rgb(images: Tensor) -> Tensor:
 def signed_display(maps: Tensor) -> Tensor:
     """Signed maps (N, C, H, W) -> (N, 3, H, W) in [0, 1]: ``0.5 + map / (2 max |map|)`` per item, so zero is
     mid-gray and the sign survives (Zeiler & Fergus show their projections this way)."""
-    scale = maps.float().abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    scale = maps.float().abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny).view(-1, 1, 1, 1)
     return to_rgb(0.5 + maps.float() / (2 * scale))
 
 
@@ -147,14 +147,15 @@ def render_saliency(
     shown = display_rgb(images)
     if maps.dim() == 3:
         heat = maps.float().clamp_min(0)
-        heat = heat / heat.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        heat = heat / heat.flatten(1).amax(1).clamp_min(torch.finfo(heat.dtype).tiny).view(-1, 1, 1)  # any scale
         middle = colormap(heat).movedim(0, 1)
         gray = to_rgb(shown.mean(dim=1, keepdim=True))
         right = (1 - alpha) * gray + alpha * middle
     else:
         middle = signed_display(maps)
         magnitude = maps.float().abs().sum(dim=1)
-        magnitude = magnitude / magnitude.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+        largest = magnitude.flatten(1).amax(1).clamp_min(torch.finfo(magnitude.dtype).tiny)
+        magnitude = magnitude / largest.view(-1, 1, 1)
         right = colormap(magnitude).movedim(0, 1)
     drawn = [shown, middle, right]
     if masks is not None:
