@@ -205,7 +205,8 @@ def test_an_image_without_a_box_is_captioned_so_and_has_an_empty_map() -> None:
     model.net.roi_heads.score_thresh = 2.0  # no score reaches it: no box on any image
     model.eval()
     images = torch.stack([image for image, _ in boxes(2, 64, seed=3)])
-    panel = SaliencyPanel(methods=("vanilla_gradient", "grad_cam", "occlusion"), occlusion_patch=32, occlusion_stride=32)
+    methods = ("vanilla_gradient", "grad_cam", "occlusion")
+    panel = SaliencyPanel(methods=methods, occlusion_patch=32, occlusion_stride=32)
     explained = panel.explain(model, images, None)
     assert explained.captions == ["no box", "no box"]
     for method in panel.methods:
