@@ -97,6 +97,6 @@ class EmbeddingMonitor(EpochMonitor):
     def applies(self, model: nn.Module) -> str | None:
         return needs_2d_images(model)
 
-    def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
+    def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int | None = None) -> Tensor:
         """The codes of ``images`` (N, D) on the model's device (:meth:`EmbeddingMap.codes`)."""
         return self.map.codes(pl_module, images, max_batch)

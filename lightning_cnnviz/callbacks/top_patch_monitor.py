@@ -58,7 +58,7 @@ class TopPatchMonitor(EpochMonitor):
         every_n_epochs: int = 1,
         method: Method = "deconvnet",
         max_channels: int = 16,
-        max_batch: int = 256,
+        max_batch: int | None = None,
         thumbnail_px: int = 48,
         max_evolution_columns: int = 24,
         batch_to_images: Callable[[Any], Tensor] | None = None,

@@ -18,6 +18,8 @@ notebook or a plain training loop. The verbs:
   :class:`DoesNotApply`, what a picture that cannot be drawn for a model or its batches raises;
 * models: :func:`conv_layers`, :func:`first_conv`, :func:`resolve_modules`, :func:`hooked`, :func:`evaluating`,
   :func:`run_to`, :func:`class_name`; argument checks :func:`check_positive_int`, :func:`check_choice`;
+* pass sizes: :func:`pass_size` (the one rule sizing every batched pass, from :func:`activation_bytes` and the
+  :func:`memory_bound` of the device);
 * drawing: :func:`to_rgb`, :func:`upscale`, :func:`normalize_per_item`, :func:`tile_grid`, :func:`annotate`,
   :func:`captioned_grid`;
 * filters (Conv1d, Conv2d, Conv3d): :class:`FilterPanel`, :func:`render_filter_grid`, :func:`filter_smoothness`;
@@ -50,6 +52,7 @@ from lightning_cnnviz.core.feature_vis import deep_dream, visualize_features
 from lightning_cnnviz.core.filters import FilterPanel, filter_smoothness, render_filter_grid
 from lightning_cnnviz.core.history import EvolutionHistory
 from lightning_cnnviz.core.model import class_name, conv_layers, evaluating, first_conv, hooked, resolve_modules, run_to
+from lightning_cnnviz.core.passes import activation_bytes, memory_bound, pass_size
 from lightning_cnnviz.core.probe import Probe, ProbeService, ProbeSet, select_balanced
 from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.receptive_field import receptive_fields
@@ -97,6 +100,7 @@ __all__ = [
     "Target",
     "TopPatchGallery",
     "Trunk",
+    "activation_bytes",
     "annotate",
     "captioned_grid",
     "capture",
@@ -126,8 +130,10 @@ __all__ = [
     "knn_accuracy",
     "label_kind",
     "labels_from_batch",
+    "memory_bound",
     "normalize_per_item",
     "occlusion",
+    "pass_size",
     "penultimate_layer",
     "procrustes_align",
     "project_activations",

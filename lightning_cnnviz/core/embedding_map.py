@@ -17,6 +17,7 @@ from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import tile_grid, upscale
 from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
 from lightning_cnnviz.core.model import evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.passes import pass_size
 from lightning_cnnviz.core.probe import Probe, select_balanced
 from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Guard, Moment, Ranks, Snapshot
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
@@ -139,14 +140,16 @@ class EmbeddingMap:
             f"conv layer '{self.layer_name}'."
         )
 
-    def codes(self, model: nn.Module, images: Tensor, max_batch: int = 256) -> Tensor:
+    def codes(self, model: nn.Module, images: Tensor, max_batch: int | None = None) -> Tensor:
         """The codes of ``images`` (N, D) on the model's device: eval mode, no gradient, each forward stopped
-        as soon as the code is known."""
+        as soon as the code is known, ``max_batch`` images per forward (default:
+        :func:`~lightning_cnnviz.core.passes.pass_size`)."""
         if self.layer_name is None:
             self.resolve(model)
         assert self.layer_name is not None
         parts: list[Tensor] = []
         whole = isinstance(model, Trunk) and self.layer_name == model.name
+        max_batch = max_batch or pass_size(model, images[:1])
 
         def take(name: str, value: Tensor, count: int) -> None:
             if len(value) != count:

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_cnnviz.core._calls import INPLACE_RELU, flat_tensors, relu_kind
+from lightning_cnnviz.core._calls import INPLACE_RELU, relu_kind
 from lightning_cnnviz.core.batches import check_images, in_layout_of
 from lightning_cnnviz.core.model import conv_layers, evaluating, hooked, logits_of, resolve_modules
+from lightning_cnnviz.core.passes import activation_bytes, pass_size
 from lightning_cnnviz.core.task import Score, check_scores, class_score
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
@@ -140,11 +141,12 @@ def smoothgrad(
     sigma: float = 0.15,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
-    max_batch: int = 64,
+    max_batch: int | None = None,
 ) -> Tensor:
     """Smilkov et al. 2017 (arXiv 1706.03825): the mean of ``|gradient|`` over noisy copies, max over channels.
 
-    The noisy copies run in batches of ``max_batch``. Noise is Gaussian with standard deviation ``sigma * (max(x) -
+    The noisy copies run in batches of ``max_batch`` (default: :func:`~lightning_cnnviz.core.passes.pass_size` with
+    gradients, at least one copy of every image). Noise is Gaussian with standard deviation ``sigma * (max(x) -
     min(x))`` per image (the paper's level), unless ``noise`` (N * samples, C, H, W) is given (copies of image
     ``i`` at rows ``i * samples`` to ``(i + 1) * samples - 1``). Returns (N, H, W).
 
@@ -156,6 +158,7 @@ def smoothgrad(
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     count = images.shape[0]
+    max_batch = max_batch or pass_size(model, images[:1], minimum=count, grad=True)
     score = _scorer(model, images, target, max_batch)
     expanded = images.repeat_interleave(samples, dim=0)
     if noise is None:
@@ -265,30 +268,6 @@ def occlusion_masks(height: int, width: int, patch: int, stride: int) -> Tensor:
     return (rows[:, None, :, None] & cols[None, :, None, :]).reshape(-1, 1, height, width)
 
 
-def activation_bytes(model: nn.Module, image: Tensor) -> int:
-    """Bytes of every leaf module's outputs for one forward of ``image`` (no gradient): what a batch of such
-    inputs holds at most, per input, while it runs."""
-    total = image.numel() * image.element_size()
-
-    def add(module: nn.Module, args: Any, output: Any) -> None:
-        nonlocal total
-        total += sum(t.numel() * t.element_size() for t in flat_tensors(output))
-
-    leaves = [(m, add) for m in model.modules() if next(m.children(), None) is None]
-    with hooked(leaves), evaluating(model):
-        model(image)
-    return total
-
-
-def _memory_budget(device: torch.device) -> int:
-    """Bytes of activations a pass of occluded copies may hold: a quarter of the free memory on CUDA; 16 MiB
-    elsewhere, about a CPU's last-level cache, past which small convolutions are memory-bound (the figures are in
-    ``benchmarks/README.md``, Saliency)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] // 4
-    return 16 * 2**20
-
-
 def occlusion(
     model: nn.Module,
     images: Tensor,
@@ -307,8 +286,9 @@ def occlusion(
     ``baseline`` fills the square: a number, or ``"mean"`` (each image's per-channel mean); ``probability`` maps
     the logits of a class target to the score (softmax); a callable target is the score itself. Windows follow
     captum's ``Occlusion``, so the maps equal its own. The copies are built on the model's device and run as full
-    forwards, as many per pass as fit ``memory_budget`` bytes of activations (default: a quarter of the free
-    memory on CUDA, 16 MiB elsewhere), with no host sync between.
+    forwards, copies of several images and windows together, as many per pass as fit ``memory_budget`` bytes of
+    activations (default: :func:`~lightning_cnnviz.core.passes.pass_size`, at least one copy of every image), with
+    no host sync between.
 
     Example:
         >>> occlusion(net, images, patch=4, stride=2).shape
@@ -328,8 +308,10 @@ def occlusion(
     else:
         raise ValueError(f"baseline can be a number or 'mean', got {baseline!r}")
 
-    budget = memory_budget if memory_budget is not None else _memory_budget(images.device)
-    per_pass = max(1, budget // max(activation_bytes(model, images[:1]), 1))
+    if memory_budget is not None:
+        per_pass = max(1, memory_budget // max(activation_bytes(model, images[:1]), 1))
+    else:
+        per_pass = pass_size(model, images[:1], minimum=count)
     rows = torch.arange(count, device=images.device)
     with evaluating(model):
         measure: Score

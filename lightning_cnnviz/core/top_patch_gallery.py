@@ -82,7 +82,8 @@ class TopPatchGallery:
         k: activations (and patches) per channel.
         method: ``"deconvnet"``, ``"guided_backprop"`` or ``"both"``.
         max_channels: channels per layer when ``channels`` is not given.
-        max_batch: images per forward when scanning (and rows per projection pass / 4).
+        max_batch: images per forward when scanning (and rows per projection pass / 4); default: sized by
+            :func:`~lightning_cnnviz.core.passes.pass_size` from the model's activations and the device's memory.
         thumbnail_px: largest side of a stored evolution thumbnail.
         max_evolution_columns: columns the evolution keeps.
         module: the part of the model fed the probe images (default: the model, or its backbone when the model
@@ -108,7 +109,7 @@ class TopPatchGallery:
         k: int = 9,
         method: Method = "deconvnet",
         max_channels: int = 16,
-        max_batch: int = 256,
+        max_batch: int | None = None,
         thumbnail_px: int = 48,
         max_evolution_columns: int = 24,
         module: str | None = None,
@@ -124,7 +125,7 @@ class TopPatchGallery:
         self.k = check_positive_int(WHO, "k", k)
         self.method: Method = check_choice(WHO, "method", method, METHODS)
         self.max_channels = check_positive_int(WHO, "max_channels", max_channels)
-        self.max_batch = check_positive_int(WHO, "max_batch", max_batch)
+        self.max_batch = None if max_batch is None else check_positive_int(WHO, "max_batch", max_batch)
         self.thumbnail_px = check_positive_int(WHO, "thumbnail_px", thumbnail_px)
         self.max_evolution_columns = check_positive_int(WHO, "max_evolution_columns", max_evolution_columns)
         self.history = EvolutionHistory(self.max_evolution_columns, self.thumbnail_px)
@@ -261,8 +262,9 @@ class TopPatchGallery:
         panels: dict[str, Tensor] = {}
         where = (images[rows], channels[rows], ys[rows], xs[rows])
         expected, rules = top.values.flatten().to(device)[rows], self.methods
+        rows_per_pass = None if self.max_batch is None else max(1, self.max_batch // 4)
         projected = project_activations(
-            model, name, *where, rules=rules, field=field, expected=expected, max_batch=max(1, self.max_batch // 4)
+            model, name, *where, rules=rules, field=field, expected=expected, max_batch=rows_per_pass
         )
         for method in self.methods:
             projections = torch.zeros_like(images)

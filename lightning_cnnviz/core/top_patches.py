@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lightning_cnnviz.core.batches import check_images, in_layout_of
 from lightning_cnnviz.core.model import evaluating, run_to
+from lightning_cnnviz.core.passes import pass_size
 from lightning_cnnviz.core.receptive_field import ReceptiveField
 from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule
 
@@ -131,11 +132,12 @@ def top_activations(
     *,
     k: int = 9,
     image_indices: Tensor | None = None,
-    max_batch: int = 256,
+    max_batch: int | None = None,
 ) -> dict[str, TopActivations]:
     """Per layer and chosen channel, the top-``k`` activations over ``images`` (at most one per image).
 
-    Eval mode, no gradients, batches of ``max_batch``, each forward stopped after the deepest chosen layer.
+    Eval mode, no gradients, batches of ``max_batch`` (default: :func:`~lightning_cnnviz.core.passes.pass_size`),
+    each forward stopped after the deepest chosen layer.
     ``image_indices`` (default ``0..N-1``) name the images in the result, so shards of a probe set can merge.
 
     Example:
@@ -147,6 +149,7 @@ def top_activations(
     if indices.shape != images.shape[:1]:
         raise ValueError(f"image_indices must have shape ({images.shape[0]},), got {tuple(indices.shape)}")
     tops = {name: StreamingTopK(channels, k, device=images.device) for name, channels in layers.items()}
+    max_batch = max_batch or pass_size(model, images[:1])
     with evaluating(model):
         for chunk, chunk_indices in zip(images.split(max_batch), indices.split(max_batch)):
 
@@ -219,7 +222,7 @@ def project_activations(
     rules: Sequence[ReluRule] = ("deconvnet", "guided_backprop"),
     field: ReceptiveField | None = None,
     expected: Tensor | None = None,
-    max_batch: int = 64,
+    max_batch: int | None = None,
 ) -> dict[str, Tensor]:
     """Project activation ``(channels[i], ys[i], xs[i])`` of ``layer`` on ``images[i]`` to pixel space, with each
     ReLU backward rule in ``rules``: rule -> (B, C, H, W).
@@ -249,6 +252,7 @@ def project_activations(
         if value.shape != (count,):
             raise ValueError(f"{name} must have shape ({count},), got {tuple(value.shape)}")
     channels, ys, xs = (t.to(images.device).long() for t in (channels, ys, xs))
+    max_batch = max_batch or (pass_size(model, images[:1], grad=True) if count else 1)
     with evaluating(model, grad=True), ReluGradientRule(rules[0]) as holder:
         # made here, outside inference mode, so that they can be written in place
         results: dict[str, Tensor] = {rule: images.new_zeros(images.shape) for rule in rules}
