@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,55 @@ def digits_data() -> Any:
     data = DigitsDataModule(batch_size=64)
     data.setup()
     return data
+
+
+def assert_field_is_gradient_support(
+    model: nn.Module, module: nn.Module, field: Any, image: Tensor, at: Callable[[int, int], list[tuple[int, int]]]
+) -> int:
+    """For each position ``(y, x)`` of ``module``'s output (``at(height, width)`` chooses them), channel 0, on
+    ``image`` (1, C, H, W): the receptive ``field``'s box clipped to the image equals the rows and columns where the
+    input gradient is non-zero. Returns how many of the boxes were smaller than the image."""
+    captured: list[Tensor] = []
+    handle = module.register_forward_hook(lambda m, a, o: captured.append(o))
+    x = image.clone().requires_grad_(True)
+    model(x)
+    handle.remove()
+    out, size = captured[0], image.shape[-1]
+    smaller = 0
+    for y, xx in at(out.shape[-2], out.shape[-1]):
+        (grad,) = torch.autograd.grad(out[0, 0, y, xx], x, retain_graph=True)
+        rows = grad[0].abs().sum(0).sum(1).nonzero().flatten()
+        cols = grad[0].abs().sum(0).sum(0).nonzero().flatten()
+        top, left, bottom, right = field.box(y, xx)
+        assert (rows.min().item(), rows.max().item()) == (max(top, 0), min(bottom, size - 1)), (y, xx)
+        assert (cols.min().item(), cols.max().item()) == (max(left, 0), min(right, size - 1)), (y, xx)
+        smaller += int(bottom - top < size - 1)
+    return smaller
+
+
+def fit_listening(trainer: Any, model: Any, data: Any) -> tuple[list[str], list[str]]:
+    """``trainer.fit(model, datamodule=data)`` and what the monitors said: the warnings naming a monitor, and what
+    Lightning's ``rank_zero_info`` told (the choices a monitor made for the run)."""
+    import warnings
+
+    told: list[str] = []
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            told.append(record.getMessage())
+
+    listener, informed = Listener(logging.INFO), logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = informed.level
+    informed.addHandler(listener)
+    informed.setLevel(logging.INFO)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(model, datamodule=data)
+    finally:
+        informed.removeHandler(listener)
+        informed.setLevel(level)
+    return [str(w.message) for w in caught if "Monitor" in str(w.message)], told
 
 
 def make_trainer(tmp_path: Path, callbacks: list[Any], **kwargs: Any) -> Any:

@@ -6,8 +6,6 @@ Conv1d and Conv3d networks equal a brute-force count; Conv1d and Conv3d filters 
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import torchvision.ops.misc
 from captum.attr import Saliency
 from torch import Tensor, nn
 
-from conftest import make_trainer, read_events
+from conftest import assert_field_is_gradient_support, fit_listening, make_trainer, read_events
 from lightning_cnnviz import (
     ActivationMonitor,
     EmbeddingMonitor,
@@ -69,35 +67,16 @@ def fcos() -> tuple[pl.LightningModule, pl.LightningDataModule]:
     return TaskModule(net, detection.loss, detects=True), data
 
 
-class Told(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def fit_six(name: str, tmp_path: Path) -> tuple[dict[str, pl.Callback], list[str], list[str], list[str]]:
     """Fit task ``name`` with the six monitors: (monitors, warnings said, informations told, tags written)."""
     pl.seed_everything(0, verbose=False)
     model, data = fcos() if name == "fcos" else task(name)
     monitors = six_monitors(4 if name == "fcos" else 16)
     trainer = make_trainer(tmp_path, list(monitors.values()), max_epochs=1, limit_train_batches=2)
-    told, informed = Told(), logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = informed.level
-    informed.addHandler(told)
-    informed.setLevel(logging.INFO)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            trainer.fit(model, datamodule=data)
-    finally:
-        informed.removeHandler(told)
-        informed.setLevel(level)
-    said = [str(w.message) for w in caught if "Monitor" in str(w.message) and "are dead at step" not in str(w.message)]
+    said, told = fit_listening(trainer, model, data)
+    said = [message for message in said if "are dead at step" not in message]
     events = read_events(tmp_path)
-    return monitors, said, told.messages, [*events["images"], *events["scalars"], *events["histograms"]]
+    return monitors, said, told, [*events["images"], *events["scalars"], *events["histograms"]]
 
 
 @pytest.mark.parametrize("name", [*OTHER_INPUTS, "fcos"])
@@ -160,20 +139,8 @@ def test_detector_backbone_receptive_fields_equal_the_support_of_input_gradients
         assert gallery.prepare(part, image) and gallery.fields
         modules = dict(part.named_modules())
         for layer, field in gallery.fields.items():
-            captured: list[Tensor] = []
-            handle = modules[layer].register_forward_hook(lambda m, a, o, kept=captured: kept.append(o))
-            x = image.clone().requires_grad_(True)
-            part(x)
-            handle.remove()
-            out = captured[0]
-            for y, xx in [(0, 0), (out.shape[-2] // 2, out.shape[-1] // 3), (out.shape[-2] - 1, out.shape[-1] - 1)]:
-                (grad,) = torch.autograd.grad(out[0, 0, y, xx], x, retain_graph=True)
-                rows = grad[0].abs().sum(0).sum(1).nonzero().flatten()
-                cols = grad[0].abs().sum(0).sum(0).nonzero().flatten()
-                top, left, bottom, right = field.box(y, xx)
-                assert (rows.min().item(), rows.max().item()) == (max(top, 0), min(bottom, size - 1)), layer
-                assert (cols.min().item(), cols.max().item()) == (max(left, 0), min(right, size - 1)), layer
-                checked += int(bottom - top < size - 1)
+            at = lambda h, w: [(0, 0), (h // 2, w // 3), (h - 1, w - 1)]  # noqa: E731
+            checked += assert_field_is_gradient_support(part, modules[layer], field, image, at)
     assert checked >= 3  # fields smaller than the image were compared, not only whole-image ones
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
-from conftest import global_state_clean, hooks_left
+from conftest import assert_field_is_gradient_support, global_state_clean, hooks_left
 from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.demo.models import resnet18_cifar
 
@@ -152,19 +152,8 @@ def test_box_equals_the_support_of_the_input_gradient(make, layer: str, size: in
     model = _positive_copy(make()).eval()
     channels = next(p for p in model.parameters() if p.dim() == 4).shape[1]
     rf = field(model, layer, size, channels=channels)
-    captured: list[Tensor] = []
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, a, o: captured.append(o))
-    x = torch.rand(1, channels, size, size, requires_grad=True)
-    model(x)
-    handle.remove()
-    out = captured[0]
-    for y, xx in [(0, 0), (out.shape[-2] // 2, out.shape[-1] // 2), (out.shape[-2] - 1, out.shape[-1] - 1)]:
-        (grad,) = torch.autograd.grad(out[0, 0, y, xx], x, retain_graph=True)
-        rows = grad[0].abs().sum(0).sum(1).nonzero().flatten()
-        cols = grad[0].abs().sum(0).sum(0).nonzero().flatten()
-        top, left, bottom, right = rf.box(y, xx)
-        assert (rows.min().item(), rows.max().item()) == (max(top, 0), min(bottom, size - 1))
-        assert (cols.min().item(), cols.max().item()) == (max(left, 0), min(right, size - 1))
+    image, module = torch.rand(1, channels, size, size), dict(model.named_modules())[layer]
+    assert_field_is_gradient_support(model, module, rf, image, lambda h, w: [(0, 0), (h // 2, w // 2), (h - 1, w - 1)])
 
 
 def test_crop_corners_stay_inside_the_image_and_contain_the_visible_box() -> None:

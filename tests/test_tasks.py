@@ -5,8 +5,6 @@ every task equal captum's given the same scalar function."""
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from captum.attr import LayerAttribution, LayerGradCam, Saliency
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from conftest import make_trainer, read_events, readme_block, run_python
+from conftest import fit_listening, make_trainer, read_events, readme_block, run_python
 from lightning_cnnviz import (
     ActivationMonitor,
     EmbeddingMonitor,
@@ -65,15 +63,6 @@ RULES = {
 NOT_APPLYING = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
 
 
-class Told(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def six_monitors() -> dict[str, pl.Callback]:
     """The six monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
     return {
@@ -92,19 +81,7 @@ def test_six_monitors_at_their_defaults_finish_every_task(name: str, tmp_path: P
     model, data = task(name)
     monitors = six_monitors()
     trainer = make_trainer(tmp_path, list(monitors.values()), max_epochs=2, limit_train_batches=3)
-    told = Told()
-    informed = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # what rank_zero_info says
-    level = informed.level
-    informed.addHandler(told)
-    informed.setLevel(logging.INFO)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            trainer.fit(model, datamodule=data)
-    finally:
-        informed.removeHandler(told)
-        informed.setLevel(level)
-    said = [str(w.message) for w in caught if "Monitor" in str(w.message)]
+    said, told = fit_listening(trainer, model, data)
     failed = [message for message in said if "failed with" in message or "switched off" in message]
     assert failed == []
     off = [message for message in said if "does not apply" in message]
@@ -115,7 +92,7 @@ def test_six_monitors_at_their_defaults_finish_every_task(name: str, tmp_path: P
         for prefix in prefixes:
             assert any(tag.startswith(prefix) for tag in tags), f"{name}: {monitor} wrote no {prefix}"
     assert "cnnviz/embedding/knn_accuracy" not in tags
-    chosen = [message for message in told.messages if message.startswith("SaliencyMonitor: task")]
+    chosen = [message for message in told if message.startswith("SaliencyMonitor: task")]
     expected = EXPECTED_TASK[name]
     assert len(chosen) == 1 and f"task {expected!r}" in chosen[0] and f"explain: {RULES[expected]}." in chosen[0]
     assert all(not monitor.guard.disabled - {"the kNN accuracy"} for monitor in monitors.values())  # type: ignore[attr-defined]
