@@ -33,11 +33,18 @@ def test_activation_bytes_and_the_rule_by_hand(monkeypatch: pytest.MonkeyPatch) 
     per_input = 4 * (3 * 64 + 2 * 4 * 64 + 4 + 4 + 3)
     assert P.activation_bytes(model, image) == per_input
     monkeypatch.setattr(P, "memory_bound", lambda device: 10 * per_input + 5)
-    assert P.pass_size(model, image) == 10
-    assert P.pass_size(model, image, grad=True) == 10 // 3
+    assert P.pass_size(model, image) == P.pass_size(model, image, grad=True) == 10  # the bound: forward bytes
     assert P.pass_size(model, image, minimum=16) == 16  # never fewer than the images of the call
+    monkeypatch.setattr(P, "memory_limit", lambda device: 9 * per_input)  # the limit: 3x the forward with gradients
+    assert (P.pass_size(model, image), P.pass_size(model, image, grad=True)) == (9, 3)
     monkeypatch.setattr(P, "memory_bound", lambda device: 0)
     assert P.pass_size(model, image) == 1
+    # a model whose weights outweigh the bound: passes whose activations outweigh the weights
+    monkeypatch.setattr(P, "memory_limit", lambda device: 10**12)
+    heavy = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 1000))
+    forward, weights = 4 * (2 * 3 * 64 + 1000), 4 * (3 * 64 * 1000 + 1000)
+    assert P.activation_bytes(heavy, image) == forward
+    assert P.pass_size(heavy, image) == -(-weights // forward) == 140
 
 
 def test_memory_bound_on_a_cpu_is_256_mib_within_an_eighth_of_available_ram() -> None:
@@ -74,6 +81,6 @@ def test_the_scan_runs_passes_of_the_rule(monkeypatch: pytest.MonkeyPatch) -> No
         scanned = top_activations(model, {"1": [0, 1, 2, 3]}, images, k=3)
     finally:
         handle.remove()
-    assert seen[1:] == [3, 3, 3, 1]  # seen[0]: the forward that measures one input's activations
+    assert seen == [3, 3, 3, 1]  # one input's activations were measured by the first scan, and remembered
     for field in ("values", "images", "ys", "xs"):
         torch.testing.assert_close(getattr(scanned["1"], field), getattr(everything["1"], field))

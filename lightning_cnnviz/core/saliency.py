@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 from lightning_cnnviz.core._calls import INPLACE_RELU, relu_kind
 from lightning_cnnviz.core.batches import check_images, in_layout_of
 from lightning_cnnviz.core.model import conv_layers, evaluating, hooked, logits_of, resolve_modules
-from lightning_cnnviz.core.passes import activation_bytes, pass_size
+from lightning_cnnviz.core.passes import activation_bytes, even_passes, pass_size
 from lightning_cnnviz.core.task import Score, check_scores, class_score
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
@@ -158,7 +158,7 @@ def smoothgrad(
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     count = images.shape[0]
-    max_batch = max_batch or pass_size(model, images[:1], minimum=count, grad=True)
+    max_batch = max_batch or even_passes(count * samples, pass_size(model, images[:1], minimum=count, grad=True))
     score = _scorer(model, images, target, max_batch)
     expanded = images.repeat_interleave(samples, dim=0)
     if noise is None:
@@ -311,7 +311,7 @@ def occlusion(
     if memory_budget is not None:
         per_pass = max(1, memory_budget // max(activation_bytes(model, images[:1]), 1))
     else:
-        per_pass = pass_size(model, images[:1], minimum=count)
+        per_pass = even_passes(count * windows, pass_size(model, images[:1], minimum=count))
     rows = torch.arange(count, device=images.device)
     with evaluating(model):
         measure: Score
