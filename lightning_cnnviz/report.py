@@ -18,6 +18,7 @@ import html
 import itertools
 import os
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,7 @@ def run_report(
     writer = SummaryWriter(str(out))
     sink = TensorBoardSink(writer)
     _activation_window(model, datamodule, watching, batches, moment, sink, device)
-    _probe_monitors(model, datamodule, monitors, moment, sink, device)
+    costs = _probe_monitors(model, datamodule, monitors, moment, sink, device)
     writer.close()
     alerts = [str(a.get("message", a)) for m in watching for a in m.alerts]
     run_dir = checkpoint.parent.parent
@@ -169,6 +170,7 @@ def run_report(
         alerts=alerts,
         history=history,
         config_text=config.read_text(),
+        costs=costs,
     )
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
@@ -201,9 +203,13 @@ def _activation_window(
         sink.write(shot, moment.step)
 
 
-def _probe_monitors(model: Any, datamodule: Any, monitors: list[Any], moment: Moment, sink: Any, device: Any) -> None:
+def _probe_monitors(
+    model: Any, datamodule: Any, monitors: list[Any], moment: Moment, sink: Any, device: Any
+) -> dict[str, float]:
     """Every epoch monitor's snapshot at the checkpoint's epoch, on its probe (restored from the checkpoint, else
-    chosen from the validation batches in one pass for all, as in training)."""
+    chosen from the validation batches in one pass for all, as in training). Returns each one's seconds."""
+    import torch
+
     from lightning_cnnviz.callbacks._epoch import EpochMonitor
 
     service = ProbeService()
@@ -219,10 +225,16 @@ def _probe_monitors(model: Any, datamodule: Any, monitors: list[Any], moment: Mo
             if not service.wants():
                 break
         service.finish()
+    costs = {}
     for monitor in epoch_monitors:
+        began = time.perf_counter()
         shot = monitor.draw(model, moment, Ranks.single(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        costs[type(monitor).__name__] = time.perf_counter() - began
         if shot is not None:
             sink.write(shot, moment.epoch)
+    return costs
 
 
 def render_report(
@@ -233,11 +245,14 @@ def render_report(
     alerts: list[str] | None = None,
     history: RunEvents | None = None,
     config_text: str | None = None,
+    costs: dict[str, float] | None = None,
 ) -> str:
     """One self-contained HTML page: the latest picture of every image tag in ``events`` (PNG data embedded),
     every scalar as a small SVG plot: the training run's values (``history``, when given) as a line and the
     report's own values as blue dots (without ``history``, the events' values as the line); the alerts (those
-    given, else the ``cnnviz/alerts`` text of both), the hyperparameters and the config."""
+    given, else the ``cnnviz/alerts`` text of both), what each monitor cost (``costs``: seconds of the report's
+    pictures; the run's ``cnnviz/cost/<monitor>/fraction`` of its training time), the hyperparameters and the
+    config."""
     line_of, dots_of = (history, events) if history else (events, RunEvents())
     scalars: dict[str, tuple[list[tuple[int, float]], list[tuple[int, float]]]] = {
         tag: (
@@ -276,6 +291,15 @@ def render_report(
     if scalars:
         parts.append("<h2>Scalars</h2>")
         parts.append(_plots(scalars, sorted(scalars)))
+    if costs:
+        parts.append("<h2>What the monitors cost</h2>")
+        run = history.scalars if history else {}
+
+        def spent(who: str) -> str:
+            fraction = run.get(f"cnnviz/cost/{who}/fraction")
+            return f"; {100 * fraction[-1].value:.3g}% of the training time in the run" if fraction else ""
+
+        parts.append(_table({who: f"{seconds:.2f} s for these pictures{spent(who)}" for who, seconds in costs.items()}))
     if hyperparameters:
         parts.append("<h2>Hyperparameters</h2>")
         parts.append(_table({k: repr(v) for k, v in hyperparameters.items()}))

@@ -26,6 +26,8 @@ CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
             [r"cnnviz/activations/dead_fraction/.*", r"cnnviz/activations/dormant_fraction/.*"],
         ],
         "non-finite channels (count)": ["Multiline", [r"cnnviz/activations/nonfinite/.*"]],
+        "visualization cost (fraction of training time so far)": ["Multiline", [r"cnnviz/cost/.*/fraction"]],
+        "visualization cost (seconds per log)": ["Multiline", [r"cnnviz/cost/.*/seconds"]],
     },
     "cnnviz": {
         "activation sparsity (fraction of zeros)": ["Multiline", [r"cnnviz/activations/sparsity/.*"]],

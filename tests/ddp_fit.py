@@ -22,11 +22,19 @@ from lightning_cnnviz import (
     SaliencyMonitor,
     TopPatchMonitor,
 )
-from lightning_cnnviz.core import knn_accuracy, top_activations, visualize_features
+from lightning_cnnviz.core import Budget, knn_accuracy, top_activations, visualize_features
 from lightning_cnnviz.demo.data import DigitsDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 
 DEAD = [1, 4, 6]
+
+
+class RankBudget(Budget):
+    """A budget that would let rank 0 log at every epoch and rank 1 never: the monitors on "auto" must follow rank
+    0's decision on both ranks (else rank 1 skips the collectives of a log and the fit hangs)."""
+
+    def allows(self, who: str) -> bool:
+        return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def main() -> None:
@@ -46,14 +54,15 @@ def main() -> None:
     vis = FeatureVisMonitor(
         layers=["net.conv2"], every_n_epochs=1, steps=8, probe_size=50, dream_images=1, on_error="raise"
     )
+    filters = FilterMonitor(on_error="raise", budget=RankBudget())  # "auto", as the saliency and patch monitors
     trainer = pl.Trainer(
         strategy="ddp",
         accelerator="cpu",
         devices=2,
-        max_epochs=2,
+        max_epochs=3,
         logger=TensorBoardLogger(out, name="ddp"),
         callbacks=[
-            FilterMonitor(on_error="raise"),
+            filters,
             activations,
             saliency,
             patches,
@@ -115,6 +124,7 @@ def main() -> None:
         "embedding_map_shape": None if embedding.last_map is None else list(embedding.last_map.shape),
         "embedding_knn": embedding.last_knn_accuracy,
         "embedding_knn_single_process": single_accuracy,
+        "auto_logged_epochs": [m.logged_epochs for m in (filters, saliency, patches)],
     }
     with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as handle:
         json.dump(report, handle)

@@ -105,6 +105,11 @@ def test_real_tensorboard_server_serves_our_tags(digits_run: tuple[Path, str]) -
             r"cnnviz/activations/dead_fraction/.*",
             r"cnnviz/activations/dormant_fraction/.*",
         ]
+        costs = {chart["title"]: chart["multiline"]["tag"] for chart in health["chart"][-2:]}
+        assert costs == {
+            "visualization cost (fraction of training time so far)": [r"cnnviz/cost/.*/fraction"],
+            "visualization cost (seconds per log)": [r"cnnviz/cost/.*/seconds"],
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)

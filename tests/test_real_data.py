@@ -160,7 +160,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     data = ImageFolderDataModule(str(archive), batch_size=128, limit_per_class=640, limit_val=1000)
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier(in_channels=3, first_kernel=7)
-    monitor = TopPatchMonitor(layers="net.conv1", probe_size=512, max_channels=32, on_error="raise")
+    monitor = TopPatchMonitor(layers="net.conv1", every_n_epochs=1, probe_size=512, max_channels=32, on_error="raise")
     vis = FeatureVisMonitor(
         layers="net.conv1", every_n_epochs=1, steps=128, atlas=False, dream_images=0, on_error="raise"
     )

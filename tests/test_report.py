@@ -18,8 +18,8 @@ from PIL import Image
 
 from conftest import ROOT, read_events
 from lightning_cnnviz.demo.models import ImageClassifier
+from lightning_cnnviz.report import RunEvents, render_report
 from lightning_cnnviz.report import read_events as read_run
-from lightning_cnnviz.report import render_report
 
 EVERY_MONITOR = (
     "cnnviz/filters/net.conv1",
@@ -60,6 +60,10 @@ def test_report_embeds_every_monitors_pictures_in_one_small_file(demo_report: tu
     assert "No alert" in page
     assert "FilterMonitor, ActivationMonitor, SaliencyMonitor, TopPatchMonitor, EmbeddingMonitor" in page
     assert "<th>lr</th><td>0.05</td>" in page  # the run's hyperparameters
+    costs = page.split("<h2>What the monitors cost</h2>")[1].split("<h2>")[0]
+    for monitor in ("FilterMonitor", "SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor"):
+        # seconds of the report's own pictures, and the share of the demo's training time its logs took
+        assert re.search(rf"<th>{monitor}</th><td>\d+\.\d\d s for these pictures; [\d.]+% of the training time", costs)
 
 
 def test_report_runs_on_the_checkpoint_without_training(
@@ -92,6 +96,20 @@ def test_report_runs_on_the_checkpoint_without_training(
     assert {t: [e.step for e in v] for t, v in scalars_only.scalars.items()} == {
         t: [e.step for e in v] for t, v in trained["scalars"].items()
     }
+
+
+def test_render_report_lists_what_each_monitor_cost(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step, value in enumerate([0.5, 0.04]):
+        writer.add_scalar("cnnviz/cost/SaliencyMonitor/fraction", value, step)
+    writer.close()
+    costs_given = {"SaliencyMonitor": 1.234, "FilterMonitor": 0.01}
+    page = render_report(RunEvents(), history=read_run(tmp_path), costs=costs_given)
+    costs = page.split("<h2>What the monitors cost</h2>")[1].split("<h2>")[0]
+    assert "<th>SaliencyMonitor</th><td>1.23 s for these pictures; 4% of the training time in the run</td>" in costs
+    assert "<th>FilterMonitor</th><td>0.01 s for these pictures</td>" in costs  # no cost logged in the run
 
 
 def test_render_report_shows_alerts_escaped_and_plots_scalars(tmp_path: Path) -> None:

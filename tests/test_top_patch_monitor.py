@@ -18,7 +18,7 @@ LAYERS = ["net.conv1", "net.conv2", "net.conv3"]
 
 
 def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_data: Any) -> None:
-    monitor = TopPatchMonitor(probe_size=100, method="both", on_error="raise")
+    monitor = TopPatchMonitor(every_n_epochs=1, probe_size=100, method="both", on_error="raise")
     model = small_model()
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3, num_sanity_val_steps=1, limit_val_batches=None)
     trainer.fit(model, datamodule=digits_data)
@@ -49,7 +49,7 @@ def test_training_is_bit_identical_with_the_top_patch_monitor(tmp_path: Path, di
 
 
 def test_resume_continues_the_evolution(tmp_path: Path, digits_data: Any) -> None:
-    first = TopPatchMonitor(layers="net.conv1", channels=[0, 3], probe_size=32)
+    first = TopPatchMonitor(every_n_epochs=1, layers="net.conv1", channels=[0, 3], probe_size=32)
     trainer = make_trainer(tmp_path / "one", [first], max_epochs=2)
     trainer.fit(small_model(), datamodule=digits_data)
     checkpoint = tmp_path / "two.ckpt"
@@ -58,7 +58,7 @@ def test_resume_continues_the_evolution(tmp_path: Path, digits_data: Any) -> Non
     assert [c for _, c, _ in saved["history"]["net.conv1"]["columns"]] == ["ep 0", "ep 1"]
     assert first.probe_images is not None and torch.equal(saved["probe"]["images"], first.probe_images)
 
-    second = TopPatchMonitor(layers="net.conv1", channels=[0, 3], probe_size=32)
+    second = TopPatchMonitor(every_n_epochs=1, layers="net.conv1", channels=[0, 3], probe_size=32)
     trainer = make_trainer(tmp_path / "two", [second], max_epochs=4)
     trainer.fit(small_model(), datamodule=digits_data, ckpt_path=str(checkpoint))
     columns = second.history.columns("net.conv1")

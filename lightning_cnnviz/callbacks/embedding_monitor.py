@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
-from lightning_cnnviz.callbacks._epoch import EpochMonitor
-from lightning_cnnviz.core import EmbeddingMap, ProbeSet, check_positive_int
+from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
+from lightning_cnnviz.core import Budget, EmbeddingMap, ProbeSet, check_positive_int
 from lightning_cnnviz.core.task import Task
 
 __all__ = ["EmbeddingMonitor"]
@@ -37,7 +37,11 @@ class EmbeddingMonitor(EpochMonitor):
 
     Args:
         probe_size: probe images.
-        every_n_epochs: log every this many epochs (and after the last one).
+        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
+            budget) or an integer (every this many epochs, and after the last one).
+        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
+            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
+            :class:`~lightning_cnnviz.core.Budget`).
         perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector, task, module: as
             :class:`~lightning_cnnviz.core.EmbeddingMap` (``module``: the part fed the probe images, by default the
             model or, when it transforms its input first as a detector does, its backbone; said once).
@@ -54,7 +58,7 @@ class EmbeddingMonitor(EpochMonitor):
     def __init__(
         self,
         probe_size: int = 2000,
-        every_n_epochs: int = 5,
+        every_n_epochs: Cadence = "auto",
         perplexity: float = 30.0,
         layer: str | None = None,
         knn_k: int = 5,
@@ -69,10 +73,12 @@ class EmbeddingMonitor(EpochMonitor):
         on_error: ErrorPolicy = "warn",
         task: Task = "auto",
         module: str | None = None,
+        budget: float | Budget | None = None,
+        priority: float = 1.0,
     ) -> None:
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "probe_size", probe_size)
         probe = ProbeSet(who, size, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
-        super().__init__(every_n_epochs, on_error, probe)
+        super().__init__(every_n_epochs, on_error, probe, budget, priority)
         self.probe_size = size
         self.map = EmbeddingMap(perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector,
                                 task, module)  # fmt: skip

@@ -9,8 +9,8 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import CONVS, ErrorPolicy
-from lightning_cnnviz.callbacks._epoch import EpochMonitor
-from lightning_cnnviz.core import FilterPanel
+from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
+from lightning_cnnviz.core import Budget, FilterPanel
 from lightning_cnnviz.core.filters import Normalization
 
 __all__ = ["FilterMonitor"]
@@ -26,7 +26,11 @@ class FilterMonitor(EpochMonitor):
     (:func:`lightning_cnnviz.core.filter_smoothness`); step: the epoch.
 
     Args:
-        every_n_epochs: log every this many training epochs.
+        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
+            budget) or an integer (every this many epochs, and after the last one).
+        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
+            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
+            :class:`~lightning_cnnviz.core.Budget`).
         layers, normalize, max_filters, min_tile_px: as :class:`~lightning_cnnviz.core.FilterPanel`.
         on_error: ``"warn"`` (report once, switch the failing piece off, keep training) or ``"raise"``.
 
@@ -39,14 +43,16 @@ class FilterMonitor(EpochMonitor):
 
     def __init__(
         self,
-        every_n_epochs: int = 1,
+        every_n_epochs: Cadence = "auto",
         layers: Sequence[str] | None = None,
         normalize: Normalization = "per_filter",
         max_filters: int = 64,
         min_tile_px: int = 48,
         on_error: ErrorPolicy = "warn",
+        budget: float | Budget | None = None,
+        priority: float = 1.0,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error)
+        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, budget=budget, priority=priority)
         self.core = FilterPanel(layers, normalize, max_filters, min_tile_px)
         self.layers, self.normalize = self.core.layers, self.core.normalize
 

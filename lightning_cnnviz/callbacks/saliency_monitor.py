@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
-from lightning_cnnviz.callbacks._epoch import EpochMonitor
-from lightning_cnnviz.core import ProbeSet, SaliencyPanel, check_positive_int
+from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
+from lightning_cnnviz.core import Budget, ProbeSet, SaliencyPanel, check_positive_int
 from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS
 from lightning_cnnviz.core.task import TargetSpec, Task
 
@@ -31,7 +31,11 @@ class SaliencyMonitor(EpochMonitor):
 
     Args:
         num_images: probe images.
-        every_n_epochs: log every this many epochs (and after the last one).
+        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
+            budget) or an integer (every this many epochs, and after the last one).
+        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
+            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
+            :class:`~lightning_cnnviz.core.Budget`).
         methods, target, task, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride,
             grad_cam_layer, class_names, seed, output_to_logits: as :class:`~lightning_cnnviz.core.SaliencyPanel`.
         batch_to_images: where the images are in a batch (default: the batch, its first element, or a dict's
@@ -51,7 +55,7 @@ class SaliencyMonitor(EpochMonitor):
         methods: Sequence[str] = DEFAULT_METHODS,
         num_images: int = 16,
         target: TargetSpec = "auto",
-        every_n_epochs: int = 1,
+        every_n_epochs: Cadence = "auto",
         smoothgrad_samples: int = 25,
         smoothgrad_sigma: float = 0.15,
         occlusion_patch: int | None = None,
@@ -64,6 +68,8 @@ class SaliencyMonitor(EpochMonitor):
         output_to_logits: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
         task: Task = "auto",
+        budget: float | Budget | None = None,
+        priority: float = 1.0,
     ) -> None:
         self.core = SaliencyPanel(
             *(methods, target, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride),
@@ -71,7 +77,7 @@ class SaliencyMonitor(EpochMonitor):
         )
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "num_images", num_images)
         probe = ProbeSet(who, size, balanced=True, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
-        super().__init__(every_n_epochs, on_error, probe)
+        super().__init__(every_n_epochs, on_error, probe, budget, priority)
         self.panel, self.methods, self.num_images = self.core, self.core.methods, num_images
 
     @override

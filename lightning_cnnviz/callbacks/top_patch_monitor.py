@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
-from lightning_cnnviz.callbacks._epoch import EpochMonitor
-from lightning_cnnviz.core import ProbeSet, TopPatchGallery, check_positive_int
+from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
+from lightning_cnnviz.core import Budget, ProbeSet, TopPatchGallery, check_positive_int
 from lightning_cnnviz.core.batches import NoImages
 from lightning_cnnviz.core.top_patch_gallery import Method
 
@@ -34,7 +34,11 @@ class TopPatchMonitor(EpochMonitor):
 
     Args:
         probe_size: probe images.
-        every_n_epochs: log every this many epochs (and after the last one).
+        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
+            budget) or an integer (every this many epochs, and after the last one).
+        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
+            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
+            :class:`~lightning_cnnviz.core.Budget`).
         layers, channels, k, method, max_channels, max_batch, thumbnail_px, max_evolution_columns: as
             :class:`~lightning_cnnviz.core.TopPatchGallery`.
         batch_to_images: where the images are in a batch, when it is not ``images`` or ``(images, labels)``.
@@ -55,7 +59,7 @@ class TopPatchMonitor(EpochMonitor):
         channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         k: int = 9,
         probe_size: int = 1024,
-        every_n_epochs: int = 1,
+        every_n_epochs: Cadence = "auto",
         method: Method = "deconvnet",
         max_channels: int = 16,
         max_batch: int | None = None,
@@ -64,10 +68,12 @@ class TopPatchMonitor(EpochMonitor):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
         module: str | None = None,
+        budget: float | Budget | None = None,
+        priority: float = 1.0,
     ) -> None:
         size = check_positive_int(type(self).__name__, "probe_size", probe_size)
         probe = ProbeSet(type(self).__name__, size, batch_to_images=batch_to_images)
-        super().__init__(every_n_epochs, on_error, probe)
+        super().__init__(every_n_epochs, on_error, probe, budget, priority)
         self.gallery = TopPatchGallery(
             layers, channels, k, method, max_channels, max_batch, thumbnail_px, max_evolution_columns, module
         )

@@ -18,6 +18,8 @@ notebook or a plain training loop. The verbs:
   :class:`DoesNotApply`, what a picture that cannot be drawn for a model or its batches raises;
 * models: :func:`conv_layers`, :func:`first_conv`, :func:`resolve_modules`, :func:`hooked`, :func:`evaluating`,
   :func:`run_to`, :func:`class_name`; argument checks :func:`check_positive_int`, :func:`check_choice`;
+* time: :class:`Budget`, the fraction of training time all visualizations of a run may take, and when a monitor
+  on ``every_n_epochs="auto"`` logs within it; :func:`check_budget`;
 * pass sizes: :func:`pass_size` (the one rule sizing every batched pass, from :func:`activation_bytes` and the
   :func:`memory_bound` of the device);
 * drawing: :func:`to_rgb`, :func:`upscale`, :func:`normalize_per_item`, :func:`tile_grid`, :func:`annotate`,
@@ -42,6 +44,7 @@ from lightning_cnnviz.core.activation_health import ActivationHealth
 from lightning_cnnviz.core.activation_sites import ActivationSite, ActivationTap, find_activation_sites, tap_activations
 from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.batches import images_from_batch, inputs_from_batch, labels_from_batch
+from lightning_cnnviz.core.budget import Budget, check_budget
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.checks import check_callable, check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import annotate, captioned_grid, normalize_per_item, tile_grid, to_rgb, upscale
@@ -79,6 +82,7 @@ __all__ = [
     "ActivationSite",
     "ActivationStats",
     "ActivationTap",
+    "Budget",
     "DeadFilterAlerts",
     "DeadFilterEvent",
     "DoesNotApply",
@@ -104,6 +108,7 @@ __all__ = [
     "annotate",
     "captioned_grid",
     "capture",
+    "check_budget",
     "check_callable",
     "check_choice",
     "check_positive_int",

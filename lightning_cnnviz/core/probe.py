@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lightning_cnnviz.core.batches import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.budget import Budget
 from lightning_cnnviz.core.checks import check_callable
 from lightning_cnnviz.core.protocol import Ranks
 
@@ -204,6 +205,8 @@ class ProbeService:
     def __init__(self) -> None:
         self.members: list[ProbeSet] = []
         self.reads = 0
+        self.budget = Budget()  # the run's time budget, shared by its monitors
+        self.budget_given = False  # whether a monitor set it (a second one may not set another)
         self._scan: tuple[Any, Any] | None = None  # (key, (tops, probe images))
 
     def join(self, probe: ProbeSet) -> None:

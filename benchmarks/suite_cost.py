@@ -1,0 +1,167 @@
+"""What the monitors cost a fit: each monitor alone, all six, against the same fit without monitors, in one process.
+
+    python benchmarks/suite_cost.py                 # demo CNN and torchvision ResNet-18, 32 px, 2 epochs of 32 steps
+    python benchmarks/suite_cost.py --realistic     # ResNet-18, 32 px, 10 epochs of 200 steps: none against all six
+    python benchmarks/suite_cost.py --device cuda   # ResNet-50 at 224 px, none against all six, 2 minutes each
+
+Generated 3x32x32 images of 10 classes (a bright square whose place is the class, on noise), batch 64, SGD, CPU
+unless ``--device``. Each row is a fresh model and Trainer with the same seed; "none" runs first and again last
+(the machine's drift shows between the two). The monitors run at their defaults (``every_n_epochs="auto"``: the
+first epoch, the last, and in between within the time budget), and the short runs also with the former fixed
+cadences (every epoch for FilterMonitor, SaliencyMonitor and TopPatchMonitor, every 5 for EmbeddingMonitor and
+FeatureVisMonitor). Each row prints the fit time, the steps done, the ratio of its time per step to the first
+"none"'s, and how many times each epoch monitor logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torchvision
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_cnnviz import (
+    ActivationMonitor,
+    EmbeddingMonitor,
+    FeatureVisMonitor,
+    FilterMonitor,
+    SaliencyMonitor,
+    TopPatchMonitor,
+)
+from lightning_cnnviz.demo.models import SmallCNN
+
+MONITORS: dict[str, Callable[..., Any]] = {
+    "FilterMonitor": FilterMonitor,
+    "ActivationMonitor": ActivationMonitor,
+    "SaliencyMonitor": SaliencyMonitor,
+    "TopPatchMonitor": TopPatchMonitor,
+    "EmbeddingMonitor": EmbeddingMonitor,
+    "FeatureVisMonitor": FeatureVisMonitor,
+}
+FIXED = {"FilterMonitor": 1, "SaliencyMonitor": 1, "TopPatchMonitor": 1, "EmbeddingMonitor": 5, "FeatureVisMonitor": 5}
+
+
+def images(count: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Noise with a bright square whose place (one of 10 along a diagonal band) is the class."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    x = torch.randn(count, 3, size, size, generator=generator) * 0.5
+    side = size // 4
+    for c in range(10):
+        where = labels == c
+        top, left = (c * (size - side)) // 9, ((9 - c) * (size - side)) // 9
+        x[where, :, top : top + side, left : left + side] += 2.0
+    return x, labels
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+class Data(pl.LightningDataModule):
+    def __init__(self, steps: int, size: int, batch: int = 64) -> None:
+        super().__init__()
+        self.train_set = TensorDataset(*images(steps * batch, size, seed=0))
+        self.val_set = TensorDataset(*images(2048, size, seed=1))  # the probes come from here
+        self.batch = batch
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch, shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=256)
+
+
+def network(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "demo CNN":
+        return SmallCNN(in_channels=3, num_classes=10)
+    return getattr(torchvision.models, name)(weights=None, num_classes=10)
+
+
+def fit(model_name: str, monitors: list[str], epochs: int, steps: int, size: int, device: str,
+        fixed: bool = False, seconds: float | None = None) -> tuple[float, int, dict[str, int]]:  # fmt: skip
+    """Seconds of one fit, its steps, and how many times each epoch monitor logged."""
+    callbacks = [MONITORS[m](**({"every_n_epochs": FIXED[m]} if fixed and m in FIXED else {})) for m in monitors]
+    with tempfile.TemporaryDirectory() as root:
+        trainer = pl.Trainer(
+            max_epochs=epochs, max_time=None if seconds is None else {"seconds": seconds}, accelerator=device,
+            devices=1, logger=TensorBoardLogger(root, name="run"), callbacks=callbacks, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=4,
+        )  # fmt: skip
+        model, data = Classifier(network(model_name)), Data(steps, size)
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        took = time.perf_counter() - started
+    logs = {type(c).__name__: len(c.logged_epochs) for c in callbacks if hasattr(c, "logged_epochs")}
+    return took, trainer.global_step, logs
+
+
+def table(model_name: str, rows: list[tuple[str, list[str], bool]], epochs: int, steps: int, size: int,
+          device: str, seconds: float | None = None) -> None:  # fmt: skip
+    print(f"\n{model_name}, {size} px, {epochs} epochs of {steps} steps, batch 64, {device}")
+    print("| monitors | fit (s) | steps | ratio to none (time per step) | logs |")
+    print("| --- | --- | --- | --- | --- |")
+    reference: float | None = None
+    for label, monitors, fixed in rows:
+        took, done, logs = fit(model_name, monitors, epochs, steps, size, device, fixed, seconds)
+        reference = reference or took / done
+        shown = ", ".join(f"{name.removesuffix('Monitor')} {count}" for name, count in logs.items())
+        print(f"| {label} | {took:.1f} | {done} | {took / done / reference:.2f} | {shown} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--realistic", action="store_true", help="ResNet-18, 10 epochs of 200 steps: none, all six")
+    parser.add_argument("--models", default="demo CNN,resnet18")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    six = list(MONITORS)
+    started = time.perf_counter()
+    if args.device == "cuda":
+        # a fixed time each (the steps done give the ratio); 20 steps an epoch keep the images in host memory
+        table("resnet50", [("none", [], False), ("all six", six, False)], 1000, 20, 224, "cuda", seconds=120)
+    elif args.realistic:
+        table("resnet18", [("none", [], False), ("all six", six, False)], 10, 200, 32, "cpu")
+    else:
+        rows = [("none", [], False), *[(m, [m], False) for m in six], ("all six", six, False),
+                ("all six, fixed cadences", six, True), ("none, again", [], False)]  # fmt: skip
+        for model_name in args.models.split(","):
+            table(model_name, rows, 2, 32, 32, "cpu")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s, {torch.get_num_threads()} threads")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""The suite's time budget: the fraction of training time that all the visualizations of one run may take
+together, and when a monitor with ``every_n_epochs="auto"`` may log within it.
+
+Every monitor's log is timed (its own cost); the training time is the run's time outside those logs. A monitor on
+"auto" logs after the first epoch and at the end of the fit, always; in between it logs when its spending, with
+one more log at the cost of its latest, stays within its share: the budget's fraction of the training time so far,
+less what the monitors on fixed cadences spent, split among the "auto" monitors by their priorities (equally by
+default). All timing goes through one clock (``time.perf_counter`` unless a test gives another).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Budget", "check_budget"]
+
+Clock = Callable[[], float]
+DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.02}  # of training time, by the model's device
+
+
+@dataclass
+class Account:
+    """One monitor's spending: seconds of all its logs, their number, the latest's cost, and whether it is on
+    "auto" (else on a fixed cadence) with its priority."""
+
+    auto: bool = True
+    priority: float = 1.0
+    spent: float = 0.0
+    logs: int = 0
+    last: float = 0.0
+
+
+class Budget:
+    """The time budget of one run, shared by its monitors.
+
+    Args:
+        fraction: of the training time all visualizations may take together, in (0, 1]; None: 0.05 on a CPU and
+            0.02 on CUDA (fixed by :meth:`start` from the model's device).
+        clock: seconds, monotonic (``time.perf_counter``); tests give a fake one.
+
+    Example:
+        >>> now = [0.0]
+        >>> budget = Budget(0.05, clock=lambda: now[0])
+        >>> budget.join("A")
+        >>> budget.start("cpu")
+        >>> now[0] = 10.0  # ten seconds of training
+        >>> with budget.timed("A"):  # the first log, one second
+        ...     now[0] += 1.0
+        >>> budget.trained(), budget.account("A").spent
+        (10.0, 1.0)
+        >>> now[0] += 10.0
+        >>> budget.allows("A")  # 1 + 1 s spent against 5% of 20 s
+        False
+        >>> now[0] += 20.0
+        >>> budget.allows("A")  # 2 s against 5% of 40 s
+        True
+    """
+
+    def __init__(self, fraction: float | None = None, clock: Clock = time.perf_counter) -> None:
+        self.fraction = None if fraction is None else check_budget("Budget", fraction)
+        self.clock = clock
+        self.accounts: dict[str, Account] = {}
+        self._owners: dict[str, int] = {}
+        self._started: float | None = None
+        self._before = 0.0  # training seconds of earlier runs (a resumed fit)
+        self._spent_here = 0.0  # seconds of logs since start
+
+    def join(self, who: str, priority: float = 1.0, auto: bool = True) -> None:
+        """Open (or reopen, keeping its spending) the account of monitor ``who``."""
+        account = self.accounts.setdefault(who, Account())
+        account.auto, account.priority = auto, float(priority)
+
+    def open(self, owner: object, who: str, priority: float = 1.0, auto: bool = True) -> str:
+        """Join ``owner`` (a monitor) under ``who``, or ``who 2``, ``who 3``... when another owner holds that name
+        (two monitors of one class); returns the account's name, the same for the same owner."""
+        name, number = who, 1
+        while self._owners.setdefault(name, id(owner)) != id(owner):
+            number += 1
+            name = f"{who} {number}"
+        self.join(name, priority, auto)
+        return name
+
+    def account(self, who: str) -> Account:
+        return self.accounts[who]
+
+    def start(self, device: torch.device | str) -> None:
+        """Start counting training time (once per fit; later calls do nothing), and fix the default fraction for
+        ``device``."""
+        if self.fraction is None:
+            self.fraction = DEFAULT_FRACTION.get(torch.device(device).type, DEFAULT_FRACTION["cpu"])
+        if self._started is None:
+            self._started, self._spent_here = self.clock(), 0.0
+
+    def stop(self) -> None:
+        """End of the fit: the next :meth:`start` counts again, from the training time so far."""
+        if self._started is not None:
+            self._before, self._started = self.trained(), None
+
+    def trained(self) -> float:
+        """Seconds of training so far: the run's time outside the monitors' logs (and earlier runs')."""
+        if self._started is None:
+            return self._before
+        return self._before + max(0.0, self.clock() - self._started - self._spent_here)
+
+    def share(self, who: str) -> float:
+        """Seconds monitor ``who`` may have spent by now: the fraction of the training time, less the fixed-cadence
+        monitors' spending, times its priority over the "auto" monitors' total."""
+        fixed = sum(a.spent for a in self.accounts.values() if not a.auto)
+        priorities = sum(a.priority for a in self.accounts.values() if a.auto)
+        pool = max(0.0, (self.fraction or DEFAULT_FRACTION["cpu"]) * self.trained() - fixed)
+        return pool * self.accounts[who].priority / max(priorities, 1e-12)
+
+    def allows(self, who: str) -> bool:
+        """Whether one more log of ``who``, costing what its latest did, stays within its share."""
+        account = self.accounts[who]
+        return account.spent + account.last <= self.share(who)
+
+    @contextmanager
+    def timed(self, who: str, device: torch.device | str = "cpu") -> Iterator[None]:
+        """Time one log of ``who`` (synchronising a CUDA device before and after, so its queued work is counted
+        where it belongs)."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        began = self.clock()
+        try:
+            yield
+        finally:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            cost = max(0.0, self.clock() - began)
+            account = self.accounts[who]
+            account.spent, account.logs, account.last = account.spent + cost, account.logs + 1, cost
+            self._spent_here += cost
+
+    def costs(self, who: str) -> dict[str, float]:
+        """``seconds``: the latest log's cost; ``fraction``: all of ``who``'s logs over the training time so far."""
+        account = self.accounts[who]
+        return {"seconds": account.last, "fraction": account.spent / max(self.trained(), 1e-12)}
+
+    def state_dict(self, who: str) -> dict[str, Any]:
+        """What a checkpoint keeps of ``who``'s account, and the training time so far."""
+        return {**asdict(self.accounts[who]), "trained": self.trained()}
+
+    def load_state_dict(self, who: str, state: dict[str, Any]) -> None:
+        """Restore ``who``'s spending and the training time of a checkpoint (the largest any monitor saved)."""
+        account = self.accounts.setdefault(who, Account())
+        account.spent, account.logs, account.last = float(state["spent"]), int(state["logs"]), float(state["last"])
+        self._before = max(self._before, float(state["trained"]))
+
+
+def check_budget(who: str, fraction: Any) -> float:
+    """``fraction`` if it is a number in (0, 1], else a ValueError naming ``who``.
+
+    Example:
+        >>> check_budget("FilterMonitor", 1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: FilterMonitor: `budget` must be a fraction of training time in (0, 1], got 1.5.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ValueError(f"{who}: `budget` must be a fraction of training time in (0, 1], got {fraction!r}.")
+    return float(fraction)
