@@ -18,9 +18,10 @@ The passes without a captum counterpart run at each model's first size (``--alon
 setting is searched over ``perturbations_per_eval`` (occlusion) and ``nt_samples_batch_size`` (SmoothGrad) in
 {1, 4, 16, 64} on the first model and size, then reused; occlusion and SmoothGrad are timed against captum's best
 and its default in the same rounds (one row when they are the same setting). Every case runs once untimed (warm;
-occlusion on one image with windows side by side), then ``--repeats`` rounds (more for a case under a second), ours
-and the references interleaved; each row gives the medians, the ratio (reference / ours: above 1 means we are
-faster) and its spread (min-max over the rounds). Rows print as they finish, then the table.
+at 128 px and more, occlusion on one image with windows side by side), then ``--repeats`` rounds (more for a case
+under a second), ours and the references interleaved; each row gives the medians, the ratio (reference / ours: above
+1 means we are faster) and its spread (min-max over the rounds). Rows print as they finish, then the table.
+``--cases vgg11_bn:64,...`` runs only those.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def saliency_rows(name: str, size: int, device: torch.device, repeats: int, best
     ]  # fmt: skip
     rows = []
     for case, ours, references in calls:
-        warm = occlusion_warm if case == "occlusion" else None
+        warm = occlusion_warm if case == "occlusion" and size >= 128 else None  # a full warm-up costs minutes there
         for against, row in paired(ours, references, device, repeats, warm).items():
             rows.append((name, size, f"{case}, {against}" if against else case, row))
             show(rows[-1:], header=False)
@@ -279,6 +280,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="resnet18 at 64 px (224 on CUDA) only")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cases", help="only these, e.g. 'vgg11_bn:64,convnext_tiny:64' (captum's best is searched on "
+                        "the first)")  # fmt: skip
     parser.add_argument("--alone", choices=("first-size", "all", "none"), default="first-size",
                         help="the passes without a captum counterpart: at each model's first size (default), at every "
                         "size, or not at all")  # fmt: skip
@@ -287,6 +290,8 @@ def main() -> None:
     cases = CUDA_CASES if device.type == "cuda" else CPU_CASES
     if args.quick:
         cases = cases[:1]
+    if args.cases:
+        cases = [(name, int(size)) for name, size in (case.split(":") for case in args.cases.split(","))]
     best: dict[str, int] = {}
     rows: list[tuple] = []
     started = time.perf_counter()
@@ -297,7 +302,8 @@ def main() -> None:
             rows += ours_alone_rows(name, size, device, args.repeats)
         done.add(name)
         print(f"{name} at {size} px done, {time.perf_counter() - started:.0f} s", flush=True)
-    rows.append(projection_row(64 if args.quick and device.type == "cpu" else 128, device, args.repeats))
+    if not args.cases:
+        rows.append(projection_row(64 if args.quick and device.type == "cpu" else 128, device, args.repeats))
     print()
     show(rows)
     print(f"total {time.perf_counter() - started:.0f} s on {device}, {torch.get_num_threads()} threads")
