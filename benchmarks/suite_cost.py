@@ -10,7 +10,7 @@ unless ``--device``. Each row is a fresh model and Trainer with the same seed; "
 first epoch, the last, and in between within the time budget), and the short runs also with the former fixed
 cadences (every epoch for FilterMonitor, SaliencyMonitor and TopPatchMonitor, every 5 for EmbeddingMonitor and
 FeatureVisMonitor). Each row prints the fit time, the steps done, the ratio of its time per step to the first
-"none"'s, and how many times each epoch monitor logged.
+"none"'s, and how many times each epoch monitor logged, with the seconds of those logs.
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ def network(name: str) -> nn.Module:
 
 
 def fit(model_name: str, monitors: list[str], epochs: int, steps: int, size: int, device: str,
-        fixed: bool = False, seconds: float | None = None) -> tuple[float, int, dict[str, int]]:  # fmt: skip
-    """Seconds of one fit, its steps, and how many times each epoch monitor logged."""
+        fixed: bool = False, seconds: float | None = None,
+        ) -> tuple[float, int, dict[str, int], dict[str, float]]:  # fmt: skip
+    """Seconds of one fit, its steps, how many times each epoch monitor logged, and the seconds of its logs (as its
+    budget account counted them)."""
     callbacks = [MONITORS[m](**({"every_n_epochs": FIXED[m]} if fixed and m in FIXED else {})) for m in monitors]
     with tempfile.TemporaryDirectory() as root:
         trainer = pl.Trainer(
@@ -124,19 +126,22 @@ def fit(model_name: str, monitors: list[str], epochs: int, steps: int, size: int
             torch.cuda.synchronize()
         took = time.perf_counter() - started
     logs = {type(c).__name__: len(c.logged_epochs) for c in callbacks if hasattr(c, "logged_epochs")}
-    return took, trainer.global_step, logs
+    spent = {type(c).__name__: c.service.budget.accounts[c._account].spent for c in callbacks
+             if hasattr(c, "logged_epochs") and c._account in c.service.budget.accounts}  # fmt: skip
+    return took, trainer.global_step, logs, spent
 
 
 def table(model_name: str, rows: list[tuple[str, list[str], bool]], epochs: int, steps: int, size: int,
           device: str, seconds: float | None = None) -> None:  # fmt: skip
     print(f"\n{model_name}, {size} px, {epochs} epochs of {steps} steps, batch 64, {device}")
-    print("| monitors | fit (s) | steps | ratio to none (time per step) | logs |")
+    print("| monitors | fit (s) | steps | ratio to none (time per step) | logs (seconds of them) |")
     print("| --- | --- | --- | --- | --- |")
     reference: float | None = None
     for label, monitors, fixed in rows:
-        took, done, logs = fit(model_name, monitors, epochs, steps, size, device, fixed, seconds)
+        took, done, logs, spent = fit(model_name, monitors, epochs, steps, size, device, fixed, seconds)
         reference = reference or took / done
-        shown = ", ".join(f"{name.removesuffix('Monitor')} {count}" for name, count in logs.items())
+        shown = ", ".join(f"{name.removesuffix('Monitor')} {count} ({spent.get(name, 0):.1f} s)"
+                          for name, count in logs.items())  # fmt: skip
         print(f"| {label} | {took:.1f} | {done} | {took / done / reference:.2f} | {shown} |", flush=True)
 
 
