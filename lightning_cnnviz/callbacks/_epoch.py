@@ -167,7 +167,7 @@ class EpochMonitor(Monitor):
         budget.start(pl_module.device)
         if self.auto and not self.off:
             auto = [a for a in budget.accounts.values() if a.auto]
-            share = self.priority / sum(a.priority for a in auto)
+            share = budget.portion(self._account)
             self.guard.tell(
                 f"every_n_epochs='auto': logs after the first epoch, at the end of the fit, and in between whenever "
                 f"its share of the visualization budget allows: {100 * share:.3g}% of a budget of "

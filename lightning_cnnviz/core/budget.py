@@ -108,13 +108,17 @@ class Budget:
             return self._before
         return self._before + max(0.0, self.clock() - self._started - self._spent_here)
 
+    def portion(self, who: str) -> float:
+        """The part of the pool that is ``who``'s: its priority over the "auto" monitors' total."""
+        priorities = sum(a.priority for a in self.accounts.values() if a.auto)
+        return self.accounts[who].priority / max(priorities, 1e-12)
+
     def share(self, who: str) -> float:
         """Seconds monitor ``who`` may have spent by now: the fraction of the training time, less the fixed-cadence
-        monitors' spending, times its priority over the "auto" monitors' total."""
+        monitors' spending, times its :meth:`portion`."""
         fixed = sum(a.spent for a in self.accounts.values() if not a.auto)
-        priorities = sum(a.priority for a in self.accounts.values() if a.auto)
         pool = max(0.0, (self.fraction or DEFAULT_FRACTION["cpu"]) * self.trained() - fixed)
-        return pool * self.accounts[who].priority / max(priorities, 1e-12)
+        return pool * self.portion(who)
 
     def allows(self, who: str) -> bool:
         """Whether one more log of ``who``, costing what its latest did, stays within its share."""
