@@ -149,6 +149,18 @@ def read_events(logdir: str | os.PathLike[str]) -> dict[str, Any]:
     return vars(read(logdir))
 
 
+def same_pixels(first: Any, second: Any) -> bool:
+    """Whether two TensorBoard image events decode to the same pixels (their PNG bytes may differ: the sink encodes
+    at zlib's fastest level, ``add_image`` at its default)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    decoded = [np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("RGB")) for e in (first, second)]
+    return decoded[0].shape == decoded[1].shape and bool((decoded[0] == decoded[1]).all())
+
+
 @pytest.fixture
 def digits_data() -> Any:
     from lightning_cnnviz.demo.data import DigitsDataModule
