@@ -2,6 +2,7 @@
 
     python benchmarks/suite_cost.py                 # demo CNN and torchvision ResNet-18, 32 px, 2 epochs of 32 steps
     python benchmarks/suite_cost.py --realistic     # ResNet-18, 32 px, 10 epochs of 200 steps: none against all six
+    python benchmarks/suite_cost.py --realistic --pairs 2   # none, all six, all six, none: the drift cancels
     python benchmarks/suite_cost.py --device cuda   # ResNet-50 at 224 px, none against all six, 2 minutes each
 
 Generated 3x32x32 images of 10 classes (a bright square whose place is the class, on noise), batch 64, SGD, CPU
@@ -132,17 +133,21 @@ def fit(model_name: str, monitors: list[str], epochs: int, steps: int, size: int
 
 
 def table(model_name: str, rows: list[tuple[str, list[str], bool]], epochs: int, steps: int, size: int,
-          device: str, seconds: float | None = None) -> None:  # fmt: skip
+          device: str, seconds: float | None = None) -> dict[str, list[float]]:  # fmt: skip
+    """Fit each row, print it, and return the seconds per step of each label's fits (labels may repeat)."""
     print(f"\n{model_name}, {size} px, {epochs} epochs of {steps} steps, batch 64, {device}")
     print("| monitors | fit (s) | steps | ratio to none (time per step) | logs (seconds of them) |")
     print("| --- | --- | --- | --- | --- |")
     reference: float | None = None
+    per_step: dict[str, list[float]] = {}
     for label, monitors, fixed in rows:
         took, done, logs, spent = fit(model_name, monitors, epochs, steps, size, device, fixed, seconds)
         reference = reference or took / done
+        per_step.setdefault(label, []).append(took / done)
         shown = ", ".join(f"{name.removesuffix('Monitor')} {count} ({spent.get(name, 0):.1f} s)"
                           for name, count in logs.items())  # fmt: skip
         print(f"| {label} | {took:.1f} | {done} | {took / done / reference:.2f} | {shown} |", flush=True)
+    return per_step
 
 
 def main() -> None:
@@ -150,6 +155,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--realistic", action="store_true", help="ResNet-18, 10 epochs of 200 steps: none, all six")
     parser.add_argument("--models", default="demo CNN,resnet18")
+    parser.add_argument("--pairs", type=int, default=1, help="--realistic: pairs of fits (none / all six), ABBA order")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -159,7 +165,13 @@ def main() -> None:
         # a fixed time each (the steps done give the ratio); 20 steps an epoch keep the images in host memory
         table("resnet50", [("none", [], False), ("all six", six, False)], 1000, 20, 224, "cuda", seconds=120)
     elif args.realistic:
-        table("resnet18", [("none", [], False), ("all six", six, False)], 10, 200, 32, "cpu")
+        # pairs in the order none, all six, all six, none, ...: a drift of the machine over the run cancels
+        rows = [("none", [], False), ("all six", six, False)]
+        order = [row for pair in range(args.pairs) for row in (rows if pair % 2 == 0 else rows[::-1])]
+        per_step = table("resnet18", order, 10, 200, 32, "cpu")
+        none, six_ = per_step["none"], per_step["all six"]
+        pairs = ", ".join(f"{a / b:.2f}x" for a, b in zip(six_, none, strict=True))
+        print(f"\nall six over none: {sum(six_) / sum(none):.3f}x over {args.pairs} pair(s) (each pair: {pairs})")
     else:
         rows = [("none", [], False), *[(m, [m], False) for m in six], ("all six", six, False),
                 ("all six, fixed cadences", six, True), ("none, again", [], False)]  # fmt: skip

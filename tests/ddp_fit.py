@@ -96,7 +96,7 @@ def main() -> None:
     assert vis.probe_images is not None
     single_render = visualize_features(
         model, "net.conv2", vis.gallery.chosen_channels["net.conv2"], size=16, in_channels=1, steps=8,
-        colors=vis.renderer.colors(vis.probe_images), normalize=vis.renderer.to_model,
+        lr=vis.renderer.lr, colors=vis.renderer.colors(vis.probe_images), normalize=vis.renderer.to_model,
     )  # fmt: skip
     rendered = vis.last_images.get("net.conv2")
     report = {

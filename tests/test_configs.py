@@ -94,3 +94,27 @@ def test_every_config_parses_and_fits_where_its_data_is(
     tags = set(read_events(logdir)["images"]) | set(read_events(logdir)["scalars"])
     for prefix in TAGS:
         assert any(tag.startswith(prefix) for tag in tags), f"{config.name}: no {prefix}* tag"
+
+
+def test_every_monitor_config_writes_each_argument_at_its_default() -> None:
+    """``configs/every_monitor.yaml`` says it lists every argument at its default: each value it writes is the
+    monitor's default, and it leaves out only the arguments that take a Python function."""
+    import inspect
+
+    import lightning_cnnviz
+
+    config = yaml.safe_load((ROOT / "configs" / "every_monitor.yaml").read_text())
+    seen = set()
+    for callback in config["trainer"]["callbacks"]:
+        name = callback["class_path"].rsplit(".", 1)[1]
+        seen.add(name)
+        parameters = inspect.signature(getattr(lightning_cnnviz, name)).parameters
+        written = callback["init_args"]
+        for argument, value in written.items():
+            default = parameters[argument].default
+            default = list(default) if isinstance(default, tuple) else default
+            assert value == default, f"{name}.{argument}: the config writes {value!r}, the default is {default!r}"
+        left_out = {a for a in parameters if a not in written}
+        functions = {"batch_to_images", "batch_to_labels", "output_to_logits", "normalize", "on_dead"}
+        assert left_out <= functions, f"{name}: {sorted(left_out - functions)} not written out"
+    assert seen == set(MONITORS)

@@ -57,7 +57,7 @@ class EmbeddingMonitor(EpochMonitor):
 
     def __init__(
         self,
-        probe_size: int = 2000,
+        probe_size: int = 1000,
         every_n_epochs: Cadence = "auto",
         perplexity: float = 30.0,
         layer: str | None = None,

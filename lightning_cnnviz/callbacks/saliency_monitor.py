@@ -53,7 +53,7 @@ class SaliencyMonitor(EpochMonitor):
     def __init__(
         self,
         methods: Sequence[str] = DEFAULT_METHODS,
-        num_images: int = 16,
+        num_images: int = 8,
         target: TargetSpec = "auto",
         every_n_epochs: Cadence = "auto",
         smoothgrad_samples: int = 25,

@@ -58,7 +58,7 @@ class TopPatchMonitor(EpochMonitor):
         layers: Sequence[str] | str | None = None,
         channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         k: int = 9,
-        probe_size: int = 1024,
+        probe_size: int = 512,
         every_n_epochs: Cadence = "auto",
         method: Method = "deconvnet",
         max_channels: int = 16,

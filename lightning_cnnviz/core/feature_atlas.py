@@ -56,8 +56,8 @@ class FeatureAtlas:
 
     def __init__(
         self,
-        steps: int = 256,
-        lr: float = 0.05,
+        steps: int = 64,
+        lr: float = 0.15,
         seed: int = 0,
         size: int | None = None,
         mean: Sequence[float] | None = None,
