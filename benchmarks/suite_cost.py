@@ -127,8 +127,7 @@ def fit(model_name: str, monitors: list[str], epochs: int, steps: int, size: int
             torch.cuda.synchronize()
         took = time.perf_counter() - started
     logs = {type(c).__name__: len(c.logged_epochs) for c in callbacks if hasattr(c, "logged_epochs")}
-    spent = {type(c).__name__: c.service.budget.accounts[c._account].spent for c in callbacks
-             if hasattr(c, "logged_epochs") and c._account in c.service.budget.accounts}  # fmt: skip
+    spent = {type(c).__name__: c.cost.spent for c in callbacks if getattr(c, "cost", None) is not None}
     return took, trainer.global_step, logs, spent
 
 

@@ -96,6 +96,9 @@ def test_auto_logs_exactly_when_the_budget_allows_and_the_cost_scalars_are_the_i
         "monitor(s) on 'auto')" in " ".join(told)
     )
     assert monitor.logged_epochs == expected_epochs(10, 0.05) == [0, 3, 5, 7, 9]
+    assert monitor.cost is not None  # the public view of its account: 5 logs of COST seconds
+    cost = monitor.cost
+    assert (cost.logs, cost.spent, cost.last) == (5, pytest.approx(5 * COST), pytest.approx(COST))
     scalars = read_events(tmp_path)["scalars"]
     seconds = scalars["cnnviz/cost/FilterMonitor/seconds"]
     fraction = scalars["cnnviz/cost/FilterMonitor/fraction"]

@@ -9,7 +9,7 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import ranks_of, service_of
-from lightning_cnnviz.core import Budget, Moment, ProbeService, ProbeSet, Ranks, Snapshot, check_positive_int
+from lightning_cnnviz.core import Account, Budget, Moment, ProbeService, ProbeSet, Ranks, Snapshot, check_positive_int
 from lightning_cnnviz.core.budget import check_budget
 
 Cadence = int | Literal["auto"]
@@ -58,6 +58,12 @@ class EpochMonitor(Monitor):
     @property
     def probe_labels(self) -> Any:
         return None if self.probe is None else self.probe.labels
+
+    @property
+    def cost(self) -> Account | None:
+        """This monitor's account in the Trainer's time budget (seconds of all its logs, their number, the latest's
+        cost), once the fit has started; None before."""
+        return self.service.budget.accounts.get(self._account)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

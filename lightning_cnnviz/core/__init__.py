@@ -19,7 +19,7 @@ notebook or a plain training loop. The verbs:
 * models: :func:`conv_layers`, :func:`first_conv`, :func:`resolve_modules`, :func:`hooked`, :func:`evaluating`,
   :func:`run_to`, :func:`class_name`; argument checks :func:`check_positive_int`, :func:`check_choice`;
 * time: :class:`Budget`, the fraction of training time all visualizations of a run may take, and when a monitor
-  on ``every_n_epochs="auto"`` logs within it; :func:`check_budget`;
+  on ``every_n_epochs="auto"`` logs within it, one :class:`Account` per monitor; :func:`check_budget`;
 * pass sizes: :func:`pass_size` (the one rule sizing every batched pass, from :func:`activation_bytes` and the
   :func:`memory_bound` of the device);
 * drawing: :func:`to_rgb`, :func:`upscale`, :func:`normalize_per_item`, :func:`tile_grid`, :func:`annotate`,
@@ -44,7 +44,7 @@ from lightning_cnnviz.core.activation_health import ActivationHealth
 from lightning_cnnviz.core.activation_sites import ActivationSite, ActivationTap, find_activation_sites, tap_activations
 from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.batches import images_from_batch, inputs_from_batch, labels_from_batch
-from lightning_cnnviz.core.budget import Budget, check_budget
+from lightning_cnnviz.core.budget import Account, Budget, check_budget
 from lightning_cnnviz.core.capture import capture
 from lightning_cnnviz.core.checks import check_callable, check_choice, check_positive_int
 from lightning_cnnviz.core.drawing import annotate, captioned_grid, normalize_per_item, tile_grid, to_rgb, upscale
@@ -78,6 +78,7 @@ from lightning_cnnviz.core.trunk import ImageEntry, Trunk
 
 __all__ = [
     "TASKS",
+    "Account",
     "ActivationHealth",
     "ActivationSite",
     "ActivationStats",

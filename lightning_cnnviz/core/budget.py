@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Budget", "check_budget"]
+__all__ = ["Account", "Budget", "check_budget"]
 
 Clock = Callable[[], float]
 DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.02}  # of training time, by the model's device
