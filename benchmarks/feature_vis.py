@@ -15,8 +15,7 @@ import time
 
 import torch
 
-from lightning_cnnviz.callbacks.top_patch_monitor import default_channels, default_layers
-from lightning_cnnviz.core import visualize_features
+from lightning_cnnviz.core import LayerMap, default_channels, visualize_features
 from lightning_cnnviz.demo.models import SmallCNN
 
 
@@ -37,7 +36,7 @@ def main() -> None:
 
         model = getattr(torchvision.models, args.model)(weights=None)
     model = model.to(args.device).eval()
-    layer = default_layers(model)[-1]
+    layer = LayerMap.of(model).default_layers()[-1]
     count = dict(model.named_modules())[layer].out_channels  # type: ignore[union-attr]
     channels = default_channels(count, args.channels)
     options = {"size": args.size, "steps": args.steps, "device": args.device}

@@ -23,9 +23,9 @@ import torch
 import torchvision
 from torch import Tensor
 
-from lightning_cnnviz.core import default_layers, visualize_features
+from lightning_cnnviz.core import LayerMap, visualize_features
 from lightning_cnnviz.core.feature_vis import color_correlation
-from lightning_cnnviz.core.model import evaluating, first_conv, run_to
+from lightning_cnnviz.core.model import evaluating, run_to
 from lightning_cnnviz.demo.data import ImageFolderDataModule, find_data
 
 SETTINGS = [(256, 0.05), (128, 0.05), (128, 0.1), (96, 0.1), (64, 0.1), (64, 0.15), (32, 0.15)]
@@ -67,8 +67,8 @@ def main() -> None:
     rows: list[Tensor] = []
     print("| layer | steps | lr | seconds | median objective | of 256 steps' | channels above the best test image |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for layer in default_layers(net):
-        neuron = layer == first_conv(net)[0]
+    for layer in LayerMap.of(net).default_layers():
+        neuron = layer == LayerMap.of(net).first
 
         def score(inputs: Tensor, layer: str = layer, neuron: bool = neuron) -> Tensor:
             out: dict[str, Tensor] = {}

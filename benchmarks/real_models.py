@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from lightning_cnnviz.core import (
     ActivationHealth,
     EmbeddingMap,
+    LayerMap,
     project_activations,
     receptive_fields,
     top_activations,
@@ -47,7 +48,6 @@ from lightning_cnnviz.core import (
     visualize_features,
 )
 from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.core.saliency import last_conv
 
 CPU_CASES = [(m, s) for m in ("resnet18", "vgg11_bn", "efficientnet_b0", "convnext_tiny") for s in (64, 128)]
 CPU_CASES.append(("resnet18", 224))
@@ -126,7 +126,7 @@ def model_and_images(name: str, size: int, device: torch.device) -> tuple[nn.Mod
 def saliency_rows(name: str, size: int, device: torch.device, repeats: int, best: dict[str, int]) -> list[tuple]:
     model, x, t = model_and_images(name, size, device)
     probability = lambda images: model(images).softmax(dim=1)  # noqa: E731 - what occlusion measures the drop of
-    layer_name = last_conv(model)
+    layer_name = LayerMap.of(model).last
     layer = dict(model.named_modules())[layer_name]
     span = float((x.amax() - x.amin()).item())
     occlusion = Occlusion(probability)
@@ -213,7 +213,7 @@ def ours_alone_rows(name: str, size: int, device: torch.device, repeats: int) ->
     """The passes without a captum counterpart, timed alone: scan, feature visualization, codes, t-SNE, and a
     training step with the activation statistics (the reference: the same step without)."""
     model, _, _ = model_and_images(name, size, device)
-    layer = last_conv(model)
+    layer = LayerMap.of(model).last
     probe = torch.randn(1024, 3, size, size, device=device)
     codes_probe = torch.randn(2000, 3, size, size, device=device)
     channels = list(range(16))

@@ -11,7 +11,7 @@ own needs: ``start`` once, ``step`` after each optimizer step, ``epoch_end`` to 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,13 +23,16 @@ from torch.utils.tensorboard import SummaryWriter
 from lightning_cnnviz.core import (
     ActivationHealth,
     ActivationTap,
+    Context,
     EmbeddingMap,
     FeatureAtlas,
     FilterPanel,
+    InputScale,
     Moment,
+    Picture,
     Probe,
-    ProbeService,
     SaliencyPanel,
+    StepPicture,
     TopPatchGallery,
     select_balanced,
 )
@@ -37,27 +40,36 @@ from lightning_cnnviz.sink import TensorBoardSink
 
 
 class Pictures:
-    """Every monitor's core object on one model and one fixed probe set, written to ``writer``: each draws a
-    :class:`~lightning_cnnviz.core.Snapshot` with ``snapshot(model, probe, moment)``, and the sink writes it."""
+    """Every monitor's core object on one model and one fixed probe set, written to ``writer``: each is a
+    :class:`~lightning_cnnviz.core.Picture`, attached once with ``attach(model, example)`` and drawn with
+    ``snapshot(model, probe, context)``, and the sink writes what it draws. A picture of your own joins the list."""
 
-    def __init__(self, writer: SummaryWriter, probe: Tensor, labels: Tensor, window: int = 20) -> None:
-        self.sink, self.probe, self.window = TensorBoardSink(writer), Probe(probe, labels), window
+    def __init__(
+        self, writer: SummaryWriter, probe: Tensor, labels: Tensor, window: int = 20, extra: Sequence[Picture] = ()
+    ) -> None:
+        self.sink, self.window = TensorBoardSink(writer), window
+        everything, few = Probe(probe, labels), Probe(probe[:8], labels[:8])
         self.health = ActivationHealth()
-        self.filters = FilterPanel()
-        self.saliency = SaliencyPanel(smoothgrad_samples=8)
-        self.gallery = TopPatchGallery(method="both", max_channels=8)
-        self.codes = EmbeddingMap(perplexity=20.0, projector=False)
-        self.atlas = FeatureAtlas(steps=64, history=None)
-        self.steps, self.epoch = 0, 0
+        # each picture with the probe it draws on: the atlas reuses the gallery's scan of the same channels
+        self.pictures: list[tuple[Picture, Probe]] = [
+            (self.health, everything),
+            (FilterPanel(), everything),
+            (TopPatchGallery(method="both", max_channels=8), everything),
+            (EmbeddingMap(perplexity=20.0, projector=False), everything),
+            (SaliencyPanel(smoothgrad_samples=8), few),
+            (FeatureAtlas(steps=64, method="both", max_channels=8), everything),
+            *((picture, everything) for picture in extra),  # pictures of your own
+        ]
+        self.scale, self.steps, self.epoch = InputScale(), 0, 0
         self.tap: ActivationTap | None = None
 
     @contextmanager
     def start(self, model: nn.Module, mean: Tensor, std: Tensor) -> Iterator[ActivationTap]:
-        """Find the activations and layers, then count every forward inside the block; yields the tap, whose
-        ``paused()`` block a backward pass goes in."""
-        self.health.discover(model, self.probe.images[:2])
-        self.gallery.configure(model)
-        self.atlas.use_scale(mean, std)
+        """Attach every picture, then count every forward inside the block; yields the tap, whose ``paused()``
+        block a backward pass goes in."""
+        self.scale = InputScale(mean, std)
+        for picture, probe in self.pictures:
+            picture.attach(model, probe.images[:2])
         with self.health.watch(model) as tap:
             self.tap = tap
             yield tap
@@ -71,19 +83,15 @@ class Pictures:
             self.sink.write(shot, self.steps)  # the window's scalars, histograms and alerts
 
     def epoch_end(self, model: nn.Module, epoch: int) -> None:
-        """Draw every picture of the model as it is now (the pictures' own forwards are not counted)."""
+        """Draw every picture of the model as it is now (the pictures' own forwards are not counted); a picture
+        that watches training steps is written at the step, the others at the epoch."""
         assert self.tap is not None, "call epoch_end inside start()"
         self.epoch = epoch + 1
+        context = Context(Moment(epoch=epoch, step=self.steps), scale=self.scale)  # one per moment: shared scans
         with self.tap.paused():
-            moment, probe, service = Moment(epoch=epoch, step=self.steps), self.probe, ProbeService()
-            self.sink.write(self.health.snapshot(), self.steps)
-            self.sink.write(self.filters.snapshot(model, probe, moment), epoch)
-            self.sink.write(self.gallery.snapshot(model, probe, moment, service=service), epoch)
-            self.sink.write(self.codes.snapshot(model, probe, moment), epoch)
-            few = Probe(probe.images[:8], None if probe.labels is None else probe.labels[:8])
-            self.sink.write(self.saliency.snapshot(model, few, moment), epoch)
-            # the atlas reuses the gallery's scan of this moment, through the service
-            self.sink.write(self.atlas.snapshot(model, probe, moment, gallery=self.gallery, service=service), epoch)
+            for picture, probe in self.pictures:
+                step = self.steps if isinstance(picture, StepPicture) else epoch
+                self.sink.write(picture.snapshot(model, probe, context), step)
         self.sink.flush()
 
 
@@ -107,7 +115,8 @@ def arguments(argv: list[str] | None, description: str, logdir: str) -> argparse
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None, extra: Sequence[Picture] = ()) -> Path:
+    """Train the demo CNN on the digits and draw every picture (and those in ``extra``) each epoch."""
     args = arguments(argv, __doc__.splitlines()[0], "runs/plain")
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> Path:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     chosen = select_balanced(y_val.cpu(), 64)  # a fixed, class-balanced probe set
     writer = SummaryWriter(args.logdir)
-    pictures = Pictures(writer, x_val[chosen], y_val[chosen], window=10)
+    pictures = Pictures(writer, x_val[chosen], y_val[chosen], window=10, extra=extra)
     with pictures.start(model, mean, std) as tap:
         for epoch in range(args.epochs):
             model.train()

@@ -6,6 +6,7 @@ Add the monitors to your Trainer::
     from lightning_cnnviz import ActivationMonitor, FilterMonitor
     trainer = Trainer(callbacks=[FilterMonitor(), ActivationMonitor()])
 
+A picture of your own (any :class:`lightning_cnnviz.core.Picture`) becomes a monitor as ``EpochMonitor(picture)``.
 The tensor work lives in :mod:`lightning_cnnviz.core` (pure torch). The names below are loaded on first use,
 so ``import lightning_cnnviz.core`` works without Lightning or TensorBoard installed.
 """
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from lightning_cnnviz.callbacks import (
         ActivationMonitor,
         EmbeddingMonitor,
+        EpochMonitor,
         FeatureVisMonitor,
         FilterMonitor,
         SaliencyMonitor,
@@ -34,6 +36,7 @@ __all__ = [
     "ActivationMonitor",
     "DeadFilterEvent",
     "EmbeddingMonitor",
+    "EpochMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",
     "SaliencyMonitor",

@@ -26,7 +26,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_cnnviz.core import Moment, ProbeService, Ranks, images_from_batch
+from lightning_cnnviz.core import Context, Moment, ProbeService, Ranks, StepPicture, inputs_from_batch
 
 __all__ = ["RunEvents", "read_events", "render_report", "run_report"]
 
@@ -146,7 +146,7 @@ def run_report(
     writer = SummaryWriter(str(out))
     sink = TensorBoardSink(writer)
     _activation_window(model, datamodule, watching, batches, moment, sink, device)
-    costs = _probe_monitors(model, datamodule, monitors, moment, sink, device)
+    costs = _draw_every_monitor(model, datamodule, monitors, moment, sink, device)
     writer.close()
     alerts = [str(a.get("message", a)) for m in watching for a in m.alerts]
     run_dir = checkpoint.parent.parent
@@ -180,13 +180,13 @@ def run_report(
 def _activation_window(
     model: Any, datamodule: Any, watching: list[Any], batches: int, moment: Moment, sink: Any, device: Any
 ) -> None:
-    """ActivationMonitor's statistics over ``batches`` training batches of the frozen network (one window on the
-    restored histories), its alerts said and written, and its maps."""
+    """ActivationMonitor's statistics over ``batches`` training batches of the frozen network: one window on the
+    restored histories, its alerts said and written."""
     import torch
 
     for monitor in watching:
         health = monitor.health
-        unpack = functools.partial(images_from_batch, who="cnnviz report", batch_to_images=monitor.batch_to_images)
+        unpack = functools.partial(inputs_from_batch, who="cnnviz report", batch_to_inputs=monitor.batch_to_images)
         health.attach(model, getattr(model, "example_input_array", None))
         loader = iter(datamodule.train_dataloader())
         first = next(loader)
@@ -199,26 +199,27 @@ def _activation_window(
                 health.step()
                 count += 1
         shot, _ = health.end_window(moment, count, guard=monitor.guard)
-        shot.update(health.snapshot())
         sink.write(shot, moment.step)
 
 
-def _probe_monitors(
+def _draw_every_monitor(
     model: Any, datamodule: Any, monitors: list[Any], moment: Moment, sink: Any, device: Any
 ) -> dict[str, float]:
-    """Every epoch monitor's snapshot at the checkpoint's epoch, on its probe (restored from the checkpoint, else
-    chosen from the validation batches in one pass for all, as in training). Returns each one's seconds."""
+    """Every monitor's picture at the checkpoint's moment, in one loop: each epoch monitor on its probe (restored
+    from the checkpoint, else chosen from the validation batches in one pass for all, as in training), a picture
+    that watches training steps (the activation maps) at the step, the others at the epoch. Returns each one's
+    seconds."""
     import torch
 
     from lightning_cnnviz.callbacks._epoch import EpochMonitor
 
-    service = ProbeService()
-    epoch_monitors = [m for m in monitors if isinstance(m, EpochMonitor)]
-    for monitor in epoch_monitors:
-        monitor.service = service
-        if monitor.probe is not None:
-            service.join(monitor.probe)
-        monitor.attach(model, datamodule)
+    service, ranks = ProbeService(), Ranks.single(device)
+    for monitor in monitors:
+        if isinstance(monitor, EpochMonitor):
+            monitor.service = service
+            if monitor.probe is not None:
+                service.join(monitor.probe)
+            monitor.fit_to(model, datamodule)
     if service.wants():
         for batch in datamodule.val_dataloader():
             service.offer(batch)
@@ -226,14 +227,17 @@ def _probe_monitors(
                 break
         service.finish()
     costs = {}
-    for monitor in epoch_monitors:
+    for monitor in monitors:
         began = time.perf_counter()
-        shot = monitor.draw(model, moment, Ranks.single(device))
+        if isinstance(monitor, EpochMonitor):
+            shot = monitor.draw(model, moment, ranks)
+        else:
+            shot = monitor.core.snapshot(model, None, Context(moment, monitor.guard, ranks))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         costs[type(monitor).__name__] = time.perf_counter() - began
         if shot is not None:
-            sink.write(shot, moment.epoch)
+            sink.write(shot, moment.step if isinstance(monitor.core, StepPicture) else moment.epoch)
     return costs
 
 

@@ -80,7 +80,7 @@ def main() -> None:
     # the merged top-k of the ranks' shards against one single-process scan of the same probe set
     probe = patches.probe_images
     assert probe is not None
-    single = top_activations(model, dict(patches.gallery.chosen_channels), probe, k=patches.k)
+    single = top_activations(model, dict(patches.gallery.selection.chosen_channels), probe, k=patches.k)
     top_equal = {
         name: all(
             torch.equal(getattr(patches.last_top[name], f), getattr(single[name], f)) for f in ("images", "ys", "xs")
@@ -95,7 +95,7 @@ def main() -> None:
     # the feature visualizations: each rank rendered every second channel; rank 0 holds them all, as one process
     assert vis.probe_images is not None
     single_render = visualize_features(
-        model, "net.conv2", vis.gallery.chosen_channels["net.conv2"], size=16, in_channels=1, steps=8,
+        model, "net.conv2", vis.selection.chosen_channels["net.conv2"], size=16, in_channels=1, steps=8,
         lr=vis.renderer.lr, colors=vis.renderer.colors(vis.probe_images), normalize=vis.renderer.to_model,
     )  # fmt: skip
     rendered = vis.last_images.get("net.conv2")

@@ -301,6 +301,6 @@ def test_a_plain_loop_draws_what_the_callback_draws(tmp_path: Path, digits_data:
             images, labels = next(batches, (images, labels))
     assert health.windows == monitor.health.windows == 3
     assert health.rate_history == monitor.health.rate_history
-    ours, theirs = health.snapshot().images, monitor.health.snapshot().images
+    ours, theirs = health.maps().images, monitor.health.maps().images
     assert list(ours) == list(theirs) and all(torch.equal(ours[tag], theirs[tag]) for tag in ours)
     assert health.alerts and [a["dead_channels"] for a in health.alerts] == [a["dead_channels"] for a in monitor.alerts]

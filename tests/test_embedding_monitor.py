@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events, same_pixels
 from lightning_cnnviz import EmbeddingMonitor
-from lightning_cnnviz.core import knn_accuracy, penultimate_layer, procrustes_align
+from lightning_cnnviz.core import LayerMap, knn_accuracy, procrustes_align
 
 
 def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any) -> None:
@@ -86,12 +86,12 @@ def test_successive_maps_are_aligned_and_resume_continues(tmp_path: Path, digits
     assert moved < 0.5 * turned
 
 
-def test_penultimate_layer_and_layer_override(digits_data: Any) -> None:
+def test_the_code_layer_and_layer_override(digits_data: Any) -> None:
     model = small_model()
-    assert penultimate_layer(model) == ("net.fc", True)
+    assert LayerMap.of(model).code == ("net.fc", True)
     squeeze = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    assert penultimate_layer(squeeze) == ("2", True)  # a 1x1 classifier conv: its input is the code
-    assert penultimate_layer(NoLinear()) == ("conv", False)
+    assert LayerMap.of(squeeze).code == ("2", True)  # a 1x1 classifier conv: its input is the code
+    assert LayerMap.of(NoLinear()).code == ("conv", False)
     monitor = EmbeddingMonitor()
     monitor.setup(None, squeeze, "fit")  # type: ignore[arg-type]
     images = digits_data._val.tensors[0][:10]
@@ -115,7 +115,7 @@ class NoLinear(nn.Module):
 
 def test_bad_configuration(tmp_path: Path, digits_data: Any) -> None:
     with pytest.raises(ValueError, match="has neither an nn.Linear nor an nn.Conv2d.*pass `layer=`"):
-        penultimate_layer(nn.Sequential(nn.Flatten()))
+        _ = LayerMap.of(nn.Sequential(nn.Flatten())).code
     trainer = make_trainer(tmp_path, [EmbeddingMonitor(layer="net.nope")])
     with pytest.raises(ValueError, match=r"no module named 'net.nope'.*'net.conv1'"):
         trainer.fit(small_model(), datamodule=digits_data)

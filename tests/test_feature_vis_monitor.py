@@ -38,7 +38,7 @@ def test_feature_vis_evolution_atlas_and_dream_per_layer_and_epoch(tmp_path: Pat
     assert vis.probe_images is not None
     pixels = (vis.probe_images * digits_data.std.view(1, -1, 1, 1) + digits_data.mean.view(1, -1, 1, 1)).clamp(0, 1)
     expected = visualize_features(
-        model, "net.conv2", vis.gallery.chosen_channels["net.conv2"], size=16, in_channels=1, steps=16,
+        model, "net.conv2", vis.selection.chosen_channels["net.conv2"], size=16, in_channels=1, steps=16,
         lr=vis.renderer.lr, colors=color_correlation(pixels), mean=digits_data.mean, std=digits_data.std,
     )  # fmt: skip
     torch.testing.assert_close(vis.last_images["net.conv2"], expected, rtol=0, atol=1e-5)
@@ -99,7 +99,7 @@ def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data:
     the monitor's probe, a plain SummaryWriter gets the same PNG bytes of every picture as the callback wrote."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from lightning_cnnviz.core import FeatureAtlas, TopPatchGallery
+    from lightning_cnnviz.core import ChannelSelection, FeatureAtlas
 
     vis = FeatureVisMonitor(steps=8, probe_size=32, max_channels=4, dream_images=2, on_error="raise")
     model = small_model()
@@ -107,18 +107,18 @@ def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data:
     trainer.fit(model, datamodule=digits_data)
     probe = vis.probe_images
     assert probe is not None
-    gallery = TopPatchGallery(method="guided_backprop", max_channels=4)
+    gallery = ChannelSelection(max_channels=4)
     gallery.configure(model)
     assert gallery.prepare(model, probe[:1])
-    atlas = FeatureAtlas(steps=8, dream_images=2)
-    atlas.use_scale(digits_data.mean, digits_data.std)  # what the callback reads from the data module
+    # the data module's mean and std: what the callback gives the atlas as the context's input scale
+    atlas = FeatureAtlas(steps=8, dream_images=2, mean=digits_data.mean, std=digits_data.std)
     colors, tops = atlas.colors(probe), gallery.scan(model, probe, torch.arange(len(probe)))
     caption = atlas.history.caption(0, trainer.global_step)
     writer = SummaryWriter(str(tmp_path / "plain"))
     for layer in gallery.chosen_layers:
         channels = gallery.chosen_channels[layer]
         images = atlas.render(model, layer, channels, probe, colors)
-        panels = gallery.layer_panels(model, layer, tops[layer], probe)
+        panels = gallery.layer_panels(model, layer, tops[layer], probe, ("guided_backprop",))
         pictures = atlas.pictures(layer, images, channels, caption, trainer.global_step, panels, tops[layer].valid)
         for tag, picture in pictures.items():
             writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")

@@ -132,7 +132,7 @@ def test_detector_backbone_receptive_fields_equal_the_support_of_input_gradients
     image = torch.rand(1, 3, size, size)
     checked = 0
     for layers in (None, ["net.backbone.body.3.block.0.0"]):
-        gallery = TopPatchGallery(layers=layers)
+        gallery = TopPatchGallery(layers=layers).selection
         gallery.configure(model)
         part = gallery.fed(model, torch.rand(1, 3, 64, 64))
         assert isinstance(part, Trunk) and part.name == "net.backbone"
@@ -158,7 +158,7 @@ def test_detector_saliency_is_captums_for_the_highest_box_score() -> None:
     assert explained.captions == [
         f"box {int(o['labels'][b])} {float(o['scores'][b]):.2f} of {len(o['scores'])}" for o, b in zip(output, best)
     ]
-    ours = panel.maps(model, images, None, "vanilla_gradient", explained)
+    ours = panel.maps(model, images, None, "vanilla_gradient", explained)[:, 0]
     rows = torch.arange(len(images))
     theirs = Saliency(lambda x: explained.target(model(x), x, rows)).attribute(images.clone(), abs=True).amax(dim=1)
     assert float(theirs.amax()) > 0
@@ -182,10 +182,11 @@ def test_an_image_without_a_box_is_captioned_so_and_has_an_empty_map() -> None:
 
 def test_maps_of_any_scale_are_drawn_alike() -> None:
     """A detector's input gradients can be 1e-12 and smaller: the picture of a map does not depend on its scale."""
-    images, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    images, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8)
     for scale in (1e-15, 1e-30):
-        torch.testing.assert_close(render_saliency(images, maps * scale), render_saliency(images, maps))
-        signed = maps[:, None] - 0.5
+        heat = lambda m: render_saliency(images, m, signed=False)  # noqa: E731
+        torch.testing.assert_close(heat(maps * scale), heat(maps))
+        signed = maps - 0.5
         torch.testing.assert_close(render_saliency(images, signed * scale), render_saliency(images, signed))
 
 

@@ -35,8 +35,8 @@ def test_core_module_all_lists_are_the_core_exports() -> None:
 
 def test_top_level_exports_the_monitors_and_the_sink() -> None:
     assert set(lightning_cnnviz.__all__) == {
-        "ActivationMonitor", "DeadFilterEvent", "EmbeddingMonitor", "FeatureVisMonitor", "FilterMonitor",
-        "SaliencyMonitor", "TensorBoardSink", "TopPatchMonitor", "__version__",
+        "ActivationMonitor", "DeadFilterEvent", "EmbeddingMonitor", "EpochMonitor", "FeatureVisMonitor",
+        "FilterMonitor", "SaliencyMonitor", "TensorBoardSink", "TopPatchMonitor", "__version__",
     }  # fmt: skip
     for name in lightning_cnnviz.__all__:
         assert getattr(lightning_cnnviz, name) is not None

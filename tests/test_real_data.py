@@ -185,7 +185,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     # blur it, so the cosine is well below the 1.0 of the untransformed case, but far above chance (about 0.08
     # for 147 values).
     final = vis.last_images["net.conv1"][:, :, 13:20, 13:20] - 0.5
-    weights = model.net.conv1.weight.detach()[vis.gallery.chosen_channels["net.conv1"]] / data.std.view(1, -1, 1, 1)
+    weights = model.net.conv1.weight.detach()[vis.selection.chosen_channels["net.conv1"]] / data.std.view(1, -1, 1, 1)
     cosines = torch.nn.functional.cosine_similarity(final.flatten(1), weights.flatten(1))
     print(f"conv1 central patch against its filter: cosine median {cosines.median():.2f}, min {cosines.min():.2f}")
     assert float(cosines.min()) > 0.2 and float(cosines.median()) > 0.4

@@ -16,6 +16,7 @@ from captum.attr import (
 from torch import Tensor, nn
 
 from conftest import TinyCNN, global_state_clean, hooks_left
+from lightning_cnnviz.core import LayerMap
 from lightning_cnnviz.core import saliency as S
 
 STYLES = ["module", "inplace", "functional"]
@@ -292,7 +293,7 @@ def test_every_method_matches_captum_on_silu_and_gelu_networks(name: str) -> Non
     expected = Saliency(model).attribute(x, target=TARGETS, abs=True).amax(dim=1)
     assert_agree(S.vanilla_gradient(model, x, TARGETS), expected)
     assert_smoothgrad_agrees(model, model, x[:2], TARGETS[:2], samples=3, max_batch=4)
-    layer = S.last_conv(model)
+    layer = LayerMap.of(model).last
     module = dict(model.named_modules())[layer]
     cam = LayerGradCam(model, module).attribute(x, target=TARGETS, relu_attributions=True)
     assert_agree(S.grad_cam(model, x, TARGETS), LayerAttribution.interpolate(cam, (32, 32), "bilinear").squeeze(1))

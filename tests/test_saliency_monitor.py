@@ -11,8 +11,10 @@ from test_monitors import assert_training_undisturbed, small_model
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events, same_pixels
 from lightning_cnnviz import SaliencyMonitor
-from lightning_cnnviz.core import Moment, Probe, select_balanced
-from lightning_cnnviz.core.saliency import SALIENCY_METHODS
+from lightning_cnnviz.core import Context, Moment, Probe, select_balanced
+from lightning_cnnviz.core.saliency_methods import METHODS
+
+SALIENCY_METHODS = tuple(METHODS)
 
 
 def test_every_method_is_logged_per_epoch_on_a_balanced_probe(tmp_path: Path, digits_data: Any) -> None:
@@ -98,7 +100,7 @@ def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data:
     assert monitor.probe_images is not None
     writer = SummaryWriter(str(tmp_path / "plain"))
     probe = Probe(monitor.probe_images, monitor.probe_labels)
-    for tag, picture in panel.snapshot(model, probe, Moment(epoch=0, step=0)).images.items():
+    for tag, picture in panel.snapshot(model, probe, Context(Moment(epoch=0, step=0))).images.items():
         writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")
     writer.close()
     fitted, plain = read_events(tmp_path / "fit")["images"], read_events(tmp_path / "plain")["images"]

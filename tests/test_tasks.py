@@ -26,6 +26,7 @@ from lightning_cnnviz import (
     TopPatchMonitor,
 )
 from lightning_cnnviz.core import (
+    Context,
     DoesNotApply,
     EmbeddingMap,
     Guard,
@@ -40,6 +41,7 @@ from lightning_cnnviz.core import (
     select_balanced,
 )
 from lightning_cnnviz.core.saliency import grad_cam, vanilla_gradient
+from lightning_cnnviz.core.saliency_methods import METHODS
 from lightning_cnnviz.demo.tasks import TASKS, AutoEncoder, squares, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
@@ -180,7 +182,8 @@ def test_targets_that_cannot_apply_say_what_was_found_and_what_to_pass() -> None
     for on_error in ("warn", "raise"):  # not a bug: said once under either policy, never raised
         guard = Guard("SaliencyMonitor", on_error=on_error, say=said.append)  # type: ignore[arg-type]
         for _ in range(2):
-            assert panel.snapshot(net, Probe(torch.randn(2, 3, 8, 8)), Moment(0, 0), guard=guard).images == {}
+            context = Context(Moment(0, 0), guard=guard)
+            assert panel.snapshot(net, Probe(torch.randn(2, 3, 8, 8)), context).images == {}
     assert len(said) == 2 and all(s.startswith("SaliencyMonitor: saliency does not apply: target='true'") for s in said)
     with pytest.raises(DoesNotApply, match="target='true' needs integer class labels"):
         SaliencyPanel(target="true", task="classification").explain(net, torch.randn(2, 3, 8, 8), None)
@@ -258,14 +261,14 @@ def test_every_target_rule_equals_captum_given_the_same_scalar_function(rule: st
         return explained.target(model(x), x, rows)
 
     expected = Saliency(scalar).attribute(images, abs=True).amax(dim=1)
-    ours = panel.maps(model, images, labels, "vanilla_gradient", explained)
+    ours = panel.maps(model, images, labels, "vanilla_gradient", explained)[:, 0]
     scale = expected.abs().max()
     assert scale > 0
     torch.testing.assert_close(ours / scale, expected / scale, rtol=0, atol=1e-5)
     module = dict(model.named_modules())[layer]
     cam = LayerGradCam(scalar, module).attribute(images, relu_attributions=True)
     expected_cam = LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), "bilinear").squeeze(1)
-    ours_cam = panel.maps(model, images, labels, "grad_cam", explained)
+    ours_cam = panel.maps(model, images, labels, "grad_cam", explained)[:, 0]
     scale = expected_cam.abs().max().clamp_min(1e-12)
     torch.testing.assert_close(ours_cam / scale, expected_cam / scale, rtol=0, atol=1e-5)
 
@@ -282,11 +285,11 @@ def test_a_callable_target_is_used_as_given_by_every_method() -> None:
     assert explained.target.rule == "second_minus_first target"
     logits_model = _Difference(model)
     expected = vanilla_gradient(logits_model, data["images"], 0)
-    torch.testing.assert_close(panel.maps(model, data["images"], None, "vanilla_gradient", explained), expected)
+    torch.testing.assert_close(panel.maps(model, data["images"], None, "vanilla_gradient", explained)[:, 0], expected)
     torch.testing.assert_close(
-        panel.maps(model, data["images"], None, "grad_cam", explained), grad_cam(logits_model, data["images"], 0)
+        panel.maps(model, data["images"], None, "grad_cam", explained)[:, 0], grad_cam(logits_model, data["images"], 0)
     )
-    shot = panel.snapshot(model, Probe(data["images"], data["class"]), Moment(0, 0), guard=Guard("S"))
+    shot = panel.snapshot(model, Probe(data["images"], data["class"]), Context(Moment(0, 0), guard=Guard("S")))
     assert sorted(shot.images) == sorted(f"cnnviz/saliency/{m}" for m in SALIENCY)
 
 
@@ -308,7 +311,7 @@ def test_occlusion_measures_the_drop_of_the_target() -> None:
     images = squares(2, side=16)["images"]
     panel = SaliencyPanel(methods=("occlusion",), occlusion_patch=8, occlusion_stride=8)
     explained = panel.explain(model, images, None)
-    ours = panel.maps(model, images, None, "occlusion", explained)
+    ours = panel.maps(model, images, None, "occlusion", explained)[:, 0]
     with torch.no_grad():
         clean = (model(images) - images).pow(2).flatten(1).mean(1)
         expected = torch.zeros(2, 16, 16)
@@ -336,8 +339,8 @@ def test_captions_say_what_each_batch_holds() -> None:
     norm = SaliencyPanel().explain(resnet_with(nn.Linear(512, 8)), data["images"], None)
     assert norm.captions[0].startswith("embedding norm ")
     cam = SaliencyPanel(methods=("grad_cam",))
-    picture = cam.snapshot(segmenter(), Probe(data["images"], data["mask"]), Moment(0, 0)).images
-    plain = cam.snapshot(net, Probe(data["images"], data["class"]), Moment(0, 0)).images
+    picture = cam.snapshot(segmenter(), Probe(data["images"], data["mask"]), Context(Moment(0, 0))).images
+    plain = cam.snapshot(net, Probe(data["images"], data["class"]), Context(Moment(0, 0))).images
     picture, plain = picture["cnnviz/saliency/grad_cam"], plain["cnnviz/saliency/grad_cam"]
     assert picture.shape[-1] > plain.shape[-1] * 1.25  # [image | mask | map | overlay] against three panels
 
@@ -374,8 +377,8 @@ def test_embedding_colours_and_knn_follow_the_labels() -> None:
     assert EmbeddingMap(task="regression").colours(data["class"])[0] == "value"
     said: list[str] = []
     for labels, knn in ((data["class"], True), (data["value"], False), (None, False)):
-        shot = EmbeddingMap(perplexity=5.0).snapshot(net, Probe(data["images"], labels), Moment(0, 0),
-                                                     guard=Guard("E", say=said.append))  # fmt: skip
+        context = Context(Moment(0, 0), guard=Guard("E", say=said.append))
+        shot = EmbeddingMap(perplexity=5.0).snapshot(net, Probe(data["images"], labels), context)
         assert ("cnnviz/embedding/knn_accuracy" in shot.scalars) == knn
         assert "cnnviz/embedding/tsne" in shot.images
         metadata = shot.embeddings["cnnviz/embedding"].metadata
@@ -431,7 +434,7 @@ def test_segmentation_maps_are_larger_inside_the_square(capsys: pytest.CaptureFi
     ratios = {}
     for method in panel.methods:
         maps = panel.maps(model, data["images"], data["mask"], method, explained)
-        maps = (maps.abs().amax(dim=1) if maps.dim() == 4 else maps).clamp_min(0)
+        maps = (maps.abs().amax(dim=1) if METHODS[method].signed else maps[:, 0]).clamp_min(0)
         ratios[method] = float(maps[inside].mean() / maps[~inside].mean().clamp_min(1e-12))
     with capsys.disabled():
         print(f"\nsegmentation maps, mean per pixel inside / outside the square (IoU {float(overlap):.2f}):",
@@ -478,7 +481,7 @@ def test_an_auxiliary_head_registered_last_is_not_grad_cams_layer(labelled: bool
     assert explained.task == "segmentation"  # from the masks, or from the output (N, 2, H, W) without them
     assert explained.cam_layer == "classifier.0"  # not aux_classifier.*, not the 1x1 class-score conv
     guard = Guard("SaliencyMonitor", on_error="raise", say=said.append)
-    shot = panel.snapshot(net, Probe(data["images"], labels), Moment(0, 0), guard=guard)
+    shot = panel.snapshot(net, Probe(data["images"], labels), Context(Moment(0, 0), guard=guard))
     assert sorted(shot.images) == sorted(f"cnnviz/saliency/{method}" for method in SALIENCY) and said == []
 
 
@@ -499,7 +502,7 @@ def test_a_classifier_whose_last_conv_feeds_an_unused_branch_keeps_a_grad_cam() 
     panel = SaliencyPanel(methods=("grad_cam",), task="classification")
     explained = panel.explain(net, images, None)
     assert explained.cam_layer == "features"
-    torch.testing.assert_close(panel.maps(net, images, None, "grad_cam", explained),
+    torch.testing.assert_close(panel.maps(net, images, None, "grad_cam", explained)[:, 0],
                                grad_cam(net, images, explained.target.classes, layer="features"))  # fmt: skip
     assert SaliencyPanel(methods=("grad_cam",)).explain(nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1),
                                                                       nn.Flatten()), images, None).cam_layer is None

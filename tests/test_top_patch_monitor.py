@@ -11,7 +11,7 @@ from test_monitors import SMALL, FailingModel, NoConv, assert_training_undisturb
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events, same_pixels
 from lightning_cnnviz import TopPatchMonitor
-from lightning_cnnviz.core import default_channels, default_layers, top_activations
+from lightning_cnnviz.core import LayerMap, default_channels, top_activations
 from lightning_cnnviz.demo.models import resnet18_cifar
 
 LAYERS = ["net.conv1", "net.conv2", "net.conv3"]
@@ -26,7 +26,7 @@ def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_da
     assert monitor.probe_images is not None
     assert torch.equal(monitor.probe_images, digits_data._val.tensors[0][:100])
     # what was logged last is the exact top-9 of the final model on the probe
-    chosen = monitor.gallery.chosen_channels
+    chosen = monitor.gallery.selection.chosen_channels
     expected = top_activations(model, {name: chosen[name] for name in LAYERS}, monitor.probe_images)
     for name in LAYERS:
         for field in ("images", "ys", "xs"):
@@ -38,7 +38,7 @@ def test_top_patches_and_evolution_per_layer_and_epoch(tmp_path: Path, digits_da
         assert [e.step for e in evolution] == [0, 1, 2]
         assert evolution[0].width < evolution[1].width < evolution[2].width  # one column more per epoch
         assert [caption for caption, _ in monitor.history.columns(name)] == ["ep 0", "ep 1", "ep 2"]
-    assert monitor.gallery.chosen_channels["net.conv2"] == list(range(16))  # 16 channels: all of them
+    assert monitor.gallery.selection.chosen_channels["net.conv2"] == list(range(16))  # 16 channels: all of them
     assert hooks_left(model) == [] and global_state_clean()
 
 
@@ -94,9 +94,9 @@ def test_without_validation_data_the_probe_comes_from_the_first_training_batches
 
 
 def test_defaults_pick_layers_across_depth_and_spread_channels() -> None:
-    assert default_layers(small_model()) == LAYERS
+    assert LayerMap.of(small_model()).default_layers() == LAYERS
     # ResNet-18: 3x3 convs only (the 1x1 shortcuts are skipped), first, middle and last
-    assert default_layers(resnet18_cifar()) == ["conv1", "layer2.1.conv2", "layer4.1.conv2"]
+    assert LayerMap.of(resnet18_cifar()).default_layers() == ["conv1", "layer2.1.conv2", "layer4.1.conv2"]
     assert default_channels(8) == list(range(8))
     assert default_channels(128, 16) == [0, 8, 17, 25, 34, 42, 51, 59, 68, 76, 85, 93, 102, 110, 119, 127]
 
@@ -154,7 +154,7 @@ def test_no_hooks_left_after_an_exception_or_a_failing_projection(
         trainer.fit(model, datamodule=digits_data)
     assert hooks_left(model) == [] and global_state_clean()
 
-    import lightning_cnnviz.core.top_patch_gallery as tpm
+    import lightning_cnnviz.core.selection as tpm
 
     def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise FloatingPointError("injected")
@@ -198,7 +198,7 @@ def test_a_layer_whose_field_cannot_be_followed_is_left_out_or_refused_before_tr
     trainer = make_trainer(tmp_path / "default", [monitor], max_epochs=1, limit_train_batches=2)
     with pytest.warns(UserWarning, match=r"leaving out default layer\(s\).*'net.conv2'.*interpolate"):
         trainer.fit(model(), datamodule=digits_data)
-    assert monitor.gallery.chosen_layers == ["net.conv1"]
+    assert monitor.gallery.selection.chosen_layers == ["net.conv1"]
     assert "cnnviz/top_patches/net.conv1" in read_events(tmp_path / "default")["images"]
     named = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=16, on_error="raise")
     trainer = make_trainer(tmp_path / "named", [named], max_epochs=1, limit_train_batches=2)
@@ -221,9 +221,9 @@ def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data:
     probe = monitor.probe_images
     assert probe is not None
     gallery = TopPatchGallery(method="both")
-    gallery.configure(model)
-    assert gallery.prepare(model, probe[:1])
-    tops = gallery.scan(model, probe, torch.arange(len(probe)))
+    gallery.selection.configure(model)
+    assert gallery.selection.prepare(model, probe[:1])
+    tops = gallery.selection.scan(model, probe, torch.arange(len(probe)))
     writer = SummaryWriter(str(tmp_path / "plain"))
     caption = gallery.history.caption(0, trainer.global_step)
     for name, top in tops.items():

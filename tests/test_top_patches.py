@@ -274,15 +274,15 @@ def test_bad_layers_and_shapes_are_clear_errors() -> None:
 
 
 def test_a_gallery_snapshot_chooses_its_layers_itself_and_draws_what_a_configured_one_draws() -> None:
-    """The README's plain loop: ``TopPatchGallery(...).snapshot(model, probe, moment)`` without ``configure``."""
-    from lightning_cnnviz.core import Moment, Probe, TopPatchGallery
+    """The README's plain loop: ``TopPatchGallery(...).snapshot(model, probe, context)`` without ``attach``."""
+    from lightning_cnnviz.core import Context, Moment, Probe, TopPatchGallery
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
     probe = Probe(torch.randn(6, 1, 12, 12))
     configured = TopPatchGallery(layers=["2"], k=2)
-    configured.configure(net)
-    ours = TopPatchGallery(layers=["2"], k=2).snapshot(net, probe, Moment(epoch=0, step=0))
-    theirs = configured.snapshot(net, probe, Moment(epoch=0, step=0))
+    configured.attach(net)
+    ours = TopPatchGallery(layers=["2"], k=2).snapshot(net, probe, Context(Moment(epoch=0, step=0)))
+    theirs = configured.snapshot(net, probe, Context(Moment(epoch=0, step=0)))
     assert sorted(ours.images) == ["cnnviz/evolution/2", "cnnviz/top_patches/2"]
     assert all(torch.equal(ours.images[tag], theirs.images[tag]) for tag in ours.images)

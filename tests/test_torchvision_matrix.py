@@ -16,9 +16,11 @@ from conftest import every_monitor, global_state_clean, hooks_left, make_trainer
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, name: str) -> None:
+    """``net`` (by default torchvision's network ``name``, 4 classes, random weights) trained with cross-entropy."""
+
+    def __init__(self, name: str, net: torch.nn.Module | None = None) -> None:
         super().__init__()
-        self.net = getattr(torchvision.models, name)(weights=None, num_classes=4)
+        self.net = net if net is not None else getattr(torchvision.models, name)(weights=None, num_classes=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

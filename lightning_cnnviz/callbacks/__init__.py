@@ -1,5 +1,6 @@
 """Thin Lightning adapters over :mod:`lightning_cnnviz.core`, one monitor per file."""
 
+from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import EmbeddingMonitor
 from lightning_cnnviz.callbacks.feature_vis_monitor import FeatureVisMonitor
@@ -10,6 +11,7 @@ from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 __all__ = [
     "ActivationMonitor",
     "EmbeddingMonitor",
+    "EpochMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",
     "SaliencyMonitor",

@@ -29,6 +29,13 @@ def learning_rate(trainer: pl.Trainer) -> float | None:
         return None
 
 
+def last_by_max_epochs(trainer: pl.Trainer) -> bool:
+    """Whether the epoch now ending is the last that ``max_epochs`` allows: the epoch monitors' last log at an epoch
+    end. A fit that stops for another reason (max_steps, early stopping) is drawn once more at its end instead,
+    at the epoch count the Trainer then reports (:func:`last_epoch` asks whether it stops for any reason)."""
+    return trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1
+
+
 def last_epoch(trainer: pl.Trainer) -> bool:
     """Whether the fit stops after the epoch now ending (max_epochs, max_steps or a stop request)."""
     steps_done = trainer.max_steps is not None and 0 <= trainer.max_steps <= trainer.global_step

@@ -20,13 +20,12 @@ __all__ = ["ActivationMonitor"]
 
 class ActivationMonitor(Monitor):
     """Watches every elementwise activation of the live network on training batches; alerts when channels die or
-    go dormant and when the network diverges. The Lightning adapter of :class:`~lightning_cnnviz.core.ActivationHealth`
-    (what is measured, drawn and alerted on, and how layers are named).
+    go dormant and when the network diverges. The adapter of :class:`~lightning_cnnviz.core.ActivationHealth`.
 
     Statistics come from training forwards only (not backward, nor other monitors' eval forwards), are summed over
     DDP ranks and written after every ``every_n_steps`` batches (step: the global step); the maps at epoch ends,
-    alerts and the end of training. Each alert is a rank-zero warning and a ``cnnviz/alerts`` entry, then
-    ``on_dead``: ``"warn"``, ``"stop"`` (``trainer.should_stop``) or a callable of the :class:`DeadFilterEvent`.
+    alerts and the end of training. Each alert is said once and written to ``cnnviz/alerts``, then ``on_dead``:
+    ``"warn"``, ``"stop"`` (``trainer.should_stop``) or a callable of the :class:`DeadFilterEvent`.
 
     Args:
         every_n_steps: window length in training batches (a last, shorter window closes at the end of training).
@@ -57,13 +56,14 @@ class ActivationMonitor(Monitor):
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
     ) -> None:
-        super().__init__(on_error=on_error)
-        who = self.guard.who
+        self.health = ActivationHealth(
+            layers=layers, dead_fraction_threshold=dead_fraction_threshold, dormant_threshold=dormant_threshold,
+            alert_on_growth=alert_on_growth, log_histograms=log_histograms, max_map_windows=max_map_windows,
+        )  # fmt: skip
+        super().__init__(self.health, on_error)
+        who, self.layers = self.guard.who, self.health.layers
         self.every_n_steps = check_positive_int(who, "every_n_steps", every_n_steps)
         self.collect_every_n_steps = check_positive_int(who, "collect_every_n_steps", collect_every_n_steps)
-        thresholds = (dead_fraction_threshold, dormant_threshold, alert_on_growth)
-        self.health = ActivationHealth(layers, *thresholds, log_histograms, max_map_windows)
-        self.core, self.layers = self.health, self.health.layers
         if not (on_dead in ("warn", "stop") or callable(on_dead)):
             raise ValueError(f"{who}: `on_dead` can be 'warn', 'stop' or a callable of a DeadFilterEvent: {on_dead!r}")
         self.on_dead, self.batch_to_images = on_dead, check_callable(who, "batch_to_images", batch_to_images)
@@ -80,7 +80,6 @@ class ActivationMonitor(Monitor):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
         self.health.attach(pl_module, getattr(pl_module, "example_input_array", None))
         self._batches = 0
 
@@ -148,4 +147,4 @@ class ActivationMonitor(Monitor):
         drawn = (trainer.global_step, self.health.windows)
         if drawn != self._maps_drawn:  # one write per tag and step: an alert may have drawn these maps already
             self._maps_drawn = drawn
-            self._sink_for(trainer).write(self.guard.run("dead map", self.health.snapshot) or Snapshot(), drawn[0])
+            self._sink_for(trainer).write(self.guard.run("dead map", self.health.maps) or Snapshot(), drawn[0])

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from typing_extensions import override
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
+from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
 from lightning_cnnviz.core import Budget, EmbeddingMap, ProbeSet, check_positive_int
 from lightning_cnnviz.core.task import Task
@@ -78,11 +76,12 @@ class EmbeddingMonitor(EpochMonitor):
     ) -> None:
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "probe_size", probe_size)
         probe = ProbeSet(who, size, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
-        super().__init__(every_n_epochs, on_error, probe, budget, priority)
-        self.probe_size = size
-        self.map = EmbeddingMap(perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector,
-                                task, module)  # fmt: skip
-        self.core, self.layer, self.knn_k, self.class_names = self.map, layer, self.map.knn_k, self.map.class_names
+        self.map = EmbeddingMap(
+            perplexity=perplexity, layer=layer, knn_k=knn_k, grid_cells=grid_cells, cell_px=cell_px,
+            warm_start=warm_start, class_names=class_names, seed=seed, projector=projector, task=task, module=module,
+        )  # fmt: skip
+        super().__init__(self.map, probe, every_n_epochs, on_error, budget, priority)
+        self.probe_size, self.layer, self.knn_k, self.class_names = size, layer, self.map.knn_k, self.map.class_names
 
     @property
     def last_map(self) -> Tensor | None:
@@ -92,16 +91,6 @@ class EmbeddingMonitor(EpochMonitor):
     @property
     def last_knn_accuracy(self) -> float | None:
         return self.map.last_knn_accuracy
-
-    @override
-    def attach(self, model: Any, data: Any = None) -> None:
-        said = self.map.resolve(model)
-        if said is not None:
-            rank_zero_info(said)
-
-    @override
-    def applies(self, model: nn.Module) -> str | None:
-        return needs_2d_images(model)
 
     def codes(self, pl_module: nn.Module, images: Tensor, max_batch: int | None = None) -> Tensor:
         """The codes of ``images`` (N, D) on the model's device (:meth:`EmbeddingMap.codes`)."""

@@ -6,17 +6,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
-from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
-from lightning_cnnviz.callbacks._epoch import Cadence
-from lightning_cnnviz.callbacks.top_patch_monitor import Method, TopPatchMonitor
-from lightning_cnnviz.core import Budget, FeatureAtlas
+from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
+from lightning_cnnviz.core import Budget, FeatureAtlas, ProbeSet, check_positive_int
+from lightning_cnnviz.core.top_patch_gallery import Method
 
 __all__ = ["FeatureVisMonitor"]
 
 
-class FeatureVisMonitor(TopPatchMonitor):
+class FeatureVisMonitor(EpochMonitor):
     """Images synthesised to excite chosen channels (:func:`~lightning_cnnviz.core.visualize_features`), every N
     epochs, for the same layers and channels as :class:`TopPatchMonitor` (first, middle and last conv layer; up to
     16 channels each):
@@ -25,8 +24,9 @@ class FeatureVisMonitor(TopPatchMonitor):
     * ``cnnviz/feature_vis_evolution/<layer>``: channels x logged epochs (saved in checkpoints, so a resumed run
       continues it);
     * ``cnnviz/atlas/<layer>``: per channel [synthesised image | its top-9 probe patches | their projections]:
-      what the filter wants beside what it answers in the data. When a TopPatchMonitor of the same Trainer scans
-      the same channels at the same step on a probe at least as large, its scan is used, not made again;
+      what the filter wants beside what it answers in the data. When another monitor of the same Trainer (a
+      TopPatchMonitor) scans the same channels at the same step on a probe at least as large, its scan is used,
+      not made again;
     * ``cnnviz/deep_dream``: ``dream_images`` probe images [original | dreamed at the middle layer].
 
     The Lightning adapter of :class:`~lightning_cnnviz.core.FeatureAtlas`, which says how the images are made.
@@ -35,8 +35,8 @@ class FeatureVisMonitor(TopPatchMonitor):
     gathered; rank zero draws. Parameters' ``.grad``, ``training`` flags and hooks are left as they were.
 
     Args:
-        layers, channels, max_channels, k, probe_size, method, batch_to_images, module: as
-            :class:`TopPatchMonitor`.
+        layers, channels, max_channels, k, method, module: as :class:`~lightning_cnnviz.core.FeatureAtlas`.
+        probe_size: probe images; ``batch_to_images``: where they are in a batch (as :class:`TopPatchMonitor`).
         every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
             budget) or an integer (every this many epochs, and after the last one).
         budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
@@ -76,33 +76,20 @@ class FeatureVisMonitor(TopPatchMonitor):
         budget: float | Budget | None = None,
         priority: float = 1.0,
     ) -> None:
-        super().__init__(
-            layers, channels, k, probe_size, every_n_epochs, method, max_channels,
-            batch_to_images=batch_to_images, on_error=on_error, module=module, budget=budget, priority=priority,
+        who = type(self).__name__
+        probe = ProbeSet(who, check_positive_int(who, "probe_size", probe_size), batch_to_images=batch_to_images)
+        self.renderer = FeatureAtlas(
+            layers=layers, channels=channels, steps=steps, lr=lr, seed=seed, size=size, mean=mean, std=std,
+            normalize=normalize, dream_images=dream_images, atlas=atlas, k=k, method=method,
+            max_channels=max_channels, module=module,
         )  # fmt: skip
-        self.renderer = FeatureAtlas(steps, lr, seed, size, mean, std, normalize, dream_images, self.history)
-        self.core, self.steps, self.seed, self.atlas = self.renderer, steps, seed, bool(atlas)
+        super().__init__(self.renderer, probe, every_n_epochs, on_error, budget, priority)
+        self.selection, self.history = self.renderer.selection, self.renderer.history
+        self.batch_to_images = batch_to_images
+        self.layers, self.k, self.method = self.selection.layers, self.selection.k, method
+        self.steps, self.seed, self.atlas = steps, seed, bool(atlas)
 
     @property
     def last_images(self) -> dict[str, Tensor]:
         """The latest renders per layer (channels, C, H, W) on the host."""
         return self.renderer.last_images
-
-    @override
-    def attach(self, model: Any, data: Any = None) -> None:
-        super().attach(model, data)
-        if self.renderer.mean is None and data is not None:
-            self.renderer.use_scale(getattr(data, "mean", None), getattr(data, "std", None))
-
-    @override
-    def options(self) -> dict[str, Any]:
-        return {"service": self.service, "gallery": self.gallery, "atlas": self.atlas}
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **self.gallery.state_dict()}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self.gallery.load_state_dict(state_dict)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from torch import nn
-from typing_extensions import override
-
-from lightning_cnnviz.callbacks._base import CONVS, ErrorPolicy
+from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
 from lightning_cnnviz.core import Budget, FilterPanel
 from lightning_cnnviz.core.filters import Normalization
@@ -52,17 +48,6 @@ class FilterMonitor(EpochMonitor):
         budget: float | Budget | None = None,
         priority: float = 1.0,
     ) -> None:
-        super().__init__(every_n_epochs=every_n_epochs, on_error=on_error, budget=budget, priority=priority)
-        self.core = FilterPanel(layers, normalize, max_filters, min_tile_px)
-        self.layers, self.normalize = self.core.layers, self.core.normalize
-
-    @override
-    def attach(self, model: Any, data: Any = None) -> None:
-        self.core.convs(model)  # a wrong layer name raises now, before training
-
-    @override
-    def applies(self, model: nn.Module) -> str | None:
-        if any(isinstance(module, CONVS) for module in model.modules()):
-            return None
-        kinds = "nn.Conv1d, nn.Conv2d, nn.Conv3d"
-        return f"it draws the filters of convolutions ({kinds}), and {type(model).__name__} has none."
+        panel = FilterPanel(layers=layers, normalize=normalize, max_filters=max_filters, min_tile_px=min_tile_px)
+        super().__init__(panel, every_n_epochs=every_n_epochs, on_error=on_error, budget=budget, priority=priority)
+        self.layers, self.normalize = panel.layers, panel.normalize

@@ -6,10 +6,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor, nn
-from typing_extensions import override
+from torch import Tensor
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
+from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
 from lightning_cnnviz.core import Budget, ProbeSet, SaliencyPanel, check_positive_int
 from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS
@@ -71,25 +70,18 @@ class SaliencyMonitor(EpochMonitor):
         budget: float | Budget | None = None,
         priority: float = 1.0,
     ) -> None:
-        self.core = SaliencyPanel(
-            *(methods, target, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride),
-            *(grad_cam_layer, class_names, seed, output_to_logits, task),
-        )
+        self.panel = SaliencyPanel(
+            methods=methods, target=target, task=task, smoothgrad_samples=smoothgrad_samples,
+            smoothgrad_sigma=smoothgrad_sigma, occlusion_patch=occlusion_patch, occlusion_stride=occlusion_stride,
+            grad_cam_layer=grad_cam_layer, class_names=class_names, seed=seed, output_to_logits=output_to_logits,
+        )  # fmt: skip
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "num_images", num_images)
         probe = ProbeSet(who, size, balanced=True, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
-        super().__init__(every_n_epochs, on_error, probe, budget, priority)
-        self.panel, self.methods, self.num_images = self.core, self.core.methods, num_images
-
-    @override
-    def attach(self, model: Any, data: Any = None) -> None:
-        self.core.check(model)
-
-    @override
-    def applies(self, model: nn.Module) -> str | None:
-        return needs_2d_images(model)
+        super().__init__(self.panel, probe, every_n_epochs, on_error, budget, priority)
+        self.methods, self.num_images = self.panel.methods, num_images
 
     def compute_maps(self, pl_module: pl.LightningModule, method: str) -> Tensor:
-        """The ``method``'s maps of the probe images (on the model's device)."""
+        """The ``method``'s (N, C, H, W) maps of the probe images (on the model's device)."""
         assert self.probe is not None and self.probe.probe is not None
         probe = self.probe.probe.to(pl_module.device)
-        return self.core.maps(pl_module, probe.images, probe.labels, method)
+        return self.panel.maps(pl_module, probe.images, probe.labels, method)

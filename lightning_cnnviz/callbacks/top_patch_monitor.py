@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning.pytorch as pl
-from torch import Tensor, nn
-from typing_extensions import override
+from torch import Tensor
 
-from lightning_cnnviz.callbacks._base import ErrorPolicy, needs_2d_images
+from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
 from lightning_cnnviz.core import Budget, ProbeSet, TopPatchGallery, check_positive_int
-from lightning_cnnviz.core.batches import NoImages
 from lightning_cnnviz.core.top_patch_gallery import Method
 
 __all__ = ["Method", "TopPatchMonitor"]
@@ -29,8 +24,8 @@ class TopPatchMonitor(EpochMonitor):
 
     The probe set is the first ``probe_size`` images of the first validation pass (else the first training
     batches). Under DDP every rank scans its shard and the per-rank top-``k`` merge into the single-process
-    result; rank zero projects and draws. The receptive fields are measured at ``setup`` from
-    ``example_input_array``, else on the first training batch, so a wrong layer or channel fails before training.
+    result; rank zero projects and draws. The channels are chosen at ``setup`` from ``example_input_array``, else
+    on the first training batch, so a wrong layer or channel fails before training.
 
     Args:
         probe_size: probe images.
@@ -71,55 +66,17 @@ class TopPatchMonitor(EpochMonitor):
         budget: float | Budget | None = None,
         priority: float = 1.0,
     ) -> None:
-        size = check_positive_int(type(self).__name__, "probe_size", probe_size)
-        probe = ProbeSet(type(self).__name__, size, batch_to_images=batch_to_images)
-        super().__init__(every_n_epochs, on_error, probe, budget, priority)
+        who = type(self).__name__
+        probe = ProbeSet(who, check_positive_int(who, "probe_size", probe_size), batch_to_images=batch_to_images)
         self.gallery = TopPatchGallery(
-            layers, channels, k, method, max_channels, max_batch, thumbnail_px, max_evolution_columns, module
-        )
-        self.core, self.history, self.batch_to_images = self.gallery, self.gallery.history, batch_to_images
+            layers=layers, channels=channels, k=k, method=method, max_channels=max_channels, max_batch=max_batch,
+            thumbnail_px=thumbnail_px, max_evolution_columns=max_evolution_columns, module=module,
+        )  # fmt: skip
+        super().__init__(self.gallery, probe, every_n_epochs, on_error, budget, priority)
+        self.history, self.batch_to_images = self.gallery.history, batch_to_images
         self.layers, self.k, self.method = self.gallery.layers, self.gallery.k, self.gallery.method
 
     @property
     def last_top(self) -> dict[str, Any]:
         """The latest scan's top activations per layer (on the host)."""
         return self.gallery.last_top
-
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        fields = self.gallery.fields
-        super().setup(trainer, pl_module, stage)
-        if self.off:
-            return
-        if stage != "fit":
-            self.gallery.fields = fields
-        example = getattr(pl_module, "example_input_array", None)
-        if isinstance(example, Tensor) and example.dim() == 4:
-            self._prepare(pl_module, example.to(pl_module.device))
-
-    @override
-    def attach(self, model: Any, data: Any = None) -> None:
-        self.gallery.configure(model)
-
-    @override
-    def applies(self, model: nn.Module) -> str | None:
-        return needs_2d_images(model)
-
-    def _prepare(self, pl_module: pl.LightningModule, example: Tensor) -> bool:
-        part = self.guard.run("top patches", self.gallery.fed, pl_module, example, self.guard)
-        measure = functools.partial(self.guard.run, "receptive fields")
-        return part is not None and self.gallery.prepare(part, example, say=self.guard.once, measure=measure)
-
-    @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        # before any training happened
-        if not (self.gallery.fields or self.off) and batch_idx == 0 and self.probe is not None:
-            with contextlib.suppress(NoImages):  # the probe says so, once
-                self._prepare(pl_module, self.probe.unpack(batch)[0][:1])
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    @override
-    def options(self) -> dict[str, Any]:
-        return {"service": self.service}

@@ -16,7 +16,7 @@ A plain loop, Fabric and the Lightning callback use it alike::
                 if summary is not None:
                     scalars, histograms = health.scalars(summary)
                     events = health.check_alerts(summary, global_step=step + 1)
-    pictures = health.snapshot()                     # {tag: image} of the dead, dormant and value maps
+    pictures = health.maps()                         # {tag: image} of the dead, dormant and value maps
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ from lightning_cnnviz.core.activation_sites import (
 )
 from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.checks import check_positive_int
-from lightning_cnnviz.core.model import format_names, named_modules
+from lightning_cnnviz.core.context import Context
+from lightning_cnnviz.core.model import format_names, model_device, named_modules
 from lightning_cnnviz.core.probe import Probe
-from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
+from lightning_cnnviz.core.protocol import Guard, Moment, Snapshot
 from lightning_cnnviz.core.render import dead_filter_map, distribution_map
 from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary
 
@@ -96,12 +97,13 @@ class ActivationHealth:
         ...     _ = net(torch.randn(4, 1, 8, 8))
         >>> health.step()
         >>> summary = health.close_window()
-        >>> sorted(summary.layers), sorted(health.snapshot().images)
+        >>> sorted(summary.layers), sorted(health.maps().images)
         (['1'], ['cnnviz/activations/dead_map/1', 'cnnviz/activations/distribution/1'])
     """
 
     def __init__(
         self,
+        *,
         layers: Sequence[str] | None = None,
         dead_fraction_threshold: float = 0.1,
         dormant_threshold: float = 0.1,
@@ -141,7 +143,7 @@ class ActivationHealth:
         if self.layers is not None:
             self.check_names(model)
         if isinstance(example, Tensor):
-            self.discover(model, example.to(next(iter(model.parameters()), torch.empty(0)).device))
+            self.discover(model, example.to(model_device(model)))
 
     def reset_sites(self) -> None:
         """Forget the sites (a new model): the next :meth:`discover` finds them afresh."""
@@ -320,15 +322,11 @@ class ActivationHealth:
         self.alerts.extend(asdict(event) for event in events)
         return events
 
-    def snapshot(
-        self,
-        model: nn.Module | None = None,
-        probe: Probe | None = None,
-        moment: Moment | None = None,
-        *,
-        guard: Guard | None = None,
-        ranks: Ranks | None = None,
-    ) -> Snapshot:
+    def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
+        """:meth:`maps` (the protocol's verb: no forward, so ``model`` and ``probe`` are not needed)."""
+        return self.maps()
+
+    def maps(self) -> Snapshot:
         """The maps of the windows so far (no forward: ``model`` and ``probe`` are not needed), by tag: channels x
         windows ``dead_map`` (ReLU family) or ``dormant_map`` per layer (red: dead or dormant), and windows x
         value bins ``distribution`` per layer."""

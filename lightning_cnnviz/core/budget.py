@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["Account", "Budget", "check_budget"]
+from lightning_cnnviz.core.checks import check_positive_int
+
+__all__ = ["Account", "Budget", "Schedule", "check_budget"]
 
 Clock = Callable[[], float]
 DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.02}  # of training time, by the model's device
@@ -70,6 +72,39 @@ class Budget:
         self._started: float | None = None
         self._before = 0.0  # training seconds of earlier runs (a resumed fit)
         self._spent_here = 0.0  # seconds of logs since start
+
+    @staticmethod
+    def shared(current: Budget, given: bool, wanted: float | Budget | None, who: str) -> Budget:
+        """The run's one budget once monitor ``who`` asks for ``wanted`` (a fraction, a :class:`Budget`, or None
+        for whatever the run has): ``current`` is the run's budget so far and ``given`` whether another monitor set
+        it. Two monitors setting different budgets is a configuration error (ValueError naming both)."""
+        if isinstance(wanted, Budget):
+            if wanted is not current and given:
+                raise ValueError(f"{who}: another monitor of this Trainer set a `budget`: set it once.")
+            return wanted
+        if wanted is not None:
+            if given and current.fraction != wanted:
+                raise ValueError(
+                    f"{who}: `budget={wanted}`, and another monitor of this Trainer set {current.fraction}; the budget "
+                    "is shared, set it once."
+                )
+            current.fraction = wanted
+        return current
+
+    def due(self, who: str) -> bool:
+        """Whether monitor ``who``, on "auto", logs now: its first log, or one its share :meth:`allows`."""
+        return self.account(who).logs == 0 or self.allows(who)
+
+    def explain(self, who: str) -> str:
+        """What "auto" means for monitor ``who`` in this run, in a sentence (said once at the start)."""
+        auto = [a for a in self.accounts.values() if a.auto]
+        return (
+            f"every_n_epochs='auto': logs after the first epoch, at the end of the fit, and in between whenever its "
+            f"share of the visualization budget allows: {100 * self.portion(who):.3g}% of a budget of "
+            f"{100 * (self.fraction or 0):.3g}% of the training time ({len(auto)} monitor(s) on 'auto'), less what "
+            "monitors on a fixed cadence spend. `budget=` sets the fraction, `priority=` the shares; an integer "
+            "`every_n_epochs` logs on a fixed cadence."
+        )
 
     def join(self, who: str, priority: float = 1.0, auto: bool = True) -> None:
         """Open (or reopen, keeping its spending) the account of monitor ``who``."""
@@ -171,3 +206,58 @@ def check_budget(who: str, fraction: Any) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise ValueError(f"{who}: `budget` must be a fraction of training time in (0, 1], got {fraction!r}.")
     return float(fraction)
+
+
+class Schedule:
+    """When one monitor logs, Trainer-free: ``every_n_epochs`` (an integer: every this many epochs; ``"auto"``:
+    within its share of the run's :class:`Budget`, weighted by ``priority``) and, whatever the cadence, after the
+    last epoch. ``budget`` is the fraction (or the :class:`Budget`) this monitor sets for the run, None to take the
+    run's. Its account in the budget is opened by :meth:`join`; a checkpoint's spending waits until then.
+
+    Example:
+        >>> schedule = Schedule("MyMonitor", every_n_epochs=2)
+        >>> [schedule.due(Budget(), epoch, last=epoch == 4) for epoch in range(5)]
+        [False, True, False, True, True]
+    """
+
+    def __init__(
+        self, who: str, every_n_epochs: int | str = "auto", budget: float | Budget | None = None, priority: float = 1.0
+    ) -> None:
+        self.who, self.auto = who, every_n_epochs == "auto"
+        if not self.auto:
+            every_n_epochs = check_positive_int(who, "every_n_epochs", every_n_epochs)
+        if budget is not None and not isinstance(budget, Budget):
+            budget = check_budget(who, budget)
+        if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not priority > 0:
+            raise ValueError(f"{who}: `priority` must be a positive number (a weight in the budget), got {priority!r}.")
+        self.every_n_epochs, self.budget, self.priority = every_n_epochs, budget, float(priority)
+        self.account = who  # this monitor's name in the budget (unique per run)
+        self._pending: dict[str, Any] | None = None  # a checkpoint's spending, until the account is opened
+
+    def join(self, run: Any, owner: object, opens: bool = True) -> None:
+        """Give ``run`` (what holds the run's ``budget`` and ``budget_given``: the probe service) this monitor's
+        budget (:meth:`Budget.shared`), and, when it ``opens`` (a monitor that applies), its account."""
+        run.budget = Budget.shared(run.budget, run.budget_given, self.budget, self.who)
+        run.budget_given = run.budget_given or self.budget is not None
+        if opens:
+            self.account = run.budget.open(owner, self.who, self.priority, self.auto)
+            if self._pending is not None:
+                run.budget.load_state_dict(self.account, self._pending)
+                self._pending = None
+
+    def due(self, budget: Budget, epoch: int, last: bool = False) -> bool:
+        """Whether to log after ``epoch`` (counted from 0): on the cadence, within the budget, or when it is the
+        ``last`` epoch of the fit."""
+        if isinstance(self.every_n_epochs, int):
+            return last or (epoch + 1) % self.every_n_epochs == 0
+        return last or budget.due(self.account)
+
+    def state_dict(self, budget: Budget) -> dict[str, Any]:
+        return {"budget": budget.state_dict(self.account)} if self.account in budget.accounts else {}
+
+    def load_state_dict(self, budget: Budget, state: dict[str, Any]) -> None:
+        if "budget" in state:
+            if self.account in budget.accounts:
+                budget.load_state_dict(self.account, state["budget"])
+            else:
+                self._pending = state["budget"]

@@ -14,43 +14,23 @@ from torch import Tensor, nn
 
 from lightning_cnnviz.core._calls import flat_tensors
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.context import Context
 from lightning_cnnviz.core.drawing import tile_grid, upscale
 from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
-from lightning_cnnviz.core.model import evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.layers import LayerMap
+from lightning_cnnviz.core.model import evaluating, model_device, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.passes import pass_size
 from lightning_cnnviz.core.probe import Probe, select_balanced
-from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Guard, Moment, Ranks, Snapshot
+from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Snapshot
 from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
 from lightning_cnnviz.core.task import TASKS, Task, describe_labels, label_kind
 from lightning_cnnviz.core.trunk import ImageEntry, Trunk
 
-__all__ = ["EmbeddingMap", "penultimate_layer"]
+__all__ = ["EmbeddingMap"]
 
 NEIGHBOURS = 8  # queries, and neighbours per query, of cnnviz/embedding/neighbours
 SPRITE_PX = 8192  # TensorBoard's Projector caps the sprite image at this side
 WHO = "EmbeddingMonitor"
-
-
-def penultimate_layer(model: nn.Module) -> tuple[str, bool]:
-    """Where the penultimate-layer code is: ``(name, True)`` for the input of the last ``nn.Linear``; without one,
-    the last ``nn.Conv2d``, by its input when it is a 1x1 classifier conv (SqueezeNet, All-CNN) and by its output
-    otherwise, ``(name, is_input)``.
-
-    Example:
-        >>> penultimate_layer(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(36, 2)))
-        ('2', True)
-    """
-    linears = [name for name, module in named_modules(model).items() if isinstance(module, nn.Linear)]
-    if linears:
-        return linears[-1], True
-    convs = [(name, module) for name, module in named_modules(model).items() if isinstance(module, nn.Conv2d)]
-    if not convs:
-        raise ValueError(
-            f"{WHO}: {type(model).__name__} has neither an nn.Linear nor an nn.Conv2d, so no code layer can be "
-            "chosen; pass `layer=` with the name of the module whose output is the code."
-        )
-    name, conv = convs[-1]
-    return name, tuple(conv.kernel_size) == (1, 1)
 
 
 class EmbeddingMap:
@@ -61,7 +41,8 @@ class EmbeddingMap:
 
     Args:
         perplexity: t-SNE perplexity.
-        layer: module whose output is the code (default: :func:`penultimate_layer`, globally pooled).
+        layer: module whose output is the code (default: the code layer of the model's
+            :class:`~lightning_cnnviz.core.LayerMap`, globally pooled).
         knn_k: neighbours of the kNN accuracy.
         grid_cells: cells per side of the thumbnail grid (at most ``sqrt(N)``); ``cell_px`` their size.
         warm_start: start each map from the previous one.
@@ -88,6 +69,7 @@ class EmbeddingMap:
 
     def __init__(
         self,
+        *,
         perplexity: float = 30.0,
         layer: str | None = None,
         knn_k: int = 5,
@@ -118,6 +100,7 @@ class EmbeddingMap:
         self.projector = bool(projector)
         self.task = check_choice(WHO, "task", task, ("auto", *TASKS))
         self._said_too_few = False
+        self._told: str | None = None  # the code layer chosen at attach, told at the first snapshot
 
     def resolve(self, model: nn.Module) -> str | None:
         """Choose the code layer of ``model`` (ValueError for an unknown ``layer``); what to tell the user when the
@@ -131,7 +114,10 @@ class EmbeddingMap:
         if isinstance(model, Trunk):
             self.layer_name = model.name
             return f"{WHO}: the codes are the globally pooled last feature map of {model.name!r}, one per image."
-        self.layer_name, self.take_input = penultimate_layer(model)
+        try:
+            self.layer_name, self.take_input = LayerMap.of(model).code
+        except ValueError as error:
+            raise ValueError(f"{WHO}: {error}") from None
         if isinstance(named_modules(model)[self.layer_name], nn.Linear):
             return None
         where = "input" if self.take_input else "output"
@@ -252,12 +238,21 @@ class EmbeddingMap:
         shown = display_rgb(images.float())
         return F.interpolate(shown, size=(side, side), mode="area" if shown.shape[-1] > side else "nearest")
 
-    def snapshot(
-        self, model: nn.Module, probe: Probe, moment: Moment, *, guard: Guard | None = None, ranks: Ranks | None = None
-    ) -> Snapshot:
+    def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
+        """Choose the code layer of ``model`` (ValueError for an unknown ``layer``; DoesNotApply without a
+        ``nn.Conv2d``); the choice is told at the first snapshot when the model has no ``nn.Linear``."""
+        LayerMap.of(model).need_images()
+        self._told = self.resolve(model)
+
+    def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
         """The map of the probe's codes at this moment: the kNN accuracy, the pictures and the Projector data. Each
         rank codes its share of the probe and the codes are gathered (a collective); rank zero embeds and draws."""
-        guard, ranks, shot = guard or Guard(WHO), ranks or Ranks.single(), Snapshot()
+        guard, ranks, moment, shot = context.guard, context.ranks, context.moment, Snapshot()
+        if probe is None:
+            return shot
+        if self._told is not None:
+            guard.tell(self._told.removeprefix(f"{WHO}: "))
+            self._told = None
         images, labels = probe.images, probe.labels
         if len(images) <= max(3, self.knn_k):
             if not self._said_too_few:
@@ -268,7 +263,7 @@ class EmbeddingMap:
                     "(else the first training batches): give it more batches or images."
                 )
             return shot
-        device = next(model.parameters()).device
+        device = model_device(model)
         part = guard.run("embedding codes", self.entry.of, model, images[:1].to(device), guard)
         if part is None:
             return shot

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cnnviz.core.layers import LayerMap
 from lightning_cnnviz.core.model import evaluating, resolve_modules, run_to
 from lightning_cnnviz.core.saliency import ReluGradientRule
 
@@ -218,7 +219,8 @@ def deep_dream(
 ) -> Tensor:
     """DeepDream (Mordvintsev et al. 2015): gradient ascent on the squared norm of ``layer``'s activation,
     starting from ``images`` (N, C, H, W) in [0, 1], from the coarsest of ``octaves`` scales to the full size
-    (each ``octave_scale`` times the previous), with steps normalised by the mean |gradient| and a random roll
+    (each ``octave_scale`` times the previous, or the nearest size the network takes:
+    :meth:`~lightning_cnnviz.core.LayerMap.size_near`), with steps normalised by the mean |gradient| and a random roll
     per step. Returns the dreamed images in [0, 1]; the model runs in eval mode and parameters' ``.grad`` are
     untouched.
 
@@ -230,10 +232,9 @@ def deep_dream(
     generator = torch.Generator().manual_seed(seed)
     base = images.detach().float().clamp(0, 1)
     height, width = base.shape[-2:]
-    sizes = [
-        (max(1, round(height / octave_scale**o)), max(1, round(width / octave_scale**o)))
-        for o in range(octaves - 1, -1, -1)
-    ]
+    scales = [octave_scale**o for o in range(octaves - 1, -1, -1)]
+    wanted = [(base.shape[1], max(1, round(height / s)), max(1, round(width / s))) for s in scales]
+    sizes = [LayerMap.of(model).size_near(model, shape, layer)[1:] for shape in wanted]
     detail = torch.zeros_like(F.interpolate(base, size=sizes[0], mode="bilinear", align_corners=False))
     dream = base
     with evaluating(model, grad=True):

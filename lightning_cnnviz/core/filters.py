@@ -9,17 +9,19 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.context import Context
 from lightning_cnnviz.core.drawing import normalize_per_item, tile_grid, to_rgb, upscale
-from lightning_cnnviz.core.model import named_modules, resolve_modules
+from lightning_cnnviz.core.layers import CONVS, LayerMap
+from lightning_cnnviz.core.model import resolve_modules
 from lightning_cnnviz.core.probe import Probe
-from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
+from lightning_cnnviz.core.protocol import DoesNotApply, Snapshot
 
 __all__ = ["FilterPanel", "filter_smoothness", "render_filter_grid"]
 
@@ -27,7 +29,6 @@ Normalization = Literal["per_filter", "global"]
 WHO = "FilterMonitor"
 
 
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINE_COLOURS = torch.tensor([[0.85, 0.1, 0.1], [0.1, 0.55, 0.1], [0.1, 0.2, 0.9]])  # input channels 0, 1, 2
 
 
@@ -207,14 +208,16 @@ class FilterPanel:
         min_tile_px: upscale kernels (nearest neighbour) until a tile is at least this many pixels wide.
 
     Example:
+        >>> from lightning_cnnviz.core import Context, Moment
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 5), nn.ReLU())
-        >>> shot = FilterPanel().snapshot(net, None, Moment(epoch=0, step=0))
+        >>> shot = FilterPanel().snapshot(net, None, Context(Moment(epoch=0, step=0)))
         >>> tuple(shot.images["cnnviz/filters/0"].shape), sorted(shot.scalars)
         ((3, 154, 154), ['cnnviz/filters/smoothness/0'])
     """
 
     def __init__(
         self,
+        *,
         layers: Sequence[str] | None = None,
         normalize: Normalization = "per_filter",
         max_filters: int = 64,
@@ -231,23 +234,24 @@ class FilterPanel:
         """The watched layers of ``model`` (ValueError naming the valid ones for a wrong name, or when it has no
         convolution)."""
         if self.layers is None:
-            found = next(((n, m) for n, m in named_modules(model).items() if isinstance(m, CONVS)), None)
-            if found is None:
+            convs = LayerMap.of(model).convs
+            if not convs:
                 raise ValueError(f"{WHO}: {type(model).__name__} has no nn.Conv1d, nn.Conv2d or nn.Conv3d layer.")
-            return dict([found])
+            first = next(iter(convs.values()))
+            return {first.name: first.module}
         return resolve_modules(model, self.layers, what=f"{WHO} `layers`", kinds=CONVS)
 
-    def snapshot(
-        self,
-        model: nn.Module,
-        probe: Probe | None,
-        moment: Moment,
-        *,
-        guard: Guard | None = None,
-        ranks: Ranks | None = None,
-    ) -> Snapshot:
+    def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
+        """Check the ``layers`` of ``model`` (ValueError naming the valid ones); DoesNotApply for a model without
+        a convolution."""
+        if not LayerMap.of(model).convs:
+            kinds = "nn.Conv1d, nn.Conv2d, nn.Conv3d"
+            raise DoesNotApply(f"it draws the filters of convolutions ({kinds}), and {type(model).__name__} has none.")
+        self.convs(model)
+
+    def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
         """Every watched layer's filter grid and smoothness (from the weights alone: no probe, no forward)."""
-        guard, shot = guard or Guard(WHO), Snapshot()
+        guard, shot = context.guard, Snapshot()
         scores: dict[str, Tensor] = {}
         draw = functools.partial(render_filter_grid, normalize=self.normalize, max_filters=self.max_filters,
                                  min_tile_px=self.min_tile_px)  # fmt: skip
@@ -265,3 +269,10 @@ class FilterPanel:
                 {f"cnnviz/filters/smoothness/{n}": v for n, v in zip(scores, values) if v == v}  # NaN: no 2-D slice
             )
         return shot
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to resume: every picture is drawn from the model as it is."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from lightning_cnnviz.core._calls import flat_tensors
 
-__all__ = ["class_name", "conv_layers", "evaluating", "first_conv", "hooked", "resolve_modules", "run_to"]
+__all__ = ["class_name", "evaluating", "hooked", "model_device", "resolve_modules", "run_to"]
 
 
 def format_names(names: Collection[str], limit: int = 40) -> str:
@@ -33,6 +33,19 @@ def class_name(index: int, names: Sequence[str] | None) -> str:
     return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives: the device of its first parameter, else of its first buffer, else the CPU (a model
+    without parameters).
+
+    Example:
+        >>> model_device(nn.ReLU())
+        device(type='cpu')
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def named_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every submodule by name, without the ``_orig_mod`` step that a ``torch.compile`` wrapper adds: a compiled
     network's layers keep their eager names (``net.conv1``), and the name of the wrapper is its network's."""
@@ -45,33 +58,6 @@ def named_modules(model: nn.Module) -> dict[str, nn.Module]:
 def module_names(model: nn.Module) -> dict[int, str]:
     """``id(module) -> name`` for every submodule ("" is the model itself)."""
     return {id(module): name for name, module in named_modules(model).items()}
-
-
-def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """Every ``nn.Conv2d`` of ``model`` by name, in registration order.
-
-    Example:
-        >>> list(conv_layers(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3))))
-        ['0', '2']
-    """
-    return {name: module for name, module in named_modules(model).items() if isinstance(module, nn.Conv2d)}
-
-
-def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first ``nn.Conv2d`` in registration order (the layer that looks at pixels); ValueError if none.
-
-    Example:
-        >>> first_conv(nn.Sequential(nn.ReLU(), nn.Conv2d(1, 2, 3)))[0]
-        '1'
-    """
-    convs = conv_layers(model)
-    if not convs:
-        raise ValueError(
-            f"{type(model).__name__} has no nn.Conv2d layer: lightning_cnnviz visualizes convolutional "
-            "networks, so the model needs at least one torch.nn.Conv2d module."
-        )
-    name = next(iter(convs))
-    return name, convs[name]
 
 
 def resolve_modules(

@@ -208,6 +208,7 @@ class ProbeService:
         self.budget = Budget()  # the run's time budget, shared by its monitors
         self.budget_given = False  # whether a monitor set it (a second one may not set another)
         self._scan: tuple[Any, Any] | None = None  # (key, (tops, probe images))
+        self._example: tuple[tuple[int, int], Tensor] | None = None  # the latest example batch's images
 
     def join(self, probe: ProbeSet) -> None:
         if all(member is not probe for member in self.members):
@@ -234,6 +235,15 @@ class ProbeService:
                     member.problem = f"{type(found).__name__}: {found}"
                 else:
                     member.take(*found, world=world)
+
+    def example(self, batch: Any, member: ProbeSet) -> Tensor:
+        """One image of ``batch`` as ``member`` finds images (an example to fit a picture to), the batch unpacked
+        once for every member that finds images alike. :class:`~lightning_cnnviz.core.batches.NoImages` when it
+        holds none."""
+        key = (id(batch), id(member.batch_to_images))
+        if self._example is None or self._example[0] != key:
+            self._example = (key, images_from_batch(batch, who=member.who, batch_to_images=member.batch_to_images))
+        return self._example[1][:1]
 
     def finish(self, ranks: Ranks | None = None) -> None:
         """Fix every member's probe (a collective under several processes)."""

@@ -1,5 +1,7 @@
-"""The protocol every monitor's core object keeps, Trainer-free: ``snapshot(model, probe, moment, guard=, ranks=)``
-returns a :class:`Snapshot` of what is drawn; ``state_dict()``/``load_state_dict()`` carry what a resume needs.
+"""The protocol every monitor's core object keeps, Trainer-free (:class:`Picture`): ``attach(model, example)`` fits
+it to a model, ``snapshot(model, probe, context)`` returns a :class:`Snapshot` of what is drawn, and
+``state_dict()``/``load_state_dict()`` carry what a resume needs; an object that also watches training steps keeps
+:class:`StepPicture` too.
 
 :class:`Guard` is the error policy (a failing piece of visualization is reported once and switched off, or raises)
 and the divergence check; :class:`Ranks` is the one way the monitors gather tensors over processes.
@@ -11,12 +13,16 @@ import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["DoesNotApply", "Embedding", "Guard", "Moment", "Ranks", "Snapshot"]
+if TYPE_CHECKING:
+    from lightning_cnnviz.core.context import Context
+    from lightning_cnnviz.core.probe import Probe
+
+__all__ = ["DoesNotApply", "Embedding", "Guard", "Moment", "Picture", "Ranks", "Snapshot", "StepPicture"]
 
 T = TypeVar("T")
 
@@ -239,3 +245,55 @@ class Ranks:
     def agree(self, ok: bool) -> bool:
         """Whether ``ok`` holds on every rank."""
         return bool(self.gather(torch.tensor([int(ok)])).min()) if self.world > 1 else ok
+
+
+@runtime_checkable
+class Picture(Protocol):
+    """What every monitor's core object is: a picture of a model, Trainer-free. Any object with these four verbs
+    becomes a monitor through the one epoch adapter (``lightning_cnnviz.EpochMonitor``), and is drawn by a plain loop
+    or the report the same way.
+
+    * ``attach(model, example)``: fit to ``model``, given one example input batch (or None, when none is known
+      yet: it may be called again with one). ``ValueError`` for a bad configuration (naming the argument and what
+      is allowed); :class:`DoesNotApply` for a model it cannot serve (said once; the object stays off).
+    * ``snapshot(model, probe, context)``: what is drawn now, on the fixed ``probe`` (None for a picture of the
+      weights alone), given the :class:`~lightning_cnnviz.core.Context`; with nothing else required.
+    * ``state_dict()`` / ``load_state_dict(state)``: what a resumed run needs (empty where there is nothing).
+
+    Example:
+        >>> class WeightNorm:
+        ...     def attach(self, model, example=None): pass
+        ...     def snapshot(self, model, probe, context):
+        ...         norm = sum(p.detach().norm() ** 2 for p in model.parameters()) ** 0.5
+        ...         return Snapshot(scalars={"cnnviz/weight_norm": float(norm)})
+        ...     def state_dict(self): return {}
+        ...     def load_state_dict(self, state): pass
+        >>> isinstance(WeightNorm(), Picture)
+        True
+    """
+
+    def attach(self, model: nn.Module, example: Tensor | None = None) -> None: ...
+
+    def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class StepPicture(Picture, Protocol):
+    """A :class:`Picture` that also observes training steps (ActivationHealth): ``follow`` opens a tap on the
+    model's training forwards (counted while ``gate()`` holds), ``step`` counts one step, ``end_window`` closes a
+    window of steps into a :class:`Snapshot` and the events it alerts on, ``close`` removes the tap."""
+
+    def follow(self, model: nn.Module, images: Tensor, *, gate: Callable[[], bool], guard: Guard | None = None) -> Any:
+        ...
+
+    def step(self) -> None: ...
+
+    def end_window(
+        self, moment: Moment, window: int, *, learning_rate: float | None = None, guard: Guard | None = None
+    ) -> tuple[Snapshot, list[Any]]: ...
+
+    def close(self) -> None: ...

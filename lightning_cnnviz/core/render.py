@@ -130,23 +130,30 @@ def mask_rgb(masks: Tensor, size: Sequence[int] | None = None) -> Tensor:
 
 
 def render_saliency(
-    images: Tensor, maps: Tensor, *, masks: Tensor | None = None, min_px: int = 64, alpha: float = 0.55
+    images: Tensor,
+    maps: Tensor,
+    *,
+    signed: bool = True,
+    masks: Tensor | None = None,
+    min_px: int = 64,
+    alpha: float = 0.55,
 ) -> Tensor:
     """Rows of [image | map | overlay] for N images, as one (3, H, W) image in [0, 1]; with ``masks`` (N, h, w)
     of classes, rows of [image | mask | map | overlay] (:func:`mask_rgb`).
 
-    Maps (N, H, W) are divided by each image's largest value (negative values shown as 0), drawn with the inferno
-    colormap and blended over a gray copy of the image (weight ``alpha``); signed maps (N, C, H, W) are drawn as
-    ``0.5 + map / (2 max |map|)`` beside ``|map|`` on the colormap. Panels are upscaled to at least ``min_px``.
+    Maps are (N, C, H, W). ``signed`` maps are drawn as ``0.5 + map / (2 max |map|)`` beside ``|map|`` summed over
+    channels on the colormap; the others (C = 1, a heat map such as Grad-CAM's) are divided by each image's largest
+    value (negative values shown as 0), drawn with the inferno colormap and blended over a gray copy of the image
+    (weight ``alpha``). Panels are upscaled to at least ``min_px``.
 
     Example:
-        >>> render_saliency(images, torch.rand(2, 8, 8)).shape
+        >>> render_saliency(images, torch.rand(2, 1, 8, 8), signed=False).shape
         torch.Size([3, 132, 196])
     """
     count = images.shape[0]
     shown = display_rgb(images)
-    if maps.dim() == 3:
-        heat = maps.float().clamp_min(0)
+    if not signed:
+        heat = maps[:, 0].float().clamp_min(0)
         heat = heat / heat.flatten(1).amax(1).clamp_min(torch.finfo(heat.dtype).tiny).view(-1, 1, 1)  # any scale
         middle = colormap(heat).movedim(0, 1)
         gray = to_rgb(shown.mean(dim=1, keepdim=True))

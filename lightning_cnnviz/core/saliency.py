@@ -24,13 +24,13 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_cnnviz.core._calls import INPLACE_RELU, relu_kind
 from lightning_cnnviz.core.batches import check_images, in_layout_of
-from lightning_cnnviz.core.model import conv_layers, evaluating, hooked, logits_of, resolve_modules
+from lightning_cnnviz.core.layers import LayerMap
+from lightning_cnnviz.core.model import evaluating, hooked, logits_of, resolve_modules
 from lightning_cnnviz.core.passes import activation_bytes, even_passes, pass_size
 from lightning_cnnviz.core.task import Score, check_scores, class_score
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
-SALIENCY_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "deconvnet", "grad_cam", "occlusion")
 Target = Tensor | int | Score | None
 ReluRule = Literal["guided_backprop", "deconvnet", "redirected"]
 
@@ -205,14 +205,6 @@ def _relu_rule_gradient(model: nn.Module, images: Tensor, target: Target, rule: 
         return _input_gradient(model, images, score, max_batch)
 
 
-def last_conv(model: nn.Module) -> str:
-    """Name of the last ``nn.Conv2d`` in registration order (Grad-CAM's default layer)."""
-    convs = conv_layers(model)
-    if not convs:
-        raise ValueError(f"{type(model).__name__} has no nn.Conv2d layer for Grad-CAM")
-    return list(convs)[-1]
-
-
 def grad_cam(
     model: nn.Module, images: Tensor, target: Target = None, *, layer: str | None = None, max_batch: int = 64
 ) -> Tensor:
@@ -227,7 +219,7 @@ def grad_cam(
         torch.Size([2, 8, 8])
     """
     check_images(images)
-    name = layer if layer is not None else last_conv(model)
+    name = layer if layer is not None else LayerMap.of(model).last
     module = resolve_modules(model, [name], what="grad_cam layer")[name]
     score = _scorer(model, images, target, max_batch)
     rows = torch.arange(len(images), device=images.device)

@@ -13,11 +13,14 @@ from torch import Tensor, nn
 from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.core.activation_sites import find_activation_sites
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.context import Context
 from lightning_cnnviz.core.drawing import annotate
-from lightning_cnnviz.core.model import class_name, conv_layers, evaluating, hooked, logits_of, resolve_modules
+from lightning_cnnviz.core.layers import LayerMap
+from lightning_cnnviz.core.model import class_name, evaluating, hooked, logits_of, model_device, resolve_modules
 from lightning_cnnviz.core.probe import Probe
-from lightning_cnnviz.core.protocol import Guard, Moment, Ranks, Snapshot
+from lightning_cnnviz.core.protocol import Guard, Snapshot
 from lightning_cnnviz.core.render import render_saliency
+from lightning_cnnviz.core.saliency_methods import METHODS, SaliencySettings
 from lightning_cnnviz.core.task import (
     TASKS,
     Target,
@@ -87,16 +90,18 @@ class SaliencyPanel:
             or its first tensor when it is a tuple, list, dict or dataclass; a ``logits`` entry first).
 
     Example:
+        >>> from lightning_cnnviz.core import Context, Moment
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         ...                     nn.Linear(4, 3))
         >>> panel = SaliencyPanel(methods=("vanilla_gradient", "grad_cam"), task="classification")
-        >>> shot = panel.snapshot(net, Probe(torch.randn(2, 1, 8, 8)), Moment(epoch=0, step=0))
+        >>> shot = panel.snapshot(net, Probe(torch.randn(2, 1, 8, 8)), Context(Moment(epoch=0, step=0)))
         >>> {tag: tuple(picture.shape) for tag, picture in shot.images.items()}
         {'cnnviz/saliency/vanilla_gradient': (3, 132, 196), 'cnnviz/saliency/grad_cam': (3, 132, 196)}
     """
 
     def __init__(
         self,
+        *,
         methods: Sequence[str] = DEFAULT_METHODS,
         target: TargetSpec = "auto",
         smoothgrad_samples: int = 25,
@@ -111,11 +116,11 @@ class SaliencyPanel:
     ) -> None:
         if isinstance(methods, str):
             methods = (methods,)
-        unknown = [m for m in methods if m not in S.SALIENCY_METHODS]
+        unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:
             raise ValueError(
                 f"{WHO}: unknown method {unknown[0] if unknown else None!r} in `methods`; the methods are "
-                f"{', '.join(map(repr, S.SALIENCY_METHODS))}."
+                f"{', '.join(map(repr, METHODS))}."
             )
         if output_to_logits is not None and not callable(output_to_logits):
             raise TypeError(f"{WHO}: `output_to_logits` must be a callable or None, got {output_to_logits!r}.")
@@ -128,20 +133,21 @@ class SaliencyPanel:
         self.methods = tuple(methods)
         self.target = target
         self.task = check_choice(WHO, "task", task, ("auto", *TASKS))
-        self.smoothgrad_samples = check_positive_int(WHO, "smoothgrad_samples", smoothgrad_samples)
-        self.smoothgrad_sigma = float(smoothgrad_sigma)
-        self.occlusion_patch = occlusion_patch
-        self.occlusion_stride = occlusion_stride
-        self.grad_cam_layer = grad_cam_layer
+        self.settings = SaliencySettings(
+            smoothgrad_samples=check_positive_int(WHO, "smoothgrad_samples", smoothgrad_samples),
+            smoothgrad_sigma=float(smoothgrad_sigma), seed=seed, occlusion_patch=occlusion_patch,
+            occlusion_stride=occlusion_stride, grad_cam_layer=grad_cam_layer,
+        )  # fmt: skip
         self.class_names = list(class_names) if class_names is not None else None
-        self.seed = seed
         self.output_to_logits = output_to_logits
         self._kinds: list[str] | None = None
 
-    def check(self, model: nn.Module) -> None:
-        """ValueError, at once, for a ``grad_cam_layer`` that is not a ``nn.Conv2d`` of ``model``."""
-        if self.grad_cam_layer is not None:
-            resolve_modules(model, [self.grad_cam_layer], what=f"{WHO} `grad_cam_layer`", kinds=(nn.Conv2d,))
+    def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
+        """ValueError, at once, for a ``grad_cam_layer`` that is not a ``nn.Conv2d`` of ``model``; DoesNotApply for
+        a model without one (it explains 2-D images)."""
+        LayerMap.of(model).need_images()
+        if self.settings.grad_cam_layer is not None:
+            resolve_modules(model, [self.settings.grad_cam_layer], what=f"{WHO} `grad_cam_layer`", kinds=(nn.Conv2d,))
 
     def scored(self, model: nn.Module) -> Any:
         """The model as the maps see it: called through ``output_to_logits`` when one is given (without, the
@@ -158,8 +164,8 @@ class SaliencyPanel:
         def keep(name: str) -> Callable[..., None]:  # a hook returns None: a shared conv's later calls stay its own
             return lambda module, args, out: None if name in outputs else outputs.update({name: out})
 
-        convs = [(module, keep(name)) for name, module in conv_layers(model).items()]
-        follow = "grad_cam" in self.methods and self.grad_cam_layer is None  # the graph tells Grad-CAM's layer
+        convs = [(module, keep(name)) for name, module in LayerMap.of(model).conv2d.items()]
+        follow = "grad_cam" in self.methods and self.settings.grad_cam_layer is None  # the graph tells Grad-CAM's layer
         inputs = images.detach().requires_grad_(follow)
         with evaluating(model, grad=follow), hooked(convs):
             output = self.scored(model)(inputs)
@@ -182,7 +188,7 @@ class SaliencyPanel:
         when the last one is not (an auxiliary head's), and for segmentation the last one of features (not the
         class scores, nor a 1x1 attention branch). Read off the autograd graph of the target (no backward), only
         when Grad-CAM is drawn at its default layer."""
-        if self.grad_cam_layer is not None or "grad_cam" not in self.methods or not outputs:
+        if self.settings.grad_cam_layer is not None or "grad_cam" not in self.methods or not outputs:
             return None
         rows = torch.arange(len(inputs), device=inputs.device)
         reached = _graph_nodes(target(output, inputs, rows).grad_fn)
@@ -190,7 +196,7 @@ class SaliencyPanel:
         main = logits_of(output) if task == "segmentation" else None
         if main is not None and main.dim() == 4:
             used = [n for n in used if outputs[n].shape[1] != main.shape[1] and math.prod(outputs[n].shape[2:]) > 1]
-        registered = list(conv_layers(model))
+        registered = list(LayerMap.of(model).conv2d)
         if not used or (task != "segmentation" and registered[-1] in used):
             return None
         return max(used, key=registered.index)
@@ -238,26 +244,13 @@ class SaliencyPanel:
         method: str,
         explained: Explanation | None = None,
     ) -> Tensor:
-        """The ``method``'s maps of ``images`` (on the images' device) for the target of each image (``explained``
-        when the caller has it, else :meth:`explain`)."""
-        scored = self.scored(model)
+        """The ``method``'s (N, C, H, W) maps of ``images`` (on the images' device; C = 1 for a heat map) for the
+        target of each image (``explained`` when the caller has it, else :meth:`explain`)."""
         explained = explained or self.explain(model, images, labels)
-        chosen = explained.target
+        chosen, drawn = explained.target, METHODS[method]
         by_class = chosen.classes is not None and explained.task == "classification"
-        target: S.Target = chosen.classes if by_class else chosen
-        if method == "smoothgrad":
-            generator = torch.Generator(device=images.device).manual_seed(self.seed)
-            samples, sigma = self.smoothgrad_samples, self.smoothgrad_sigma
-            return S.smoothgrad(scored, images, target, samples=samples, sigma=sigma, generator=generator)
-        if method == "grad_cam":
-            return S.grad_cam(scored, images, target, layer=self.grad_cam_layer or explained.cam_layer)
-        if method == "occlusion":
-            patch = self.occlusion_patch or max(2, min(images.shape[-2:]) // 4)
-            stride = self.occlusion_stride or max(1, patch // 4)
-            change: S.Target = target if by_class else chosen.change
-            return S.occlusion(scored, images, change, patch=patch, stride=stride)
-        function: Callable[..., Tensor] = getattr(S, method)
-        return function(scored, images, target)
+        target: S.Target = chosen.classes if by_class else (chosen.change if drawn.change else chosen)
+        return drawn.maps(self.scored(model), images, target, self.settings, explained.cam_layer)
 
     def other_kinds(self, model: nn.Module, images: Tensor) -> list[str]:
         """Activation kinds of the model other than ``relu``, through which guided rules pass the true gradient."""
@@ -277,7 +270,7 @@ class SaliencyPanel:
             captions, masks = list(explained.captions), explained.masks
             if captions:
                 captions[0] += f" | target: {explained.target.rule}"
-        grid = render_saliency(images.to(maps.device), maps, masks=masks)
+        grid = render_saliency(images.to(maps.device), maps, signed=METHODS[method].signed, masks=masks)
         if captions and method in ("guided_backprop", "deconvnet") and self.other_kinds(model, images):
             captions[0] += f" | rule on ReLU only; true gradient through {', '.join(self.other_kinds(model, images))}"
         if captions:
@@ -285,16 +278,14 @@ class SaliencyPanel:
             grid = annotate(grid, [(1, row * rows, caption) for row, caption in enumerate(captions)])
         return grid
 
-    def snapshot(
-        self, model: nn.Module, probe: Probe, moment: Moment, *, guard: Guard | None = None, ranks: Ranks | None = None
-    ) -> Snapshot:
+    def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
         """Every method's picture of the probe (``cnnviz/saliency/<method>``), computed on rank zero only; a method
         that fails (under ``guard``'s policy) or whose maps are not finite is left out; nothing is drawn when the
         task's target does not apply (said once)."""
-        guard, shot = guard or Guard(WHO), Snapshot()
-        if ranks is not None and not ranks.is_zero:
+        guard, moment, shot = context.guard, context.moment, Snapshot()
+        if probe is None or not context.ranks.is_zero:
             return shot
-        device = next(model.parameters()).device
+        device = model_device(model)
         moved = probe.to(device)
         images, labels = moved.images, moved.labels
         explained = guard.run("saliency", self.explain, model, images, labels, guard)
@@ -309,6 +300,13 @@ class SaliencyPanel:
 
             guard.run(f"saliency {method}", draw)
         return shot
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to resume: every picture is drawn from the model as it is."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
 
 
 def _graph_nodes(root: Any) -> set[Any]:

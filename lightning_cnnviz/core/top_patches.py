@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.batches import check_images, in_layout_of
+from lightning_cnnviz.core.layers import LayerMap
 from lightning_cnnviz.core.model import evaluating, run_to
 from lightning_cnnviz.core.passes import pass_size
 from lightning_cnnviz.core.receptive_field import ReceptiveField
@@ -237,7 +238,8 @@ def project_activations(
     of its image that holds the field, aligned to the layer's grid, which is several times less work for early
     layers. Cropping is exact for networks that are translation-equivariant up to the layer; each row checks it
     (the activation on the crop must equal ``expected[i]``, its whole-image value, to ``1e-4`` relative) and rows
-    that differ (coordinate channels, adaptive pooling, ...) are redone on the whole image.
+    that differ (coordinate channels, adaptive pooling, ...) are redone on the whole image, as are the rows of a crop
+    size the network refuses (:meth:`~lightning_cnnviz.core.LayerMap.takes`).
 
     Example:
         >>> where = torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([4, 5])
@@ -263,6 +265,8 @@ def project_activations(
             expected = expected.to(images.device)
             starts, lengths, local_y, local_x = _aligned_crops(field, ys, xs)
             for shape in torch.unique(lengths, dim=0).tolist():
+                if not LayerMap.of(model).takes(model, (images.shape[1], *shape), layer):
+                    continue  # the network refuses crops of this size: these rows are done on the whole image
                 group = (lengths == torch.tensor(shape, device=lengths.device)).all(dim=1).nonzero().flatten()
                 for part in group.split(max_batch):
                     top, left = starts[part, 0], starts[part, 1]

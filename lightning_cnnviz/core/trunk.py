@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.model import conv_layers, evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.layers import LayerMap
+from lightning_cnnviz.core.model import evaluating, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.protocol import DoesNotApply, Guard
 
 __all__ = ["ImageEntry", "Trunk"]
@@ -74,7 +75,7 @@ class ImageEntry:
         if module is not None and not isinstance(module, str):
             raise TypeError(f"{who}: `module` must be a module name or None, got {module!r}.")
         self.who, self.module = who, module
-        self._decided: tuple[int, nn.Module] | None = None
+        self._decided: tuple[int, nn.Module, str | None] | None = None
 
     def check(self, model: nn.Module) -> None:
         """ValueError, at once, for a ``module`` that ``model`` does not have."""
@@ -86,19 +87,18 @@ class ImageEntry:
         the part chosen. :class:`DoesNotApply` when no part of the model takes them."""
         if isinstance(model, Trunk):
             return model
-        if self._decided is not None and self._decided[0] == id(model):
-            return self._decided[1]
-        chosen, said = self._decide(model, example)
-        if said and guard is not None:
+        if self._decided is None or self._decided[0] != id(model):
+            self._decided = (id(model), *self._decide(model, example))
+        _, chosen, said = self._decided
+        if said and guard is not None:  # told once by the guard, also when decided before it was given
             guard.tell(said)
-        self._decided = (id(model), chosen)
         return chosen
 
     def _decide(self, model: nn.Module, example: Tensor) -> tuple[nn.Module, str | None]:
         if self.module is not None:
             self.check(model)
             return (model if self.module == "" else Trunk(model, self.module)), None
-        convs = conv_layers(model)
+        convs = LayerMap.of(model).conv2d
         if not convs:
             return model, None
         first = next(iter(convs))
@@ -124,7 +124,7 @@ class ImageEntry:
     def _candidates(model: nn.Module, first: str) -> list[str]:
         """Parts holding the first conv: those named ``backbone`` (shallowest first), then by conv count."""
         holding = [name for name in named_modules(model) if name and (first == name or first.startswith(name + "."))]
-        counts = {name: len(conv_layers(named_modules(model)[name])) for name in holding}
+        counts = {name: len(LayerMap.of(named_modules(model)[name]).conv2d) for name in holding}
         backbones = [name for name in holding if name.rsplit(".", 1)[-1] == "backbone"]
         others = sorted((n for n in holding if n not in backbones), key=lambda n: (-counts[n], n.count(".")))
         return [*backbones, *others][:MAX_TRIES]
