@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from lightning_cnnviz.core import LayerMap, default_channels, visualize_features
+from lightning_cnnviz.core import LayerMap, visualize_features
+from lightning_cnnviz.core.monitors.selection import default_channels
 from lightning_cnnviz.demo.models import SmallCNN
 
 

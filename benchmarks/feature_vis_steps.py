@@ -24,8 +24,8 @@ import torchvision
 from torch import Tensor
 
 from lightning_cnnviz.core import LayerMap, visualize_features
-from lightning_cnnviz.core.feature_vis import color_correlation
-from lightning_cnnviz.core.model import evaluating, run_to
+from lightning_cnnviz.core.methods.feature_vis import color_correlation
+from lightning_cnnviz.core.model.modules import evaluating, run_to
 from lightning_cnnviz.demo.data import ImageFolderDataModule, find_data
 
 SETTINGS = [(256, 0.05), (128, 0.05), (128, 0.1), (96, 0.1), (64, 0.1), (64, 0.15), (32, 0.15)]

@@ -47,7 +47,7 @@ from lightning_cnnviz.core import (
     tsne,
     visualize_features,
 )
-from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core.methods import saliency as S
 
 CPU_CASES = [(m, s) for m in ("resnet18", "vgg11_bn", "efficientnet_b0", "convnext_tiny") for s in (64, 128)]
 CPU_CASES.append(("resnet18", 224))

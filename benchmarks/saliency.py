@@ -31,7 +31,7 @@ from captum.attr import GuidedBackprop, NoiseTunnel, Occlusion, Saliency
 from PIL import Image
 from torch import Tensor
 
-from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core.methods import saliency as S
 from lightning_cnnviz.demo.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]

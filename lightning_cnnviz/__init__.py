@@ -26,12 +26,12 @@ if TYPE_CHECKING:
         SaliencyMonitor,
         TopPatchMonitor,
     )
-    from lightning_cnnviz.core.alerts import DeadFilterEvent
+    from lightning_cnnviz.core.monitors.alerts import DeadFilterEvent
     from lightning_cnnviz.sink import TensorBoardSink
 
 __version__ = "0.1.0"
 
-_HOMES = {"DeadFilterEvent": "lightning_cnnviz.core.alerts", "TensorBoardSink": "lightning_cnnviz.sink"}
+_HOMES = {"DeadFilterEvent": "lightning_cnnviz.core.monitors.alerts", "TensorBoardSink": "lightning_cnnviz.sink"}
 __all__ = [
     "ActivationMonitor",
     "DeadFilterEvent",

@@ -26,7 +26,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_cnnviz.core import Context, Moment, ProbeService, Ranks, StepPicture, inputs_from_batch
+from lightning_cnnviz.core import Moment, ProbeService, Ranks, StepPicture, inputs_from_batch
 
 __all__ = ["RunEvents", "read_events", "render_report", "run_report"]
 
@@ -181,7 +181,8 @@ def _activation_window(
     model: Any, datamodule: Any, watching: list[Any], batches: int, moment: Moment, sink: Any, device: Any
 ) -> None:
     """ActivationMonitor's statistics over ``batches`` training batches of the frozen network: one window on the
-    restored histories, its alerts said and written."""
+    restored histories, closed and written by the monitor's own :meth:`write_window` (its alerts said and written).
+    """
     import torch
 
     for monitor in watching:
@@ -198,8 +199,7 @@ def _activation_window(
                 model(unpack(batch).to(device))
                 health.step()
                 count += 1
-        shot, _ = health.end_window(moment, count, guard=monitor.guard)
-        sink.write(shot, moment.step)
+        monitor.write_window(moment, count, sink)
 
 
 def _draw_every_monitor(
@@ -229,10 +229,7 @@ def _draw_every_monitor(
     costs = {}
     for monitor in monitors:
         began = time.perf_counter()
-        if isinstance(monitor, EpochMonitor):
-            shot = monitor.draw(model, moment, ranks)
-        else:
-            shot = monitor.core.snapshot(model, None, Context(moment, monitor.guard, ranks))
+        shot = monitor.draw(model, moment, ranks)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         costs[type(monitor).__name__] = time.perf_counter() - began

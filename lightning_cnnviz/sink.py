@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_cnnviz.core.drawing.basic import to_rgb
 from lightning_cnnviz.core.protocol import Snapshot
 
 __all__ = ["CUSTOM_SCALARS_LAYOUT", "TensorBoardSink"]
@@ -201,8 +202,7 @@ def write_projector(
     if thumbnails is not None:
         if len(thumbnails) != count:
             raise ValueError(f"projector: {len(thumbnails)} thumbnails for {count} points")
-        images = thumbnails.detach().float().cpu()
-        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+        images = to_rgb(thumbnails.detach().float().cpu())
         side, (height, width) = math.ceil(count**0.5), images.shape[-2:]
         # a square sprite of side x side cells, filled row by row (the Projector's layout)
         cells = torch.zeros(side * side, 3, height, width)

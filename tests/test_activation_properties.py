@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import ActivationMonitor
 from lightning_cnnviz.core import ActivationStats, find_activation_sites, tap_activations
-from lightning_cnnviz.core.saliency import guided_backprop
+from lightning_cnnviz.core.methods.saliency import guided_backprop
 
 LONG = os.environ.get("CNNVIZ_LONG") == "1"
 EXAMPLES = 2000 if LONG else 200

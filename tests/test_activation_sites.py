@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import ROOT, TinyCNN, global_state_clean, hooks_left
-from lightning_cnnviz.core import capture, find_activation_sites, tap_activations
+from lightning_cnnviz.core import find_activation_sites, tap_activations
+from lightning_cnnviz.core.model.capture import capture
 
 
 def reference_relu_outputs(model: TinyCNN, x: Tensor) -> list[Tensor]:
@@ -242,7 +243,7 @@ def test_loop_places_units_channels_last_and_logits() -> None:
 
 def test_names_survive_forwards_stopped_half_way_and_eval_forwards() -> None:
     """A forward stopped after the first layer (as a probe pass does) cannot shift the next forward's names."""
-    from lightning_cnnviz.core.model import run_to
+    from lightning_cnnviz.core.model.modules import run_to
 
     torch.manual_seed(5)
     model = TinyCNN("functional")

@@ -118,3 +118,22 @@ def test_every_monitor_config_writes_each_argument_at_its_default() -> None:
         functions = {"batch_to_images", "batch_to_labels", "output_to_logits", "normalize", "on_dead"}
         assert left_out <= functions, f"{name}: {sorted(left_out - functions)} not written out"
     assert seen == set(MONITORS)
+
+
+def test_print_config_lists_every_argument_of_every_monitor(capsys: pytest.CaptureFixture[str]) -> None:
+    """The monitors document a parameter once and refer to their core object for the rest; LightningCLI still sees
+    every argument of every monitor in their signatures."""
+    import inspect
+
+    import lightning_cnnviz
+
+    with contextlib.suppress(SystemExit):
+        lightning_cli(["fit", "--config", str(ROOT / "configs" / "every_monitor.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    names = []
+    for callback in printed["trainer"]["callbacks"]:
+        name = callback["class_path"].rsplit(".", 1)[1]
+        names.append(name)
+        parameters = set(inspect.signature(getattr(lightning_cnnviz, name)).parameters)
+        assert set(callback["init_args"]) == parameters, name
+    assert sorted(names) == sorted(MONITORS)

@@ -6,16 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_cnnviz.core import (
-    ActivationStats,
-    filter_smoothness,
-    images_from_batch,
-    labels_from_batch,
-    render_filter_grid,
-    tile_grid,
-)
-from lightning_cnnviz.core.render import dead_filter_map, distribution_map
-from lightning_cnnviz.core.stats import LayerSpec
+from lightning_cnnviz.core import ActivationStats, filter_smoothness, render_filter_grid
+from lightning_cnnviz.core.drawing.basic import tile_grid
+from lightning_cnnviz.core.drawing.render import dead_filter_map, distribution_map
+from lightning_cnnviz.core.inputs.batches import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.methods.stats import LayerSpec
 
 
 def brute_force(batches: list[np.ndarray]) -> tuple[np.ndarray, int]:

@@ -13,7 +13,8 @@ from torch import nn
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events, same_pixels
 from lightning_cnnviz import EmbeddingMonitor
-from lightning_cnnviz.core import LayerMap, knn_accuracy, procrustes_align
+from lightning_cnnviz.core import LayerMap, knn_accuracy
+from lightning_cnnviz.core.methods.embedding import procrustes_align
 
 
 def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any) -> None:
@@ -133,7 +134,7 @@ def test_bad_configuration(tmp_path: Path, digits_data: Any) -> None:
 def test_grid_assignment_is_the_optimal_one_to_one_placement() -> None:
     import itertools
 
-    from lightning_cnnviz.core.render import grid_assignment
+    from lightning_cnnviz.core.drawing.render import grid_assignment
 
     points = torch.tensor([[0.1, 0.9], [0.8, 0.85], [0.2, 0.1], [0.95, 0.2], [0.5, 0.5]])
     chosen = grid_assignment(points, 2, 2).tolist()

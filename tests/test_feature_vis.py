@@ -9,7 +9,7 @@ from torch import nn
 
 from conftest import global_state_clean, hooks_left
 from lightning_cnnviz.core import deep_dream, visualize_features
-from lightning_cnnviz.core.feature_vis import color_correlation
+from lightning_cnnviz.core.methods.feature_vis import color_correlation
 
 
 def tiny() -> nn.Module:

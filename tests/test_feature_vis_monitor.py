@@ -12,7 +12,7 @@ from test_monitors import FailingModel, assert_training_undisturbed, small_model
 from conftest import global_state_clean, hooks_left, make_trainer, read_events, same_pixels
 from lightning_cnnviz import FeatureVisMonitor
 from lightning_cnnviz.core import visualize_features
-from lightning_cnnviz.core.feature_vis import color_correlation
+from lightning_cnnviz.core.methods.feature_vis import color_correlation
 
 LAYERS = ["net.conv1", "net.conv2", "net.conv3"]
 
@@ -57,7 +57,7 @@ def test_gradients_untouched_and_hooks_gone_after_an_exception_and_an_error(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ArithmeticError("injected failure in the render")
 
-    monkeypatch.setattr("lightning_cnnviz.core.feature_atlas.visualize_features", broken)
+    monkeypatch.setattr("lightning_cnnviz.core.monitors.feature_atlas.visualize_features", broken)
     model = small_model()
     failing = monitor(on_error="warn")
     trainer = make_trainer(tmp_path / "warn", [failing], max_epochs=2, limit_train_batches=4)

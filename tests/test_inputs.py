@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from conftest import every_monitor, make_trainer, read_events
 from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor
-from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core.methods import saliency as S
 from lightning_cnnviz.demo.models import SmallCNN
 
 

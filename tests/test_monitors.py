@@ -245,7 +245,7 @@ def test_no_hooks_left_after_fit_exception_and_monitor_error(
 def test_filter_monitor_error_does_not_stop_training(
     tmp_path: Path, digits_data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lightning_cnnviz.core.filters as fm
+    import lightning_cnnviz.core.monitors.filter_panel as fm
 
     def broken(*args: Any, **kwargs: Any) -> Tensor:
         raise ValueError("injected render failure")

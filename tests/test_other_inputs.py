@@ -26,10 +26,10 @@ from lightning_cnnviz import (
     TopPatchMonitor,
 )
 from lightning_cnnviz.core import SaliencyPanel, TopPatchGallery, filter_smoothness, render_filter_grid
-from lightning_cnnviz.core.filters import render_profiles
-from lightning_cnnviz.core.render import render_saliency
-from lightning_cnnviz.core.saliency import vanilla_gradient
-from lightning_cnnviz.core.trunk import ImageEntry, Trunk
+from lightning_cnnviz.core.drawing.filters import render_profiles
+from lightning_cnnviz.core.drawing.render import render_saliency
+from lightning_cnnviz.core.methods.saliency import vanilla_gradient
+from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
 from lightning_cnnviz.demo.tasks import OTHER_INPUTS, TaskModule, boxes, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")

@@ -22,15 +22,56 @@ def test_no_compiled_code_no_ctypes_and_no_private_torch_ops() -> None:
         assert "ctypes" not in text and "aten._" not in text and "cpp_extension" not in text, path
 
 
-def test_core_module_all_lists_are_the_core_exports() -> None:
+SUBPACKAGES = ("methods", "drawing", "monitors", "model", "inputs")
+
+
+def modules_of(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+
+
+def test_the_core_folders_show_its_layers() -> None:
+    """At most 8 modules at the core's top (the protocol, context, budget and checks), at most 12 in a
+    sub-package."""
+    core_dir = PACKAGE / "core"
+    assert len(modules_of(core_dir)) <= 8, modules_of(core_dir)
+    assert sorted(p.name for p in core_dir.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == sorted(
+        SUBPACKAGES
+    )
+    for sub in SUBPACKAGES:
+        assert 0 < len(modules_of(core_dir / sub)) <= 12, sub
+
+
+def test_methods_and_drawing_never_import_the_monitors() -> None:
+    """Read from the source: no module of methods/ or drawing/ imports lightning_cnnviz.core.monitors, nor the
+    core package itself (whose names include the monitors' objects)."""
+    for sub in ("methods", "drawing"):
+        for path in modules_of(PACKAGE / "core" / sub):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    imported = [node.module or ""]
+                elif isinstance(node, ast.Import):
+                    imported = [alias.name for alias in node.names]
+                else:
+                    continue
+                for name in imported:
+                    assert not name.startswith("lightning_cnnviz.core.monitors"), f"{path.name} imports {name}"
+                    assert name != "lightning_cnnviz.core", f"{path.name} imports the core package"
+
+
+def test_the_core_public_list_is_small_and_every_module_all_is_real() -> None:
+    """``core.__all__`` is the interface (at most 60 names for the six monitors; each later monitor adds its object
+    and at most 3 names); every module's own ``__all__`` names exist, and every public name is one of them."""
+    assert len(core.__all__) <= 60, len(core.__all__)
     listed: dict[str, str] = {}
-    for path in sorted((PACKAGE / "core").glob("[!_]*.py")):
-        module = importlib.import_module(f"lightning_cnnviz.core.{path.stem}")
-        for name in module.__all__:
-            assert name not in listed, f"{name} listed by {listed.get(name)} and {path.stem}"
-            listed[name] = path.stem
-            assert getattr(core, name) is getattr(module, name)
-    assert sorted(listed) == sorted(core.__all__)  # the real interface, whatever its length (issue 22)
+    for path in sorted((PACKAGE / "core").rglob("[!_]*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        module = importlib.import_module(name)
+        for exported in module.__all__:
+            assert hasattr(module, exported), f"{name} lists {exported}"
+            assert exported not in listed, f"{exported} listed by {listed[exported]} and {name}"
+            listed[exported] = name
+    for public in core.__all__:
+        assert getattr(core, public) is getattr(importlib.import_module(listed[public]), public), public
 
 
 def test_top_level_exports_the_monitors_and_the_sink() -> None:
@@ -67,7 +108,13 @@ def test_the_monitors_import_neither_the_demo_nor_its_extras() -> None:
 
 
 def test_every_public_name_has_a_docstring() -> None:
-    """``help(SaliencyMonitor)`` says what it does: no annotation before a class's docstring swallows it."""
+    """``help(SaliencyMonitor)`` says what it does: no annotation before a class's docstring swallows it; every
+    public class and function of the core shows an example."""
+    import inspect
+
     for module in (lightning_cnnviz, core):
         missing = [name for name in module.__all__ if not (getattr(module, name).__doc__ or "").strip()]
         assert missing == [], f"{module.__name__}: no docstring for {missing}"
+    shown = [getattr(core, n) for n in core.__all__ if inspect.isclass(getattr(core, n)) or callable(getattr(core, n))]
+    without = [o.__name__ for o in shown if inspect.isclass(o) or inspect.isfunction(o) if ">>>" not in o.__doc__]
+    assert without == [], f"no example in the docstring of {without}"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-import lightning_cnnviz.core.passes as P
-from lightning_cnnviz.core import saliency as S
+import lightning_cnnviz.core.model.passes as P
 from lightning_cnnviz.core import top_activations
+from lightning_cnnviz.core.methods import saliency as S
 
 
 def net() -> nn.Sequential:

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from conftest import make_trainer, real_data
 from lightning_cnnviz import ActivationMonitor
-from lightning_cnnviz.core import saliency as S
 from lightning_cnnviz.core import select_balanced
+from lightning_cnnviz.core.methods import saliency as S
 from lightning_cnnviz.demo.data import IDXDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -153,7 +153,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     than the best of 1,000 probe images."""
     from lightning_cnnviz import FeatureVisMonitor, TopPatchMonitor
     from lightning_cnnviz.core import filter_smoothness, visualize_features
-    from lightning_cnnviz.core.feature_vis import color_correlation
+    from lightning_cnnviz.core.methods.feature_vis import color_correlation
     from lightning_cnnviz.demo.data import ImageFolderDataModule
 
     archive = real_data("cifar10")
@@ -197,7 +197,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
         model, "net.conv3", list(range(128)), size=32, steps=256,
         colors=color_correlation((probe * std + mean).clamp(0, 1)), mean=data.mean, std=data.std,
     )  # fmt: skip
-    from lightning_cnnviz.core.model import evaluating, run_to
+    from lightning_cnnviz.core.model.modules import evaluating, run_to
 
     def mean_activations(inputs: Tensor) -> Tensor:  # (N, 128): each image's mean activation per channel
         parts: list[Tensor] = []

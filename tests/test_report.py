@@ -231,3 +231,41 @@ def test_report_never_runs_the_users_training_step(tmp_path: Path) -> None:
     assert {"cnnviz/filters/net.conv1", "cnnviz/activations/dead_map/net.relu1"} <= set(events.images)
     assert [e.step for e in events.scalars["cnnviz/activations/dead/net.relu1"]] == [6]  # the checkpoint's step
     assert "ActivationMonitor, FilterMonitor" in page
+
+
+@pytest.mark.parametrize("inputs", ["signals", "clips"])
+def test_report_of_a_conv1d_and_a_conv3d_run(tmp_path: Path, inputs: str) -> None:
+    """A LightningCLI run of a Conv1d (signals) and of a Conv3d (clips) network, with every monitor: the report
+    draws the filters and the activation statistics of the checkpoint, and the image monitors stay off."""
+    import yaml
+
+    from lightning_cnnviz.report import run_report
+
+    monitors = ["FilterMonitor", "ActivationMonitor", "SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor"]
+    config = {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False,
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": inputs}},
+                    "callbacks": [{"class_path": f"lightning_cnnviz.{name}", "init_args": {"every_n_epochs": 1}}
+                                  if name != "ActivationMonitor" else
+                                  {"class_path": f"lightning_cnnviz.{name}", "init_args": {"every_n_steps": 2}}
+                                  for name in monitors]},
+        "model": {"class_path": "lightning_cnnviz.demo.tasks.SequenceClassifier", "init_args": {"inputs": inputs}},
+        "data": {"class_path": "lightning_cnnviz.demo.tasks.TaskData",
+                 "init_args": {"target": "class", "inputs": inputs, "count": 32}},
+    }  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train.py"), "fit", "--config", str(path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "runs").glob(f"{inputs}/version_0/checkpoints/*.ckpt")
+    run_report(checkpoint, out=tmp_path / "report")
+    written = read_events(tmp_path / "report")
+    assert "cnnviz/filters/net.0" in written["images"]
+    assert any(tag.startswith("cnnviz/activations/dead_map/") for tag in written["images"])
+    assert any(tag.startswith("cnnviz/activations/dead_fraction/") for tag in written["scalars"])
+    assert not [tag for tag in written["images"] if tag.startswith(("cnnviz/saliency", "cnnviz/top_patches"))]

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from conftest import TinyCNN, global_state_clean, hooks_left
 from lightning_cnnviz.core import LayerMap
-from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core.methods import saliency as S
 
 STYLES = ["module", "inplace", "functional"]
 

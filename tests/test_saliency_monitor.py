@@ -12,7 +12,7 @@ from test_monitors import assert_training_undisturbed, small_model
 from conftest import global_state_clean, hooks_left, make_trainer, read_events, same_pixels
 from lightning_cnnviz import SaliencyMonitor
 from lightning_cnnviz.core import Context, Moment, Probe, select_balanced
-from lightning_cnnviz.core.saliency_methods import METHODS
+from lightning_cnnviz.core.methods.saliency_methods import METHODS
 
 SALIENCY_METHODS = tuple(METHODS)
 
@@ -43,7 +43,7 @@ def test_training_is_bit_identical_with_the_saliency_monitor(tmp_path: Path, dig
 def test_a_failing_method_is_switched_off_and_the_others_go_on(
     tmp_path: Path, digits_data: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lightning_cnnviz.core.saliency as S
+    import lightning_cnnviz.core.methods.saliency as S
 
     def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise FloatingPointError("injected")

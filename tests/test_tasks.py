@@ -35,13 +35,11 @@ from lightning_cnnviz.core import (
     ProbeService,
     ProbeSet,
     SaliencyPanel,
-    choose_target,
-    decide_task,
-    label_kind,
     select_balanced,
 )
-from lightning_cnnviz.core.saliency import grad_cam, vanilla_gradient
-from lightning_cnnviz.core.saliency_methods import METHODS
+from lightning_cnnviz.core.inputs.task import choose_target, decide_task, label_kind
+from lightning_cnnviz.core.methods.saliency import grad_cam, vanilla_gradient
+from lightning_cnnviz.core.methods.saliency_methods import METHODS
 from lightning_cnnviz.demo.tasks import TASKS, AutoEncoder, squares, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")

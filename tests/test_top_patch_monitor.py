@@ -11,7 +11,8 @@ from test_monitors import SMALL, FailingModel, NoConv, assert_training_undisturb
 
 from conftest import global_state_clean, hooks_left, make_trainer, read_events, same_pixels
 from lightning_cnnviz import TopPatchMonitor
-from lightning_cnnviz.core import LayerMap, default_channels, top_activations
+from lightning_cnnviz.core import LayerMap, top_activations
+from lightning_cnnviz.core.monitors.selection import default_channels
 from lightning_cnnviz.demo.models import resnet18_cifar
 
 LAYERS = ["net.conv1", "net.conv2", "net.conv3"]
@@ -154,7 +155,7 @@ def test_no_hooks_left_after_an_exception_or_a_failing_projection(
         trainer.fit(model, datamodule=digits_data)
     assert hooks_left(model) == [] and global_state_clean()
 
-    import lightning_cnnviz.core.selection as tpm
+    import lightning_cnnviz.core.monitors.selection as tpm
 
     def broken(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise FloatingPointError("injected")

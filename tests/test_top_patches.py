@@ -8,8 +8,8 @@ from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 from torch import Tensor, nn
 
 from conftest import global_state_clean, hooks_left
-from lightning_cnnviz.core.receptive_field import receptive_fields
-from lightning_cnnviz.core.top_patches import (
+from lightning_cnnviz.core.methods.receptive_field import receptive_fields
+from lightning_cnnviz.core.methods.top_patches import (
     StreamingTopK,
     TopActivations,
     crop_patches,

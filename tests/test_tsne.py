@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.manifold import trustworthiness
 from sklearn.neighbors import NearestNeighbors
 
-from lightning_cnnviz.core.embedding import (
+from lightning_cnnviz.core.methods.embedding import (
     _FFTGrid,
     _knn,
     _repulsion_exact,

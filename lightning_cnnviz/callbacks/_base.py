@@ -10,8 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_cnnviz.core import DoesNotApply, Guard, Picture, check_choice
-from lightning_cnnviz.core.model import model_device
+from lightning_cnnviz.core import DoesNotApply, Guard, Moment, Picture, Ranks, Snapshot, StepPicture, model_device
 from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
 
 ErrorPolicy = Literal["warn", "raise"]
@@ -29,8 +28,8 @@ class Monitor(Callback):
         super().__init__()
         who = who or type(self).__name__
         self.core = core
-        self.on_error: ErrorPolicy = check_choice(who, "on_error", on_error, ("warn", "raise"))
-        self.guard = Guard(who, self.on_error, say=rank_zero_warn, inform=rank_zero_info)
+        self.guard = Guard(who, on_error, say=rank_zero_warn, inform=rank_zero_info)  # on_error checked there
+        self.on_error: ErrorPolicy = on_error
         self._sink: TensorBoardSink | None = None
         self.off = False  # the picture does not apply to the model (said once)
 
@@ -49,12 +48,17 @@ class Monitor(Callback):
             self.off = False
         except DoesNotApply as reason:
             self.off = True
-            self.guard.once(f"does not apply: {reason} It stays off; the fit goes on.")
+            self.guard.warn_once(f"does not apply: {reason} It stays off; the fit goes on.")
         except (ValueError, TypeError):
             raise
         except Exception as error:
             self.off = True
             self.guard.run("setting up", _raise, error)
+
+    def draw(self, model: Any, moment: Moment, ranks: Ranks) -> Snapshot | None:
+        """What the monitor draws of ``model`` now (None when nothing is due): the one verb ``cnnviz report`` calls
+        for every monitor."""
+        raise NotImplementedError
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -66,7 +70,9 @@ class Monitor(Callback):
         return self._sink
 
     def _cleanup(self) -> None:
-        """Remove hooks and any state that spans Lightning hooks. Safe to call several times."""
+        """Remove hooks and any state that spans Lightning hooks (a step picture's tap). Safe to call again."""
+        if isinstance(self.core, StepPicture):
+            self.core.close()
 
     @override
     def state_dict(self) -> dict[str, Any]:

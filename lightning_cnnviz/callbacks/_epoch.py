@@ -3,7 +3,7 @@ the run's time budget, the probe service shared by every monitor of a Trainer, D
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning.pytorch as pl
 from typing_extensions import override
@@ -11,8 +11,10 @@ from typing_extensions import override
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._probed import ProbedMonitor
 from lightning_cnnviz.callbacks._trainer import last_by_max_epochs, ranks_of, service_of
-from lightning_cnnviz.core import Account, Budget, Context, InputScale, Moment, Picture, ProbeSet, Ranks, Snapshot
-from lightning_cnnviz.core.budget import Schedule
+from lightning_cnnviz.core import Budget, Context, InputScale, Moment, Picture, ProbeSet, Ranks, Schedule, Snapshot
+
+if TYPE_CHECKING:
+    from lightning_cnnviz.core import Account
 
 __all__ = ["Cadence", "EpochMonitor"]
 
@@ -24,9 +26,8 @@ class EpochMonitor(ProbedMonitor):
     ``example_input_array``) and drawn on the ``probe`` (:class:`ProbedMonitor`; None for a picture of the weights)
     when its :class:`~lightning_cnnviz.core.budget.Schedule` says (``every_n_epochs``: an integer, or ``"auto"``
     within the run's ``budget`` by ``priority``; after the last epoch always; rank zero decides for every rank),
-    with a :class:`~lightning_cnnviz.core.Context` whose input scale is the data module's ``mean``/``std``. Step: the
-    epoch. Each log's cost goes to ``cnnviz/cost/<monitor>/seconds`` and ``.../fraction``. ``on_error``: ``"warn"``
-    (report once, switch the failing piece off) or ``"raise"``.
+    with a :class:`~lightning_cnnviz.core.Context` whose input scale is the data module's ``mean``/``std``, at the
+    epoch; its cost to ``cnnviz/cost/<monitor>/seconds``, ``.../fraction``. ``on_error``: ``"warn"`` or ``"raise"``.
 
     Example:
         >>> from lightning_cnnviz.core import FilterPanel
@@ -61,8 +62,7 @@ class EpochMonitor(ProbedMonitor):
     def fit_to(self, model: Any, data: Any = None) -> None:
         """Attach the picture to ``model`` (with its ``example_input_array``), the input scale from ``data`` (a data
         module with ``mean`` and ``std``, or None): what ``setup`` does, and ``cnnviz report`` calls."""
-        self.scale = InputScale.of(data)
-        example = getattr(model, "example_input_array", None)
+        self.scale, example = InputScale.of(data), getattr(model, "example_input_array", None)
         self._fed_example = example is not None
         self.fit_core(model, example)
 
@@ -70,6 +70,7 @@ class EpochMonitor(ProbedMonitor):
         """What the picture's snapshot reads besides the model and the probe."""
         return Context(moment, self.guard, ranks, self.scale, self.service)
 
+    @override
     def draw(self, model: Any, moment: Moment, ranks: Ranks) -> Snapshot | None:
         """The picture's snapshot of ``model`` on this monitor's probe; None while a probe monitor has none."""
         probe = None if self.probe is None else self.probe.probe
@@ -103,7 +104,7 @@ class EpochMonitor(ProbedMonitor):
         moment, ranks = Moment(trainer.current_epoch, trainer.global_step), ranks_of(trainer)
         if self.probe is not None:
             if self.probe.problem is not None:
-                self.guard.skip("the probe", f"the batches give no images it can use ({self.probe.problem})")
+                self.guard.switch_off("the probe", f"the batches give no images it can use ({self.probe.problem})")
             self.probe.finish(ranks)  # every rank, before any rank-zero-only work: a collective
             if self.probe.probe is None:
                 return
@@ -132,7 +133,7 @@ class EpochMonitor(ProbedMonitor):
         super().on_train_start(trainer, pl_module)
         self.service.budget.start(pl_module.device)
         if self.auto and not self.off:
-            self.guard.tell(self.service.budget.explain(self.schedule.account))
+            self.guard.inform(self.service.budget.explain(self.schedule.account))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

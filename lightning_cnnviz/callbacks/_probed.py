@@ -10,8 +10,9 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import ranks_of
-from lightning_cnnviz.core import Picture, ProbeService, ProbeSet, check_positive_int
-from lightning_cnnviz.core.batches import NoImages
+from lightning_cnnviz.core import Picture, ProbeService, ProbeSet
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.inputs.batches import NoImages
 
 
 class ProbedMonitor(Monitor):

@@ -11,8 +11,7 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
 from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate
-from lightning_cnnviz.core import ActivationHealth, ActivationSite, DeadFilterEvent, Moment, Snapshot
-from lightning_cnnviz.core.batches import inputs_from_batch
+from lightning_cnnviz.core import ActivationHealth, ActivationSite, DeadFilterEvent, Moment, Snapshot, inputs_from_batch
 from lightning_cnnviz.core.checks import check_callable, check_positive_int
 
 __all__ = ["ActivationMonitor"]
@@ -22,17 +21,16 @@ class ActivationMonitor(Monitor):
     """Watches every elementwise activation of the live network on training batches; alerts when channels die or
     go dormant and when the network diverges. The adapter of :class:`~lightning_cnnviz.core.ActivationHealth`.
 
-    Statistics come from training forwards only (not backward, nor other monitors' eval forwards), are summed over
-    DDP ranks and written after every ``every_n_steps`` batches (step: the global step); the maps at epoch ends,
-    alerts and the end of training. Each alert is said once and written to ``cnnviz/alerts``, then ``on_dead``:
-    ``"warn"``, ``"stop"`` (``trainer.should_stop``) or a callable of the :class:`DeadFilterEvent`.
+    Statistics come from training forwards only (not backward, nor other monitors' eval forwards), summed over DDP
+    ranks, written after every ``every_n_steps`` batches (step: the global step); the maps at epoch ends, alerts
+    and the end of training. An alert is said, written to ``cnnviz/alerts``, then ``on_dead``: ``"warn"``,
+    ``"stop"`` (``trainer.should_stop``) or a callable of the :class:`DeadFilterEvent`.
 
     Args:
         every_n_steps: window length in training batches (a last, shorter window closes at the end of training).
         collect_every_n_steps: collect statistics on every this-many-th training batch only (1 = all).
-        batch_to_images: where the network's input is in a training batch, of any shape (default: the batch,
-            its first element, or its ``"image"`` key); ``on_error``: ``"warn"`` (report once, switch the piece
-            off) or ``"raise"``.
+        batch_to_images: where the network's input is in a training batch (as
+            :func:`~lightning_cnnviz.core.inputs_from_batch`); ``on_error``: as :class:`~lightning_cnnviz.EpochMonitor`.
         layers, dead_fraction_threshold, dormant_threshold, alert_on_growth, log_histograms, max_map_windows:
             as :class:`~lightning_cnnviz.core.ActivationHealth`.
 
@@ -59,6 +57,7 @@ class ActivationMonitor(Monitor):
         self.health = ActivationHealth(
             layers=layers, dead_fraction_threshold=dead_fraction_threshold, dormant_threshold=dormant_threshold,
             alert_on_growth=alert_on_growth, log_histograms=log_histograms, max_map_windows=max_map_windows,
+            who=type(self).__name__,
         )  # fmt: skip
         super().__init__(self.health, on_error)
         who, self.layers = self.guard.who, self.health.layers
@@ -67,21 +66,19 @@ class ActivationMonitor(Monitor):
         if not (on_dead in ("warn", "stop") or callable(on_dead)):
             raise ValueError(f"{who}: `on_dead` can be 'warn', 'stop' or a callable of a DeadFilterEvent: {on_dead!r}")
         self.on_dead, self.batch_to_images = on_dead, check_callable(who, "batch_to_images", batch_to_images)
-        self._collecting, self._batches = False, 0  # training batches of this fit; windows end at multiples
+        self._collecting, self._batches = False, 0
         self._maps_drawn: tuple[int, int] | None = None  # (global step, windows) of the last maps written
 
     @property
-    def sites(self) -> list[ActivationSite] | None:  # the activations watched, once found
+    def sites(self) -> list[ActivationSite] | None:  # the activations watched, once found; `alerts`: every alert
         return self.health.sites
 
-    @property
-    def alerts(self) -> list[dict[str, Any]]:  # every alert so far (dicts of event fields)
-        return list(self.health.alerts)
+    alerts = property(lambda self: list(self.health.alerts), doc="Every alert so far (dicts of event fields).")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.health.attach(pl_module, getattr(pl_module, "example_input_array", None))
-        self._batches = 0
+        self._batches = 0  # training batches of this fit; windows end at multiples
 
     @override
     def on_train_batch_start(
@@ -95,13 +92,11 @@ class ActivationMonitor(Monitor):
 
     @override
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        if self.health.tap is not None:  # a checkpointed block recomputes its activations in backward: no forward
-            self.health.tap.enabled = False
+        self.health.count_forwards(False)  # a checkpointed block recomputes its activations in backward
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.health.tap is not None:
-            self.health.tap.enabled = True
+        self.health.count_forwards(True)
 
     @override
     def on_train_batch_end(
@@ -116,35 +111,40 @@ class ActivationMonitor(Monitor):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self._batches % self.every_n_steps and last_epoch(trainer)):  # else on_train_end closes and draws
-            self._draw_maps(trainer)
+            self.draw_maps(self._sink_for(trainer), trainer.global_step)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._batches % self.every_n_steps:  # a last, shorter window
             self._end_window(trainer)
-            self._draw_maps(trainer)
+            self.draw_maps(self._sink_for(trainer), trainer.global_step)
         self._cleanup()
 
-    @override
-    def _cleanup(self) -> None:
-        self.health.close()  # the tap's hooks; the next batch start sets what is collected afresh
+    def write_window(self, moment: Moment, steps: int, sink: Any, rate: float | None = None) -> list[DeadFilterEvent]:
+        """Close a window of ``steps`` batches: its scalars, histograms, alerts (and maps on one) go to ``sink``."""
+        shot, events = self.health.end_window(moment, steps, learning_rate=rate, guard=self.guard)
+        sink.write(shot, moment.step)  # with the alerts' texts
+        if events:
+            self.draw_maps(sink, moment.step)
+        return events
 
     def _end_window(self, trainer: pl.Trainer) -> None:
         # Every rank reaches this collective, also one whose statistics were switched off after an error.
-        moment, rate = Moment(trainer.current_epoch, trainer.global_step), learning_rate(trainer)
-        shot, events = self.health.end_window(moment, self.every_n_steps, learning_rate=rate, guard=self.guard)
-        self._sink_for(trainer).write(shot, trainer.global_step)  # with the alerts' texts
-        if events:
-            self._draw_maps(trainer)
-            if callable(self.on_dead) and trainer.is_global_zero:
-                for event in events:
-                    self.on_dead(event)
-            if self.on_dead == "stop":
-                trainer.should_stop = True
-        self._sink_for(trainer).flush()
+        moment, sink = Moment(trainer.current_epoch, trainer.global_step), self._sink_for(trainer)
+        events = self.write_window(moment, self.every_n_steps, sink, learning_rate(trainer))
+        if callable(self.on_dead) and trainer.is_global_zero:
+            for event in events:
+                self.on_dead(event)
+        trainer.should_stop = trainer.should_stop or bool(events and self.on_dead == "stop")
+        sink.flush()
 
-    def _draw_maps(self, trainer: pl.Trainer) -> None:
-        drawn = (trainer.global_step, self.health.windows)
-        if drawn != self._maps_drawn:  # one write per tag and step: an alert may have drawn these maps already
-            self._maps_drawn = drawn
-            self._sink_for(trainer).write(self.guard.run("dead map", self.health.maps) or Snapshot(), drawn[0])
+    @override
+    def draw(self, model: Any, moment: Moment, ranks: Any = None) -> Snapshot | None:
+        """The channels x windows maps, once per step and windows (an alert may have drawn them); None after."""
+        if (moment.step, self.health.windows) == self._maps_drawn:
+            return None
+        self._maps_drawn = (moment.step, self.health.windows)
+        return self.guard.run("dead map", self.health.maps)
+
+    def draw_maps(self, sink: Any, step: int) -> None:
+        sink.write(self.draw(None, Moment(0, step)) or Snapshot(), step)

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
-from lightning_cnnviz.core import Budget, EmbeddingMap, ProbeSet, check_positive_int
-from lightning_cnnviz.core.task import Task
+from lightning_cnnviz.core import Budget, EmbeddingMap, ProbeSet
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.inputs.task import Task
 
 __all__ = ["EmbeddingMonitor"]
 
@@ -35,17 +36,13 @@ class EmbeddingMonitor(EpochMonitor):
 
     Args:
         probe_size: probe images.
-        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
-            budget) or an integer (every this many epochs, and after the last one).
-        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
-            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
-            :class:`~lightning_cnnviz.core.Budget`).
+        every_n_epochs, budget, priority, on_error: when it logs and its error policy, as
+            :class:`~lightning_cnnviz.EpochMonitor`.
         perplexity, layer, knn_k, grid_cells, cell_px, warm_start, class_names, seed, projector, task, module: as
             :class:`~lightning_cnnviz.core.EmbeddingMap` (``module``: the part fed the probe images, by default the
             model or, when it transforms its input first as a detector does, its backbone; said once).
         batch_to_images: where the images are in a batch; ``batch_to_labels``: where the labels are (see
             :class:`SaliencyMonitor`).
-        on_error: ``"warn"`` or ``"raise"``.
 
     Example:
         >>> monitor = EmbeddingMonitor(probe_size=1000, every_n_epochs=2)
@@ -79,6 +76,7 @@ class EmbeddingMonitor(EpochMonitor):
         self.map = EmbeddingMap(
             perplexity=perplexity, layer=layer, knn_k=knn_k, grid_cells=grid_cells, cell_px=cell_px,
             warm_start=warm_start, class_names=class_names, seed=seed, projector=projector, task=task, module=module,
+            who=who,
         )  # fmt: skip
         super().__init__(self.map, probe, every_n_epochs, on_error, budget, priority)
         self.probe_size, self.layer, self.knn_k, self.class_names = size, layer, self.map.knn_k, self.map.class_names

@@ -9,8 +9,9 @@ from torch import Tensor
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
-from lightning_cnnviz.core import Budget, FeatureAtlas, ProbeSet, check_positive_int
-from lightning_cnnviz.core.top_patch_gallery import Method
+from lightning_cnnviz.core import Budget, FeatureAtlas, ProbeSet
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.monitors.selection import Projection
 
 __all__ = ["FeatureVisMonitor"]
 
@@ -37,14 +38,10 @@ class FeatureVisMonitor(EpochMonitor):
     Args:
         layers, channels, max_channels, k, method, module: as :class:`~lightning_cnnviz.core.FeatureAtlas`.
         probe_size: probe images; ``batch_to_images``: where they are in a batch (as :class:`TopPatchMonitor`).
-        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
-            budget) or an integer (every this many epochs, and after the last one).
-        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
-            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
-            :class:`~lightning_cnnviz.core.Budget`).
+        every_n_epochs, budget, priority, on_error: when it logs and its error policy, as
+            :class:`~lightning_cnnviz.EpochMonitor`.
         steps, lr, seed, size, mean, std, normalize, dream_images: as :class:`~lightning_cnnviz.core.FeatureAtlas`.
         atlas: draw the atlas.
-        on_error: ``"warn"`` (report once, switch the failing piece off) or ``"raise"``.
 
     Example:
         >>> monitor = FeatureVisMonitor(every_n_epochs=5, steps=256)
@@ -68,7 +65,7 @@ class FeatureVisMonitor(EpochMonitor):
         dream_images: int = 4,
         k: int = 9,
         probe_size: int = 256,
-        method: Method = "guided_backprop",
+        method: Projection = "guided_backprop",
         max_channels: int = 16,
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
@@ -81,7 +78,7 @@ class FeatureVisMonitor(EpochMonitor):
         self.renderer = FeatureAtlas(
             layers=layers, channels=channels, steps=steps, lr=lr, seed=seed, size=size, mean=mean, std=std,
             normalize=normalize, dream_images=dream_images, atlas=atlas, k=k, method=method,
-            max_channels=max_channels, module=module,
+            max_channels=max_channels, module=module, who=who,
         )  # fmt: skip
         super().__init__(self.renderer, probe, every_n_epochs, on_error, budget, priority)
         self.selection, self.history = self.renderer.selection, self.renderer.history

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
 from lightning_cnnviz.core import Budget, FilterPanel
-from lightning_cnnviz.core.filters import Normalization
+from lightning_cnnviz.core.drawing.filters import Normalization
 
 __all__ = ["FilterMonitor"]
 
@@ -22,13 +22,9 @@ class FilterMonitor(EpochMonitor):
     (:func:`lightning_cnnviz.core.filter_smoothness`); step: the epoch.
 
     Args:
-        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
-            budget) or an integer (every this many epochs, and after the last one).
-        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
-            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
-            :class:`~lightning_cnnviz.core.Budget`).
+        every_n_epochs, budget, priority, on_error: when it logs and its error policy, as
+            :class:`~lightning_cnnviz.EpochMonitor`.
         layers, normalize, max_filters, min_tile_px: as :class:`~lightning_cnnviz.core.FilterPanel`.
-        on_error: ``"warn"`` (report once, switch the failing piece off, keep training) or ``"raise"``.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -48,6 +44,7 @@ class FilterMonitor(EpochMonitor):
         budget: float | Budget | None = None,
         priority: float = 1.0,
     ) -> None:
-        panel = FilterPanel(layers=layers, normalize=normalize, max_filters=max_filters, min_tile_px=min_tile_px)
+        panel = FilterPanel(layers=layers, normalize=normalize, max_filters=max_filters, min_tile_px=min_tile_px,
+                            who=type(self).__name__)  # fmt: skip
         super().__init__(panel, every_n_epochs=every_n_epochs, on_error=on_error, budget=budget, priority=priority)
         self.layers, self.normalize = panel.layers, panel.normalize

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
-from lightning_cnnviz.core import Budget, ProbeSet, SaliencyPanel, check_positive_int
-from lightning_cnnviz.core.saliency_panel import DEFAULT_METHODS
-from lightning_cnnviz.core.task import TargetSpec, Task
+from lightning_cnnviz.core import Budget, ProbeSet, SaliencyPanel
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.inputs.task import TargetSpec, Task
 
 __all__ = ["SaliencyMonitor"]
 
@@ -30,18 +30,14 @@ class SaliencyMonitor(EpochMonitor):
 
     Args:
         num_images: probe images.
-        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
-            budget) or an integer (every this many epochs, and after the last one).
-        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
-            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
-            :class:`~lightning_cnnviz.core.Budget`).
+        every_n_epochs, budget, priority, on_error: when it logs and its error policy, as
+            :class:`~lightning_cnnviz.EpochMonitor`.
         methods, target, task, smoothgrad_samples, smoothgrad_sigma, occlusion_patch, occlusion_stride,
             grad_cam_layer, class_names, seed, output_to_logits: as :class:`~lightning_cnnviz.core.SaliencyPanel`.
         batch_to_images: where the images are in a batch (default: the batch, its first element, or a dict's
             ``image``/``images``/``input``/``inputs``/``x``); uint8 images are taken as floats in [0, 1].
         batch_to_labels: where the labels are (default: a batch's second element or a dict's
             ``label``/``labels``/``target``/``targets``/``y``/``mask``/``masks``), of any task.
-        on_error: ``"warn"`` (report once, switch the failing method off) or ``"raise"``.
 
     Example:
         >>> monitor = SaliencyMonitor(methods=("grad_cam", "occlusion"), num_images=8)
@@ -51,7 +47,7 @@ class SaliencyMonitor(EpochMonitor):
 
     def __init__(
         self,
-        methods: Sequence[str] = DEFAULT_METHODS,
+        methods: Sequence[str] = SaliencyPanel.DEFAULT_METHODS,
         num_images: int = 8,
         target: TargetSpec = "auto",
         every_n_epochs: Cadence = "auto",
@@ -74,6 +70,7 @@ class SaliencyMonitor(EpochMonitor):
             methods=methods, target=target, task=task, smoothgrad_samples=smoothgrad_samples,
             smoothgrad_sigma=smoothgrad_sigma, occlusion_patch=occlusion_patch, occlusion_stride=occlusion_stride,
             grad_cam_layer=grad_cam_layer, class_names=class_names, seed=seed, output_to_logits=output_to_logits,
+            who=type(self).__name__,
         )  # fmt: skip
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "num_images", num_images)
         probe = ProbeSet(who, size, balanced=True, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)

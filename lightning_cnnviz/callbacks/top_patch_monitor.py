@@ -9,10 +9,11 @@ from torch import Tensor
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
-from lightning_cnnviz.core import Budget, ProbeSet, TopPatchGallery, check_positive_int
-from lightning_cnnviz.core.top_patch_gallery import Method
+from lightning_cnnviz.core import Budget, ProbeSet, TopPatchGallery
+from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.monitors.selection import Projection
 
-__all__ = ["Method", "TopPatchMonitor"]
+__all__ = ["TopPatchMonitor"]
 
 
 class TopPatchMonitor(EpochMonitor):
@@ -29,18 +30,14 @@ class TopPatchMonitor(EpochMonitor):
 
     Args:
         probe_size: probe images.
-        every_n_epochs: ``"auto"`` (log after the first epoch, at the end, and in between within the run's time
-            budget) or an integer (every this many epochs, and after the last one).
-        budget, priority: the fraction of training time all monitors' logs may take (set once per Trainer: 0.05 on
-            a CPU, 0.02 on CUDA by default), and this monitor's weight in it (see
-            :class:`~lightning_cnnviz.core.Budget`).
+        every_n_epochs, budget, priority, on_error: when it logs and its error policy, as
+            :class:`~lightning_cnnviz.EpochMonitor`.
         layers, channels, k, method, max_channels, max_batch, thumbnail_px, max_evolution_columns: as
             :class:`~lightning_cnnviz.core.TopPatchGallery`.
         batch_to_images: where the images are in a batch, when it is not ``images`` or ``(images, labels)``.
         module: the part of the model fed the probe images, named as in ``named_modules`` (default: the model, or
             its backbone when the model transforms its input first, as torchvision's detectors resize it; which
             part was chosen is said once).
-        on_error: ``"warn"`` (report once, switch the failing piece off) or ``"raise"``.
 
     Example:
         >>> monitor = TopPatchMonitor(layers=["net.conv1", "net.conv3"], method="both", every_n_epochs=2)
@@ -55,7 +52,7 @@ class TopPatchMonitor(EpochMonitor):
         k: int = 9,
         probe_size: int = 512,
         every_n_epochs: Cadence = "auto",
-        method: Method = "deconvnet",
+        method: Projection = "deconvnet",
         max_channels: int = 16,
         max_batch: int | None = None,
         thumbnail_px: int = 48,
@@ -70,7 +67,7 @@ class TopPatchMonitor(EpochMonitor):
         probe = ProbeSet(who, check_positive_int(who, "probe_size", probe_size), batch_to_images=batch_to_images)
         self.gallery = TopPatchGallery(
             layers=layers, channels=channels, k=k, method=method, max_channels=max_channels, max_batch=max_batch,
-            thumbnail_px=thumbnail_px, max_evolution_columns=max_evolution_columns, module=module,
+            thumbnail_px=thumbnail_px, max_evolution_columns=max_evolution_columns, module=module, who=who,
         )  # fmt: skip
         super().__init__(self.gallery, probe, every_n_epochs, on_error, budget, priority)
         self.history, self.batch_to_images = self.gallery.history, batch_to_images

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.checks import check_number, check_positive_int
 
 __all__ = ["Account", "Budget", "Schedule", "check_budget"]
 
@@ -29,7 +29,14 @@ DEFAULT_FRACTION = {"cpu": 0.05, "cuda": 0.02}  # of training time, by the model
 @dataclass
 class Account:
     """One monitor's spending: seconds of all its logs, their number, the latest's cost, and whether it is on
-    "auto" (else on a fixed cadence) with its priority."""
+    "auto" (else on a fixed cadence) with its priority.
+
+    Example:
+        >>> budget = Budget(0.05)
+        >>> budget.join("A")
+        >>> budget.account("A")
+        Account(auto=True, priority=1.0, spent=0.0, logs=0, last=0.0)
+    """
 
     auto: bool = True
     priority: float = 1.0
@@ -203,9 +210,7 @@ def check_budget(who: str, fraction: Any) -> float:
         ...
         ValueError: FilterMonitor: `budget` must be a fraction of training time in (0, 1], got 1.5.
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
-        raise ValueError(f"{who}: `budget` must be a fraction of training time in (0, 1], got {fraction!r}.")
-    return float(fraction)
+    return check_number(who, "budget", fraction, lambda v: 0.0 < v <= 1.0, "a fraction of training time in (0, 1]")
 
 
 class Schedule:
@@ -228,9 +233,9 @@ class Schedule:
             every_n_epochs = check_positive_int(who, "every_n_epochs", every_n_epochs)
         if budget is not None and not isinstance(budget, Budget):
             budget = check_budget(who, budget)
-        if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not priority > 0:
-            raise ValueError(f"{who}: `priority` must be a positive number (a weight in the budget), got {priority!r}.")
-        self.every_n_epochs, self.budget, self.priority = every_n_epochs, budget, float(priority)
+        what = "a positive number (a weight in the budget)"
+        priority = check_number(who, "priority", priority, lambda v: v > 0, what)
+        self.every_n_epochs, self.budget, self.priority = every_n_epochs, budget, priority
         self.account = who  # this monitor's name in the budget (unique per run)
         self._pending: dict[str, Any] | None = None  # a checkpoint's spending, until the account is opened
 

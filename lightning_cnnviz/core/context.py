@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.probe import ProbeService
+from lightning_cnnviz.core.inputs.probe import ProbeService
 from lightning_cnnviz.core.protocol import Guard, Moment, Ranks
 
 __all__ = ["Context", "InputScale"]

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from lightning_cnnviz.core.context import Context
-    from lightning_cnnviz.core.probe import Probe
+    from lightning_cnnviz.core.inputs.probe import Probe
 
 __all__ = ["DoesNotApply", "Embedding", "Guard", "Moment", "Picture", "Ranks", "Snapshot", "StepPicture"]
 
@@ -31,7 +31,15 @@ class DoesNotApply(Exception):
     """A picture that cannot be drawn for this model or these batches (no labels where labels are needed, an
     output that is not class scores, ...): the message is one sentence naming what was found and what the user
     can pass. :meth:`Guard.run` says it once and leaves that piece off, whatever the error policy: it is not a bug
-    to see a traceback of."""
+    to see a traceback of.
+
+    Example:
+        >>> said = []
+        >>> guard = Guard("MyPicture", say=said.append)
+        >>> def draw(): raise DoesNotApply("it needs class labels, and the batches hold none.")
+        >>> guard.run("kNN accuracy", draw), said
+        (None, ['MyPicture: kNN accuracy does not apply: it needs class labels, and the batches hold none.'])
+    """
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,13 @@ class Moment:
 
 @dataclass
 class Embedding:
-    """Projector data: codes (N, D), one metadata string per point (or None), sprite thumbnails (N, C, h, w)."""
+    """Projector data: codes (N, D), one metadata string per point (or None), sprite thumbnails (N, C, h, w).
+
+    Example:
+        >>> shot = Snapshot(embeddings={"cnnviz/embedding": Embedding(torch.zeros(4, 8), ["a", "b", "a", "b"])})
+        >>> shot.embeddings["cnnviz/embedding"].codes.shape
+        torch.Size([4, 8])
+    """
 
     codes: Tensor
     metadata: list[str] | None = None
@@ -92,12 +106,13 @@ class Snapshot:
 class Guard:
     """The error policy of one monitor, and its divergence check.
 
-    ``run(piece, work, *args)`` runs one piece of visualization work: with ``on_error="warn"`` an exception is said
-    once through ``say`` and switches that piece off (``None`` is returned, now and on later calls); with
-    ``"raise"`` it propagates. A :class:`DoesNotApply` is said once as such (:meth:`skip`) under either policy.
-    ``once(message)`` says a message once; ``tell(message)`` informs once, through ``inform`` (default: the
-    ``lightning_cnnviz`` logger at INFO), of a choice made; ``finite(...)`` says once per divergence that values are
-    not finite.
+    ``run(piece, work, *args)`` runs one piece of visualization work: with ``on_error="warn"`` an exception is
+    warned about once (through ``say``, default: ``warnings.warn``) and switches that piece off (``None`` is returned,
+    now and on later calls); with ``"raise"`` it propagates. A :class:`DoesNotApply` switches the piece off with one
+    warning that says so (:meth:`switch_off`) under either policy. :meth:`warn` warns, :meth:`warn_once` warns of a
+    message once, :meth:`inform` informs once (through ``inform``, default: the ``lightning_cnnviz`` logger at INFO)
+    of a choice made; :meth:`finite` warns once per divergence that values are not finite. Every message starts with
+    ``who``: the picture's name, or the monitor's when an adapter gives its own.
 
     Example:
         >>> said = []
@@ -116,27 +131,35 @@ class Guard:
         say: Callable[[str], Any] | None = None,
         inform: Callable[[str], Any] | None = None,
     ) -> None:
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"{who}: `on_error` can be {{'warn', 'raise'}}, got {on_error!r}.")
         self.who, self.on_error = who, on_error
-        self.say: Callable[[str], Any] = say or (lambda message: warnings.warn(message, stacklevel=3))
-        self.inform: Callable[[str], Any] = inform or logging.getLogger("lightning_cnnviz").info
+        self._say: Callable[[str], Any] = say or (lambda message: warnings.warn(message, stacklevel=3))
+        self._inform: Callable[[str], Any] = inform or logging.getLogger("lightning_cnnviz").info
         self.disabled: set[str] = set()
         self._diverged: dict[str, bool] = {}
         self._said: set[str] = set()
 
-    def once(self, message: str, through: Callable[[str], Any] | None = None) -> None:
-        """Say ``message`` (prefixed with who says it) unless it was said before; ``through`` another channel."""
+    def warn(self, message: str) -> None:
+        """Warn of ``message``, prefixed with who says it."""
+        self._say(f"{self.who}: {message}")
+
+    def warn_once(self, message: str) -> None:
+        """:meth:`warn` of ``message`` unless it was said before."""
         if message not in self._said:
             self._said.add(message)
-            (through or self.say)(f"{self.who}: {message}")
+            self.warn(message)
 
-    def tell(self, message: str) -> None:
-        """Tell ``message`` once through ``inform``: what a monitor chose for this run, not a problem."""
-        self.once(message, self.inform)
+    def inform(self, message: str) -> None:
+        """Inform once of ``message``: what a picture chose for this run, not a problem."""
+        if message not in self._said:
+            self._said.add(message)
+            self._inform(f"{self.who}: {message}")
 
-    def skip(self, piece: str, reason: object) -> None:
-        """Switch ``piece`` off for good, saying once that it does not apply and why."""
+    def switch_off(self, piece: str, reason: object) -> None:
+        """Switch ``piece`` off for good, warning once that it does not apply and why."""
         self.disabled.add(piece)
-        self.once(f"{piece} does not apply: {str(reason).removeprefix(f'{self.who}: ')}")
+        self.warn_once(f"{piece} does not apply: {str(reason).removeprefix(f'{self.who}: ')}")
 
     def run(self, piece: str, work: Callable[..., T], *args: Any) -> T | None:
         if piece in self.disabled:
@@ -144,15 +167,15 @@ class Guard:
         try:
             return work(*args)
         except DoesNotApply as reason:
-            self.skip(piece, reason)
+            self.switch_off(piece, reason)
             return None
         except Exception as error:
             if self.on_error == "raise":
                 raise
             self.disabled.add(piece)
-            self.say(
-                f"{self.who}: {piece} failed with {type(error).__name__}: {error}. It is switched off for the rest "
-                f"of this run; training continues. Pass on_error='raise' to {self.who} to see the traceback."
+            self.warn(
+                f"{piece} failed with {type(error).__name__}: {error}. It is switched off for the rest of this run; "
+                f"training continues. Pass on_error='raise' to {self.who} to see the traceback."
             )
             return None
 
@@ -163,8 +186,8 @@ class Guard:
         checks = [torch.isfinite(t).all() for t in flat if t.is_floating_point() and t.numel()]
         ok = bool(torch.stack(checks).all()) if checks else True
         if not ok and not self._diverged.get(what, False):
-            self.say(
-                f"{self.who}: {what} hold NaN or infinite values at epoch {moment.epoch} (step {moment.step}): the "
+            self.warn(
+                f"{what} hold NaN or infinite values at epoch {moment.epoch} (step {moment.step}): the "
                 "network diverged. Its pictures are skipped until the values are finite again; ActivationMonitor "
                 "names the first layer where they appear."
             )
@@ -285,7 +308,13 @@ class Picture(Protocol):
 class StepPicture(Picture, Protocol):
     """A :class:`Picture` that also observes training steps (ActivationHealth): ``follow`` opens a tap on the
     model's training forwards (counted while ``gate()`` holds), ``step`` counts one step, ``end_window`` closes a
-    window of steps into a :class:`Snapshot` and the events it alerts on, ``close`` removes the tap."""
+    window of steps into a :class:`Snapshot` and the events it alerts on, ``close`` removes the tap.
+
+    Example:
+        >>> from lightning_cnnviz.core import ActivationHealth, FilterPanel
+        >>> isinstance(ActivationHealth(), StepPicture), isinstance(FilterPanel(), StepPicture)
+        (True, False)
+    """
 
     def follow(self, model: nn.Module, images: Tensor, *, gate: Callable[[], bool], guard: Guard | None = None) -> Any:
         ...

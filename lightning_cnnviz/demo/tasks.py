@@ -20,7 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["OTHER_INPUTS", "TASKS", "TaskData", "TaskModule", "UNet", "clips", "signals", "squares", "task"]
+__all__ = [
+    "OTHER_INPUTS", "TASKS", "SequenceClassifier", "TaskData", "TaskModule", "UNet", "clips", "signals", "squares",
+    "task",
+]  # fmt: skip
 
 TASKS = ("simclr", "autoencoder", "multilabel", "regression", "segmentation", "unet")
 OTHER_INPUTS = ("detection", "signal", "clip")  # a detector that resizes its input; a Conv1d and a Conv3d network
@@ -275,6 +278,21 @@ class TaskModule(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
+class SequenceClassifier(TaskModule):
+    """A classifier of signals (``inputs="signals"``: a Conv1d network on (N, 1, 128)) or clips (``"clips"``: a
+    Conv3d network on (N, 3, 4, 16, 16)), 4 classes, with arguments a LightningCLI config can give."""
+
+    def __init__(self, inputs: str = "signals", lr: float = 0.01) -> None:
+        nets = {"signals": signal_net, "clips": clip_net}
+        if inputs not in nets:
+            raise ValueError(f"SequenceClassifier: `inputs` can be 'signals' or 'clips', got {inputs!r}.")
+        super().__init__(nets[inputs](), _classify, lr)
+
+
+def _classify(module: nn.Module, batch: Any) -> Tensor:
+    return F.cross_entropy(module(batch[0]), batch[1])
+
+
 def _simclr_loss(module: nn.Module, x: Tensor) -> Tensor:
     views = torch.cat([x + 0.05 * torch.randn_like(x), x.flip(-1) + 0.05 * torch.randn_like(x)])
     return nt_xent(module(views))
@@ -297,9 +315,8 @@ def task(name: str) -> tuple[TaskModule, TaskData]:
     if name == "detection":
         data = TaskData(None, count=8, batch_size=4, side=64, inputs="boxes")
         return TaskModule(detector(), lambda m, b: sum(m(b[0], b[1]).values()), detects=True), data
-    classify = lambda m, b: F.cross_entropy(m(b[0]), b[1])  # noqa: E731
     if name == "signal":
-        return TaskModule(signal_net(), classify), TaskData("class", inputs="signals")
+        return TaskModule(signal_net(), _classify), TaskData("class", inputs="signals")
     if name == "clip":
-        return TaskModule(clip_net(), classify), TaskData("class", inputs="clips")
+        return TaskModule(clip_net(), _classify), TaskData("class", inputs="clips")
     raise ValueError(f"unknown task {name!r}; the tasks are {TASKS + OTHER_INPUTS}")

@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from lightning_cnnviz.core.stats import ActivationSummary
+from lightning_cnnviz.core.methods.stats import ActivationSummary
 
 __all__ = ["DeadFilterAlerts", "DeadFilterEvent"]
 
@@ -15,6 +15,15 @@ __all__ = ["DeadFilterAlerts", "DeadFilterEvent"]
 @dataclass(frozen=True)
 class DeadFilterEvent:
     """What an alert knows about channels of one layer dying, going dormant, or the network diverging.
+
+    Example:
+        >>> import torch
+        >>> from lightning_cnnviz.core import ActivationStats
+        >>> stats = ActivationStats({"relu": 2})
+        >>> stats.update("relu", torch.tensor([[[1.0], [0.0]]]))
+        >>> event = DeadFilterAlerts(threshold=0.5).check(stats.summary(), global_step=3)[0]
+        >>> event.layer, event.dead_channels, event.reason
+        ('relu', [1], 'threshold')
 
     Attributes:
         layer: activation name (see :func:`lightning_cnnviz.core.find_activation_sites`).
@@ -63,7 +72,8 @@ class DeadFilterAlerts:
 
     A window in which any layer saw a NaN or an infinity raises one ``"diverged"`` alert naming the first such
     layer (in forward order) instead: dead or dormant counts of a diverged network would blame the wrong cause.
-    It alerts again only after a finite window.
+    It alerts again only after a finite window. Each alert's message starts with ``who`` (default: this class's
+    name; ActivationMonitor's when it watches).
 
     Example:
         >>> import torch
@@ -74,7 +84,10 @@ class DeadFilterAlerts:
         [[1]]
     """
 
-    def __init__(self, threshold: float = 0.1, on_growth: bool = True, dormant_threshold: float = 0.1) -> None:
+    def __init__(
+        self, threshold: float = 0.1, on_growth: bool = True, dormant_threshold: float = 0.1, who: str | None = None
+    ) -> None:
+        self.who = who or type(self).__name__  # the name each alert's message starts with
         self.threshold = threshold
         self.on_growth = on_growth
         self.dormant_threshold = dormant_threshold
@@ -98,7 +111,7 @@ class DeadFilterAlerts:
                 return []
             layer = summary.layers[first]
             message = (
-                f"ActivationMonitor: the network diverged by step {global_step}: {layer.nonfinite} of "
+                f"{self.who}: the network diverged by step {global_step}: {layer.nonfinite} of "
                 f"{layer.num_channels} channels of layer '{first}' held NaN or infinite values in the last "
                 f"{summary.steps} training step(s), the first layer (in forward order) where they appear"
                 + (f"; also in {len(diverged) - 1} later layer(s)" if len(diverged) > 1 else "")
@@ -150,7 +163,7 @@ class DeadFilterAlerts:
                     "collapsing normalisation are common causes: consider lowering the learning rate or warm-up."
                 )
             message = (
-                f"ActivationMonitor: {len(dead)} of {layer.num_channels} {what} ({fraction:.1%}) of layer '{name}' "
+                f"{self.who}: {len(dead)} of {layer.num_channels} {what} ({fraction:.1%}) of layer '{name}' "
                 f"are {state} of the last {summary.steps} training step(s) ({why}). {measure.capitalize()} "
                 f"channels: [{shown}]. Current learning rate: {rate}. {advice}"
             )

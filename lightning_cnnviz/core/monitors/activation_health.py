@@ -29,7 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.activation_sites import (
+from lightning_cnnviz.core.checks import check_names, check_number, check_positive_int
+from lightning_cnnviz.core.context import Context
+from lightning_cnnviz.core.drawing.render import dead_filter_map, distribution_map
+from lightning_cnnviz.core.inputs.probe import Probe
+from lightning_cnnviz.core.methods.activation_sites import (
     ACTIVATION_MODULE_TYPES,
     ActivationSite,
     ActivationTap,
@@ -37,18 +41,13 @@ from lightning_cnnviz.core.activation_sites import (
     site_scope,
     tap_activations,
 )
-from lightning_cnnviz.core.alerts import DeadFilterAlerts, DeadFilterEvent
-from lightning_cnnviz.core.checks import check_positive_int
-from lightning_cnnviz.core.context import Context
-from lightning_cnnviz.core.model import format_names, model_device, named_modules
-from lightning_cnnviz.core.probe import Probe
+from lightning_cnnviz.core.methods.stats import ActivationStats, ActivationSummary
+from lightning_cnnviz.core.model.modules import format_names, model_device, named_modules
+from lightning_cnnviz.core.monitors.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.protocol import Guard, Moment, Snapshot
-from lightning_cnnviz.core.render import dead_filter_map, distribution_map
-from lightning_cnnviz.core.stats import ActivationStats, ActivationSummary
 
 __all__ = ["ActivationHealth"]
 
-WHO = "ActivationMonitor"
 
 
 class ActivationHealth:
@@ -110,21 +109,21 @@ class ActivationHealth:
         alert_on_growth: bool = True,
         log_histograms: bool = True,
         max_map_windows: int = 100,
+        who: str | None = None,
     ) -> None:
-        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
-            raise TypeError(f"{WHO}: `layers` must be a list of activation names or None, got {layers!r}.")
-        threshold = dead_fraction_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"{WHO}: `dead_fraction_threshold` must be a number in [0, 1], got {threshold!r}.")
-        dormant = dormant_threshold
-        if isinstance(dormant, bool) or not isinstance(dormant, (int, float)) or dormant < 0:
-            raise ValueError(f"{WHO}: `dormant_threshold` must be a number >= 0, got {dormant_threshold!r}.")
-        check_positive_int(WHO, "max_map_windows", max_map_windows)
+        self.who = who = who or type(self).__name__  # the name its messages start with
+        check_names(who, "layers", layers, "activation names")
+        fraction = dead_fraction_threshold
+        check_number(who, "dead_fraction_threshold", fraction, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+        check_number(who, "dormant_threshold", dormant_threshold, lambda v: v >= 0, "a number >= 0")
+        check_positive_int(who, "max_map_windows", max_map_windows)
         self.layers = list(layers) if layers is not None else None
         self.dormant_threshold = float(dormant_threshold)
         self.log_histograms = bool(log_histograms)
         self.max_map_windows = max_map_windows
-        self.policy = DeadFilterAlerts(float(dead_fraction_threshold), bool(alert_on_growth), self.dormant_threshold)
+        self.policy = DeadFilterAlerts(
+            float(dead_fraction_threshold), bool(alert_on_growth), self.dormant_threshold, who=who
+        )
         self.sites: list[ActivationSite] | None = None
         self.stats: ActivationStats | None = None
         self.tap: ActivationTap | None = None  # the tap follow() opened, until close()
@@ -159,13 +158,13 @@ class ActivationHealth:
             module = modules.get(name.split("#", 1)[0])
             if module is not None and not isinstance(module, ACTIVATION_MODULE_TYPES):
                 raise ValueError(
-                    f"{WHO} `layers`: {name!r} is a {type(module).__name__}, not an elementwise activation. "
+                    f"{self.who} `layers`: {name!r} is a {type(module).__name__}, not an elementwise activation. "
                     f"Activation modules of this model: {activation_modules}; functional calls are named "
                     "'<module>.<kind>' (e.g. 'block1.relu', 'stem.gelu') after the module whose forward makes them."
                 )
             if site_scope(model, name) is None:
                 raise ValueError(
-                    f"{WHO} `layers`: no activation named {name!r}. Activation modules of this model: "
+                    f"{self.who} `layers`: no activation named {name!r}. Activation modules of this model: "
                     f"{activation_modules}; functional calls (F.relu, F.gelu, torch.relu, x.relu(), ...) are named "
                     "'<module>.<kind>' after the module whose forward makes them ('relu' for the model's own "
                     "forward), '#2', '#3' marking further places in one forward."
@@ -177,23 +176,23 @@ class ActivationHealth:
             sites = find_activation_sites(model, images[:2])
         except Exception as error:
             raise RuntimeError(
-                f"{WHO}: calling {type(model).__name__} on a batch of images of shape {tuple(images.shape)} failed "
-                f"({type(error).__name__}: {error}). The monitor finds the activations by running the "
+                f"{self.who}: calling {type(model).__name__} on a batch of images of shape {tuple(images.shape)} "
+                f"failed ({type(error).__name__}: {error}). The monitor finds the activations by running the "
                 "LightningModule's forward(images) once; define forward, or pass `batch_to_images=` if the images "
                 "are not where the monitor looked."
             ) from error
         if not sites:
             raise ValueError(
-                f"{WHO}: {type(model).__name__} computes no elementwise activation (ReLU, ReLU6, LeakyReLU, PReLU, "
-                "ELU, SELU, CELU, GELU, SiLU, Hardswish, Mish, Hardsigmoid; modules or functional calls) in its "
-                "forward; there is nothing to monitor."
+                f"{self.who}: {type(model).__name__} computes no elementwise activation (ReLU, ReLU6, LeakyReLU, "
+                "PReLU, ELU, SELU, CELU, GELU, SiLU, Hardswish, Mish, Hardsigmoid; modules or functional calls) in "
+                "its forward; there is nothing to monitor."
             )
         if self.layers is not None:
             by_name = {site.name: site for site in sites}
             unknown = [name for name in self.layers if name not in by_name]
             if unknown:
                 raise ValueError(
-                    f"{WHO} `layers`: no activation named {unknown[0]!r}. Activations found in the forward pass: "
+                    f"{self.who} `layers`: no activation named {unknown[0]!r}. Activations found in the forward pass: "
                     f"{format_names(list(by_name))}."
                 )
             sites = [by_name[name] for name in self.layers]
@@ -211,9 +210,9 @@ class ActivationHealth:
         ``device``, by default that of the model's parameters); its ``paused()`` block counts nothing. ``observe``
         replaces :meth:`observe` as what the tap calls (a caller that decides which forwards count)."""
         if self.sites is None:
-            raise RuntimeError(f"{WHO}: call discover(model, images) before watch(model).")
+            raise RuntimeError(f"{self.who}: call discover(model, images) before watch(model).")
         if device is None:
-            device = next(iter(model.parameters()), torch.empty(0)).device
+            device = model_device(model)
         self.stats = ActivationStats({site.name: site.spec for site in self.sites}, device=device)
         return tap_activations(model, self.sites, observe or self.observe)
 
@@ -224,7 +223,7 @@ class ActivationHealth:
         yet found, and a tap, open until :meth:`close` (:attr:`tap`), counting only the forwards in training mode
         for which ``gate()`` holds (not other monitors' eval-mode forwards). An error while counting goes to
         ``guard`` (it switches ``"statistics"`` off, or raises), never silently into the user's forward."""
-        guard = guard or Guard(WHO)
+        guard = guard or Guard(self.who)
         if self.sites is None:
             self.discover(model, images)
 
@@ -235,6 +234,11 @@ class ActivationHealth:
         self.close()
         self.tap = self.watch(model, images.device, observe).__enter__()
         return self.tap
+
+    def count_forwards(self, on: bool) -> None:
+        """Count the forwards of the tap :meth:`follow` opened, or not (a backward's recomputed forwards)."""
+        if self.tap is not None:
+            self.tap.enabled = on
 
     def close(self) -> None:
         """Remove the hooks of the tap :meth:`follow` opened (safe to call again)."""
@@ -289,7 +293,7 @@ class ActivationHealth:
         """What to say of :attr:`silent_now`: sites that received nothing in a window of ``window`` training
         batches ending at ``global_step`` while the others did."""
         return (
-            f"{WHO}: {format_names(self.silent_now)} received no activation in a window of {window} training "
+            f"{format_names(self.silent_now)} received no activation in a window of {window} training "
             f"batches (ending at step {global_step}) in which the other activations did: nothing is counted there, "
             "so its dead or dormant channels cannot be seen or alerted on. The training forward skips it (a branch "
             "taken only in eval mode, or a forward other than the one the activations were found in: the monitor "
@@ -349,19 +353,19 @@ class ActivationHealth:
         ``torch.distributed``: every process calls it at the same point): its scalars and histograms, and its alerts
         (said through ``guard`` and given as ``cnnviz/alerts`` texts; draw the maps, :meth:`snapshot`, when there
         are any). Sites newly silent are said once."""
-        guard = guard or Guard(WHO)
+        guard = guard or Guard(self.who)
         summary = self.close_window()
         if summary is None or "statistics" in guard.disabled:
             return Snapshot(), []
         if self.silent_now:
-            guard.say(self.silent_message(window, moment.step))
+            guard.warn(self.silent_message(window, moment.step))
         shot = guard.run("activation scalars", self.window, summary) or Snapshot()
         check = functools.partial(
             self.check_alerts, summary, global_step=moment.step, epoch=moment.epoch, learning_rate=learning_rate
         )
         events = guard.run("dead-filter alerts", check) or []
         for event in events:
-            guard.say(event.message)
+            guard.warn(event.message.removeprefix(f"{guard.who}: "))  # the alert names who says it
         if events:
             shot.texts["cnnviz/alerts"] = [event.message for event in events]
         return shot, events

@@ -6,27 +6,18 @@ clean patterns; noisy filters point to an undertrained or under-regularized netw
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_cnnviz.core.checks import check_choice, check_positive_int
-from lightning_cnnviz.core.context import Context
-from lightning_cnnviz.core.drawing import normalize_per_item, tile_grid, to_rgb, upscale
-from lightning_cnnviz.core.layers import CONVS, LayerMap
-from lightning_cnnviz.core.model import resolve_modules
-from lightning_cnnviz.core.probe import Probe
-from lightning_cnnviz.core.protocol import DoesNotApply, Snapshot
+from lightning_cnnviz.core.drawing.basic import normalize_per_item, tile_grid, to_rgb, upscale
 
-__all__ = ["FilterPanel", "filter_smoothness", "render_filter_grid"]
+__all__ = ["filter_smoothness", "render_filter_grid"]
 
 Normalization = Literal["per_filter", "global"]
-WHO = "FilterMonitor"
 
 
 LINE_COLOURS = torch.tensor([[0.85, 0.1, 0.1], [0.1, 0.55, 0.1], [0.1, 0.2, 0.9]])  # input channels 0, 1, 2
@@ -141,18 +132,7 @@ def render_filter_grid(
         tiles = draw(weight, normalize=normalize, min_tile_px=min_tile_px)
         columns = max(1, round(math.sqrt(len(tiles) * tiles.shape[-2] / tiles.shape[-1])))
         return tile_grid(tiles, columns, padding=4 * padding, pad_value=1.0).contiguous()
-    if weight.shape[1] not in (1, 3):
-        weight = weight.abs().mean(dim=1, keepdim=True)  # kernel magnitude over the input channels
-
-    # RGB: one (3, kh, kw) tile per filter; otherwise one (1, kh, kw) tile per filter
-    tiles = weight
-    if normalize == "global":
-        low, high = weight.min(), weight.max()
-        span = (high - low).clamp_min(1e-12)
-        tiles = (tiles - low) / span
-    else:
-        tiles = normalize_per_item(tiles)
-
+    tiles = _shown(weight, normalize)  # RGB: one (3, kh, kw) tile per filter; otherwise one (1, kh, kw) tile
     tiles = upscale(tiles, min_tile_px)
     grid = tile_grid(tiles, padding=padding, pad_value=1.0)
     return to_rgb(grid[None])[0].contiguous()
@@ -194,85 +174,3 @@ def filter_smoothness(weight: Tensor) -> Tensor:
         return torch.tensor(float("nan"), dtype=torch.float64)
     scores = 1.0 - mean_sq_diff[valid] / (2.0 * variance[valid])
     return scores.mean()
-
-
-class FilterPanel:
-    """FilterMonitor's logic, Trainer-free: conv layers' filters as an image grid (:func:`render_filter_grid`)
-    and their smoothness (:func:`filter_smoothness`), ``cnnviz/filters/<layer>`` and
-    ``cnnviz/filters/smoothness/<layer>``.
-
-    Args:
-        layers: ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` module names; ``None`` means the first of them.
-        normalize: ``"per_filter"`` (each filter stretched to its own range) or ``"global"`` (one for the layer).
-        max_filters: draw at most this many output filters per layer.
-        min_tile_px: upscale kernels (nearest neighbour) until a tile is at least this many pixels wide.
-
-    Example:
-        >>> from lightning_cnnviz.core import Context, Moment
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 5), nn.ReLU())
-        >>> shot = FilterPanel().snapshot(net, None, Context(Moment(epoch=0, step=0)))
-        >>> tuple(shot.images["cnnviz/filters/0"].shape), sorted(shot.scalars)
-        ((3, 154, 154), ['cnnviz/filters/smoothness/0'])
-    """
-
-    def __init__(
-        self,
-        *,
-        layers: Sequence[str] | None = None,
-        normalize: Normalization = "per_filter",
-        max_filters: int = 64,
-        min_tile_px: int = 48,
-    ) -> None:
-        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
-            raise TypeError(f"{WHO}: `layers` must be a list of layer names or None, got {layers!r}.")
-        self.layers = list(layers) if layers is not None else None
-        self.normalize: Normalization = check_choice(WHO, "normalize", normalize, ("per_filter", "global"))
-        self.max_filters = check_positive_int(WHO, "max_filters", max_filters)
-        self.min_tile_px = check_positive_int(WHO, "min_tile_px", min_tile_px)
-
-    def convs(self, model: nn.Module) -> dict[str, nn.Module]:
-        """The watched layers of ``model`` (ValueError naming the valid ones for a wrong name, or when it has no
-        convolution)."""
-        if self.layers is None:
-            convs = LayerMap.of(model).convs
-            if not convs:
-                raise ValueError(f"{WHO}: {type(model).__name__} has no nn.Conv1d, nn.Conv2d or nn.Conv3d layer.")
-            first = next(iter(convs.values()))
-            return {first.name: first.module}
-        return resolve_modules(model, self.layers, what=f"{WHO} `layers`", kinds=CONVS)
-
-    def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
-        """Check the ``layers`` of ``model`` (ValueError naming the valid ones); DoesNotApply for a model without
-        a convolution."""
-        if not LayerMap.of(model).convs:
-            kinds = "nn.Conv1d, nn.Conv2d, nn.Conv3d"
-            raise DoesNotApply(f"it draws the filters of convolutions ({kinds}), and {type(model).__name__} has none.")
-        self.convs(model)
-
-    def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
-        """Every watched layer's filter grid and smoothness (from the weights alone: no probe, no forward)."""
-        guard, shot = context.guard, Snapshot()
-        scores: dict[str, Tensor] = {}
-        draw = functools.partial(render_filter_grid, normalize=self.normalize, max_filters=self.max_filters,
-                                 min_tile_px=self.min_tile_px)  # fmt: skip
-        for name, conv in self.convs(model).items():
-            weight = conv.weight.detach()  # type: ignore[operator]
-            grid = guard.run(f"filter image of {name!r}", draw, weight)
-            if grid is not None:
-                shot.images[f"cnnviz/filters/{name}"] = grid
-            score = guard.run(f"smoothness of {name!r}", filter_smoothness, weight)
-            if score is not None:
-                scores[name] = score
-        if scores:
-            values = torch.stack(list(scores.values())).cpu().tolist()  # one host copy for all layers
-            shot.scalars.update(
-                {f"cnnviz/filters/smoothness/{n}": v for n, v in zip(scores, values) if v == v}  # NaN: no 2-D slice
-            )
-        return shot
-
-    def state_dict(self) -> dict[str, Any]:
-        """Nothing to resume: every picture is drawn from the model as it is."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to restore."""

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import evaluating, resolve_modules, run_to
-from lightning_cnnviz.core.saliency import ReluGradientRule
+from lightning_cnnviz.core.context import InputScale
+from lightning_cnnviz.core.methods.saliency import ReluGradientRule
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import evaluating, model_device, resolve_modules, run_to
 
 __all__ = ["deep_dream", "visualize_features"]
 
@@ -30,7 +31,7 @@ def color_correlation(images: Tensor) -> Tensor:
     column has norm 1 (Lucid's ``color_correlation_svd_sqrt``). The identity for one channel.
 
     Example:
-        >>> from lightning_cnnviz.core.feature_vis import color_correlation
+        >>> from lightning_cnnviz.core.methods.feature_vis import color_correlation
         >>> color_correlation(torch.rand(4, 1, 8, 8))
         tensor([[1.]])
     """
@@ -159,7 +160,7 @@ def visualize_features(
     height, width = (size, size) if isinstance(size, int) else size
     if objective not in ("channel", "neuron"):
         raise ValueError(f"visualize_features: `objective` can be 'channel' or 'neuron', got {objective!r}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     resolve_modules(model, [layer], what="visualize_features layer")
     _check_channels(model, layer, channels, torch.zeros(1, in_channels, height, width, device=device))
     if colors is None:
@@ -170,11 +171,7 @@ def visualize_features(
     image = FourierImage(len(channels), in_channels, (height, width), colors.float(), generators, device)
     draws = torch.stack([torch.rand(steps, 4, generator=generator) * 2 - 1 for generator in generators], dim=1)
     if normalize is None and mean is not None and std is not None:
-        shift = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        spread = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-        def normalize(x: Tensor) -> Tensor:
-            return (x - shift) / spread
+        normalize = InputScale(mean, std).to_model
 
     optimizer = torch.optim.Adam(image.parameters(), lr=lr)
     index = torch.arange(len(channels), device=device)

@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import evaluating, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import evaluating, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.protocol import DoesNotApply, Guard
 
 __all__ = ["ImageEntry", "Trunk"]
@@ -91,7 +91,7 @@ class ImageEntry:
             self._decided = (id(model), *self._decide(model, example))
         _, chosen, said = self._decided
         if said and guard is not None:  # told once by the guard, also when decided before it was given
-            guard.tell(said)
+            guard.inform(said)
         return chosen
 
     def _decide(self, model: nn.Module, example: Tensor) -> tuple[nn.Module, str | None]:

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.drawing import annotate, normalize_per_item, tile_grid, to_rgb, upscale
-from lightning_cnnviz.core.model import class_name
+from lightning_cnnviz.core.drawing.basic import annotate, normalize_per_item, tile_grid, to_rgb, upscale
+from lightning_cnnviz.core.model.modules import class_name
 
 __all__ = ["render_saliency", "render_top_patches"]
 

@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.context import Context
-from lightning_cnnviz.core.history import EvolutionHistory
-from lightning_cnnviz.core.model import model_device
-from lightning_cnnviz.core.probe import Probe
+from lightning_cnnviz.core.drawing.render import render_evolution, render_top_patches
+from lightning_cnnviz.core.inputs.probe import Probe
+from lightning_cnnviz.core.methods.saliency import ReluRule
+from lightning_cnnviz.core.methods.top_patches import TopActivations
+from lightning_cnnviz.core.model.modules import model_device
+from lightning_cnnviz.core.monitors.history import EvolutionHistory
+from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection
 from lightning_cnnviz.core.protocol import Snapshot
-from lightning_cnnviz.core.render import render_evolution, render_top_patches
-from lightning_cnnviz.core.saliency import ReluRule
-from lightning_cnnviz.core.selection import ChannelSelection
-from lightning_cnnviz.core.top_patches import TopActivations
 
 __all__ = ["TopPatchGallery"]
 
-Method = Literal["deconvnet", "guided_backprop", "both"]
-METHODS = ("deconvnet", "guided_backprop", "both")
-WHO = "TopPatchMonitor"
 
 
 class TopPatchGallery:
@@ -32,7 +29,7 @@ class TopPatchGallery:
     strongest activations over the probe images (at most one per image), cropped to their receptive fields and
     drawn as ``0.5 + p / (2 max |p|)``, beside the image patches (Fig. 2), deconvnet or guided backprop
     (Springenberg et al. 2014) or both; and channels x calls, each cell the projection of the channel's strongest
-    activation (Fig. 4, :class:`~lightning_cnnviz.core.EvolutionHistory`). Tags ``cnnviz/top_patches/<layer>`` and
+    activation (Fig. 4, :class:`.EvolutionHistory`). Tags ``cnnviz/top_patches/<layer>`` and
     ``cnnviz/evolution/<layer>``.
 
     Args:
@@ -61,25 +58,27 @@ class TopPatchGallery:
         layers: Sequence[str] | str | None = None,
         channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         k: int = 9,
-        method: Method = "deconvnet",
+        method: Projection = "deconvnet",
         max_channels: int = 16,
         max_batch: int | None = None,
         thumbnail_px: int = 48,
         max_evolution_columns: int = 24,
         module: str | None = None,
+        who: str | None = None,
     ) -> None:
+        self.who = who = who or type(self).__name__  # the name its messages start with
         self.selection = ChannelSelection(layers=layers, channels=channels, k=k, max_channels=max_channels,
-                                          max_batch=max_batch, module=module, who=WHO)  # fmt: skip
+                                          max_batch=max_batch, module=module, who=who)  # fmt: skip
         self.layers, self.k = self.selection.layers, self.selection.k
-        self.method: Method = check_choice(WHO, "method", method, METHODS)
-        self.thumbnail_px = check_positive_int(WHO, "thumbnail_px", thumbnail_px)
-        self.max_evolution_columns = check_positive_int(WHO, "max_evolution_columns", max_evolution_columns)
+        self.method: Projection = check_choice(who, "method", method, tuple(PROJECTIONS))
+        self.thumbnail_px = check_positive_int(who, "thumbnail_px", thumbnail_px)
+        self.max_evolution_columns = check_positive_int(who, "max_evolution_columns", max_evolution_columns)
         self.history = EvolutionHistory(self.max_evolution_columns, self.thumbnail_px)
         self.last_top: dict[str, TopActivations] = {}
 
     @property
     def methods(self) -> tuple[ReluRule, ...]:
-        return ("deconvnet", "guided_backprop") if self.method == "both" else (self.method,)
+        return PROJECTIONS[self.method]
 
     def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
         """Choose the layers (and, given ``example``, the channels) of ``model``: :meth:`ChannelSelection.attach

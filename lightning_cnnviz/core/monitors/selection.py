@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.checks import check_positive_int
 from lightning_cnnviz.core.context import Context
-from lightning_cnnviz.core.drawing import normalize_per_item, to_rgb
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import evaluating, format_names, model_device, resolve_modules, run_to
-from lightning_cnnviz.core.probe import Probe
-from lightning_cnnviz.core.protocol import Guard
-from lightning_cnnviz.core.receptive_field import ReceptiveField, receptive_fields
-from lightning_cnnviz.core.render import signed_display
-from lightning_cnnviz.core.saliency import ReluRule
-from lightning_cnnviz.core.top_patches import (
+from lightning_cnnviz.core.drawing.basic import normalize_per_item, to_rgb
+from lightning_cnnviz.core.drawing.render import signed_display
+from lightning_cnnviz.core.inputs.probe import Probe
+from lightning_cnnviz.core.methods.receptive_field import ReceptiveField, receptive_fields
+from lightning_cnnviz.core.methods.saliency import ReluRule
+from lightning_cnnviz.core.methods.top_patches import (
     StreamingTopK,
     TopActivations,
     crop_patches,
@@ -28,10 +26,19 @@ from lightning_cnnviz.core.top_patches import (
     merge_top_activations,
     project_activations,
 )
-from lightning_cnnviz.core.top_patches import top_activations as scan_top_activations
-from lightning_cnnviz.core.trunk import ImageEntry
+from lightning_cnnviz.core.methods.top_patches import top_activations as scan_top_activations
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import evaluating, format_names, model_device, resolve_modules, run_to
+from lightning_cnnviz.core.model.trunk import ImageEntry
+from lightning_cnnviz.core.protocol import Guard
 
-__all__ = ["ChannelSelection", "default_channels"]
+__all__ = ["PROJECTIONS", "ChannelSelection", "Projection", "default_channels"]
+
+Projection = Literal["deconvnet", "guided_backprop", "both"]
+#: The ReLU backward rules each ``Projection`` projects with.
+PROJECTIONS: dict[str, tuple[ReluRule, ...]] = {
+    "deconvnet": ("deconvnet",), "guided_backprop": ("guided_backprop",), "both": ("deconvnet", "guided_backprop"),
+}
 
 
 def default_channels(num_channels: int, count: int = 16) -> list[int]:
@@ -53,7 +60,7 @@ class ChannelSelection:
     indices; default: up to ``max_channels`` evenly spread), their receptive fields, and the top-``k`` scan of the
     probe images (``max_batch`` images per forward, default: sized by memory), which the pictures of one model
     share through the :class:`~lightning_cnnviz.core.Context` when they select the same channels at one step.
-    ``module``: the part of the model fed the probe images (:class:`~lightning_cnnviz.core.ImageEntry`).
+    ``module``: the part of the model fed the probe images (:class:`~lightning_cnnviz.core.model.trunk.ImageEntry`).
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
@@ -110,7 +117,7 @@ class ChannelSelection:
         if part is None:
             return None
         measure = lambda function, *args: guard.run("receptive fields", function, *args)  # noqa: E731
-        return part if self.prepare(part, example[:1], say=guard.once, measure=measure) else None
+        return part if self.prepare(part, example[:1], say=guard.warn_once, measure=measure) else None
 
     def configure(self, model: nn.Module) -> None:
         """Choose the layers of ``model`` (ValueError for an unknown one, or a ``channels`` mapping that names a
@@ -129,7 +136,7 @@ class ChannelSelection:
         self.unfollowed = False  # no chosen layer's receptive field can be followed: nothing is drawn
 
     def fed(self, model: nn.Module, example: Tensor, guard: Guard | None = None) -> nn.Module:
-        """The part of ``model`` that takes ``example``-like images (:class:`~lightning_cnnviz.core.trunk.ImageEntry`;
+        """The part of ``model`` that takes ``example``-like images (:class:`.ImageEntry`;
         ``guard`` told which), its layers chosen again when it is not the model itself. ``DoesNotApply`` when none
         does."""
         part = self.entry.of(model, example, guard)

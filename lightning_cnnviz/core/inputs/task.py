@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.model import class_name, logits_of
+from lightning_cnnviz.core.model.modules import class_name, logits_of
 from lightning_cnnviz.core.protocol import DoesNotApply
 
 __all__ = ["TASKS", "Target", "choose_target", "decide_task", "describe_labels", "detections_of", "label_kind"]

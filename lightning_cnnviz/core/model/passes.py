@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._calls import flat_tensors
-from lightning_cnnviz.core.model import evaluating, hooked
+from lightning_cnnviz.core.methods._calls import flat_tensors
+from lightning_cnnviz.core.model.modules import evaluating, hooked
 
 __all__ = ["activation_bytes", "memory_bound", "pass_size"]
 

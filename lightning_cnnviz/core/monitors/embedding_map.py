@@ -12,25 +12,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._calls import flat_tensors
-from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.checks import check_choice, check_number, check_positive_int
 from lightning_cnnviz.core.context import Context
-from lightning_cnnviz.core.drawing import tile_grid, upscale
-from lightning_cnnviz.core.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import evaluating, model_device, named_modules, resolve_modules, run_to
-from lightning_cnnviz.core.passes import pass_size
-from lightning_cnnviz.core.probe import Probe, select_balanced
+from lightning_cnnviz.core.drawing.basic import tile_grid, upscale
+from lightning_cnnviz.core.drawing.render import display_rgb, render_scatter, render_thumbnail_grid
+from lightning_cnnviz.core.inputs.probe import Probe, select_balanced
+from lightning_cnnviz.core.inputs.task import TASKS, Task, describe_labels, label_kind
+from lightning_cnnviz.core.methods._calls import flat_tensors
+from lightning_cnnviz.core.methods.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import evaluating, model_device, named_modules, resolve_modules, run_to
+from lightning_cnnviz.core.model.passes import pass_size
+from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
 from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Snapshot
-from lightning_cnnviz.core.render import display_rgb, render_scatter, render_thumbnail_grid
-from lightning_cnnviz.core.task import TASKS, Task, describe_labels, label_kind
-from lightning_cnnviz.core.trunk import ImageEntry, Trunk
 
 __all__ = ["EmbeddingMap"]
 
 NEIGHBOURS = 8  # queries, and neighbours per query, of cnnviz/embedding/neighbours
 SPRITE_PX = 8192  # TensorBoard's Projector caps the sprite image at this side
-WHO = "EmbeddingMonitor"
 
 
 class EmbeddingMap:
@@ -51,10 +50,11 @@ class EmbeddingMap:
         projector: give the Projector data (codes, labels, a sprite) in :meth:`snapshot`.
         task: how the labels colour the map: ``"auto"`` by their kind (classes; the first positive class of
             multi-hot labels; a colour bar of values; no colours for masks or no labels), or a task of
-            :data:`~lightning_cnnviz.core.task.TASKS` to read them as. The kNN accuracy needs one class per image.
+            :data:`.TASKS` to read them as. The kNN accuracy needs one class per image.
         module: the part of the model fed the probe images (default: the model, or its backbone when the model
-            transforms its input before its first conv, as a detector does: :class:`~lightning_cnnviz.core.trunk
-            .ImageEntry`); fed to a part, the code is its last feature map, globally pooled, unless ``layer`` says.
+            transforms its input before its first conv, as a detector does:
+            :class:`.ImageEntry`); fed to a part, the code is its last feature map, globally
+            pooled, unless ``layer`` says.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
@@ -81,15 +81,15 @@ class EmbeddingMap:
         projector: bool = True,
         task: Task = "auto",
         module: str | None = None,
+        who: str | None = None,
     ) -> None:
-        self.entry = ImageEntry(WHO, module)
-        if isinstance(perplexity, bool) or not (isinstance(perplexity, (int, float)) and perplexity > 0):
-            raise ValueError(f"{WHO}: `perplexity` must be a positive number, got {perplexity!r}.")
-        self.perplexity = float(perplexity)
+        self.who = who = who or type(self).__name__  # the name its messages start with
+        self.entry = ImageEntry(who, module)
+        self.perplexity = check_number(who, "perplexity", perplexity, lambda v: v > 0, "a positive number")
         self.layer = layer
-        self.knn_k = check_positive_int(WHO, "knn_k", knn_k)
-        self.grid_cells = check_positive_int(WHO, "grid_cells", grid_cells)
-        self.cell_px = check_positive_int(WHO, "cell_px", cell_px)
+        self.knn_k = check_positive_int(who, "knn_k", knn_k)
+        self.grid_cells = check_positive_int(who, "grid_cells", grid_cells)
+        self.cell_px = check_positive_int(who, "cell_px", cell_px)
         self.warm_start = bool(warm_start)
         self.class_names = list(class_names) if class_names is not None else None
         self.seed = seed
@@ -98,7 +98,7 @@ class EmbeddingMap:
         self.previous: Tensor | None = None  # the last map, in state_dict
         self.last_knn_accuracy: float | None = None
         self.projector = bool(projector)
-        self.task = check_choice(WHO, "task", task, ("auto", *TASKS))
+        self.task = check_choice(who, "task", task, ("auto", *TASKS))
         self._said_too_few = False
         self._told: str | None = None  # the code layer chosen at attach, told at the first snapshot
 
@@ -108,28 +108,28 @@ class EmbeddingMap:
         self.take_input = False
         self.entry.check(model)
         if self.layer is not None:
-            resolve_modules(model, [self.layer], what=f"{WHO} `layer`")
+            resolve_modules(model, [self.layer], what=f"{self.who} `layer`")
             self.layer_name = self.layer
             return None
         if isinstance(model, Trunk):
             self.layer_name = model.name
-            return f"{WHO}: the codes are the globally pooled last feature map of {model.name!r}, one per image."
+            return f"{self.who}: the codes are the globally pooled last feature map of {model.name!r}, one per image."
         try:
             self.layer_name, self.take_input = LayerMap.of(model).code
         except ValueError as error:
-            raise ValueError(f"{WHO}: {error}") from None
+            raise ValueError(f"{self.who}: {error}") from None
         if isinstance(named_modules(model)[self.layer_name], nn.Linear):
             return None
         where = "input" if self.take_input else "output"
         return (
-            f"{WHO}: {type(model).__name__} has no nn.Linear; the codes are the globally pooled {where} of its last "
-            f"conv layer '{self.layer_name}'."
+            f"{self.who}: {type(model).__name__} has no nn.Linear; the codes are the globally pooled {where} of its "
+            f"last conv layer '{self.layer_name}'."
         )
 
     def codes(self, model: nn.Module, images: Tensor, max_batch: int | None = None) -> Tensor:
         """The codes of ``images`` (N, D) on the model's device: eval mode, no gradient, each forward stopped
         as soon as the code is known, ``max_batch`` images per forward (default:
-        :func:`~lightning_cnnviz.core.passes.pass_size`)."""
+        :func:`~lightning_cnnviz.core.model.passes.pass_size`)."""
         if self.layer_name is None:
             self.resolve(model)
         assert self.layer_name is not None
@@ -251,14 +251,14 @@ class EmbeddingMap:
         if probe is None:
             return shot
         if self._told is not None:
-            guard.tell(self._told.removeprefix(f"{WHO}: "))
+            guard.inform(self._told.removeprefix(f"{self.who}: "))
             self._told = None
         images, labels = probe.images, probe.labels
         if len(images) <= max(3, self.knn_k):
             if not self._said_too_few:
                 self._said_too_few = True
-                guard.say(
-                    f"{WHO}: the probe holds {len(images)} image(s), and a map needs more than {max(3, self.knn_k)} "
+                guard.warn(
+                    f"the probe holds {len(images)} image(s), and a map needs more than {max(3, self.knn_k)} "
                     f"(knn_k={self.knn_k}); nothing is drawn. The probe is filled from the first validation pass "
                     "(else the first training batches): give it more batches or images."
                 )
@@ -268,7 +268,7 @@ class EmbeddingMap:
         if part is None:
             return shot
         if part is not model and self.layer_name != getattr(part, "name", None) and self.layer is None:
-            guard.tell(str(self.resolve(part)).removeprefix(f"{WHO}: "))
+            guard.inform(str(self.resolve(part)).removeprefix(f"{self.who}: "))
         model = part
         shard, _ = probe.shard(ranks)
         local = guard.run("embedding codes", self.codes, model, shard.to(device))
@@ -285,7 +285,7 @@ class EmbeddingMap:
                 shot.scalars["cnnviz/embedding/knn_accuracy"] = accuracy
         else:
             found = "no labels" if labels is None else f"labels of shape {tuple(labels.shape)} ({labels.dtype})"
-            guard.skip("the kNN accuracy", f"it needs one integer class per image, and the batches hold {found}; "
+            guard.switch_off("the kNN accuracy", f"it needs one integer class per image, and the batches hold {found}; "
                        "the map is drawn without it (pass `batch_to_labels=` to give classes).")  # fmt: skip
         embedding = guard.run("embedding t-SNE", self.embed, codes)
         if embedding is None:

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lightning_cnnviz.core._calls import argument, conv2d_geometry, flat_tensors, pool2d_geometry
-from lightning_cnnviz.core.model import evaluating, hooked, resolve_modules
+from lightning_cnnviz.core.methods._calls import argument, conv2d_geometry, flat_tensors, pool2d_geometry
+from lightning_cnnviz.core.model.modules import evaluating, hooked, resolve_modules
 
 __all__ = ["receptive_fields"]
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.batches import check_images, in_layout_of
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import evaluating, run_to
-from lightning_cnnviz.core.passes import pass_size
-from lightning_cnnviz.core.receptive_field import ReceptiveField
-from lightning_cnnviz.core.saliency import ReluGradientRule, ReluRule
+from lightning_cnnviz.core.inputs.batches import check_images, in_layout_of
+from lightning_cnnviz.core.methods.receptive_field import ReceptiveField
+from lightning_cnnviz.core.methods.saliency import ReluGradientRule, ReluRule
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import evaluating, run_to
+from lightning_cnnviz.core.model.passes import pass_size
 
 __all__ = ["crop_patches", "project_activations", "top_activations"]
 
@@ -137,7 +137,7 @@ def top_activations(
 ) -> dict[str, TopActivations]:
     """Per layer and chosen channel, the top-``k`` activations over ``images`` (at most one per image).
 
-    Eval mode, no gradients, batches of ``max_batch`` (default: :func:`~lightning_cnnviz.core.passes.pass_size`),
+    Eval mode, no gradients, batches of ``max_batch`` (default: :func:`~lightning_cnnviz.core.model.passes.pass_size`),
     each forward stopped after the deepest chosen layer.
     ``image_indices`` (default ``0..N-1``) name the images in the result, so shards of a probe set can merge.
 

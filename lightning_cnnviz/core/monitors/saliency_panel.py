@@ -5,23 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core import saliency as S
-from lightning_cnnviz.core.activation_sites import find_activation_sites
-from lightning_cnnviz.core.checks import check_choice, check_positive_int
+from lightning_cnnviz.core.checks import check_callable, check_choice, check_positive_int
 from lightning_cnnviz.core.context import Context
-from lightning_cnnviz.core.drawing import annotate
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import class_name, evaluating, hooked, logits_of, model_device, resolve_modules
-from lightning_cnnviz.core.probe import Probe
-from lightning_cnnviz.core.protocol import Guard, Snapshot
-from lightning_cnnviz.core.render import render_saliency
-from lightning_cnnviz.core.saliency_methods import METHODS, SaliencySettings
-from lightning_cnnviz.core.task import (
+from lightning_cnnviz.core.drawing.basic import annotate
+from lightning_cnnviz.core.drawing.render import render_saliency
+from lightning_cnnviz.core.inputs.probe import Probe
+from lightning_cnnviz.core.inputs.task import (
     TASKS,
     Target,
     TargetSpec,
@@ -34,16 +28,21 @@ from lightning_cnnviz.core.task import (
     shown_values,
     top_boxes,
 )
+from lightning_cnnviz.core.methods import saliency as S
+from lightning_cnnviz.core.methods.activation_sites import find_activation_sites
+from lightning_cnnviz.core.methods.saliency_methods import METHODS, SaliencySettings
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import class_name, evaluating, hooked, logits_of, model_device, resolve_modules
+from lightning_cnnviz.core.protocol import Guard, Snapshot
 
 __all__ = ["Explanation", "SaliencyPanel"]
 
 DEFAULT_METHODS = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
-WHO = "SaliencyMonitor"
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """What the maps of a probe explain: the decided ``task``, the :class:`~lightning_cnnviz.core.task.Target`,
+    """What the maps of a probe explain: the decided ``task``, the :class:`~lightning_cnnviz.core.inputs.task.Target`,
     one caption per image, and the predicted masks of a segmentation (else None)."""
 
     task: str
@@ -58,10 +57,10 @@ class SaliencyPanel:
     mask | map | overlay] for segmentation), captioned with what the batch holds and what was predicted, and with
     the target the maps explain; normalised per image.
 
-    Methods (:mod:`lightning_cnnviz.core.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013), ``smoothgrad``
+    Methods (:mod:`lightning_cnnviz.core.methods.saliency`): ``vanilla_gradient`` (Simonyan et al. 2013), ``smoothgrad``
     (Smilkov et al. 2017), ``guided_backprop`` (Springenberg et al. 2014), ``deconvnet`` and ``occlusion`` (Zeiler
     & Fergus 2013), ``grad_cam`` (Selvaraju et al. 2017). Every method explains the same target, one score per
-    image (:func:`~lightning_cnnviz.core.task.choose_target`); occlusion measures its drop (for class targets the
+    image (:func:`~lightning_cnnviz.core.inputs.task.choose_target`); occlusion measures its drop (for class targets the
     drop of the class probability). SmoothGrad noise comes from a private generator seeded with ``seed``: the same
     at every call, the global RNG untouched.
 
@@ -73,7 +72,7 @@ class SaliencyPanel:
             error, the embedding's norm, the highest-scoring box of a detector), ``"true"`` or ``"predicted"``
             (class tasks), a class index (an output index for regression; the best box of that class for a
             detector), or a callable ``target(output, (images, labels)) -> (N,)``.
-        task: ``"auto"`` (from the labels, else the output: :func:`~lightning_cnnviz.core.task.decide_task`),
+        task: ``"auto"`` (from the labels, else the output: :func:`~lightning_cnnviz.core.inputs.task.decide_task`),
             ``"classification"``, ``"multilabel"``, ``"regression"``, ``"segmentation"``, ``"reconstruction"``,
             ``"embedding"`` or ``"detection"`` (a model giving one dict of ``boxes``, ``labels`` and ``scores`` per
             image, as torchvision's detectors do in eval mode: the full detector is run, its own transform
@@ -99,6 +98,8 @@ class SaliencyPanel:
         {'cnnviz/saliency/vanilla_gradient': (3, 132, 196), 'cnnviz/saliency/grad_cam': (3, 132, 196)}
     """
 
+    DEFAULT_METHODS: ClassVar[tuple[str, ...]] = DEFAULT_METHODS  # what ``methods`` draws by default
+
     def __init__(
         self,
         *,
@@ -113,28 +114,29 @@ class SaliencyPanel:
         seed: int = 0,
         output_to_logits: Callable[[Any], Tensor] | None = None,
         task: Task = "auto",
+        who: str | None = None,
     ) -> None:
+        self.who = who = who or type(self).__name__  # the name its messages start with
         if isinstance(methods, str):
             methods = (methods,)
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:
             raise ValueError(
-                f"{WHO}: unknown method {unknown[0] if unknown else None!r} in `methods`; the methods are "
+                f"{who}: unknown method {unknown[0] if unknown else None!r} in `methods`; the methods are "
                 f"{', '.join(map(repr, METHODS))}."
             )
-        if output_to_logits is not None and not callable(output_to_logits):
-            raise TypeError(f"{WHO}: `output_to_logits` must be a callable or None, got {output_to_logits!r}.")
+        check_callable(who, "output_to_logits", output_to_logits)
         named = isinstance(target, str) and target in ("auto", "true", "predicted")
         if not (named or callable(target) or (isinstance(target, int) and not isinstance(target, bool))):
             raise ValueError(
-                f"{WHO}: `target` can be 'auto', 'true', 'predicted', a class index or a callable "
+                f"{who}: `target` can be 'auto', 'true', 'predicted', a class index or a callable "
                 f"target(output, batch) -> (N,), got {target!r}."
             )
         self.methods = tuple(methods)
         self.target = target
-        self.task = check_choice(WHO, "task", task, ("auto", *TASKS))
+        self.task = check_choice(who, "task", task, ("auto", *TASKS))
         self.settings = SaliencySettings(
-            smoothgrad_samples=check_positive_int(WHO, "smoothgrad_samples", smoothgrad_samples),
+            smoothgrad_samples=check_positive_int(who, "smoothgrad_samples", smoothgrad_samples),
             smoothgrad_sigma=float(smoothgrad_sigma), seed=seed, occlusion_patch=occlusion_patch,
             occlusion_stride=occlusion_stride, grad_cam_layer=grad_cam_layer,
         )  # fmt: skip
@@ -147,7 +149,8 @@ class SaliencyPanel:
         a model without one (it explains 2-D images)."""
         LayerMap.of(model).need_images()
         if self.settings.grad_cam_layer is not None:
-            resolve_modules(model, [self.settings.grad_cam_layer], what=f"{WHO} `grad_cam_layer`", kinds=(nn.Conv2d,))
+            layer, what = self.settings.grad_cam_layer, f"{self.who} `grad_cam_layer`"
+            resolve_modules(model, [layer], what=what, kinds=(nn.Conv2d,))
 
     def scored(self, model: nn.Module) -> Any:
         """The model as the maps see it: called through ``output_to_logits`` when one is given (without, the
@@ -173,7 +176,7 @@ class SaliencyPanel:
             target = choose_target(task, self.target, output, images, labels, self.class_names)
             cam_layer = self._cam_layer(model, task, target, output, inputs, outputs)
         if guard is not None:
-            guard.tell(
+            guard.inform(
                 f"task {task!r} ({why}), so the maps explain: {target.rule}. Pass `task=` or `target=` to choose "
                 "otherwise."
             )

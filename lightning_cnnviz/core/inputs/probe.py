@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_cnnviz.core.batches import images_from_batch, labels_from_batch
 from lightning_cnnviz.core.budget import Budget
 from lightning_cnnviz.core.checks import check_callable
+from lightning_cnnviz.core.inputs.batches import images_from_batch, labels_from_batch
 from lightning_cnnviz.core.protocol import Ranks
 
 __all__ = ["Probe", "ProbeService", "ProbeSet", "select_balanced"]
@@ -45,7 +45,7 @@ def select_balanced(labels: Tensor, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Probe:
-    """Probe images (N, C, H, W) and their labels (any kind, :func:`~lightning_cnnviz.core.batches.labels_from_batch`)
+    """Probe images (N, C, H, W) and their labels (any kind, :func:`.labels_from_batch`)
     when the batches carry them, on the host.
 
     Example:
@@ -238,7 +238,7 @@ class ProbeService:
 
     def example(self, batch: Any, member: ProbeSet) -> Tensor:
         """One image of ``batch`` as ``member`` finds images (an example to fit a picture to), the batch unpacked
-        once for every member that finds images alike. :class:`~lightning_cnnviz.core.batches.NoImages` when it
+        once for every member that finds images alike. :class:`~lightning_cnnviz.core.inputs.batches.NoImages` when it
         holds none."""
         key = (id(batch), id(member.batch_to_images))
         if self._example is None or self._example[0] != key:

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_cnnviz.core._calls import ACTIVATION_FUNCTIONS, RELU_FAMILY
-from lightning_cnnviz.core.model import evaluating, hooked, module_names, named_modules
-from lightning_cnnviz.core.stats import LayerSpec
+from lightning_cnnviz.core.methods._calls import ACTIVATION_FUNCTIONS, RELU_FAMILY
+from lightning_cnnviz.core.methods.stats import LayerSpec
+from lightning_cnnviz.core.model.modules import evaluating, hooked, module_names, named_modules
 
 __all__ = ["ActivationSite", "ActivationTap", "find_activation_sites", "tap_activations"]
 
@@ -62,6 +62,16 @@ class ActivationSite:
         within: the repeated runs the site lies in: ``(module name, run)`` for ``scope`` and each module that
             called it whose run was not the first of that module in its caller's forward (a container or block
             called twice, a module called in a loop); ``()`` for most sites.
+
+    Example:
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.conv = nn.Conv2d(1, 2, 3)
+        ...     def forward(self, x):
+        ...         return torch.relu(self.conv(x))
+        >>> [(site.name, site.kind, site.shape) for site in find_activation_sites(Net(), torch.zeros(1, 1, 5, 5))]
+        [('relu', 'function', (2, 3, 3))]
     """
 
     name: str
@@ -316,6 +326,16 @@ class ActivationTap:
     call) needs to know where the forward is: then every module's forward is followed by :class:`_Places`, as
     :func:`find_activation_sites` followed it, and functional calls are watched while a forward that makes a
     chosen one runs.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
+        >>> sites, seen = find_activation_sites(net, torch.zeros(1, 1, 5, 5)), []
+        >>> with tap_activations(net, sites, lambda name, out: seen.append(name)) as tap:
+        ...     _ = net(torch.zeros(1, 1, 5, 5))
+        ...     with tap.paused():
+        ...         _ = net(torch.zeros(1, 1, 5, 5))
+        >>> seen
+        ['1']
     """
 
     def __init__(

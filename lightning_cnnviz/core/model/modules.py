@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core._calls import flat_tensors
+from lightning_cnnviz.core.methods._calls import flat_tensors
 
 __all__ = ["class_name", "evaluating", "hooked", "model_device", "resolve_modules", "run_to"]
 

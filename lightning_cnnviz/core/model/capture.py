@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.activation_sites import ActivationSite, tap_activations
-from lightning_cnnviz.core.model import hooked, resolve_modules
+from lightning_cnnviz.core.methods.activation_sites import ActivationSite, tap_activations
+from lightning_cnnviz.core.model.modules import hooked, resolve_modules
 
 __all__ = ["capture"]
 

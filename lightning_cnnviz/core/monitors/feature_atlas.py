@@ -9,25 +9,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.checks import check_choice, check_number, check_positive_int
 from lightning_cnnviz.core.context import Context, InputScale
-from lightning_cnnviz.core.drawing import captioned_grid, tile_grid, to_rgb, upscale
-from lightning_cnnviz.core.feature_vis import color_correlation, deep_dream, visualize_features
-from lightning_cnnviz.core.history import EvolutionHistory
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import model_device
-from lightning_cnnviz.core.probe import Probe
+from lightning_cnnviz.core.drawing.basic import captioned_grid, tile_grid, to_rgb, upscale
+from lightning_cnnviz.core.drawing.render import render_evolution, render_top_patches
+from lightning_cnnviz.core.inputs.probe import Probe
+from lightning_cnnviz.core.methods.feature_vis import color_correlation, deep_dream, visualize_features
+from lightning_cnnviz.core.methods.top_patches import TopActivations
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import model_device
+from lightning_cnnviz.core.monitors.history import EvolutionHistory
+from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection
 from lightning_cnnviz.core.protocol import Ranks, Snapshot
-from lightning_cnnviz.core.render import render_evolution, render_top_patches
-from lightning_cnnviz.core.saliency import ReluRule
-from lightning_cnnviz.core.selection import ChannelSelection
-from lightning_cnnviz.core.top_patches import TopActivations
 
 __all__ = ["FeatureAtlas"]
 
-WHO = "FeatureVisMonitor"
-RULES: dict[str, tuple[ReluRule, ...]] = {"deconvnet": ("deconvnet",), "guided_backprop": ("guided_backprop",),
-         "both": ("deconvnet", "guided_backprop")}  # fmt: skip
 
 
 class FeatureAtlas:
@@ -79,25 +75,25 @@ class FeatureAtlas:
         dream_images: int = 4,
         atlas: bool = True,
         k: int = 9,
-        method: str = "guided_backprop",
+        method: Projection = "guided_backprop",
         max_channels: int = 16,
         max_batch: int | None = None,
         module: str | None = None,
+        who: str | None = None,
     ) -> None:
+        self.who = who = who or type(self).__name__  # the name its messages start with
         self.selection = ChannelSelection(layers=layers, channels=channels, k=k, max_channels=max_channels,
-                                          max_batch=max_batch, module=module, who=WHO)  # fmt: skip
-        check_positive_int(WHO, "steps", steps)
+                                          max_batch=max_batch, module=module, who=who)  # fmt: skip
+        check_positive_int(who, "steps", steps)
         if size is not None:
-            check_positive_int(WHO, "size", size)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-            raise ValueError(f"{WHO}: `lr` must be a positive number, got {lr!r}.")
+            check_positive_int(who, "size", size)
+        check_number(who, "lr", lr, lambda v: v > 0, "a positive number")
         if (mean is None) != (std is None):
-            raise ValueError(f"{WHO}: pass both `mean` and `std`, or neither (got mean={mean}, std={std}).")
-        if method not in RULES:
-            raise ValueError(f"{WHO}: `method` can be {{{', '.join(map(repr, RULES))}}}, got {method!r}.")
+            raise ValueError(f"{who}: pass both `mean` and `std`, or neither (got mean={mean}, std={std}).")
+        check_choice(who, "method", method, tuple(PROJECTIONS))
         self.steps, self.lr, self.seed, self.size = steps, float(lr), int(seed), size
         self.scale = InputScale(mean, std, normalize)
-        self.dream_images, self.atlas, self.rules = int(dream_images), bool(atlas), RULES[method]
+        self.dream_images, self.atlas, self.rules = int(dream_images), bool(atlas), PROJECTIONS[method]
         self.history = EvolutionHistory()
         self.last_images: dict[str, Tensor] = {}
         self._scale = self.scale  # the scale of the current snapshot: this one's, else the context's

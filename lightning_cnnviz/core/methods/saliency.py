@@ -7,7 +7,7 @@ restored. Guided backprop and deconvnet change the backward rule of every ReLU t
 in-place modules and ``F.relu``/``torch.relu_``/``x.relu()`` alike) through a ``TorchFunctionMode``. Targets:
 ``None`` is the predicted class, an ``int`` one class for all, a tensor (N,) one class per image, and a callable
 ``score(output, inputs, rows) -> (n,)`` any score per input (``rows``: the index in ``images`` of the image each
-input is, or is a noisy or occluded copy of), such as :class:`~lightning_cnnviz.core.task.Target` makes for
+input is, or is a noisy or occluded copy of), such as :class:`~lightning_cnnviz.core.inputs.task.Target` makes for
 every task.
 """
 
@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_cnnviz.core._calls import INPLACE_RELU, relu_kind
-from lightning_cnnviz.core.batches import check_images, in_layout_of
-from lightning_cnnviz.core.layers import LayerMap
-from lightning_cnnviz.core.model import evaluating, hooked, logits_of, resolve_modules
-from lightning_cnnviz.core.passes import activation_bytes, even_passes, pass_size
-from lightning_cnnviz.core.task import Score, check_scores, class_score
+from lightning_cnnviz.core.inputs.batches import check_images, in_layout_of
+from lightning_cnnviz.core.inputs.task import Score, check_scores, class_score
+from lightning_cnnviz.core.methods._calls import INPLACE_RELU, relu_kind
+from lightning_cnnviz.core.model.layers import LayerMap
+from lightning_cnnviz.core.model.modules import evaluating, hooked, logits_of, resolve_modules
+from lightning_cnnviz.core.model.passes import activation_bytes, even_passes, pass_size
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
@@ -145,7 +145,7 @@ def smoothgrad(
 ) -> Tensor:
     """Smilkov et al. 2017 (arXiv 1706.03825): the mean of ``|gradient|`` over noisy copies, max over channels.
 
-    The noisy copies run in batches of ``max_batch`` (default: :func:`~lightning_cnnviz.core.passes.pass_size` with
+    The noisy copies run in batches of ``max_batch`` (default: :func:`.pass_size` with
     gradients, at least one copy of every image). Noise is Gaussian with standard deviation ``sigma * (max(x) -
     min(x))`` per image (the paper's level), unless ``noise`` (N * samples, C, H, W) is given (copies of image
     ``i`` at rows ``i * samples`` to ``(i + 1) * samples - 1``). Returns (N, H, W).
@@ -279,7 +279,7 @@ def occlusion(
     the logits of a class target to the score (softmax); a callable target is the score itself. Windows follow
     captum's ``Occlusion``, so the maps equal its own. The copies are built on the model's device and run as full
     forwards, copies of several images and windows together, as many per pass as fit ``memory_budget`` bytes of
-    activations (default: :func:`~lightning_cnnviz.core.passes.pass_size`, at least one copy of every image), with
+    activations (default: :func:`~lightning_cnnviz.core.model.passes.pass_size`, at least one copy of every image), with
     no host sync between.
 
     Example:

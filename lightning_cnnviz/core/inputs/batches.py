@@ -10,7 +10,7 @@ from torch import Tensor
 
 from lightning_cnnviz.core.protocol import DoesNotApply
 
-__all__ = ["images_from_batch", "inputs_from_batch", "labels_from_batch"]
+__all__ = ["NoImages", "images_from_batch", "inputs_from_batch", "labels_from_batch"]
 
 _IMAGE_KEYS = ("image", "images", "x", "input", "inputs", "pixel_values")
 _LABEL_KEYS = ("label", "labels", "target", "targets", "y", "mask", "masks")
@@ -27,7 +27,15 @@ def _describe(value: Any) -> str:
 
 
 class NoImages(DoesNotApply, TypeError):
-    """A batch holds no image tensor where the monitor looks: it does not apply to such batches."""
+    """A batch holds no image tensor where the monitor looks: it does not apply to such batches.
+
+    Example:
+        >>> try:
+        ...     images_from_batch({"text": [1, 2]}, who="MyPicture")
+        ... except NoImages as error:
+        ...     str(error)[:58]
+        'MyPicture: the batch must hold an image tensor of shape (N'
+    """
 
 
 def as_float_images(images: Tensor) -> Tensor:
@@ -35,34 +43,38 @@ def as_float_images(images: Tensor) -> Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
+def _candidate(batch: Any, batch_to_inputs: Callable[[Any], Tensor] | None) -> Any:
+    """Where a batch's input is: ``batch_to_inputs(batch)`` when given, else the batch itself, its first element, or
+    its ``'image'``-like key (None when a dict has none). The one lookup of images and inputs alike."""
+    if batch_to_inputs is not None:
+        return batch_to_inputs(batch)
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[0]
+    if isinstance(batch, Mapping):
+        key = next((k for k in _IMAGE_KEYS if k in batch), None)
+        return batch[key] if key is not None else None
+    return batch
+
+
 def images_from_batch(
     batch: Any, *, who: str = "lightning_cnnviz", batch_to_images: Callable[[Any], Tensor] | None = None
 ) -> Tensor:
-    """The image tensor of a batch: ``batch_to_images(batch)`` when given, else the batch itself, its first
-    element, or its ``'image'``-like key; uint8 images become floats in [0, 1]. :class:`NoImages` (a TypeError and
-    a ``DoesNotApply``), saying what the batch was and what is accepted, when there is no floating or uint8
-    (N, C, H, W) tensor.
+    """The image tensor of a batch, found as :func:`inputs_from_batch` finds inputs; uint8 images become floats in
+    [0, 1]. :class:`NoImages` (a TypeError and a ``DoesNotApply``), saying what the batch was and what is accepted,
+    when there is no floating or uint8 (N, C, H, W) tensor there.
 
     Example:
         >>> images_from_batch({"image": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "label": torch.ones(2)}).dtype
         torch.float32
     """
-    if batch_to_images is not None:
-        images = batch_to_images(batch)
-        if not (isinstance(images, Tensor) and images.dim() == 4 and _image_dtype(images)):
-            raise NoImages(
-                f"{who}: `batch_to_images` must return a floating (or uint8) image tensor of shape (N, C, H, W), "
-                f"got {images!r:.200}."
-            )
-        return as_float_images(images)
-    candidate: Any = batch
-    if isinstance(batch, (list, tuple)) and batch:
-        candidate = batch[0]
-    elif isinstance(batch, Mapping):
-        key = next((k for k in _IMAGE_KEYS if k in batch), None)
-        candidate = batch[key] if key is not None else None
+    candidate = _candidate(batch, batch_to_images)
     if isinstance(candidate, Tensor) and candidate.dim() == 4 and _image_dtype(candidate):
         return as_float_images(candidate)
+    if batch_to_images is not None:
+        raise NoImages(
+            f"{who}: `batch_to_images` must return a floating (or uint8) image tensor of shape (N, C, H, W), "
+            f"got {candidate!r:.200}."
+        )
     raise NoImages(
         f"{who}: the batch must hold an image tensor of shape (N, C, H, W) with a floating (or uint8) dtype: the "
         f"batch itself, the first element of a (images, labels) tuple/list, or a dict value under one of "
@@ -76,19 +88,14 @@ def inputs_from_batch(
     batch: Any, *, who: str = "lightning_cnnviz", batch_to_inputs: Callable[[Any], Tensor] | None = None
 ) -> Tensor:
     """The network's input in a batch, of any shape (N, ...): signals (N, C, L), images, clips (N, C, T, H, W),
-    features or token ids; found as :func:`images_from_batch` finds images (``batch_to_inputs(batch)`` when
-    given). uint8 images become floats in [0, 1]. :class:`NoImages` when there is no tensor there.
+    features or token ids: ``batch_to_inputs(batch)`` when given, else the batch itself, its first element, or its
+    ``'image'``-like key. uint8 images become floats in [0, 1]. :class:`NoImages` when there is no tensor there.
 
     Example:
         >>> inputs_from_batch((torch.zeros(2, 1, 100), torch.ones(2))).shape
         torch.Size([2, 1, 100])
     """
-    candidate: Any = batch_to_inputs(batch) if batch_to_inputs is not None else batch
-    if batch_to_inputs is None and isinstance(batch, (list, tuple)) and batch:
-        candidate = batch[0]
-    elif batch_to_inputs is None and isinstance(batch, Mapping):
-        key = next((k for k in _IMAGE_KEYS if k in batch), None)
-        candidate = batch[key] if key is not None else None
+    candidate = _candidate(batch, batch_to_inputs)
     if isinstance(candidate, Tensor) and candidate.dim() >= 1:
         return as_float_images(candidate) if candidate.dim() == 4 else candidate
     raise NoImages(
@@ -108,7 +115,7 @@ def labels_from_batch(
 ) -> Tensor | None:
     """The labels of a batch's images: ``batch_to_labels(batch)`` when given, else the second element of an
     ``(images, labels, ...)`` batch or a dict value under one of ``label``, ``labels``, ``target``, ``targets``,
-    ``y``, ``mask``, ``masks``. Labels of every task are kept (:func:`~lightning_cnnviz.core.task.label_kind`):
+    ``y``, ``mask``, ``masks``. Labels of every task are kept (:func:`~lightning_cnnviz.core.inputs.task.label_kind`):
     integer classes (N,), multi-hot (N, C), values (N,) or (N, K), integer masks (N, H, W); None otherwise.
 
     Example:
@@ -117,7 +124,7 @@ def labels_from_batch(
         >>> labels_from_batch((torch.zeros(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)), torch.zeros(2, 1, 4, 4)) is None
         True
     """
-    from lightning_cnnviz.core.task import label_kind
+    from lightning_cnnviz.core.inputs.task import label_kind
 
     if batch_to_labels is not None:
         labels = batch_to_labels(batch)

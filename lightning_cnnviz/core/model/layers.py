@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.model import evaluating, model_device, named_modules, run_to
+from lightning_cnnviz.core.model.modules import evaluating, model_device, named_modules, run_to
 from lightning_cnnviz.core.protocol import DoesNotApply
 
 __all__ = ["ConvInfo", "LayerMap"]
@@ -162,8 +162,8 @@ class LayerMap:
     def feeds(self, model: nn.Module, example: Tensor) -> dict[str, str]:
         """The activation site each conv feeds: the first activation computed after it in a forward of
         ``example`` (convs followed by none are left out)."""
-        from lightning_cnnviz.core.activation_sites import find_activation_sites, tap_activations
-        from lightning_cnnviz.core.model import evaluating, hooked
+        from lightning_cnnviz.core.methods.activation_sites import find_activation_sites, tap_activations
+        from lightning_cnnviz.core.model.modules import evaluating, hooked
 
         order: list[tuple[str, str]] = []
         sites = find_activation_sites(model, example[:1])
@@ -183,6 +183,6 @@ class LayerMap:
     def receptive_fields(self, model: nn.Module, layers: Sequence[str], example: Tensor) -> dict[str, object]:
         """The receptive fields of ``layers`` for inputs like ``example``
         (:func:`~lightning_cnnviz.core.receptive_fields`)."""
-        from lightning_cnnviz.core.receptive_field import receptive_fields
+        from lightning_cnnviz.core.methods.receptive_field import receptive_fields
 
         return dict(receptive_fields(model, list(layers), example[:1]))

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core import saliency as S
+from lightning_cnnviz.core.methods import saliency as S
 
 __all__ = ["METHODS", "SaliencyMethod", "SaliencySettings"]
 
@@ -20,7 +20,12 @@ __all__ = ["METHODS", "SaliencyMethod", "SaliencySettings"]
 class SaliencySettings:
     """What the methods read besides the model, the images and the target: SmoothGrad's noisy copies, noise level
     and seed; the occluding square's side and step (None: a quarter of the image side, a quarter of the patch);
-    Grad-CAM's layer (None: the layer the panel chose, else the last ``nn.Conv2d``)."""
+    Grad-CAM's layer (None: the layer the panel chose, else the last ``nn.Conv2d``).
+
+    Example:
+        >>> SaliencySettings(smoothgrad_samples=8).smoothgrad_samples
+        8
+    """
 
     smoothgrad_samples: int = 25
     smoothgrad_sigma: float = 0.15
@@ -32,10 +37,21 @@ class SaliencySettings:
 
 class SaliencyMethod:
     """One saliency method. ``maps(model, images, target, settings, cam_layer)`` returns (N, C, H, W) maps on the
-    images' device for the ``target`` of each image (:data:`~lightning_cnnviz.core.saliency.Target`): ``signed``
+    images' device for the ``target`` of each image (:data:`~lightning_cnnviz.core.methods.saliency.Target`): ``signed``
     maps (C = the images' channels) are drawn as ``0.5 + map / (2 max |map|)`` beside their magnitude, the others
     (C = 1) as a heat map over the image. ``change`` says whether the method measures the change of the target
-    (occlusion) rather than its gradient."""
+    (occlusion) rather than its gradient.
+
+    Example:
+        >>> class InputTimesGradient(SaliencyMethod):  # a variant is one class, registered by its name
+        ...     name = "input_x_gradient"
+        ...     def maps(self, model, images, target, settings, cam_layer):
+        ...         from lightning_cnnviz.core import vanilla_gradient
+        ...         return (images.abs().amax(dim=1) * vanilla_gradient(model, images, target))[:, None]
+        >>> "input_x_gradient" in METHODS
+        True
+        >>> del METHODS["input_x_gradient"]
+    """
 
     name: ClassVar[str]
     signed: ClassVar[bool] = True
