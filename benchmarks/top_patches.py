@@ -33,9 +33,9 @@ from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 from torch import Tensor, nn
 
 from lightning_cnnviz import TensorBoardSink, TopPatchMonitor
-from lightning_cnnviz.callbacks.top_patch_monitor import default_channels
 from lightning_cnnviz.core import receptive_fields, top_activations
 from lightning_cnnviz.core.methods.top_patches import project_activations
+from lightning_cnnviz.core.monitors.selection import default_channels
 from lightning_cnnviz.demo.data import ImageFolderDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 

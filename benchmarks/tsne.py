@@ -36,8 +36,8 @@ from openTSNE import TSNE as OpenTSNE
 from sklearn.manifold import TSNE as SkTSNE
 from sklearn.manifold import trustworthiness
 
-from lightning_cnnviz.core import embedding as embedding_module
 from lightning_cnnviz.core import knn_accuracy, tsne
+from lightning_cnnviz.core.methods import embedding as embedding_module
 from lightning_cnnviz.demo.data import IDXDataModule
 
 ROOT = Path(__file__).resolve().parents[1]

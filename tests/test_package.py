@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,19 @@ def test_every_public_name_has_a_docstring() -> None:
     shown = [getattr(core, n) for n in core.__all__ if inspect.isclass(getattr(core, n)) or callable(getattr(core, n))]
     without = [o.__name__ for o in shown if inspect.isclass(o) or inspect.isfunction(o) if ">>>" not in o.__doc__]
     assert without == [], f"no example in the docstring of {without}"
+
+
+def test_every_benchmark_and_example_imports() -> None:
+    """The benchmarks and examples follow the package's names as they move (each is imported, not run)."""
+    root = PACKAGE.parent
+    code = (
+        "import importlib.util, pathlib, sys\n"
+        "for path in sorted([*pathlib.Path('benchmarks').glob('*.py'), *pathlib.Path('examples').glob('*.py')]):\n"
+        "    spec = importlib.util.spec_from_file_location(path.stem, path)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print('imported')\n"
+    )
+    paths = f"{root}:{root / 'benchmarks'}:{root / 'examples'}"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": paths})  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr[-2000:]

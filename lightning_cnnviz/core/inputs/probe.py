@@ -242,8 +242,9 @@ class ProbeService:
         holds none."""
         key = (id(batch), id(member.batch_to_images))
         if self._example is None or self._example[0] != key:
-            self._example = (key, images_from_batch(batch, who=member.who, batch_to_images=member.batch_to_images))
-        return self._example[1][:1]
+            images = images_from_batch(batch, who=member.who, batch_to_images=member.batch_to_images)
+            self._example = (key, images[:1].clone())  # one image kept, not the batch it views
+        return self._example[1]
 
     def finish(self, ranks: Ranks | None = None) -> None:
         """Fix every member's probe (a collective under several processes)."""

@@ -134,7 +134,8 @@ class LayerMap:
         that only align at multiples of its stride)."""
         key = (tuple(int(s) for s in shape), layer)
         if key not in self._takes:
-            zeros = torch.zeros((1, *key[0]), device=model_device(model))
+            floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
+            zeros = torch.zeros((1, *key[0]), device=model_device(model), dtype=floating[0] if floating else None)
             try:
                 with evaluating(model):
                     if layer is None:
