@@ -3,11 +3,12 @@ calls, the atlas beside the channels' top patches, and DeepDream of probe images
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from lightning_cnnviz.core.checks import check_choice, check_number, check_positive_int
 from lightning_cnnviz.core.context import Context, InputScale
@@ -19,7 +20,7 @@ from lightning_cnnviz.core.methods.top_patches import TopActivations
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import model_device
 from lightning_cnnviz.core.monitors.history import EvolutionHistory
-from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection
+from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection, SelectionArguments
 from lightning_cnnviz.core.protocol import Ranks, Snapshot
 
 __all__ = ["FeatureAtlas"]
@@ -63,8 +64,6 @@ class FeatureAtlas:
     def __init__(
         self,
         *,
-        layers: Sequence[str] | str | None = None,
-        channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
         steps: int = 64,
         lr: float = 0.15,
         seed: int = 0,
@@ -74,16 +73,12 @@ class FeatureAtlas:
         normalize: Callable[[Tensor], Tensor] | None = None,
         dream_images: int = 4,
         atlas: bool = True,
-        k: int = 9,
         method: Projection = "guided_backprop",
-        max_channels: int = 16,
-        max_batch: int | None = None,
-        module: str | None = None,
         who: str | None = None,
+        **selection: Unpack[SelectionArguments],
     ) -> None:
         self.who = who = who or type(self).__name__  # the name its messages start with
-        self.selection = ChannelSelection(layers=layers, channels=channels, k=k, max_channels=max_channels,
-                                          max_batch=max_batch, module=module, who=who)  # fmt: skip
+        self.selection = ChannelSelection(**selection, who=who)
         check_positive_int(who, "steps", steps)
         if size is not None:
             check_positive_int(who, "size", size)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -32,13 +32,25 @@ from lightning_cnnviz.core.model.modules import evaluating, format_names, model_
 from lightning_cnnviz.core.model.trunk import ImageEntry
 from lightning_cnnviz.core.protocol import Guard
 
-__all__ = ["PROJECTIONS", "ChannelSelection", "Projection", "default_channels"]
+__all__ = ["PROJECTIONS", "ChannelSelection", "Projection", "SelectionArguments", "default_channels"]
 
 Projection = Literal["deconvnet", "guided_backprop", "both"]
 #: The ReLU backward rules each ``Projection`` projects with.
 PROJECTIONS: dict[str, tuple[ReluRule, ...]] = {
     "deconvnet": ("deconvnet",), "guided_backprop": ("guided_backprop",), "both": ("deconvnet", "guided_backprop"),
 }
+
+
+class SelectionArguments(TypedDict, total=False):
+    """The arguments of a :class:`ChannelSelection`, which a picture built on one (TopPatchGallery, FeatureAtlas)
+    takes as keywords and hands on, declared once."""
+
+    layers: Sequence[str] | str | None
+    channels: Sequence[int] | Mapping[str, Sequence[int]] | None
+    k: int
+    max_channels: int
+    max_batch: int | None
+    module: str | None
 
 
 def default_channels(num_channels: int, count: int = 16) -> list[int]:

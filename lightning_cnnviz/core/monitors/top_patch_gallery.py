@@ -4,10 +4,10 @@ pixel space, and their evolution over calls."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.context import Context
@@ -17,7 +17,7 @@ from lightning_cnnviz.core.methods.saliency import ReluRule
 from lightning_cnnviz.core.methods.top_patches import TopActivations
 from lightning_cnnviz.core.model.modules import model_device
 from lightning_cnnviz.core.monitors.history import EvolutionHistory
-from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection
+from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection, SelectionArguments
 from lightning_cnnviz.core.protocol import Snapshot
 
 __all__ = ["TopPatchGallery"]
@@ -55,20 +55,14 @@ class TopPatchGallery:
     def __init__(
         self,
         *,
-        layers: Sequence[str] | str | None = None,
-        channels: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
-        k: int = 9,
         method: Projection = "deconvnet",
-        max_channels: int = 16,
-        max_batch: int | None = None,
         thumbnail_px: int = 48,
         max_evolution_columns: int = 24,
-        module: str | None = None,
         who: str | None = None,
+        **selection: Unpack[SelectionArguments],
     ) -> None:
         self.who = who = who or type(self).__name__  # the name its messages start with
-        self.selection = ChannelSelection(layers=layers, channels=channels, k=k, max_channels=max_channels,
-                                          max_batch=max_batch, module=module, who=who)  # fmt: skip
+        self.selection = ChannelSelection(**selection, who=who)
         self.layers, self.k = self.selection.layers, self.selection.k
         self.method: Projection = check_choice(who, "method", method, tuple(PROJECTIONS))
         self.thumbnail_px = check_positive_int(who, "thumbnail_px", thumbnail_px)
