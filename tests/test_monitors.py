@@ -521,7 +521,7 @@ def test_divergence_is_one_alert_and_visual_monitors_skip_until_finite(tmp_path:
     with torch.no_grad():
         for conv in (model.net.conv1, model.net.conv2, model.net.conv3):
             conv.bias.fill_(0.2)  # every channel starts alive: no dead alert for a healthy net
-    chosen = every_monitor(top_probe=16)
+    chosen = every_monitor(top_probe=16, cadence=1)  # every epoch: the skip and the resumption, not the budget
     activation = chosen.pop("activation")
     visual = list(chosen.values())
     trainer = make_trainer(tmp_path, [activation, *visual, Diverge(at=2, heal=1)], max_epochs=3, limit_train_batches=4)
