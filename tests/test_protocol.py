@@ -191,3 +191,26 @@ def test_the_readme_picture_of_ones_own_runs(tmp_path: Path, digits_data: Any) -
     make_trainer(tmp_path, [monitor]).fit(model, datamodule=digits_data)
     logged = read_events(tmp_path)["scalars"]["cnnviz/conv_norms/net.conv1"]
     assert logged[-1].value == pytest.approx(float(model.net.conv1.weight.detach().norm()), rel=1e-6)
+
+
+def test_the_layer_map_says_what_each_conv_feeds_and_which_sizes_the_network_takes() -> None:
+    """``feeds`` follows the forward (modules and functional calls alike); ``takes``/``size_near`` find a size a
+    network that checks its input's side accepts."""
+    from lightning_cnnviz.core import LayerMap
+    from lightning_cnnviz.demo.models import SmallCNN
+
+    for activation, expected in (("module", ["relu1", "relu2", "relu3"]), ("functional", ["relu", "relu#2", "relu#3"])):
+        net = SmallCNN(in_channels=1, num_classes=4, activation=activation)  # type: ignore[arg-type]
+        assert LayerMap.of(net).feeds(net, torch.rand(1, 1, 16, 16)) == dict(zip(["conv1", "conv2", "conv3"], expected))
+
+    class MultipleOf8(nn.Sequential):
+        def forward(self, x: Tensor) -> Tensor:
+            if x.shape[-1] % 8 or x.shape[-2] % 8:
+                raise RuntimeError(f"sides must be multiples of 8, got {tuple(x.shape[-2:])}")
+            return super().forward(x)
+
+    net = MultipleOf8(nn.Conv2d(3, 4, 3), nn.ReLU())
+    layers = LayerMap.of(net)
+    assert layers.takes(net, (3, 32, 32)) and not layers.takes(net, (3, 33, 33))
+    assert layers.size_near(net, (3, 33, 30)) == (3, 32, 32)
+    assert layers.size_near(net, (3, 32, 24), "0") == (3, 32, 24)

@@ -49,7 +49,6 @@ class EpochMonitor(ProbedMonitor):
         self.schedule = Schedule(who, every_n_epochs, budget, priority)  # checked before anything else
         super().__init__(core, probe, on_error, who)
         self.picture, self.auto, self.every_n_epochs = type(core).__name__, self.schedule.auto, every_n_epochs
-        self.budget, self.priority = self.schedule.budget, self.schedule.priority
         self.scale = InputScale()
         self._last_logged_step: int | None = None
         self.logged_epochs: list[int] = []  # the epochs this monitor logged at, in this process

@@ -146,15 +146,16 @@ class Guard:
 
     def warn_once(self, message: str) -> None:
         """:meth:`warn` of ``message`` unless it was said before."""
-        if message not in self._said:
-            self._said.add(message)
-            self.warn(message)
+        self._once(message, self._say)
 
     def inform(self, message: str) -> None:
         """Inform once of ``message``: what a picture chose for this run, not a problem."""
+        self._once(message, self._inform)
+
+    def _once(self, message: str, through: Callable[[str], Any]) -> None:
         if message not in self._said:
             self._said.add(message)
-            self._inform(f"{self.who}: {message}")
+            through(f"{self.who}: {message}")
 
     def switch_off(self, piece: str, reason: object) -> None:
         """Switch ``piece`` off for good, warning once that it does not apply and why."""

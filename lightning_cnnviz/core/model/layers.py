@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.model.modules import evaluating, model_device, named_modules, run_to
+from lightning_cnnviz.core.methods.activation_sites import find_activation_sites, tap_activations
+from lightning_cnnviz.core.methods.receptive_field import ReceptiveField, receptive_fields
+from lightning_cnnviz.core.model.modules import evaluating, hooked, model_device, named_modules, run_to
 from lightning_cnnviz.core.protocol import DoesNotApply
 
 __all__ = ["ConvInfo", "LayerMap"]
@@ -163,9 +165,6 @@ class LayerMap:
     def feeds(self, model: nn.Module, example: Tensor) -> dict[str, str]:
         """The activation site each conv feeds: the first activation computed after it in a forward of
         ``example`` (convs followed by none are left out)."""
-        from lightning_cnnviz.core.methods.activation_sites import find_activation_sites, tap_activations
-        from lightning_cnnviz.core.model.modules import evaluating, hooked
-
         order: list[tuple[str, str]] = []
         sites = find_activation_sites(model, example[:1])
         hooks = [(c.module, lambda *_, name=name: order.append(("conv", name))) for name, c in self.convs.items()]
@@ -181,9 +180,7 @@ class LayerMap:
                 waiting = []
         return fed
 
-    def receptive_fields(self, model: nn.Module, layers: Sequence[str], example: Tensor) -> dict[str, object]:
+    def receptive_fields(self, model: nn.Module, layers: Sequence[str], example: Tensor) -> dict[str, ReceptiveField]:
         """The receptive fields of ``layers`` for inputs like ``example``
-        (:func:`~lightning_cnnviz.core.receptive_fields`)."""
-        from lightning_cnnviz.core.methods.receptive_field import receptive_fields
-
+        (:func:`~lightning_cnnviz.core.receptive_fields`): what a picture of patches crops."""
         return dict(receptive_fields(model, list(layers), example[:1]))

@@ -16,7 +16,7 @@ from lightning_cnnviz.core.context import Context
 from lightning_cnnviz.core.drawing.basic import normalize_per_item, to_rgb
 from lightning_cnnviz.core.drawing.render import signed_display
 from lightning_cnnviz.core.inputs.probe import Probe
-from lightning_cnnviz.core.methods.receptive_field import ReceptiveField, receptive_fields
+from lightning_cnnviz.core.methods.receptive_field import ReceptiveField
 from lightning_cnnviz.core.methods.saliency import ReluRule
 from lightning_cnnviz.core.methods.top_patches import (
     StreamingTopK,
@@ -166,7 +166,7 @@ class ChannelSelection:
     ) -> bool:
         """Channel choice and receptive fields from one example image. A channel out of range, or a layer named
         in ``layers`` whose receptive field cannot be followed, raises; a default layer that cannot be followed is
-        left out and ``say`` is told why (default: a warning). ``measure(receptive_fields, model, layers,
+        left out and ``say`` is told why (default: a warning). ``measure(LayerMap.receptive_fields, model, layers,
         example)`` measures them again for a new image size (a caller's error policy). True when ready. Chooses
         the layers first (:meth:`configure`) when no layers are chosen yet."""
         if self.unfollowed:
@@ -183,7 +183,7 @@ class ChannelSelection:
         self.choose_channels(model, example)
         if followed is None:  # a new input size: the same layers, measured again
             run = measure or (lambda function, *args: function(*args))
-            followed = run(receptive_fields, model, self.chosen_layers, example[:1])
+            followed = run(LayerMap.of(model).receptive_fields, model, self.chosen_layers, example[:1])
         self.fields = followed or {}
         return bool(self.fields)
 
@@ -219,7 +219,7 @@ class ChannelSelection:
         reasons: dict[str, str] = {}
         for name in self.chosen_layers:
             try:
-                fields.update(receptive_fields(model, [name], example[:1]))
+                fields.update(LayerMap.of(model).receptive_fields(model, [name], example[:1]))
             except ValueError as error:
                 reasons[name] = str(error).removeprefix("receptive_fields: ")
         if not reasons:
