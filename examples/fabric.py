@@ -1,5 +1,7 @@
 """The monitors under Lightning Fabric: the same Trainer-free core objects as ``plain_pytorch.py``, on the network
-that Fabric wraps (hooks go on the network itself; its forwards run through Fabric's wrapper).
+that Fabric wraps (hooks go on the network itself; its forwards run through Fabric's wrapper), written to Fabric's
+own loggers by the sinks their types call for (``sink_for(fabric.loggers, ...)``: TensorBoard here; a CSVLogger
+gets PNG files).
 
     python examples/fabric.py --epochs 3 --logdir runs/fabric
 """
@@ -11,23 +13,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightning.fabric import Fabric
+from lightning.fabric.loggers import TensorBoardLogger
 from plain_pytorch import Pictures, arguments, digits
-from torch.utils.tensorboard import SummaryWriter
 
 from lightning_cnnviz.core import select_balanced
 from lightning_cnnviz.demo.models import SmallCNN
+from lightning_cnnviz.sinks import Sinks, sink_for
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = arguments(argv, __doc__.splitlines()[0], "runs/fabric")
-    fabric = Fabric(accelerator="auto", devices=1)
+    fabric = Fabric(accelerator="auto", devices=1, loggers=TensorBoardLogger(args.logdir, name="fabric"))
     fabric.seed_everything(0)
     net = SmallCNN(in_channels=1, num_classes=10, channels=(16, 32, 32))
     model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9))
     x_train, y_train, x_val, y_val, mean, std = digits(fabric.device)
     chosen = select_balanced(y_val.cpu(), 64)
-    writer = SummaryWriter(args.logdir)
-    pictures = Pictures(writer, x_val[chosen], y_val[chosen], window=10)
+    sink = sink_for(fabric.loggers, root=args.logdir) if fabric.is_global_zero else Sinks()  # rank zero writes
+    pictures = Pictures(sink, x_val[chosen], y_val[chosen], window=10)
     with pictures.start(net, mean, std) as tap:
         for epoch in range(args.epochs):
             model.train()
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> Path:
                 pictures.step()
             if fabric.is_global_zero:
                 pictures.epoch_end(net, epoch)
-    writer.close()
+    sink.close()
+    fabric.logger.finalize("success")
     fabric.print(f"TensorBoard: tensorboard --logdir {args.logdir}")
     return Path(args.logdir)
 

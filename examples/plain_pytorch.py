@@ -1,5 +1,6 @@
 """The monitors in a plain PyTorch loop, no Lightning: their Trainer-free core objects, written with TensorBoard's
-``SummaryWriter``. The same pictures as the callbacks for the same weights and probe images.
+``SummaryWriter`` (any :class:`~lightning_cnnviz.sinks.Sink` does). The same pictures as the callbacks for the same
+weights and probe images.
 
     python examples/plain_pytorch.py --epochs 3 --logdir runs/plain
     tensorboard --logdir runs/plain
@@ -36,18 +37,18 @@ from lightning_cnnviz.core import (
     TopPatchGallery,
     select_balanced,
 )
-from lightning_cnnviz.sink import TensorBoardSink
+from lightning_cnnviz.sinks import Sink, TensorBoardSink
 
 
 class Pictures:
-    """Every monitor's core object on one model and one fixed probe set, written to ``writer``: each is a
+    """Every monitor's core object on one model and one fixed probe set, written to ``sink``: each is a
     :class:`~lightning_cnnviz.core.Picture`, attached once with ``attach(model, example)`` and drawn with
     ``snapshot(model, probe, context)``, and the sink writes what it draws. A picture of your own joins the list."""
 
     def __init__(
-        self, writer: SummaryWriter, probe: Tensor, labels: Tensor, window: int = 20, extra: Sequence[Picture] = ()
+        self, sink: Sink, probe: Tensor, labels: Tensor, window: int = 20, extra: Sequence[Picture] = ()
     ) -> None:
-        self.sink, self.window = TensorBoardSink(writer), window
+        self.sink, self.window = sink, window
         everything, few = Probe(probe, labels), Probe(probe[:8], labels[:8])
         self.health = ActivationHealth()
         # each picture with the probe it draws on: the atlas reuses the gallery's scan of the same channels
@@ -80,18 +81,19 @@ class Pictures:
         self.health.step()
         if self.steps % self.window == 0:
             shot, _ = self.health.end_window(Moment(self.epoch, self.steps), self.window)
-            self.sink.write(shot, self.steps)  # the window's scalars, histograms and alerts
+            self.sink.write(shot, Moment(self.epoch, self.steps), per_step=True)  # scalars, histograms, alerts
 
     def epoch_end(self, model: nn.Module, epoch: int) -> None:
-        """Draw every picture of the model as it is now (the pictures' own forwards are not counted); a picture
-        that watches training steps is written at the step, the others at the epoch."""
+        """Draw every picture of the model as it is now (the pictures' own forwards are not counted); in TensorBoard a
+        picture that watches training steps goes at the step, the others at the epoch."""
         assert self.tap is not None, "call epoch_end inside start()"
         self.epoch = epoch + 1
-        context = Context(Moment(epoch=epoch, step=self.steps), scale=self.scale)  # one per moment: shared scans
+        moment = Moment(epoch=epoch, step=self.steps)
+        context = Context(moment, scale=self.scale)  # one per moment: shared scans
         with self.tap.paused():
             for picture, probe in self.pictures:
-                step = self.steps if isinstance(picture, StepPicture) else epoch
-                self.sink.write(picture.snapshot(model, probe, context), step)
+                shot = picture.snapshot(model, probe, context)
+                self.sink.write(shot, moment, per_step=isinstance(picture, StepPicture))
         self.sink.flush()
 
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None, extra: Sequence[Picture] = ()) -> Path:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     chosen = select_balanced(y_val.cpu(), 64)  # a fixed, class-balanced probe set
     writer = SummaryWriter(args.logdir)
-    pictures = Pictures(writer, x_val[chosen], y_val[chosen], window=10, extra=extra)
+    pictures = Pictures(TensorBoardSink(writer), x_val[chosen], y_val[chosen], window=10, extra=extra)
     with pictures.start(model, mean, std) as tap:
         for epoch in range(args.epochs):
             model.train()

@@ -7,6 +7,7 @@ Add the monitors to your Trainer::
     trainer = Trainer(callbacks=[FilterMonitor(), ActivationMonitor()])
 
 A picture of your own (any :class:`lightning_cnnviz.core.Picture`) becomes a monitor as ``EpochMonitor(picture)``.
+The pictures go to every logger of the Trainer (TensorBoard, W&B, MLflow, CSV; :func:`register_sink` adds a kind).
 The tensor work lives in :mod:`lightning_cnnviz.core` (pure torch). The names below are loaded on first use,
 so ``import lightning_cnnviz.core`` works without Lightning or TensorBoard installed.
 """
@@ -27,11 +28,13 @@ if TYPE_CHECKING:
         TopPatchMonitor,
     )
     from lightning_cnnviz.core.monitors.alerts import DeadFilterEvent
-    from lightning_cnnviz.sink import TensorBoardSink
+    from lightning_cnnviz.sinks import TensorBoardSink, register_sink, sink_for
 
 __version__ = "0.1.0"
 
-_HOMES = {"DeadFilterEvent": "lightning_cnnviz.core.monitors.alerts", "TensorBoardSink": "lightning_cnnviz.sink"}
+_SINKS = "lightning_cnnviz.sinks"
+_HOMES = {"DeadFilterEvent": "lightning_cnnviz.core.monitors.alerts", "TensorBoardSink": _SINKS}
+_HOMES.update(register_sink=_SINKS, sink_for=_SINKS)
 __all__ = [
     "ActivationMonitor",
     "DeadFilterEvent",
@@ -43,6 +46,8 @@ __all__ = [
     "TensorBoardSink",
     "TopPatchMonitor",
     "__version__",
+    "register_sink",
+    "sink_for",
 ]
 
 

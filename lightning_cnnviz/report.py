@@ -121,7 +121,7 @@ def run_report(
     from torch.utils.tensorboard import SummaryWriter
 
     from lightning_cnnviz.callbacks import ActivationMonitor
-    from lightning_cnnviz.sink import TensorBoardSink
+    from lightning_cnnviz.sinks import Sinks, TensorBoardSink
 
     checkpoint, config = _checked_paths(checkpoint, config)
     out = _emptied(Path(out))
@@ -144,7 +144,7 @@ def run_report(
     watching = [m for m in monitors if isinstance(m, ActivationMonitor)]
     batches = batches or (watching[0].every_n_steps if watching else 10)
     writer = SummaryWriter(str(out))
-    sink = TensorBoardSink(writer)
+    sink = Sinks([TensorBoardSink(writer)])
     _activation_window(model, datamodule, watching, batches, moment, sink, device)
     costs = _draw_every_monitor(model, datamodule, monitors, moment, sink, device)
     writer.close()
@@ -234,7 +234,7 @@ def _draw_every_monitor(
             torch.cuda.synchronize(device)
         costs[type(monitor).__name__] = time.perf_counter() - began
         if shot is not None:
-            sink.write(shot, moment.step if isinstance(monitor.core, StepPicture) else moment.epoch)
+            sink.write(shot, moment, per_step=isinstance(monitor.core, StepPicture))
     return costs
 
 

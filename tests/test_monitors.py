@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 
-from conftest import every_monitor, global_state_clean, hooks_left, make_trainer, read_events
+from conftest import every_monitor, fit_listening, global_state_clean, hooks_left, make_trainer, read_events
 from lightning_cnnviz import ActivationMonitor, DeadFilterEvent, FilterMonitor
 from lightning_cnnviz.core import ActivationStats
 from lightning_cnnviz.demo.models import ImageClassifier
@@ -432,21 +432,38 @@ def test_batch_that_is_not_an_image_tensor(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("logger", ["none", "csv"])
-def test_without_tensorboard_logger_images_go_to_the_fallback_writer(
+def test_without_tensorboard_logger_pictures_go_to_png_files(
     tmp_path: Path, digits_data: Any, logger: str
 ) -> None:
+    """A CSVLogger (or no logger) gets the pictures as PNG files, ``<log folder>/cnnviz/<tag>/<step>.png``, and the
+    scalars in its metrics file (without a logger, ``cnnviz/metrics.csv``); where, said once; no event file is made.
+    (Until the sinks, these runs wrote a second TensorBoard folder, ``<default_root_dir>/cnnviz``.)"""
+    import csv
+
+    from PIL import Image
+
     loggers: Any = False if logger == "none" else CSVLogger(str(tmp_path / "csv"))
     trainer = make_trainer(
-        tmp_path,
-        [FilterMonitor(), ActivationMonitor(every_n_steps=10)],
-        logger=loggers,
-        default_root_dir=str(tmp_path),
-    )
-    with pytest.warns(UserWarning, match=r"no TensorBoardLogger.*writing the visualizations to .*cnnviz"):
-        trainer.fit(small_model(), datamodule=digits_data)
-    events = read_events(tmp_path / "cnnviz")
-    assert "cnnviz/filters/net.conv1" in events["images"]
-    assert "cnnviz/activations/sparsity/net.relu1" in events["scalars"]
+        tmp_path, [FilterMonitor(every_n_epochs=1), ActivationMonitor(every_n_steps=10)], logger=loggers,
+        default_root_dir=str(tmp_path), max_epochs=2,
+    )  # fmt: skip
+    _, told = fit_listening(trainer, small_model(), digits_data)
+    folder = tmp_path if logger == "none" else Path(loggers.log_dir)
+    pictures = sorted((folder / "cnnviz" / "filters" / "net.conv1").glob("*.png"))
+    steps = trainer.global_step // 2, trainer.global_step  # the global steps of the two epoch ends
+    assert [p.name for p in pictures] == [f"{s}.png" for s in steps]
+    for path in pictures:
+        with Image.open(path) as image:
+            assert image.mode == "RGB" and min(image.size) > 8
+    assert list((folder / "cnnviz" / "activations" / "dead_map").rglob("*.png"))
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+    metrics = folder / ("cnnviz/metrics.csv" if logger == "none" else "metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    if logger == "none":
+        assert {"cnnviz/activations/sparsity/net.relu1", "cnnviz/filters/smoothness/net.conv1"} <= {r["tag"] for r in rows}
+    else:
+        assert {"cnnviz/activations/sparsity/net.relu1", "cnnviz/filters/smoothness/net.conv1"} <= set(rows[0])
+    assert sum("the pictures go to PNG files under" in line for line in told) == 1, told
 
 
 @pytest.mark.parametrize(

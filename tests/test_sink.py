@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import read_events
-from lightning_cnnviz.sink import TensorBoardSink
+from lightning_cnnviz.sinks import TensorBoardSink
 
 
 def test_images_decode_to_add_images_pixels(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_projector_files_match_summary_writers(tmp_path: Path) -> None:
     the same float32 values, metadata and sprite pixels, and the latest embedding first in the config."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from lightning_cnnviz.sink import write_projector
+    from lightning_cnnviz.sinks import write_projector
 
     generator = torch.Generator().manual_seed(0)
     codes = torch.randn(23, 7, generator=generator) * 1e3

@@ -10,8 +10,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_cnnviz.callbacks._trainer import release_sinks, sinks_of
 from lightning_cnnviz.core import DoesNotApply, Guard, Moment, Picture, Ranks, Snapshot, StepPicture, model_device
-from lightning_cnnviz.sink import TensorBoardSink, close_fallback_writer
+from lightning_cnnviz.sinks import Sinks
 
 ErrorPolicy = Literal["warn", "raise"]
 
@@ -19,8 +20,8 @@ ErrorPolicy = Literal["warn", "raise"]
 class Monitor(Callback):
     """Base of the monitors: the core :class:`~lightning_cnnviz.core.Picture` it hosts, the ``on_error`` policy (a
     :class:`~lightning_cnnviz.core.Guard` saying through ``rank_zero_warn``: a failing piece is reported once and
-    switched off, training goes on), the TensorBoard sink, and cleanup on every exit path. Configuration errors
-    always raise at ``setup``; a model the picture cannot serve is said once, and the monitor stays off."""
+    switched off, training goes on), the sinks of the Trainer's loggers, and cleanup on every exit path.
+    Configuration errors always raise at ``setup``; a model the picture cannot serve is said once, and it stays off."""
 
     _state_fields: tuple[str, ...] = ()  # the attributes that tell two of these monitors apart in a checkpoint
 
@@ -30,7 +31,7 @@ class Monitor(Callback):
         self.core = core
         self.guard = Guard(who, on_error, say=rank_zero_warn, inform=rank_zero_info)  # on_error checked there
         self.on_error: ErrorPolicy = on_error
-        self._sink: TensorBoardSink | None = None
+        self._sink: Sinks | None = None
         self.off = False  # the picture does not apply to the model (said once)
 
     @property
@@ -62,12 +63,17 @@ class Monitor(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._sink_for(trainer)  # says at once where the pictures go when the Trainer has no TensorBoardLogger
+        self._sink_for(trainer)  # says at once where the pictures go when no logger takes them
 
-    def _sink_for(self, trainer: pl.Trainer) -> TensorBoardSink:
+    def _sink_for(self, trainer: pl.Trainer) -> Sinks:
         if self._sink is None:
-            self._sink = TensorBoardSink.from_trainer(trainer, self.guard.who)
+            self._sink = sinks_of(trainer)
         return self._sink
+
+    def write(self, trainer: pl.Trainer, shot: Snapshot | None, moment: Moment, per_step: bool = False) -> None:
+        """``shot`` to every logger of the Trainer (rank zero); a tracker that fails follows the error policy."""
+        if shot is not None:
+            self._sink_for(trainer).write(shot, moment, per_step, guard=self.guard)
 
     def _cleanup(self) -> None:
         """Remove hooks and any state that spans Lightning hooks (a step picture's tap). Safe to call again."""
@@ -89,9 +95,7 @@ class Monitor(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._cleanup()
-        if self._sink is not None:
-            self._sink.flush()
-        close_fallback_writer(trainer)
+        release_sinks(trainer)
         self._sink = None
 
 

@@ -1,5 +1,5 @@
 """The one epoch adapter: any :class:`~lightning_cnnviz.core.Picture` becomes a monitor, with the epoch cadence or
-the run's time budget, the probe service shared by every monitor of a Trainer, DDP, the sink and the error policy."""
+the run's time budget, the probe service shared by every monitor of a Trainer, DDP, the sinks and the error policy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._probed import ProbedMonitor
-from lightning_cnnviz.callbacks._trainer import last_by_max_epochs, ranks_of, service_of
+from lightning_cnnviz.callbacks._trainer import last_by_max_epochs, moment_of, ranks_of, saying, service_of
 from lightning_cnnviz.core import Budget, Context, InputScale, Moment, Picture, ProbeSet, Ranks, Schedule, Snapshot
 
 if TYPE_CHECKING:
@@ -92,15 +92,15 @@ class EpochMonitor(ProbedMonitor):
         if self.off:
             return
         self.logged_epochs.append(trainer.current_epoch)
-        budget = self.service.budget
-        account = self.schedule.account
-        with budget.timed(account, pl_module.device):
-            self._draw_and_write(trainer, pl_module)
-        scalars = {f"cnnviz/cost/{account}/{n}": v for n, v in budget.costs(account).items()}
-        self._sink_for(trainer).write(Snapshot(scalars=scalars), trainer.current_epoch)
+        budget, account = self.service.budget, self.schedule.account
+        moment, what = moment_of(trainer), getattr(self.core, "what", "its pictures")
+        with budget.timed(account, pl_module.device), saying(trainer, f"{account} draws {what} (epoch {moment.epoch})"):
+            self._draw_and_write(trainer, pl_module, moment)
+        costs = {f"cnnviz/cost/{account}/{n}": v for n, v in budget.costs(account).items()}
+        self.write(trainer, Snapshot(scalars=costs), moment)
 
-    def _draw_and_write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        moment, ranks = Moment(trainer.current_epoch, trainer.global_step), ranks_of(trainer)
+    def _draw_and_write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, moment: Moment) -> None:
+        ranks = ranks_of(trainer)
         if self.probe is not None:
             if self.probe.problem is not None:
                 self.guard.switch_off("the probe", f"the batches give no images it can use ({self.probe.problem})")
@@ -109,7 +109,7 @@ class EpochMonitor(ProbedMonitor):
                 return
         weights = [*pl_module.parameters(), *pl_module.buffers()]
         if self.guard.finite(weights, what="the model's weights", moment=moment):
-            self._sink_for(trainer).write(self.draw(pl_module, moment, ranks) or Snapshot(), moment.epoch)
+            self.write(trainer, self.draw(pl_module, moment, ranks), moment)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -10,9 +10,10 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
-from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate
+from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate, moment_of
 from lightning_cnnviz.core import ActivationHealth, ActivationSite, DeadFilterEvent, Moment, Snapshot, inputs_from_batch
 from lightning_cnnviz.core.checks import check_callable, check_positive_int
+from lightning_cnnviz.sinks import Sinks
 
 __all__ = ["ActivationMonitor"]
 
@@ -111,30 +112,29 @@ class ActivationMonitor(Monitor):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self._batches % self.every_n_steps and last_epoch(trainer)):  # else on_train_end closes and draws
-            self.draw_maps(self._sink_for(trainer), trainer.global_step)
+            self.draw_maps(self._sink_for(trainer), moment_of(trainer))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._batches % self.every_n_steps:  # a last, shorter window
             self._end_window(trainer)
-            self.draw_maps(self._sink_for(trainer), trainer.global_step)
+            self.draw_maps(self._sink_for(trainer), moment_of(trainer))
         self._cleanup()
 
-    def write_window(self, moment: Moment, steps: int, sink: Any, rate: float | None = None) -> list[DeadFilterEvent]:
+    def write_window(self, moment: Moment, steps: int, sink: Sinks, rate: float | None = None) -> list[DeadFilterEvent]:
         """Close a window of ``steps`` batches: its scalars, histograms, alerts (and maps on one) go to ``sink``."""
         shot, events = self.health.end_window(moment, steps, learning_rate=rate, guard=self.guard)
-        sink.write(shot, moment.step)  # with the alerts' texts
+        sink.write(shot, moment, per_step=True, guard=self.guard)  # with the alerts' texts
         if events:
-            self.draw_maps(sink, moment.step)
+            self.draw_maps(sink, moment)
         return events
 
     def _end_window(self, trainer: pl.Trainer) -> None:
         # Every rank reaches this collective, also one whose statistics were switched off after an error.
-        moment, sink = Moment(trainer.current_epoch, trainer.global_step), self._sink_for(trainer)
+        moment, sink = moment_of(trainer), self._sink_for(trainer)
         events = self.write_window(moment, self.every_n_steps, sink, learning_rate(trainer))
-        if callable(self.on_dead) and trainer.is_global_zero:
-            for event in events:
-                self.on_dead(event)
+        for event in events if callable(self.on_dead) and trainer.is_global_zero else ():
+            self.on_dead(event)  # type: ignore[operator]
         trainer.should_stop = trainer.should_stop or bool(events and self.on_dead == "stop")
         sink.flush()
 
@@ -146,5 +146,5 @@ class ActivationMonitor(Monitor):
         self._maps_drawn = (moment.step, self.health.windows)
         return self.guard.run("dead map", self.health.maps)
 
-    def draw_maps(self, sink: Any, step: int) -> None:
-        sink.write(self.draw(None, Moment(0, step)) or Snapshot(), step)
+    def draw_maps(self, sink: Sinks, moment: Moment) -> None:
+        sink.write(self.draw(None, moment) or Snapshot(), moment, per_step=True, guard=self.guard)

@@ -76,9 +76,9 @@ class Embedding:
 
 @dataclass
 class Snapshot:
-    """What a monitor draws at one moment, by TensorBoard tag: images (C, H, W) in [0, 1], scalars, histograms
-    (values), texts (several entries per tag, each its own TensorBoard text) and Projector embeddings.
-    :meth:`TensorBoardSink.write` writes one.
+    """What a monitor draws at one moment, by tag: images (C, H, W) in [0, 1] with an optional caption each (shown by
+    trackers that take one, as W&B), scalars, histograms (values), texts (several entries per tag, each its own
+    text) and Projector embeddings. A sink (:class:`~lightning_cnnviz.sinks.Sink`) writes one to a tracker.
 
     Example:
         >>> shot = Snapshot(scalars={"cnnviz/filters/smoothness/conv1": 0.9})
@@ -92,11 +92,12 @@ class Snapshot:
     histograms: dict[str, Tensor] = field(default_factory=dict)
     texts: dict[str, list[str]] = field(default_factory=dict)
     embeddings: dict[str, Embedding] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)  # by image tag: what the picture shows
 
     def update(self, other: Snapshot | None) -> None:
         """Add ``other``'s entries (a later entry replaces an earlier one of the same tag)."""
         if other is not None:
-            for name in ("images", "scalars", "histograms", "texts", "embeddings"):
+            for name in ("images", "scalars", "histograms", "texts", "embeddings", "captions"):
                 getattr(self, name).update(getattr(other, name))
 
     def tags(self) -> list[str]:
