@@ -3,7 +3,7 @@
     cnnviz demo [--data digits|fashion-mnist|cifar10] [--root PATH] [--download] [--epochs N] [--logdir runs]
                 [--open] [...]
     cnnviz report CHECKPOINT [--config CONFIG] [--out DIR] [--batches N]
-    cnnviz tensorboard DIR [--port 6006] [--host localhost]
+    cnnviz tensorboard DIR [--port 6006] [--host localhost]     (keeps up to 1,000 steps of every image tag)
 
 ``demo`` runs LightningCLI on the demo config of the chosen data (``lightning_cnnviz/demo/configs``; further
 ``--trainer.*``/``--model.*``/``--data.*`` arguments pass through), saves a checkpoint and the config beside the
@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["demo_config", "lightning_cli", "main", "tensorboard_command"]
+__all__ = ["demo_config", "lightning_cli", "main", "tensorboard_arguments", "tensorboard_command"]
 
 _DATA = {"digits": "digits", "fashion-mnist": "fashion_mnist", "cifar10": "cifar10"}
 #: Lightning's own deprecation noise, raised from Lightning's code while our commands run (not from our calls).
@@ -163,8 +163,19 @@ def report(checkpoint: str, config: str | None, out: str, batches: int | None) -
     return 0
 
 
+#: TensorBoard keeps this many steps of every image (and text) tag instead of 10 sampled ones: every logged epoch
+#: of a long run stays on the slider.
+SAMPLES_PER_PLUGIN = "images=1000,text=1000"
+
+
+def tensorboard_arguments(logdir: str, port: int, host: str) -> list[str]:
+    """What ``cnnviz tensorboard`` passes to TensorBoard."""
+    return ["--logdir", logdir, "--port", str(port), "--host", host, "--samples_per_plugin", SAMPLES_PER_PLUGIN]
+
+
 def tensorboard(logdir: str, port: int, host: str) -> int:
-    """Become the TensorBoard installed beside this Python (found even when its folder is not on the PATH)."""
+    """Become the TensorBoard installed beside this Python (found even when its folder is not on the PATH), keeping
+    up to 1,000 steps of every image tag."""
     program = _beside_python("tensorboard") or shutil.which("tensorboard")
     command = [program] if program else [sys.executable, "-m", "tensorboard.main"]
     print(
@@ -172,7 +183,7 @@ def tensorboard(logdir: str, port: int, host: str) -> int:
         f"http://{host}:{port}/#custom_scalars ; the pictures on http://{host}:{port}/#images",
         flush=True,
     )
-    os.execv(command[0], [*command, "--logdir", logdir, "--port", str(port), "--host", host])
+    os.execv(command[0], [*command, *tensorboard_arguments(logdir, port, host)])
     return 0  # not reached: TensorBoard replaced this process
 
 

@@ -144,3 +144,33 @@ def test_cnnviz_demo_prints_a_tensorboard_command_that_works_as_printed(digits_r
         server.terminate()
         out, _ = server.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/#custom_scalars" in out  # where the health chart is, said on start
+
+
+def test_cnnviz_tensorboard_keeps_every_step_of_a_tag(tmp_path: Path) -> None:
+    """TensorBoard keeps 10 sampled images of a tag by default; started the way ``cnnviz tensorboard`` starts it, a
+    real server returns all 30 steps of a tag logged 30 times."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lightning_cnnviz.core import Snapshot
+    from lightning_cnnviz.sinks import TensorBoardSink
+
+    writer = SummaryWriter(str(tmp_path / "run"))
+    sink = TensorBoardSink(writer)
+    for epoch in range(30):
+        sink.write(Snapshot(images={"cnnviz/filters/conv1": torch.full((3, 8, 8), epoch / 30)}), epoch)
+    writer.close()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lightning_cnnviz.cli", "tensorboard", str(tmp_path), "--port", str(port),
+         "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data/plugin/images"
+    try:
+        tags = wait_for_tag(server, f"{base}/tags", "cnnviz/filters/conv1")
+        (run,) = tags
+        query = urllib.parse.urlencode({"run": run, "tag": "cnnviz/filters/conv1", "sample": 0})
+        assert [entry["step"] for entry in get_json(f"{base}/images?{query}")] == list(range(30))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
