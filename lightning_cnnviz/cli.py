@@ -2,7 +2,8 @@
 
     cnnviz demo [--data digits|fashion-mnist|cifar10] [--root PATH] [--download] [--epochs N] [--logdir runs]
                 [--open] [...]
-    cnnviz report CHECKPOINT [--config CONFIG] [--out DIR] [--batches N]
+    cnnviz report CHECKPOINT [--config CONFIG] [--out DIR] [--batches N] [--trust-checkpoint]
+    cnnviz report CHECKPOINT --model pkg.Module --data pkg.DataModule [--model-args JSON] [--data-args JSON] [...]
     cnnviz tensorboard DIR [--port 6006] [--host localhost]     (keeps up to 1,000 steps of every image tag)
 
 ``demo`` runs LightningCLI on the demo config of the chosen data (``lightning_cnnviz/demo/configs``; further
@@ -25,6 +26,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["demo_config", "lightning_cli", "main", "tensorboard_arguments", "tensorboard_command"]
 
@@ -147,11 +149,27 @@ def demo(
     return 0
 
 
-def report(checkpoint: str, config: str | None, out: str, batches: int | None) -> int:
+def report(args: argparse.Namespace) -> int:
+    import json
+
     from lightning_cnnviz.report import run_report
 
     try:
-        path = run_report(checkpoint, config, out, batches=batches)
+        if (args.model is None) != (args.data is None):
+            raise ValueError("cnnviz report: --model and --data go together (the run's classes, as pkg.Module).")
+        extra: dict[str, Any] = {}
+        for name in ("model_args", "data_args"):
+            text = getattr(args, name)
+            extra[name] = None if text is None else json.loads(text)
+            if extra[name] is not None and not isinstance(extra[name], dict):
+                raise ValueError(f"cnnviz report: --{name.replace('_', '-')} is a JSON object, got {text!r}.")
+        path = run_report(
+            args.checkpoint, args.config, args.out, batches=args.batches, model=args.model, datamodule=args.data,
+            trust_checkpoint=args.trust_checkpoint, **extra,
+        )  # fmt: skip
+    except json.JSONDecodeError as error:
+        print(f"cnnviz report: --model-args and --data-args are JSON objects ({error}).", file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, ValueError) as error:  # what was wrong with the input, said
         print(error, file=sys.stderr)
         return 2
@@ -207,8 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--logdir", help="where the runs go (default: runs)")
     run.add_argument("--open", action="store_true", help="start TensorBoard when training is done")
     made = commands.add_parser("report", help="run every monitor once on a checkpoint: event files and one HTML file")
-    made.add_argument("checkpoint", help="a Lightning .ckpt of a LightningCLI run")
+    made.add_argument("checkpoint", help="a Lightning .ckpt of the run")
     made.add_argument("--config", help="the run's LightningCLI config (default: config.yaml beside checkpoints/)")
+    made.add_argument("--model", help="for a run without a config: the LightningModule's class path (pkg.Module)")
+    made.add_argument("--data", help="for a run without a config: the LightningDataModule's class path")
+    made.add_argument("--model-args", help="JSON object of model arguments over the checkpoint's hyper_parameters")
+    made.add_argument("--data-args", help="JSON object of data module arguments over the checkpoint's")
+    made.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="load a checkpoint that needs pickle (it can run code): only for checkpoints you made yourself",
+    )  # fmt: skip
     made.add_argument("--out", default="cnnviz_report", help="output folder (default: cnnviz_report)")
     made.add_argument("--batches", type=int, help="batches for the activation statistics (default: one window)")
     board = commands.add_parser("tensorboard", help="start the TensorBoard that came with the package")
@@ -229,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return tensorboard(args.logdir or "runs", 6006, "localhost")
         return status
     if args.command == "report":
-        return report(args.checkpoint, args.config, args.out, args.batches)
+        return report(args)
     return tensorboard(args.logdir, args.port, args.host)
 
 

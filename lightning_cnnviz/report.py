@@ -1,7 +1,8 @@
 """What the monitors see in a finished run, outside TensorBoard: ``cnnviz report``.
 
-:func:`run_report` builds the model, data and monitors from the LightningCLI config of a run, loads the
-checkpoint's weights and the monitors' saved states, runs a few batches through the network in a plain no-grad
+:func:`run_report` builds the model, data and monitors from the LightningCLI config of a run (or takes them, or
+their class paths, for a run made with a plain Trainer), loads the checkpoint safely (``weights_only=True``) with
+its weights and the monitors' saved states, runs a few batches through the network in a plain no-grad
 loop, draws every monitor's snapshot (no Trainer runs), and writes TensorBoard event files and one
 self-contained HTML file. :func:`render_report` turns any folder of event files into that HTML: every image
 tag's latest picture embedded, every scalar as a small plot, the alerts, and the run's hyperparameters; no
@@ -20,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import lightning.pytorch as pl
 
 from lightning_cnnviz.core import Moment, ProbeService, Ranks, StepPicture, inputs_from_batch
 
-__all__ = ["RunEvents", "read_events", "render_report", "run_report"]
+__all__ = ["RunEvents", "load_checkpoint", "monitors_of", "read_events", "render_report", "run_report"]
 
 #: Sections of the report, in order: (title, tag prefixes).
 _SECTIONS = (
@@ -97,18 +99,34 @@ def run_report(
     out: str | os.PathLike[str] = "cnnviz_report",
     batches: int | None = None,
     accelerator: str = "auto",
+    *,
+    model: pl.LightningModule | str | None = None,
+    datamodule: pl.LightningDataModule | str | None = None,
+    monitors: Sequence[Any] | None = None,
+    model_args: dict[str, Any] | None = None,
+    data_args: dict[str, Any] | None = None,
+    trust_checkpoint: bool = False,
 ) -> Path:
-    """Run every monitor of a LightningCLI run once on its checkpoint, without training, and write the report.
+    """Run every monitor of a run once on its checkpoint, without training, and write the report.
 
-    The model and data come from the config; the checkpoint gives the weights and the monitors' saved states
-    (histories, probe sets, alerts). ``batches`` training batches then run through the network in a plain
-    ``torch.no_grad()`` loop in eval mode (the activation statistics: one more window), and every monitor's core
-    object draws its :class:`~lightning_cnnviz.core.Snapshot` at the checkpoint's epoch and step. No Trainer runs.
+    The model, data and monitors come from the run's LightningCLI ``config``, or, for a run made with a plain
+    Trainer, from ``model`` and ``datamodule`` (the objects, or their class paths: a class is built from the
+    checkpoint's ``hyper_parameters`` / ``datamodule_hyper_parameters``, overridden by ``model_args`` /
+    ``data_args``) and ``monitors`` (default: those whose state the checkpoint holds, with the settings their state
+    keys name, else all six). The checkpoint gives the weights and the monitors' saved states (histories, probe
+    sets, alerts). ``batches`` training batches then run through the network in a plain ``torch.no_grad()`` loop in
+    eval mode (the activation statistics: one more window), and every monitor's core object draws its
+    :class:`~lightning_cnnviz.core.Snapshot` at the checkpoint's epoch and step. No Trainer runs.
+
+    The checkpoint is loaded with ``torch.load(..., weights_only=True)``: tensors and plain values only, so a file
+    from someone else cannot run code here. One that needs pickle is refused, saying why; ``trust_checkpoint=True``
+    loads it anyway, for checkpoints you made yourself.
 
     Args:
         checkpoint: a Lightning checkpoint (``.ckpt``) of the run.
-        config: the run's LightningCLI config (``model``, ``data`` and the monitors in ``trainer.callbacks``);
-            by default the ``config.yaml`` LightningCLI saved beside the run's ``checkpoints/`` folder.
+        config: the run's LightningCLI config (``model``, ``data`` and the monitors in ``trainer.callbacks``); by
+            default the ``config.yaml`` LightningCLI saved beside the run's ``checkpoints/`` folder. Not read when
+            ``model`` is given.
         out: folder for the event files and ``report.html``.
         batches: training batches run through the network for the activation statistics (default: one
             ActivationMonitor window).
@@ -123,58 +141,153 @@ def run_report(
     from lightning_cnnviz.callbacks import ActivationMonitor
     from lightning_cnnviz.sinks import Sinks, TensorBoardSink
 
-    checkpoint, config = _checked_paths(checkpoint, config)
+    path = _checked_checkpoint(checkpoint)
+    config_path = None if model is not None else _config_beside(path, config)
+    net: Any
+    data: Any
+    chosen: list[Any] = []
+    if config_path is not None:
+        net, data, chosen, _ = _from_config(config_path)
+        if not chosen:
+            raise ValueError(
+                f"cnnviz report: {str(config_path)!r} configures no lightning_cnnviz monitor in `trainer.callbacks`; "
+                "the report runs the monitors of the run's config. Add them there (see the demo configs)."
+            )
+    state = load_checkpoint(path, trust=trust_checkpoint)
+    if config_path is None:
+        net = _built(model, state.get("hyper_parameters", {}), model_args, "model")
+        if datamodule is None:
+            raise ValueError(
+                "cnnviz report: a model without data: pass the run's data module (datamodule=, or --data "
+                "pkg.DataModule); the probe images and the activation statistics come from its batches."
+            )
+        data = _built(datamodule, state.get("datamodule_hyper_parameters", {}), data_args, "data")
+        chosen = list(monitors) if monitors is not None else monitors_of(state)
     out = _emptied(Path(out))
-    model, datamodule, monitors, _ = _from_config(config)
-    if not monitors:
-        raise ValueError(
-            f"cnnviz report: {str(config)!r} configures no lightning_cnnviz monitor in `trainer.callbacks`; the "
-            "report runs the monitors of the run's config. Add them there (see the demo configs)."
-        )
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     use_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    model.load_state_dict(state["state_dict"])
-    model.to(device).eval()
+    net.load_state_dict(state["state_dict"])
+    net.to(device).eval()
     moment = Moment(int(state.get("epoch", 0)), int(state.get("global_step", 0)))
     saved = state.get("callbacks", {})
-    for monitor in monitors:
+    for monitor in chosen:
         monitor.load_state_dict(saved.get(monitor.state_key, {}))
-    datamodule.setup("fit")
-    watching = [m for m in monitors if isinstance(m, ActivationMonitor)]
+    data.setup("fit")
+    watching = [m for m in chosen if isinstance(m, ActivationMonitor)]
     batches = batches or (watching[0].every_n_steps if watching else 10)
     writer = SummaryWriter(str(out))
     sink = Sinks([TensorBoardSink(writer)])
-    _activation_window(model, datamodule, watching, batches, moment, sink, device)
-    costs = _draw_every_monitor(model, datamodule, monitors, moment, sink, device)
+    _activation_window(net, data, watching, batches, moment, sink, device)
+    costs = _draw_every_monitor(net, data, chosen, moment, sink, device)
     writer.close()
     alerts = [str(a.get("message", a)) for m in watching for a in m.alerts]
-    run_dir = checkpoint.parent.parent
+    run_dir = path.parent.parent
     # the training run's scalars and alert texts only: its pictures are not needed and may be many
     history = read_events(run_dir, pictures=False) if glob.glob(str(run_dir / "events.out.tfevents.*")) else None
     hyperparameters = {**state.get("hyper_parameters", {}), **state.get("datamodule_hyper_parameters", {})}
+    source = (
+        {"config": str(config_path.resolve())}
+        if config_path is not None
+        else {"model": _class_path(net), "data": _class_path(data)}
+    )
     page = render_report(
         read_events(out),
-        title=f"cnnviz report: {run_dir.parent.name}/{run_dir.name}"
-        if history
-        else f"cnnviz report: {checkpoint.stem}",
+        title=f"cnnviz report: {run_dir.parent.name}/{run_dir.name}" if history else f"cnnviz report: {path.stem}",
         about={
-            "checkpoint": str(checkpoint.resolve()),
-            "config": str(config.resolve()),
+            "checkpoint": str(path.resolve()),
+            **source,
             "epoch": str(state.get("epoch", "?")),
             "global step": str(state.get("global_step", "?")),
-            "monitors": ", ".join(type(m).__name__ for m in monitors),
+            "monitors": ", ".join(type(m).__name__ for m in chosen),
             "written": datetime.datetime.now().isoformat(timespec="seconds"),
         },
         hyperparameters=hyperparameters,
         alerts=alerts,
         history=history,
-        config_text=config.read_text(),
+        config_text=config_path.read_text() if config_path is not None else None,
         costs=costs,
     )
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    page_path = out / "report.html"
+    page_path.write_text(page, encoding="utf-8")
+    return page_path
+
+
+def load_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded with ``weights_only=True`` (tensors and plain values: nothing in the file can
+    run code); one that needs pickle is refused with a ``ValueError`` saying why, unless ``trust`` (checkpoints
+    you made yourself)."""
+    import pickle
+
+    import torch
+
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=not trust))
+    except (EOFError, RuntimeError) as error:
+        raise ValueError(f"cnnviz report: {str(path)!r} is not a readable checkpoint ({error or 'empty'}).") from None
+    except pickle.UnpicklingError as error:
+        found = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "global" in line]
+        raise ValueError(
+            f"cnnviz report: {str(path)!r} holds Python objects that only pickle can rebuild "
+            f"({found[0] if found else 'not tensors or plain values'}), and unpickling can run any code, so it was "
+            "not loaded. If you made this checkpoint yourself, pass --trust-checkpoint (run_report(..., "
+            "trust_checkpoint=True)) to load it with pickle."
+        ) from None
+
+
+#: The monitors a report rebuilds from a checkpoint's state keys (``Name{'field': value, ...}``).
+_MONITORS = ("FilterMonitor", "ActivationMonitor", "SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor",
+             "FeatureVisMonitor")  # fmt: skip
+
+
+def monitors_of(state: dict[str, Any]) -> list[Any]:
+    """The monitors whose state ``state`` (a checkpoint) holds, built with the settings their state keys name (the
+    others at their defaults); all six at their defaults when it holds none."""
+    import ast
+    import inspect
+
+    import lightning_cnnviz
+
+    made = []
+    for key in state.get("callbacks", {}):
+        name, _, fields = key.partition("{")
+        if name not in _MONITORS:
+            continue
+        kind = getattr(lightning_cnnviz, name)
+        try:
+            options = ast.literal_eval("{" + fields)
+        except (ValueError, SyntaxError):
+            options = {}
+        accepted = inspect.signature(kind).parameters
+        made.append(kind(**{k: v for k, v in dict(options).items() if k in accepted}))
+    return made or [getattr(lightning_cnnviz, name)() for name in _MONITORS]
+
+
+def _built(thing: Any, saved: dict[str, Any], overrides: dict[str, Any] | None, what: str) -> Any:
+    """``thing``, or the class at the class path ``thing`` built from the checkpoint's ``saved`` arguments (those
+    its ``__init__`` takes; LightningCLI's own ``_`` keys dropped) overridden by ``overrides``."""
+    import importlib
+    import inspect
+
+    if not isinstance(thing, str):
+        if overrides:
+            raise ValueError(f"cnnviz report: {what}_args are for a class path; {what} is already built.")
+        return thing
+    module_name, _, class_name = thing.rpartition(".")
+    try:
+        kind = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"cnnviz report: --{what} {thing!r} is not an importable class ({error}); pass its class path, such as "
+            f"mypackage.models.MyModule, importable from here."
+        ) from None
+    parameters = inspect.signature(kind).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    arguments = {k: v for k, v in saved.items() if not k.startswith("_") and (takes_any or k in parameters)}
+    return kind(**{**arguments, **(overrides or {})})
+
+
+def _class_path(thing: Any) -> str:
+    return f"{type(thing).__module__}.{type(thing).__qualname__}"
 
 
 def _activation_window(
@@ -403,21 +516,26 @@ def _emptied(out: Path) -> Path:
     return out
 
 
-def _checked_paths(checkpoint: str | os.PathLike[str], config: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+def _checked_checkpoint(checkpoint: str | os.PathLike[str]) -> Path:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"cnnviz report: no checkpoint file {str(path)!r}; pass a Lightning .ckpt file.")
+    return path
+
+
+def _config_beside(path: Path, config: str | os.PathLike[str] | None) -> Path:
     if config is None:
         beside = path.parent.parent / "config.yaml"
         if not beside.is_file():
             raise FileNotFoundError(
                 f"cnnviz report: no --config given and no {str(beside)!r} beside the checkpoint's folder. Pass the "
-                "run's LightningCLI config (the YAML with model, data and the monitors in trainer.callbacks)."
+                "run's LightningCLI config (the YAML with model, data and the monitors in trainer.callbacks), or, "
+                "for a run made with a plain Trainer, --model pkg.Module --data pkg.DataModule."
             )
-        return path, beside
+        return beside
     if not Path(config).is_file():
         raise FileNotFoundError(f"cnnviz report: no config file {str(config)!r}.")
-    return path, Path(config)
+    return Path(config)
 
 
 def _from_config(config: Path) -> tuple[Any, Any, list[Any], dict[str, Any]]:

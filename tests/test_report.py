@@ -269,3 +269,132 @@ def test_report_of_a_conv1d_and_a_conv3d_run(tmp_path: Path, inputs: str) -> Non
     assert any(tag.startswith("cnnviz/activations/dead_map/") for tag in written["images"])
     assert any(tag.startswith("cnnviz/activations/dead_fraction/") for tag in written["scalars"])
     assert not [tag for tag in written["images"] if tag.startswith(("cnnviz/saliency", "cnnviz/top_patches"))]
+
+
+def plain_monitors() -> list[Any]:
+    """Every monitor, small and every epoch: what a plain-Trainer user adds to ``Trainer(callbacks=[...])``."""
+    from lightning_cnnviz import (
+        ActivationMonitor,
+        EmbeddingMonitor,
+        FeatureVisMonitor,
+        FilterMonitor,
+        SaliencyMonitor,
+        TopPatchMonitor,
+    )
+
+    return [
+        FilterMonitor(layers=["net.conv1", "net.conv2"], every_n_epochs=1), ActivationMonitor(every_n_steps=4),
+        SaliencyMonitor(num_images=4, smoothgrad_samples=2, every_n_epochs=1),
+        TopPatchMonitor(probe_size=32, every_n_epochs=1), EmbeddingMonitor(probe_size=48, every_n_epochs=1),
+        FeatureVisMonitor(steps=8, probe_size=16, max_channels=2, dream_images=1, every_n_epochs=1),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A fit with a plain Trainer (no LightningCLI, no config file) and every monitor: (its folder, checkpoint)."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_cnnviz.demo.data import DigitsDataModule
+
+    folder = tmp_path_factory.mktemp("plain")
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=2, limit_train_batches=8, limit_val_batches=2, logger=TensorBoardLogger(str(folder), name="run"),
+        callbacks=plain_monitors(), enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+    )  # fmt: skip
+    trainer.fit(ImageClassifier(in_channels=1, num_classes=10, channels=(8, 16, 16)), datamodule=DigitsDataModule())
+    (checkpoint,) = (folder / "run" / "version_0" / "checkpoints").glob("*.ckpt")
+    return folder, checkpoint
+
+
+def test_report_of_a_plain_trainer_run_from_its_objects(plain_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """``run_report(checkpoint, model=..., datamodule=..., monitors=...)`` on a run without a config: every monitor's
+    pictures on the page, and the pictures the LightningCLI report compares equal the training run's at that epoch,
+    byte for byte."""
+    from lightning_cnnviz.demo.data import DigitsDataModule
+    from lightning_cnnviz.report import run_report
+
+    folder, checkpoint = plain_run
+    model = ImageClassifier(in_channels=1, num_classes=10, channels=(8, 16, 16))
+    html = run_report(checkpoint, out=tmp_path / "report", model=model, datamodule=DigitsDataModule(),
+                      monitors=plain_monitors())  # fmt: skip
+    page, report, trained = html.read_text(), read_events(tmp_path / "report"), read_events(folder)
+    assert set(EVERY_MONITOR) <= set(embedded_images(page))
+    epoch = int(re.match(r"epoch=(\d+)", checkpoint.name)[1])  # type: ignore[index]
+    for tag in ("cnnviz/filters/net.conv1", "cnnviz/filters/net.conv2", "cnnviz/saliency/grad_cam",
+                "cnnviz/saliency/vanilla_gradient", "cnnviz/evolution/net.conv1", "cnnviz/top_patches/net.conv2",
+                "cnnviz/feature_vis_evolution/net.conv1"):  # fmt: skip
+        (drawn,) = report["images"][tag]
+        last = trained["images"][tag][-1]
+        assert (drawn.step, last.step) == (epoch, epoch), tag
+        assert drawn.encoded_image_string == last.encoded_image_string, tag
+    assert "<th>model</th><td>lightning_cnnviz.demo.models.ImageClassifier</td>" in page
+
+
+def test_cnnviz_report_of_a_plain_run_from_class_paths(plain_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """``cnnviz report CHECKPOINT --model pkg.Module --data pkg.DataModule``: the model is built from the
+    checkpoint's hyper_parameters (``--model-args`` over them), the monitors from the states the checkpoint holds."""
+    _, checkpoint = plain_run
+    command = [sys.executable, "-m", "lightning_cnnviz.cli", "report", str(checkpoint), "--out", str(tmp_path / "r"),
+               "--model", "lightning_cnnviz.demo.models.ImageClassifier", "--data",
+               "lightning_cnnviz.demo.data.DigitsDataModule", "--data-args", '{"batch_size": 32}']  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (tmp_path / "r" / "report.html").read_text()
+    listed = "FilterMonitor, ActivationMonitor, SaliencyMonitor, TopPatchMonitor, EmbeddingMonitor, FeatureVisMonitor"
+    assert f"<th>monitors</th><td>{listed}</td>" in page
+    assert set(EVERY_MONITOR) <= set(embedded_images(page))
+    wrong = subprocess.run([*command[:-2], "--model-args", '{"channels": [4, 4, 4]}'], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert wrong.returncode != 0 and "size mismatch" in wrong.stderr  # the override was used
+
+
+class RunsCode:
+    """An object whose unpickling runs code: what a hostile checkpoint carries."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(
+    plain_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    from lightning_cnnviz.report import run_report
+
+    _, checkpoint = plain_run
+    state = torch.load(checkpoint, weights_only=True)
+    marker = tmp_path / "code ran"
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({**state, "hyper_parameters": {"channels": RunsCode(marker)}}, hostile)
+    model = "lightning_cnnviz.demo.models.ImageClassifier"
+    with pytest.raises(ValueError, match=r"only pickle can rebuild \(.*GLOBAL.*\).*--trust-checkpoint"):
+        run_report(hostile, out=tmp_path / "r", model=model, datamodule="lightning_cnnviz.demo.data.DigitsDataModule")
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_cnnviz.cli", "report", str(hostile), "--model", model, "--data",
+         "lightning_cnnviz.demo.data.DigitsDataModule", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 2 and "--trust-checkpoint" in result.stderr, result.stderr[-2000:]
+    assert not marker.exists()  # refused before anything in it ran
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_demo_and_every_monitors_checkpoints_load_without_pickle(
+    demo_report: tuple[Path, Path, str], plain_run: tuple[Path, Path]
+) -> None:
+    """The demo's LightningCLI checkpoint and a checkpoint of every monitor hold tensors and plain values only."""
+    import torch
+
+    for checkpoint in (demo_report[0], plain_run[1]):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        held = {key.split("{")[0] for key in state["callbacks"]}
+        assert {"FilterMonitor", "ActivationMonitor", "SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor",
+                "FeatureVisMonitor"} <= held, held  # fmt: skip
