@@ -562,3 +562,50 @@ def test_divergence_is_one_alert_and_visual_monitors_skip_until_finite(tmp_path:
         "cnnviz/top_patches/net.conv3",
     ):
         assert [e.step for e in events["images"][tag]] == [1, 2], tag  # epoch 0 skipped, then logging resumes
+
+
+class SlowPicture:
+    """A picture that takes 1.5 s to draw, and notes what the progress bar said meanwhile."""
+
+    what = "a slow picture"
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+        self.bar_said: list[str] = []
+
+    def attach(self, model: Any, example: Any) -> None:
+        pass
+
+    def snapshot(self, model: Any, probe: Any, context: Any) -> Any:
+        import time
+
+        from lightning_cnnviz.core import Snapshot
+
+        time.sleep(1.5)
+        bar = getattr(self.trainer.progress_bar_callback, "train_progress_bar", None)
+        self.bar_said.append(str(getattr(bar, "postfix", "")))
+        return Snapshot(scalars={"cnnviz/slow": 1.0})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_a_log_that_takes_more_than_a_second_says_what_it_draws(tmp_path: Path, digits_data: Any, bar: bool) -> None:
+    """In the progress bar's text while it draws (restored after), or, without a bar, as one line."""
+    from lightning_cnnviz import EpochMonitor
+
+    picture = SlowPicture()
+    trainer = make_trainer(tmp_path, [EpochMonitor(picture, every_n_epochs=1)], enable_progress_bar=bar,
+                           limit_train_batches=2)  # fmt: skip
+    picture.trainer = trainer
+    _, told = fit_listening(trainer, small_model(), digits_data)
+    said = "cnnviz: SlowPicture draws a slow picture (epoch 0)"
+    if bar:
+        assert [said in text for text in picture.bar_said] == [True]
+        assert said not in str(trainer.progress_bar_callback.train_progress_bar.postfix)
+    else:
+        assert told.count(said) == 1, told

@@ -67,6 +67,8 @@ class EmbeddingMap:
         (torch.Size([40, 2]), ['cnnviz/embedding/grid', 'cnnviz/embedding/neighbours', 'cnnviz/embedding/tsne'])
     """
 
+    what = "the t-SNE map of the codes"  # what a log of it draws, in words (said when it takes long)
+
     def __init__(
         self,
         *,
@@ -290,8 +292,10 @@ class EmbeddingMap:
         embedding = guard.run("embedding t-SNE", self.embed, codes)
         if embedding is None:
             return shot
-        shot.images.update(guard.run("embedding images", self.pictures, embedding, codes, images, labels,
-                                     moment.epoch) or {})  # fmt: skip
+        drawn = guard.run("embedding images", self.pictures, embedding, codes, images, labels, moment.epoch) or {}
+        shot.images.update(drawn)
+        about = f"{len(codes)} probe codes, t-SNE (perplexity {self.perplexity:g})"
+        shot.captions.update(dict.fromkeys(drawn, about))
         if self.projector:
             metadata = describe_labels(labels, self.class_names) if self.colours(labels)[0] else None
             thumbnails = guard.run("embedding projector", self.thumbnails, images)

@@ -61,6 +61,8 @@ class FeatureAtlas:
         ['cnnviz/atlas/2', 'cnnviz/feature_vis/2', 'cnnviz/feature_vis_evolution/2']
     """
 
+    what = "the feature visualizations"  # what a log of it draws, in words (said when it takes long)
+
     def __init__(
         self,
         *,
@@ -199,7 +201,9 @@ class FeatureAtlas:
             def draw(layer: str = layer, images: Tensor = images, top: TopActivations | None = top) -> None:
                 panels = selection.layer_panels(model, layer, top, scanned, self.rules) if top is not None else None
                 channels, valid = selection.chosen_channels[layer], None if top is None else top.valid
-                shot.images.update(self.pictures(layer, images, channels, caption, moment.step, panels, valid))
+                drawn = self.pictures(layer, images, channels, caption, moment.step, panels, valid)
+                shot.images.update(drawn)
+                shot.captions.update({tag: f"{layer}: channels {channels}" for tag in drawn})
 
             guard.run(f"feature vis images of {layer}", draw)
         if self.dream_images > 0:

@@ -40,6 +40,8 @@ class FilterPanel:
         ((3, 154, 154), ['cnnviz/filters/smoothness/0'])
     """
 
+    what = "the filters"  # what a log of it draws, in words (said when it takes long)
+
     def __init__(
         self,
         *,
@@ -85,6 +87,7 @@ class FilterPanel:
             grid = guard.run(f"filter image of {name!r}", draw, weight)
             if grid is not None:
                 shot.images[f"cnnviz/filters/{name}"] = grid
+                shot.captions[f"cnnviz/filters/{name}"] = f"{name}: {weight.shape[0]} filters ({self.normalize} scale)"
             score = guard.run(f"smoothness of {name!r}", filter_smoothness, weight)
             if score is not None:
                 scores[name] = score

@@ -100,6 +100,8 @@ class SaliencyPanel:
 
     DEFAULT_METHODS: ClassVar[tuple[str, ...]] = DEFAULT_METHODS  # what ``methods`` draws by default
 
+    what = "the saliency maps"  # what a log of it draws, in words (said when it takes long)
+
     def __init__(
         self,
         *,
@@ -300,6 +302,7 @@ class SaliencyPanel:
                 maps = self.maps(model, images, labels, method, explained)
                 if guard.finite(maps, what=f"the {method} maps", moment=moment):
                     shot.images[f"cnnviz/saliency/{method}"] = self.picture(model, images, maps, method, explained)
+                    shot.captions[f"cnnviz/saliency/{method}"] = f"{method} of {len(images)} probe images"
 
             guard.run(f"saliency {method}", draw)
         return shot

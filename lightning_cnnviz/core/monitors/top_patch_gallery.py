@@ -52,6 +52,8 @@ class TopPatchGallery:
         ['cnnviz/evolution/2', 'cnnviz/top_patches/2']
     """
 
+    what = "the top-9 patches and their projections"  # what a log of it draws, in words (said when it takes long)
+
     def __init__(
         self,
         *,
@@ -134,5 +136,7 @@ class TopPatchGallery:
         caption = self.history.caption(moment.epoch, moment.step)
         for name, top in tops.items():
             draw = functools.partial(self.pictures, model, name, top, images, caption, moment.step)
-            shot.images.update(guard.run(f"top patches of {name}", draw) or {})
+            drawn = guard.run(f"top patches of {name}", draw) or {}
+            shot.images.update(drawn)
+            shot.captions.update({tag: f"{name}: top-{self.k} patches of its channels" for tag in drawn})
         return shot
