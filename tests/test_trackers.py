@@ -72,7 +72,8 @@ def test_wandb_offline_gets_every_picture_scalar_and_histogram_beside_tensorboar
     assert list((folder / "media" / "table" / "cnnviz").glob("embedding_*.table.json"))
     assert set(history["epoch"]) == {0, 1}
     captions = history["cnnviz/filters/net.conv1/caption"]
-    assert captions == [f"net.conv1: {SMALL[0]} filters (per_filter scale), ep {e} (step {6 * (e + 1)})" for e in (0, 1)]
+    about = f"net.conv1: {SMALL[0]} filters (per_filter scale)"
+    assert captions == [f"{about}, ep {e} (step {6 * (e + 1)})" for e in (0, 1)], captions
 
 
 def wandb_history(path: Path) -> dict[str, list[Any]]:
