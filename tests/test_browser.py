@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,74 @@ def test_report_page_shows_every_picture(browser: Any, demo_report: tuple[Path, 
     seen.screenshot("report.png")
 
 
+@pytest.fixture(scope="module")
+def mlflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A fit of the demo CNN logged to MLflow on a local SQLite store, and MLflow's own UI (``mlflow ui``) on it:
+    (the run's page, the last step)."""
+    pytest.importorskip("mlflow")
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from lightning_cnnviz import FilterMonitor, SaliencyMonitor, TopPatchMonitor
+    from lightning_cnnviz.demo.data import DigitsDataModule
+    from lightning_cnnviz.demo.models import ImageClassifier
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    logger = MLFlowLogger(experiment_name="digits", tracking_uri=store, artifact_location=str(folder / "artifacts"))
+    pl.seed_everything(0, verbose=False)
+    monitors = [FilterMonitor(every_n_epochs=1), SaliencyMonitor(num_images=4, every_n_epochs=1),
+                TopPatchMonitor(probe_size=64, every_n_epochs=1)]  # fmt: skip
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=10, limit_val_batches=2, logger=logger,
+                         callbacks=monitors, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(ImageClassifier(in_channels=1, num_classes=10), datamodule=DigitsDataModule())
+    port = free_port()
+    program = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen(
+        [str(program), "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(base, timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        yield f"{base}/#/experiments/{logger.experiment_id}/runs/{logger.run_id}/model-metrics", str(trainer.global_step)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_mlflow_ui_shows_our_pictures(browser: Any, mlflow_ui: tuple[str, str]) -> None:
+    """MLflow's own UI shows the monitors' pictures of an MLFlowLogger run as its image charts, at their steps."""
+    page, last = mlflow_ui
+    seen = Watched(browser)
+    seen.page.goto(page)
+    seen.wait_for("the saliency charts", lambda: seen.page.get_by_text("cnnviz/saliency", exact=True).count() > 0)
+    assistant = seen.page.locator("button[aria-label='Close']")
+    if assistant.count():
+        assistant.first.click()
+    seen.page.get_by_text("cnnviz/saliency", exact=True).first.scroll_into_view_if_needed()
+    seen.page.wait_for_timeout(1000)
+    steps = seen.page.locator("input[type='number']")
+    for index in range(steps.count()):  # each image chart at the last step
+        if steps.nth(index).is_visible() and steps.nth(index).is_enabled():
+            steps.nth(index).fill(last)
+            steps.nth(index).press("Enter")
+    seen.page.locator("body").click(position={"x": 5, "y": 5})
+    seen.page.get_by_text("cnnviz/saliency", exact=True).first.scroll_into_view_if_needed()
+    seen.wait_for("the saliency pictures", lambda: sum(i["ok"] and "get-artifact" in i["src"] for i in seen.images()) >= 5)
+    seen.screenshot("mlflow_ui.png")
+    assert not [p for p in seen.problems if "get-artifact" in p or "script error" in p], seen.problems
+
+
 def test_readme_shows_the_committed_screenshots() -> None:
     readme = (ROOT / "README.md").read_text()
-    for name in ("tensorboard_images.png", "tensorboard_health.png", "report.png"):
+    for name in ("tensorboard_images.png", "tensorboard_health.png", "report.png", "mlflow_ui.png"):
         assert (ROOT / "docs" / "images" / name).is_file()
         assert f"docs/images/{name}" in readme
