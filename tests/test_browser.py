@@ -201,7 +201,8 @@ def mlflow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
                 time.sleep(0.5)
-        yield f"{base}/#/experiments/{logger.experiment_id}/runs/{logger.run_id}/model-metrics", str(trainer.global_step)
+        run = f"{base}/#/experiments/{logger.experiment_id}/runs/{logger.run_id}/model-metrics"
+        yield run, str(trainer.global_step)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -225,7 +226,8 @@ def test_mlflow_ui_shows_our_pictures(browser: Any, mlflow_ui: tuple[str, str]) 
             steps.nth(index).press("Enter")
     seen.page.locator("body").click(position={"x": 5, "y": 5})
     seen.page.get_by_text("cnnviz/saliency", exact=True).first.scroll_into_view_if_needed()
-    seen.wait_for("the saliency pictures", lambda: sum(i["ok"] and "get-artifact" in i["src"] for i in seen.images()) >= 5)
+    shown = lambda: sum(i["ok"] and "get-artifact" in i["src"] for i in seen.images())  # noqa: E731
+    seen.wait_for("the saliency pictures", lambda: shown() >= 5)
     seen.screenshot("mlflow_ui.png")
     assert not [p for p in seen.problems if "get-artifact" in p or "script error" in p], seen.problems
 
