@@ -74,6 +74,24 @@ SETTINGS: dict[str, tuple[dict[str, Any], Any, dict[str, Any], Any, Any]] = {
 }
 
 
+def written_files(root: Path) -> set[str]:
+    """The tags of the pictures written as ``.../cnnviz/<tag>/<step>.png`` and of the scalars in a metrics.csv."""
+    import csv
+
+    tags = set()
+    for picture in root.rglob("*.png"):
+        parts = picture.relative_to(root).parts
+        if "cnnviz" in parts:
+            tags.add("/".join(parts[parts.index("cnnviz") : -1]))
+    for metrics in root.rglob("metrics.csv"):
+        rows = list(csv.DictReader(metrics.open()))
+        if rows and "tag" in rows[0]:  # ours, without a logger: a row per value
+            tags.update(row["tag"] for row in rows)
+        elif rows:  # a CSVLogger's: a column per tag
+            tags.update(rows[0])
+    return tags
+
+
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_monitors_log_under_trainer_setting(tmp_path: Path, setting: str) -> None:
     options, model_class, model_options, train, val = SETTINGS[setting]
@@ -86,8 +104,8 @@ def test_monitors_log_under_trainer_setting(tmp_path: Path, setting: str) -> Non
     trainer = make_trainer(tmp_path, monitors(), max_epochs=1, **options)
     trainer.fit(model, train, val)
     assert hooks_left(model) == [] and global_state_clean()
-    events = read_events(tmp_path)  # the run's TensorBoard folder, or the monitors' own (<root>/cnnviz)
-    tags = {*events["images"], *events["scalars"]}
+    events = read_events(tmp_path)  # the run's TensorBoard folder; without one, the PNG files and metrics.csv
+    tags = {*events["images"], *events["scalars"], *written_files(tmp_path)}
     expected = ("cnnviz/filters/", "cnnviz/top_patches/")
     if setting != "training_step returns None":
         expected += ("cnnviz/activations/dead_fraction/",)

@@ -33,7 +33,7 @@ __all__ = [
     "write_projector",
 ]
 
-SinkFactory = Callable[[Any], Sink]
+SinkFactory = Callable[[Any], "Sink | None"]
 
 #: Logger type (a class, or its ``module.QualName`` so that the module need not be imported) -> factory.
 _REGISTRY: dict[type | str, SinkFactory] = {}
@@ -41,8 +41,9 @@ _REGISTRY: dict[type | str, SinkFactory] = {}
 
 def register_sink(logger_type: type | str, factory: SinkFactory) -> None:
     """Write the pictures of a run to every logger of ``logger_type`` (a class, or its ``"module.QualName"``; its
-    subclasses too) with the :class:`Sink` that ``factory(logger)`` makes. A later registration of the same type
-    replaces an earlier one.
+    subclasses too) with the :class:`Sink` that ``factory(logger)`` makes (None: the logger takes no pictures, as
+    Lightning's stand-in logger of ``fast_dev_run``, and the run counts as having none). A later registration of the
+    same type replaces an earlier one.
 
     Example:
         >>> class MyLogger:  # a Comet or Neptune logger, say
@@ -128,8 +129,8 @@ def sink_for(
         factory = factory_of(logger)
         if factory is None:
             unknown.append(logger)
-        else:
-            made.append(factory(logger))
+        elif (sink := factory(logger)) is not None:
+            made.append(sink)
     if not made:
         folder = next((d for d in (getattr(lg, "log_dir", None) for lg in unknown) if isinstance(d, str)), None)
         files = FileSink(folder or root)
@@ -175,6 +176,7 @@ def _register_lightning_loggers() -> None:
     register_sink(trainer.WandbLogger, WandbSink)
     register_sink("wandb.integration.lightning.fabric.logger.WandbLogger", WandbSink)
     register_sink(trainer.MLFlowLogger, MLflowSink)
+    register_sink("lightning.pytorch.loggers.logger.DummyLogger", lambda logger: None)  # fast_dev_run's
 
 
 try:  # the core and the plain-loop sinks work without Lightning; the registry then starts empty
