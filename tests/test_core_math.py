@@ -167,9 +167,28 @@ def test_filter_grid_rgb_and_grayscale_layouts() -> None:
     assert wide.shape[1] <= 500 and wide.shape[2] <= 500
 
 
+def test_a_deeper_layers_slice_tiles_equal_its_weights() -> None:
+    """One row per filter, one tile per input slice: each tile is its slice of the weights, stretched over the
+    filter's range (per filter) or the layer's (global); capped at the first filters and slices."""
+    from lightning_cnnviz.core.drawing.filters import render_filter_slices
+
+    weight = torch.randn(5, 7, 3, 3, generator=torch.Generator().manual_seed(2))
+    grid = render_filter_slices(weight, min_tile_px=3)
+    assert grid.shape == (3, 5 * 4 + 1, 7 * 4 + 1) and torch.equal(grid[0], grid[2])
+    for f in range(5):
+        low, high = weight[f].min(), weight[f].max()
+        for i in range(7):
+            tile = grid[0, 1 + 4 * f : 4 + 4 * f, 1 + 4 * i : 4 + 4 * i]
+            torch.testing.assert_close(tile, (weight[f, i] - low) / (high - low))
+    layer = render_filter_slices(weight, normalize="global", min_tile_px=3)
+    torch.testing.assert_close(layer[0, 1:4, 5:8], (weight[0, 1] - weight.min()) / (weight.max() - weight.min()))
+    capped = render_filter_slices(torch.randn(40, 64, 3, 3), min_tile_px=3, max_filters=16, max_inputs=32)
+    assert capped.shape == (3, 16 * 4 + 1, 32 * 4 + 1)
+
+
 def test_dead_filter_map_colours_dead_cells() -> None:
     rates = torch.tensor([[0.25, 0.0], [1.0, float("nan")]])
-    image = dead_filter_map(rates, cell_px=2, window_px=2)
+    image = dead_filter_map(rates, cell_px=2, window_px=2, min_width_px=0, legend=False)
     assert image.shape == (3, 4, 4)
     torch.testing.assert_close(image[:, 0, 0], torch.full((3,), 0.2 + 0.8 * 0.5))  # sqrt(0.25) = 0.5
     torch.testing.assert_close(image[:, 1, 3], torch.tensor([0.85, 0.1, 0.1]))
@@ -246,16 +265,27 @@ def test_alerts_name_units_of_fully_connected_layers_and_dormant_channels() -> N
     assert "1 of 4 filters (25.0%) of layer 'block.gelu' are dormant" in events[1].message
 
 
-def test_a_wide_layer_map_wraps_and_keeps_a_dead_channel_4_px() -> None:
-    rates = torch.full((512, 10), 0.5)
-    rates[300, 4:] = 0.0  # channel 300 dies in window 4
+def test_a_wide_layer_map_folds_is_legible_and_its_cells_are_the_firing_rates() -> None:
+    """512 channels of a U-Net encoder after a few windows: folded into blocks of 256 channels x 4 px, each window
+    widened until the map is at least 256 px wide, a legend below; every cell is its firing rate."""
+    rates = torch.rand(512, 3, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    rates[300, 1:] = 0.0  # channel 300 dies in window 1
     image = dead_filter_map(rates)  # defaults: 4 px per channel, at most 1024 px high
-    assert image.shape[1] <= 1024 and image.shape[1] < 2000
-    red = (image[0] > 0.8) & (image[1] < 0.2)
+    window = -(-(256 - 6) // 6)  # 2 blocks x 3 windows, one 6 px gap, at least 256 px: 42 px a window
+    assert image.shape[1] == 1024 + 30 and image.shape[2] == 2 * 3 * window + 6
+    map_part = image[:, :1024]
+    red = (map_part[0] > 0.8) & (map_part[1] < 0.2)
     rows, cols = red.nonzero(as_tuple=True)
-    assert rows.max() - rows.min() + 1 == 4 and cols.max() - cols.min() + 1 == 6 * 8  # 4 px tall, 6 windows wide
-    assert int(rows.min()) == (300 - 256) * 4  # in the second block, row 44
-    assert int(cols.min()) == 10 * 8 + 6 + 4 * 8  # after the first block and the gap
+    assert rows.max() - rows.min() + 1 == 4 and cols.max() - cols.min() + 1 == 2 * window  # 4 px, 2 windows
+    assert int(rows.min()) == (300 - 256) * 4  # in the second block, row 176
+    assert int(cols.min()) == 3 * window + 6 + window  # after the first block and the gap
+    for channel, block in ((0, 0), (255, 0), (256, 1), (511, 1)):
+        for w in range(3):
+            y, x = (channel % 256) * 4 + 1, block * (3 * window + 6) + w * window + 1
+            expected = 0.2 + 0.8 * float(rates[channel, w]) ** 0.5
+            assert abs(float(image[0, y, x]) - expected) < 1e-6 and float(image[1, y, x]) == float(image[0, y, x])
+    legend = image[:, 1024:]
+    assert (legend[0] > 0.8).logical_and(legend[1] < 0.2).any()  # the red swatch, named in the band
 
 
 def test_activation_stats_skip_an_empty_batch() -> None:

@@ -41,9 +41,11 @@ def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any)
     for tag in ("cnnviz/embedding/tsne", "cnnviz/embedding/grid"):
         assert [e.step for e in events["images"][tag]] == [0, 1]
     assert events["images"]["cnnviz/embedding/grid"][0].width == 17 * 33 + 1  # 17x17 cells of 32 px (sqrt 300)
-    # nearest neighbours in code space: 8 class-balanced queries, each beside its 8 nearest other probe images
+    # nearest neighbours in code space: 8 class-balanced queries, each beside its 8 nearest other probe images, and
+    # below each, its 8 nearest in pixel space
     neighbours = events["images"]["cnnviz/embedding/neighbours"]
     assert [e.step for e in neighbours] == [0, 1] and neighbours[0].width == 9 * (48 + 2) + 2
+    assert neighbours[0].height == 16 * (48 + 2) + 2
     queries, found = monitor.map.neighbours(captured[0], monitor.probe_labels)
     assert sorted(val_labels[:300][queries].tolist()) == list(range(8))  # one query per class (the first 8)
     distances = torch.cdist(captured[0].double(), captured[0].double())
@@ -51,6 +53,12 @@ def test_maps_accuracy_and_projector_per_epoch(tmp_path: Path, digits_data: Any)
         others = [j for j in range(300) if j != query]  # brute force, the query itself excluded
         nearest = sorted(others, key=lambda j: float(distances[query, j]))[:8]
         assert row == nearest
+    pixels = val_images[:300].flatten(1).double()
+    between = torch.cdist(pixels, pixels)
+    near = monitor.map.pixel_neighbours(val_images[:300], queries)
+    for query, row in zip(queries.tolist(), near.tolist(), strict=True):
+        others = [j for j in range(300) if j != query]  # brute-force pixel-distance kNN
+        assert row == sorted(others, key=lambda j: float(between[query, j]))[:8]
     assert monitor.last_map is not None and monitor.last_map.shape == (300, 2)
     # Projector: config, tensors, labels and a sprite within TensorBoard's 8192 px
     run = Path(events["event_files"][0]).parent

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
 from torch import Tensor, nn
 
 from conftest import every_monitor, fit_listening, global_state_clean, hooks_left, make_trainer, read_events
@@ -152,6 +155,20 @@ def test_filter_monitor_images_smoothness_and_cadence(tmp_path: Path, digits_dat
         3 * 51 + 1,
     )  # 8 filters 5x5 upscaled 10x: a 3x3 grid of 50 px tiles
     assert "cnnviz/filters/net.conv2" in events["images"]
+    # conv2 reads 8 channels: its 16 filters with their 8 input slices, a filter per row (conv1 reads 1: none)
+    assert "cnnviz/filters/slices/net.conv1" not in events["images"]
+    (slices,) = events["images"]["cnnviz/filters/slices/net.conv2"][-1:]
+    pixels = torch.from_numpy(np.array(Image.open(io.BytesIO(slices.encoded_image_string))))[..., 0].double()
+    weight = model.net.conv2.weight.detach().double()
+    kernel = weight.shape[-1]
+    tile = -(-16 // kernel) * kernel  # upscaled by the smallest integer factor reaching 16 px
+    assert (slices.height, slices.width) == (16 * (tile + 1) + 1, 8 * (tile + 1) + 1)
+    for f in (0, 7, 15):
+        expected = (weight[f] - weight[f].min()) / (weight[f].max() - weight[f].min())
+        for i in (0, 3, 7):
+            top, left = 1 + f * (tile + 1), 1 + i * (tile + 1)
+            drawn = pixels[top : top + tile : tile // kernel, left : left + tile : tile // kernel] / 255
+            assert (drawn - expected[i]).abs().max() <= 1 / 255 + 1e-9  # stored as bytes, truncated
     smooth = events["scalars"]["cnnviz/filters/smoothness/net.conv1"]
     from lightning_cnnviz.core import filter_smoothness
 

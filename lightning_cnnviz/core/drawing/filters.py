@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lightning_cnnviz.core.drawing.basic import normalize_per_item, tile_grid, to_rgb, upscale
 
-__all__ = ["filter_smoothness", "render_filter_grid"]
+__all__ = ["filter_smoothness", "render_filter_grid", "render_filter_slices"]
 
 Normalization = Literal["per_filter", "global"]
 
@@ -91,6 +91,35 @@ def render_slices(weight: Tensor, *, normalize: Normalization = "per_filter", mi
     slices = upscale(shown.transpose(1, 2).flatten(0, 1), min_tile_px)  # (O * t, L, h, w)
     slices = F.pad(slices, (1, 1, 1, 1), value=1.0).unflatten(0, (count, depth))
     return to_rgb(torch.cat(list(slices.unbind(1)), dim=-1))
+
+
+def render_filter_slices(
+    weight: Tensor,
+    *,
+    normalize: Normalization = "per_filter",
+    max_filters: int = 16,
+    max_inputs: int = 32,
+    min_tile_px: int = 16,
+) -> Tensor:
+    """A deeper Conv2d layer's filters with their input slices (CS231n's figure of a second layer's weights): one row
+    per filter, one grayscale tile per input channel, so the noise or smoothness of each slice shows. The first
+    ``max_filters`` filters and ``max_inputs`` input channels; ``"per_filter"`` stretches each filter over all its
+    slices (the slices of a filter compare), ``"global"`` over the layer. (3, H, W) in [0, 1], white padding.
+
+    Example:
+        >>> render_filter_slices(torch.randn(4, 8, 3, 3)).shape
+        torch.Size([3, 77, 153])
+    """
+    if weight.dim() != 4:
+        raise ValueError(f"expected a Conv2d weight (out_channels, in_channels, kh, kw), got {tuple(weight.shape)}")
+    shown = weight.detach().float()[:max_filters, :max_inputs]
+    if normalize == "global":
+        shown = (shown - shown.min()) / (shown.max() - shown.min()).clamp_min(1e-12)
+    else:
+        shown = normalize_per_item(shown)
+    count, inputs = shown.shape[:2]
+    tiles = upscale(shown.reshape(count * inputs, 1, *shown.shape[2:]), min_tile_px)
+    return to_rgb(tile_grid(tiles, inputs, padding=1, pad_value=1.0)[None])[0].contiguous()
 
 
 def render_filter_grid(

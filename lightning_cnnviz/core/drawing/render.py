@@ -17,20 +17,31 @@ _DEAD_RGB = (0.85, 0.1, 0.1)
 
 
 def dead_filter_map(
-    firing_rates: Tensor, *, cell_px: int = 4, window_px: int = 8, max_height_px: int = 1024, gap_px: int = 6
+    firing_rates: Tensor,
+    *,
+    cell_px: int = 4,
+    window_px: int = 8,
+    max_height_px: int = 1024,
+    gap_px: int = 6,
+    min_width_px: int = 256,
+    marked: str = "never fired",
+    legend: bool = True,
 ) -> Tensor:
     """Channels x windows picture of a layer's history: rows are channels, columns are windows (oldest left).
 
     A live cell is gray, brighter the more often the channel fired (``sqrt`` of the firing rate, so rare
     firing is still visible); a dead cell (rate exactly 0) is red. Non-finite rates are drawn blue.
 
-    ``firing_rates`` (channels, windows) in [0, 1] -> (3, channels * cell_px, windows * window_px) in [0, 1]. A wide
-    layer is wrapped: channels beyond ``max_height_px / cell_px`` continue in another block to the right (``gap_px``
-    of white between blocks), so every cell keeps its ``cell_px`` height and the image stays within a screen.
+    ``firing_rates`` (channels, windows) in [0, 1] -> (3, H, W) in [0, 1], the cells from the top-left corner: each
+    channel ``cell_px`` tall, each window at least ``window_px`` wide and wider while the map is narrower than
+    ``min_width_px`` (a map of few windows is not a thin line). A wide layer is folded: channels beyond
+    ``max_height_px / cell_px`` continue in another block to the right (``gap_px`` of white between blocks). With
+    ``legend``, a band below says what the grey scale and the colours mean (``marked``: what red is).
 
     Example:
-        >>> [round(v, 2) for v in dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1, window_px=1)[:, 0, 1].tolist()]
-        [0.85, 0.1, 0.1]
+        >>> picture = dead_filter_map(torch.tensor([[0.5, 0.0]]), cell_px=1, window_px=1)  # windows 128 px wide
+        >>> tuple(picture.shape), [round(v, 2) for v in picture[:, 0, 200].tolist()]
+        ((3, 31, 256), [0.85, 0.1, 0.1])
     """
     if firing_rates.dim() != 2:
         raise ValueError(f"firing_rates must be (channels, windows), got {tuple(firing_rates.shape)}")
@@ -41,15 +52,35 @@ def dead_filter_map(
     dead = finite & (rates == 0)
     for channel, value in enumerate(_DEAD_RGB):
         image[channel][dead] = value
-    image[:, ~finite] = torch.tensor([0.1, 0.3, 0.9]).view(3, 1).to(image)
-    image = image.repeat_interleave(cell_px, dim=1).repeat_interleave(window_px, dim=2)
+    image[:, ~finite] = torch.tensor(_NONFINITE_RGB).view(3, 1).to(image)
     rows = max(1, max_height_px // cell_px)
-    if rates.shape[0] <= rows:
-        return image
-    blocks = list(image.split(rows * cell_px, dim=1))
-    blocks[-1] = torch.nn.functional.pad(blocks[-1], (0, 0, 0, rows * cell_px - blocks[-1].shape[1]), value=1.0)
-    gap = image.new_ones(3, rows * cell_px, gap_px)
-    return torch.cat([part for block in blocks for part in (block, gap)][:-1], dim=2)
+    blocks = -(-rates.shape[0] // rows)
+    columns = blocks * rates.shape[1]
+    window_px = max(window_px, -(-(min_width_px - (blocks - 1) * gap_px) // max(columns, 1)))
+    image = image.repeat_interleave(cell_px, dim=1).repeat_interleave(window_px, dim=2)
+    if blocks > 1:
+        parts = list(image.split(rows * cell_px, dim=1))
+        parts[-1] = torch.nn.functional.pad(parts[-1], (0, 0, 0, rows * cell_px - parts[-1].shape[1]), value=1.0)
+        gap = image.new_ones(3, rows * cell_px, gap_px)
+        image = torch.cat([part for block in parts for part in (block, gap)][:-1], dim=2)
+    return _with_legend(image, marked) if legend else image
+
+
+_NONFINITE_RGB = (0.1, 0.3, 0.9)
+
+
+def _with_legend(image: Tensor, marked: str) -> Tensor:
+    """``image`` above a 30 px band: a grey ramp (fired never .. always, on the map's square-root scale), a red
+    swatch (``marked``) and a blue one (not finite), each named."""
+    from lightning_cnnviz.core.drawing.basic import annotate
+
+    band = image.new_ones(3, 30, max(image.shape[-1], 256))
+    band[:, 4:14, 4:84] = torch.linspace(0.2, 1.0, 80).view(1, 1, 80)  # the map's grey: 0.2 + 0.8 sqrt(rate)
+    band[:, 4:14, 124:134] = torch.tensor(_DEAD_RGB).view(3, 1, 1)
+    band[:, 4:14, 208:218] = torch.tensor(_NONFINITE_RGB).view(3, 1, 1)
+    band = annotate(band, [(2, 15, "fired 0..100%, sqrt"), (135, 3, marked[:12]), (219, 3, "NaN")])
+    top = torch.nn.functional.pad(image, (0, band.shape[-1] - image.shape[-1]), value=1.0)
+    return torch.cat([top, band.to(top)], dim=1)
 
 
 def distribution_map(counts: Tensor, *, window_px: int = 4, bin_px: int = 2) -> Tensor:

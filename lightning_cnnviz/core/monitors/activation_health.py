@@ -340,7 +340,8 @@ class ActivationHealth:
             if history:
                 rates = torch.tensor(history, dtype=torch.float32).T  # (channels, windows)
                 kind = "dead_map" if relu.get(name, True) else "dormant_map"
-                pictures[f"cnnviz/activations/{kind}/{name}"] = dead_filter_map(rates)
+                marked = "never fired" if kind == "dead_map" else "dormant"
+                pictures[f"cnnviz/activations/{kind}/{name}"] = dead_filter_map(rates, marked=marked)
         for name, distributions in self.distribution_history.items():
             if distributions:
                 pictures[f"cnnviz/activations/distribution/{name}"] = distribution_map(torch.tensor(distributions))

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from lightning_cnnviz.core.checks import check_choice, check_number, check_positive_int
 from lightning_cnnviz.core.context import Context
-from lightning_cnnviz.core.drawing.basic import tile_grid, upscale
+from lightning_cnnviz.core.drawing.basic import annotate, tile_grid, upscale
 from lightning_cnnviz.core.drawing.render import display_rgb, render_scatter, render_thumbnail_grid
 from lightning_cnnviz.core.inputs.probe import Probe, select_balanced
 from lightning_cnnviz.core.inputs.task import TASKS, Task, describe_labels, label_kind
@@ -223,16 +223,26 @@ class EmbeddingMap:
         queries = torch.as_tensor(chosen, dtype=torch.long)
         return queries, nearest_neighbours(codes.float(), NEIGHBOURS)[queries.to(codes.device)].cpu()
 
+    def pixel_neighbours(self, images: Tensor, queries: Tensor) -> Tensor:
+        """(Q, 8) nearest probe images of each query by Euclidean distance of the images as the network takes them
+        (its input pixels), the query itself excluded: the contrast to the code neighbours."""
+        return nearest_neighbours(images.flatten(1).float(), NEIGHBOURS)[queries.to(images.device)].cpu()
+
     def neighbours_image(self, codes: Tensor, images: Tensor, labels: Tensor | None) -> Tensor:
-        """One row per query: [query | its 8 nearest neighbours in code space] (CS231n, "Visualizing what ConvNets
-        learn"): neighbours alike in meaning, not in pixels, are what a good code does."""
+        """Two rows per query (CS231n, "Visualizing what ConvNets learn"; Olah et al.'s essay, Fig. 5): [query | its 8
+        nearest neighbours in code space], then [query | its 8 nearest neighbours in pixel space]. Code neighbours
+        alike in meaning, pixel neighbours alike in brightness and layout: what a good code does."""
         queries, found = self.neighbours(codes, labels)
+        near = self.pixel_neighbours(images, queries)
         shown = display_rgb(images.float())
-        rows = torch.cat([queries[:, None], found], dim=1)  # (Q, 1 + 8)
-        tiles = shown[rows.flatten()]
-        tiles = upscale(tiles, 48)
+        rows = torch.stack([torch.cat([queries[:, None], found], 1), torch.cat([queries[:, None], near], 1)], 1)
+        tiles = upscale(shown[rows.flatten()], 48)
         tiles[:: NEIGHBOURS + 1] = F.pad(tiles[:: NEIGHBOURS + 1, :, 2:-2, 2:-2], (2, 2, 2, 2), value=0.0)  # frame
-        return tile_grid(tiles, NEIGHBOURS + 1, padding=2)
+        grid = tile_grid(tiles, NEIGHBOURS + 1, padding=2)
+        step = tiles.shape[-2] + 2
+        marks = [(2, 2 + row * step + tiles.shape[-2] - 13, "code" if row % 2 == 0 else "pixels")
+                 for row in range(2 * len(queries))]  # fmt: skip
+        return annotate(grid, marks)
 
     def thumbnails(self, images: Tensor) -> Tensor:
         """The Projector's sprite tiles of ``images``: at most 64 px, all of them within its 8192 px sprite."""
