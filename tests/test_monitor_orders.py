@@ -93,4 +93,6 @@ def test_one_write_per_tag_and_step(tmp_path: Path, digits_data: Any) -> None:
                 steps = [event.step for event in written]
                 assert len(steps) == len(set(steps)), (run, tag, steps)
     maps = read_events(tmp_path / "b")["images"]["cnnviz/activations/dead_map/net.relu1"]
-    assert [e.step for e in maps] == [2, 3] and maps[-1].width > maps[0].width  # the short window is drawn
+    assert [e.step for e in maps] == [2, 3]  # the short window is drawn: a second column of the map
+    assert [len(h) for h in late.health.rate_history.values()] == [2] * len(late.health.rate_history)
+    assert maps[-1].encoded_image_string != maps[0].encoded_image_string
