@@ -38,6 +38,23 @@ EVERY_MONITOR = (
 )
 
 
+#: Pictures drawn from the weights alone: the report's equal the training run's at the checkpoint's epoch.
+FROM_THE_WEIGHTS = (
+    "cnnviz/filters/net.conv1", "cnnviz/filters/net.conv2", "cnnviz/saliency/grad_cam",
+    "cnnviz/saliency/vanilla_gradient", "cnnviz/evolution/net.conv1", "cnnviz/top_patches/net.conv2",
+    "cnnviz/feature_vis_evolution/net.conv1",
+)  # fmt: skip
+
+
+def assert_drawn_as_in_training(report: dict[str, Any], trained: dict[str, Any], epoch: int) -> None:
+    """Each of :data:`FROM_THE_WEIGHTS` is drawn once by the report, at the epoch, byte for byte the run's last."""
+    for tag in FROM_THE_WEIGHTS:
+        (drawn,) = report["images"][tag]
+        last = trained["images"][tag][-1]
+        assert (drawn.step, last.step) == (epoch, epoch), tag
+        assert drawn.encoded_image_string == last.encoded_image_string, tag
+
+
 def embedded_images(page: str) -> dict[str, bytes]:
     found = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     return {tag: base64.b64decode(data) for tag, data in found}
@@ -75,13 +92,7 @@ def test_report_runs_on_the_checkpoint_without_training(
     logdir, _ = digits_run
     trained, report = read_events(logdir), read_events(html.parent)
     epoch, step = map(int, re.fullmatch(r"epoch=(\d+)-step=(\d+)\.ckpt", checkpoint.name).groups())  # type: ignore[union-attr]
-    for tag in ("cnnviz/filters/net.conv1", "cnnviz/filters/net.conv2", "cnnviz/saliency/grad_cam",
-                "cnnviz/saliency/vanilla_gradient", "cnnviz/evolution/net.conv1", "cnnviz/top_patches/net.conv2",
-                "cnnviz/feature_vis_evolution/net.conv1"):  # fmt: skip
-        (drawn,) = report["images"][tag]
-        last = trained["images"][tag][-1]
-        assert (drawn.step, last.step) == (epoch, epoch), tag
-        assert drawn.encoded_image_string == last.encoded_image_string, tag
+    assert_drawn_as_in_training(report, trained, epoch)
     assert [e.step for e in report["images"]["cnnviz/activations/dead_map/net.relu1"]] == [step]
     # the activation statistics come from the report's own batches: a new window on the restored map
     dead_maps = [run["images"]["cnnviz/activations/dead_map/net.relu1"][-1] for run in (report, trained)]
@@ -323,13 +334,7 @@ def test_report_of_a_plain_trainer_run_from_its_objects(plain_run: tuple[Path, P
     page, report, trained = html.read_text(), read_events(tmp_path / "report"), read_events(folder)
     assert set(EVERY_MONITOR) <= set(embedded_images(page))
     epoch = int(re.match(r"epoch=(\d+)", checkpoint.name)[1])  # type: ignore[index]
-    for tag in ("cnnviz/filters/net.conv1", "cnnviz/filters/net.conv2", "cnnviz/saliency/grad_cam",
-                "cnnviz/saliency/vanilla_gradient", "cnnviz/evolution/net.conv1", "cnnviz/top_patches/net.conv2",
-                "cnnviz/feature_vis_evolution/net.conv1"):  # fmt: skip
-        (drawn,) = report["images"][tag]
-        last = trained["images"][tag][-1]
-        assert (drawn.step, last.step) == (epoch, epoch), tag
-        assert drawn.encoded_image_string == last.encoded_image_string, tag
+    assert_drawn_as_in_training(report, trained, epoch)
     assert "<th>model</th><td>lightning_cnnviz.demo.models.ImageClassifier</td>" in page
 
 

@@ -17,7 +17,8 @@ from lightning_cnnviz.core.protocol import Moment, Snapshot
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Sink", "as_moment", "caption_of", "pixels", "png", "say_once", "write_projector"]
+__all__ = ["Sink", "as_moment", "caption_of", "finite_values", "markdown", "pixels", "png", "say_once",
+           "write_projector"]
 
 
 @runtime_checkable
@@ -126,6 +127,17 @@ def write_projector(
     config.embeddings.extend([info, *kept])
     with tf.io.gfile.GFile(path, "wb") as handle:
         handle.write(text_format.MessageToString(config).encode())
+
+
+def finite_values(values: Tensor) -> Tensor:
+    """A histogram's values on the host, in float64, without the non-finite ones (no tracker bins them)."""
+    values = values.detach().double().cpu()
+    return values[torch.isfinite(values)]
+
+
+def markdown(texts: list[str]) -> str:
+    """Several texts of one tag as one file's markdown, a blank line after each."""
+    return "".join(f"{text}\n\n" for text in texts)
 
 
 def caption_of(snapshot: Snapshot, tag: str, moment: Moment) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_cnnviz.core.protocol import Moment, Snapshot
-from lightning_cnnviz.sinks.base import as_moment, png, say_once, write_projector
+from lightning_cnnviz.sinks.base import as_moment, markdown, png, say_once, write_projector
 
 __all__ = ["FileSink"]
 
@@ -53,7 +53,7 @@ class FileSink:
             self._scalars(snapshot.scalars, moment)
         for tag, texts in snapshot.texts.items():
             with self._path(tag, f"{step}.md").open("a", encoding="utf-8") as handle:
-                handle.write("".join(f"{text}\n\n" for text in texts))
+                handle.write(markdown(texts))
         if snapshot.histograms:
             say_once(self._said, f"{self.where}: histograms are not written as files ({sorted(snapshot.histograms)[0]}"
                      ", ...); TensorBoard and W&B show them.")  # fmt: skip

@@ -8,7 +8,7 @@ import tempfile
 from typing import Any
 
 from lightning_cnnviz.core.protocol import Moment, Snapshot
-from lightning_cnnviz.sinks.base import as_moment, pixels, say_once, write_projector
+from lightning_cnnviz.sinks.base import as_moment, markdown, pixels, say_once, write_projector
 
 __all__ = ["MLflowSink"]
 
@@ -47,7 +47,7 @@ class MLflowSink:
         if snapshot.scalars:
             self.logger.log_metrics(dict(snapshot.scalars), step)
         for tag, texts in snapshot.texts.items():
-            client.log_text(run_id, "".join(f"{text}\n\n" for text in texts), f"{image_key(tag)}/{step}.md")
+            client.log_text(run_id, markdown(texts), f"{image_key(tag)}/{step}.md")
         if snapshot.histograms:
             say_once(self._said, f"{self.where}: MLflow has no histograms; {sorted(snapshot.histograms)[0]}, ... are "
                      "not written there (TensorBoard and W&B show them).")  # fmt: skip

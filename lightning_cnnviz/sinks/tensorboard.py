@@ -7,11 +7,10 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from lightning_cnnviz.core.protocol import Moment, Snapshot
-from lightning_cnnviz.sinks.base import as_moment, png, write_projector
+from lightning_cnnviz.sinks.base import as_moment, finite_values, png, write_projector
 
 __all__ = ["CUSTOM_SCALARS_LAYOUT", "TensorBoardSink"]
 
@@ -88,8 +87,7 @@ class TensorBoardSink:
     def histogram(self, tag: str, values: Tensor, step: int) -> None:
         if self.writer is None:
             return
-        finite = values.detach().double().cpu()
-        finite = finite[torch.isfinite(finite)]
+        finite = finite_values(values)
         if finite.numel():
             self.writer.add_histogram(tag, finite, global_step=step)
 

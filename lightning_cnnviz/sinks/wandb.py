@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from lightning_cnnviz.core.protocol import Moment, Snapshot
-from lightning_cnnviz.sinks.base import as_moment, caption_of, pixels
+from lightning_cnnviz.sinks.base import as_moment, caption_of, finite_values, pixels
 
 __all__ = ["WandbSink"]
 
@@ -53,8 +51,7 @@ class WandbSink:
             for tag, image in snapshot.images.items()
         }
         for tag, values in snapshot.histograms.items():
-            finite = values.detach().double().cpu()
-            finite = finite[torch.isfinite(finite)]
+            finite = finite_values(values)
             if finite.numel():
                 entries[tag] = wandb.Histogram(finite.tolist())
         for tag, texts in snapshot.texts.items():
