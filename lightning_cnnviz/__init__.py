@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_cnnviz.callbacks import (
+        ActivationMapMonitor,
         ActivationMonitor,
         EmbeddingMonitor,
         EpochMonitor,
@@ -36,6 +37,7 @@ _SINKS = "lightning_cnnviz.sinks"
 _HOMES = {"DeadFilterEvent": "lightning_cnnviz.core.monitors.alerts", "TensorBoardSink": _SINKS}
 _HOMES.update(register_sink=_SINKS, sink_for=_SINKS)
 __all__ = [
+    "ActivationMapMonitor",
     "ActivationMonitor",
     "DeadFilterEvent",
     "EmbeddingMonitor",

@@ -1,6 +1,7 @@
 """Thin Lightning adapters over :mod:`lightning_cnnviz.core`, one monitor per file."""
 
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
+from lightning_cnnviz.callbacks.activation_map_monitor import ActivationMapMonitor
 from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import EmbeddingMonitor
 from lightning_cnnviz.callbacks.feature_vis_monitor import FeatureVisMonitor
@@ -9,6 +10,7 @@ from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
 __all__ = [
+    "ActivationMapMonitor",
     "ActivationMonitor",
     "EmbeddingMonitor",
     "EpochMonitor",

@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy, Monitor
-from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate, moment_of
+from lightning_cnnviz.callbacks._trainer import last_epoch, learning_rate, moment_of, service_of
 from lightning_cnnviz.core import ActivationHealth, ActivationSite, DeadFilterEvent, Moment, Snapshot, inputs_from_batch
 from lightning_cnnviz.core.checks import check_callable, check_positive_int
 from lightning_cnnviz.sinks import Sinks
@@ -79,7 +79,7 @@ class ActivationMonitor(Monitor):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.health.attach(pl_module, getattr(pl_module, "example_input_array", None))
-        self._batches = 0  # training batches of this fit; windows end at multiples
+        self._batches, service_of(trainer).health = 0, self.health.marks  # windows end at multiples; health shared
 
     @override
     def on_train_batch_start(

@@ -8,15 +8,15 @@ notebook or a plain training loop. The public names, by topic:
   that also watches training steps; the :class:`Context` of a snapshot (:class:`Moment`, :class:`Guard` the error
   policy, :class:`Ranks` the processes, :class:`InputScale`, the shared :class:`ProbeService`); :class:`Embedding`
   (Projector data); :class:`DoesNotApply`, what a picture that cannot be drawn for a model raises;
-* each monitor's picture: :class:`FilterPanel`, :class:`ActivationHealth`, :class:`SaliencyPanel`,
-  :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureAtlas`;
+* each monitor's picture: :class:`FilterPanel`, :class:`ActivationHealth`, :class:`ActivationMaps`,
+  :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureAtlas`;
 * what they share: :class:`LayerMap` (a model's layers, once), :class:`ChannelSelection`, :class:`Probe`,
   :class:`ProbeSet`, :class:`ProbeService`, :func:`select_balanced`; the time budget :class:`Budget`, one
   :class:`Schedule` and :class:`Account` per monitor; :func:`inputs_from_batch` (where a batch's input is;
   :class:`NoImages` when nowhere); :func:`model_device`;
 * activations: :func:`find_activation_sites`, :func:`tap_activations` (an :class:`ActivationTap`) of
   :class:`ActivationSite`\\ s, :class:`ActivationStats`, :class:`DeadFilterAlerts` and their
-  :class:`DeadFilterEvent`;
+  :class:`DeadFilterEvent`, a layer's :class:`ChannelHealth`;
 * saliency: :func:`vanilla_gradient`, :func:`smoothgrad`, :func:`guided_backprop`, :func:`deconvnet`,
   :func:`grad_cam`, :func:`occlusion`; the variants a panel draws, :class:`SaliencyMethod` registered in
   :data:`METHODS`, reading :class:`SaliencySettings`;
@@ -57,11 +57,12 @@ from lightning_cnnviz.core.methods.saliency import (
     vanilla_gradient,
 )
 from lightning_cnnviz.core.methods.saliency_methods import METHODS, SaliencyMethod, SaliencySettings
-from lightning_cnnviz.core.methods.stats import ActivationStats
+from lightning_cnnviz.core.methods.stats import ActivationStats, ChannelHealth
 from lightning_cnnviz.core.methods.top_patches import project_activations, top_activations
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import model_device
 from lightning_cnnviz.core.monitors.activation_health import ActivationHealth
+from lightning_cnnviz.core.monitors.activation_maps import ActivationMaps
 from lightning_cnnviz.core.monitors.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.monitors.embedding_map import EmbeddingMap
 from lightning_cnnviz.core.monitors.feature_atlas import FeatureAtlas
@@ -75,10 +76,12 @@ __all__ = [
     "METHODS",
     "Account",
     "ActivationHealth",
+    "ActivationMaps",
     "ActivationSite",
     "ActivationStats",
     "ActivationTap",
     "Budget",
+    "ChannelHealth",
     "ChannelSelection",
     "Context",
     "DeadFilterAlerts",

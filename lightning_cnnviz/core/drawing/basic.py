@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["annotate", "captioned_grid", "normalize_per_item", "tile_grid", "to_rgb", "upscale"]
+__all__ = ["annotate", "captioned_grid", "line_mask", "normalize_per_item", "tile_grid", "to_rgb", "upscale"]
 
 
 def to_rgb(images: Tensor) -> Tensor:
@@ -35,6 +35,27 @@ def upscale(images: Tensor, min_px: int) -> Tensor:
     if factor == 1:
         return images
     return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def line_mask(values: Tensor, height: int, width: int) -> Tensor:
+    """Where line plots of ``values`` (..., n) in [0, 1] (1 at the top) pass in a ``height`` x ``width`` tile:
+    (..., height, width) booleans, the samples spread over the width and joined by vertical runs.
+
+    Example:
+        >>> line_mask(torch.tensor([[0.0, 1.0]]), 5, 4)[0].int().tolist()  # rising from the bottom to the top
+        [[0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    """
+    taps = values.shape[-1]
+    where = torch.linspace(0, taps - 1, width, device=values.device)
+    left = where.floor().long().clamp_max(max(taps - 2, 0))
+    fraction = (where - left).clamp(0, 1)
+    right = (left + 1).clamp_max(taps - 1)
+    sampled = values[..., left] * (1 - fraction) + values[..., right] * fraction  # (..., width)
+    ys = (1 - sampled.float()) * (height - 3) + 1
+    low = torch.minimum(ys, torch.cat([ys[..., 1:], ys[..., -1:]], dim=-1)).round()
+    high = torch.maximum(ys, torch.cat([ys[..., 1:], ys[..., -1:]], dim=-1)).round()
+    rows = torch.arange(height, device=values.device, dtype=ys.dtype)[:, None]
+    return (rows >= low[..., None, :]) & (rows <= high[..., None, :])
 
 
 def normalize_per_item(values: Tensor, eps: float = 1e-12) -> Tensor:

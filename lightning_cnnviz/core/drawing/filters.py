@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_cnnviz.core.drawing.basic import normalize_per_item, tile_grid, to_rgb, upscale
+from lightning_cnnviz.core.drawing.basic import line_mask, normalize_per_item, tile_grid, to_rgb, upscale
 
 __all__ = ["filter_smoothness", "render_filter_grid", "render_filter_slices"]
 
@@ -52,16 +52,8 @@ def render_profiles(weight: Tensor, *, normalize: Normalization = "per_filter", 
     shown = _shown(weight.detach().float(), normalize)  # (O, L, k)
     count, lines, taps = shown.shape
     height, width = min_tile_px, max(min_tile_px, 6 * taps)
-    where = torch.linspace(0, taps - 1, width, device=shown.device)
-    left = where.floor().long().clamp_max(max(taps - 2, 0))
-    fraction = (where - left).clamp(0, 1)
-    right = (left + 1).clamp_max(taps - 1)
-    values = shown[..., left] * (1 - fraction) + shown[..., right] * fraction  # (O, L, width)
-    ys = (1 - values) * (height - 3) + 1
-    low = torch.minimum(ys, torch.cat([ys[..., 1:], ys[..., -1:]], dim=-1)).round()
-    high = torch.maximum(ys, torch.cat([ys[..., 1:], ys[..., -1:]], dim=-1)).round()
-    rows = torch.arange(height, device=shown.device, dtype=ys.dtype)[:, None]
-    drawn = (rows >= low[..., None, :]) & (rows <= high[..., None, :])  # (O, L, height, width)
+    drawn = line_mask(shown, height, width)  # (O, L, height, width)
+    rows = torch.arange(height, device=shown.device, dtype=torch.float32)[:, None]
     tiles = torch.ones(count, 3, height, width, device=shown.device)
     tiles[:, :, [0, -1], :], tiles[:, :, :, [0, -1]] = 0.8, 0.8  # a frame
     if weight.shape[1] in (1, 3):  # the weights themselves are drawn: a zero line where zero is in range

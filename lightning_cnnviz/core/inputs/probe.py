@@ -14,6 +14,7 @@ from torch import Tensor
 from lightning_cnnviz.core.budget import Budget
 from lightning_cnnviz.core.checks import check_callable
 from lightning_cnnviz.core.inputs.batches import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.methods.stats import ChannelHealth
 from lightning_cnnviz.core.protocol import Ranks
 
 __all__ = ["Probe", "ProbeService", "ProbeSet", "select_balanced"]
@@ -188,7 +189,9 @@ class ProbeService:
     """The probe sets of every monitor of one run, filled in one pass over the batches: each batch is unpacked
     once per distinct ``batch_to_images``/``batch_to_labels`` pair (``reads`` counts it), however many monitors
     draw on it; each set keeps its own size and balance. It also keeps the latest top-activation scan, so a
-    second monitor drawing the same layers at the same step reuses it (:meth:`scan`).
+    second monitor drawing the same layers at the same step reuses it (:meth:`scan`), and ``health``: each
+    activation's dead and dormant channels in the latest window of training steps, by activation name (an
+    :class:`~lightning_cnnviz.core.ActivationHealth`'s ``marks``, which ActivationMonitor shares here).
 
     Example:
         >>> service = ProbeService()
@@ -209,6 +212,7 @@ class ProbeService:
         self.budget_given = False  # whether a monitor set it (a second one may not set another)
         self._scan: tuple[Any, Any] | None = None  # (key, (tops, probe images))
         self._example: tuple[tuple[int, int], Tensor] | None = None  # the latest example batch's images
+        self.health: dict[str, ChannelHealth] = {}  # by activation name, the latest training window's
 
     def join(self, probe: ProbeSet) -> None:
         if all(member is not probe for member in self.members):

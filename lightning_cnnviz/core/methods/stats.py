@@ -22,7 +22,7 @@ from torch import Tensor
 
 from lightning_cnnviz.core.protocol import Ranks
 
-__all__ = ["ActivationStats"]
+__all__ = ["ActivationStats", "ChannelHealth"]
 
 # The value distribution is binned on asinh(value): linear near 0, logarithmic beyond 1, so a collapse to zero
 # and an explosion to thousands both show. Values past the range land in the edge bins (NaN in the top one).
@@ -113,6 +113,33 @@ class LayerSummary:
         if self.positions == 0:
             return []
         return [int(i) for i in torch.nonzero(self.dormant_score() <= threshold).flatten()]
+
+
+@dataclass(frozen=True)
+class ChannelHealth:
+    """One layer's dead channels (ReLU family: never > 0) and dormant channels (mean |activation| at most a
+    fraction of the layer's mean), and where that was seen (``"the training window ending at step 300"``): what
+    the pictures of single channels frame.
+
+    Example:
+        >>> ChannelHealth(dead=(3,), dormant=(3, 5), seen="the probe").marks(6)
+        [0, 0, 0, 2, 0, 1]
+    """
+
+    dead: tuple[int, ...]
+    dormant: tuple[int, ...]
+    seen: str
+
+    def marks(self, channels: int) -> list[int]:
+        """Per channel: 2 dead, 1 dormant (and not dead), 0 neither."""
+        found = [0] * channels
+        for index in self.dormant:
+            if 0 <= index < channels:
+                found[index] = 1
+        for index in self.dead:
+            if 0 <= index < channels:
+                found[index] = 2
+        return found
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from lightning_cnnviz.core.methods.activation_sites import (
     site_scope,
     tap_activations,
 )
-from lightning_cnnviz.core.methods.stats import ActivationStats, ActivationSummary
+from lightning_cnnviz.core.methods.stats import ActivationStats, ActivationSummary, ChannelHealth
 from lightning_cnnviz.core.model.modules import format_names, model_device, named_modules
 from lightning_cnnviz.core.monitors.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.protocol import Guard, Moment, Snapshot
@@ -129,6 +129,7 @@ class ActivationHealth:
         self.tap: ActivationTap | None = None  # the tap follow() opened, until close()
         self.silent: set[str] = set()  # sites found to receive nothing in a window
         self.silent_now: list[str] = []  # those of them found in the last window closed
+        self.marks: dict[str, ChannelHealth] = {}  # each layer's dead and dormant channels in the last window
         # history, in state_dict
         self.windows = 0
         self.rate_history: dict[str, list[list[float]]] = {}
@@ -147,6 +148,7 @@ class ActivationHealth:
     def reset_sites(self) -> None:
         """Forget the sites (a new model): the next :meth:`discover` finds them afresh."""
         self.sites, self.stats, self.silent = None, None, set()
+        self.marks.clear()
 
     def check_names(self, model: nn.Module) -> None:
         """ValueError, at once and without a forward, for a name in ``layers`` that no activation of ``model``
@@ -273,7 +275,11 @@ class ActivationHealth:
         layers = {name: layer for name, layer in summary.layers.items() if name not in silent}
         summary = ActivationSummary(layers=layers, steps=summary.steps)
         self.windows += 1
+        seen = f"the latest training window ({summary.steps} steps counted)"
+        self.marks.clear()  # the same dict, shared with the pictures that frame single channels
         for name, layer in summary.layers.items():
+            dead = tuple(layer.dead_channels) if layer.relu else ()
+            self.marks[name] = ChannelHealth(dead, tuple(layer.dormant_channels(self.dormant_threshold)), seen)
             if layer.relu:
                 rates = layer.firing_rate
             else:  # the map's red cells are the dormant channels

@@ -90,6 +90,10 @@ class EvolutionHistory:
             history.stride *= 2
             columns[:] = [c for c in columns[:-1] if c.index % history.stride == 0] + columns[-1:]
 
+    def forget(self, layer: str) -> None:
+        """Drop ``layer``'s columns: its next column starts it afresh."""
+        self._layers.pop(layer, None)
+
     def columns(self, layer: str) -> list[tuple[str, Tensor]]:
         """The layer's kept columns, oldest first: (caption, uint8 thumbnails (C, 3, h, w))."""
         history = self._layers.get(layer)
