@@ -1,9 +1,11 @@
-"""What the monitors cost a fit: each monitor alone, all six, against the same fit without monitors, in one process.
+"""What the monitors cost a fit: each monitor alone, all of them, against the same fit without monitors, in one
+process.
 
     python benchmarks/suite_cost.py                 # demo CNN and torchvision ResNet-18, 32 px, 2 epochs of 32 steps
-    python benchmarks/suite_cost.py --realistic     # ResNet-18, 32 px, 10 epochs of 200 steps: none against all six
-    python benchmarks/suite_cost.py --realistic --pairs 2   # none, all six, all six, none: the drift cancels
-    python benchmarks/suite_cost.py --device cuda   # ResNet-50 at 224 px, none against all six, 2 minutes each
+    python benchmarks/suite_cost.py --realistic     # ResNet-18, 32 px, 10 epochs of 200 steps: none against all
+    python benchmarks/suite_cost.py --realistic --pairs 2   # none, all, all, none: the drift cancels
+    python benchmarks/suite_cost.py --short --pairs 2       # the same, 4 epochs of 100 steps
+    python benchmarks/suite_cost.py --device cuda   # ResNet-50 at 224 px, none against all, 2 minutes each
 
 Generated 3x32x32 images of 10 classes (a bright square whose place is the class, on noise), batch 64, SGD, CPU
 unless ``--device``. Each row is a fresh model and Trainer with the same seed; "none" runs first and again last
@@ -33,6 +35,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_cnnviz import (
+    ActivationMapMonitor,
     ActivationMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
@@ -45,12 +48,14 @@ from lightning_cnnviz.demo.models import SmallCNN
 MONITORS: dict[str, Callable[..., Any]] = {
     "FilterMonitor": FilterMonitor,
     "ActivationMonitor": ActivationMonitor,
+    "ActivationMapMonitor": ActivationMapMonitor,
     "SaliencyMonitor": SaliencyMonitor,
     "TopPatchMonitor": TopPatchMonitor,
     "EmbeddingMonitor": EmbeddingMonitor,
     "FeatureVisMonitor": FeatureVisMonitor,
 }
-FIXED = {"FilterMonitor": 1, "SaliencyMonitor": 1, "TopPatchMonitor": 1, "EmbeddingMonitor": 5, "FeatureVisMonitor": 5}
+FIXED = {"FilterMonitor": 1, "ActivationMapMonitor": 1, "SaliencyMonitor": 1, "TopPatchMonitor": 1,
+         "EmbeddingMonitor": 5, "FeatureVisMonitor": 5}  # fmt: skip
 
 
 def images(count: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -145,35 +150,38 @@ def table(model_name: str, rows: list[tuple[str, list[str], bool]], epochs: int,
         per_step.setdefault(label, []).append(took / done)
         shown = ", ".join(f"{name.removesuffix('Monitor')} {count} ({spent.get(name, 0):.1f} s)"
                           for name, count in logs.items())  # fmt: skip
-        print(f"| {label} | {took:.1f} | {done} | {took / done / reference:.2f} | {shown} |", flush=True)
+        share = f"; logs {sum(spent.values()):.1f} s = {sum(spent.values()) / took:.1%} of the fit" if spent else ""
+        print(f"| {label} | {took:.1f} | {done} | {took / done / reference:.2f} | {shown}{share} |", flush=True)
     return per_step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--realistic", action="store_true", help="ResNet-18, 10 epochs of 200 steps: none, all six")
+    parser.add_argument("--realistic", action="store_true", help="ResNet-18, 10 epochs of 200 steps: none, all")
+    parser.add_argument("--short", action="store_true", help="ResNet-18, 4 epochs of 100 steps: none, all")
     parser.add_argument("--models", default="demo CNN,resnet18")
-    parser.add_argument("--pairs", type=int, default=1, help="--realistic: pairs of fits (none / all six), ABBA order")
+    parser.add_argument("--pairs", type=int, default=1, help="--realistic, --short: pairs of fits (none / all)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    six = list(MONITORS)
+    every = list(MONITORS)
     started = time.perf_counter()
     if args.device == "cuda":
         # a fixed time each (the steps done give the ratio); 20 steps an epoch keep the images in host memory
-        table("resnet50", [("none", [], False), ("all six", six, False)], 1000, 20, 224, "cuda", seconds=120)
-    elif args.realistic:
-        # pairs in the order none, all six, all six, none, ...: a drift of the machine over the run cancels
-        rows = [("none", [], False), ("all six", six, False)]
+        table("resnet50", [("none", [], False), ("all", every, False)], 1000, 20, 224, "cuda", seconds=120)
+    elif args.realistic or args.short:
+        # pairs in the order none, all, all, none, ...: a drift of the machine over the run cancels
+        rows = [("none", [], False), ("all", every, False)]
         order = [row for pair in range(args.pairs) for row in (rows if pair % 2 == 0 else rows[::-1])]
-        per_step = table("resnet18", order, 10, 200, 32, "cpu")
-        none, six_ = per_step["none"], per_step["all six"]
-        pairs = ", ".join(f"{a / b:.2f}x" for a, b in zip(six_, none, strict=True))
-        print(f"\nall six over none: {sum(six_) / sum(none):.3f}x over {args.pairs} pair(s) (each pair: {pairs})")
+        epochs, steps = (10, 200) if args.realistic else (4, 100)
+        per_step = table("resnet18", order, epochs, steps, 32, "cpu")
+        none, all_ = per_step["none"], per_step["all"]
+        pairs = ", ".join(f"{a / b:.2f}x" for a, b in zip(all_, none, strict=True))
+        print(f"\nall over none: {sum(all_) / sum(none):.3f}x over {args.pairs} pair(s) (each pair: {pairs})")
     else:
-        rows = [("none", [], False), *[(m, [m], False) for m in six], ("all six", six, False),
-                ("all six, fixed cadences", six, True), ("none, again", [], False)]  # fmt: skip
+        rows = [("none", [], False), *[(m, [m], False) for m in every], ("all", every, False),
+                ("all, fixed cadences", every, True), ("none, again", [], False)]  # fmt: skip
         for model_name in args.models.split(","):
             table(model_name, rows, 2, 32, 32, "cpu")
     print(f"\ntotal {time.perf_counter() - started:.0f} s, {torch.get_num_threads()} threads")

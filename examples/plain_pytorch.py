@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from lightning_cnnviz.core import (
     ActivationHealth,
+    ActivationMaps,
     ActivationTap,
     Context,
     EmbeddingMap,
@@ -49,12 +50,13 @@ class Pictures:
         self, sink: Sink, probe: Tensor, labels: Tensor, window: int = 20, extra: Sequence[Picture] = ()
     ) -> None:
         self.sink, self.window = sink, window
-        everything, few = Probe(probe, labels), Probe(probe[:8], labels[:8])
+        everything, few, four = Probe(probe, labels), Probe(probe[:8], labels[:8]), Probe(probe[:4], labels[:4])
         self.health = ActivationHealth()
         # each picture with the probe it draws on: the atlas reuses the gallery's scan of the same channels
         self.pictures: list[tuple[Picture, Probe]] = [
             (self.health, everything),
             (FilterPanel(), everything),
+            (ActivationMaps(), four),
             (TopPatchGallery(method="both", max_channels=8), everything),
             (EmbeddingMap(perplexity=20.0, projector=False), everything),
             (SaliencyPanel(smoothgrad_samples=8), few),
@@ -90,6 +92,7 @@ class Pictures:
         self.epoch = epoch + 1
         moment = Moment(epoch=epoch, step=self.steps)
         context = Context(moment, scale=self.scale)  # one per moment: shared scans
+        context.shared.health = self.health.marks  # the latest window's dead channels, framed in the maps
         with self.tap.paused():
             for picture, probe in self.pictures:
                 shot = picture.snapshot(model, probe, context)

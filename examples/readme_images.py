@@ -6,7 +6,8 @@ Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer
 patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps. The data is
 found as ``lightning_cnnviz.demo.data.find_data`` finds it (``$CNNVIZ_DATA``, Debian's Fashion-MNIST package) or
 given with ``--data DIR`` (a folder holding ``fashion-mnist/`` and ``cifar10/cifar10-jpg.zip``).
-``--parts`` picks some of ``saliency activations top_patches embedding feature_vis tasks other`` (``tasks``: a
+``--parts`` picks some of ``saliency activations activation_maps top_patches embedding feature_vis tasks other``
+(``activation_maps``: the demo CNN on Fashion-MNIST, its maps and their sparsity epoch by epoch; ``tasks``: a
 segmentation network's saliency and a regression network's t-SNE map, on generated images; ``other``: Conv1d and
 Conv3d filters and a detector's saliency, on generated signals, clips and boxes).
 """
@@ -25,6 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from lightning_cnnviz import (
+    ActivationMapMonitor,
     ActivationMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
@@ -84,7 +86,7 @@ def cifar_classes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
-    parts = ["saliency", "activations", "top_patches", "embedding", "feature_vis", "tasks", "other"]
+    parts = ["saliency", "activations", "activation_maps", "top_patches", "embedding", "feature_vis", "tasks", "other"]
     parser.add_argument("--parts", nargs="+", default=parts)
     parser.add_argument("--data", action="append", default=[], help="a folder holding fashion-mnist/ and cifar10/")
     args = parser.parse_args()
@@ -99,6 +101,8 @@ def main() -> None:
             saliency_and_filters(Path(tmp), out)
         if "activations" in args.parts:
             activations(Path(tmp), out)
+        if "activation_maps" in args.parts:
+            activation_maps(Path(tmp), out)
         if "top_patches" in args.parts:
             top_patches(Path(tmp), out)
         if "embedding" in args.parts:
@@ -193,6 +197,24 @@ def activations(tmp: Path, out: Path) -> None:
         max_steps=300,
     )
     save_last_image(broken, "cnnviz/activations/dead_map/net.relu2", out / "dead_map_destructive_lr.png")
+
+
+def activation_maps(tmp: Path, out: Path) -> None:
+    """The demo CNN on Fashion-MNIST, 6 epochs of 100 steps of 128, the maps of four test images every epoch (dead
+    channels framed from ActivationMonitor's windows); prints each layer's fraction of zeros in the maps, by epoch."""
+    fashion = IDXDataModule(str(data_path("fashion-mnist", ROOTS)), limit_val=1000)
+    maps = ActivationMapMonitor(every_n_epochs=1, class_names=FASHION_CLASSES)
+    monitors = [ActivationMonitor(every_n_steps=50), maps]
+    run = fit(tmp / "maps", fashion, ImageClassifier(), monitors, max_epochs=6, limit_train_batches=100)
+    save_last_image(run, "cnnviz/activation_maps/net.relu1", out / "activation_maps_relu1_fashion_mnist.png")
+    save_last_image(run, "cnnviz/activation_maps/net.relu3", out / "activation_maps_relu3_fashion_mnist.png")
+    evolution = out / "activation_maps_evolution_relu2_fashion_mnist.png"
+    save_last_image(run, "cnnviz/activation_maps_evolution/net.relu2", evolution)
+    accumulator = EventAccumulator(str(run))
+    accumulator.Reload()
+    for tag in sorted(t for t in accumulator.Tags()["scalars"] if t.startswith("cnnviz/activation_maps/sparsity/")):
+        values = ", ".join(f"{event.value:.3f}" for event in accumulator.Scalars(tag))
+        print(f"{tag.rsplit('/', 1)[-1]}: fraction of zeros in the maps, epoch by epoch: {values}")
 
 
 def top_patches(tmp: Path, out: Path) -> None:

@@ -243,13 +243,22 @@ def make_trainer(tmp_path: Path, callbacks: list[Any], **kwargs: Any) -> Any:
 def every_monitor(
     activation_steps: int = 2, top_probe: int = 8, cadence: int | str = "auto", **saliency: Any
 ) -> dict[str, Any]:
-    """All five monitors, small probes, ``on_error="raise"``, by short name, in the README's order; ``cadence``: the
-    ``every_n_epochs`` of FilterMonitor, SaliencyMonitor and TopPatchMonitor (EmbeddingMonitor logs every epoch)."""
-    from lightning_cnnviz import ActivationMonitor, EmbeddingMonitor, FilterMonitor, SaliencyMonitor, TopPatchMonitor
+    """Every monitor but FeatureVisMonitor, small probes, ``on_error="raise"``, by short name, in the README's order;
+    ``cadence``: the ``every_n_epochs`` of FilterMonitor, ActivationMapMonitor, SaliencyMonitor and TopPatchMonitor
+    (EmbeddingMonitor logs every epoch)."""
+    from lightning_cnnviz import (
+        ActivationMapMonitor,
+        ActivationMonitor,
+        EmbeddingMonitor,
+        FilterMonitor,
+        SaliencyMonitor,
+        TopPatchMonitor,
+    )
 
     return {
         "filter": FilterMonitor(every_n_epochs=cadence, on_error="raise"),
         "activation": ActivationMonitor(every_n_steps=activation_steps, on_error="raise"),
+        "activation_maps": ActivationMapMonitor(every_n_epochs=cadence, on_error="raise"),
         "saliency": SaliencyMonitor(
             num_images=4, smoothgrad_samples=2, every_n_epochs=cadence, on_error="raise", **saliency
         ),

@@ -105,12 +105,13 @@ def test_tensorboard_images_tab_shows_our_pictures(browser: Any, board: str) -> 
     assert seen.page.locator("text=cnnviz/activations/dead_map/net.relu1").count() >= 1
     shown = {status for status, _ in seen.data("/data/plugin/images/individualImage")}
     assert shown == {200}
-    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2F(filters%7Catlas)%2F")
+    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2F(filters%7Catlas%7Cactivation_maps)%2F")
     seen.wait_for(
         "filtered images",
         lambda: seen.page.locator("text=cnnviz/atlas/net.conv3").count() >= 1 and all(i["ok"] for i in seen.images()),
     )
     assert seen.page.locator("text=cnnviz/filters/net.conv1").count() >= 1
+    assert seen.page.locator("text=cnnviz/activation_maps/net.relu1").count() >= 1
     seen.finish("tensorboard_images.png")
 
 
@@ -155,6 +156,7 @@ def test_report_page_shows_every_picture(browser: Any, demo_report: tuple[Path, 
     images = seen.images()
     tags = read_events(html.parent).images
     assert sorted(i["alt"] for i in images) == sorted(tags)
+    assert {"cnnviz/activation_maps/net.relu1", "cnnviz/activation_maps_evolution/net.relu1"} <= set(tags)
     for image in images:  # decoded at the size the event file says
         latest = tags[image["alt"]][-1]
         assert (image["width"], image["height"]) == (latest.width, latest.height)

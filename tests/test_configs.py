@@ -22,7 +22,8 @@ from lightning_cnnviz.cli import lightning_cli
 from lightning_cnnviz.demo.data import find_data, how_to_get
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-MONITORS = ("FilterMonitor", "ActivationMonitor", "SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor")
+MONITORS = ("FilterMonitor", "ActivationMonitor", "ActivationMapMonitor", "SaliencyMonitor", "TopPatchMonitor")
+MONITORS += ("EmbeddingMonitor",)
 MONITORS += ("FeatureVisMonitor",)
 TAGS = ("cnnviz/filters/", "cnnviz/activations/", "cnnviz/saliency/", "cnnviz/top_patches/", "cnnviz/embedding/")
 TAGS += ("cnnviz/feature_vis/",)

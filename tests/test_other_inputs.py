@@ -1,4 +1,4 @@
-"""Detectors and 1-D/3-D networks: the six monitors at their defaults (only cost arguments shrunk) finish the fit on
+"""Detectors and 1-D/3-D networks: all seven monitors at their defaults (only cost arguments shrunk) finish the fit on
 torchvision's Faster R-CNN (which resizes its input), a Conv1d and a Conv3d network; what cannot apply is said once
 as such. On the detector the image monitors work on its backbone (receptive fields exact against input gradients)
 and the saliency maps explain the highest-scoring box, as captum does given the same function; the dead sets of the
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from conftest import assert_field_is_gradient_support, fit_listening, make_trainer, read_events
 from lightning_cnnviz import (
+    ActivationMapMonitor,
     ActivationMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
@@ -37,6 +38,7 @@ IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "Fea
 WRITTEN = {
     "filter": ["cnnviz/filters/net."],
     "activation": ["cnnviz/activations/dead_fraction/", "cnnviz/activations/sparsity/", "cnnviz/activations/dead_map"],
+    "activation_maps": ["cnnviz/activation_maps/net.backbone.", "cnnviz/activation_maps_evolution/net.backbone."],
     "saliency": [f"cnnviz/saliency/{method}" for method in SALIENCY],
     "top_patch": ["cnnviz/top_patches/net.backbone.", "cnnviz/evolution/net.backbone."],
     "embedding": ["cnnviz/embedding/tsne", "cnnviz/embedding/grid"],
@@ -45,12 +47,13 @@ WRITTEN = {
 KNN = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
 
 
-def six_monitors(channels: int = 16) -> dict[str, pl.Callback]:
-    """The six monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
+def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
+    """All seven monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
     per layer) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
+        "activation_maps": ActivationMapMonitor(),
         "saliency": SaliencyMonitor(num_images=2, smoothgrad_samples=2, occlusion_stride=16),
         "top_patch": TopPatchMonitor(probe_size=8, max_channels=channels),
         "embedding": EmbeddingMonitor(probe_size=8, every_n_epochs=1),
@@ -67,11 +70,11 @@ def fcos() -> tuple[pl.LightningModule, pl.LightningDataModule]:
     return TaskModule(net, detection.loss, detects=True), data
 
 
-def fit_six(name: str, tmp_path: Path) -> tuple[dict[str, pl.Callback], list[str], list[str], list[str]]:
-    """Fit task ``name`` with the six monitors: (monitors, warnings said, informations told, tags written)."""
+def fit_all(name: str, tmp_path: Path) -> tuple[dict[str, pl.Callback], list[str], list[str], list[str]]:
+    """Fit task ``name`` with all seven monitors: (monitors, warnings said, informations told, tags written)."""
     pl.seed_everything(0, verbose=False)
     model, data = fcos() if name == "fcos" else task(name)
-    monitors = six_monitors(4 if name == "fcos" else 16)
+    monitors = all_monitors(4 if name == "fcos" else 16)
     trainer = make_trainer(tmp_path, list(monitors.values()), max_epochs=1, limit_train_batches=2)
     said, told = fit_listening(trainer, model, data)
     said = [message for message in said if "are dead at step" not in message]
@@ -80,15 +83,16 @@ def fit_six(name: str, tmp_path: Path) -> tuple[dict[str, pl.Callback], list[str
 
 
 @pytest.mark.parametrize("name", [*OTHER_INPUTS, "fcos"])
-def test_six_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(name: str, tmp_path: Path) -> None:
-    monitors, said, told, tags = fit_six(name, tmp_path)
+def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(name: str, tmp_path: Path) -> None:
+    monitors, said, told, tags = fit_all(name, tmp_path)
     assert [m for m in said if "failed with" in m or "switched off" in m] == []
     off = [m for m in said if "does not apply" in m]
     if name in ("detection", "fcos"):
         assert len(off) == 1 and off[0].startswith(KNN), off  # the batches hold boxes, not one class per image
         writers = list(WRITTEN)
         chosen = [m for m in told if "so the probe images go directly into 'net.backbone' (its `backbone`)" in m]
-        assert sorted(m.split(":")[0] for m in chosen) == ["EmbeddingMonitor", "FeatureVisMonitor", "TopPatchMonitor"]
+        assert sorted(m.split(":")[0] for m in chosen) == ["ActivationMapMonitor", "EmbeddingMonitor",
+                                                           "FeatureVisMonitor", "TopPatchMonitor"]  # fmt: skip
         assert f"(64, 64) -> {(96, 96) if name == 'fcos' else (320, 320)}" in chosen[0]
         assert any(m.startswith("SaliencyMonitor: task 'detection'") and "highest-scoring box" in m for m in told)
     else:
@@ -99,7 +103,7 @@ def test_six_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
             for who in IMAGE_MONITORS
         ]
         assert sorted(off) == sorted(expected)
-        writers = ["filter", "activation"]
+        writers = ["filter", "activation", "activation_maps"]
         images = ("saliency", "top_patches", "embedding", "feature_vis", "atlas", "deep_dream")
         assert not [tag for tag in tags if tag.startswith(tuple(f"cnnviz/{kind}" for kind in images))]
     for monitor in writers:

@@ -25,6 +25,8 @@ EVERY_MONITOR = (
     "cnnviz/filters/net.conv1",
     "cnnviz/activations/dead_map/net.relu3",
     "cnnviz/activations/distribution/net.relu1",
+    "cnnviz/activation_maps/net.relu1",
+    "cnnviz/activation_maps_evolution/net.relu3",
     *(f"cnnviz/saliency/{m}" for m in ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")),
     "cnnviz/top_patches/net.conv3",
     "cnnviz/evolution/net.conv1",
@@ -75,7 +77,7 @@ def test_report_embeds_every_monitors_pictures_in_one_small_file(demo_report: tu
         assert data == latest.encoded_image_string, tag
         assert Image.open(io.BytesIO(data)).size == (latest.width, latest.height)
     assert "No alert" in page
-    assert "FilterMonitor, ActivationMonitor, SaliencyMonitor, TopPatchMonitor, EmbeddingMonitor" in page
+    assert "FilterMonitor, ActivationMonitor, ActivationMapMonitor, SaliencyMonitor, TopPatchMonitor, Embedding" in page
     assert "<th>lr</th><td>0.05</td>" in page  # the run's hyperparameters
     costs = page.split("<h2>What the monitors cost</h2>")[1].split("<h2>")[0]
     for monitor in ("FilterMonitor", "SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor"):
@@ -285,6 +287,7 @@ def test_report_of_a_conv1d_and_a_conv3d_run(tmp_path: Path, inputs: str) -> Non
 def plain_monitors() -> list[Any]:
     """Every monitor, small and every epoch: what a plain-Trainer user adds to ``Trainer(callbacks=[...])``."""
     from lightning_cnnviz import (
+        ActivationMapMonitor,
         ActivationMonitor,
         EmbeddingMonitor,
         FeatureVisMonitor,
@@ -295,7 +298,7 @@ def plain_monitors() -> list[Any]:
 
     return [
         FilterMonitor(layers=["net.conv1", "net.conv2"], every_n_epochs=1), ActivationMonitor(every_n_steps=4),
-        SaliencyMonitor(num_images=4, smoothgrad_samples=2, every_n_epochs=1),
+        ActivationMapMonitor(every_n_epochs=1), SaliencyMonitor(num_images=4, smoothgrad_samples=2, every_n_epochs=1),
         TopPatchMonitor(probe_size=32, every_n_epochs=1), EmbeddingMonitor(probe_size=48, every_n_epochs=1),
         FeatureVisMonitor(steps=8, probe_size=16, max_channels=2, dream_images=1, every_n_epochs=1),
     ]  # fmt: skip
@@ -349,7 +352,8 @@ def test_cnnviz_report_of_a_plain_run_from_class_paths(plain_run: tuple[Path, Pa
                             env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "r" / "report.html").read_text()
-    listed = "FilterMonitor, ActivationMonitor, SaliencyMonitor, TopPatchMonitor, EmbeddingMonitor, FeatureVisMonitor"
+    listed = ("FilterMonitor, ActivationMonitor, ActivationMapMonitor, SaliencyMonitor, TopPatchMonitor, "
+              "EmbeddingMonitor, FeatureVisMonitor")  # fmt: skip
     assert f"<th>monitors</th><td>{listed}</td>" in page
     assert set(EVERY_MONITOR) <= set(embedded_images(page))
     wrong = subprocess.run([*command[:-2], "--model-args", '{"channels": [4, 4, 4]}'], capture_output=True, text=True,

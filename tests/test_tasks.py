@@ -1,4 +1,4 @@
-"""Every CNN task, not only single-label classification: the six monitors at their defaults (only their cost
+"""Every CNN task, not only single-label classification: all seven monitors at their defaults (only their cost
 arguments shrunk) finish the fit on self-supervision, an autoencoder, multi-label, regression, torchvision
 segmentation and a U-Net, and write their tags; what cannot apply is said once as such. The saliency targets of
 every task equal captum's given the same scalar function."""
@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from conftest import fit_listening, make_trainer, read_events, readme_block, run_python
 from lightning_cnnviz import (
+    ActivationMapMonitor,
     ActivationMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
@@ -47,6 +48,7 @@ SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "oc
 WRITTEN = {
     "filter": ["cnnviz/filters/"],
     "activation": ["cnnviz/activations/dead_fraction/", "cnnviz/activations/"],
+    "activation_maps": ["cnnviz/activation_maps/", "cnnviz/activation_maps_evolution/"],
     "saliency": [f"cnnviz/saliency/{method}" for method in SALIENCY],
     "top_patch": ["cnnviz/top_patches/"],
     "embedding": ["cnnviz/embedding/tsne", "cnnviz/embedding/grid", "cnnviz/embedding/neighbours"],
@@ -63,11 +65,12 @@ RULES = {
 NOT_APPLYING = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
 
 
-def six_monitors() -> dict[str, pl.Callback]:
-    """The six monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
+def all_monitors() -> dict[str, pl.Callback]:
+    """The seven monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
+        "activation_maps": ActivationMapMonitor(),
         "saliency": SaliencyMonitor(num_images=4, smoothgrad_samples=2, occlusion_stride=4),
         "top_patch": TopPatchMonitor(probe_size=16),
         "embedding": EmbeddingMonitor(probe_size=24, every_n_epochs=1),
@@ -76,10 +79,10 @@ def six_monitors() -> dict[str, pl.Callback]:
 
 
 @pytest.mark.parametrize("name", TASKS)
-def test_six_monitors_at_their_defaults_finish_every_task(name: str, tmp_path: Path) -> None:
+def test_all_monitors_at_their_defaults_finish_every_task(name: str, tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model, data = task(name)
-    monitors = six_monitors()
+    monitors = all_monitors()
     trainer = make_trainer(tmp_path, list(monitors.values()), max_epochs=2, limit_train_batches=3)
     said, told = fit_listening(trainer, model, data)
     failed = [message for message in said if "failed with" in message or "switched off" in message]

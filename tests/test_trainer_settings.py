@@ -139,7 +139,8 @@ def test_validate_test_predict_after_fit_and_a_resume_continue_every_history(tmp
     events = read_events(tmp_path / "two")
     steps = [e.step for e in events["scalars"]["cnnviz/activations/dead_fraction/net.relu1"]]
     assert steps == [6, 8]  # the resumed run goes on from step 4
-    activation, top, embedding = second[1], second[3], second[4]
+    activation, top, embedding = (next(m for m in second if type(m) is kind)
+                                  for kind in (ActivationMonitor, TopPatchMonitor, EmbeddingMonitor))  # fmt: skip
     assert isinstance(activation, ActivationMonitor) and len(activation.health.rate_history["net.relu1"]) == 4
     assert isinstance(top, TopPatchMonitor)
     assert [caption for caption, _ in top.history.columns("net.conv1")] == ["ep 0", "ep 1"]

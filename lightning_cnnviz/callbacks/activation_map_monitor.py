@@ -64,7 +64,8 @@ class ActivationMapMonitor(EpochMonitor):
         priority: float = 1.0,
     ) -> None:
         who, size = type(self).__name__, check_positive_int(type(self).__name__, "probe_size", probe_size)
-        probe = ProbeSet(who, size, balanced=True, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels)
+        probe = ProbeSet(who, size, balanced=True, batch_to_images=batch_to_images, batch_to_labels=batch_to_labels,
+                         signals=True)  # fmt: skip
         self.maps = ActivationMaps(
             layers=layers, max_channels=max_channels, percentile=percentile, columns=columns, min_tile_px=min_tile_px,
             max_tile_px=max_tile_px, evolution_image=evolution_image, evolution_channels=evolution_channels,

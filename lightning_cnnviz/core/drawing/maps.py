@@ -11,13 +11,13 @@ import torch
 from torch import Tensor
 
 from lightning_cnnviz.core.drawing.basic import annotate, line_mask, upscale
-from lightning_cnnviz.core.drawing.render import _DEAD_RGB
+from lightning_cnnviz.core.drawing.render import DEAD_RGB
 
 __all__ = ["MapLayout", "framed", "line_tiles", "render_activation_maps"]
 
 FRAME_PX, LABEL_PX, GAP_PX, CAPTION_PX, LEGEND_PX = 2, 12, 3, 14, 22
 #: Frame colours by mark: 0 healthy (light grey), 1 dormant (amber), 2 dead (red, as in the dead map).
-FRAME_RGB = ((0.82, 0.82, 0.82), (0.95, 0.62, 0.05), _DEAD_RGB)
+FRAME_RGB = ((0.82, 0.82, 0.82), (0.95, 0.62, 0.05), DEAD_RGB)
 
 
 def framed(tiles: Tensor, marks: Sequence[int]) -> Tensor:

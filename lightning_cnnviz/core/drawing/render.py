@@ -13,7 +13,7 @@ from lightning_cnnviz.core.model.modules import class_name
 
 __all__ = ["render_saliency", "render_top_patches"]
 
-_DEAD_RGB = (0.85, 0.1, 0.1)
+DEAD_RGB = (0.85, 0.1, 0.1)
 
 
 def dead_filter_map(
@@ -50,7 +50,7 @@ def dead_filter_map(
     gray = rates.nan_to_num(0.0).clamp(0, 1).sqrt().mul(0.8).add(0.2)
     image = gray.unsqueeze(0).repeat(3, 1, 1)
     dead = finite & (rates == 0)
-    for channel, value in enumerate(_DEAD_RGB):
+    for channel, value in enumerate(DEAD_RGB):
         image[channel][dead] = value
     image[:, ~finite] = torch.tensor(_NONFINITE_RGB).view(3, 1).to(image)
     rows = max(1, max_height_px // cell_px)
@@ -76,7 +76,7 @@ def _with_legend(image: Tensor, marked: str) -> Tensor:
 
     band = image.new_ones(3, 30, max(image.shape[-1], 256))
     band[:, 4:14, 4:84] = torch.linspace(0.2, 1.0, 80).view(1, 1, 80)  # the map's grey: 0.2 + 0.8 sqrt(rate)
-    band[:, 4:14, 124:134] = torch.tensor(_DEAD_RGB).view(3, 1, 1)
+    band[:, 4:14, 124:134] = torch.tensor(DEAD_RGB).view(3, 1, 1)
     band[:, 4:14, 208:218] = torch.tensor(_NONFINITE_RGB).view(3, 1, 1)
     band = annotate(band, [(2, 15, "fired 0..100%, sqrt"), (135, 3, marked[:12]), (219, 3, "NaN")])
     top = torch.nn.functional.pad(image, (0, band.shape[-1] - image.shape[-1]), value=1.0)

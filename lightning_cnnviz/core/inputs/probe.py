@@ -13,7 +13,7 @@ from torch import Tensor
 
 from lightning_cnnviz.core.budget import Budget
 from lightning_cnnviz.core.checks import check_callable
-from lightning_cnnviz.core.inputs.batches import images_from_batch, labels_from_batch
+from lightning_cnnviz.core.inputs.batches import NoImages, images_from_batch, inputs_from_batch, labels_from_batch
 from lightning_cnnviz.core.methods.stats import ChannelHealth
 from lightning_cnnviz.core.protocol import Ranks
 
@@ -68,7 +68,8 @@ class Probe:
 class ProbeSet:
     """One monitor's fixed probe: the first ``size`` images offered (with ``balanced`` and integer class labels,
     round-robin over the classes, :func:`select_balanced`, holding about ``2 * size`` images while it collects),
-    and their labels.
+    and their labels. Images are (N, C, H, W); with ``signals``, also (N, C, L) signals and (N, C, D, H, W)
+    volumes.
 
     Under several processes each rank offers its own batches and :meth:`finish` gathers the parts in a distributed
     sampler's interleaved order, so every rank holds the same probe. At most 32 MiB of it is kept in
@@ -91,8 +92,9 @@ class ProbeSet:
         balanced: bool = False,
         batch_to_images: Callable[[Any], Tensor] | None = None,
         batch_to_labels: Callable[[Any], Tensor | None] | None = None,
+        signals: bool = False,
     ) -> None:
-        self.who, self.size, self.balanced = who, size, balanced
+        self.who, self.size, self.balanced, self.signals = who, size, balanced, signals
         self.batch_to_images = check_callable(who, "batch_to_images", batch_to_images)
         self.batch_to_labels = check_callable(who, "batch_to_labels", batch_to_labels)
         self.from_training = False
@@ -116,9 +118,25 @@ class ProbeSet:
         quota = math.ceil(self.size / max(1, world))
         return (self.balanced and not self.from_training) or len(self._collected) < quota
 
+    @property
+    def reader(self) -> tuple[int, int, bool]:
+        """What tells apart how probes read a batch: probes alike share one reading of it."""
+        return id(self.batch_to_images), id(self.batch_to_labels), self.signals
+
+    def find(self, batch: Any) -> Tensor:
+        """The images (or, with ``signals``, signals and volumes) of a batch; :class:`NoImages` when it has none."""
+        if not self.signals:
+            return images_from_batch(batch, who=self.who, batch_to_images=self.batch_to_images)
+        found = inputs_from_batch(batch, who=self.who, batch_to_inputs=self.batch_to_images)
+        if found.dim() not in (3, 4, 5) or not found.is_floating_point():
+            raise NoImages(f"{self.who}: the batch's input must be a floating (N, C, L), (N, C, H, W) or "
+                           f"(N, C, D, H, W) tensor, got {found.dtype} of shape {tuple(found.shape)}. Pass "
+                           "`batch_to_images=` to tell the monitor where the images are.")  # fmt: skip
+        return found
+
     def unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         """The images and labels of a batch, as this probe's settings find them."""
-        images = images_from_batch(batch, who=self.who, batch_to_images=self.batch_to_images)
+        images = self.find(batch)
         return images, labels_from_batch(batch, images, self.batch_to_labels)
 
     def offer(self, batch: Any, world: int = 1) -> None:
@@ -211,7 +229,7 @@ class ProbeService:
         self.budget = Budget()  # the run's time budget, shared by its monitors
         self.budget_given = False  # whether a monitor set it (a second one may not set another)
         self._scan: tuple[Any, Any] | None = None  # (key, (tops, probe images))
-        self._example: tuple[tuple[int, int], Tensor] | None = None  # the latest example batch's images
+        self._example: tuple[tuple[int, int, bool], Tensor] | None = None  # the latest example batch's images
         self.health: dict[str, ChannelHealth] = {}  # by activation name, the latest training window's
 
     def join(self, probe: ProbeSet) -> None:
@@ -224,10 +242,10 @@ class ProbeService:
     def offer(self, batch: Any, world: int = 1) -> None:
         """Give one batch to every member that still wants one. A batch a member cannot read (no image tensor
         where it looks) never raises here: the member keeps the reason in ``problem`` and wants nothing more."""
-        unpacked: dict[tuple[int, int], tuple[Tensor, Tensor | None] | Exception] = {}
+        unpacked: dict[tuple[int, int, bool], tuple[Tensor, Tensor | None] | Exception] = {}
         for member in self.members:
             if member.wants(world):
-                key = (id(member.batch_to_images), id(member.batch_to_labels))
+                key = member.reader
                 if key not in unpacked:
                     try:
                         unpacked[key] = member.unpack(batch)
@@ -244,10 +262,9 @@ class ProbeService:
         """One image of ``batch`` as ``member`` finds images (an example to fit a picture to), the batch unpacked
         once for every member that finds images alike. :class:`~lightning_cnnviz.core.inputs.batches.NoImages` when it
         holds none."""
-        key = (id(batch), id(member.batch_to_images))
+        key = (id(batch), id(member.batch_to_images), member.signals)
         if self._example is None or self._example[0] != key:
-            images = images_from_batch(batch, who=member.who, batch_to_images=member.batch_to_images)
-            self._example = (key, images[:1].clone())  # one image kept, not the batch it views
+            self._example = (key, member.find(batch)[:1].clone())  # one image kept, not the batch it views
         return self._example[1]
 
     def finish(self, ranks: Ranks | None = None) -> None:
