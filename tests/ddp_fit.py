@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_cnnviz import (
+    ActivationMapMonitor,
     ActivationMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
@@ -48,6 +49,7 @@ def main() -> None:
         model.net.conv1.weight[DEAD] = 0.0
         model.net.conv1.bias[DEAD] = -100.0
     activations = ActivationMonitor(every_n_steps=4, on_error="raise")
+    maps = ActivationMapMonitor(every_n_epochs=1, on_error="raise")
     embedding = EmbeddingMonitor(probe_size=60, every_n_epochs=1, on_error="raise")
     saliency = SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise")
     patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
@@ -64,6 +66,7 @@ def main() -> None:
         callbacks=[
             filters,
             activations,
+            maps,
             saliency,
             patches,
             embedding,
@@ -121,6 +124,8 @@ def main() -> None:
             and torch.equal(embedding.probe_labels, data._val.tensors[1][:60])
         ),
         "saliency_probe": [saliency.probe_labels.tolist(), saliency.probe_images.sum().item()],
+        "maps_probe": [maps.probe_labels.tolist(), maps.probe_images.sum().item()],
+        "maps_dead": {name: [list(drawn["health"].dead), drawn["seen"]] for name, drawn in maps.maps.last.items()},
         "embedding_map_shape": None if embedding.last_map is None else list(embedding.last_map.shape),
         "embedding_knn": embedding.last_knn_accuracy,
         "embedding_knn_single_process": single_accuracy,

@@ -64,6 +64,12 @@ def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
     # saliency: one class-balanced probe, gathered from both ranks' candidates, the same on both ranks
     assert ranks[0]["saliency_probe"] == ranks[1]["saliency_probe"]
     assert sorted(ranks[0]["saliency_probe"][0]) == [0, 1, 2, 3]
+    # activation maps: one class-balanced probe on both ranks, drawn on rank 0 only, framed by the all-reduced window
+    assert ranks[0]["maps_probe"] == ranks[1]["maps_probe"] and sorted(ranks[0]["maps_probe"][0]) == [0, 1, 2, 3]
+    assert ranks[1]["maps_dead"] == {}
+    dead, seen = ranks[0]["maps_dead"]["net.relu1"]
+    assert dead == ranks[0]["last_dead"]["net.relu1"] and seen.startswith("the latest training window")
+    assert [e.step for e in events["images"]["cnnviz/activation_maps/net.relu1"]] == [0, 1, 2]
     # feature visualization: channels split over the ranks, gathered, drawn on rank 0 only, equal to one process
     assert ranks[0]["feature_vis_equal_single_process"] is True and ranks[1]["feature_vis_equal_single_process"] is None
     for tag in ("cnnviz/feature_vis/net.conv2", "cnnviz/atlas/net.conv2", "cnnviz/deep_dream"):
