@@ -25,6 +25,7 @@ from lightning_cnnviz.core import (
     ActivationHealth,
     ActivationMaps,
     ActivationTap,
+    ClassModels,
     Context,
     EmbeddingMap,
     FeatureAtlas,
@@ -61,6 +62,7 @@ class Pictures:
             (EmbeddingMap(perplexity=20.0, projector=False), everything),
             (SaliencyPanel(smoothgrad_samples=8), few),
             (FeatureAtlas(steps=64, method="both", max_channels=8), everything),
+            (ClassModels(), everything),
             *((picture, everything) for picture in extra),  # pictures of your own
         ]
         self.scale, self.steps, self.epoch = InputScale(), 0, 0

@@ -6,8 +6,9 @@ Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer
 patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps. The data is
 found as ``lightning_cnnviz.demo.data.find_data`` finds it (``$CNNVIZ_DATA``, Debian's Fashion-MNIST package) or
 given with ``--data DIR`` (a folder holding ``fashion-mnist/`` and ``cifar10/cifar10-jpg.zip``).
-``--parts`` picks some of ``saliency activations activation_maps top_patches embedding feature_vis tasks other``
-(``activation_maps``: the demo CNN on Fashion-MNIST, its maps and their sparsity epoch by epoch; ``tasks``: a
+``--parts`` picks some of ``saliency activations activation_maps top_patches embedding feature_vis class_models tasks
+other`` (``activation_maps``: the demo CNN on Fashion-MNIST, its maps and their sparsity epoch by epoch;
+``class_models``: the demo CNN on CIFAR-10, its class models and how each scores; ``tasks``: a
 segmentation network's saliency and a regression network's t-SNE map, on generated images; ``other``: Conv1d and
 Conv3d filters and a detector's saliency, on generated signals, clips and boxes).
 """
@@ -28,6 +29,7 @@ from tensorboard.backend.event_processing.event_accumulator import IMAGES, Event
 from lightning_cnnviz import (
     ActivationMapMonitor,
     ActivationMonitor,
+    ClassModelMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
@@ -86,7 +88,8 @@ def cifar_classes() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
-    parts = ["saliency", "activations", "activation_maps", "top_patches", "embedding", "feature_vis", "tasks", "other"]
+    parts = ["saliency", "activations", "activation_maps", "top_patches", "embedding", "feature_vis", "class_models",
+             "tasks", "other"]
     parser.add_argument("--parts", nargs="+", default=parts)
     parser.add_argument("--data", action="append", default=[], help="a folder holding fashion-mnist/ and cifar10/")
     args = parser.parse_args()
@@ -109,6 +112,8 @@ def main() -> None:
             embedding(Path(tmp), out)
         if "feature_vis" in args.parts:
             feature_vis(Path(tmp), out)
+        if "class_models" in args.parts:
+            class_models(Path(tmp), out)
         if "tasks" in args.parts:
             tasks(Path(tmp), out)
         if "other" in args.parts:
@@ -257,6 +262,35 @@ def feature_vis(tmp: Path, out: Path) -> None:
     save_last_image(run, "cnnviz/feature_vis_evolution/net.conv1", out / "feature_vis_evolution_conv1_cifar10.png")
     save_last_image(run, "cnnviz/feature_vis/net.conv3", out / "feature_vis_conv3_cifar10.png")
     save_last_image(run, "cnnviz/deep_dream", out / "deep_dream_cifar10.png")
+
+
+def class_models(tmp: Path, out: Path) -> None:
+    """The demo CNN on CIFAR-10, 8 epochs of 100 steps, the class models every 2 epochs; then, for each class, the
+    logits of its class model against the best of 1,000 test images of that class."""
+    import torch
+
+    from lightning_cnnviz.core import InputScale
+
+    cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
+    monitor = ClassModelMonitor(every_n_epochs=2, class_names=cifar_classes())
+    model = ImageClassifier(in_channels=3, first_kernel=7)
+    run = fit(tmp / "classes", cifar, model, [monitor], max_epochs=8, limit_train_batches=100)
+    save_last_image(run, "cnnviz/class_models", out / "class_models_cifar10.png")
+    save_last_image(run, "cnnviz/class_models_evolution", out / "class_models_evolution_cifar10.png")
+    scale, renders = InputScale.of(cifar), monitor.models.last_images
+    assert renders is not None
+    model.eval()
+    with torch.no_grad():
+        logits = model(scale.to_model(renders))
+        images, labels = zip(*((x, y) for x, y in cifar.val_dataloader()), strict=True)
+        probe_logits, probe_labels = model(torch.cat(images)), torch.cat(labels)
+    ratios = []
+    for c, row in enumerate(logits):
+        best = probe_logits[probe_labels == c, c].max()
+        ratios.append(float(row[c] / best))
+        print(f"{cifar_classes()[c]}: its class model's logit {float(row[c]):.2f} (the highest of all classes: "
+              f"{int(row.argmax()) == c}), the best of its test images {float(best):.2f}")
+    print(f"median ratio of the class model's logit to the best test image's: {torch.tensor(ratios).median():.2f}")
 
 
 if __name__ == "__main__":

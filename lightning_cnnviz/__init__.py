@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from lightning_cnnviz.callbacks import (
         ActivationMapMonitor,
         ActivationMonitor,
+        ClassModelMonitor,
         EmbeddingMonitor,
         EpochMonitor,
         FeatureVisMonitor,
@@ -39,6 +40,7 @@ _HOMES.update(register_sink=_SINKS, sink_for=_SINKS)
 __all__ = [
     "ActivationMapMonitor",
     "ActivationMonitor",
+    "ClassModelMonitor",
     "DeadFilterEvent",
     "EmbeddingMonitor",
     "EpochMonitor",

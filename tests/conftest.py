@@ -243,12 +243,13 @@ def make_trainer(tmp_path: Path, callbacks: list[Any], **kwargs: Any) -> Any:
 def every_monitor(
     activation_steps: int = 2, top_probe: int = 8, cadence: int | str = "auto", **saliency: Any
 ) -> dict[str, Any]:
-    """Every monitor but FeatureVisMonitor, small probes, ``on_error="raise"``, by short name, in the README's order;
-    ``cadence``: the ``every_n_epochs`` of FilterMonitor, ActivationMapMonitor, SaliencyMonitor and TopPatchMonitor
-    (EmbeddingMonitor logs every epoch)."""
+    """Every monitor but FeatureVisMonitor, small probes and few steps, ``on_error="raise"``, by short name, in the
+    README's order; ``cadence``: the ``every_n_epochs`` of FilterMonitor, ActivationMapMonitor, SaliencyMonitor,
+    TopPatchMonitor and ClassModelMonitor (EmbeddingMonitor logs every epoch)."""
     from lightning_cnnviz import (
         ActivationMapMonitor,
         ActivationMonitor,
+        ClassModelMonitor,
         EmbeddingMonitor,
         FilterMonitor,
         SaliencyMonitor,
@@ -264,6 +265,7 @@ def every_monitor(
         ),
         "top_patch": TopPatchMonitor(probe_size=top_probe, every_n_epochs=cadence, on_error="raise"),
         "embedding": EmbeddingMonitor(probe_size=24, knn_k=3, every_n_epochs=1, on_error="raise"),
+        "class_models": ClassModelMonitor(steps=8, probe_size=16, every_n_epochs=cadence, on_error="raise"),
     }
 
 

@@ -112,6 +112,11 @@ def test_tensorboard_images_tab_shows_our_pictures(browser: Any, board: str) -> 
     )
     assert seen.page.locator("text=cnnviz/filters/net.conv1").count() >= 1
     assert seen.page.locator("text=cnnviz/activation_maps/net.relu1").count() >= 1
+    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2Fclass_models")
+    seen.wait_for(
+        "the class models",
+        lambda: seen.page.locator("text=cnnviz/class_models").count() >= 1 and all(i["ok"] for i in seen.images()),
+    )
     seen.finish("tensorboard_images.png")
 
 
@@ -157,6 +162,7 @@ def test_report_page_shows_every_picture(browser: Any, demo_report: tuple[Path, 
     tags = read_events(html.parent).images
     assert sorted(i["alt"] for i in images) == sorted(tags)
     assert {"cnnviz/activation_maps/net.relu1", "cnnviz/activation_maps_evolution/net.relu1"} <= set(tags)
+    assert {"cnnviz/class_models", "cnnviz/class_models_evolution"} <= set(tags)
     for image in images:  # decoded at the size the event file says
         latest = tags[image["alt"]][-1]
         assert (image["width"], image["height"]) == (latest.width, latest.height)

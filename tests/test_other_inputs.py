@@ -20,6 +20,7 @@ from conftest import assert_field_is_gradient_support, fit_listening, make_train
 from lightning_cnnviz import (
     ActivationMapMonitor,
     ActivationMonitor,
+    ClassModelMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
@@ -34,7 +35,7 @@ from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
 from lightning_cnnviz.demo.tasks import OTHER_INPUTS, TaskModule, boxes, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
-IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "FeatureVisMonitor")
+IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor")
 WRITTEN = {
     "filter": ["cnnviz/filters/net."],
     "activation": ["cnnviz/activations/dead_fraction/", "cnnviz/activations/sparsity/", "cnnviz/activations/dead_map"],
@@ -48,7 +49,7 @@ KNN = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer c
 
 
 def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
-    """All seven monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
+    """All eight monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
     per layer) shrunk."""
     return {
         "filter": FilterMonitor(),
@@ -58,6 +59,7 @@ def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
         "top_patch": TopPatchMonitor(probe_size=8, max_channels=channels),
         "embedding": EmbeddingMonitor(probe_size=8, every_n_epochs=1),
         "feature_vis": FeatureVisMonitor(steps=4, probe_size=8, every_n_epochs=1, max_channels=channels),
+        "class_models": ClassModelMonitor(steps=4, probe_size=8),
     }
 
 
@@ -88,7 +90,9 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
     assert [m for m in said if "failed with" in m or "switched off" in m] == []
     off = [m for m in said if "does not apply" in m]
     if name in ("detection", "fcos"):
-        assert len(off) == 1 and off[0].startswith(KNN), off  # the batches hold boxes, not one class per image
+        assert len(off) == 2 and any(m.startswith(KNN) for m in off), off  # boxes, not one class per image
+        classless = "ClassModelMonitor: does not apply: it needs class scores, and the task is detection"
+        assert any(m.startswith(classless) for m in off), off
         writers = list(WRITTEN)
         chosen = [m for m in told if "so the probe images go directly into 'net.backbone' (its `backbone`)" in m]
         assert sorted(m.split(":")[0] for m in chosen) == ["ActivationMapMonitor", "EmbeddingMonitor",
@@ -104,7 +108,7 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         ]
         assert sorted(off) == sorted(expected)
         writers = ["filter", "activation", "activation_maps"]
-        images = ("saliency", "top_patches", "embedding", "feature_vis", "atlas", "deep_dream")
+        images = ("saliency", "top_patches", "embedding", "feature_vis", "atlas", "deep_dream", "class_models")
         assert not [tag for tag in tags if tag.startswith(tuple(f"cnnviz/{kind}" for kind in images))]
     for monitor in writers:
         for prefix in WRITTEN[monitor]:

@@ -172,7 +172,7 @@ def test_a_picture_of_ones_own_becomes_a_monitor_and_joins_the_plain_loop(
                         extra=[ConvNorms()])  # fmt: skip
     written = read_events(logdir)
     assert "cnnviz/conv_norms" in written["images"] and "cnnviz/conv_norms/conv1" in written["scalars"]
-    assert "cnnviz/filters/conv1" in written["images"]  # beside the seven of the example
+    assert "cnnviz/filters/conv1" in written["images"]  # beside the eight of the example
     sys.modules.pop("plain_pytorch", None)
 
 

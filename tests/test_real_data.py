@@ -217,6 +217,22 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     )
     assert bool((ours > best).all())
 
+    # class models at the monitor's defaults: each class's render wins its own class, above its best test image
+    from lightning_cnnviz.core import ClassModels, Context, InputScale, Moment, Probe
+
+    models = ClassModels()
+    labels = data._val.tensors[1][:1000]
+    models.snapshot(model, Probe(probe, labels), Context(Moment(epoch=0, step=0), scale=InputScale.of(data)))
+    assert models.last_images is not None
+    with torch.no_grad(), evaluating(model):
+        logits, probe_logits = model((models.last_images - mean) / std), model(probe)
+    best_logit = torch.stack([probe_logits[labels == c, c].max() for c in range(10)])
+    wins = logits.argmax(dim=1) == torch.arange(10)
+    ratio = (logits.diagonal() / best_logit).median()
+    print(f"class models: {int(wins.sum())} of 10 win their class; logit over the best test image's, median "
+          f"{ratio:.2f}; {int((logits.diagonal() > best_logit).sum())} of 10 above it")
+    assert bool(wins.all()) and bool((logits.diagonal() > best_logit).all())
+
 
 def test_tsne_of_trained_cnn_codes_matches_opentsne_quality(
     fashion: IDXDataModule, sane_run: tuple[ActivationMonitor, Any]

@@ -20,6 +20,7 @@ from conftest import fit_listening, make_trainer, read_events, readme_block, run
 from lightning_cnnviz import (
     ActivationMapMonitor,
     ActivationMonitor,
+    ClassModelMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
@@ -66,7 +67,7 @@ NOT_APPLYING = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one 
 
 
 def all_monitors() -> dict[str, pl.Callback]:
-    """The seven monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
+    """All eight monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
@@ -75,6 +76,7 @@ def all_monitors() -> dict[str, pl.Callback]:
         "top_patch": TopPatchMonitor(probe_size=16),
         "embedding": EmbeddingMonitor(probe_size=24, every_n_epochs=1),
         "feature_vis": FeatureVisMonitor(steps=4, probe_size=16, every_n_epochs=1),
+        "class_models": ClassModelMonitor(steps=4, probe_size=16),
     }
 
 
@@ -88,17 +90,22 @@ def test_all_monitors_at_their_defaults_finish_every_task(name: str, tmp_path: P
     failed = [message for message in said if "failed with" in message or "switched off" in message]
     assert failed == []
     off = [message for message in said if "does not apply" in message]
-    assert len(off) == 1 and off[0].startswith(NOT_APPLYING), off
+    expected = EXPECTED_TASK[name]
+    classless = [] if expected == "multilabel" else [f"it needs class scores, and the task is {expected} ("]
+    knn, others = [m for m in off if m.startswith(NOT_APPLYING)], [m for m in off if not m.startswith(NOT_APPLYING)]
+    assert len(knn) == 1 and len(others) == len(classless), off
+    assert all(m.startswith("ClassModelMonitor:") and classless[0] in m for m in others), off
     events = read_events(tmp_path)
     tags = [*events["images"], *events["scalars"], *events["histograms"]]
-    for monitor, prefixes in WRITTEN.items():
+    written = {**WRITTEN, **({} if classless else {"class_models": ["cnnviz/class_models"]})}
+    for monitor, prefixes in written.items():
         for prefix in prefixes:
             assert any(tag.startswith(prefix) for tag in tags), f"{name}: {monitor} wrote no {prefix}"
     assert "cnnviz/embedding/knn_accuracy" not in tags
     chosen = [message for message in told if message.startswith("SaliencyMonitor: task")]
-    expected = EXPECTED_TASK[name]
     assert len(chosen) == 1 and f"task {expected!r}" in chosen[0] and f"explain: {RULES[expected]}." in chosen[0]
-    assert all(not monitor.guard.disabled - {"the kNN accuracy"} for monitor in monitors.values())  # type: ignore[attr-defined]
+    allowed = {"the kNN accuracy", "the class-model picture"}
+    assert all(not monitor.guard.disabled - allowed for monitor in monitors.values())  # type: ignore[attr-defined]
 
 
 def test_a_batch_without_images_is_said_once_and_never_ends_the_fit(tmp_path: Path) -> None:

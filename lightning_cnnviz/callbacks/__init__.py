@@ -3,6 +3,7 @@
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
 from lightning_cnnviz.callbacks.activation_map_monitor import ActivationMapMonitor
 from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor
+from lightning_cnnviz.callbacks.class_model_monitor import ClassModelMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import EmbeddingMonitor
 from lightning_cnnviz.callbacks.feature_vis_monitor import FeatureVisMonitor
 from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
@@ -12,6 +13,7 @@ from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 __all__ = [
     "ActivationMapMonitor",
     "ActivationMonitor",
+    "ClassModelMonitor",
     "EmbeddingMonitor",
     "EpochMonitor",
     "FeatureVisMonitor",

@@ -9,7 +9,8 @@ notebook or a plain training loop. The public names, by topic:
   policy, :class:`Ranks` the processes, :class:`InputScale`, the shared :class:`ProbeService`); :class:`Embedding`
   (Projector data); :class:`DoesNotApply`, what a picture that cannot be drawn for a model raises;
 * each monitor's picture: :class:`FilterPanel`, :class:`ActivationHealth`, :class:`ActivationMaps`,
-  :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureAtlas`;
+  :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureAtlas`,
+  :class:`ClassModels`;
 * what they share: :class:`LayerMap` (a model's layers, once), :class:`ChannelSelection`, :class:`Probe`,
   :class:`ProbeSet`, :class:`ProbeService`, :func:`select_balanced`; the time budget :class:`Budget`, one
   :class:`Schedule` and :class:`Account` per monitor; :func:`inputs_from_batch` (where a batch's input is;
@@ -22,7 +23,8 @@ notebook or a plain training loop. The public names, by topic:
   :data:`METHODS`, reading :class:`SaliencySettings`;
 * Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`;
 * codes: :func:`tsne`, :func:`knn_accuracy`; feature visualization: :func:`visualize_features`,
-  :func:`deep_dream`; filters: :func:`render_filter_grid`, :func:`filter_smoothness`;
+  :func:`deep_dream`, :func:`render_objective` of an :class:`Objective` (the factories are in
+  :mod:`~lightning_cnnviz.core.methods.objectives`); filters: :func:`render_filter_grid`, :func:`filter_smoothness`;
 * the choices some of the monitors' arguments take are typed in their modules: ``Task`` and ``TargetSpec``
   (:mod:`~lightning_cnnviz.core.inputs.task`), ``Normalization`` (:mod:`~lightning_cnnviz.core.drawing.filters`),
   ``Projection`` (:mod:`~lightning_cnnviz.core.monitors.selection`).
@@ -46,7 +48,8 @@ from lightning_cnnviz.core.methods.activation_sites import (
     tap_activations,
 )
 from lightning_cnnviz.core.methods.embedding import knn_accuracy, tsne
-from lightning_cnnviz.core.methods.feature_vis import deep_dream, visualize_features
+from lightning_cnnviz.core.methods.feature_vis import deep_dream, render_objective, visualize_features
+from lightning_cnnviz.core.methods.objectives import Objective
 from lightning_cnnviz.core.methods.receptive_field import receptive_fields
 from lightning_cnnviz.core.methods.saliency import (
     deconvnet,
@@ -64,6 +67,7 @@ from lightning_cnnviz.core.model.modules import model_device
 from lightning_cnnviz.core.monitors.activation_health import ActivationHealth
 from lightning_cnnviz.core.monitors.activation_maps import ActivationMaps
 from lightning_cnnviz.core.monitors.alerts import DeadFilterAlerts, DeadFilterEvent
+from lightning_cnnviz.core.monitors.class_models import ClassModels
 from lightning_cnnviz.core.monitors.embedding_map import EmbeddingMap
 from lightning_cnnviz.core.monitors.feature_atlas import FeatureAtlas
 from lightning_cnnviz.core.monitors.filter_panel import FilterPanel
@@ -83,6 +87,7 @@ __all__ = [
     "Budget",
     "ChannelHealth",
     "ChannelSelection",
+    "ClassModels",
     "Context",
     "DeadFilterAlerts",
     "DeadFilterEvent",
@@ -96,6 +101,7 @@ __all__ = [
     "LayerMap",
     "Moment",
     "NoImages",
+    "Objective",
     "Picture",
     "Probe",
     "ProbeService",
@@ -121,6 +127,7 @@ __all__ = [
     "project_activations",
     "receptive_fields",
     "render_filter_grid",
+    "render_objective",
     "select_balanced",
     "smoothgrad",
     "tap_activations",

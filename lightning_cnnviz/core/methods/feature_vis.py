@@ -18,11 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.context import InputScale
+from lightning_cnnviz.core.methods.objectives import OUTPUT, Objective, channel, neuron
+from lightning_cnnviz.core.methods.objectives import layer as layer_objective
 from lightning_cnnviz.core.methods.saliency import ReluGradientRule
+from lightning_cnnviz.core.model.capture import capture
 from lightning_cnnviz.core.model.layers import LayerMap
-from lightning_cnnviz.core.model.modules import evaluating, model_device, resolve_modules, run_to
+from lightning_cnnviz.core.model.modules import evaluating, logits_of, model_device, resolve_modules, run_to
 
-__all__ = ["deep_dream", "visualize_features"]
+__all__ = ["deep_dream", "evaluate", "render_objective", "render_pixels", "visualize_features"]
 
 
 def color_correlation(images: Tensor) -> Tensor:
@@ -118,6 +121,118 @@ def _check_channels(model: nn.Module, layer: str, channels: Sequence[int], examp
     return count
 
 
+def evaluate(model: nn.Module, objective: Objective, inputs: Tensor) -> Tensor:
+    """``objective``'s score per image of one forward of ``inputs`` (N,): to the last layer it reads (``run_to``), or
+    through the whole model when it reads the class scores (``logits_of`` the output, the activations captured in
+    the graph). Gradients flow when the caller enables them."""
+    layers = [name for name in objective.layers if name != OUTPUT]
+    if not objective.needs_output:
+        captured: dict[str, Tensor] = {}
+        run_to(model, inputs, layers, captured.__setitem__)
+        return objective(captured)
+    with capture(model, layers, detach=False) as captured:
+        output = logits_of(model(inputs))
+    return objective({**captured, OUTPUT: output})
+
+
+def render_objective(
+    model: nn.Module,
+    objective: Objective,
+    count: int,
+    *,
+    size: int | tuple[int, int] = 64,
+    in_channels: int = 3,
+    steps: int = 256,
+    lr: float = 0.05,
+    seeds: Sequence[int] | None = None,
+    colors: Tensor | None = None,
+    normalize: Callable[[Tensor], Tensor] | None = None,
+    transforms: bool = True,
+    l2: float = 0.0,
+    redirected_relu_steps: int = 0,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """``count`` images (count, C, H, W) in [0, 1] that maximise ``objective`` (one score per image: image ``i``
+    its ``i``-th channel or class, or all the same), optimised in one batch: decorrelated Fourier parameterisation
+    in the data's colour (``colors``, (C, C); the identity by default) squashed by a sigmoid, each step seen
+    through a random jitter, scale and rotation (``transforms``), Adam on the spectra. ``l2`` subtracts
+    ``l2 * ||image - 0.5||^2`` from each score (Simonyan et al.'s regulariser). The model sees ``normalize(image)``
+    (else the image). Image ``i`` starts from ``seeds[i]`` (default ``range(count)``), so it does not depend on the
+    other images of its batch. The model runs in eval mode; parameters' ``.grad`` are untouched; no hook is left.
+    ``redirected_relu_steps``: for that many first steps the ReLU backward also passes gradients that would raise
+    a negative input (Lucid's "redirected ReLU").
+
+    Example:
+        >>> from lightning_cnnviz.core.methods.objectives import channel
+        >>> render_objective(net, channel("0", [0, 2]), 2, size=8, steps=4).shape
+        torch.Size([2, 3, 8, 8])
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    device = torch.device(device) if device is not None else model_device(model)
+    seeds = list(seeds) if seeds is not None else list(range(count))
+    if len(seeds) != count:
+        raise ValueError(f"render_objective: {len(seeds)} seeds for {count} images; give one per image.")
+    if colors is None:
+        colors = torch.eye(in_channels)
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    image = FourierImage(count, in_channels, (height, width), colors.float(), generators, device)
+    draws = torch.stack([torch.rand(steps, 4, generator=generator) * 2 - 1 for generator in generators], dim=1)
+    optimizer = torch.optim.Adam(image.parameters(), lr=lr)
+    jitter = 2.0 / max(height, width)  # about a pixel or two, in grid units
+    with evaluating(model, grad=True):
+        for step in range(steps):
+            pixels = image()
+            seen = random_views(pixels, draws[step], jitter=max(jitter, 0.03)) if transforms else pixels
+            inputs = normalize(seen) if normalize is not None else seen
+            if step < redirected_relu_steps:
+                with ReluGradientRule("redirected"):
+                    score = evaluate(model, objective, inputs).sum()
+            else:
+                score = evaluate(model, objective, inputs).sum()
+            if l2:
+                score = score - l2 * (pixels - 0.5).pow(2).sum()
+            (grad,) = torch.autograd.grad(-score, image.spectrum)
+            image.spectrum.grad = grad
+            optimizer.step()
+            image.spectrum.grad = None
+    with torch.no_grad():
+        return image().detach()
+
+
+def render_pixels(
+    model: nn.Module,
+    objective: Objective,
+    shape: Sequence[int],
+    *,
+    steps: int = 256,
+    lr: float = 0.1,
+    l2: float = 1e-3,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Simonyan et al. (2013)'s class models as the paper makes them: ``shape`` (N, C, *spatial) unbounded inputs, in
+    the model's own input space (zero is the mean image of normalised data), that maximise ``objective`` minus
+    ``l2 * ||input||^2`` per image, by Adam from zero, with no parameterisation and no transformation. Returns the
+    inputs (not pixels: show them stretched). For a linear score ``w . x + b`` the optimum is ``w / (2 * l2)``.
+
+    Example:
+        >>> from lightning_cnnviz.core.methods.objectives import class_logit
+        >>> linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> render_pixels(linear, class_logit([0, 1, 2]), (3, 1, 4, 4), steps=8).shape
+        torch.Size([3, 1, 4, 4])
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    inputs = torch.zeros(tuple(shape), device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([inputs], lr=lr)
+    with evaluating(model, grad=True):
+        for _ in range(steps):
+            score = evaluate(model, objective, inputs).sum() - l2 * inputs.pow(2).sum()
+            (grad,) = torch.autograd.grad(-score, inputs)
+            inputs.grad = grad
+            optimizer.step()
+            inputs.grad = None
+    return inputs.detach()
+
+
 def visualize_features(
     model: nn.Module,
     layer: str,
@@ -139,7 +254,7 @@ def visualize_features(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Images that maximise the mean activation of each of ``channels`` of ``layer``: (len(channels), C, H, W) in
-    [0, 1], one per channel, all optimised in one batch.
+    [0, 1], one per channel, all optimised in one batch (:func:`render_objective` of the channel objectives).
 
     ``objective``: ``"channel"`` (the channel's mean activation over all positions) or ``"neuron"`` (its activation
     at the central position). ``l2`` subtracts ``l2 * ||image - 0.5||^2`` from each score (Simonyan et al. 2013's
@@ -149,9 +264,7 @@ def visualize_features(
     weights and arguments give the same images, and a channel's image does not depend on the other channels
     rendered with it. The model runs in eval mode; parameters' ``.grad`` are untouched
     (gradients come from ``torch.autograd.grad`` on the image parameters only) and no hook is left. ReLU gradients
-    are autograd's own, unless ``redirected_relu_steps`` > 0: for that many first steps the ReLU backward also
-    passes gradients that would raise a negative input (Lucid's "redirected ReLU"), a departure from the true
-    gradient that helps channels that never fire at the start.
+    are autograd's own, unless ``redirected_relu_steps`` > 0 (see :func:`render_objective`).
 
     Example:
         >>> visualize_features(net, "0", [0, 2], size=8, steps=4).shape
@@ -163,43 +276,17 @@ def visualize_features(
     device = torch.device(device) if device is not None else model_device(model)
     resolve_modules(model, [layer], what="visualize_features layer")
     _check_channels(model, layer, channels, torch.zeros(1, in_channels, height, width, device=device))
-    if colors is None:
-        colors = torch.eye(in_channels)
-    # One generator per image, seeded by the seed and its channel: a channel's render does not depend on which
-    # other channels share its batch (so the channels can be split over processes).
-    generators = [torch.Generator().manual_seed(seed * 1_000_003 + int(channel)) for channel in channels]
-    image = FourierImage(len(channels), in_channels, (height, width), colors.float(), generators, device)
-    draws = torch.stack([torch.rand(steps, 4, generator=generator) * 2 - 1 for generator in generators], dim=1)
     if normalize is None and mean is not None and std is not None:
         normalize = InputScale(mean, std).to_model
-
-    optimizer = torch.optim.Adam(image.parameters(), lr=lr)
-    index = torch.arange(len(channels), device=device)
-    chosen = torch.as_tensor(list(channels), device=device)
-    jitter = 2.0 / max(height, width)  # about a pixel or two, in grid units
-    with evaluating(model, grad=True):
-        for step in range(steps):
-            pixels = image()
-            seen = random_views(pixels, draws[step], jitter=max(jitter, 0.03)) if transforms else pixels
-            inputs = normalize(seen) if normalize is not None else seen
-            captured: dict[str, Tensor] = {}
-            if step < redirected_relu_steps:
-                with ReluGradientRule("redirected"):
-                    run_to(model, inputs, [layer], captured.__setitem__)
-            else:
-                run_to(model, inputs, [layer], captured.__setitem__)
-            activation = captured[layer][index, chosen]  # (channels, h, w): each image's own channel
-            if objective == "neuron":
-                activation = activation[:, activation.shape[1] // 2, activation.shape[2] // 2]
-            score = activation.reshape(len(channels), -1).mean(dim=1).sum()
-            if l2:
-                score = score - l2 * (pixels - 0.5).pow(2).sum()
-            (grad,) = torch.autograd.grad(-score, image.spectrum)
-            image.spectrum.grad = grad
-            optimizer.step()
-            image.spectrum.grad = None
-    with torch.no_grad():
-        return image().detach()
+    # One seed per image, from the seed and its channel: a channel's render does not depend on which other channels
+    # share its batch (so the channels can be split over processes).
+    seeds = [seed * 1_000_003 + int(c) for c in channels]
+    wanted = (neuron if objective == "neuron" else channel)(layer, list(channels))
+    return render_objective(
+        model, wanted, len(channels), size=(height, width), in_channels=in_channels, steps=steps, lr=lr, seeds=seeds,
+        colors=colors, normalize=normalize, transforms=transforms, l2=l2, redirected_relu_steps=redirected_relu_steps,
+        device=device,
+    )  # fmt: skip
 
 
 def deep_dream(
@@ -226,6 +313,7 @@ def deep_dream(
         torch.Size([2, 3, 8, 8])
     """
     resolve_modules(model, [layer], what="deep_dream layer")
+    dream_objective = layer_objective(layer)  # the mean squared activation, averaged over the images
     generator = torch.Generator().manual_seed(seed)
     base = images.detach().float().clamp(0, 1)
     height, width = base.shape[-2:]
@@ -242,9 +330,8 @@ def deep_dream(
                 dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=generator))
                 current = (scaled + detail).clamp(0, 1).requires_grad_(True)
                 rolled = torch.roll(current, shifts=(dy, dx), dims=(2, 3))
-                captured: dict[str, Tensor] = {}
-                run_to(model, normalize(rolled) if normalize else rolled, [layer], captured.__setitem__)
-                (grad,) = torch.autograd.grad(captured[layer].pow(2).mean(), current)
+                score = evaluate(model, dream_objective, normalize(rolled) if normalize else rolled).mean()
+                (grad,) = torch.autograd.grad(score, current)
                 detail = detail + step_size * grad / grad.abs().mean().clamp_min(1e-12)
             dream = (scaled + detail).clamp(0, 1)
     return dream.detach()
