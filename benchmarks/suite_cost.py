@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_cnnviz import (
     ActivationMapMonitor,
     ActivationMonitor,
+    ClassModelMonitor,
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
@@ -53,9 +54,10 @@ MONITORS: dict[str, Callable[..., Any]] = {
     "TopPatchMonitor": TopPatchMonitor,
     "EmbeddingMonitor": EmbeddingMonitor,
     "FeatureVisMonitor": FeatureVisMonitor,
+    "ClassModelMonitor": ClassModelMonitor,
 }
 FIXED = {"FilterMonitor": 1, "ActivationMapMonitor": 1, "SaliencyMonitor": 1, "TopPatchMonitor": 1,
-         "EmbeddingMonitor": 5, "FeatureVisMonitor": 5}  # fmt: skip
+         "EmbeddingMonitor": 5, "FeatureVisMonitor": 5, "ClassModelMonitor": 5}  # fmt: skip
 
 
 def images(count: int, size: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -262,23 +262,29 @@ def render_top_patches(
 
 
 def render_evolution(
-    thumbnails: Tensor, column_labels: Sequence[str], channels: Sequence[int], *, min_tile_px: int = 32
+    thumbnails: Tensor,
+    column_labels: Sequence[str],
+    channels: Sequence[int],
+    *,
+    min_tile_px: int = 32,
+    row_labels: Sequence[str] | None = None,
 ) -> Tensor:
     """Zeiler & Fergus Fig. 4: rows are channels, columns are logged epochs (oldest left), labelled.
 
     Args:
         thumbnails: (C, T, 3, h, w) in [0, 1]: channel ``c``'s strongest projection at logged point ``t``.
         column_labels: T captions (e.g. ``"ep 3"``).
-        channels: C channel indices for the row captions.
+        channels: C channel indices for the row captions (``"ch 5"``), unless ``row_labels`` gives them.
     """
     columns = thumbnails.shape[1]
     tiles = upscale(thumbnails.float().flatten(0, 1), min_tile_px)
     grid = tile_grid(tiles, columns, padding=2, pad_value=1.0)
-    left_px, top_px = 40, 14
+    rows = list(row_labels) if row_labels is not None else [f"ch {channel}" for channel in channels]
+    left_px, top_px = 40 if row_labels is None else max([40, *(6 * len(row) + 6 for row in rows)]), 14
     image = torch.nn.functional.pad(grid, (left_px, 0, top_px, 0), value=1.0)
     tile_h, tile_w = tiles.shape[-2:]
     notes = [(left_px + 2 + t * (tile_w + 2), 0, text) for t, text in enumerate(column_labels)]
-    notes += [(0, top_px + 2 + c * (tile_h + 2), f"ch {channel}") for c, channel in enumerate(channels)]
+    notes += [(0, top_px + 2 + c * (tile_h + 2), row) for c, row in enumerate(rows)]
     return annotate(image, notes)
 
 

@@ -166,7 +166,8 @@ class ClassModels:
         what = "plain inputs, stretched" if self.plain else "rendered"
         shot.images["cnnviz/class_models"] = captioned_grid(shown, names)
         shot.captions["cnnviz/class_models"] = f"class models ({self.describe()}, {what}): {', '.join(names)}"
-        shot.images["cnnviz/class_models_evolution"] = render_evolution(thumbnails, captions, classes)
+        shot.images["cnnviz/class_models_evolution"] = render_evolution(thumbnails, captions, classes,
+                                                                        row_labels=names)  # fmt: skip
         shot.captions["cnnviz/class_models_evolution"] = f"class models over training (rows: classes {classes})"
         return shot
 
