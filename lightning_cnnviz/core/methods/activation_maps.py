@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -14,22 +13,7 @@ from torch import Tensor, nn
 from lightning_cnnviz.core.methods.activation_sites import ActivationSite, tap_activations
 from lightning_cnnviz.core.methods.stats import ChannelHealth
 
-__all__ = ["choose_channels", "percentile", "probe_health", "site_outputs", "spread"]
-
-T = TypeVar("T")
-
-
-def spread(items: Sequence[T], count: int) -> list[T]:
-    """Up to ``count`` of ``items`` spread evenly over them, first and last included, in order.
-
-    Example:
-        >>> spread(["a", "b", "c", "d", "e"], 3)
-        ['a', 'c', 'e']
-    """
-    if len(items) <= count:
-        return list(items)
-    picks = sorted({round(i * (len(items) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
-    return [items[i] for i in picks]
+__all__ = ["choose_channels", "percentile", "probe_health", "site_outputs"]
 
 
 def percentile(values: Tensor, q: float) -> Tensor:

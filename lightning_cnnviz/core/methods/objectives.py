@@ -67,13 +67,12 @@ class Term:
         return picked.flatten(1).mean(dim=1) if picked.dim() > 1 else picked
 
     def describe(self) -> str:
-        what = {"logit": "logit", "probability": "probability"}.get(self.kind, self.kind)
         if self.kind in ("logit", "probability"):
-            return f"class {what} {list(self.index) if len(self.index) > 1 else self.index[0]}"
+            return f"class {self.kind} {list(self.index) if len(self.index) > 1 else self.index[0]}"
         if self.kind in ("layer", "direction"):
-            return f"{what} {self.layer}"
+            return f"{self.kind} {self.layer}"
         place = "" if self.position is None else f" at {self.position}"
-        return f"{what} {self.layer}:{list(self.index) if len(self.index) > 1 else self.index[0]}{place}"
+        return f"{self.kind} {self.layer}:{list(self.index) if len(self.index) > 1 else self.index[0]}{place}"
 
 
 @dataclass(frozen=True)

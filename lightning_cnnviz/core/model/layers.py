@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from lightning_cnnviz.core.methods.activation_sites import find_activation_sites, tap_activations
 from lightning_cnnviz.core.methods.receptive_field import ReceptiveField, receptive_fields
-from lightning_cnnviz.core.model.modules import evaluating, hooked, model_device, named_modules, run_to
+from lightning_cnnviz.core.model.modules import evaluating, hooked, model_device, named_modules, run_to, spread
 from lightning_cnnviz.core.protocol import DoesNotApply
 
 __all__ = ["ConvInfo", "LayerMap"]
@@ -123,11 +123,7 @@ class LayerMap:
         (the 1x1 projections of residual shortcuts are skipped when there are enough others)."""
         convs = self.conv2d
         spatial = [name for name, conv in convs.items() if max(conv.kernel_size) > 1]
-        names = spatial if len(spatial) >= min(count, len(convs)) else list(convs)
-        if len(names) <= count:
-            return names
-        picks = sorted({round(i * (len(names) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
-        return [names[i] for i in picks]
+        return spread(spatial if len(spatial) >= min(count, len(convs)) else list(convs), count)
 
     def takes(self, model: nn.Module, shape: Sequence[int], layer: str | None = None) -> bool:
         """Whether ``model`` runs on one input of ``shape`` (channels, *spatial) as far as ``layer`` (its whole

@@ -6,14 +6,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.methods._calls import flat_tensors
 
-__all__ = ["class_name", "evaluating", "hooked", "model_device", "resolve_modules", "run_to"]
+__all__ = ["class_name", "evaluating", "hooked", "model_device", "resolve_modules", "run_to", "spread"]
+
+T = TypeVar("T")
+
+
+def spread(items: Sequence[T], count: int) -> list[T]:
+    """Up to ``count`` of ``items`` spread evenly over them, first and last included, in order.
+
+    Example:
+        >>> spread(["a", "b", "c", "d", "e"], 3)
+        ['a', 'c', 'e']
+    """
+    if len(items) <= count:
+        return list(items)
+    picks = sorted({round(i * (len(items) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [0]
+    return [items[i] for i in picks]
 
 
 def format_names(names: Collection[str], limit: int = 40) -> str:

@@ -17,16 +17,10 @@ from lightning_cnnviz.core.drawing.filters import render_profiles
 from lightning_cnnviz.core.drawing.maps import MapLayout, framed, line_tiles, render_activation_maps
 from lightning_cnnviz.core.drawing.render import display_rgb, render_evolution
 from lightning_cnnviz.core.inputs.probe import Probe
-from lightning_cnnviz.core.methods.activation_maps import (
-    choose_channels,
-    percentile,
-    probe_health,
-    site_outputs,
-    spread,
-)
+from lightning_cnnviz.core.methods.activation_maps import choose_channels, percentile, probe_health, site_outputs
 from lightning_cnnviz.core.methods.activation_sites import ActivationSite, find_activation_sites, site_scope
 from lightning_cnnviz.core.model.layers import LayerMap
-from lightning_cnnviz.core.model.modules import class_name, evaluating, format_names, model_device
+from lightning_cnnviz.core.model.modules import class_name, evaluating, format_names, model_device, spread
 from lightning_cnnviz.core.model.trunk import ImageEntry
 from lightning_cnnviz.core.monitors.history import EvolutionHistory
 from lightning_cnnviz.core.protocol import DoesNotApply, Guard, Snapshot

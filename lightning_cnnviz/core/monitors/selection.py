@@ -28,7 +28,7 @@ from lightning_cnnviz.core.methods.top_patches import (
 )
 from lightning_cnnviz.core.methods.top_patches import top_activations as scan_top_activations
 from lightning_cnnviz.core.model.layers import LayerMap
-from lightning_cnnviz.core.model.modules import evaluating, format_names, model_device, resolve_modules, run_to
+from lightning_cnnviz.core.model.modules import evaluating, format_names, model_device, resolve_modules, run_to, spread
 from lightning_cnnviz.core.model.trunk import ImageEntry
 from lightning_cnnviz.core.protocol import Guard
 
@@ -60,9 +60,7 @@ def default_channels(num_channels: int, count: int = 16) -> list[int]:
         >>> default_channels(10, 4)
         [0, 3, 6, 9]
     """
-    if num_channels <= count:
-        return list(range(num_channels))
-    return sorted({round(i * (num_channels - 1) / (count - 1)) for i in range(count)})
+    return spread(range(num_channels), count)
 
 
 class ChannelSelection:
