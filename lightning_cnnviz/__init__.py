@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         EpochMonitor,
         FeatureVisMonitor,
         FilterMonitor,
+        InversionMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
     )
@@ -46,6 +47,7 @@ __all__ = [
     "EpochMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",
+    "InversionMonitor",
     "SaliencyMonitor",
     "TensorBoardSink",
     "TopPatchMonitor",

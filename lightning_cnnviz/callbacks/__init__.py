@@ -7,6 +7,7 @@ from lightning_cnnviz.callbacks.class_model_monitor import ClassModelMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import EmbeddingMonitor
 from lightning_cnnviz.callbacks.feature_vis_monitor import FeatureVisMonitor
 from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
+from lightning_cnnviz.callbacks.inversion_monitor import InversionMonitor
 from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
@@ -18,6 +19,7 @@ __all__ = [
     "EpochMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",
+    "InversionMonitor",
     "SaliencyMonitor",
     "TopPatchMonitor",
 ]

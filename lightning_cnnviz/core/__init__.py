@@ -10,7 +10,7 @@ notebook or a plain training loop. The public names, by topic:
   (Projector data); :class:`DoesNotApply`, what a picture that cannot be drawn for a model raises;
 * each monitor's picture: :class:`FilterPanel`, :class:`ActivationHealth`, :class:`ActivationMaps`,
   :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureAtlas`,
-  :class:`ClassModels`;
+  :class:`ClassModels`, :class:`FeatureInversion`;
 * what they share: :class:`LayerMap` (a model's layers, once), :class:`ChannelSelection`, :class:`Probe`,
   :class:`ProbeSet`, :class:`ProbeService`, :func:`select_balanced`; the time budget :class:`Budget`, one
   :class:`Schedule` and :class:`Account` per monitor; :func:`inputs_from_batch` (where a batch's input is;
@@ -24,7 +24,8 @@ notebook or a plain training loop. The public names, by topic:
 * Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`;
 * codes: :func:`tsne`, :func:`knn_accuracy`; feature visualization: :func:`visualize_features`,
   :func:`deep_dream`, :func:`render_objective` of an :class:`Objective` (the factories are in
-  :mod:`~lightning_cnnviz.core.methods.objectives`); filters: :func:`render_filter_grid`, :func:`filter_smoothness`;
+  :mod:`~lightning_cnnviz.core.methods.objectives`), :func:`invert` (feature inversion); filters:
+  :func:`render_filter_grid`, :func:`filter_smoothness`;
 * the choices some of the monitors' arguments take are typed in their modules: ``Task`` and ``TargetSpec``
   (:mod:`~lightning_cnnviz.core.inputs.task`), ``Normalization`` (:mod:`~lightning_cnnviz.core.drawing.filters`),
   ``Projection`` (:mod:`~lightning_cnnviz.core.monitors.selection`).
@@ -49,6 +50,7 @@ from lightning_cnnviz.core.methods.activation_sites import (
 )
 from lightning_cnnviz.core.methods.embedding import knn_accuracy, tsne
 from lightning_cnnviz.core.methods.feature_vis import deep_dream, render_objective, visualize_features
+from lightning_cnnviz.core.methods.inversion import invert
 from lightning_cnnviz.core.methods.objectives import Objective
 from lightning_cnnviz.core.methods.receptive_field import receptive_fields
 from lightning_cnnviz.core.methods.saliency import (
@@ -71,6 +73,7 @@ from lightning_cnnviz.core.monitors.class_models import ClassModels
 from lightning_cnnviz.core.monitors.embedding_map import EmbeddingMap
 from lightning_cnnviz.core.monitors.feature_atlas import FeatureAtlas
 from lightning_cnnviz.core.monitors.filter_panel import FilterPanel
+from lightning_cnnviz.core.monitors.inversion import FeatureInversion
 from lightning_cnnviz.core.monitors.saliency_panel import SaliencyPanel
 from lightning_cnnviz.core.monitors.selection import ChannelSelection
 from lightning_cnnviz.core.monitors.top_patch_gallery import TopPatchGallery
@@ -95,6 +98,7 @@ __all__ = [
     "Embedding",
     "EmbeddingMap",
     "FeatureAtlas",
+    "FeatureInversion",
     "FilterPanel",
     "Guard",
     "InputScale",
@@ -121,6 +125,7 @@ __all__ = [
     "grad_cam",
     "guided_backprop",
     "inputs_from_batch",
+    "invert",
     "knn_accuracy",
     "model_device",
     "occlusion",

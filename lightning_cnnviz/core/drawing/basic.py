@@ -124,16 +124,18 @@ def annotate(image: Tensor, labels: Sequence[tuple[int, int, str]]) -> Tensor:
     return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
-def captioned_grid(tiles: Tensor, captions: Sequence[str], *, min_px: int = 64, padding: int = 2) -> Tensor:
-    """A grid of ``tiles`` (N, 3, h, w) in [0, 1], each upscaled to at least ``min_px`` with its caption written
-    in a white band above it. (3, H, W).
+def captioned_grid(
+    tiles: Tensor, captions: Sequence[str], *, min_px: int = 64, padding: int = 2, columns: int | None = None
+) -> Tensor:
+    """A grid of ``tiles`` (N, 3, h, w) in [0, 1], ``columns`` to a row (about square by default), each upscaled to
+    at least ``min_px`` with its caption written in a white band above it. (3, H, W).
 
     Example:
         >>> captioned_grid(torch.zeros(2, 3, 8, 8), ["ch 0", "ch 5"]).shape
         torch.Size([3, 80, 134])
     """
     tiles = F.pad(upscale(tiles, min_px), (0, 0, 12, 0), value=1.0)
-    grid = tile_grid(tiles, padding=padding)
+    grid = tile_grid(tiles, columns, padding=padding)
     per_row = max(1, round((grid.shape[-1] - padding) / (tiles.shape[-1] + padding)))
     notes = [
         (padding + (i % per_row) * (tiles.shape[-1] + padding), padding + (i // per_row) * (tiles.shape[-2] + padding),
