@@ -41,6 +41,7 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InversionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -55,9 +56,10 @@ MONITORS: dict[str, Callable[..., Any]] = {
     "EmbeddingMonitor": EmbeddingMonitor,
     "FeatureVisMonitor": FeatureVisMonitor,
     "ClassModelMonitor": ClassModelMonitor,
+    "InversionMonitor": InversionMonitor,
 }
 FIXED = {"FilterMonitor": 1, "ActivationMapMonitor": 1, "SaliencyMonitor": 1, "TopPatchMonitor": 1,
-         "EmbeddingMonitor": 5, "FeatureVisMonitor": 5, "ClassModelMonitor": 5}  # fmt: skip
+         "EmbeddingMonitor": 5, "FeatureVisMonitor": 5, "ClassModelMonitor": 5, "InversionMonitor": 5}  # fmt: skip
 
 
 def images(count: int, size: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,7 @@ from lightning_cnnviz.core import (
     Context,
     EmbeddingMap,
     FeatureAtlas,
+    FeatureInversion,
     FilterPanel,
     InputScale,
     Moment,
@@ -63,6 +64,7 @@ class Pictures:
             (SaliencyPanel(smoothgrad_samples=8), few),
             (FeatureAtlas(steps=64, method="both", max_channels=8), everything),
             (ClassModels(), everything),
+            (FeatureInversion(), four),
             *((picture, everything) for picture in extra),  # pictures of your own
         ]
         self.scale, self.steps, self.epoch = InputScale(), 0, 0

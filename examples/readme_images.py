@@ -8,7 +8,7 @@ found as ``lightning_cnnviz.demo.data.find_data`` finds it (``$CNNVIZ_DATA``, De
 given with ``--data DIR`` (a folder holding ``fashion-mnist/`` and ``cifar10/cifar10-jpg.zip``).
 ``--parts`` picks some of ``saliency activations activation_maps top_patches embedding feature_vis class_models tasks
 other`` (``activation_maps``: the demo CNN on Fashion-MNIST, its maps and their sparsity epoch by epoch;
-``class_models``: the demo CNN on CIFAR-10, its class models and how each scores; ``tasks``: a
+``class_models``: the demo CNN on CIFAR-10, its class models, how each scores, and its feature inversions; ``tasks``: a
 segmentation network's saliency and a regression network's t-SNE map, on generated images; ``other``: Conv1d and
 Conv3d filters and a detector's saliency, on generated signals, clips and boxes).
 """
@@ -33,6 +33,7 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InversionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -265,18 +266,22 @@ def feature_vis(tmp: Path, out: Path) -> None:
 
 
 def class_models(tmp: Path, out: Path) -> None:
-    """The demo CNN on CIFAR-10, 8 epochs of 100 steps, the class models every 2 epochs; then, for each class, the
-    logits of its class model against the best of 1,000 test images of that class."""
+    """The demo CNN on CIFAR-10, 8 epochs of 100 steps, the class models and the feature inversions every 2 epochs;
+    then, for each class, the logits of its class model against the best of 1,000 test images of that class."""
     import torch
 
     from lightning_cnnviz.core import InputScale
 
     cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
     monitor = ClassModelMonitor(every_n_epochs=2, class_names=cifar_classes())
+    inversion = InversionMonitor(every_n_epochs=2)
     model = ImageClassifier(in_channels=3, first_kernel=7)
-    run = fit(tmp / "classes", cifar, model, [monitor], max_epochs=8, limit_train_batches=100)
+    run = fit(tmp / "classes", cifar, model, [monitor, inversion], max_epochs=8, limit_train_batches=100)
     save_last_image(run, "cnnviz/class_models", out / "class_models_cifar10.png")
     save_last_image(run, "cnnviz/class_models_evolution", out / "class_models_evolution_cifar10.png")
+    save_last_image(run, "cnnviz/inversion", out / "inversion_cifar10.png")
+    save_last_image(run, "cnnviz/inversion_evolution", out / "inversion_evolution_cifar10.png")
+    print(f"inversion PSNR per layer (dB): {inversion.inversion.last_psnr}")
     scale, renders = InputScale.of(cifar), monitor.models.last_images
     assert renders is not None
     model.eval()

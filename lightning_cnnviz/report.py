@@ -41,6 +41,7 @@ _SECTIONS = (
     ("Top-9 patches and their projections (Zeiler & Fergus)", ("cnnviz/top_patches/", "cnnviz/evolution/")),
     ("Feature visualization", ("cnnviz/feature_vis", "cnnviz/atlas/", "cnnviz/deep_dream")),
     ("Class models (Simonyan et al.)", ("cnnviz/class_models",)),
+    ("Feature inversion (Mahendran and Vedaldi)", ("cnnviz/inversion",)),
     ("Embedding of the network's codes", ("cnnviz/embedding/",)),
 )
 
@@ -115,7 +116,7 @@ def run_report(
     Trainer, from ``model`` and ``datamodule`` (the objects, or their class paths: a class is built from the
     checkpoint's ``hyper_parameters`` / ``datamodule_hyper_parameters``, overridden by ``model_args`` /
     ``data_args``) and ``monitors`` (default: those whose state the checkpoint holds, with the settings their state
-    keys name, else all eight). The checkpoint gives the weights and the monitors' saved states (histories, probe
+    keys name, else all nine). The checkpoint gives the weights and the monitors' saved states (histories, probe
     sets, alerts). ``batches`` training batches then run through the network in a plain ``torch.no_grad()`` loop in
     eval mode (the activation statistics: one more window), and every monitor's core object draws its
     :class:`~lightning_cnnviz.core.Snapshot` at the checkpoint's epoch and step. No Trainer runs.
@@ -238,12 +239,12 @@ def load_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> dict[s
 
 #: The monitors a report rebuilds from a checkpoint's state keys (``Name{'field': value, ...}``).
 _MONITORS = ("FilterMonitor", "ActivationMonitor", "ActivationMapMonitor", "SaliencyMonitor", "TopPatchMonitor",
-             "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor")  # fmt: skip
+             "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor", "InversionMonitor")  # fmt: skip
 
 
 def monitors_of(state: dict[str, Any]) -> list[Any]:
     """The monitors whose state ``state`` (a checkpoint) holds, built with the settings their state keys name (the
-    others at their defaults); all eight at their defaults when it holds none."""
+    others at their defaults); all nine at their defaults when it holds none."""
     import ast
     import inspect
 

@@ -245,13 +245,14 @@ def every_monitor(
 ) -> dict[str, Any]:
     """Every monitor but FeatureVisMonitor, small probes and few steps, ``on_error="raise"``, by short name, in the
     README's order; ``cadence``: the ``every_n_epochs`` of FilterMonitor, ActivationMapMonitor, SaliencyMonitor,
-    TopPatchMonitor and ClassModelMonitor (EmbeddingMonitor logs every epoch)."""
+    TopPatchMonitor, ClassModelMonitor and InversionMonitor (EmbeddingMonitor logs every epoch)."""
     from lightning_cnnviz import (
         ActivationMapMonitor,
         ActivationMonitor,
         ClassModelMonitor,
         EmbeddingMonitor,
         FilterMonitor,
+        InversionMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
     )
@@ -266,6 +267,7 @@ def every_monitor(
         "top_patch": TopPatchMonitor(probe_size=top_probe, every_n_epochs=cadence, on_error="raise"),
         "embedding": EmbeddingMonitor(probe_size=24, knn_k=3, every_n_epochs=1, on_error="raise"),
         "class_models": ClassModelMonitor(steps=8, probe_size=16, every_n_epochs=cadence, on_error="raise"),
+        "inversion": InversionMonitor(steps=8, every_n_epochs=cadence, on_error="raise"),
     }
 
 

@@ -20,6 +20,7 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InversionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -50,6 +51,7 @@ def main() -> None:
         model.net.conv1.bias[DEAD] = -100.0
     activations = ActivationMonitor(every_n_steps=4, on_error="raise")
     maps = ActivationMapMonitor(every_n_epochs=1, on_error="raise")
+    inversion = InversionMonitor(every_n_epochs=1, steps=8, on_error="raise")
     embedding = EmbeddingMonitor(probe_size=60, every_n_epochs=1, on_error="raise")
     saliency = SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise")
     patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
@@ -67,6 +69,7 @@ def main() -> None:
             filters,
             activations,
             maps,
+            inversion,
             saliency,
             patches,
             embedding,
@@ -125,6 +128,8 @@ def main() -> None:
         ),
         "saliency_probe": [saliency.probe_labels.tolist(), saliency.probe_images.sum().item()],
         "maps_probe": [maps.probe_labels.tolist(), maps.probe_images.sum().item()],
+        "inversion_probe": [inversion.probe_labels.tolist(), inversion.probe_images.sum().item()],
+        "inversion_drawn": inversion.inversion.last_images is not None,
         "maps_dead": {name: [list(drawn["health"].dead), drawn["seen"]] for name, drawn in maps.maps.last.items()},
         "embedding_map_shape": None if embedding.last_map is None else list(embedding.last_map.shape),
         "embedding_knn": embedding.last_knn_accuracy,

@@ -117,6 +117,12 @@ def test_tensorboard_images_tab_shows_our_pictures(browser: Any, board: str) -> 
         "the class models",
         lambda: seen.page.locator("text=cnnviz/class_models").count() >= 1 and all(i["ok"] for i in seen.images()),
     )
+    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2Finversion")
+    seen.wait_for(
+        "the inversions",
+        lambda: seen.page.locator("text=cnnviz/inversion_evolution").count() >= 1
+        and all(i["ok"] for i in seen.images()),
+    )
     seen.finish("tensorboard_images.png")
 
 
@@ -163,6 +169,7 @@ def test_report_page_shows_every_picture(browser: Any, demo_report: tuple[Path, 
     assert sorted(i["alt"] for i in images) == sorted(tags)
     assert {"cnnviz/activation_maps/net.relu1", "cnnviz/activation_maps_evolution/net.relu1"} <= set(tags)
     assert {"cnnviz/class_models", "cnnviz/class_models_evolution"} <= set(tags)
+    assert {"cnnviz/inversion", "cnnviz/inversion_evolution"} <= set(tags)
     for image in images:  # decoded at the size the event file says
         latest = tags[image["alt"]][-1]
         assert (image["width"], image["height"]) == (latest.width, latest.height)

@@ -70,6 +70,10 @@ def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
     dead, seen = ranks[0]["maps_dead"]["net.relu1"]
     assert dead == ranks[0]["last_dead"]["net.relu1"] and seen.startswith("the latest training window")
     assert [e.step for e in events["images"]["cnnviz/activation_maps/net.relu1"]] == [0, 1, 2]
+    # inversion: the same class-balanced probe on both ranks, reconstructed and drawn on rank 0 only
+    assert ranks[0]["inversion_probe"] == ranks[1]["inversion_probe"] == ranks[0]["maps_probe"]
+    assert [ranks[0]["inversion_drawn"], ranks[1]["inversion_drawn"]] == [True, False]
+    assert [e.step for e in events["images"]["cnnviz/inversion"]] == [0, 1, 2]
     # feature visualization: channels split over the ranks, gathered, drawn on rank 0 only, equal to one process
     assert ranks[0]["feature_vis_equal_single_process"] is True and ranks[1]["feature_vis_equal_single_process"] is None
     for tag in ("cnnviz/feature_vis/net.conv2", "cnnviz/atlas/net.conv2", "cnnviz/deep_dream"):

@@ -1,15 +1,19 @@
 """Feature visualization and DeepDream against what is known of them: a linear unit's optimum, determinism,
-the colour statistics, and the training state left as it was."""
+the colour statistics, the training state left as it was; objectives given as functions, and diversity's Gram
+similarity against a hand computation."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from conftest import global_state_clean, hooks_left
 from lightning_cnnviz.core import deep_dream, visualize_features
 from lightning_cnnviz.core.methods.feature_vis import color_correlation
+from lightning_cnnviz.core.methods.objectives import channel, diversity, gram_similarity
+from lightning_cnnviz.core.model.modules import run_to
 
 
 def tiny() -> nn.Module:
@@ -88,7 +92,7 @@ def test_bad_layer_and_channels_are_clear_errors() -> None:
         visualize_features(model, "nope", [0], size=8, steps=1)
     with pytest.raises(ValueError, match=r"channel 9 of layer '2' is out of range.*0\.\.7"):
         visualize_features(model, "2", [1, 9], size=8, steps=1)
-    with pytest.raises(ValueError, match="`objective` can be 'channel' or 'neuron'"):
+    with pytest.raises(ValueError, match="`objective` can be 'channel', 'neuron' or a function"):
         visualize_features(model, "2", [1], size=8, steps=1, objective="class")
 
 
@@ -112,3 +116,62 @@ def test_redirected_relu_steps_move_a_unit_that_never_fires() -> None:
     moved = visualize_features(model, "2", [0], size=12, steps=8, redirected_relu_steps=8)
     assert torch.equal(frozen, start) and not torch.allclose(moved, start, atol=1e-3)
     assert global_state_clean()
+
+
+def test_gram_similarity_is_its_hand_computation() -> None:
+    torch.manual_seed(0)
+    acts = torch.randn(6, 3, 4, 5)
+    array = acts.double().numpy().reshape(6, 3, 20)
+    grams = [a @ a.T for a in array]
+    expected = []
+    for i in range(6):
+        group = range(3 * (i // 3), 3 * (i // 3) + 3)
+        cosines = [
+            float((grams[i] * grams[j]).sum() / np.linalg.norm(grams[i]) / np.linalg.norm(grams[j]))
+            for j in group
+            if j != i
+        ]
+        expected.append(sum(cosines) / 2)
+    np.testing.assert_allclose(gram_similarity(acts, 3).numpy(), expected, rtol=1e-5)
+    torch.testing.assert_close(diversity("x", 3)({"x": acts}), gram_similarity(acts, 3))
+    assert gram_similarity(acts, 1).abs().max() == 0
+    with pytest.raises(ValueError, match="groups 4 images"):
+        gram_similarity(acts, 4)
+
+
+def test_an_objective_function_renders_as_its_name_and_diversity_sends_images_apart() -> None:
+    """``objective=`` as a function of (layer, channels) renders what the name renders; k diverse images per channel
+    start from their own seeds (the first from the channel's usual one) and, under the penalty, their Gram matrices
+    are less alike than without it."""
+    model = tiny()
+    by_name = visualize_features(model, "2", [1, 3], size=16, steps=6)
+    by_function = visualize_features(model, "2", [1, 3], size=16, steps=6, objective=lambda name, c: channel(name, c))
+    torch.testing.assert_close(by_function, by_name, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="returned int, not an Objective"):
+        visualize_features(model, "2", [1], size=8, steps=1, objective=lambda name, c: 3)  # type: ignore[arg-type,return-value]
+    free = visualize_features(model, "2", [1, 3], size=16, steps=40, diversity_images=3, diversity_weight=0.0)
+    apart = visualize_features(model, "2", [1, 3], size=16, steps=40, diversity_images=3, diversity_weight=2.0)
+    assert free.shape == (6, 3, 16, 16)
+    alone = visualize_features(model, "2", [3], size=16, steps=40, diversity_images=3, diversity_weight=0.0)
+    torch.testing.assert_close(free[3:], alone, atol=1e-5, rtol=0)  # a channel's images do not depend on the others'
+
+    def similarity(images: Tensor) -> float:
+        captured: list[Tensor] = []
+        run_to(model, images, ["2"], lambda name, out: captured.append(out))
+        return float(gram_similarity(captured[0].detach(), 3).mean())
+
+    assert similarity(apart) < similarity(free)
+
+
+def test_the_atlas_draws_k_images_a_channel_and_tracks_the_first() -> None:
+    from lightning_cnnviz.core import Context, FeatureAtlas, Moment, Probe
+
+    model = tiny()
+    atlas = FeatureAtlas(layers=["2"], channels=[0, 5], steps=4, dream_images=0, atlas=False, diversity=3)
+    shot = atlas.snapshot(model, Probe(torch.rand(8, 3, 16, 16)), Context(Moment(epoch=0, step=0)))
+    assert tuple(atlas.last_images["2"].shape) == (6, 3, 16, 16)
+    grid = shot.images["cnnviz/feature_vis/2"]
+    assert tuple(grid.shape) == (3, 2 + 2 * (64 + 12 + 2), 2 + 3 * (64 + 2))  # a row of three per channel
+    assert atlas.history.stacked("2")[0].shape[:2] == (2, 1)  # the evolution follows one image per channel
+    with pytest.raises(ValueError, match="diversity"):
+        FeatureAtlas(diversity=0)

@@ -24,6 +24,7 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InversionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -35,7 +36,8 @@ from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
 from lightning_cnnviz.demo.tasks import OTHER_INPUTS, TaskModule, boxes, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
-IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor")
+IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor",
+                  "InversionMonitor")
 WRITTEN = {
     "filter": ["cnnviz/filters/net."],
     "activation": ["cnnviz/activations/dead_fraction/", "cnnviz/activations/sparsity/", "cnnviz/activations/dead_map"],
@@ -44,12 +46,13 @@ WRITTEN = {
     "top_patch": ["cnnviz/top_patches/net.backbone.", "cnnviz/evolution/net.backbone."],
     "embedding": ["cnnviz/embedding/tsne", "cnnviz/embedding/grid"],
     "feature_vis": ["cnnviz/feature_vis/net.backbone.", "cnnviz/atlas/net.backbone.", "cnnviz/deep_dream"],
+    "inversion": ["cnnviz/inversion_evolution", "cnnviz/inversion/psnr/net.backbone."],
 }
 KNN = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
 
 
 def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
-    """All eight monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
+    """All nine monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
     per layer) shrunk."""
     return {
         "filter": FilterMonitor(),
@@ -60,6 +63,7 @@ def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
         "embedding": EmbeddingMonitor(probe_size=8, every_n_epochs=1),
         "feature_vis": FeatureVisMonitor(steps=4, probe_size=8, every_n_epochs=1, max_channels=channels),
         "class_models": ClassModelMonitor(steps=4, probe_size=8),
+        "inversion": InversionMonitor(steps=4),
     }
 
 
@@ -96,7 +100,8 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         writers = list(WRITTEN)
         chosen = [m for m in told if "so the probe images go directly into 'net.backbone' (its `backbone`)" in m]
         assert sorted(m.split(":")[0] for m in chosen) == ["ActivationMapMonitor", "EmbeddingMonitor",
-                                                           "FeatureVisMonitor", "TopPatchMonitor"]  # fmt: skip
+                                                           "FeatureVisMonitor", "InversionMonitor",
+                                                           "TopPatchMonitor"]  # fmt: skip
         assert f"(64, 64) -> {(96, 96) if name == 'fcos' else (320, 320)}" in chosen[0]
         assert any(m.startswith("SaliencyMonitor: task 'detection'") and "highest-scoring box" in m for m in told)
     else:
@@ -108,7 +113,8 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         ]
         assert sorted(off) == sorted(expected)
         writers = ["filter", "activation", "activation_maps"]
-        images = ("saliency", "top_patches", "embedding", "feature_vis", "atlas", "deep_dream", "class_models")
+        images = ("saliency", "top_patches", "embedding", "feature_vis", "atlas", "deep_dream", "class_models",
+                  "inversion")
         assert not [tag for tag in tags if tag.startswith(tuple(f"cnnviz/{kind}" for kind in images))]
     for monitor in writers:
         for prefix in WRITTEN[monitor]:

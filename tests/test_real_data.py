@@ -6,6 +6,7 @@ without it these tests skip, saying how to get it (and fail under ``CI=true``)."
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,68 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     print(f"class models: {int(wins.sum())} of 10 win their class; logit over the best test image's, median "
           f"{ratio:.2f}; {int((logits.diagonal() > best_logit).sum())} of 10 above it")
     assert int((logits.diagonal() > best_logit).sum()) >= 8 and float(ratio) > 1.5
+
+    check_inversion(model, probe, labels, mean, std)
+    check_diversity(model, probe, mean, std)
+
+
+def check_inversion(model: Any, probe: Tensor, labels: Tensor, mean: Tensor, std: Tensor) -> None:
+    """Four test images (one per class) inverted from conv1, conv2, conv3 and the code at the monitor's defaults: at
+    least 20 dB from the first conv, the error growing with depth, and each reconstruction's code nearer its
+    original's than any other probe image's code (Mahendran and Vedaldi 2015)."""
+    from lightning_cnnviz.core import Context, FeatureInversion, InputScale, Moment, Probe
+    from lightning_cnnviz.core.methods.inversion import code_distances
+
+    chosen = torch.tensor([int((labels == c).nonzero()[0]) for c in range(4)])
+    inversion = FeatureInversion()
+    scale = InputScale(mean.flatten().tolist(), std.flatten().tolist())
+    inversion.snapshot(model, Probe(probe[chosen], labels[chosen]), Context(Moment(epoch=0, step=0), scale=scale))
+    assert inversion.last_images is not None
+    quality = list(inversion.last_psnr.values())
+    print(f"inversion PSNR (dB) per layer: {inversion.last_psnr}")
+    assert quality[0] >= 20 and all(a > b for a, b in itertools.pairwise(quality))
+    originals = probe[chosen]
+    for index, site in enumerate(inversion.sites):
+        rebuilt = (inversion.last_images[index] - mean) / std
+        to_original = code_distances(model, rebuilt, originals, site)  # (reconstruction, original)
+        between = code_distances(model, originals, originals, site).fill_diagonal_(float("inf"))
+        assert bool((to_original.diagonal() < between.min(dim=1).values).all()), site
+
+
+def check_diversity(model: Any, probe: Tensor, mean: Tensor, std: Tensor) -> None:
+    """``diversity=4`` on eight channels of conv3: the four images' activations at the layer are less alike (mean
+    pairwise cosine) than four seeds rendered without the penalty, and still excite their channel to about 0.7 of
+    those seeds' mean or more (Olah et al. 2017); the figures are printed."""
+    from lightning_cnnviz.core import visualize_features
+    from lightning_cnnviz.core.methods.feature_vis import color_correlation
+    from lightning_cnnviz.core.model.modules import evaluating, run_to
+
+    colors = color_correlation((probe[:512] * std + mean).clamp(0, 1))
+    options = {"size": 32, "steps": 128, "colors": colors, "mean": mean.flatten(), "std": std.flatten()}
+
+    def activations(images: Tensor) -> Tensor:
+        found: list[Tensor] = []
+        with torch.no_grad(), evaluating(model):
+            run_to(model, (images - mean) / std, ["net.conv3"], lambda name, out: found.append(out))
+        return found[0]
+
+    def pairwise(values: Tensor) -> float:
+        unit = torch.nn.functional.normalize(values.flatten(1), dim=1)
+        similar = unit @ unit.T
+        return float((similar.sum() - similar.diagonal().sum()) / (len(values) * (len(values) - 1)))
+
+    rows = []
+    for c in (0, 5, 17, 40, 64, 77, 100, 120):
+        seeds = torch.cat([visualize_features(model, "net.conv3", [c], seed=s, **options) for s in range(4)])
+        diverse = visualize_features(model, "net.conv3", [c], diversity_images=4, **options)
+        plain, apart = activations(seeds), activations(diverse)
+        optimum = plain[:, c].mean(dim=(1, 2)).mean()
+        rows.append((c, pairwise(plain), pairwise(apart), float(apart[:, c].mean(dim=(1, 2)).min() / optimum)))
+    print("diversity (channel, cosine of 4 seeds, cosine of 4 diverse, weakest diverse / seeds' optimum): "
+          + "; ".join(f"{c}: {a:.3f} {b:.3f} {r:.2f}" for c, a, b, r in rows))  # fmt: skip
+    # on the README's network: lower for 8 of 8, each image at least 0.69 of the optimum (7 of 8 at 0.7 or more)
+    assert sum(b < a for _, a, b, _ in rows) >= 7 and sum(r >= 0.7 for *_, r in rows) >= 6
+    assert min(r for *_, r in rows) >= 0.5 and sum(a - b for _, a, b, _ in rows) > 0.2
 
 
 def test_tsne_of_trained_cnn_codes_matches_opentsne_quality(

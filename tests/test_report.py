@@ -37,6 +37,8 @@ EVERY_MONITOR = (
     "cnnviz/feature_vis_evolution/net.conv1",
     "cnnviz/class_models",
     "cnnviz/class_models_evolution",
+    "cnnviz/inversion",
+    "cnnviz/inversion_evolution",
     "cnnviz/atlas/net.conv3",
     "cnnviz/deep_dream",
 )
@@ -295,6 +297,7 @@ def plain_monitors() -> list[Any]:
         EmbeddingMonitor,
         FeatureVisMonitor,
         FilterMonitor,
+        InversionMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
     )
@@ -304,7 +307,7 @@ def plain_monitors() -> list[Any]:
         ActivationMapMonitor(every_n_epochs=1), SaliencyMonitor(num_images=4, smoothgrad_samples=2, every_n_epochs=1),
         TopPatchMonitor(probe_size=32, every_n_epochs=1), EmbeddingMonitor(probe_size=48, every_n_epochs=1),
         FeatureVisMonitor(steps=8, probe_size=16, max_channels=2, dream_images=1, every_n_epochs=1),
-        ClassModelMonitor(steps=8, probe_size=16, every_n_epochs=1),
+        ClassModelMonitor(steps=8, probe_size=16, every_n_epochs=1), InversionMonitor(steps=8, every_n_epochs=1),
     ]  # fmt: skip
 
 
@@ -357,7 +360,7 @@ def test_cnnviz_report_of_a_plain_run_from_class_paths(plain_run: tuple[Path, Pa
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "r" / "report.html").read_text()
     listed = ("FilterMonitor, ActivationMonitor, ActivationMapMonitor, SaliencyMonitor, TopPatchMonitor, "
-              "EmbeddingMonitor, FeatureVisMonitor, ClassModelMonitor")  # fmt: skip
+              "EmbeddingMonitor, FeatureVisMonitor, ClassModelMonitor, InversionMonitor")  # fmt: skip
     assert f"<th>monitors</th><td>{listed}</td>" in page
     assert set(EVERY_MONITOR) <= set(embedded_images(page))
     wrong = subprocess.run([*command[:-2], "--model-args", '{"channels": [4, 4, 4]}'], capture_output=True, text=True,

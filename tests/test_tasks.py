@@ -24,6 +24,7 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InversionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -54,6 +55,7 @@ WRITTEN = {
     "top_patch": ["cnnviz/top_patches/"],
     "embedding": ["cnnviz/embedding/tsne", "cnnviz/embedding/grid", "cnnviz/embedding/neighbours"],
     "feature_vis": ["cnnviz/feature_vis/"],
+    "inversion": ["cnnviz/inversion", "cnnviz/inversion_evolution", "cnnviz/inversion/psnr/"],
 }
 EXPECTED_TASK = {
     "simclr": "embedding", "autoencoder": "reconstruction", "multilabel": "multilabel", "regression": "regression",
@@ -67,7 +69,7 @@ NOT_APPLYING = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one 
 
 
 def all_monitors() -> dict[str, pl.Callback]:
-    """All eight monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
+    """All nine monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
@@ -77,6 +79,7 @@ def all_monitors() -> dict[str, pl.Callback]:
         "embedding": EmbeddingMonitor(probe_size=24, every_n_epochs=1),
         "feature_vis": FeatureVisMonitor(steps=4, probe_size=16, every_n_epochs=1),
         "class_models": ClassModelMonitor(steps=4, probe_size=16),
+        "inversion": InversionMonitor(steps=4),
     }
 
 

@@ -11,6 +11,7 @@ from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
 from lightning_cnnviz.core import Budget, FeatureAtlas, ProbeSet
 from lightning_cnnviz.core.checks import check_positive_int
+from lightning_cnnviz.core.methods.feature_vis import DIVERSITY_WEIGHT, ObjectiveFactory
 from lightning_cnnviz.core.monitors.selection import Projection
 
 __all__ = ["FeatureVisMonitor"]
@@ -40,7 +41,8 @@ class FeatureVisMonitor(EpochMonitor):
         probe_size: probe images; ``batch_to_images``: where they are in a batch (as :class:`TopPatchMonitor`).
         every_n_epochs, budget, priority, on_error: when it logs and its error policy, as
             :class:`~lightning_cnnviz.EpochMonitor`.
-        steps, lr, seed, size, mean, std, normalize, dream_images: as :class:`~lightning_cnnviz.core.FeatureAtlas`.
+        steps, lr, seed, size, mean, std, normalize, dream_images, objective, diversity, diversity_weight: as
+            :class:`~lightning_cnnviz.core.FeatureAtlas` (``diversity=4``: four different images per channel).
         atlas: draw the atlas.
 
     Example:
@@ -67,6 +69,9 @@ class FeatureVisMonitor(EpochMonitor):
         probe_size: int = 256,
         method: Projection = "guided_backprop",
         max_channels: int = 16,
+        objective: str | ObjectiveFactory = "auto",
+        diversity: int = 1,
+        diversity_weight: float = DIVERSITY_WEIGHT,
         batch_to_images: Callable[[Any], Tensor] | None = None,
         on_error: ErrorPolicy = "warn",
         module: str | None = None,
@@ -78,7 +83,8 @@ class FeatureVisMonitor(EpochMonitor):
         self.renderer = FeatureAtlas(
             layers=layers, channels=channels, steps=steps, lr=lr, seed=seed, size=size, mean=mean, std=std,
             normalize=normalize, dream_images=dream_images, atlas=atlas, k=k, method=method,
-            max_channels=max_channels, module=module, who=who,
+            max_channels=max_channels, module=module, objective=objective, diversity=diversity,
+            diversity_weight=diversity_weight, who=who,
         )  # fmt: skip
         super().__init__(self.renderer, probe, every_n_epochs, on_error, budget, priority)
         self.selection, self.history = self.renderer.selection, self.renderer.history

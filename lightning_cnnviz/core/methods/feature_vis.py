@@ -10,6 +10,7 @@ channel's mean activation. One image per channel, one forward and backward per s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -17,15 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cnnviz.core.checks import check_positive_int
 from lightning_cnnviz.core.context import InputScale
-from lightning_cnnviz.core.methods.objectives import OUTPUT, Objective, channel, neuron
+from lightning_cnnviz.core.methods.objectives import OUTPUT, Objective, channel, diversity, neuron
 from lightning_cnnviz.core.methods.objectives import layer as layer_objective
 from lightning_cnnviz.core.methods.saliency import ReluGradientRule
 from lightning_cnnviz.core.model.capture import capture
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import evaluating, logits_of, model_device, resolve_modules, run_to
 
-__all__ = ["deep_dream", "evaluate", "render_objective", "render_pixels", "visualize_features"]
+__all__ = ["DIVERSITY_WEIGHT", "ObjectiveFactory", "deep_dream", "evaluate", "render_objective", "render_pixels",
+           "visualize_features"]  # fmt: skip
+
+#: What FeatureVisMonitor renders for a layer: a function of (layer, one channel per image) giving their objective.
+ObjectiveFactory = Callable[[str, list[int]], Objective]
+#: The diversity term's weight, as a share of each image's own score per unit of Gram cosine similarity.
+DIVERSITY_WEIGHT = 0.5
 
 
 def color_correlation(images: Tensor) -> Tensor:
@@ -121,18 +129,21 @@ def _check_channels(model: nn.Module, layer: str, channels: Sequence[int], examp
     return count
 
 
-def evaluate(model: nn.Module, objective: Objective, inputs: Tensor) -> Tensor:
+def evaluate(model: nn.Module, objective: Objective, inputs: Tensor, *others: Objective) -> Tensor:
     """``objective``'s score per image of one forward of ``inputs`` (N,): to the last layer it reads (``run_to``), or
     through the whole model when it reads the class scores (``logits_of`` the output, the activations captured in
-    the graph). Gradients flow when the caller enables them."""
-    layers = [name for name in objective.layers if name != OUTPUT]
-    if not objective.needs_output:
+    the graph). Gradients flow when the caller enables them. With ``others``, the scores of each objective from
+    the same forward, (1 + len(others), N)."""
+    every = (objective, *others)
+    layers = list(dict.fromkeys(name for wanted in every for name in wanted.layers if name != OUTPUT))
+    if not any(wanted.needs_output for wanted in every):
         captured: dict[str, Tensor] = {}
         run_to(model, inputs, layers, captured.__setitem__)
-        return objective(captured)
-    with capture(model, layers, detach=False) as captured:
-        output = logits_of(model(inputs))
-    return objective({**captured, OUTPUT: output})
+    else:
+        with capture(model, layers, detach=False) as found:
+            output = logits_of(model(inputs))
+        captured = {**found, OUTPUT: output}
+    return objective(captured) if not others else torch.stack([wanted(captured) for wanted in every])
 
 
 def render_objective(
@@ -151,6 +162,8 @@ def render_objective(
     l2: float = 0.0,
     redirected_relu_steps: int = 0,
     device: torch.device | str | None = None,
+    penalty: Objective | None = None,
+    penalty_steps: int | None = None,
 ) -> Tensor:
     """``count`` images (count, C, H, W) in [0, 1] that maximise ``objective`` (one score per image: image ``i``
     its ``i``-th channel or class, or all the same), optimised in one batch: decorrelated Fourier parameterisation
@@ -160,7 +173,9 @@ def render_objective(
     (else the image). Image ``i`` starts from ``seeds[i]`` (default ``range(count)``), so it does not depend on the
     other images of its batch. The model runs in eval mode; parameters' ``.grad`` are untouched; no hook is left.
     ``redirected_relu_steps``: for that many first steps the ReLU backward also passes gradients that would raise
-    a negative input (Lucid's "redirected ReLU").
+    a negative input (Lucid's "redirected ReLU"). ``penalty`` is added for the first ``penalty_steps`` steps (all by
+    default), each image's times its current |objective| (so a weight is a share of the objective, whatever the
+    layer's scale): a diversity term that sends the images of one objective apart.
 
     Example:
         >>> from lightning_cnnviz.core.methods.objectives import channel
@@ -184,11 +199,11 @@ def render_objective(
             pixels = image()
             seen = random_views(pixels, draws[step], jitter=max(jitter, 0.03)) if transforms else pixels
             inputs = normalize(seen) if normalize is not None else seen
-            if step < redirected_relu_steps:
-                with ReluGradientRule("redirected"):
-                    score = evaluate(model, objective, inputs).sum()
-            else:
-                score = evaluate(model, objective, inputs).sum()
+            extra = (penalty,) if penalty is not None and step < (penalty_steps or steps) else ()
+            with ReluGradientRule("redirected") if step < redirected_relu_steps else contextlib.nullcontext():
+                scores = evaluate(model, objective, inputs, *extra)
+            # the penalty trades a share of each image's own score: the same on any layer's scale
+            score = scores.sum() if not extra else (scores[0] + scores[1] * scores[0].detach().abs()).sum()
             if l2:
                 score = score - l2 * (pixels - 0.5).pow(2).sum()
             (grad,) = torch.autograd.grad(-score, image.spectrum)
@@ -248,16 +263,25 @@ def visualize_features(
     mean: Sequence[float] | Tensor | None = None,
     std: Sequence[float] | Tensor | None = None,
     transforms: bool = True,
-    objective: str = "channel",
+    objective: str | ObjectiveFactory = "channel",
     l2: float = 0.0,
     redirected_relu_steps: int = 0,
     device: torch.device | str | None = None,
+    diversity_images: int = 1,
+    diversity_weight: float = DIVERSITY_WEIGHT,
 ) -> Tensor:
-    """Images that maximise the mean activation of each of ``channels`` of ``layer``: (len(channels), C, H, W) in
-    [0, 1], one per channel, all optimised in one batch (:func:`render_objective` of the channel objectives).
+    """Images that maximise the mean activation of each of ``channels`` of ``layer``: (len(channels) *
+    diversity_images, C, H, W) in [0, 1], ``diversity_images`` per channel (channel after channel), all optimised in
+    one batch (:func:`render_objective` of the channel objectives).
 
-    ``objective``: ``"channel"`` (the channel's mean activation over all positions) or ``"neuron"`` (its activation
-    at the central position). ``l2`` subtracts ``l2 * ||image - 0.5||^2`` from each score (Simonyan et al. 2013's
+    ``objective``: ``"channel"`` (the channel's mean activation over all positions), ``"neuron"`` (its activation
+    at the central position), or a function of ``(layer, channels)`` (one channel per image) returning the
+    :class:`~lightning_cnnviz.core.Objective` of those images (``lambda layer, chans: channel(layer, chans) - 0.1 *
+    layer_objective(layer)``). With ``diversity_images`` = k > 1, each channel's k images (each from its own seed)
+    also lower the mean cosine similarity of their Gram matrices at ``layer`` (Olah et al. 2017's diversity;
+    :func:`~lightning_cnnviz.core.methods.objectives.diversity`), weighted by ``diversity_weight`` times each
+    image's own score (:func:`render_objective`'s ``penalty``), so that they show different things the channel
+    answers to. ``l2`` subtracts ``l2 * ||image - 0.5||^2`` from each score (Simonyan et al. 2013's
     class-model regulariser; with it, a linear unit's optimum is its own weights). ``colors``: (C, C) colour
     correlation of the data (:func:`color_correlation` of probe images; the identity by
     default). The model sees ``normalize(image)``, or ``(image - mean) / std``, or the image. The same ``seed``,
@@ -271,21 +295,30 @@ def visualize_features(
         torch.Size([2, 3, 8, 8])
     """
     height, width = (size, size) if isinstance(size, int) else size
-    if objective not in ("channel", "neuron"):
-        raise ValueError(f"visualize_features: `objective` can be 'channel' or 'neuron', got {objective!r}")
+    if not callable(objective) and objective not in ("channel", "neuron"):
+        raise ValueError(f"visualize_features: `objective` can be 'channel', 'neuron' or a function of (layer, "
+                         f"channels) returning an Objective, got {objective!r}")  # fmt: skip
     device = torch.device(device) if device is not None else model_device(model)
     resolve_modules(model, [layer], what="visualize_features layer")
     _check_channels(model, layer, channels, torch.zeros(1, in_channels, height, width, device=device))
     if normalize is None and mean is not None and std is not None:
         normalize = InputScale(mean, std).to_model
-    # One seed per image, from the seed and its channel: a channel's render does not depend on which other channels
-    # share its batch (so the channels can be split over processes).
-    seeds = [seed * 1_000_003 + int(c) for c in channels]
-    wanted = (neuron if objective == "neuron" else channel)(layer, list(channels))
+    # One seed per image, from the seed, its channel and its copy: a channel's render does not depend on which other
+    # channels share its batch (so the channels can be split over processes).
+    copies = check_positive_int("visualize_features", "diversity_images", diversity_images)
+    seeds = [seed * 1_000_003 + int(c) + 7_919 * j for c in channels for j in range(copies)]
+    repeated = [int(c) for c in channels for _ in range(copies)]
+    if callable(objective):
+        wanted = objective(layer, repeated)
+        if not isinstance(wanted, Objective):
+            raise TypeError(f"visualize_features: `objective` returned {type(wanted).__name__}, not an Objective.")
+    else:
+        wanted = (neuron if objective == "neuron" else channel)(layer, repeated)
+    penalty = -float(diversity_weight) * diversity(layer, copies) if copies > 1 else None
     return render_objective(
-        model, wanted, len(channels), size=(height, width), in_channels=in_channels, steps=steps, lr=lr, seeds=seeds,
+        model, wanted, len(seeds), size=(height, width), in_channels=in_channels, steps=steps, lr=lr, seeds=seeds,
         colors=colors, normalize=normalize, transforms=transforms, l2=l2, redirected_relu_steps=redirected_relu_steps,
-        device=device,
+        device=device, penalty=penalty,
     )  # fmt: skip
 
 

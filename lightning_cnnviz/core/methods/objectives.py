@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["OUTPUT", "Objective", "channel", "class_logit", "class_probability", "direction", "layer", "neuron"]
+__all__ = [
+    "OUTPUT", "Objective", "channel", "class_logit", "class_probability", "direction", "diversity", "layer", "neuron",
+]  # fmt: skip
 
 #: The name under which an objective reads the model's output (its class scores).
 OUTPUT = "<output>"
@@ -50,6 +52,8 @@ class Term:
         rows = torch.arange(count, device=device)
         if self.kind == "layer":  # DeepDream: the mean squared activation
             return found.float().pow(2).flatten(1).mean(dim=1)
+        if self.kind == "diversity":
+            return gram_similarity(found, self.index[0])
         if self.kind == "direction":
             assert self.vector is not None
             vector = self.vector.to(device=device, dtype=found.dtype)
@@ -69,10 +73,28 @@ class Term:
     def describe(self) -> str:
         if self.kind in ("logit", "probability"):
             return f"class {self.kind} {list(self.index) if len(self.index) > 1 else self.index[0]}"
+        if self.kind == "diversity":
+            return f"diversity {self.layer} (groups of {self.index[0]})"
         if self.kind in ("layer", "direction"):
             return f"{self.kind} {self.layer}"
         place = "" if self.position is None else f" at {self.position}"
         return f"{self.kind} {self.layer}:{list(self.index) if len(self.index) > 1 else self.index[0]}{place}"
+
+
+def gram_similarity(activations: Tensor, group: int) -> Tensor:
+    """Per image (N,), the mean cosine similarity of its Gram matrix (channels x channels, over positions) with those
+    of the other images of its group (``group`` consecutive images; N a multiple of it): Olah et al. (2017)'s
+    diversity term, which a batch of images of one objective lowers to look
+    different (Lucid's ``diversity``). 0 for a group of one."""
+    count = activations.shape[0]
+    if group < 1 or count % group:
+        raise ValueError(f"the diversity objective groups {group} images, and a batch of {count} is not made of them.")
+    flat = activations.float().flatten(2)  # (N, C, positions)
+    grams = torch.nn.functional.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
+    grams = grams.view(count // group, group, -1)
+    similar = grams @ grams.transpose(1, 2)  # (groups, group, group)
+    others = (similar.sum(dim=2) - similar.diagonal(dim1=1, dim2=2)) / max(group - 1, 1)
+    return others.flatten()
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,15 @@ def class_probability(index: int | Sequence[int]) -> Objective:
     """The softmax probability of class ``index`` (worse images, as the essay notes: it rises as much by lowering the
     other classes)."""
     return Objective(((1.0, Term("probability", OUTPUT, _indices(index))),))
+
+
+def diversity(layer: str, group: int) -> Objective:
+    """The mean cosine similarity of each image's Gram matrix at ``layer`` with those of the other images of its group
+    of ``group`` consecutive images (:func:`gram_similarity`). Subtract it to render ``group`` different images of
+    one objective: ``channel(l, [c] * 4) - diversity(l, 4)``."""
+    if not isinstance(group, int) or group < 1:
+        raise ValueError(f"the diversity objective's group is a number of images >= 1, got {group!r}.")
+    return Objective(((1.0, Term("diversity", layer, (group,))),))
 
 
 def direction(layer: str, vector: Tensor) -> Objective:

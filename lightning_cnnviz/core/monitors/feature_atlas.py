@@ -15,7 +15,13 @@ from lightning_cnnviz.core.context import Context, InputScale
 from lightning_cnnviz.core.drawing.basic import captioned_grid, tile_grid, to_rgb, upscale
 from lightning_cnnviz.core.drawing.render import render_evolution, render_top_patches
 from lightning_cnnviz.core.inputs.probe import Probe
-from lightning_cnnviz.core.methods.feature_vis import color_correlation, deep_dream, visualize_features
+from lightning_cnnviz.core.methods.feature_vis import (
+    DIVERSITY_WEIGHT,
+    ObjectiveFactory,
+    color_correlation,
+    deep_dream,
+    visualize_features,
+)
 from lightning_cnnviz.core.methods.top_patches import TopActivations
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import model_device
@@ -51,6 +57,13 @@ class FeatureAtlas:
         mean, std, normalize: how the model's inputs are normalised (see above).
         dream_images: probe images to dream (0: none).
         atlas: draw the atlas.
+        objective: what a channel's image maximises: ``"auto"`` (as above), ``"channel"``, ``"neuron"``, or a function
+            of ``(layer, channels)`` returning an :class:`~lightning_cnnviz.core.Objective` scoring one image per
+            channel given (see :func:`~lightning_cnnviz.core.visualize_features`), e.g. a channel minus a share of
+            DeepDream's layer objective.
+        diversity: images per channel (Olah et al. 2017's diversity: k images that lower the similarity of their
+            Gram matrices, ``diversity_weight`` times their own score; the first of each is the one tracked and
+            shown in the atlas). ``cnnviz/feature_vis/<layer>`` then has one row per channel.
 
     Example:
         >>> from lightning_cnnviz.core import Context, Moment
@@ -76,6 +89,9 @@ class FeatureAtlas:
         dream_images: int = 4,
         atlas: bool = True,
         method: Projection = "guided_backprop",
+        objective: str | ObjectiveFactory = "auto",
+        diversity: int = 1,
+        diversity_weight: float = DIVERSITY_WEIGHT,
         who: str | None = None,
         **selection: Unpack[SelectionArguments],
     ) -> None:
@@ -88,6 +104,13 @@ class FeatureAtlas:
         if (mean is None) != (std is None):
             raise ValueError(f"{who}: pass both `mean` and `std`, or neither (got mean={mean}, std={std}).")
         check_choice(who, "method", method, tuple(PROJECTIONS))
+        if not callable(objective):
+            check_choice(who, "objective", objective, ("auto", "channel", "neuron"))
+        self.objective = objective
+        self.diversity = check_positive_int(who, "diversity", diversity)
+        self.diversity_weight = check_number(
+            who, "diversity_weight", diversity_weight, lambda v: v >= 0, "a number >= 0"
+        )
         self.steps, self.lr, self.seed, self.size = steps, float(lr), int(seed), size
         self.scale = InputScale(mean, std, normalize)
         self.dream_images, self.atlas, self.rules = int(dream_images), bool(atlas), PROJECTIONS[method]
@@ -112,7 +135,7 @@ class FeatureAtlas:
         return color_correlation(self.to_pixels(probe[:256].float()))
 
     def render(self, model: nn.Module, layer: str, channels: Sequence[int], probe: Tensor, colors: Tensor) -> Tensor:
-        """The synthesised images (len(channels), C, H, W) in [0, 1] of ``channels`` of ``layer``."""
+        """The synthesised images (len(channels) * diversity, C, H, W) in [0, 1] of ``channels`` of ``layer``."""
         size = (probe.shape[-2], probe.shape[-1])
         if self.size is not None:  # a size of the user's, or the nearest one the network takes
             _, height, width = LayerMap.of(model).size_near(model, (probe.shape[1], self.size, self.size), layer)
@@ -121,10 +144,13 @@ class FeatureAtlas:
         # The first conv layer is linear in its input: the mean of a channel over positions is maximised by the
         # flat colour its weights sum to, so it gets the neuron objective (its central position), whose optimum
         # under the sigmoid's bounds is the filter's own pattern.
-        objective = "neuron" if layer == LayerMap.of(model).first else "channel"
+        objective = self.objective
+        if objective == "auto":
+            objective = "neuron" if layer == LayerMap.of(model).first else "channel"
         return visualize_features(
             model, layer, list(channels), size=size, in_channels=probe.shape[1], steps=self.steps, lr=self.lr,
             seed=self.seed, colors=colors, normalize=self.to_model, device=device, objective=objective,
+            diversity_images=self.diversity, diversity_weight=self.diversity_weight,
         )  # fmt: skip
 
     def pictures(
@@ -140,11 +166,15 @@ class FeatureAtlas:
         """One layer's captioned tiles and evolution (with this call's column, ``caption`` over it), and with the
         top patches' ``panels`` (:meth:`~lightning_cnnviz.core.ChannelSelection.layer_panels`) and validity, its
         atlas."""
-        shown = to_rgb(images.float().clamp(0, 1))
+        every = to_rgb(images.float().clamp(0, 1))
+        copies = len(every) // max(len(channels), 1)
+        shown = every[::copies]  # the first image of each channel: the evolution and the atlas
         self.history.add(layer, caption, shown, step)
         thumbnails, captions = self.history.stacked(layer)
+        names = [f"ch {c}" if copies == 1 else f"ch {c} #{j + 1}" for c in channels for j in range(copies)]
+        grid = captioned_grid(every, names, columns=copies if copies > 1 else None)
         pictures = {
-            f"cnnviz/feature_vis/{layer}": captioned_grid(shown, [f"ch {c}" for c in channels]),
+            f"cnnviz/feature_vis/{layer}": grid,
             f"cnnviz/feature_vis_evolution/{layer}": render_evolution(thumbnails, captions, list(channels)),
         }
         if panels is not None and top_valid is not None:
@@ -166,8 +196,10 @@ class FeatureAtlas:
         """:meth:`render` with the channels split over the ranks (each renders every ``world``-th) and joined in
         channel order on every rank: a collective under several processes."""
         mine = ranks.split(channels)
-        local = self.render(model, layer, mine or list(channels[:1]), probe, colors)[: len(mine)]
-        return ranks.join(local, len(channels))
+        local = self.render(model, layer, mine or list(channels[:1]), probe, colors)[: len(mine) * self.diversity]
+        shape = local.shape[1:]  # each channel's images as one row to join
+        joined = ranks.join(local.reshape(len(mine), -1), len(channels))
+        return joined.reshape(len(channels) * self.diversity, *shape)
 
     def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
         """The renders of the chosen layers and channels, their evolution, with ``atlas`` their atlas beside their
