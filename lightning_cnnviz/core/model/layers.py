@@ -67,7 +67,9 @@ class LayerMap:
             if isinstance(m, CONVS)
         }
         linears = tuple(name for name, m in modules.items() if isinstance(m, nn.Linear))
-        found = cls(type(model).__name__, convs, linears, modules)
+        # the map keeps the submodules but never the model itself: a cached value holding its own weak key would keep
+        # every model ever mapped alive, with its parameters and their memory
+        found = cls(type(model).__name__, convs, linears, {n: m for n, m in modules.items() if m is not model})
         _maps[model] = (key, found)
         return found
 
