@@ -131,6 +131,8 @@ def test_without_a_known_scale_the_box_is_the_probes_range_and_errors_are_clear(
         FeatureInversion(tv=-1)
     with pytest.raises(ValueError, match="images.*N, C, H, W"):
         invert(net, torch.rand(3, 8, 8), [CodeSite("conv1")])
+    with pytest.raises(ValueError, match="read once, by its output or by its input"):
+        codes(net, inputs, [CodeSite("fc"), CodeSite("fc", True)])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ from torch import Tensor
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
 from lightning_cnnviz.core import Budget, FeatureInversion, ProbeSet
-from lightning_cnnviz.core.monitors.inversion import TV
+from lightning_cnnviz.core.methods.inversion import TV
 
 __all__ = ["InversionMonitor"]
 

@@ -163,7 +163,6 @@ def render_objective(
     redirected_relu_steps: int = 0,
     device: torch.device | str | None = None,
     penalty: Objective | None = None,
-    penalty_steps: int | None = None,
 ) -> Tensor:
     """``count`` images (count, C, H, W) in [0, 1] that maximise ``objective`` (one score per image: image ``i``
     its ``i``-th channel or class, or all the same), optimised in one batch: decorrelated Fourier parameterisation
@@ -173,9 +172,9 @@ def render_objective(
     (else the image). Image ``i`` starts from ``seeds[i]`` (default ``range(count)``), so it does not depend on the
     other images of its batch. The model runs in eval mode; parameters' ``.grad`` are untouched; no hook is left.
     ``redirected_relu_steps``: for that many first steps the ReLU backward also passes gradients that would raise
-    a negative input (Lucid's "redirected ReLU"). ``penalty`` is added for the first ``penalty_steps`` steps (all by
-    default), each image's times its current |objective| (so a weight is a share of the objective, whatever the
-    layer's scale): a diversity term that sends the images of one objective apart.
+    a negative input (Lucid's "redirected ReLU"). ``penalty`` is added at every step, each image's times its current
+    |objective| (so a weight is a share of the objective, whatever the layer's scale): a diversity term that sends
+    the images of one objective apart.
 
     Example:
         >>> from lightning_cnnviz.core.methods.objectives import channel
@@ -199,7 +198,7 @@ def render_objective(
             pixels = image()
             seen = random_views(pixels, draws[step], jitter=max(jitter, 0.03)) if transforms else pixels
             inputs = normalize(seen) if normalize is not None else seen
-            extra = (penalty,) if penalty is not None and step < (penalty_steps or steps) else ()
+            extra = (penalty,) if penalty is not None else ()
             with ReluGradientRule("redirected") if step < redirected_relu_steps else contextlib.nullcontext():
                 scores = evaluate(model, objective, inputs, *extra)
             # the penalty trades a share of each image's own score: the same on any layer's scale

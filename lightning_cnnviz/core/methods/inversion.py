@@ -15,7 +15,6 @@ the deepest layer asked for.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,10 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_cnnviz.core.methods._calls import flat_tensors
-from lightning_cnnviz.core.model.modules import StopForward, evaluating, hooked, model_device, resolve_modules
+from lightning_cnnviz.core.model.modules import evaluating, model_device, run_to
 
-__all__ = ["CodeSite", "code_distances", "codes", "invert", "psnr", "total_variation"]
+__all__ = ["TV", "CodeSite", "code_distances", "codes", "invert", "psnr", "total_variation"]
+
+#: The weight of the TV prior, per mean squared pixel difference (images in [0, 1]).
+TV = 0.05
 
 
 @dataclass(frozen=True)
@@ -43,33 +44,21 @@ class CodeSite:
 
 def codes(model: nn.Module, inputs: Tensor, sites: Sequence[CodeSite]) -> list[Tensor]:
     """The codes of ``inputs`` at ``sites`` (each (N, ...), in the order of ``sites``), from one forward that stops once
-    each has been seen. Gradients flow when the caller enables them. ValueError for a site the forward never
-    reaches.
+    each has been seen (:func:`~lightning_cnnviz.core.model.modules.run_to`). Gradients flow when the caller enables
+    them. ValueError for a site the forward never reaches.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 3))
         >>> [tuple(c.shape) for c in codes(net, torch.zeros(4, 1, 5, 5), [CodeSite("0"), CodeSite("3", True)])]
         [(4, 2, 3, 3), (4, 18)]
     """
-    modules = resolve_modules(model, [site.name for site in sites], what="inversion layer")
-    found: dict[CodeSite, Tensor] = {}
-
-    def see(site: CodeSite, value: object) -> None:
-        tensor = next(flat_tensors(value), None)
-        if site in found or tensor is None:
-            return
-        found[site] = tensor
-        if len(found) == len(set(sites)):
-            raise StopForward
-
-    post = [(modules[s.name], lambda m, a, out, s=s: see(s, out)) for s in sites if not s.is_input]
-    pre = [(modules[s.name], lambda m, args, s=s: see(s, args)) for s in sites if s.is_input]
-    with hooked(post, pre), contextlib.suppress(StopForward):
-        model(inputs)
-    missing = [str(site) for site in sites if site not in found]
-    if missing:
-        raise ValueError(f"inversion: layers {missing} are never called by {type(model).__name__}.forward")
-    return [found[site] for site in sites]
+    names = [site.name for site in sites]
+    if len(set(names)) != len(set(sites)):
+        shown = [str(site) for site in sites]
+        raise ValueError(f"inversion: a layer is read once, by its output or by its input; got {shown}.")
+    found: dict[str, Tensor] = {}
+    run_to(model, inputs, names, found.__setitem__, take_input={site.name for site in sites if site.is_input})
+    return [found[name] for name in names]
 
 
 def total_variation(images: Tensor, beta: float = 2.0) -> Tensor:
@@ -105,7 +94,7 @@ def invert(
     *,
     steps: int = 64,
     lr: float = 0.1,
-    tv: float = 0.05,
+    tv: float = TV,
     beta: float = 2.0,
     normalize: Callable[[Tensor], Tensor] | None = None,
     seed: int = 0,

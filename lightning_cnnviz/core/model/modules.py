@@ -191,10 +191,11 @@ def run_to(
     layers: Sequence[str],
     on_output: Callable[[str, Tensor], None],
     *,
-    take_input: bool = False,
+    take_input: bool | Collection[str] = False,
 ) -> None:
     """One forward of ``inputs`` that calls ``on_output(name, tensor)`` with each named module's first output (its
-    first input with ``take_input``) and stops once every one has been seen. ValueError for an unknown layer (the
+    first input with ``take_input``: for every layer, or for the layers it names) and stops once every one has been
+    seen. ValueError for an unknown layer (the
     valid names are listed) or one the forward never reaches.
 
     Example:
@@ -214,8 +215,9 @@ def run_to(
         if len(seen) == len(modules):
             raise StopForward
 
-    pre = [(m, lambda m, args, name=name: see(name, args)) for name, m in modules.items()] if take_input else []
-    post = [] if take_input else [(m, lambda m, args, out, name=name: see(name, out)) for name, m in modules.items()]
+    inputs_of = set(modules) if take_input is True else set(take_input or ())
+    pre = [(m, lambda m, args, name=name: see(name, args)) for name, m in modules.items() if name in inputs_of]
+    post = [(m, lambda m, a, out, name=name: see(name, out)) for name, m in modules.items() if name not in inputs_of]
     with hooked(post, pre), contextlib.suppress(StopForward):
         model(inputs)
     missing = [name for name in layers if name not in seen]

@@ -14,7 +14,7 @@ from lightning_cnnviz.core.context import Context, InputScale
 from lightning_cnnviz.core.drawing.basic import captioned_grid, to_rgb
 from lightning_cnnviz.core.drawing.render import render_evolution
 from lightning_cnnviz.core.inputs.probe import Probe
-from lightning_cnnviz.core.methods.inversion import CodeSite, code_distances, invert, psnr
+from lightning_cnnviz.core.methods.inversion import TV, CodeSite, code_distances, invert, psnr
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import model_device, resolve_modules
 from lightning_cnnviz.core.model.trunk import ImageEntry
@@ -22,9 +22,6 @@ from lightning_cnnviz.core.monitors.history import EvolutionHistory
 from lightning_cnnviz.core.protocol import Snapshot
 
 __all__ = ["FeatureInversion"]
-
-#: The weight of the TV prior, per mean squared pixel difference (images in [0, 1]).
-TV = 0.05
 
 
 def default_sites(layers: LayerMap, count: int = 3) -> list[CodeSite]:
@@ -55,8 +52,9 @@ class FeatureInversion:
         layers: module names whose outputs are inverted; default: three conv layers spread over depth (as
             TopPatchMonitor's) and the code layer (the input of the last ``nn.Linear``, else the last conv).
         images: probe images reconstructed (rows).
-        steps, lr: the optimisation (Adam on the pixels); ``tv``: the weight of the TV prior (default :data:`TV`);
-            ``beta``: its exponent; ``seed``: the noise the reconstructions start from.
+        steps, lr: the optimisation (Adam on the pixels); ``tv``: the weight of the TV prior (default
+            :data:`~lightning_cnnviz.core.methods.inversion.TV`); ``beta``: its exponent; ``seed``: the noise the
+            reconstructions start from.
         mean, std, normalize: how the model's inputs are normalised (else the context's).
         module: the part of the model fed the probe images (as TopPatchMonitor's).
 
