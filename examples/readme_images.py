@@ -266,17 +266,18 @@ def feature_vis(tmp: Path, out: Path) -> None:
 
 
 def class_models(tmp: Path, out: Path) -> None:
-    """The demo CNN on CIFAR-10, 8 epochs of 100 steps, the class models and the feature inversions every 2 epochs;
-    then, for each class, the logits of its class model against the best of 1,000 test images of that class."""
+    """The demo CNN on CIFAR-10, 12 epochs of the whole training set (weight decay 5e-4, about 71% test accuracy),
+    the class models and the feature inversions every 3 epochs; then, for each class, the logits of its class model
+    against the best of 1,000 test images of that class."""
     import torch
 
     from lightning_cnnviz.core import InputScale
 
     cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
-    monitor = ClassModelMonitor(every_n_epochs=2, class_names=cifar_classes())
-    inversion = InversionMonitor(every_n_epochs=2)
-    model = ImageClassifier(in_channels=3, first_kernel=7)
-    run = fit(tmp / "classes", cifar, model, [monitor, inversion], max_epochs=8, limit_train_batches=100)
+    monitor = ClassModelMonitor(every_n_epochs=3, class_names=cifar_classes())
+    inversion = InversionMonitor(every_n_epochs=3)
+    model = ImageClassifier(in_channels=3, first_kernel=7, weight_decay=5e-4)
+    run = fit(tmp / "classes", cifar, model, [monitor, inversion], max_epochs=12)
     save_last_image(run, "cnnviz/class_models", out / "class_models_cifar10.png")
     save_last_image(run, "cnnviz/class_models_evolution", out / "class_models_evolution_cifar10.png")
     save_last_image(run, "cnnviz/inversion", out / "inversion_cifar10.png")

@@ -74,15 +74,21 @@ def fit(tmp_path: Path, monitors: list[Any], clock: FakeTime, epochs: int, **opt
     return fit_listening(trainer, Module(), None)[1]
 
 
-def expected_epochs(epochs: int, fraction: float, share: float = 1.0, steps: int = 10) -> list[int]:
-    """The epochs a monitor on "auto" logs at, by the rule written out: the first, the last, and each epoch where
-    its spending plus one more log fits its share of ``fraction`` of the training time."""
-    spent, logged = 0.0, []
+def expected_epochs(
+    epochs: int, fraction: float, shares: tuple[float, ...] = (1.0,), fixed: float = 0.0, steps: int = 10
+) -> list[list[int]]:
+    """The epochs each monitor on "auto" logs at (in callback order, sharing the pool by ``shares``), by the rule
+    written out: the last epoch; before it, the first log when what the "auto" monitors spent and the final logs they
+    owe fit the pool (``fraction`` of the training time less the ``fixed`` seconds a fixed-cadence monitor, first in
+    order, spends each epoch), later ones when the monitor's spending plus two more logs fit its share of the pool."""
+    spent, logged = [0.0] * len(shares), [[] for _ in shares]  # type: list[float], list[list[int]]
     for epoch in range(epochs):
-        trained = (epoch + 1) * steps * STEP
-        if not logged or epoch == epochs - 1 or spent + COST <= fraction * trained * share:
-            logged.append(epoch)
-            spent += COST
+        pool = fraction * (epoch + 1) * steps * STEP - fixed * (epoch + 1)
+        for i, share in enumerate(shares):
+            owed = sum(s + (COST if s else 0.0) for s in spent)
+            if epoch == epochs - 1 or (spent[i] + 2 * COST <= pool * share if logged[i] else owed <= pool):
+                logged[i].append(epoch)
+                spent[i] += COST
     return logged
 
 
@@ -91,21 +97,21 @@ def test_auto_logs_exactly_when_the_budget_allows_and_the_cost_scalars_are_the_i
     monitor = costly(FilterMonitor(budget=Budget(0.05, clock=clock)), clock)
     told = fit(tmp_path, [monitor], clock, epochs=10)
     assert (
-        "FilterMonitor: every_n_epochs='auto': logs after the first epoch, at the end of the fit, and in between "
-        "whenever its share of the visualization budget allows: 100% of a budget of 5% of the training time (1 "
-        "monitor(s) on 'auto')" in " ".join(told)
+        "FilterMonitor: every_n_epochs='auto': logs at the end of the fit, and before it whenever its share of the "
+        "visualization budget allows one more log and still its final one: 100% of a budget of 5% of the training "
+        "time (1 monitor(s) on 'auto')" in " ".join(told)
     )
-    assert monitor.logged_epochs == expected_epochs(10, 0.05) == [0, 3, 5, 7, 9]
-    assert monitor.cost is not None  # the public view of its account: 5 logs of COST seconds
+    assert [monitor.logged_epochs] == expected_epochs(10, 0.05) == [[0, 5, 7, 9]]
+    assert monitor.cost is not None  # the public view of its account: 4 logs of COST seconds
     cost = monitor.cost
-    assert (cost.logs, cost.spent, cost.last) == (5, pytest.approx(5 * COST), pytest.approx(COST))
+    assert (cost.logs, cost.spent, cost.last) == (4, pytest.approx(4 * COST), pytest.approx(COST))
     scalars = read_events(tmp_path)["scalars"]
     seconds = scalars["cnnviz/cost/FilterMonitor/seconds"]
     fraction = scalars["cnnviz/cost/FilterMonitor/fraction"]
-    assert [event.step for event in seconds] == [0, 3, 5, 7, 9]
-    assert [event.value for event in seconds] == pytest.approx([COST] * 5)
-    # all logs so far over the training time so far: 1/10, 2/40, 3/60, 4/80, 5/100
-    assert [event.value for event in fraction] == pytest.approx([0.1, 0.05, 0.05, 0.05, 0.05])
+    assert [event.step for event in seconds] == [0, 5, 7, 9]
+    assert [event.value for event in seconds] == pytest.approx([COST] * 4)
+    # all logs so far over the training time so far: 1/10, 2/60, 3/80, 4/100
+    assert [event.value for event in fraction] == pytest.approx([0.1, 2 / 60, 3 / 80, 0.04])
 
 
 def test_the_budget_is_shared_by_priority_and_fixed_cadences_spend_from_it(tmp_path: Path) -> None:
@@ -116,10 +122,10 @@ def test_the_budget_is_shared_by_priority_and_fixed_cadences_spend_from_it(tmp_p
     high = costly(SaliencyMonitor(num_images=3, priority=3.0), clock)  # another state key
     fit(tmp_path, [fixed, low, high], clock, epochs=12)
     assert fixed.logged_epochs == list(range(12))
-    # the pool is 20% of the training time less the fixed monitor's 10%: 10%, split 1:3
-    assert low.logged_epochs == expected_epochs(12, 0.1, share=0.25)
-    assert high.logged_epochs == expected_epochs(12, 0.1, share=0.75)
-    assert len(high.logged_epochs) > len(low.logged_epochs) >= 2
+    # the pool is 20% of the training time less the fixed monitor's 10%: 1 s an epoch, split 1:3; after the first
+    # epoch it holds the low monitor's first log; the high one's waits an epoch for the final log the low one owes
+    assert [low.logged_epochs, high.logged_epochs] == expected_epochs(12, 0.2, (0.25, 0.75), fixed=COST)
+    assert low.logged_epochs == [0, 11] and high.logged_epochs == [1, 3, 5, 6, 7, 9, 10, 11]
     tags = read_events(tmp_path)["scalars"]
     assert {"cnnviz/cost/SaliencyMonitor/seconds", "cnnviz/cost/SaliencyMonitor 2/seconds"} <= set(tags)
 
@@ -133,17 +139,17 @@ def test_a_resumed_fit_goes_on_from_the_saved_budget(tmp_path: Path) -> None:
     first = costly(FilterMonitor(budget=Budget(0.05, clock=clock)), clock)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
     fit(tmp_path / "first", [first, checkpoint], clock, epochs=7, enable_checkpointing=True)
-    assert whole.logged_epochs == [0, 3, 5, 7, 9, 11]
-    assert first.logged_epochs == [0, 3, 5, 6]  # 6: the last epoch of this fit
+    assert [whole.logged_epochs] == expected_epochs(12, 0.05) == [[0, 5, 7, 9, 11]]
+    assert first.logged_epochs == [0, 5, 6]  # 6: the last epoch of this fit
 
     resumed_budget = Budget(0.05, clock=clock)
     resumed = costly(FilterMonitor(budget=resumed_budget), clock)
     ckpt = str(tmp_path / "checkpoints" / "last.ckpt")
     fit(tmp_path / "resumed", [resumed], clock, epochs=12, enable_checkpointing=True, ckpt_path=ckpt)
     account = resumed_budget.account("FilterMonitor")
-    # the budget went on from 4 logs in 70 s of training: the next log is due when 5 s fit 5% (epoch 9)
+    # the budget went on from 3 logs in 70 s of training: the next is due when 3 + 2 s fit 5% (epoch 9)
     assert resumed.logged_epochs == [9, 11]
-    assert account.logs == 6 and account.spent == pytest.approx(6 * COST)
+    assert account.logs == 5 and account.spent == pytest.approx(5 * COST)
     assert resumed_budget.trained() == pytest.approx(120 * STEP)
 
 

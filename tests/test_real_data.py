@@ -218,25 +218,38 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     )
     assert bool((ours > best).all())
 
-    # class models at the monitor's defaults: a render scores its class above the best test image of it (after these
-    # 240 steps, 9 of 10 and a median 2.4x; whether it also wins its class is printed, not yet asserted: 6 of 10)
-    from lightning_cnnviz.core import ClassModels, Context, InputScale, Moment, Probe
-
-    models = ClassModels()
-    labels = data._val.tensors[1][:1000]
-    models.snapshot(model, Probe(probe, labels), Context(Moment(epoch=0, step=0), scale=InputScale.of(data)))
-    assert models.last_images is not None
-    with torch.no_grad(), evaluating(model):
-        logits, probe_logits = model((models.last_images - mean) / std), model(probe)
-    best_logit = torch.stack([probe_logits[labels == c, c].max() for c in range(10)])
-    wins = logits.argmax(dim=1) == torch.arange(10)
-    ratio = (logits.diagonal() / best_logit).median()
-    print(f"class models: {int(wins.sum())} of 10 win their class; logit over the best test image's, median "
-          f"{ratio:.2f}; {int((logits.diagonal() > best_logit).sum())} of 10 above it")
-    assert int((logits.diagonal() > best_logit).sum()) >= 8 and float(ratio) > 1.5
-
     check_inversion(model, probe, labels, mean, std)
     check_diversity(model, probe, mean, std)
+
+
+def test_class_models_win_their_class_on_a_trained_cifar10_cnn(tmp_path: Path) -> None:
+    """The demo CNN trained on the CIFAR-10 zip for 5 epochs of the whole training set (about 67% test accuracy):
+    each class model at ClassModelMonitor's defaults makes its class the network's top class, and scores it above
+    the best of 1,000 test images of that class (Simonyan et al. 2013). (Trained 240 steps, at about 45% accuracy,
+    deer's model raises horse's logit higher still: the network has no deer features of its own yet.)"""
+    from lightning_cnnviz.core import ClassModels, Context, InputScale, Moment, Probe
+    from lightning_cnnviz.core.model.modules import evaluating
+    from lightning_cnnviz.demo.data import ImageFolderDataModule
+
+    data = ImageFolderDataModule(str(real_data("cifar10")), limit_val=1000)
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier(in_channels=3, first_kernel=7, weight_decay=5e-4)
+    trainer = make_trainer(tmp_path, [], max_epochs=5, deterministic=False)
+    trainer.fit(model, datamodule=data)
+    probe, labels = data._val.tensors[0][:1000], data._val.tensors[1][:1000]
+    models = ClassModels()
+    models.snapshot(model, Probe(probe, labels), Context(Moment(epoch=0, step=0), scale=InputScale.of(data)))
+    assert models.last_images is not None
+    mean, std = data.mean.view(1, -1, 1, 1), data.std.view(1, -1, 1, 1)
+    with torch.no_grad(), evaluating(model):
+        logits, probe_logits = model((models.last_images - mean) / std), model(probe)
+    accuracy = float((probe_logits.argmax(dim=1) == labels).float().mean())
+    best_logit = torch.stack([probe_logits[labels == c, c].max() for c in range(10)])
+    wins = logits.argmax(dim=1) == torch.arange(10)
+    ratios = logits.diagonal() / best_logit
+    print(f"class models (test accuracy {accuracy:.3f}): {int(wins.sum())} of 10 win their class; logit over the best "
+          f"test image's: median {ratios.median():.2f}, min {ratios.min():.2f}")  # fmt: skip
+    assert bool(wins.all()) and bool((ratios > 1).all()) and float(ratios.median()) > 2
 
 
 def check_inversion(model: Any, probe: Tensor, labels: Tensor, mean: Tensor, std: Tensor) -> None:

@@ -2,10 +2,13 @@
 together, and when a monitor with ``every_n_epochs="auto"`` may log within it.
 
 Every monitor's log is timed (its own cost); the training time is the run's time outside those logs. A monitor on
-"auto" logs after the first epoch and at the end of the fit, always; in between it logs when its spending, with
-one more log at the cost of its latest, stays within its share: the budget's fraction of the training time so far,
-less what the monitors on fixed cadences spent, split among the "auto" monitors by their priorities (equally by
-default). All timing goes through one clock (``time.perf_counter`` unless a test gives another).
+"auto" logs at the end of the fit, always, and before it only within the budget, keeping room for that final log:
+once it has logged, when its spending plus two logs at the cost of its latest (the next and the final one) stays
+within its share (the budget's fraction of the training time so far, less what the monitors on fixed cadences
+spent, split among the "auto" monitors by their priorities); before its first log, whose cost nobody knows yet,
+when the "auto" monitors' spending and the final logs they owe leave room in that pool. So a short fit pays for
+about one log of each monitor, and the first logs of a long one come one after another, cheapest first in effect.
+All timing goes through one clock (``time.perf_counter`` unless a test gives another).
 """
 
 from __future__ import annotations
@@ -63,11 +66,11 @@ class Budget:
         ...     now[0] += 1.0
         >>> budget.trained(), budget.account("A").spent
         (10.0, 1.0)
-        >>> now[0] += 10.0
-        >>> budget.allows("A")  # 1 + 1 s spent against 5% of 20 s
+        >>> now[0] += 30.0
+        >>> budget.allows("A")  # 1 s spent, 1 s more and 1 s for the final log, against 5% of 40 s
         False
         >>> now[0] += 20.0
-        >>> budget.allows("A")  # 2 s against 5% of 40 s
+        >>> budget.allows("A")  # 3 s against 5% of 60 s
         True
     """
 
@@ -99,18 +102,23 @@ class Budget:
         return current
 
     def due(self, who: str) -> bool:
-        """Whether monitor ``who``, on "auto", logs now: its first log, or one its share :meth:`allows`."""
-        return self.account(who).logs == 0 or self.allows(who)
+        """Whether monitor ``who``, on "auto", logs now (before the end of the fit, where it always does): one its
+        share :meth:`allows`, or, before its first log, when the :meth:`pool` holds what the "auto" monitors spent
+        and the final logs they owe (each at the cost of its latest)."""
+        if self.account(who).logs == 0:
+            return sum(a.spent + a.last for a in self.accounts.values() if a.auto) <= self.pool()
+        return self.allows(who)
 
     def explain(self, who: str) -> str:
         """What "auto" means for monitor ``who`` in this run, in a sentence (said once at the start)."""
         auto = [a for a in self.accounts.values() if a.auto]
         return (
-            f"every_n_epochs='auto': logs after the first epoch, at the end of the fit, and in between whenever its "
-            f"share of the visualization budget allows: {100 * self.portion(who):.3g}% of a budget of "
-            f"{100 * (self.fraction or 0):.3g}% of the training time ({len(auto)} monitor(s) on 'auto'), less what "
-            "monitors on a fixed cadence spend. `budget=` sets the fraction, `priority=` the shares; an integer "
-            "`every_n_epochs` logs on a fixed cadence."
+            f"every_n_epochs='auto': logs at the end of the fit, and before it whenever its share of the "
+            f"visualization budget allows one more log and still its final one: {100 * self.portion(who):.3g}% of a "
+            f"budget of {100 * (self.fraction or 0):.3g}% of the training time ({len(auto)} monitor(s) on 'auto'), "
+            "less what monitors on a fixed cadence spend; its first log waits until the monitors' spending leaves "
+            "room. `budget=` sets the fraction, `priority=` the shares; an integer `every_n_epochs` logs on a fixed "
+            "cadence."
         )
 
     def join(self, who: str, priority: float = 1.0, auto: bool = True) -> None:
@@ -155,17 +163,21 @@ class Budget:
         priorities = sum(a.priority for a in self.accounts.values() if a.auto)
         return self.accounts[who].priority / max(priorities, 1e-12)
 
-    def share(self, who: str) -> float:
-        """Seconds monitor ``who`` may have spent by now: the fraction of the training time, less the fixed-cadence
-        monitors' spending, times its :meth:`portion`."""
+    def pool(self) -> float:
+        """Seconds the "auto" monitors together may have spent by now: the fraction of the training time, less the
+        fixed-cadence monitors' spending."""
         fixed = sum(a.spent for a in self.accounts.values() if not a.auto)
-        pool = max(0.0, (self.fraction or DEFAULT_FRACTION["cpu"]) * self.trained() - fixed)
-        return pool * self.portion(who)
+        return max(0.0, (self.fraction or DEFAULT_FRACTION["cpu"]) * self.trained() - fixed)
+
+    def share(self, who: str) -> float:
+        """Seconds monitor ``who`` may have spent by now: the :meth:`pool` times its :meth:`portion`."""
+        return self.pool() * self.portion(who)
 
     def allows(self, who: str) -> bool:
-        """Whether one more log of ``who``, costing what its latest did, stays within its share."""
+        """Whether one more log of ``who`` and its final one, each costing what its latest did, stay within its
+        share."""
         account = self.accounts[who]
-        return account.spent + account.last <= self.share(who)
+        return account.spent + 2 * account.last <= self.share(who)
 
     @contextmanager
     def timed(self, who: str, device: torch.device | str = "cpu") -> Iterator[None]:
