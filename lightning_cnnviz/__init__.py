@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lightning_cnnviz.callbacks import (
+        ActivationAtlasMonitor,
         ActivationMapMonitor,
         ActivationMonitor,
         ClassModelMonitor,
@@ -39,6 +40,7 @@ _SINKS = "lightning_cnnviz.sinks"
 _HOMES = {"DeadFilterEvent": "lightning_cnnviz.core.monitors.alerts", "TensorBoardSink": _SINKS}
 _HOMES.update(register_sink=_SINKS, sink_for=_SINKS)
 __all__ = [
+    "ActivationAtlasMonitor",
     "ActivationMapMonitor",
     "ActivationMonitor",
     "ClassModelMonitor",

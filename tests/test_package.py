@@ -62,7 +62,8 @@ def test_methods_and_drawing_never_import_the_monitors() -> None:
 def test_the_core_public_list_is_small_and_every_module_all_is_real() -> None:
     """``core.__all__`` is the interface (at most 60 names for the six monitors; each later monitor adds its object
     and at most 3 names); every module's own ``__all__`` names exist, and every public name is one of them."""
-    assert len(core.__all__) <= 60, len(core.__all__)
+    later = len([name for name in lightning_cnnviz.__all__ if name.endswith("Monitor") and name != "EpochMonitor"]) - 6
+    assert len(core.__all__) <= 60 + 4 * later, (len(core.__all__), later)
     listed: dict[str, str] = {}
     for path in sorted((PACKAGE / "core").rglob("[!_]*.py")):
         name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -77,9 +78,9 @@ def test_the_core_public_list_is_small_and_every_module_all_is_real() -> None:
 
 def test_top_level_exports_the_monitors_and_the_sink() -> None:
     assert set(lightning_cnnviz.__all__) == {
-        "ActivationMapMonitor", "ActivationMonitor", "ClassModelMonitor", "DeadFilterEvent", "EmbeddingMonitor",
-        "EpochMonitor", "FeatureVisMonitor", "FilterMonitor", "InversionMonitor", "SaliencyMonitor", "TensorBoardSink",
-        "TopPatchMonitor", "__version__", "register_sink", "sink_for",
+        "ActivationAtlasMonitor", "ActivationMapMonitor", "ActivationMonitor", "ClassModelMonitor", "DeadFilterEvent",
+        "EmbeddingMonitor", "EpochMonitor", "FeatureVisMonitor", "FilterMonitor", "InversionMonitor", "SaliencyMonitor",
+        "TensorBoardSink", "TopPatchMonitor", "__version__", "register_sink", "sink_for",
     }  # fmt: skip
     for name in lightning_cnnviz.__all__:
         assert getattr(lightning_cnnviz, name) is not None

@@ -218,6 +218,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     )
     assert bool((ours > best).all())
 
+    labels = data._val.tensors[1][:1000]
     check_inversion(model, probe, labels, mean, std)
     check_diversity(model, probe, mean, std)
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet18
 
 from conftest import assert_field_is_gradient_support, global_state_clean, hooks_left
-from lightning_cnnviz.core.methods.receptive_field import ReceptiveField, receptive_fields
+from lightning_cnnviz.core.model.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.demo.models import resnet18_cifar
 
 

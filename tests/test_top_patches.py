@@ -8,7 +8,6 @@ from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 from torch import Tensor, nn
 
 from conftest import global_state_clean, hooks_left
-from lightning_cnnviz.core.methods.receptive_field import receptive_fields
 from lightning_cnnviz.core.methods.top_patches import (
     StreamingTopK,
     TopActivations,
@@ -17,6 +16,7 @@ from lightning_cnnviz.core.methods.top_patches import (
     project_activations,
     top_activations,
 )
+from lightning_cnnviz.core.model.receptive_field import receptive_fields
 from lightning_cnnviz.demo.models import SmallCNN, resnet18_cifar
 
 STYLES = ["module", "inplace", "functional"]

@@ -1,6 +1,7 @@
 """Thin Lightning adapters over :mod:`lightning_cnnviz.core`, one monitor per file."""
 
 from lightning_cnnviz.callbacks._epoch import EpochMonitor
+from lightning_cnnviz.callbacks.activation_atlas_monitor import ActivationAtlasMonitor
 from lightning_cnnviz.callbacks.activation_map_monitor import ActivationMapMonitor
 from lightning_cnnviz.callbacks.activation_monitor import ActivationMonitor
 from lightning_cnnviz.callbacks.class_model_monitor import ClassModelMonitor
@@ -12,6 +13,7 @@ from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
 __all__ = [
+    "ActivationAtlasMonitor",
     "ActivationMapMonitor",
     "ActivationMonitor",
     "ClassModelMonitor",

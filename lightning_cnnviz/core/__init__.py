@@ -10,7 +10,7 @@ notebook or a plain training loop. The public names, by topic:
   (Projector data); :class:`DoesNotApply`, what a picture that cannot be drawn for a model raises;
 * each monitor's picture: :class:`FilterPanel`, :class:`ActivationHealth`, :class:`ActivationMaps`,
   :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureAtlas`,
-  :class:`ClassModels`, :class:`FeatureInversion`;
+  :class:`ClassModels`, :class:`FeatureInversion`, :class:`ActivationAtlas`;
 * what they share: :class:`LayerMap` (a model's layers, once), :class:`ChannelSelection`, :class:`Probe`,
   :class:`ProbeSet`, :class:`ProbeService`, :func:`select_balanced`; the time budget :class:`Budget`, one
   :class:`Schedule` and :class:`Account` per monitor; :func:`inputs_from_batch` (where a batch's input is;
@@ -52,7 +52,6 @@ from lightning_cnnviz.core.methods.embedding import knn_accuracy, tsne
 from lightning_cnnviz.core.methods.feature_vis import deep_dream, render_objective, visualize_features
 from lightning_cnnviz.core.methods.inversion import invert
 from lightning_cnnviz.core.methods.objectives import Objective
-from lightning_cnnviz.core.methods.receptive_field import receptive_fields
 from lightning_cnnviz.core.methods.saliency import (
     deconvnet,
     grad_cam,
@@ -66,6 +65,8 @@ from lightning_cnnviz.core.methods.stats import ActivationStats, ChannelHealth
 from lightning_cnnviz.core.methods.top_patches import project_activations, top_activations
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import model_device
+from lightning_cnnviz.core.model.receptive_field import receptive_fields
+from lightning_cnnviz.core.monitors.activation_atlas import ActivationAtlas
 from lightning_cnnviz.core.monitors.activation_health import ActivationHealth
 from lightning_cnnviz.core.monitors.activation_maps import ActivationMaps
 from lightning_cnnviz.core.monitors.alerts import DeadFilterAlerts, DeadFilterEvent
@@ -82,6 +83,7 @@ from lightning_cnnviz.core.protocol import DoesNotApply, Embedding, Guard, Momen
 __all__ = [
     "METHODS",
     "Account",
+    "ActivationAtlas",
     "ActivationHealth",
     "ActivationMaps",
     "ActivationSite",

@@ -28,14 +28,17 @@ OUTPUT = "<output>"
 @dataclass(frozen=True)
 class Term:
     """One elementary objective: ``kind`` read at ``layer`` (``OUTPUT`` for class scores), for ``index`` (a channel or
-    class per image, or one for all), at ``position`` (a neuron's (y, x); the centre when None), or along ``vector``
-    (a direction: (C,) for all images or (N, C) one per image)."""
+    class per image, or one for all), at ``position`` (a neuron's (y, x); the centre when None; for a direction,
+    None is the mean over positions and () the centre), or along ``vector``
+    (a direction: (C,) for all images or (N, C) one per image, its dot product weighted by the cosine to the power
+    ``power``)."""
 
     kind: str
     layer: str
     index: tuple[int, ...] = ()
     position: tuple[int, ...] | None = None
     vector: Tensor | None = field(default=None, compare=False)
+    power: float = 0.0
 
     def indices(self, count: int, device: torch.device) -> Tensor:
         """Each image's channel or class (one given for all images is broadcast)."""
@@ -59,7 +62,14 @@ class Term:
             vector = self.vector.to(device=device, dtype=found.dtype)
             vector = vector.expand(count, -1) if vector.dim() == 1 else vector
             shape = (count, vector.shape[1], *([1] * (found.dim() - 2)))
-            return (found * vector.reshape(shape)).sum(dim=1).flatten(1).mean(dim=1)
+            dot = (found * vector.reshape(shape)).sum(dim=1)
+            if self.power:  # Lucid's dot product times the cosine (floored at 0.1) to a power
+                norms = (found.norm(dim=1) + 1e-4) * (vector.norm(dim=1).reshape(shape[:1] + shape[2:]) + 1e-4)
+                dot = dot * (dot / norms).clamp_min(0.1).pow(self.power)
+            if self.position is not None and dot.dim() > 1:  # one position: (), the centre, or (y, x)
+                where = self.position or tuple(side // 2 for side in dot.shape[1:])
+                return dot[(rows, *(torch.tensor(i, device=device) for i in where))]
+            return dot.flatten(1).mean(dim=1)
         picked = found[rows, self.indices(count, device)]  # (N, *spatial) or (N,)
         if self.kind == "logit":
             return picked
@@ -201,9 +211,20 @@ def diversity(layer: str, group: int) -> Objective:
     return Objective(((1.0, Term("diversity", layer, (group,))),))
 
 
-def direction(layer: str, vector: Tensor) -> Objective:
-    """The dot product of ``layer``'s activation vector at each position with ``vector`` ((C,), or (N, C) one per
-    image), averaged over positions (Carter et al.'s activation atlas)."""
+def direction(
+    layer: str, vector: Tensor, cosine_power: float = 0.0, position: str | tuple[int, ...] = "mean"
+) -> Objective:
+    """The dot product of ``layer``'s activation vector with ``vector`` ((C,), or (N, C) one per image), averaged
+    over positions, or at one ``position``: ``"centre"`` or ``(y, x)`` (a neuron, as Lucid's ``direction_neuron``,
+    with which Carter et al. render the activation atlas's cells); with ``cosine_power`` p, each position's dot
+    product times its cosine with ``vector``, floored at 0.1, to the power p (Lucid's ``cossim_pow``, which favours
+    the vector's own direction over the large activations it shares with others)."""
+    if position not in ("mean", "centre") and not (isinstance(position, tuple) and position):
+        raise ValueError(f"a direction's position is 'mean', 'centre' or a tuple (y, x), got {position!r}.")
     if vector.dim() not in (1, 2):
         raise ValueError(f"a direction is a vector (C,) or one per image (N, C); got shape {tuple(vector.shape)}.")
-    return Objective(((1.0, Term("direction", layer, vector=vector.detach())),))
+    if not cosine_power >= 0:
+        raise ValueError(f"a direction's cosine_power is a number >= 0, got {cosine_power!r}.")
+    where = None if position == "mean" else () if position == "centre" else tuple(int(i) for i in position)
+    return Objective(((1.0, Term("direction", layer, position=where, vector=vector.detach(),
+                                 power=float(cosine_power))),))  # fmt: skip

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.inputs.batches import check_images, in_layout_of
-from lightning_cnnviz.core.methods.receptive_field import ReceptiveField
 from lightning_cnnviz.core.methods.saliency import ReluGradientRule, ReluRule
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import evaluating, run_to
 from lightning_cnnviz.core.model.passes import pass_size
+from lightning_cnnviz.core.model.receptive_field import ReceptiveField
 
 __all__ = ["crop_patches", "project_activations", "top_activations"]
 

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.methods.activation_sites import find_activation_sites, tap_activations
-from lightning_cnnviz.core.methods.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.core.model.modules import evaluating, hooked, model_device, named_modules, run_to, spread
+from lightning_cnnviz.core.model.receptive_field import ReceptiveField, receptive_fields
 from lightning_cnnviz.core.protocol import DoesNotApply
 
 __all__ = ["ConvInfo", "LayerMap"]

@@ -14,6 +14,7 @@ from lightning_cnnviz.core.checks import check_names, check_number, check_positi
 from lightning_cnnviz.core.context import Context
 from lightning_cnnviz.core.drawing.basic import to_rgb, upscale
 from lightning_cnnviz.core.drawing.filters import render_profiles
+from lightning_cnnviz.core.drawing.history import EvolutionHistory
 from lightning_cnnviz.core.drawing.maps import MapLayout, framed, line_tiles, render_activation_maps
 from lightning_cnnviz.core.drawing.render import display_rgb, render_evolution
 from lightning_cnnviz.core.inputs.probe import Probe
@@ -22,7 +23,6 @@ from lightning_cnnviz.core.methods.activation_sites import ActivationSite, find_
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import class_name, evaluating, format_names, model_device, spread
 from lightning_cnnviz.core.model.trunk import ImageEntry
-from lightning_cnnviz.core.monitors.history import EvolutionHistory
 from lightning_cnnviz.core.protocol import DoesNotApply, Guard, Snapshot
 
 __all__ = ["ActivationMaps"]

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from lightning_cnnviz.core.checks import check_choice, check_number, check_positive_int
 from lightning_cnnviz.core.context import Context, InputScale
 from lightning_cnnviz.core.drawing.basic import captioned_grid, to_rgb
+from lightning_cnnviz.core.drawing.history import EvolutionHistory
 from lightning_cnnviz.core.drawing.render import display_rgb, render_evolution
 from lightning_cnnviz.core.inputs.probe import Probe
 from lightning_cnnviz.core.inputs.task import decide_task
@@ -18,7 +19,6 @@ from lightning_cnnviz.core.methods.feature_vis import color_correlation, render_
 from lightning_cnnviz.core.methods.objectives import Objective, class_logit, class_probability
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import class_name, evaluating, logits_of, model_device
-from lightning_cnnviz.core.monitors.history import EvolutionHistory
 from lightning_cnnviz.core.protocol import DoesNotApply, Snapshot
 
 __all__ = ["ClassModels"]

@@ -12,13 +12,13 @@ from torch import Tensor, nn
 from lightning_cnnviz.core.checks import check_names, check_number, check_positive_int
 from lightning_cnnviz.core.context import Context, InputScale
 from lightning_cnnviz.core.drawing.basic import captioned_grid, to_rgb
+from lightning_cnnviz.core.drawing.history import EvolutionHistory
 from lightning_cnnviz.core.drawing.render import render_evolution
 from lightning_cnnviz.core.inputs.probe import Probe
 from lightning_cnnviz.core.methods.inversion import TV, CodeSite, code_distances, invert, psnr
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import model_device, resolve_modules
 from lightning_cnnviz.core.model.trunk import ImageEntry
-from lightning_cnnviz.core.monitors.history import EvolutionHistory
 from lightning_cnnviz.core.protocol import Snapshot
 
 __all__ = ["FeatureInversion"]

@@ -16,7 +16,6 @@ from lightning_cnnviz.core.context import Context
 from lightning_cnnviz.core.drawing.basic import normalize_per_item, to_rgb
 from lightning_cnnviz.core.drawing.render import signed_display
 from lightning_cnnviz.core.inputs.probe import Probe
-from lightning_cnnviz.core.methods.receptive_field import ReceptiveField
 from lightning_cnnviz.core.methods.saliency import ReluRule
 from lightning_cnnviz.core.methods.top_patches import (
     StreamingTopK,
@@ -29,6 +28,7 @@ from lightning_cnnviz.core.methods.top_patches import (
 from lightning_cnnviz.core.methods.top_patches import top_activations as scan_top_activations
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import evaluating, format_names, model_device, resolve_modules, run_to, spread
+from lightning_cnnviz.core.model.receptive_field import ReceptiveField
 from lightning_cnnviz.core.model.trunk import ImageEntry
 from lightning_cnnviz.core.protocol import Guard
 

@@ -11,12 +11,12 @@ from typing_extensions import Unpack
 
 from lightning_cnnviz.core.checks import check_choice, check_positive_int
 from lightning_cnnviz.core.context import Context
+from lightning_cnnviz.core.drawing.history import EvolutionHistory
 from lightning_cnnviz.core.drawing.render import render_evolution, render_top_patches
 from lightning_cnnviz.core.inputs.probe import Probe
 from lightning_cnnviz.core.methods.saliency import ReluRule
 from lightning_cnnviz.core.methods.top_patches import TopActivations
 from lightning_cnnviz.core.model.modules import model_device
-from lightning_cnnviz.core.monitors.history import EvolutionHistory
 from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection, SelectionArguments
 from lightning_cnnviz.core.protocol import Snapshot
 
