@@ -63,8 +63,9 @@ class ActivationAtlas:
     average: Lucid's ``direction_neuron``, as Carter et al. render the cells), all cells in one batch.
     ``cnnviz/activation_atlas/<layer>``: the grid of renders, each cell's density shown by its opacity (over white)
     and its count of vectors; with ``examples``, each render has beside it the probe patch (the position's
-    receptive field) whose vector scores highest on the cell's direction. The layout of each call starts from the previous one and is aligned to it (Procrustes), so the
-    cells keep their places from epoch to epoch; the previous layout is kept in :meth:`state_dict`.
+    receptive field) whose vector scores highest on the cell's direction. The layout of each call starts from the
+    previous one and is aligned to it (Procrustes), so the cells keep their places from epoch to epoch; the previous
+    layout is kept in :meth:`state_dict`.
 
     The renders are made as FeatureVisMonitor's (decorrelated Fourier parameterisation in the probe images'
     colours, squashed to [0, 1], random jitter, scale and rotation at each step) and normalised as the model
