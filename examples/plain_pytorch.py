@@ -28,8 +28,8 @@ from lightning_cnnviz.core import (
     ClassModels,
     Context,
     EmbeddingMap,
-    FeatureAtlas,
     FeatureInversion,
+    FeatureVisPanel,
     FilterPanel,
     InputScale,
     Moment,
@@ -54,7 +54,7 @@ class Pictures:
         self.sink, self.window = sink, window
         everything, few, four = Probe(probe, labels), Probe(probe[:8], labels[:8]), Probe(probe[:4], labels[:4])
         self.health = ActivationHealth()
-        # each picture with the probe it draws on: the atlas reuses the gallery's scan of the same channels
+        # each picture with the probe it draws on: the feature-vis panel reuses the gallery's scan of the same channels
         self.pictures: list[tuple[Picture, Probe]] = [
             (self.health, everything),
             (FilterPanel(), everything),
@@ -62,7 +62,7 @@ class Pictures:
             (TopPatchGallery(method="both", max_channels=8), everything),
             (EmbeddingMap(perplexity=20.0, projector=False), everything),
             (SaliencyPanel(smoothgrad_samples=8), few),
-            (FeatureAtlas(steps=64, method="both", max_channels=8), everything),
+            (FeatureVisPanel(steps=64, method="both", max_channels=8), everything),
             (ClassModels(), everything),
             (FeatureInversion(), four),
             *((picture, everything) for picture in extra),  # pictures of your own

@@ -254,12 +254,12 @@ def embedding(tmp: Path, out: Path) -> None:
 
 def feature_vis(tmp: Path, out: Path) -> None:
     """Short epochs (100 steps of 128) on CIFAR-10, a render every epoch: the first layer's synthesised images
-    forming, and the last conv layer's atlas at the end."""
+    forming, and the last conv layer's renders beside their top patches at the end."""
     cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
     monitor = FeatureVisMonitor(every_n_epochs=1, max_channels=8, probe_size=1000, dream_images=3)
     model = ImageClassifier(in_channels=3, first_kernel=7)
     run = fit(tmp / "vis", cifar, model, [monitor], max_epochs=8, limit_train_batches=100)
-    save_last_image(run, "cnnviz/atlas/net.conv3", out / "atlas_conv3_cifar10.png")
+    save_last_image(run, "cnnviz/feature_vis_patches/net.conv3", out / "feature_vis_patches_conv3_cifar10.png")
     save_last_image(run, "cnnviz/feature_vis_evolution/net.conv1", out / "feature_vis_evolution_conv1_cifar10.png")
     save_last_image(run, "cnnviz/feature_vis/net.conv3", out / "feature_vis_conv3_cifar10.png")
     save_last_image(run, "cnnviz/deep_dream", out / "deep_dream_cifar10.png")

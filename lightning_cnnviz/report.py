@@ -39,7 +39,7 @@ _SECTIONS = (
     ("Activation maps of single images", ("cnnviz/activation_maps/", "cnnviz/activation_maps_evolution/")),
     ("Saliency", ("cnnviz/saliency/",)),
     ("Top-9 patches and their projections (Zeiler & Fergus)", ("cnnviz/top_patches/", "cnnviz/evolution/")),
-    ("Feature visualization", ("cnnviz/feature_vis", "cnnviz/atlas/", "cnnviz/deep_dream")),
+    ("Feature visualization", ("cnnviz/feature_vis", "cnnviz/feature_vis_patches/", "cnnviz/deep_dream")),
     ("Class models (Simonyan et al.)", ("cnnviz/class_models",)),
     ("Feature inversion (Mahendran and Vedaldi)", ("cnnviz/inversion",)),
     ("Embedding of the network's codes", ("cnnviz/embedding/",)),

@@ -105,10 +105,11 @@ def test_tensorboard_images_tab_shows_our_pictures(browser: Any, board: str) -> 
     assert seen.page.locator("text=cnnviz/activations/dead_map/net.relu1").count() >= 1
     shown = {status for status, _ in seen.data("/data/plugin/images/individualImage")}
     assert shown == {200}
-    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2F(filters%7Catlas%7Cactivation_maps)%2F")
+    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2F(filters%7Cfeature_vis_patches%7Cactivation_maps)%2F")
     seen.wait_for(
         "filtered images",
-        lambda: seen.page.locator("text=cnnviz/atlas/net.conv3").count() >= 1 and all(i["ok"] for i in seen.images()),
+        lambda: seen.page.locator("text=cnnviz/feature_vis_patches/net.conv3").count() >= 1
+        and all(i["ok"] for i in seen.images()),
     )
     assert seen.page.locator("text=cnnviz/filters/net.conv1").count() >= 1
     assert seen.page.locator("text=cnnviz/activation_maps/net.relu1").count() >= 1

@@ -47,7 +47,7 @@ def test_two_epoch_digits_run_writes_every_monitor_tag(digits_run: tuple[Path, s
     for layer in ("net.conv1", "net.conv2", "net.conv3"):
         assert [e.step for e in events["images"][f"cnnviz/top_patches/{layer}"]] == [1]
         assert [e.step for e in events["images"][f"cnnviz/evolution/{layer}"]] == [1]
-        for kind in ("feature_vis", "feature_vis_evolution", "atlas"):  # every 4 epochs, and at the end
+        for kind in ("feature_vis", "feature_vis_evolution", "feature_vis_patches"):  # every 4 epochs, and at the end
             assert [e.step for e in events["images"][f"cnnviz/{kind}/{layer}"]] == [1]
     assert [e.step for e in events["images"]["cnnviz/deep_dream"]] == [1]
     assert [e.step for e in events["images"]["cnnviz/embedding/neighbours"]] == [1]

@@ -76,7 +76,7 @@ def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
     assert [e.step for e in events["images"]["cnnviz/inversion"]] == [0, 1, 2]
     # feature visualization: channels split over the ranks, gathered, drawn on rank 0 only, equal to one process
     assert ranks[0]["feature_vis_equal_single_process"] is True and ranks[1]["feature_vis_equal_single_process"] is None
-    for tag in ("cnnviz/feature_vis/net.conv2", "cnnviz/atlas/net.conv2", "cnnviz/deep_dream"):
+    for tag in ("cnnviz/feature_vis/net.conv2", "cnnviz/feature_vis_patches/net.conv2", "cnnviz/deep_dream"):
         assert [e.step for e in events["images"][tag]] == [0, 1, 2]
     texts = events["text"]["cnnviz/alerts"]
     assert len(texts) == len(ranks[0]["alerts"])

@@ -14,7 +14,8 @@ from conftest import ROOT, global_state_clean, read_events
 FAMILIES = ("cnnviz/filters/", "cnnviz/activations/dead_map/", "cnnviz/activations/distribution/")
 FAMILIES += ("cnnviz/saliency/grad_cam", "cnnviz/top_patches/", "cnnviz/evolution/", "cnnviz/embedding/tsne")
 FAMILIES += ("cnnviz/activation_maps/", "cnnviz/activation_maps_evolution/", "cnnviz/class_models")
-FAMILIES += ("cnnviz/embedding/neighbours", "cnnviz/feature_vis/", "cnnviz/feature_vis_evolution/", "cnnviz/atlas/")
+FAMILIES += ("cnnviz/embedding/neighbours", "cnnviz/feature_vis/", "cnnviz/feature_vis_evolution/")
+FAMILIES += ("cnnviz/feature_vis_patches/",)
 
 
 @pytest.mark.parametrize("example", ["plain_pytorch", "fabric"])

@@ -163,15 +163,15 @@ def test_an_objective_function_renders_as_its_name_and_diversity_sends_images_ap
     assert similarity(apart) < similarity(free)
 
 
-def test_the_atlas_draws_k_images_a_channel_and_tracks_the_first() -> None:
-    from lightning_cnnviz.core import Context, FeatureAtlas, Moment, Probe
+def test_the_panel_draws_k_images_a_channel_and_tracks_the_first() -> None:
+    from lightning_cnnviz.core import Context, FeatureVisPanel, Moment, Probe
 
     model = tiny()
-    atlas = FeatureAtlas(layers=["2"], channels=[0, 5], steps=4, dream_images=0, atlas=False, diversity=3)
-    shot = atlas.snapshot(model, Probe(torch.rand(8, 3, 16, 16)), Context(Moment(epoch=0, step=0)))
-    assert tuple(atlas.last_images["2"].shape) == (6, 3, 16, 16)
+    panel = FeatureVisPanel(layers=["2"], channels=[0, 5], steps=4, dream_images=0, patches=False, diversity=3)
+    shot = panel.snapshot(model, Probe(torch.rand(8, 3, 16, 16)), Context(Moment(epoch=0, step=0)))
+    assert tuple(panel.last_images["2"].shape) == (6, 3, 16, 16)
     grid = shot.images["cnnviz/feature_vis/2"]
     assert tuple(grid.shape) == (3, 2 + 2 * (64 + 12 + 2), 2 + 3 * (64 + 2))  # a row of three per channel
-    assert atlas.history.stacked("2")[0].shape[:2] == (2, 1)  # the evolution follows one image per channel
+    assert panel.history.stacked("2")[0].shape[:2] == (2, 1)  # the evolution follows one image per channel
     with pytest.raises(ValueError, match="diversity"):
-        FeatureAtlas(diversity=0)
+        FeatureVisPanel(diversity=0)

@@ -21,14 +21,14 @@ def monitor(**options: Any) -> FeatureVisMonitor:
     return FeatureVisMonitor(**{"every_n_epochs": 1, "steps": 16, "probe_size": 64, "on_error": "raise", **options})
 
 
-def test_feature_vis_evolution_atlas_and_dream_per_layer_and_epoch(tmp_path: Path, digits_data: Any) -> None:
+def test_feature_vis_evolution_patches_and_dream_per_layer_and_epoch(tmp_path: Path, digits_data: Any) -> None:
     vis = monitor()
     model = small_model()
     trainer = make_trainer(tmp_path, [vis], max_epochs=2, limit_train_batches=4)
     trainer.fit(model, datamodule=digits_data)
     events = read_events(tmp_path)
     for name in LAYERS:
-        for kind in ("feature_vis", "feature_vis_evolution", "atlas"):
+        for kind in ("feature_vis", "feature_vis_evolution", "feature_vis_patches"):
             assert [e.step for e in events["images"][f"cnnviz/{kind}/{name}"]] == [0, 1], (kind, name)
         evolution = events["images"][f"cnnviz/feature_vis_evolution/{name}"]
         assert evolution[0].width < evolution[1].width  # one column more per epoch
@@ -57,7 +57,7 @@ def test_gradients_untouched_and_hooks_gone_after_an_exception_and_an_error(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ArithmeticError("injected failure in the render")
 
-    monkeypatch.setattr("lightning_cnnviz.core.monitors.feature_atlas.visualize_features", broken)
+    monkeypatch.setattr("lightning_cnnviz.core.monitors.feature_vis_panel.visualize_features", broken)
     model = small_model()
     failing = monitor(on_error="warn")
     trainer = make_trainer(tmp_path / "warn", [failing], max_epochs=2, limit_train_batches=4)
@@ -95,11 +95,11 @@ def test_resume_continues_the_feature_vis_evolution(tmp_path: Path, digits_data:
 
 
 def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data: Any) -> None:
-    """FeatureAtlas and TopPatchGallery are FeatureVisMonitor's logic without a Trainer: on the fitted weights and
+    """FeatureVisPanel and TopPatchGallery are FeatureVisMonitor's logic without a Trainer: on the fitted weights and
     the monitor's probe, a plain SummaryWriter gets the same PNG bytes of every picture as the callback wrote."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from lightning_cnnviz.core import ChannelSelection, FeatureAtlas
+    from lightning_cnnviz.core import ChannelSelection, FeatureVisPanel
 
     vis = FeatureVisMonitor(steps=8, probe_size=32, max_channels=4, dream_images=2, on_error="raise")
     model = small_model()
@@ -110,20 +110,20 @@ def test_a_plain_loop_writes_the_callbacks_pictures(tmp_path: Path, digits_data:
     gallery = ChannelSelection(max_channels=4)
     gallery.configure(model)
     assert gallery.prepare(model, probe[:1])
-    # the data module's mean and std: what the callback gives the atlas as the context's input scale
-    atlas = FeatureAtlas(steps=8, dream_images=2, mean=digits_data.mean, std=digits_data.std)
-    colors, tops = atlas.colors(probe), gallery.scan(model, probe, torch.arange(len(probe)))
-    caption = atlas.history.caption(0, trainer.global_step)
+    # the data module's mean and std: what the callback gives the panel as the context's input scale
+    panel = FeatureVisPanel(steps=8, dream_images=2, mean=digits_data.mean, std=digits_data.std)
+    colors, tops = panel.colors(probe), gallery.scan(model, probe, torch.arange(len(probe)))
+    caption = panel.history.caption(0, trainer.global_step)
     writer = SummaryWriter(str(tmp_path / "plain"))
     for layer in gallery.chosen_layers:
         channels = gallery.chosen_channels[layer]
-        images = atlas.render(model, layer, channels, probe, colors)
+        images = panel.render(model, layer, channels, probe, colors)
         panels = gallery.layer_panels(model, layer, tops[layer], probe, ("guided_backprop",))
-        pictures = atlas.pictures(layer, images, channels, caption, trainer.global_step, panels, tops[layer].valid)
+        pictures = panel.pictures(layer, images, channels, caption, trainer.global_step, panels, tops[layer].valid)
         for tag, picture in pictures.items():
             writer.add_image(tag, picture.float().clamp(0, 1), global_step=0, dataformats="CHW")
     middle = gallery.chosen_layers[len(gallery.chosen_layers) // 2]
-    writer.add_image("cnnviz/deep_dream", atlas.dream(model, middle, probe), global_step=0, dataformats="CHW")
+    writer.add_image("cnnviz/deep_dream", panel.dream(model, middle, probe), global_step=0, dataformats="CHW")
     writer.close()
     fitted, plain = read_events(tmp_path / "fit")["images"], read_events(tmp_path / "plain")["images"]
     assert len(plain) == 3 * 3 + 1 and sorted(plain) == sorted(fitted)

@@ -45,7 +45,9 @@ WRITTEN = {
     "saliency": [f"cnnviz/saliency/{method}" for method in SALIENCY],
     "top_patch": ["cnnviz/top_patches/net.backbone.", "cnnviz/evolution/net.backbone."],
     "embedding": ["cnnviz/embedding/tsne", "cnnviz/embedding/grid"],
-    "feature_vis": ["cnnviz/feature_vis/net.backbone.", "cnnviz/atlas/net.backbone.", "cnnviz/deep_dream"],
+    "feature_vis": [
+        "cnnviz/feature_vis/net.backbone.", "cnnviz/feature_vis_patches/net.backbone.", "cnnviz/deep_dream"
+    ],
     "inversion": ["cnnviz/inversion_evolution", "cnnviz/inversion/psnr/net.backbone."],
 }
 KNN = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
@@ -113,8 +115,8 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         ]
         assert sorted(off) == sorted(expected)
         writers = ["filter", "activation", "activation_maps"]
-        images = ("saliency", "top_patches", "embedding", "feature_vis", "atlas", "deep_dream", "class_models",
-                  "inversion")
+        images = ("saliency", "top_patches", "embedding", "feature_vis", "feature_vis_patches", "deep_dream",
+                  "class_models", "inversion")
         assert not [tag for tag in tags if tag.startswith(tuple(f"cnnviz/{kind}" for kind in images))]
     for monitor in writers:
         for prefix in WRITTEN[monitor]:

@@ -61,6 +61,6 @@ def test_every_monitor_draws_on_a_network_that_refuses_some_input_sizes(tmp_path
     assert hooks_left(model) == [] and global_state_clean()
     written = set(read_events(tmp_path)["images"])
     for family, count in (("cnnviz/filters/", 1), ("cnnviz/top_patches/", 3), ("cnnviz/evolution/", 3),
-                          ("cnnviz/feature_vis/", 3), ("cnnviz/atlas/", 3), ("cnnviz/saliency/", 5),
+                          ("cnnviz/feature_vis/", 3), ("cnnviz/feature_vis_patches/", 3), ("cnnviz/saliency/", 5),
                           ("cnnviz/embedding/tsne", 1), ("cnnviz/deep_dream", 1)):  # fmt: skip
         assert len([tag for tag in written if tag.startswith(family)]) == count, (family, sorted(written))

@@ -20,7 +20,7 @@ from lightning_cnnviz.core import (
     ActivationHealth,
     Context,
     EmbeddingMap,
-    FeatureAtlas,
+    FeatureVisPanel,
     FilterPanel,
     InputScale,
     Moment,
@@ -61,7 +61,7 @@ def six(channels: int = 4) -> list[Picture]:
         SaliencyPanel(smoothgrad_samples=2),
         TopPatchGallery(max_channels=channels, k=3),
         EmbeddingMap(perplexity=5.0, projector=False),
-        FeatureAtlas(steps=4, max_channels=channels, k=3, dream_images=1),
+        FeatureVisPanel(steps=4, max_channels=channels, k=3, dream_images=1),
     ]
 
 
@@ -91,7 +91,7 @@ def expected_tags(model: nn.Module, name: str, picture: Picture) -> set[str]:
     if isinstance(picture, EmbeddingMap):
         return {"cnnviz/embedding/tsne", "cnnviz/embedding/grid", "cnnviz/embedding/neighbours",
                 "cnnviz/embedding/knn_accuracy"}  # fmt: skip
-    kinds = ("feature_vis", "feature_vis_evolution", "atlas")
+    kinds = ("feature_vis", "feature_vis_evolution", "feature_vis_patches")
     return {f"cnnviz/{kind}/{layer}" for kind in kinds for layer in layers} | {"cnnviz/deep_dream"}
 
 
@@ -137,12 +137,12 @@ def test_the_six_core_objects_run_through_one_loop(name: str) -> None:
 
 def test_the_histories_survive_a_state_dict_round_trip() -> None:
     model, probe = networks()["demo_cnn"][0], Probe(torch.rand(16, 1, 16, 16))
-    for make in (lambda: TopPatchGallery(max_channels=2, k=2), lambda: FeatureAtlas(steps=2, max_channels=2, k=2)):
+    for make in (lambda: TopPatchGallery(max_channels=2, k=2), lambda: FeatureVisPanel(steps=2, max_channels=2, k=2)):
         first = make()
         for step in (1, 2):
             first.snapshot(model, probe, Context(Moment(epoch=step - 1, step=step)))
         second = make()
-        assert isinstance(first, (TopPatchGallery, FeatureAtlas)) and isinstance(second, type(first))
+        assert isinstance(first, (TopPatchGallery, FeatureVisPanel)) and isinstance(second, type(first))
         second.load_state_dict(first.state_dict())
         columns = [[c for c, _ in picture.history.columns("conv3")] for picture in (first, second)]
         assert columns[0] == columns[1] == ["ep 0", "ep 1"]

@@ -163,7 +163,7 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     model = ImageClassifier(in_channels=3, first_kernel=7)
     monitor = TopPatchMonitor(layers="net.conv1", every_n_epochs=1, probe_size=512, max_channels=32, on_error="raise")
     vis = FeatureVisMonitor(
-        layers="net.conv1", every_n_epochs=1, steps=128, atlas=False, dream_images=0, on_error="raise"
+        layers="net.conv1", every_n_epochs=1, steps=128, patches=False, dream_images=0, on_error="raise"
     )
     trainer = make_trainer(tmp_path, [monitor, vis], max_epochs=6, limit_train_batches=40, deterministic=False)
     trainer.fit(model, datamodule=data)

@@ -39,7 +39,7 @@ EVERY_MONITOR = (
     "cnnviz/class_models_evolution",
     "cnnviz/inversion",
     "cnnviz/inversion_evolution",
-    "cnnviz/atlas/net.conv3",
+    "cnnviz/feature_vis_patches/net.conv3",
     "cnnviz/deep_dream",
 )
 

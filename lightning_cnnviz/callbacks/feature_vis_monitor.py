@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._epoch import Cadence, EpochMonitor
-from lightning_cnnviz.core import Budget, FeatureAtlas, ProbeSet
+from lightning_cnnviz.core import Budget, FeatureVisPanel, ProbeSet
 from lightning_cnnviz.core.checks import check_positive_int
 from lightning_cnnviz.core.methods.feature_vis import DIVERSITY_WEIGHT, ObjectiveFactory
 from lightning_cnnviz.core.monitors.selection import Projection
@@ -25,25 +25,25 @@ class FeatureVisMonitor(EpochMonitor):
     * ``cnnviz/feature_vis/<layer>``: one tile per channel, captioned;
     * ``cnnviz/feature_vis_evolution/<layer>``: channels x logged epochs (saved in checkpoints, so a resumed run
       continues it);
-    * ``cnnviz/atlas/<layer>``: per channel [synthesised image | its top-9 probe patches | their projections]:
-      what the filter wants beside what it answers in the data. When another monitor of the same Trainer (a
-      TopPatchMonitor) scans the same channels at the same step on a probe at least as large, its scan is used,
-      not made again;
+    * ``cnnviz/feature_vis_patches/<layer>``: per channel [synthesised image | its top-9 probe patches | their
+      projections]: what the filter wants beside what it answers in the data. When another monitor of the same
+      Trainer (a TopPatchMonitor) scans the same channels at the same step on a probe at least as large, its scan is
+      used, not made again;
     * ``cnnviz/deep_dream``: ``dream_images`` probe images [original | dreamed at the middle layer].
 
-    The Lightning adapter of :class:`~lightning_cnnviz.core.FeatureAtlas`, which says how the images are made.
+    The Lightning adapter of :class:`~lightning_cnnviz.core.FeatureVisPanel`, which says how the images are made.
     Without ``mean``/``std``/``normalize``, the data module's ``mean`` and ``std`` attributes (the demo data modules
     have them) say how the model's inputs are normalised. Under DDP the channels are split over the ranks and
     gathered; rank zero draws. Parameters' ``.grad``, ``training`` flags and hooks are left as they were.
 
     Args:
-        layers, channels, max_channels, k, method, module: as :class:`~lightning_cnnviz.core.FeatureAtlas`.
+        layers, channels, max_channels, k, method, module: as :class:`~lightning_cnnviz.core.FeatureVisPanel`.
         probe_size: probe images; ``batch_to_images``: where they are in a batch (as :class:`TopPatchMonitor`).
         every_n_epochs, budget, priority, on_error: when it logs and its error policy, as
             :class:`~lightning_cnnviz.EpochMonitor`.
         steps, lr, seed, size, mean, std, normalize, dream_images, objective, diversity, diversity_weight: as
-            :class:`~lightning_cnnviz.core.FeatureAtlas` (``diversity=4``: four different images per channel).
-        atlas: draw the atlas.
+            :class:`~lightning_cnnviz.core.FeatureVisPanel` (``diversity=4``: four different images per channel).
+        patches: draw ``cnnviz/feature_vis_patches/<layer>``.
 
     Example:
         >>> monitor = FeatureVisMonitor(every_n_epochs=5, steps=256)
@@ -63,7 +63,7 @@ class FeatureVisMonitor(EpochMonitor):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         normalize: Callable[[Tensor], Tensor] | None = None,
-        atlas: bool = True,
+        patches: bool = True,
         dream_images: int = 4,
         k: int = 9,
         probe_size: int = 256,
@@ -80,9 +80,9 @@ class FeatureVisMonitor(EpochMonitor):
     ) -> None:
         who = type(self).__name__
         probe = ProbeSet(who, check_positive_int(who, "probe_size", probe_size), batch_to_images=batch_to_images)
-        self.renderer = FeatureAtlas(
+        self.renderer = FeatureVisPanel(
             layers=layers, channels=channels, steps=steps, lr=lr, seed=seed, size=size, mean=mean, std=std,
-            normalize=normalize, dream_images=dream_images, atlas=atlas, k=k, method=method,
+            normalize=normalize, dream_images=dream_images, patches=patches, k=k, method=method,
             max_channels=max_channels, module=module, objective=objective, diversity=diversity,
             diversity_weight=diversity_weight, who=who,
         )  # fmt: skip
@@ -90,7 +90,7 @@ class FeatureVisMonitor(EpochMonitor):
         self.selection, self.history = self.renderer.selection, self.renderer.history
         self.batch_to_images = batch_to_images
         self.layers, self.k, self.method = self.selection.layers, self.selection.k, method
-        self.steps, self.seed, self.atlas = steps, seed, bool(atlas)
+        self.steps, self.seed, self.patches = steps, seed, bool(patches)
 
     @property
     def last_images(self) -> dict[str, Tensor]:

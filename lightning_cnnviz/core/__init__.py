@@ -9,7 +9,7 @@ notebook or a plain training loop. The public names, by topic:
   policy, :class:`Ranks` the processes, :class:`InputScale`, the shared :class:`ProbeService`); :class:`Embedding`
   (Projector data); :class:`DoesNotApply`, what a picture that cannot be drawn for a model raises;
 * each monitor's picture: :class:`FilterPanel`, :class:`ActivationHealth`, :class:`ActivationMaps`,
-  :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureAtlas`,
+  :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureVisPanel`,
   :class:`ClassModels`, :class:`FeatureInversion`, :class:`ActivationAtlas`;
 * what they share: :class:`LayerMap` (a model's layers, once), :class:`ChannelSelection`, :class:`Probe`,
   :class:`ProbeSet`, :class:`ProbeService`, :func:`select_balanced`; the time budget :class:`Budget`, one
@@ -72,7 +72,7 @@ from lightning_cnnviz.core.monitors.activation_maps import ActivationMaps
 from lightning_cnnviz.core.monitors.alerts import DeadFilterAlerts, DeadFilterEvent
 from lightning_cnnviz.core.monitors.class_models import ClassModels
 from lightning_cnnviz.core.monitors.embedding_map import EmbeddingMap
-from lightning_cnnviz.core.monitors.feature_atlas import FeatureAtlas
+from lightning_cnnviz.core.monitors.feature_vis_panel import FeatureVisPanel
 from lightning_cnnviz.core.monitors.filter_panel import FilterPanel
 from lightning_cnnviz.core.monitors.inversion import FeatureInversion
 from lightning_cnnviz.core.monitors.saliency_panel import SaliencyPanel
@@ -99,8 +99,8 @@ __all__ = [
     "DoesNotApply",
     "Embedding",
     "EmbeddingMap",
-    "FeatureAtlas",
     "FeatureInversion",
+    "FeatureVisPanel",
     "FilterPanel",
     "Guard",
     "InputScale",

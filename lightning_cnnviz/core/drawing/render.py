@@ -212,7 +212,7 @@ def render_top_patches(
 
     ``panels``: name -> (C, k, 3, h, w) tiles in [0, 1] (e.g. ``{"deconvnet": ..., "patches": ...}``), drawn left
     to right; tile ``[c, j]`` belongs to channel ``c``'s ``j``-th strongest activation. A panel of one tile per
-    channel (C, 1, 3, h', w') is drawn as large as the others' grids (an atlas row's synthesised image).
+    channel (C, 1, 3, h', w') is drawn as large as the others' grids (a feature-vis row's synthesised image).
     ``valid`` (C, k): filled slots (others white). Tiles are upscaled to at least ``min_tile_px``; with
     ``labels`` blocks are captioned ``ch <index>`` and with the panel names. Returns (3, H, W) in [0, 1], about
     as many block rows as columns.

@@ -42,7 +42,7 @@ PROJECTIONS: dict[str, tuple[ReluRule, ...]] = {
 
 
 class SelectionArguments(TypedDict, total=False):
-    """The arguments of a :class:`ChannelSelection`, which a picture built on one (TopPatchGallery, FeatureAtlas)
+    """The arguments of a :class:`ChannelSelection`, which a picture built on one (TopPatchGallery, FeatureVisPanel)
     takes as keywords and hands on, declared once."""
 
     layers: Sequence[str] | str | None

@@ -1,5 +1,5 @@
 """FeatureVisMonitor's logic, Trainer-free: images synthesised to excite chosen channels, their evolution over
-calls, the atlas beside the channels' top patches, and DeepDream of probe images."""
+calls, beside the channels' top patches, and DeepDream of probe images."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ from lightning_cnnviz.core.model.modules import model_device
 from lightning_cnnviz.core.monitors.selection import PROJECTIONS, ChannelSelection, Projection, SelectionArguments
 from lightning_cnnviz.core.protocol import Ranks, Snapshot
 
-__all__ = ["FeatureAtlas"]
+__all__ = ["FeatureVisPanel"]
 
 
 
-class FeatureAtlas:
+class FeatureVisPanel:
     """Images synthesised to excite chosen channels (:func:`~lightning_cnnviz.core.visualize_features`; Olah et
     al. 2017), and their pictures: ``cnnviz/feature_vis/<layer>`` (one captioned tile per channel),
-    ``cnnviz/feature_vis_evolution/<layer>`` (channels x calls), ``cnnviz/atlas/<layer>`` (per channel
+    ``cnnviz/feature_vis_evolution/<layer>`` (channels x calls), ``cnnviz/feature_vis_patches/<layer>`` (per channel
     [synthesised image | its top-k probe patches | their projections]) and ``cnnviz/deep_dream`` (probe images
     [original | dreamed at a layer]).
 
@@ -45,33 +45,33 @@ class FeatureAtlas:
     seed every time, so one call's image is comparable to the next one's. The images are optimised in [0, 1]
     pixels, in the colour statistics of the probe images, and normalised as the model expects: ``normalize``, or
     ``(x - mean) / std``, else the context's :class:`~lightning_cnnviz.core.InputScale`, else as they are. The
-    atlas's top patches reuse another picture's scan of the same channels at the same step (the context's shared
-    service), or scan the probe itself.
+    top patches beside the renders reuse another picture's scan of the same channels at the same step (the
+    context's shared service), or scan the probe itself.
 
     Args:
         layers, channels, k, max_channels, module: which channels (:class:`~lightning_cnnviz.core.ChannelSelection`;
             by default three conv layers across depth, up to 16 channels each) and the top patches per channel.
-        method: the atlas's projections: ``"deconvnet"``, ``"guided_backprop"`` or ``"both"``.
+        method: the projections beside the renders: ``"deconvnet"``, ``"guided_backprop"`` or ``"both"``.
         steps: optimisation steps per render; ``lr``: Adam's learning rate; ``seed``: the render's seed.
         size: side of the synthesised images (default: the probe images' size).
         mean, std, normalize: how the model's inputs are normalised (see above).
         dream_images: probe images to dream (0: none).
-        atlas: draw the atlas.
+        patches: draw ``cnnviz/feature_vis_patches/<layer>``.
         objective: what a channel's image maximises: ``"auto"`` (as above), ``"channel"``, ``"neuron"``, or a function
             of ``(layer, channels)`` returning an :class:`~lightning_cnnviz.core.Objective` scoring one image per
             channel given (see :func:`~lightning_cnnviz.core.visualize_features`), e.g. a channel minus a share of
             DeepDream's layer objective.
         diversity: images per channel (Olah et al. 2017's diversity: k images that lower the similarity of their
             Gram matrices, ``diversity_weight`` times their own score; the first of each is the one tracked and
-            shown in the atlas). ``cnnviz/feature_vis/<layer>`` then has one row per channel.
+            shown beside the patches). ``cnnviz/feature_vis/<layer>`` then has one row per channel.
 
     Example:
         >>> from lightning_cnnviz.core import Context, Moment
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU())
-        >>> atlas = FeatureAtlas(layers=["2"], channels=[0, 1], steps=4, dream_images=0)
-        >>> shot = atlas.snapshot(net, Probe(torch.rand(8, 3, 16, 16)), Context(Moment(epoch=0, step=0)))
+        >>> panel = FeatureVisPanel(layers=["2"], channels=[0, 1], steps=4, dream_images=0)
+        >>> shot = panel.snapshot(net, Probe(torch.rand(8, 3, 16, 16)), Context(Moment(epoch=0, step=0)))
         >>> sorted(shot.images)
-        ['cnnviz/atlas/2', 'cnnviz/feature_vis/2', 'cnnviz/feature_vis_evolution/2']
+        ['cnnviz/feature_vis_patches/2', 'cnnviz/feature_vis/2', 'cnnviz/feature_vis_evolution/2']
     """
 
     what = "the feature visualizations"  # what a log of it draws, in words (said when it takes long)
@@ -87,7 +87,7 @@ class FeatureAtlas:
         std: Sequence[float] | None = None,
         normalize: Callable[[Tensor], Tensor] | None = None,
         dream_images: int = 4,
-        atlas: bool = True,
+        patches: bool = True,
         method: Projection = "guided_backprop",
         objective: str | ObjectiveFactory = "auto",
         diversity: int = 1,
@@ -113,7 +113,7 @@ class FeatureAtlas:
         )
         self.steps, self.lr, self.seed, self.size = steps, float(lr), int(seed), size
         self.scale = InputScale(mean, std, normalize)
-        self.dream_images, self.atlas, self.rules = int(dream_images), bool(atlas), PROJECTIONS[method]
+        self.dream_images, self.patches, self.rules = int(dream_images), bool(patches), PROJECTIONS[method]
         self.history = EvolutionHistory()
         self.last_images: dict[str, Tensor] = {}
         self._scale = self.scale  # the scale of the current snapshot: this one's, else the context's
@@ -165,10 +165,10 @@ class FeatureAtlas:
     ) -> dict[str, Tensor]:
         """One layer's captioned tiles and evolution (with this call's column, ``caption`` over it), and with the
         top patches' ``panels`` (:meth:`~lightning_cnnviz.core.ChannelSelection.layer_panels`) and validity, its
-        atlas."""
+        renders beside them."""
         every = to_rgb(images.float().clamp(0, 1))
         copies = len(every) // max(len(channels), 1)
-        shown = every[::copies]  # the first image of each channel: the evolution and the atlas
+        shown = every[::copies]  # the first image of each channel: the evolution and the patches
         self.history.add(layer, caption, shown, step)
         thumbnails, captions = self.history.stacked(layer)
         names = [f"ch {c}" if copies == 1 else f"ch {c} #{j + 1}" for c in channels for j in range(copies)]
@@ -178,8 +178,8 @@ class FeatureAtlas:
             f"cnnviz/feature_vis_evolution/{layer}": render_evolution(thumbnails, captions, list(channels)),
         }
         if panels is not None and top_valid is not None:
-            atlas = {"feature vis": shown[:, None], **panels}
-            pictures[f"cnnviz/atlas/{layer}"] = render_top_patches(atlas, top_valid, list(channels))
+            beside = {"feature vis": shown[:, None], **panels}
+            pictures[f"cnnviz/feature_vis_patches/{layer}"] = render_top_patches(beside, top_valid, list(channels))
         return pictures
 
     def dream(self, model: nn.Module, layer: str, probe: Tensor) -> Tensor:
@@ -202,7 +202,7 @@ class FeatureAtlas:
         return joined.reshape(len(channels) * self.diversity, *shape)
 
     def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
-        """The renders of the chosen layers and channels, their evolution, with ``atlas`` their atlas beside their
+        """The renders of the chosen layers and channels, their evolution, with ``patches`` the renders beside their
         top patches, and the dream; drawn on rank zero. Renders are kept in :attr:`last_images` (on the host)."""
         guard, ranks, moment, shot = context.guard, context.ranks, context.moment, Snapshot()
         if probe is None:
@@ -219,7 +219,7 @@ class FeatureAtlas:
                              selection.chosen_channels[layer], probe.images, colors, ranks)
             for layer in selection.chosen_layers
         }  # fmt: skip
-        tops, scanned = selection.top(model, probe.images, context) if self.atlas else (None, probe.images)
+        tops, scanned = selection.top(model, probe.images, context) if self.patches else (None, probe.images)
         if not ranks.is_zero:
             return shot
         caption = self.history.caption(moment.epoch, moment.step)
