@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_cnnviz import (
+    ActivationAtlasMonitor,
     ActivationMapMonitor,
     ActivationMonitor,
     ClassModelMonitor,
@@ -57,9 +58,11 @@ MONITORS: dict[str, Callable[..., Any]] = {
     "FeatureVisMonitor": FeatureVisMonitor,
     "ClassModelMonitor": ClassModelMonitor,
     "InversionMonitor": InversionMonitor,
+    "ActivationAtlasMonitor": ActivationAtlasMonitor,
 }
 FIXED = {"FilterMonitor": 1, "ActivationMapMonitor": 1, "SaliencyMonitor": 1, "TopPatchMonitor": 1,
-         "EmbeddingMonitor": 5, "FeatureVisMonitor": 5, "ClassModelMonitor": 5, "InversionMonitor": 5}  # fmt: skip
+         "EmbeddingMonitor": 5, "FeatureVisMonitor": 5, "ClassModelMonitor": 5, "InversionMonitor": 5,
+         "ActivationAtlasMonitor": 5}  # fmt: skip
 
 
 def images(count: int, size: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_cnnviz.core import (
+    ActivationAtlas,
     ActivationHealth,
     ActivationMaps,
     ActivationTap,
@@ -65,6 +66,7 @@ class Pictures:
             (FeatureVisPanel(steps=64, method="both", max_channels=8), everything),
             (ClassModels(), everything),
             (FeatureInversion(), four),
+            (ActivationAtlas(), everything),
             *((picture, everything) for picture in extra),  # pictures of your own
         ]
         self.scale, self.steps, self.epoch = InputScale(), 0, 0

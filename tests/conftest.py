@@ -245,8 +245,10 @@ def every_monitor(
 ) -> dict[str, Any]:
     """Every monitor but FeatureVisMonitor, small probes and few steps, ``on_error="raise"``, by short name, in the
     README's order; ``cadence``: the ``every_n_epochs`` of FilterMonitor, ActivationMapMonitor, SaliencyMonitor,
-    TopPatchMonitor, ClassModelMonitor and InversionMonitor (EmbeddingMonitor logs every epoch)."""
+    TopPatchMonitor, ClassModelMonitor, InversionMonitor and ActivationAtlasMonitor (EmbeddingMonitor logs every
+    epoch)."""
     from lightning_cnnviz import (
+        ActivationAtlasMonitor,
         ActivationMapMonitor,
         ActivationMonitor,
         ClassModelMonitor,
@@ -268,6 +270,9 @@ def every_monitor(
         "embedding": EmbeddingMonitor(probe_size=24, knn_k=3, every_n_epochs=1, on_error="raise"),
         "class_models": ClassModelMonitor(steps=8, probe_size=16, every_n_epochs=cadence, on_error="raise"),
         "inversion": InversionMonitor(steps=8, every_n_epochs=cadence, on_error="raise"),
+        "activation_atlas": ActivationAtlasMonitor(
+            probe_size=16, vectors=200, grid=4, steps=4, every_n_epochs=cadence, on_error="raise"
+        ),
     }
 
 

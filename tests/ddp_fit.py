@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_cnnviz import (
+    ActivationAtlasMonitor,
     ActivationMapMonitor,
     ActivationMonitor,
     EmbeddingMonitor,
@@ -52,6 +53,7 @@ def main() -> None:
     activations = ActivationMonitor(every_n_steps=4, on_error="raise")
     maps = ActivationMapMonitor(every_n_epochs=1, on_error="raise")
     inversion = InversionMonitor(every_n_epochs=1, steps=8, on_error="raise")
+    atlas = ActivationAtlasMonitor(probe_size=40, vectors=200, grid=4, steps=4, every_n_epochs=1, on_error="raise")
     embedding = EmbeddingMonitor(probe_size=60, every_n_epochs=1, on_error="raise")
     saliency = SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise")
     patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
@@ -70,6 +72,7 @@ def main() -> None:
             activations,
             maps,
             inversion,
+            atlas,
             saliency,
             patches,
             embedding,
@@ -130,6 +133,8 @@ def main() -> None:
         "maps_probe": [maps.probe_labels.tolist(), maps.probe_images.sum().item()],
         "inversion_probe": [inversion.probe_labels.tolist(), inversion.probe_images.sum().item()],
         "inversion_drawn": inversion.inversion.last_images is not None,
+        "atlas_probe": atlas.probe_images.sum().item(),
+        "atlas_drawn": atlas.atlas.last_images is not None,
         "maps_dead": {name: [list(drawn["health"].dead), drawn["seen"]] for name, drawn in maps.maps.last.items()},
         "embedding_map_shape": None if embedding.last_map is None else list(embedding.last_map.shape),
         "embedding_knn": embedding.last_knn_accuracy,

@@ -24,7 +24,7 @@ from lightning_cnnviz.demo.data import find_data, how_to_get
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 MONITORS = ("FilterMonitor", "ActivationMonitor", "ActivationMapMonitor", "SaliencyMonitor", "TopPatchMonitor")
 MONITORS += ("EmbeddingMonitor", "ClassModelMonitor", "InversionMonitor")
-MONITORS += ("FeatureVisMonitor",)
+MONITORS += ("FeatureVisMonitor", "ActivationAtlasMonitor")
 TAGS = ("cnnviz/filters/", "cnnviz/activations/", "cnnviz/saliency/", "cnnviz/top_patches/", "cnnviz/embedding/")
 TAGS += ("cnnviz/feature_vis/",)
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from conftest import assert_field_is_gradient_support, fit_listening, make_trainer, read_events
 from lightning_cnnviz import (
+    ActivationAtlasMonitor,
     ActivationMapMonitor,
     ActivationMonitor,
     ClassModelMonitor,
@@ -37,7 +38,7 @@ from lightning_cnnviz.demo.tasks import OTHER_INPUTS, TaskModule, boxes, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
 IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor",
-                  "InversionMonitor")
+                  "InversionMonitor", "ActivationAtlasMonitor")
 WRITTEN = {
     "filter": ["cnnviz/filters/net."],
     "activation": ["cnnviz/activations/dead_fraction/", "cnnviz/activations/sparsity/", "cnnviz/activations/dead_map"],
@@ -49,13 +50,14 @@ WRITTEN = {
         "cnnviz/feature_vis/net.backbone.", "cnnviz/feature_vis_patches/net.backbone.", "cnnviz/deep_dream"
     ],
     "inversion": ["cnnviz/inversion_evolution", "cnnviz/inversion/psnr/net.backbone."],
+    "activation_atlas": ["cnnviz/activation_atlas/net.backbone."],
 }
 KNN = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
 
 
 def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
-    """All nine monitors at their defaults, only the cost arguments (probe sizes, steps, occlusion stride, channels
-    per layer) shrunk."""
+    """All ten monitors at their defaults, only the cost arguments (probe sizes, vectors, steps, occlusion stride,
+    channels per layer) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
@@ -66,6 +68,7 @@ def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
         "feature_vis": FeatureVisMonitor(steps=4, probe_size=8, every_n_epochs=1, max_channels=channels),
         "class_models": ClassModelMonitor(steps=4, probe_size=8),
         "inversion": InversionMonitor(steps=4),
+        "activation_atlas": ActivationAtlasMonitor(probe_size=8, vectors=100, grid=4, steps=4),
     }
 
 
@@ -101,8 +104,8 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         assert any(m.startswith(classless) for m in off), off
         writers = list(WRITTEN)
         chosen = [m for m in told if "so the probe images go directly into 'net.backbone' (its `backbone`)" in m]
-        assert sorted(m.split(":")[0] for m in chosen) == ["ActivationMapMonitor", "EmbeddingMonitor",
-                                                           "FeatureVisMonitor", "InversionMonitor",
+        assert sorted(m.split(":")[0] for m in chosen) == ["ActivationAtlasMonitor", "ActivationMapMonitor",
+                                                           "EmbeddingMonitor", "FeatureVisMonitor", "InversionMonitor",
                                                            "TopPatchMonitor"]  # fmt: skip
         assert f"(64, 64) -> {(96, 96) if name == 'fcos' else (320, 320)}" in chosen[0]
         assert any(m.startswith("SaliencyMonitor: task 'detection'") and "highest-scoring box" in m for m in told)
@@ -116,7 +119,7 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         assert sorted(off) == sorted(expected)
         writers = ["filter", "activation", "activation_maps"]
         images = ("saliency", "top_patches", "embedding", "feature_vis", "feature_vis_patches", "deep_dream",
-                  "class_models", "inversion")
+                  "class_models", "inversion", "activation_atlas")
         assert not [tag for tag in tags if tag.startswith(tuple(f"cnnviz/{kind}" for kind in images))]
     for monitor in writers:
         for prefix in WRITTEN[monitor]:

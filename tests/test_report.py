@@ -41,6 +41,7 @@ EVERY_MONITOR = (
     "cnnviz/inversion_evolution",
     "cnnviz/feature_vis_patches/net.conv3",
     "cnnviz/deep_dream",
+    "cnnviz/activation_atlas/net.relu3",
 )
 
 
@@ -291,6 +292,7 @@ def test_report_of_a_conv1d_and_a_conv3d_run(tmp_path: Path, inputs: str) -> Non
 def plain_monitors() -> list[Any]:
     """Every monitor, small and every epoch: what a plain-Trainer user adds to ``Trainer(callbacks=[...])``."""
     from lightning_cnnviz import (
+        ActivationAtlasMonitor,
         ActivationMapMonitor,
         ActivationMonitor,
         ClassModelMonitor,
@@ -308,6 +310,7 @@ def plain_monitors() -> list[Any]:
         TopPatchMonitor(probe_size=32, every_n_epochs=1), EmbeddingMonitor(probe_size=48, every_n_epochs=1),
         FeatureVisMonitor(steps=8, probe_size=16, max_channels=2, dream_images=1, every_n_epochs=1),
         ClassModelMonitor(steps=8, probe_size=16, every_n_epochs=1), InversionMonitor(steps=8, every_n_epochs=1),
+        ActivationAtlasMonitor(probe_size=48, vectors=300, grid=4, steps=8, every_n_epochs=1),
     ]  # fmt: skip
 
 
@@ -360,7 +363,8 @@ def test_cnnviz_report_of_a_plain_run_from_class_paths(plain_run: tuple[Path, Pa
     assert result.returncode == 0, result.stderr[-3000:]
     page = (tmp_path / "r" / "report.html").read_text()
     listed = ("FilterMonitor, ActivationMonitor, ActivationMapMonitor, SaliencyMonitor, TopPatchMonitor, "
-              "EmbeddingMonitor, FeatureVisMonitor, ClassModelMonitor, InversionMonitor")  # fmt: skip
+              "EmbeddingMonitor, FeatureVisMonitor, ClassModelMonitor, InversionMonitor, "
+              "ActivationAtlasMonitor")  # fmt: skip
     assert f"<th>monitors</th><td>{listed}</td>" in page
     assert set(EVERY_MONITOR) <= set(embedded_images(page))
     wrong = subprocess.run([*command[:-2], "--model-args", '{"channels": [4, 4, 4]}'], capture_output=True, text=True,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from conftest import fit_listening, make_trainer, read_events, readme_block, run_python
 from lightning_cnnviz import (
+    ActivationAtlasMonitor,
     ActivationMapMonitor,
     ActivationMonitor,
     ClassModelMonitor,
@@ -56,6 +57,7 @@ WRITTEN = {
     "embedding": ["cnnviz/embedding/tsne", "cnnviz/embedding/grid", "cnnviz/embedding/neighbours"],
     "feature_vis": ["cnnviz/feature_vis/"],
     "inversion": ["cnnviz/inversion", "cnnviz/inversion_evolution", "cnnviz/inversion/psnr/"],
+    "activation_atlas": ["cnnviz/activation_atlas/"],
 }
 EXPECTED_TASK = {
     "simclr": "embedding", "autoencoder": "reconstruction", "multilabel": "multilabel", "regression": "regression",
@@ -69,7 +71,7 @@ NOT_APPLYING = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one 
 
 
 def all_monitors() -> dict[str, pl.Callback]:
-    """All nine monitors at their defaults, only the cost arguments (probe sizes, steps) shrunk."""
+    """All ten monitors at their defaults, only the cost arguments (probe sizes, vectors, steps) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
@@ -80,6 +82,7 @@ def all_monitors() -> dict[str, pl.Callback]:
         "feature_vis": FeatureVisMonitor(steps=4, probe_size=16, every_n_epochs=1),
         "class_models": ClassModelMonitor(steps=4, probe_size=16),
         "inversion": InversionMonitor(steps=4),
+        "activation_atlas": ActivationAtlasMonitor(probe_size=16, vectors=200, grid=4, steps=4),
     }
 
 
