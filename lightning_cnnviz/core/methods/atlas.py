@@ -97,9 +97,9 @@ def bin_layout(layout: Tensor, vectors: Tensor, grid: int = 8) -> Cells:
         ([2, 1, 3], [0, 1, 1, 1], [0.0, 3.0, 1.0, 5.0])
     """
     low, high = layout.amin(dim=0), layout.amax(dim=0)
-    unit = (layout - low) / (high - low).clamp_min(1e-12)
-    column = (unit[:, 0] * grid).long().clamp(0, grid - 1)
-    row = ((1 - unit[:, 1]) * grid).long().clamp(0, grid - 1)  # the top row holds the largest y
+    extent = (high - low).clamp_min(1e-12)
+    column = ((layout[:, 0] - low[0]) / extent[0] * grid).long().clamp(0, grid - 1)
+    row = ((high[1] - layout[:, 1]) / extent[1] * grid).long().clamp(0, grid - 1)  # the top row: the largest y
     cell = row * grid + column
     count = torch.zeros(grid * grid, dtype=torch.long, device=layout.device).index_add_(0, cell, torch.ones_like(cell))
     total = vectors.new_zeros(grid * grid, vectors.shape[1]).index_add_(0, cell, vectors)

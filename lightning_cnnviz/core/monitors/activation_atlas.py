@@ -21,7 +21,7 @@ from lightning_cnnviz.core.methods.embedding import procrustes_align, tsne
 from lightning_cnnviz.core.methods.feature_vis import color_correlation, render_objective
 from lightning_cnnviz.core.methods.objectives import Objective, direction
 from lightning_cnnviz.core.model.layers import LayerMap
-from lightning_cnnviz.core.model.modules import evaluating, model_device, resolve_modules, run_to
+from lightning_cnnviz.core.model.modules import evaluating, hooked, model_device, resolve_modules
 from lightning_cnnviz.core.model.trunk import ImageEntry
 from lightning_cnnviz.core.protocol import Snapshot
 
@@ -46,12 +46,16 @@ def last_conv_block(part: nn.Module, example: Tensor) -> str:
         return site.module
     shapes: dict[str, tuple[int, ...]] = {}
     blocks = [".".join(last.split(".")[:end]) for end in range(last.count("."), 0, -1)]
+    modules = dict(part.named_modules())
 
-    def keep(name: str, out: Tensor) -> None:
-        shapes[name] = tuple(out.shape) if isinstance(out, Tensor) else ()
+    def keeper(name: str) -> Any:
+        def keep(module: nn.Module, args: Any, out: Any) -> None:  # a block called twice keeps its first output
+            shapes.setdefault(name, tuple(out.shape) if isinstance(out, Tensor) else ())
 
-    with torch.no_grad(), evaluating(part):
-        run_to(part, example[:1], blocks, keep)
+        return keep
+
+    with torch.no_grad(), evaluating(part), hooked([(modules[name], keeper(name)) for name in blocks]):
+        part(example[:1])  # containers never called (a ModuleDict) keep no shape
     return next((block for block in blocks if len(shapes.get(block, ())) == 4), last)
 
 
