@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from lightning_cnnviz import (
+    ActivationAtlasMonitor,
     ActivationMapMonitor,
     ActivationMonitor,
     ClassModelMonitor,
@@ -267,8 +268,9 @@ def feature_vis(tmp: Path, out: Path) -> None:
 
 def class_models(tmp: Path, out: Path) -> None:
     """The demo CNN on CIFAR-10, 12 epochs of the whole training set (weight decay 5e-4, about 71% test accuracy),
-    the class models and the feature inversions every 3 epochs; then, for each class, the logits of its class model
-    against the best of 1,000 test images of that class."""
+    the class models, the feature inversions and the activation atlas (with each cell's best probe patch) every 3
+    epochs; then, for each class, the logits of its class model against the best of 1,000 test images of that
+    class."""
     import torch
 
     from lightning_cnnviz.core import InputScale
@@ -276,12 +278,14 @@ def class_models(tmp: Path, out: Path) -> None:
     cifar = ImageFolderDataModule(str(data_path("cifar10", ROOTS)), limit_val=1000)
     monitor = ClassModelMonitor(every_n_epochs=3, class_names=cifar_classes())
     inversion = InversionMonitor(every_n_epochs=3)
+    atlas = ActivationAtlasMonitor(every_n_epochs=3, examples=True)
     model = ImageClassifier(in_channels=3, first_kernel=7, weight_decay=5e-4)
-    run = fit(tmp / "classes", cifar, model, [monitor, inversion], max_epochs=12)
+    run = fit(tmp / "classes", cifar, model, [monitor, inversion, atlas], max_epochs=12)
     save_last_image(run, "cnnviz/class_models", out / "class_models_cifar10.png")
     save_last_image(run, "cnnviz/class_models_evolution", out / "class_models_evolution_cifar10.png")
     save_last_image(run, "cnnviz/inversion", out / "inversion_cifar10.png")
     save_last_image(run, "cnnviz/inversion_evolution", out / "inversion_evolution_cifar10.png")
+    save_last_image(run, "cnnviz/activation_atlas/net.relu3", out / "activation_atlas_cifar10.png")
     print(f"inversion PSNR per layer (dB): {inversion.inversion.last_psnr}")
     scale, renders = InputScale.of(cifar), monitor.models.last_images
     assert renders is not None

@@ -223,20 +223,28 @@ def test_first_layer_features_form_in_the_evolution_on_cifar10(tmp_path: Path) -
     check_diversity(model, probe, mean, std)
 
 
-def test_class_models_win_their_class_on_a_trained_cifar10_cnn(tmp_path: Path) -> None:
-    """The demo CNN trained on the CIFAR-10 zip for 5 epochs of the whole training set (about 67% test accuracy):
-    each class model at ClassModelMonitor's defaults makes its class the network's top class, and scores it above
-    the best of 1,000 test images of that class (Simonyan et al. 2013). (Trained 240 steps, at about 45% accuracy,
-    deer's model raises horse's logit higher still: the network has no deer features of its own yet.)"""
-    from lightning_cnnviz.core import ClassModels, Context, InputScale, Moment, Probe
-    from lightning_cnnviz.core.model.modules import evaluating
+@pytest.fixture(scope="module")
+def cifar_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """The demo CNN trained on the CIFAR-10 zip for 5 epochs of the whole training set, weight decay 5e-4 (about 67%
+    test accuracy): (model, data module)."""
     from lightning_cnnviz.demo.data import ImageFolderDataModule
 
     data = ImageFolderDataModule(str(real_data("cifar10")), limit_val=1000)
     pl.seed_everything(0, verbose=False)
     model = ImageClassifier(in_channels=3, first_kernel=7, weight_decay=5e-4)
-    trainer = make_trainer(tmp_path, [], max_epochs=5, deterministic=False)
+    trainer = make_trainer(tmp_path_factory.mktemp("cifar"), [], max_epochs=5, deterministic=False)
     trainer.fit(model, datamodule=data)
+    return model.eval(), data
+
+
+def test_class_models_win_their_class_on_a_trained_cifar10_cnn(cifar_trained: tuple[Any, Any]) -> None:
+    """Each class model at ClassModelMonitor's defaults makes its class the network's top class, and scores it above
+    the best of 1,000 test images of that class (Simonyan et al. 2013). (Trained 240 steps, at about 45% accuracy,
+    deer's model raises horse's logit higher still: the network has no deer features of its own yet.)"""
+    from lightning_cnnviz.core import ClassModels, Context, InputScale, Moment, Probe
+    from lightning_cnnviz.core.model.modules import evaluating
+
+    model, data = cifar_trained
     probe, labels = data._val.tensors[0][:1000], data._val.tensors[1][:1000]
     models = ClassModels()
     models.snapshot(model, Probe(probe, labels), Context(Moment(epoch=0, step=0), scale=InputScale.of(data)))
@@ -251,6 +259,37 @@ def test_class_models_win_their_class_on_a_trained_cifar10_cnn(tmp_path: Path) -
     print(f"class models (test accuracy {accuracy:.3f}): {int(wins.sum())} of 10 win their class; logit over the best "
           f"test image's: median {ratios.median():.2f}, min {ratios.min():.2f}")  # fmt: skip
     assert bool(wins.all()) and bool((ratios > 1).all()) and float(ratios.median()) > 2
+
+
+def test_activation_atlas_of_a_trained_cifar10_cnn(cifar_trained: tuple[Any, Any]) -> None:
+    """ActivationAtlas at its defaults (2,000 vectors of relu3 over 1,000 test images, 8 x 8 cells): each cell's
+    render raises its direction objective above the best probe vector of the cell, and the layout's trustworthiness
+    is within 0.01 of openTSNE's on the same vectors (Carter et al. 2019)."""
+    import numpy as np
+    from openTSNE import TSNE
+    from sklearn.manifold import trustworthiness
+
+    from lightning_cnnviz.core import ActivationAtlas, Context, InputScale, Moment, Probe
+    from lightning_cnnviz.core.methods.feature_vis import evaluate
+
+    model, data = cifar_trained
+    scale = InputScale.of(data)
+    atlas = ActivationAtlas(examples=True)
+    atlas.snapshot(model, Probe(data._val.tensors[0][:1000]), Context(Moment(epoch=0, step=0), scale=scale))
+    cells, vectors = atlas.last_cells, atlas.last_vectors
+    assert cells is not None and vectors is not None and atlas.last_images is not None and atlas.previous is not None
+    assert atlas.layer_name == "net.relu3" and len(vectors) == 2000
+    with torch.no_grad():
+        ours = evaluate(model, atlas.objective(cells), scale.to_model(atlas.last_images))
+    scores = (vectors * cells.average[cells.cell]).sum(dim=1)
+    best = torch.full((cells.grid**2,), -float("inf")).scatter_reduce(0, cells.cell, scores, reduce="amax")
+    ratios = ours / best[cells.filled]
+    theirs = np.asarray(TSNE(n_jobs=2, random_state=0).fit(vectors.numpy()))
+    trust = [trustworthiness(vectors.numpy(), layout, n_neighbors=5) for layout in (atlas.previous.numpy(), theirs)]
+    print(f"activation atlas of net.relu3: {len(cells.filled)} cells, renders above their cell's best probe vector in "
+          f"{int((ratios > 1).sum())}, render / best median {ratios.median():.2f} (min {ratios.min():.2f}); "
+          f"trustworthiness ours {trust[0]:.4f}, openTSNE {trust[1]:.4f}")  # fmt: skip
+    assert bool((ratios > 1).all()) and abs(trust[0] - trust[1]) <= 0.01
 
 
 def check_inversion(model: Any, probe: Tensor, labels: Tensor, mean: Tensor, std: Tensor) -> None:
