@@ -36,7 +36,7 @@ class RankBudget(Budget):
     """A budget that would let rank 0 log at every epoch and rank 1 never: the monitors on "auto" must follow rank
     0's decision on both ranks (else rank 1 skips the collectives of a log and the fit hangs)."""
 
-    def allows(self, who: str) -> bool:
+    def due(self, who: str) -> bool:
         return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 

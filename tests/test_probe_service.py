@@ -34,7 +34,8 @@ def test_probe_images_are_read_once_per_fit_and_the_scan_is_shared(
     monkeypatch.setattr(ChannelSelection, "scan", counted)
     monitors = [
         SaliencyMonitor(methods=("grad_cam",), num_images=8, batch_to_images=images, on_error="raise"),
-        TopPatchMonitor(probe_size=96, k=2, max_channels=2, batch_to_images=images, on_error="raise"),
+        TopPatchMonitor(probe_size=96, k=2, max_channels=2, every_n_epochs=1, batch_to_images=images,
+                        on_error="raise"),
         EmbeddingMonitor(probe_size=96, every_n_epochs=1, projector=False, batch_to_images=images, on_error="raise"),
         FeatureVisMonitor(probe_size=64, k=2, max_channels=2, steps=2, dream_images=0, every_n_epochs=1,
                           batch_to_images=images, on_error="raise"),
@@ -49,6 +50,6 @@ def test_probe_images_are_read_once_per_fit_and_the_scan_is_shared(
     assert len({id(m.service) for m in monitors}) == 1
     assert [len(m.probe_images) for m in monitors] == [8, 96, 96, 64]
     assert (monitors[3].probe_images == monitors[1].probe_images[:64]).all()
-    # two logging epochs: TopPatchMonitor scans each time, FeatureVisMonitor's atlas reuses that scan
+    # two logging epochs: TopPatchMonitor scans each time, FeatureVisMonitor's patches reuse that scan
     assert scans == [id(monitors[1].gallery.selection)] * 2
     assert set(monitors[3].last_images) == set(monitors[1].gallery.selection.chosen_layers)

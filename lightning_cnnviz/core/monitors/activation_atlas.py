@@ -45,8 +45,8 @@ def last_conv_block(part: nn.Module, example: Tensor) -> str:
     if site is not None and site.kind == "module" and site.places == 1 and site.channel_dim == 1:
         return site.module
     shapes: dict[str, tuple[int, ...]] = {}
-    blocks = [".".join(last.split(".")[:end]) for end in range(last.count("."), 0, -1)]
-    modules = dict(part.named_modules())
+    modules = dict(part.named_modules())  # a part's names may start inside the model (a detector's backbone)
+    blocks = [name for end in range(last.count("."), 0, -1) if (name := ".".join(last.split(".")[:end])) in modules]
 
     def keeper(name: str) -> Any:
         def keep(module: nn.Module, args: Any, out: Any) -> None:  # a block called twice keeps its first output

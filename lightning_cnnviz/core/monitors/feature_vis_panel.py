@@ -71,7 +71,7 @@ class FeatureVisPanel:
         >>> panel = FeatureVisPanel(layers=["2"], channels=[0, 1], steps=4, dream_images=0)
         >>> shot = panel.snapshot(net, Probe(torch.rand(8, 3, 16, 16)), Context(Moment(epoch=0, step=0)))
         >>> sorted(shot.images)
-        ['cnnviz/feature_vis_patches/2', 'cnnviz/feature_vis/2', 'cnnviz/feature_vis_evolution/2']
+        ['cnnviz/feature_vis/2', 'cnnviz/feature_vis_evolution/2', 'cnnviz/feature_vis_patches/2']
     """
 
     what = "the feature visualizations"  # what a log of it draws, in words (said when it takes long)
