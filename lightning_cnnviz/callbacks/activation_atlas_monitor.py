@@ -48,7 +48,7 @@ class ActivationAtlasMonitor(EpochMonitor):
         every_n_epochs: Cadence = "auto",
         perplexity: float = 30.0,
         steps: int = 64,
-        lr: float = 0.15,
+        lr: float = 0.1,
         cosine_power: float = 0.0,
         seed: int = 0,
         size: int | None = None,

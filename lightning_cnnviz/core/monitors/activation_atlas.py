@@ -107,7 +107,7 @@ class ActivationAtlas:
         grid: int = 8,
         perplexity: float = 30.0,
         steps: int = 64,
-        lr: float = 0.15,
+        lr: float = 0.1,
         cosine_power: float = COSINE_POWER,
         seed: int = 0,
         size: int | None = None,
