@@ -47,7 +47,7 @@ class ActivationAtlasMonitor(EpochMonitor):
         grid: int = 8,
         every_n_epochs: Cadence = "auto",
         perplexity: float = 30.0,
-        steps: int = 64,
+        steps: int = 48,
         lr: float = 0.1,
         cosine_power: float = 0.0,
         seed: int = 0,

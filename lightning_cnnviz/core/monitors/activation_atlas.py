@@ -106,7 +106,7 @@ class ActivationAtlas:
         vectors: int = 2000,
         grid: int = 8,
         perplexity: float = 30.0,
-        steps: int = 64,
+        steps: int = 48,
         lr: float = 0.1,
         cosine_power: float = COSINE_POWER,
         seed: int = 0,
