@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "OUTPUT", "Objective", "channel", "class_logit", "class_probability", "direction", "diversity", "layer", "neuron",
+    "OUTPUT", "Objective", "channel", "class_logit", "class_probability", "direction", "direction_scores", "diversity",
+    "layer", "neuron",
 ]  # fmt: skip
 
 #: The name under which an objective reads the model's output (its class scores).
@@ -62,10 +63,7 @@ class Term:
             vector = self.vector.to(device=device, dtype=found.dtype)
             vector = vector.expand(count, -1) if vector.dim() == 1 else vector
             shape = (count, vector.shape[1], *([1] * (found.dim() - 2)))
-            dot = (found * vector.reshape(shape)).sum(dim=1)
-            if self.power:  # Lucid's dot product times the cosine (floored at 0.1) to a power
-                norms = (found.norm(dim=1) + 1e-4) * (vector.norm(dim=1).reshape(shape[:1] + shape[2:]) + 1e-4)
-                dot = dot * (dot / norms).clamp_min(0.1).pow(self.power)
+            dot = direction_scores(found, vector.reshape(shape), self.power)
             if self.position is not None and dot.dim() > 1:  # one position: (), the centre, or (y, x)
                 where = self.position or tuple(side // 2 for side in dot.shape[1:])
                 return dot[(rows, *(torch.tensor(i, device=device) for i in where))]
@@ -89,6 +87,17 @@ class Term:
             return f"{self.kind} {self.layer}"
         place = "" if self.position is None else f" at {self.position}"
         return f"{self.kind} {self.layer}:{list(self.index) if len(self.index) > 1 else self.index[0]}{place}"
+
+
+def direction_scores(found: Tensor, vector: Tensor, power: float = 0.0) -> Tensor:
+    """The direction objective at each position: the dot product over dimension 1 of activations ``found`` with
+    ``vector`` (broadcast against them), times their cosine floored at 0.1 to the ``power`` (Lucid's ``cossim_pow``;
+    0: the dot product alone)."""
+    dot = (found * vector).sum(dim=1)
+    if power:
+        norms = (found.norm(dim=1) + 1e-4) * (vector.norm(dim=1) + 1e-4)
+        dot = dot * (dot / norms).clamp_min(0.1).pow(power)
+    return dot
 
 
 def gram_similarity(activations: Tensor, group: int) -> Tensor:

@@ -19,7 +19,7 @@ from lightning_cnnviz.core.methods.activation_sites import find_activation_sites
 from lightning_cnnviz.core.methods.atlas import Cells, bin_layout, spatial_vectors
 from lightning_cnnviz.core.methods.embedding import procrustes_align, tsne
 from lightning_cnnviz.core.methods.feature_vis import color_correlation, render_objective
-from lightning_cnnviz.core.methods.objectives import Objective, direction
+from lightning_cnnviz.core.methods.objectives import Objective, direction, direction_scores
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import evaluating, hooked, model_device, resolve_modules
 from lightning_cnnviz.core.model.trunk import ImageEntry
@@ -193,11 +193,7 @@ class ActivationAtlas:
         """For each non-empty cell, the probe patch (its position's receptive field, cropped to the image) of the
         cell's vector with the highest dot product with the cell's average (filled, C, h, w)."""
         assert self.layer_name is not None
-        average = cells.average[cells.cell]
-        scores = (vectors * average).sum(dim=1)
-        if self.cosine_power:  # as the objective scores a position
-            cosine = scores / ((vectors.norm(dim=1) + 1e-4) * (average.norm(dim=1) + 1e-4))
-            scores = scores * cosine.clamp_min(0.1).pow(self.cosine_power)
+        scores = direction_scores(vectors, cells.average[cells.cell], self.cosine_power)  # as the objective scores
         filled = cells.filled
         best = torch.full((cells.grid**2,), -math.inf, device=scores.device).scatter_reduce(
             0, cells.cell, scores, reduce="amax"
