@@ -18,11 +18,12 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["knn_accuracy", "procrustes_align", "tsne"]
+__all__ = ["knn_accuracy", "procrustes_align", "tsne", "tsne_after"]
 
 
 @dataclass
@@ -386,6 +387,20 @@ def tsne(
         threads.restore()
     y = coords.t().contiguous()
     return y
+
+
+def tsne_after(
+    features: Tensor, previous: Tensor | None, *, perplexity: float = 30.0, seed: int = 0, warm_start: bool = True
+) -> Tensor:
+    """The t-SNE map of ``features`` that follows ``previous`` (the last map, on any device), when it holds as many
+    points: started from it without early exaggeration (``warm_start``) and Procrustes-aligned to it, so a map of
+    the next call keeps its points' places; else a fresh map."""
+    previous = previous if previous is not None and len(previous) == len(features) else None
+    if previous is None:
+        return tsne(features, perplexity=perplexity, seed=seed)
+    warm: dict[str, Any] = {"init": previous.to(features.device), "early_exaggeration_iter": 0} if warm_start else {}
+    embedding = tsne(features, perplexity=perplexity, seed=seed, **warm)
+    return procrustes_align(embedding, previous.to(embedding.device))
 
 
 def procrustes_align(embedding: Tensor, reference: Tensor, *, scale: bool = True) -> Tensor:

@@ -17,7 +17,7 @@ from lightning_cnnviz.core.drawing.basic import annotate, tile_grid, to_rgb
 from lightning_cnnviz.core.inputs.probe import Probe
 from lightning_cnnviz.core.methods.activation_sites import find_activation_sites
 from lightning_cnnviz.core.methods.atlas import Cells, bin_layout, spatial_vectors
-from lightning_cnnviz.core.methods.embedding import procrustes_align, tsne
+from lightning_cnnviz.core.methods.embedding import tsne_after
 from lightning_cnnviz.core.methods.feature_vis import color_correlation, render_objective
 from lightning_cnnviz.core.methods.objectives import Objective, direction, direction_scores
 from lightning_cnnviz.core.model.layers import LayerMap
@@ -159,14 +159,8 @@ class ActivationAtlas:
     def lay_out(self, vectors: Tensor) -> Tensor:
         """The t-SNE layout (M, 2) of ``vectors``, started from and aligned to the previous one when there is one
         of the same size; it becomes the previous one."""
-        previous = self.previous if self.previous is not None and len(self.previous) == len(vectors) else None
         perplexity = min(self.perplexity, max(1.0, (len(vectors) - 1) / 3))
-        if previous is not None:
-            layout = tsne(vectors, perplexity=perplexity, init=previous.to(vectors.device), early_exaggeration_iter=0,
-                          seed=self.seed)  # fmt: skip
-            layout = procrustes_align(layout, previous.to(layout.device))
-        else:
-            layout = tsne(vectors, perplexity=perplexity, seed=self.seed)
+        layout = tsne_after(vectors, self.previous, perplexity=perplexity, seed=self.seed)
         self.previous = layout.detach().cpu()
         return layout
 

@@ -19,7 +19,7 @@ from lightning_cnnviz.core.drawing.render import display_rgb, render_scatter, re
 from lightning_cnnviz.core.inputs.probe import Probe, select_balanced
 from lightning_cnnviz.core.inputs.task import TASKS, Task, describe_labels, label_kind
 from lightning_cnnviz.core.methods._calls import flat_tensors
-from lightning_cnnviz.core.methods.embedding import knn_accuracy, nearest_neighbours, procrustes_align, tsne
+from lightning_cnnviz.core.methods.embedding import knn_accuracy, nearest_neighbours, tsne_after
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import evaluating, model_device, named_modules, resolve_modules, run_to
 from lightning_cnnviz.core.model.passes import pass_size
@@ -164,14 +164,8 @@ class EmbeddingMap:
     def embed(self, codes: Tensor) -> Tensor:
         """The t-SNE map of ``codes`` (on the host), started from and aligned to the previous map when there is
         one; it becomes the previous map."""
-        previous = self.previous if self.previous is not None and len(self.previous) == len(codes) else None
-        if previous is not None and self.warm_start:
-            init = previous.to(codes.device)
-            embedding = tsne(codes, perplexity=self.perplexity, init=init, early_exaggeration_iter=0, seed=self.seed)
-        else:
-            embedding = tsne(codes, perplexity=self.perplexity, seed=self.seed)
-        if previous is not None:
-            embedding = procrustes_align(embedding, previous.to(embedding.device))
+        embedding = tsne_after(codes, self.previous, perplexity=self.perplexity, seed=self.seed,
+                               warm_start=self.warm_start)  # fmt: skip
         self.previous = embedding.detach().cpu()
         return self.previous
 
