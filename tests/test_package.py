@@ -30,23 +30,29 @@ def modules_of(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
 
 
+def packages_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+
+
 def test_the_core_folders_show_its_layers() -> None:
     """At most 8 modules at the core's top (the protocol, context, budget and checks), at most 12 in a
-    sub-package."""
+    sub-package, and as many in each of its own (the perturbation methods and pictures)."""
     core_dir = PACKAGE / "core"
     assert len(modules_of(core_dir)) <= 8, modules_of(core_dir)
-    assert sorted(p.name for p in core_dir.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == sorted(
-        SUBPACKAGES
-    )
+    assert [p.name for p in packages_under(core_dir)] == sorted(SUBPACKAGES)
     for sub in SUBPACKAGES:
         assert 0 < len(modules_of(core_dir / sub)) <= 12, sub
+        for nested in packages_under(core_dir / sub):
+            assert 0 < len(modules_of(nested)) <= 12, nested
+    assert [p.name for p in packages_under(core_dir / "methods")] == ["perturbation"]
+    assert [p.name for p in packages_under(core_dir / "monitors")] == ["perturbation"]
 
 
 def test_methods_and_drawing_never_import_the_monitors() -> None:
     """Read from the source: no module of methods/ or drawing/ imports lightning_cnnviz.core.monitors, nor the
     core package itself (whose names include the monitors' objects)."""
     for sub in ("methods", "drawing"):
-        for path in modules_of(PACKAGE / "core" / sub):
+        for path in sorted((PACKAGE / "core" / sub).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom):
                     imported = [node.module or ""]
@@ -79,8 +85,8 @@ def test_the_core_public_list_is_small_and_every_module_all_is_real() -> None:
 def test_top_level_exports_the_monitors_and_the_sink() -> None:
     assert set(lightning_cnnviz.__all__) == {
         "ActivationAtlasMonitor", "ActivationMapMonitor", "ActivationMonitor", "ClassModelMonitor", "DeadFilterEvent",
-        "EmbeddingMonitor", "EpochMonitor", "FeatureVisMonitor", "FilterMonitor", "InversionMonitor", "SaliencyMonitor",
-        "TensorBoardSink", "TopPatchMonitor", "__version__", "register_sink", "sink_for",
+        "EmbeddingMonitor", "EpochMonitor", "FeatureVisMonitor", "FilterMonitor", "InvarianceMonitor", "InversionMonitor",
+        "OcclusionMonitor", "SaliencyMonitor", "TensorBoardSink", "TopPatchMonitor", "__version__", "register_sink", "sink_for",
     }  # fmt: skip
     for name in lightning_cnnviz.__all__:
         assert getattr(lightning_cnnviz, name) is not None

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from conftest import TinyCNN, global_state_clean, hooks_left
 from lightning_cnnviz.core import LayerMap
 from lightning_cnnviz.core.methods import saliency as S
+from lightning_cnnviz.core.model.passes import activation_bytes
 
 STYLES = ["module", "inplace", "functional"]
 
@@ -250,7 +251,7 @@ def test_occlusion_passes_sized_by_the_memory_budget_give_the_same_map() -> None
     model = model.double()
     x = images().double()
     one_pass = S.occlusion(model, x, TARGETS, patch=4, stride=2, memory_budget=2**40)
-    per_image = S.activation_bytes(model, x[:1])  # the input and every leaf module's output, counted by hand
+    per_image = activation_bytes(model, x[:1])  # the input and every leaf module's output, counted by hand
     assert per_image == 8 * (x[0].numel() + sum(o.numel() for o in _leaf_outputs(model, x[:1])))
     # 7 copies per pass: passes that end inside an image's windows
     small_passes = S.occlusion(model, x, TARGETS, patch=4, stride=2, memory_budget=7 * per_image, max_batch=2)

@@ -8,7 +8,9 @@ from lightning_cnnviz.callbacks.class_model_monitor import ClassModelMonitor
 from lightning_cnnviz.callbacks.embedding_monitor import EmbeddingMonitor
 from lightning_cnnviz.callbacks.feature_vis_monitor import FeatureVisMonitor
 from lightning_cnnviz.callbacks.filter_monitor import FilterMonitor
+from lightning_cnnviz.callbacks.invariance_monitor import InvarianceMonitor
 from lightning_cnnviz.callbacks.inversion_monitor import InversionMonitor
+from lightning_cnnviz.callbacks.occlusion_monitor import OcclusionMonitor
 from lightning_cnnviz.callbacks.saliency_monitor import SaliencyMonitor
 from lightning_cnnviz.callbacks.top_patch_monitor import TopPatchMonitor
 
@@ -21,7 +23,9 @@ __all__ = [
     "EpochMonitor",
     "FeatureVisMonitor",
     "FilterMonitor",
+    "InvarianceMonitor",
     "InversionMonitor",
+    "OcclusionMonitor",
     "SaliencyMonitor",
     "TopPatchMonitor",
 ]

@@ -3,7 +3,7 @@ the run's time budget, the probe service shared by every monitor of a Trainer, D
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from typing_extensions import override
@@ -12,9 +12,7 @@ from lightning_cnnviz.callbacks._base import ErrorPolicy
 from lightning_cnnviz.callbacks._probed import ProbedMonitor
 from lightning_cnnviz.callbacks._trainer import last_by_max_epochs, moment_of, ranks_of, saying, service_of
 from lightning_cnnviz.core import Budget, Context, InputScale, Moment, Picture, ProbeSet, Ranks, Schedule, Snapshot
-
-if TYPE_CHECKING:
-    from lightning_cnnviz.core import Account
+from lightning_cnnviz.core.budget import Account
 
 __all__ = ["Cadence", "EpochMonitor"]
 
@@ -60,10 +58,12 @@ class EpochMonitor(ProbedMonitor):
 
     def fit_to(self, model: Any, data: Any = None) -> None:
         """Attach the picture to ``model`` (with its ``example_input_array``), the input scale from ``data`` (a data
-        module with ``mean`` and ``std``, or None): what ``setup`` does, and ``cnnviz report`` calls."""
+        module with ``mean`` and ``std``, or None), telling the service what it asks: what ``setup`` does."""
         self.scale, example = InputScale.of(data), getattr(model, "example_input_array", None)
         self._fed_example = example is not None
         self.fit_core(model, example)
+        if callable(share := getattr(self.core, "share", None)) and not self.off:  # Picture's optional verb
+            share(self.service)
 
     def context(self, moment: Moment, ranks: Ranks) -> Context:
         """What the picture's snapshot reads besides the model and the probe."""

@@ -10,7 +10,8 @@ notebook or a plain training loop. The public names, by topic:
   (Projector data); :class:`DoesNotApply`, what a picture that cannot be drawn for a model raises;
 * each monitor's picture: :class:`FilterPanel`, :class:`ActivationHealth`, :class:`ActivationMaps`,
   :class:`SaliencyPanel`, :class:`TopPatchGallery`, :class:`EmbeddingMap`, :class:`FeatureVisPanel`,
-  :class:`ClassModels`, :class:`FeatureInversion`, :class:`ActivationAtlas`;
+  :class:`ClassModels`, :class:`FeatureInversion`, :class:`ActivationAtlas`, :class:`OcclusionFigure`,
+  :class:`InvarianceCurves`;
 * what they share: :class:`LayerMap` (a model's layers, once), :class:`ChannelSelection`, :class:`Probe`,
   :class:`ProbeSet`, :class:`ProbeService`, :func:`select_balanced`; the time budget :class:`Budget`, one
   :class:`Schedule` and :class:`Account` per monitor; :func:`inputs_from_batch` (where a batch's input is;
@@ -19,9 +20,10 @@ notebook or a plain training loop. The public names, by topic:
   :class:`ActivationSite`\\ s, :class:`ActivationStats`, :class:`DeadFilterAlerts` and their
   :class:`DeadFilterEvent`, a layer's :class:`ChannelHealth`;
 * saliency: :func:`vanilla_gradient`, :func:`smoothgrad`, :func:`guided_backprop`, :func:`deconvnet`,
-  :func:`grad_cam`, :func:`occlusion`; the variants a panel draws, :class:`SaliencyMethod` registered in
-  :data:`METHODS`, reading :class:`SaliencySettings`;
-* Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`;
+  :func:`grad_cam`, :func:`occlusion` (its forwards, :func:`occlude`, shared with the occlusion figure); the
+  variants a panel draws, :class:`SaliencyMethod` registered in :data:`METHODS`, reading :class:`SaliencySettings`;
+* Zeiler & Fergus: :func:`receptive_fields`, :func:`top_activations`, :func:`project_activations`,
+  :func:`invariance` (curves under translation, scaling, rotation);
 * codes: :func:`tsne`, :func:`knn_accuracy`; feature visualization: :func:`visualize_features`,
   :func:`deep_dream`, :func:`render_objective` of an :class:`Objective` (the factories are in
   :mod:`~lightning_cnnviz.core.methods.objectives`), :func:`invert` (feature inversion); filters:
@@ -30,11 +32,13 @@ notebook or a plain training loop. The public names, by topic:
   (:mod:`~lightning_cnnviz.core.inputs.task`), ``Normalization`` (:mod:`~lightning_cnnviz.core.drawing.filters`),
   ``Projection`` (:mod:`~lightning_cnnviz.core.monitors.selection`).
 
-The sub-packages show the layers: :mod:`~lightning_cnnviz.core.methods` (the methods),
-:mod:`~lightning_cnnviz.core.drawing`, :mod:`~lightning_cnnviz.core.monitors` (the pictures, their policies and
-histories), :mod:`~lightning_cnnviz.core.model` (layer map, hooks, runs to a layer, pass sizes) and
-:mod:`~lightning_cnnviz.core.inputs` (batches, probes, tasks); the protocol, context, budget and checks are at the
-top. Methods and drawing never import the monitors. Names not listed here serve the package itself.
+The sub-packages show the layers: :mod:`~lightning_cnnviz.core.methods` (the methods; those that change the input and
+watch the answer in :mod:`~lightning_cnnviz.core.methods.perturbation`), :mod:`~lightning_cnnviz.core.drawing`,
+:mod:`~lightning_cnnviz.core.monitors` (the pictures, their policies and histories; the occlusion figure and the
+invariance curves in :mod:`~lightning_cnnviz.core.monitors.perturbation`), :mod:`~lightning_cnnviz.core.model` (layer
+map, hooks, runs to a layer, pass sizes) and :mod:`~lightning_cnnviz.core.inputs` (batches, probes, tasks); the
+protocol, context, budget and checks are at the top. Methods and drawing never import the monitors. Names not listed
+here serve the package itself.
 """
 
 from lightning_cnnviz.core.budget import Account, Budget, Schedule
@@ -52,6 +56,8 @@ from lightning_cnnviz.core.methods.embedding import knn_accuracy, tsne
 from lightning_cnnviz.core.methods.feature_vis import deep_dream, render_objective, visualize_features
 from lightning_cnnviz.core.methods.inversion import invert
 from lightning_cnnviz.core.methods.objectives import Objective
+from lightning_cnnviz.core.methods.perturbation.invariance import invariance
+from lightning_cnnviz.core.methods.perturbation.occlusion import occlude
 from lightning_cnnviz.core.methods.saliency import (
     deconvnet,
     grad_cam,
@@ -75,6 +81,8 @@ from lightning_cnnviz.core.monitors.embedding_map import EmbeddingMap
 from lightning_cnnviz.core.monitors.feature_vis_panel import FeatureVisPanel
 from lightning_cnnviz.core.monitors.filter_panel import FilterPanel
 from lightning_cnnviz.core.monitors.inversion import FeatureInversion
+from lightning_cnnviz.core.monitors.perturbation.invariance_curves import InvarianceCurves
+from lightning_cnnviz.core.monitors.perturbation.occlusion_figure import OcclusionFigure
 from lightning_cnnviz.core.monitors.saliency_panel import SaliencyPanel
 from lightning_cnnviz.core.monitors.selection import ChannelSelection
 from lightning_cnnviz.core.monitors.top_patch_gallery import TopPatchGallery
@@ -104,10 +112,12 @@ __all__ = [
     "FilterPanel",
     "Guard",
     "InputScale",
+    "InvarianceCurves",
     "LayerMap",
     "Moment",
     "NoImages",
     "Objective",
+    "OcclusionFigure",
     "Picture",
     "Probe",
     "ProbeService",
@@ -127,9 +137,11 @@ __all__ = [
     "grad_cam",
     "guided_backprop",
     "inputs_from_batch",
+    "invariance",
     "invert",
     "knn_accuracy",
     "model_device",
+    "occlude",
     "occlusion",
     "project_activations",
     "receptive_fields",

@@ -285,6 +285,10 @@ class Picture(Protocol):
       weights alone), given the :class:`~lightning_cnnviz.core.Context`; with nothing else required.
     * ``state_dict()`` / ``load_state_dict(state)``: what a resumed run needs (empty where there is nothing).
 
+    An object that asks the other pictures of a step for work they share (the occlusion figure, SaliencyMonitor's
+    occluded forwards) may also define ``share(service)``, which the adapter calls with the run's
+    :class:`~lightning_cnnviz.core.ProbeService` once attached.
+
     Example:
         >>> class WeightNorm:
         ...     def attach(self, model, example=None): pass

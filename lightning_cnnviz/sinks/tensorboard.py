@@ -31,6 +31,13 @@ CUSTOM_SCALARS_LAYOUT: dict[str, dict[str, list[Any]]] = {
         "dormant channels (fraction)": ["Multiline", [r"cnnviz/activations/dormant_fraction/.*"]],
         "filter smoothness": ["Multiline", [r"cnnviz/filters/smoothness/.*"]],
         "embedding kNN accuracy": ["Multiline", [r"cnnviz/embedding/knn_accuracy.*"]],
+        "invariance to translation (area under the normalised distance)": [
+            "Multiline", [r"cnnviz/invariance/translation/.*"]
+        ],
+        "invariance to scaling (area under the normalised distance)": ["Multiline", [r"cnnviz/invariance/scale/.*"]],
+        "invariance to rotation (area under the normalised distance)": [
+            "Multiline", [r"cnnviz/invariance/rotation/.*"]
+        ],
     },
 }
 

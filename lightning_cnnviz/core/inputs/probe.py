@@ -14,6 +14,7 @@ from torch import Tensor
 from lightning_cnnviz.core.budget import Budget
 from lightning_cnnviz.core.checks import check_callable
 from lightning_cnnviz.core.inputs.batches import NoImages, images_from_batch, inputs_from_batch, labels_from_batch
+from lightning_cnnviz.core.methods.perturbation.occlusion import OcclusionMemo
 from lightning_cnnviz.core.methods.stats import ChannelHealth
 from lightning_cnnviz.core.protocol import Ranks
 
@@ -209,7 +210,9 @@ class ProbeService:
     draw on it; each set keeps its own size and balance. It also keeps the latest top-activation scan, so a
     second monitor drawing the same layers at the same step reuses it (:meth:`scan`), and ``health``: each
     activation's dead and dormant channels in the latest window of training steps, by activation name (an
-    :class:`~lightning_cnnviz.core.ActivationHealth`'s ``marks``, which ActivationMonitor shares here).
+    :class:`~lightning_cnnviz.core.ActivationHealth`'s ``marks``, which ActivationMonitor shares here), and
+    ``occlusions``: the occluded forwards of the latest step, which the occlusion saliency map and the occlusion
+    figure share (:class:`~lightning_cnnviz.core.methods.perturbation.occlusion.OcclusionMemo`).
 
     Example:
         >>> service = ProbeService()
@@ -231,6 +234,7 @@ class ProbeService:
         self._scan: tuple[Any, Any] | None = None  # (key, (tops, probe images))
         self._example: tuple[tuple[int, int, bool], Tensor] | None = None  # the latest example batch's images
         self.health: dict[str, ChannelHealth] = {}  # by activation name, the latest training window's
+        self.occlusions = OcclusionMemo()  # the latest occluded forwards, for the pictures of one step
 
     def join(self, probe: ProbeSet) -> None:
         if all(member is not probe for member in self.members):

@@ -13,7 +13,6 @@ every task.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -25,9 +24,10 @@ from torch.overrides import TorchFunctionMode
 from lightning_cnnviz.core.inputs.batches import check_images, in_layout_of
 from lightning_cnnviz.core.inputs.task import Score, check_scores, class_score
 from lightning_cnnviz.core.methods._calls import INPLACE_RELU, relu_kind
+from lightning_cnnviz.core.methods.perturbation.occlusion import OcclusionMemo, check_window, occlude, occlusion_masks
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import evaluating, hooked, logits_of, resolve_modules
-from lightning_cnnviz.core.model.passes import activation_bytes, even_passes, pass_size
+from lightning_cnnviz.core.model.passes import even_passes, pass_size
 
 __all__ = ["deconvnet", "grad_cam", "guided_backprop", "occlusion", "smoothgrad", "vanilla_gradient"]
 
@@ -242,24 +242,6 @@ def grad_cam(
     return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
 
 
-def occlusion_masks(height: int, width: int, patch: int, stride: int) -> Tensor:
-    """(windows, 1, H, W) bool: every occluding square, row by row, at offsets ``k * stride`` with the last one
-    clipped at the border (captum's ``Occlusion`` windows).
-
-    Example:
-        >>> occlusion_masks(3, 3, 2, 1).flatten(1).int().tolist()[0]
-        [1, 1, 0, 1, 1, 0, 0, 0, 0]
-    """
-
-    def covered(size: int) -> Tensor:  # (windows along the axis, size): which pixels each window covers
-        starts = torch.arange(math.ceil((size - patch) / stride) + 1 if size > patch else 1) * stride
-        pixels = torch.arange(size)
-        return (pixels >= starts[:, None]) & (pixels < starts[:, None] + patch)
-
-    rows, cols = covered(height), covered(width)
-    return (rows[:, None, :, None] & cols[None, :, None, :]).reshape(-1, 1, height, width)
-
-
 def occlusion(
     model: nn.Module,
     images: Tensor,
@@ -271,6 +253,7 @@ def occlusion(
     probability: Callable[[Tensor], Tensor] | None = None,
     max_batch: int = 64,
     memory_budget: int | None = None,
+    memo: OcclusionMemo | None = None,
 ) -> Tensor:
     """Zeiler & Fergus 2013 occlusion: slide a ``patch`` x ``patch`` square (all channels) with ``stride``;
     each pixel gets the mean drop of the target probability over the windows that cover it. (N, H, W).
@@ -278,49 +261,41 @@ def occlusion(
     ``baseline`` fills the square: a number, or ``"mean"`` (each image's per-channel mean); ``probability`` maps
     the logits of a class target to the score (softmax); a callable target is the score itself. Windows follow
     captum's ``Occlusion``, so the maps equal its own. The copies are built on the model's device and run as full
-    forwards, copies of several images and windows together, as many per pass as fit ``memory_budget`` bytes of
-    activations (default: :func:`~lightning_cnnviz.core.model.passes.pass_size`, at least one copy of every image), with
-    no host sync between.
+    forwards (:func:`~lightning_cnnviz.core.methods.perturbation.occlusion.occlude`), copies of several images and
+    windows together, as many per pass as fit ``memory_budget`` bytes of activations (default:
+    :func:`~lightning_cnnviz.core.model.passes.pass_size`, at least one copy of every image), with no host sync
+    between. A class target's forwards come from ``memo`` when one is given (those another picture of the same
+    step made, the occlusion figure's).
 
     Example:
         >>> occlusion(net, images, patch=4, stride=2).shape
         torch.Size([2, 8, 8])
     """
     check_images(images)
-    if patch < 1 or stride < 1 or stride > patch:
-        raise ValueError(f"need 1 <= stride <= patch, got patch={patch}, stride={stride}")
+    check_window(patch, stride)
     score = probability or (lambda logits: logits.softmax(dim=1))
-    count, channels, height, width = images.shape
-    masks = occlusion_masks(height, width, patch, stride).to(images.device)
-    windows = masks.shape[0]
-    if baseline == "mean":
-        fill = images.mean(dim=(2, 3), keepdim=True)
-    elif isinstance(baseline, (int, float)):
-        fill = torch.full((count, channels, 1, 1), float(baseline), device=images.device, dtype=images.dtype)
-    else:
-        raise ValueError(f"baseline can be a number or 'mean', got {baseline!r}")
+    height, width = images.shape[-2:]
+    if callable(target):
+        measure = target
 
-    if memory_budget is not None:
-        per_pass = max(1, memory_budget // max(activation_bytes(model, images[:1]), 1))
+        def read(output: Any, inputs: Tensor, rows: Tensor) -> Tensor:
+            return check_scores(measure(output, inputs, rows), len(inputs))
+
+        found = occlude(model, images, patch=patch, stride=stride, baseline=baseline, reads={"score": read},
+                        max_batch=max_batch, memory_budget=memory_budget)  # fmt: skip
+        drop = found.clean["score"][:, None] - found.outputs["score"]
     else:
-        per_pass = even_passes(count * windows, pass_size(model, images[:1], minimum=count))
-    rows = torch.arange(count, device=images.device)
-    with evaluating(model):
-        measure: Score
-        if callable(target):
-            measure = target
-            parts = zip(images.split(max_batch), rows.split(max_batch))
-            clean = torch.cat([check_scores(measure(model(chunk), chunk, r), len(chunk)) for chunk, r in parts])
+        if memo is not None:
+            found = memo.occlude(model, images, patch=patch, stride=stride, baseline=baseline, max_batch=max_batch)
         else:
-            clean_logits = torch.cat([logits_of(model(chunk)) for chunk in images.split(max_batch)])
-            measure = class_score(_targets(model, images, target, max_batch, logits=clean_logits), score)
-            clean = measure(clean_logits, images, rows)
-        drops = []
-        for start in range(0, count * windows, per_pass):
-            copy = torch.arange(start, min(start + per_pass, count * windows), device=images.device)
-            image, window = copy // windows, copy % windows
-            occluded = in_layout_of(torch.where(masks[window], fill[image], images[image]), images)
-            drops.append(clean[image] - check_scores(measure(model(occluded), occluded, image), len(occluded)))
-    drop = torch.cat(drops).view(count, windows)
+            logits = {"logits": lambda output, inputs, rows: logits_of(output)}
+            found = occlude(model, images, patch=patch, stride=stride, baseline=baseline, reads=logits,
+                            max_batch=max_batch, memory_budget=memory_budget)  # fmt: skip
+        clean_logits, copies = found.clean["logits"], found.outputs["logits"]
+        classes = _targets(model, images, target, max_batch, logits=clean_logits)
+        clean = score(clean_logits).gather(1, classes[:, None])
+        occluded = score(copies.flatten(0, 1)).view(*copies.shape[:2], -1)
+        drop = clean - occluded.gather(2, classes[:, None, None].expand(-1, copies.shape[1], 1))[..., 0]
+    masks = occlusion_masks(height, width, patch, stride).to(images.device)
     total = torch.einsum("nw,whk->nhk", drop, masks[:, 0].to(drop.dtype))
     return total / masks.sum(dim=0).clamp_min(1)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cnnviz.core.methods import saliency as S
+from lightning_cnnviz.core.methods.perturbation.occlusion import OcclusionMemo, default_window
 
 __all__ = ["METHODS", "SaliencyMethod", "SaliencySettings"]
 
@@ -20,7 +21,8 @@ __all__ = ["METHODS", "SaliencyMethod", "SaliencySettings"]
 class SaliencySettings:
     """What the methods read besides the model, the images and the target: SmoothGrad's noisy copies, noise level
     and seed; the occluding square's side and step (None: a quarter of the image side, a quarter of the patch);
-    Grad-CAM's layer (None: the layer the panel chose, else the last ``nn.Conv2d``).
+    Grad-CAM's layer (None: the layer the panel chose, else the last ``nn.Conv2d``); the occluded forwards other
+    pictures of the model made at this step (``memo``, set by the panel for one call).
 
     Example:
         >>> SaliencySettings(smoothgrad_samples=8).smoothgrad_samples
@@ -33,6 +35,7 @@ class SaliencySettings:
     occlusion_patch: int | None = None
     occlusion_stride: int | None = None
     grad_cam_layer: str | None = None
+    memo: OcclusionMemo | None = None
 
 
 class SaliencyMethod:
@@ -134,6 +137,5 @@ class Occlusion(SaliencyMethod):
 
     def maps(self, model: nn.Module, images: Tensor, target: S.Target, settings: SaliencySettings,
              cam_layer: str | None) -> Tensor:  # fmt: skip
-        patch = settings.occlusion_patch or max(2, min(images.shape[-2:]) // 4)
-        stride = settings.occlusion_stride or max(1, patch // 4)
-        return S.occlusion(model, images, target, patch=patch, stride=stride)[:, None]
+        patch, stride = default_window(images.shape[-2:], settings.occlusion_patch, settings.occlusion_stride)
+        return S.occlusion(model, images, target, patch=patch, stride=stride, memo=settings.memo)[:, None]

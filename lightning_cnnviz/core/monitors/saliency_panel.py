@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +30,7 @@ from lightning_cnnviz.core.inputs.task import (
 )
 from lightning_cnnviz.core.methods import saliency as S
 from lightning_cnnviz.core.methods.activation_sites import find_activation_sites
+from lightning_cnnviz.core.methods.perturbation.occlusion import OcclusionMemo
 from lightning_cnnviz.core.methods.saliency_methods import METHODS, SaliencySettings
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import class_name, evaluating, hooked, logits_of, model_device, resolve_modules
@@ -248,14 +249,17 @@ class SaliencyPanel:
         labels: Tensor | None,
         method: str,
         explained: Explanation | None = None,
+        memo: OcclusionMemo | None = None,
     ) -> Tensor:
         """The ``method``'s (N, C, H, W) maps of ``images`` (on the images' device; C = 1 for a heat map) for the
-        target of each image (``explained`` when the caller has it, else :meth:`explain`)."""
+        target of each image (``explained`` when the caller has it, else :meth:`explain`); occlusion of a class
+        target takes its forwards from ``memo`` when given (shared with the occlusion figure of the same step)."""
         explained = explained or self.explain(model, images, labels)
         chosen, drawn = explained.target, METHODS[method]
         by_class = chosen.classes is not None and explained.task == "classification"
         target: S.Target = chosen.classes if by_class else (chosen.change if drawn.change else chosen)
-        return drawn.maps(self.scored(model), images, target, self.settings, explained.cam_layer)
+        settings = replace(self.settings, memo=memo) if memo is not None and self.output_to_logits is None else None
+        return drawn.maps(self.scored(model), images, target, settings or self.settings, explained.cam_layer)
 
     def other_kinds(self, model: nn.Module, images: Tensor) -> list[str]:
         """Activation kinds of the model other than ``relu``, through which guided rules pass the true gradient."""
@@ -299,7 +303,8 @@ class SaliencyPanel:
         for method in self.methods:
 
             def draw(method: str = method, explained: Explanation = explained) -> None:
-                maps = self.maps(model, images, labels, method, explained)
+                memo = context.shared.occlusions.at(moment.step)
+                maps = self.maps(model, images, labels, method, explained, memo)
                 if guard.finite(maps, what=f"the {method} maps", moment=moment):
                     shot.images[f"cnnviz/saliency/{method}"] = self.picture(model, images, maps, method, explained)
                     shot.captions[f"cnnviz/saliency/{method}"] = f"{method} of {len(images)} probe images"
