@@ -44,6 +44,8 @@ _SECTIONS = (
     ("Feature inversion (Mahendran and Vedaldi)", ("cnnviz/inversion",)),
     ("Embedding of the network's codes", ("cnnviz/embedding/",)),
     ("Activation atlas (Carter et al.)", ("cnnviz/activation_atlas/",)),
+    ("Occlusion (Zeiler & Fergus)", ("cnnviz/occlusion/",)),
+    ("Invariance to translation, scaling and rotation (Zeiler & Fergus)", ("cnnviz/invariance/",)),
 )
 
 
@@ -241,12 +243,12 @@ def load_checkpoint(path: str | os.PathLike[str], trust: bool = False) -> dict[s
 #: The monitors a report rebuilds from a checkpoint's state keys (``Name{'field': value, ...}``).
 _MONITORS = ("FilterMonitor", "ActivationMonitor", "ActivationMapMonitor", "SaliencyMonitor", "TopPatchMonitor",
              "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor", "InversionMonitor",
-             "ActivationAtlasMonitor")  # fmt: skip
+             "ActivationAtlasMonitor", "OcclusionMonitor", "InvarianceMonitor")  # fmt: skip
 
 
 def monitors_of(state: dict[str, Any]) -> list[Any]:
     """The monitors whose state ``state`` (a checkpoint) holds, built with the settings their state keys name (the
-    others at their defaults); all ten at their defaults when it holds none."""
+    others at their defaults); all twelve at their defaults when it holds none."""
     import ast
     import inspect
 

@@ -245,8 +245,8 @@ def every_monitor(
 ) -> dict[str, Any]:
     """Every monitor but FeatureVisMonitor, small probes and few steps, ``on_error="raise"``, by short name, in the
     README's order; ``cadence``: the ``every_n_epochs`` of FilterMonitor, ActivationMapMonitor, SaliencyMonitor,
-    TopPatchMonitor, ClassModelMonitor, InversionMonitor and ActivationAtlasMonitor (EmbeddingMonitor logs every
-    epoch)."""
+    TopPatchMonitor, ClassModelMonitor, InversionMonitor, ActivationAtlasMonitor, OcclusionMonitor and
+    InvarianceMonitor (EmbeddingMonitor logs every epoch)."""
     from lightning_cnnviz import (
         ActivationAtlasMonitor,
         ActivationMapMonitor,
@@ -254,7 +254,9 @@ def every_monitor(
         ClassModelMonitor,
         EmbeddingMonitor,
         FilterMonitor,
+        InvarianceMonitor,
         InversionMonitor,
+        OcclusionMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
     )
@@ -273,6 +275,8 @@ def every_monitor(
         "activation_atlas": ActivationAtlasMonitor(
             probe_size=16, vectors=200, grid=4, steps=4, every_n_epochs=cadence, on_error="raise"
         ),
+        "occlusion": OcclusionMonitor(every_n_epochs=cadence, on_error="raise"),
+        "invariance": InvarianceMonitor(every_n_epochs=cadence, on_error="raise"),
     }
 
 

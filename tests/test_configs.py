@@ -24,9 +24,9 @@ from lightning_cnnviz.demo.data import find_data, how_to_get
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 MONITORS = ("FilterMonitor", "ActivationMonitor", "ActivationMapMonitor", "SaliencyMonitor", "TopPatchMonitor")
 MONITORS += ("EmbeddingMonitor", "ClassModelMonitor", "InversionMonitor")
-MONITORS += ("FeatureVisMonitor", "ActivationAtlasMonitor")
+MONITORS += ("FeatureVisMonitor", "ActivationAtlasMonitor", "OcclusionMonitor", "InvarianceMonitor")
 TAGS = ("cnnviz/filters/", "cnnviz/activations/", "cnnviz/saliency/", "cnnviz/top_patches/", "cnnviz/embedding/")
-TAGS += ("cnnviz/feature_vis/",)
+TAGS += ("cnnviz/feature_vis/", "cnnviz/occlusion/", "cnnviz/invariance/")
 
 
 def test_the_demo_configs_are_the_packaged_ones() -> None:

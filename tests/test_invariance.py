@@ -138,8 +138,8 @@ def test_a_snapshot_draws_a_plot_per_transformation_and_an_area_per_layer_and_sa
     images, labels = torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2])
     shot = curves.snapshot(net, Probe(images, labels), Context(Moment(epoch=2, step=20)))
     assert sorted(shot.images) == ["cnnviz/invariance/rotation", "cnnviz/invariance/translation"]
-    assert sorted(shot.scalars) == ["cnnviz/invariance/rotation/conv1", "cnnviz/invariance/rotation/fc",
-                                    "cnnviz/invariance/translation/conv1", "cnnviz/invariance/translation/fc"]  # fmt: skip
+    assert sorted(shot.scalars) == [f"cnnviz/invariance/{kind}/{layer}" for kind in ("rotation", "translation")
+                                    for layer in ("conv1", "fc")]  # fmt: skip
     found = invariance(net, images, "translation", curves.read(net), classes=labels)
     assert shot.scalars["cnnviz/invariance/translation/fc"] == pytest.approx(found.area("fc"), rel=1e-5)
     picture = shot.images["cnnviz/invariance/translation"]

@@ -25,7 +25,9 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InvarianceMonitor,
     InversionMonitor,
+    OcclusionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -38,7 +40,7 @@ from lightning_cnnviz.demo.tasks import OTHER_INPUTS, TaskModule, boxes, task
 
 SALIENCY = ("vanilla_gradient", "smoothgrad", "guided_backprop", "grad_cam", "occlusion")
 IMAGE_MONITORS = ("SaliencyMonitor", "TopPatchMonitor", "EmbeddingMonitor", "FeatureVisMonitor", "ClassModelMonitor",
-                  "InversionMonitor", "ActivationAtlasMonitor")
+                  "InversionMonitor", "ActivationAtlasMonitor", "OcclusionMonitor", "InvarianceMonitor")
 WRITTEN = {
     "filter": ["cnnviz/filters/net."],
     "activation": ["cnnviz/activations/dead_fraction/", "cnnviz/activations/sparsity/", "cnnviz/activations/dead_map"],
@@ -51,13 +53,15 @@ WRITTEN = {
     ],
     "inversion": ["cnnviz/inversion_evolution", "cnnviz/inversion/psnr/net.backbone."],
     "activation_atlas": ["cnnviz/activation_atlas/net.backbone."],
+    "occlusion": ["cnnviz/occlusion/net.backbone."],
+    "invariance": ["cnnviz/invariance/translation", "cnnviz/invariance/translation/net.backbone."],
 }
 KNN = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one integer class per image"
 
 
 def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
-    """All ten monitors at their defaults, only the cost arguments (probe sizes, vectors, steps, occlusion stride,
-    channels per layer) shrunk."""
+    """All twelve monitors at their defaults, only the cost arguments (probe sizes, vectors, steps, occlusion stride,
+    channels per layer, transformations) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
@@ -69,6 +73,8 @@ def all_monitors(channels: int = 16) -> dict[str, pl.Callback]:
         "class_models": ClassModelMonitor(steps=4, probe_size=8),
         "inversion": InversionMonitor(steps=4),
         "activation_atlas": ActivationAtlasMonitor(probe_size=8, vectors=100, grid=4, steps=4),
+        "occlusion": OcclusionMonitor(probe_size=2, stride=16),
+        "invariance": InvarianceMonitor(probe_size=2, transformations=("translation",)),
     }
 
 
@@ -105,8 +111,11 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         writers = list(WRITTEN)
         chosen = [m for m in told if "so the probe images go directly into 'net.backbone' (its `backbone`)" in m]
         assert sorted(m.split(":")[0] for m in chosen) == ["ActivationAtlasMonitor", "ActivationMapMonitor",
-                                                           "EmbeddingMonitor", "FeatureVisMonitor", "InversionMonitor",
+                                                           "EmbeddingMonitor", "FeatureVisMonitor", "InvarianceMonitor",
+                                                           "InversionMonitor", "OcclusionMonitor",
                                                            "TopPatchMonitor"]  # fmt: skip
+        assert any(m.startswith("OcclusionMonitor: panels (d) and (e) read class probabilities, and the task is "
+                                "detection") for m in told), told  # fmt: skip
         assert f"(64, 64) -> {(96, 96) if name == 'fcos' else (320, 320)}" in chosen[0]
         assert any(m.startswith("SaliencyMonitor: task 'detection'") and "highest-scoring box" in m for m in told)
     else:
@@ -119,7 +128,7 @@ def test_all_monitors_at_their_defaults_finish_on_detectors_and_1d_3d_networks(n
         assert sorted(off) == sorted(expected)
         writers = ["filter", "activation", "activation_maps"]
         images = ("saliency", "top_patches", "embedding", "feature_vis", "feature_vis_patches", "deep_dream",
-                  "class_models", "inversion", "activation_atlas")
+                  "class_models", "inversion", "activation_atlas", "occlusion", "invariance")
         assert not [tag for tag in tags if tag.startswith(tuple(f"cnnviz/{kind}" for kind in images))]
     for monitor in writers:
         for prefix in WRITTEN[monitor]:

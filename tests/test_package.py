@@ -85,8 +85,9 @@ def test_the_core_public_list_is_small_and_every_module_all_is_real() -> None:
 def test_top_level_exports_the_monitors_and_the_sink() -> None:
     assert set(lightning_cnnviz.__all__) == {
         "ActivationAtlasMonitor", "ActivationMapMonitor", "ActivationMonitor", "ClassModelMonitor", "DeadFilterEvent",
-        "EmbeddingMonitor", "EpochMonitor", "FeatureVisMonitor", "FilterMonitor", "InvarianceMonitor", "InversionMonitor",
-        "OcclusionMonitor", "SaliencyMonitor", "TensorBoardSink", "TopPatchMonitor", "__version__", "register_sink", "sink_for",
+        "EmbeddingMonitor", "EpochMonitor", "FeatureVisMonitor", "FilterMonitor", "InvarianceMonitor",
+        "InversionMonitor", "OcclusionMonitor", "SaliencyMonitor", "TensorBoardSink", "TopPatchMonitor", "__version__",
+        "register_sink", "sink_for",
     }  # fmt: skip
     for name in lightning_cnnviz.__all__:
         assert getattr(lightning_cnnviz, name) is not None

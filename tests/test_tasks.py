@@ -25,7 +25,9 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InvarianceMonitor,
     InversionMonitor,
+    OcclusionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -58,6 +60,8 @@ WRITTEN = {
     "feature_vis": ["cnnviz/feature_vis/"],
     "inversion": ["cnnviz/inversion", "cnnviz/inversion_evolution", "cnnviz/inversion/psnr/"],
     "activation_atlas": ["cnnviz/activation_atlas/"],
+    "occlusion": ["cnnviz/occlusion/"],
+    "invariance": [f"cnnviz/invariance/{kind}" for kind in ("translation", "scale", "rotation")],
 }
 EXPECTED_TASK = {
     "simclr": "embedding", "autoencoder": "reconstruction", "multilabel": "multilabel", "regression": "regression",
@@ -71,7 +75,7 @@ NOT_APPLYING = "EmbeddingMonitor: the kNN accuracy does not apply: it needs one 
 
 
 def all_monitors() -> dict[str, pl.Callback]:
-    """All ten monitors at their defaults, only the cost arguments (probe sizes, vectors, steps) shrunk."""
+    """All twelve monitors at their defaults, only the cost arguments (probe sizes, vectors, steps) shrunk."""
     return {
         "filter": FilterMonitor(),
         "activation": ActivationMonitor(every_n_steps=2),
@@ -83,6 +87,8 @@ def all_monitors() -> dict[str, pl.Callback]:
         "class_models": ClassModelMonitor(steps=4, probe_size=16),
         "inversion": InversionMonitor(steps=4),
         "activation_atlas": ActivationAtlasMonitor(probe_size=16, vectors=200, grid=4, steps=4),
+        "occlusion": OcclusionMonitor(),
+        "invariance": InvarianceMonitor(),
     }
 
 

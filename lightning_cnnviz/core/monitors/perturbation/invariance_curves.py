@@ -23,7 +23,7 @@ from lightning_cnnviz.core.methods.perturbation.invariance import (
 )
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import evaluating, logits_of, model_device, resolve_modules
-from lightning_cnnviz.core.model.trunk import ImageEntry
+from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
 from lightning_cnnviz.core.protocol import Snapshot
 
 __all__ = ["InvarianceCurves"]
@@ -108,9 +108,12 @@ class InvarianceCurves:
         """Every transformation's curves of ``images`` (this rank's share), and what the probability reads."""
         with evaluating(model):
             output = model(images)
-        task, _ = decide_task(self.task, labels, output, images)
+        if isinstance(model, Trunk):  # a detector's backbone: its output is features, not the detector's answer
+            task, main = "detection (the images go into its backbone)", None
+        else:
+            task, _ = decide_task(self.task, labels, output, images)
+            main = logits_of(output) if task != "detection" else None
         classes, rule, squash = None, "", None
-        main = logits_of(output) if task != "detection" else None
         if task in ("classification", "multilabel") and main is not None and main.dim() == 2:
             target = choose_target(task, "auto", output, images, labels, self.class_names)
             classes, rule = target.classes, target.rule

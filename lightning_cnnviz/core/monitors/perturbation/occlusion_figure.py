@@ -33,7 +33,7 @@ from lightning_cnnviz.core.methods.perturbation.occlusion import (
 from lightning_cnnviz.core.methods.top_patches import feature_map, project_activations
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import class_name, evaluating, logits_of, model_device, resolve_modules, run_to
-from lightning_cnnviz.core.model.trunk import ImageEntry
+from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
 from lightning_cnnviz.core.protocol import Guard, Snapshot
 
 __all__ = ["OcclusionFigure"]
@@ -165,8 +165,11 @@ class OcclusionFigure:
         patch, stride = self.window(images)
         with evaluating(model):
             output = model(images)
-        task, _ = decide_task(self.task, labels, output, images)
-        main = logits_of(output) if task != "detection" else None
+        if isinstance(model, Trunk):  # a detector's backbone: its output is features, not the detector's answer
+            task, main = "detection (the images go into its backbone)", None
+        else:
+            task, _ = decide_task(self.task, labels, output, images)
+            main = logits_of(output) if task != "detection" else None
         if task in ("classification", "multilabel") and main is not None and main.dim() == 2:
             target = choose_target(task, "auto", output, images, labels, self.class_names)
             classes = target.classes
@@ -271,7 +274,10 @@ class OcclusionFigure:
         device = model_device(model)
         images = probe.images.to(device)
         ys, xs = self.strongest(model, images, layer, panels.channel)
-        fields = LayerMap.of(model).receptive_fields(model, [layer], images[:1])
+        try:
+            fields = LayerMap.of(model).receptive_fields(model, [layer], images[:1])
+        except ValueError:  # a geometry it cannot follow (upsampling, ...): projected on the whole image, no frame
+            fields = {}
         projected = project_activations(model, layer, images, panels.channel, ys, xs, rules=(self.projection,),
                                         field=fields.get(layer))[self.projection]  # fmt: skip
         grid = occlusion_grid(images.shape[-2:], *self.window(images))
