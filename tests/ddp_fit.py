@@ -21,11 +21,22 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InvarianceMonitor,
     InversionMonitor,
+    OcclusionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
-from lightning_cnnviz.core import Budget, knn_accuracy, top_activations, visualize_features
+from lightning_cnnviz.core import (
+    Budget,
+    Context,
+    Moment,
+    Probe,
+    Ranks,
+    knn_accuracy,
+    top_activations,
+    visualize_features,
+)
 from lightning_cnnviz.demo.data import DigitsDataModule
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -54,6 +65,8 @@ def main() -> None:
     maps = ActivationMapMonitor(every_n_epochs=1, on_error="raise")
     inversion = InversionMonitor(every_n_epochs=1, steps=8, on_error="raise")
     atlas = ActivationAtlasMonitor(probe_size=40, vectors=200, grid=4, steps=4, every_n_epochs=1, on_error="raise")
+    occlusion = OcclusionMonitor(every_n_epochs=1, on_error="raise")
+    invariance = InvarianceMonitor(every_n_epochs=1, transformations=("translation", "rotation"), on_error="raise")
     embedding = EmbeddingMonitor(probe_size=60, every_n_epochs=1, on_error="raise")
     saliency = SaliencyMonitor(methods=("grad_cam", "smoothgrad"), num_images=4, smoothgrad_samples=3, on_error="raise")
     patches = TopPatchMonitor(layers=["net.conv1", "net.conv3"], probe_size=50, method="both", on_error="raise")
@@ -73,6 +86,8 @@ def main() -> None:
             maps,
             inversion,
             atlas,
+            occlusion,
+            invariance,
             saliency,
             patches,
             embedding,
@@ -108,6 +123,20 @@ def main() -> None:
         lr=vis.renderer.lr, colors=vis.renderer.colors(vis.probe_images), normalize=vis.renderer.to_model,
     )  # fmt: skip
     rendered = vis.last_images.get("net.conv2")
+    # the occlusion figure and the invariance curves: each rank took every second image; rank 0 holds them all
+    shown = Probe(occlusion.probe_images, occlusion.probe_labels)
+    occlusion_equal = invariance_equal = None
+    if occlusion.figure.last is not None and invariance.curves.last is not None:
+        context = Context(Moment(epoch=0, step=-1))
+        single_panels, _ = occlusion.figure.measure(model, shown.images, shown.labels, context, context.guard)
+        occlusion_equal = bool(torch.allclose(occlusion.figure.last.b, single_panels.b, atol=1e-4)
+                               and torch.equal(occlusion.figure.last.e, single_panels.e))  # fmt: skip
+        scaled = invariance.context(Moment(epoch=0, step=-1), Ranks.single())  # the data module's mean and std
+        single_curves, _ = invariance.curves.curves(model, shown.images, shown.labels, scaled)
+        invariance_equal = all(
+            torch.allclose(invariance.curves.last[kind].distances[layer], found.distances[layer], atol=1e-5)
+            for kind, found in single_curves.items() for layer in found.distances
+        )
     report = {
         "feature_vis_equal_single_process": None
         if rendered is None
@@ -135,6 +164,9 @@ def main() -> None:
         "inversion_drawn": inversion.inversion.last_images is not None,
         "atlas_probe": atlas.probe_images.sum().item(),
         "atlas_drawn": atlas.atlas.last_images is not None,
+        "occlusion_probe": [occlusion.probe_labels.tolist(), occlusion.probe_images.sum().item()],
+        "occlusion_equal_single_process": occlusion_equal,
+        "invariance_equal_single_process": invariance_equal,
         "maps_dead": {name: [list(drawn["health"].dead), drawn["seen"]] for name, drawn in maps.maps.last.items()},
         "embedding_map_shape": None if embedding.last_map is None else list(embedding.last_map.shape),
         "embedding_knn": embedding.last_knn_accuracy,

@@ -84,6 +84,7 @@ class InvarianceCurves:
         self.task = check_choice(who, "task", task, ("auto", *TASKS))
         self.class_names = list(class_names) if class_names is not None else None
         self.entry = ImageEntry(who, module)
+        self.last: dict[str, Invariance] | None = None  # the latest curves (every image, on rank zero)
 
     def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
         """Check ``layers`` and ``module`` against ``model`` (ValueError naming its modules); DoesNotApply for a
@@ -147,6 +148,7 @@ class InvarianceCurves:
         everything = self._unpacked(ranks.join(local, len(probe.images)), measured[0])
         if not ranks.is_zero or not guard.finite(local, what="the invariance curves", moment=context.moment):
             return shot
+        self.last = everything
         names = describe_labels(probe.labels, self.class_names) or [f"image {i}" for i in range(len(probe.images))]
         names = [f"{i}: {name}" for i, name in enumerate(names)]
         for kind, found in everything.items():

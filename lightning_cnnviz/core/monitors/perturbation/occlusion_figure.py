@@ -138,6 +138,7 @@ class OcclusionFigure:
         self.min_px = check_positive_int(who, "min_px", min_px)
         self.entry = ImageEntry(who, module)
         self.chosen: str | None = None  # the layer, once attached
+        self.last: Panels | None = None  # what the latest figure drew (every image, on rank zero)
 
     def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
         """Check ``layer`` and ``module`` against ``model`` (ValueError naming its modules); DoesNotApply for a
@@ -260,6 +261,7 @@ class OcclusionFigure:
         if not ranks.is_zero or not guard.finite(panels.b, what="the occlusion figure's activations",
                                                  moment=context.moment):  # fmt: skip
             return shot
+        self.last = panels
         drawn = guard.run("the occlusion figure picture", self.picture, part, probe, panels, layer, measured[1])
         if drawn is not None:
             shot.images[f"cnnviz/occlusion/{layer}"] = drawn
