@@ -42,7 +42,9 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InvarianceMonitor,
     InversionMonitor,
+    OcclusionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
@@ -59,10 +61,12 @@ MONITORS: dict[str, Callable[..., Any]] = {
     "ClassModelMonitor": ClassModelMonitor,
     "InversionMonitor": InversionMonitor,
     "ActivationAtlasMonitor": ActivationAtlasMonitor,
+    "OcclusionMonitor": OcclusionMonitor,
+    "InvarianceMonitor": InvarianceMonitor,
 }
 FIXED = {"FilterMonitor": 1, "ActivationMapMonitor": 1, "SaliencyMonitor": 1, "TopPatchMonitor": 1,
          "EmbeddingMonitor": 5, "FeatureVisMonitor": 5, "ClassModelMonitor": 5, "InversionMonitor": 5,
-         "ActivationAtlasMonitor": 5}  # fmt: skip
+         "ActivationAtlasMonitor": 5, "OcclusionMonitor": 1, "InvarianceMonitor": 1}  # fmt: skip
 
 
 def images(count: int, size: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -33,9 +33,12 @@ from lightning_cnnviz.core import (
     FeatureVisPanel,
     FilterPanel,
     InputScale,
+    InvarianceCurves,
     Moment,
+    OcclusionFigure,
     Picture,
     Probe,
+    ProbeService,
     SaliencyPanel,
     StepPicture,
     TopPatchGallery,
@@ -67,9 +70,12 @@ class Pictures:
             (ClassModels(), everything),
             (FeatureInversion(), four),
             (ActivationAtlas(), everything),
+            (OcclusionFigure(), four),  # shares its occluded forwards with the saliency panel's at a step
+            (InvarianceCurves(), four),
             *((picture, everything) for picture in extra),  # pictures of your own
         ]
         self.scale, self.steps, self.epoch = InputScale(), 0, 0
+        self.shared = ProbeService()  # what the pictures share, kept by step: scans, occluded forwards
         self.tap: ActivationTap | None = None
 
     @contextmanager
@@ -79,6 +85,8 @@ class Pictures:
         self.scale = InputScale(mean, std)
         for picture, probe in self.pictures:
             picture.attach(model, probe.images[:2])
+            if hasattr(picture, "share"):  # what it asks of the others' work at a step (the occluded forwards)
+                picture.share(self.shared)
         with self.health.watch(model) as tap:
             self.tap = tap
             yield tap
@@ -97,7 +105,7 @@ class Pictures:
         assert self.tap is not None, "call epoch_end inside start()"
         self.epoch = epoch + 1
         moment = Moment(epoch=epoch, step=self.steps)
-        context = Context(moment, scale=self.scale)  # one per moment: shared scans
+        context = Context(moment, scale=self.scale, shared=self.shared)
         context.shared.health = self.health.marks  # the latest window's dead channels, framed in the maps
         with self.tap.paused():
             for picture, probe in self.pictures:

@@ -6,8 +6,10 @@ Runs (CPU, a few minutes): the demo CNN on the CIFAR-10 zip (7x7 RGB first layer
 patches, and on Fashion-MNIST with a sane and a destructive learning rate and for the t-SNE maps. The data is
 found as ``lightning_cnnviz.demo.data.find_data`` finds it (``$CNNVIZ_DATA``, Debian's Fashion-MNIST package) or
 given with ``--data DIR`` (a folder holding ``fashion-mnist/`` and ``cifar10/cifar10-jpg.zip``).
-``--parts`` picks some of ``saliency activations activation_maps top_patches embedding feature_vis class_models tasks
-other`` (``activation_maps``: the demo CNN on Fashion-MNIST, its maps and their sparsity epoch by epoch;
+``--parts`` picks some of ``saliency activations activation_maps top_patches embedding feature_vis class_models
+occlusion tasks other`` (``occlusion``: the demo CNN on Fashion-MNIST, its occlusion figure and invariance curves, and
+the areas under the curves trained and untrained; ``activation_maps``: the demo CNN on Fashion-MNIST, its maps and
+their sparsity epoch by epoch;
 ``class_models``: the demo CNN on CIFAR-10, its class models, how each scores, and its feature inversions; ``tasks``: a
 segmentation network's saliency and a regression network's t-SNE map, on generated images; ``other``: Conv1d and
 Conv3d filters and a detector's saliency, on generated signals, clips and boxes).
@@ -34,11 +36,13 @@ from lightning_cnnviz import (
     EmbeddingMonitor,
     FeatureVisMonitor,
     FilterMonitor,
+    InvarianceMonitor,
     InversionMonitor,
+    OcclusionMonitor,
     SaliencyMonitor,
     TopPatchMonitor,
 )
-from lightning_cnnviz.core import filter_smoothness
+from lightning_cnnviz.core import Context, InputScale, Moment, filter_smoothness
 from lightning_cnnviz.demo.data import IDXDataModule, ImageFolderDataModule, find_data, how_to_get
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -91,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
     parts = ["saliency", "activations", "activation_maps", "top_patches", "embedding", "feature_vis", "class_models",
-             "tasks", "other"]
+             "occlusion", "tasks", "other"]
     parser.add_argument("--parts", nargs="+", default=parts)
     parser.add_argument("--data", action="append", default=[], help="a folder holding fashion-mnist/ and cifar10/")
     args = parser.parse_args()
@@ -116,6 +120,8 @@ def main() -> None:
             feature_vis(Path(tmp), out)
         if "class_models" in args.parts:
             class_models(Path(tmp), out)
+        if "occlusion" in args.parts:
+            occlusion(Path(tmp), out)
         if "tasks" in args.parts:
             tasks(Path(tmp), out)
         if "other" in args.parts:
@@ -222,6 +228,30 @@ def activation_maps(tmp: Path, out: Path) -> None:
     for tag in sorted(t for t in accumulator.Tags()["scalars"] if t.startswith("cnnviz/activation_maps/sparsity/")):
         values = ", ".join(f"{event.value:.3f}" for event in accumulator.Scalars(tag))
         print(f"{tag.rsplit('/', 1)[-1]}: fraction of zeros in the maps, epoch by epoch: {values}")
+
+
+def occlusion(tmp: Path, out: Path) -> None:
+    """The demo CNN on Fashion-MNIST, 6 epochs of 100 steps of 128: the occlusion figure and the invariance curves of
+    four test images every epoch; prints the areas under the translation curves epoch by epoch and, on the same
+    images, of the untrained network."""
+    fashion = IDXDataModule(str(data_path("fashion-mnist", ROOTS)), limit_val=1000)
+    figure = OcclusionMonitor(every_n_epochs=1, class_names=FASHION_CLASSES)
+    curves = InvarianceMonitor(every_n_epochs=1, class_names=FASHION_CLASSES)
+    untrained = ImageClassifier()
+    run = fit(tmp / "occlusion", fashion, ImageClassifier(), [figure, curves], max_epochs=6, limit_train_batches=100)
+    save_last_image(run, "cnnviz/occlusion/net.relu3", out / "occlusion_fashion_mnist.png")
+    for kind in ("translation", "scale", "rotation"):
+        save_last_image(run, f"cnnviz/invariance/{kind}", out / f"invariance_{kind}_fashion_mnist.png")
+    accumulator = EventAccumulator(str(run))
+    accumulator.Reload()
+    for tag in sorted(t for t in accumulator.Tags()["scalars"] if t.startswith("cnnviz/invariance/")):
+        values = ", ".join(f"{event.value:.3f}" for event in accumulator.Scalars(tag))
+        print(f"{tag}: area under the normalised distance, epoch by epoch: {values}")
+    context = Context(Moment(epoch=0, step=0), scale=InputScale.of(fashion))
+    assert curves.probe_images is not None
+    before, _ = curves.curves.curves(untrained, curves.probe_images, curves.probe_labels, context)
+    for kind, found in before.items():
+        print(f"untrained, {kind}: " + ", ".join(f"{layer} {found.area(layer):.3f}" for layer in found.distances))
 
 
 def top_patches(tmp: Path, out: Path) -> None:

@@ -130,6 +130,19 @@ def test_tensorboard_images_tab_shows_our_pictures(browser: Any, board: str) -> 
         lambda: seen.page.locator("text=cnnviz/activation_atlas/net.relu3").count() >= 1
         and all(i["ok"] for i in seen.images()),
     )
+    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2Focclusion")
+    seen.wait_for(
+        "the occlusion figure",
+        lambda: seen.page.locator("text=cnnviz/occlusion/net.relu3").count() >= 1
+        and all(i["ok"] for i in seen.images()),
+    )
+    seen.page.goto(f"{board}/#images&tagFilter=cnnviz%2Finvariance")
+    seen.wait_for(
+        "the invariance curves",
+        lambda: all(seen.page.locator(f"text=cnnviz/invariance/{kind}").count() >= 1
+                    for kind in ("translation", "scale", "rotation"))
+        and all(i["ok"] for i in seen.images()),
+    )  # fmt: skip
     seen.finish("tensorboard_images.png")
 
 
@@ -177,6 +190,7 @@ def test_report_page_shows_every_picture(browser: Any, demo_report: tuple[Path, 
     assert {"cnnviz/activation_maps/net.relu1", "cnnviz/activation_maps_evolution/net.relu1"} <= set(tags)
     assert {"cnnviz/class_models", "cnnviz/class_models_evolution"} <= set(tags)
     assert {"cnnviz/inversion", "cnnviz/inversion_evolution", "cnnviz/activation_atlas/net.relu3"} <= set(tags)
+    assert {"cnnviz/occlusion/net.relu3", "cnnviz/invariance/translation", "cnnviz/invariance/rotation"} <= set(tags)
     for image in images:  # decoded at the size the event file says
         latest = tags[image["alt"]][-1]
         assert (image["width"], image["height"]) == (latest.width, latest.height)

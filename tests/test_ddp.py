@@ -83,7 +83,7 @@ def test_ddp_two_processes_agree_and_write_once(tmp_path: Path) -> None:
     assert ranks[0]["occlusion_probe"] == ranks[1]["occlusion_probe"] == ranks[0]["maps_probe"]
     assert ranks[0]["occlusion_equal_single_process"] is True and ranks[1]["occlusion_equal_single_process"] is None
     assert ranks[0]["invariance_equal_single_process"] is True and ranks[1]["invariance_equal_single_process"] is None
-    assert [e.step for e in events["images"]["cnnviz/occlusion/net.conv3"]] == [0, 1, 2]
+    assert [e.step for e in events["images"]["cnnviz/occlusion/net.relu3"]] == [0, 1, 2]
     assert [e.step for e in events["scalars"]["cnnviz/invariance/rotation/net.fc"]] == [0, 1, 2]
     # feature visualization: channels split over the ranks, gathered, drawn on rank 0 only, equal to one process
     assert ranks[0]["feature_vis_equal_single_process"] is True and ranks[1]["feature_vis_equal_single_process"] is None

@@ -21,6 +21,7 @@ from lightning_cnnviz.core import Context, InputScale, InvarianceCurves, Moment,
 from lightning_cnnviz.core.methods.perturbation.invariance import (
     TRANSFORMATIONS,
     Invariance,
+    spread,
     transform,
     transformation_values,
 )
@@ -124,6 +125,20 @@ def test_the_curves_equal_a_brute_force_computation(network: str) -> None:
             0.0 if kind != "scale" else 1.0)].abs().max()) < 1e-5  # the identity moves nothing  # fmt: skip
 
 
+def test_the_distance_between_images_is_the_mean_over_ordered_pairs_by_hand() -> None:
+    torch.manual_seed(0)
+    net = SmallCNN(in_channels=1, num_classes=3).eval()
+    images = torch.rand(3, 1, 16, 16)
+    seen: list[Tensor] = []  # the code is fc's input: the pooled conv3 features
+    with torch.no_grad():
+        handle = net.fc.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+        net(images)
+        handle.remove()
+    code = seen[0]
+    pairs = [float((code[i] - code[j]).norm() / code[i].norm()) for i in range(3) for j in range(3) if i != j]
+    assert spread(net, images, [("fc", True)])["fc"] == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
+
+
 def test_the_area_is_the_trapezoid_rule_over_the_range_scaled_to_one() -> None:
     values = torch.tensor([[0.0, 0.5, 1.0, 0.5], [0.0, 0.3, 0.2, 0.1]])
     found = Invariance(torch.arange(4.0), {"layer": values}, None)
@@ -144,6 +159,7 @@ def test_a_snapshot_draws_a_plot_per_transformation_and_an_area_per_layer_and_sa
     assert shot.scalars["cnnviz/invariance/translation/fc"] == pytest.approx(found.area("fc"), rel=1e-5)
     picture = shot.images["cnnviz/invariance/translation"]
     assert picture.shape == (3, 300, 900)  # two distance panels and the probability
+    assert curves.spread["fc"] == pytest.approx(spread(net, images, [("fc", True)])["fc"])  # their dashed lines
 
     seg = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
     told: list[str] = []

@@ -19,7 +19,6 @@ from conftest import hooks_left
 from lightning_cnnviz.core import (
     Context,
     DoesNotApply,
-    LayerMap,
     Moment,
     OcclusionFigure,
     Probe,
@@ -29,6 +28,7 @@ from lightning_cnnviz.core import (
 )
 from lightning_cnnviz.core.drawing.plots import class_colours
 from lightning_cnnviz.core.methods import saliency as S
+from lightning_cnnviz.core.monitors.activation_atlas import last_conv_block
 from lightning_cnnviz.core.monitors.perturbation.occlusion_figure import Panels
 from lightning_cnnviz.demo.models import SmallCNN
 
@@ -93,8 +93,11 @@ def test_panels_equal_a_plain_loop_over_positions_on_the_demo_cnn() -> None:
     figure = OcclusionFigure(patch=6, stride=3)
     figure.attach(net, images[:1])
     panels, said = figure.measure(net, images, labels, context(), context().guard)
-    assert said == "p(true class)" and figure.chosen == "conv3"
-    check_panels(panels, net, images, labels, "conv3", 6, 3)
+    assert said == "p(true class)" and figure.chosen == "relu3"  # the last conv's activation
+    check_panels(panels, net, images, labels, "relu3", 6, 3)
+    named = OcclusionFigure(layer="conv3", patch=6, stride=3)
+    panels, _ = named.measure(net, images, labels, context(), context().guard)
+    check_panels(panels, net, images, labels, "conv3", 6, 3)  # a layer named: its output
 
 
 def test_panels_equal_a_plain_loop_on_resnet18_at_its_default_window() -> None:
@@ -103,10 +106,10 @@ def test_panels_equal_a_plain_loop_on_resnet18_at_its_default_window() -> None:
     images, labels = torch.rand(2, 3, 32, 32), torch.tensor([3, 8])
     figure = OcclusionFigure()
     figure.attach(net, images[:1])
-    assert figure.window(images) == (8, 2) and figure.chosen == "layer4.1.conv2"
+    assert figure.window(images) == (8, 2) and figure.chosen == "layer4.1"  # the last block, after its add and ReLU
     panels, _ = figure.measure(net, images, labels, context(), context().guard)
     assert panels.b.shape == (2, 13 * 13)
-    check_panels(panels, net, images, labels, "layer4.1.conv2", 8, 2)
+    check_panels(panels, net, images, labels, "layer4.1", 8, 2)
 
 
 def test_the_forwards_are_shared_with_saliency_occlusion_in_either_order_and_its_map_is_unchanged() -> None:
@@ -125,7 +128,7 @@ def test_the_forwards_are_shared_with_saliency_occlusion_in_either_order_and_its
         # the figure's two images (a prefix of saliency's four) run once: the second request adds the others
         assert shared.occlusions.runs == (2 if figure_first else 1)
         kept = shared.occlusions.occlude(net, images, patch=4, stride=1)
-        assert shared.occlusions.runs == (2 if figure_first else 1) and "conv3" in kept.totals
+        assert shared.occlusions.runs == (2 if figure_first else 1) and "relu3" in kept.totals
         torch.testing.assert_close(S.occlusion(net, images, labels, patch=4, stride=1, memo=shared.occlusions),
                                    alone, rtol=0, atol=1e-6)  # fmt: skip
     shared.occlusions.at(8)  # another step: the forwards are run again
@@ -139,7 +142,7 @@ def test_the_picture_holds_each_panel_and_the_label_map_in_its_colours() -> None
     images, labels = torch.rand(2, 1, 16, 16), torch.tensor([0, 3])
     figure = OcclusionFigure(min_px=64, class_names=list("abcde"))
     shot = figure.snapshot(net, Probe(images, labels), context())
-    picture = shot.images["cnnviz/occlusion/conv3"]
+    picture = shot.images["cnnviz/occlusion/relu3"]
     size, header = 64, 14  # 16 px images enlarged 4 times; a header band of titles
     assert picture.shape == (3, header + 2 + 2 * (size + 2), 2 + 6 * (size + 2))
     panels, _ = figure.measure(net, images, labels, context(), context().guard)
@@ -179,7 +182,7 @@ def test_segmentation_reads_each_pixel_s_true_class_and_other_tasks_leave_out_d_
     assert said == "" and bool(panels.d.isnan().all()) and bool((panels.e == -1).all())
     assert any("(d) and (e) read class probabilities" in text for text in said_once)
     shot = OcclusionFigure(patch=2, stride=2).snapshot(regression, Probe(images), context())
-    assert shot.images["cnnviz/occlusion/0"].shape[-1] == 2 + 3 * (96 + 2)  # [image | (b) | (c)]
+    assert shot.images["cnnviz/occlusion/1"].shape[-1] == 2 + 3 * (96 + 2)  # [image | (b) | (c)], after the ReLU
 
 
 def test_bad_arguments_and_networks_without_2d_maps_are_refused_by_name() -> None:
@@ -208,7 +211,7 @@ def test_on_generated_networks_b_equals_the_loop_and_the_model_is_left_as_it_was
     before = [p.detach().clone() for p in net.parameters()]
     images = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     figure = OcclusionFigure()
-    layer = LayerMap.of(net).last
+    layer = last_conv_block(net, images)
     panels, _ = figure.measure(net, images, None, context(), context().guard)
     totals, _, clean = loop(net, images, layer, 2, 1)
     net.train()

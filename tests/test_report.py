@@ -42,6 +42,8 @@ EVERY_MONITOR = (
     "cnnviz/feature_vis_patches/net.conv3",
     "cnnviz/deep_dream",
     "cnnviz/activation_atlas/net.relu3",
+    "cnnviz/occlusion/net.relu3",
+    *(f"cnnviz/invariance/{kind}" for kind in ("translation", "scale", "rotation")),
 )
 
 
@@ -49,7 +51,7 @@ EVERY_MONITOR = (
 FROM_THE_WEIGHTS = (
     "cnnviz/filters/net.conv1", "cnnviz/filters/net.conv2", "cnnviz/saliency/grad_cam",
     "cnnviz/saliency/vanilla_gradient", "cnnviz/evolution/net.conv1", "cnnviz/top_patches/net.conv2",
-    "cnnviz/feature_vis_evolution/net.conv1",
+    "cnnviz/feature_vis_evolution/net.conv1", "cnnviz/occlusion/net.relu3", "cnnviz/invariance/rotation",
 )  # fmt: skip
 
 
@@ -299,7 +301,9 @@ def plain_monitors() -> list[Any]:
         EmbeddingMonitor,
         FeatureVisMonitor,
         FilterMonitor,
+        InvarianceMonitor,
         InversionMonitor,
+        OcclusionMonitor,
         SaliencyMonitor,
         TopPatchMonitor,
     )
@@ -311,6 +315,7 @@ def plain_monitors() -> list[Any]:
         FeatureVisMonitor(steps=8, probe_size=16, max_channels=2, dream_images=1, every_n_epochs=1),
         ClassModelMonitor(steps=8, probe_size=16, every_n_epochs=1), InversionMonitor(steps=8, every_n_epochs=1),
         ActivationAtlasMonitor(probe_size=48, vectors=300, grid=4, steps=8, every_n_epochs=1),
+        OcclusionMonitor(every_n_epochs=1), InvarianceMonitor(every_n_epochs=1),
     ]  # fmt: skip
 
 
@@ -364,7 +369,7 @@ def test_cnnviz_report_of_a_plain_run_from_class_paths(plain_run: tuple[Path, Pa
     page = (tmp_path / "r" / "report.html").read_text()
     listed = ("FilterMonitor, ActivationMonitor, ActivationMapMonitor, SaliencyMonitor, TopPatchMonitor, "
               "EmbeddingMonitor, FeatureVisMonitor, ClassModelMonitor, InversionMonitor, "
-              "ActivationAtlasMonitor")  # fmt: skip
+              "ActivationAtlasMonitor, OcclusionMonitor, InvarianceMonitor")  # fmt: skip
     assert f"<th>monitors</th><td>{listed}</td>" in page
     assert set(EVERY_MONITOR) <= set(embedded_images(page))
     wrong = subprocess.run([*command[:-2], "--model-args", '{"channels": [4, 4, 4]}'], capture_output=True, text=True,

@@ -155,10 +155,12 @@ def render_curves(
     xlabel: str,
     names: Sequence[str],
     title: str = "",
+    references: Sequence[tuple[float, str] | None] = (),
     panel_px: int = 300,
 ) -> Tensor:
     """Line plots side by side, one per ``(title, values)`` panel, values (lines, len(x)) one line per ``names``
-    entry (the same colour in every panel), drawn by matplotlib (Agg, no global state). (3, H, W) in [0, 1].
+    entry (the same colour in every panel), with a panel's ``references[i]`` (value, label) as a dashed grey line;
+    drawn by matplotlib (Agg, no global state). (3, H, W) in [0, 1].
 
     Example:
         >>> render_curves(torch.arange(3.0), [("a", torch.rand(2, 3))], xlabel="x", names=["one", "two"]).shape
@@ -175,6 +177,11 @@ def render_curves(
         axes = figure.add_subplot(1, len(panels), index + 1)
         for line, label in zip(values.detach().float().cpu().numpy(), names):
             axes.plot(xs, line, linewidth=1.2, label=label)
+        reference = references[index] if index < len(references) else None
+        if reference is not None and np.isfinite(reference[0]):
+            axes.axhline(reference[0], color="grey", linestyle="--", linewidth=1.0)
+            axes.annotate(reference[1], (xs[0], reference[0]), textcoords="offset points", xytext=(2, 3), fontsize=6,
+                          color="grey")  # fmt: skip
         axes.set_title(name, fontsize=8)
         axes.set_xlabel(xlabel, fontsize=8)
         axes.tick_params(labelsize=7)

@@ -19,7 +19,7 @@ from lightning_cnnviz.core.methods._calls import flat_tensors
 from lightning_cnnviz.core.model.modules import evaluating, hooked, logits_of, resolve_modules
 from lightning_cnnviz.core.model.passes import even_passes, pass_size
 
-__all__ = ["TRANSFORMATIONS", "Invariance", "invariance", "transform", "transformation_values"]
+__all__ = ["TRANSFORMATIONS", "Invariance", "invariance", "spread", "transform", "transformation_values"]
 
 TRANSFORMATIONS = ("translation", "scale", "rotation")
 UNITS = {"translation": "vertical shift (fraction of the side)", "scale": "scale factor", "rotation": "degrees"}
@@ -107,6 +107,61 @@ class Invariance:
         return float(torch.trapezoid(curve, dx=1.0 / max(len(curve) - 1, 1))) if len(curve) > 1 else float(curve[0])
 
 
+class _Reader:
+    """Forward hooks that read each ``(layer, read_input)`` of one forward (its first call), flattened per input."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[tuple[str, bool]]) -> None:
+        self.model, self.names = model, [name for name, _ in layers]
+        modules = resolve_modules(model, self.names, what="layer")
+        inputs_of = {name for name, read_input in layers if read_input}
+        self.captured: dict[str, Tensor] = {}
+
+        def keep(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, *found: Any) -> None:
+                tensor = next(flat_tensors(found[0] if name in inputs_of else found[-1]), None)
+                if name not in self.captured and tensor is not None:
+                    self.captured[name] = tensor.detach().flatten(1).float()
+
+            return hook
+
+        self.post = [(modules[name], keep(name)) for name in self.names if name not in inputs_of]
+        self.pre = [(modules[name], keep(name)) for name in self.names if name in inputs_of]
+
+    def run(self, batch: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """(features by layer, the logits as floats) of one batch; inside :meth:`hooked`."""
+        self.captured.clear()
+        output = self.model(batch)
+        missing = [name for name in self.names if name not in self.captured]
+        if missing:
+            raise ValueError(f"layers {missing} are never called by {type(self.model).__name__}.forward")
+        return dict(self.captured), logits_of(output).detach().float()
+
+    def hooked(self) -> Any:
+        return hooked(self.post, self.pre)
+
+
+def spread(model: nn.Module, images: Tensor, layers: Sequence[tuple[str, bool]]) -> dict[str, float]:
+    """Per layer, the mean normalised distance between the features of two different images,
+    ``|f(x_i) - f(x_j)| / |f(x_i)|`` over ordered pairs: the scale a curve of :func:`invariance` reads against (a
+    layer that barely moves under a transformation is invariant only if it moves between images). NaN for one image.
+
+    Example:
+        >>> spread(net, images, [("0", False)])["0"] > 0
+        True
+    """
+    check_images(images)
+    reader = _Reader(model, layers)
+    with evaluating(model), reader.hooked():
+        features, _ = reader.run(images)
+    found = {}
+    count = len(images)
+    for name, values in features.items():
+        distances = torch.cdist(values.double(), values.double()) / values.double().norm(dim=1, keepdim=True)
+        off = ~torch.eye(count, dtype=torch.bool, device=values.device)
+        found[name] = float(distances[off].mean()) if count > 1 else float("nan")
+    return found
+
+
 def invariance(
     model: nn.Module,
     images: Tensor,
@@ -133,41 +188,18 @@ def invariance(
     check_images(images)
     values = transformation_values(kind) if values is None else values
     squash = probability or (lambda logits: logits.softmax(dim=1))
-    modules = resolve_modules(model, [name for name, _ in layers], what="layer")
-    inputs_of = {name for name, read_input in layers if read_input}
-    captured: dict[str, Tensor] = {}
-
-    def keep(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, *found: Any) -> None:
-            value = found[0] if name in inputs_of else found[-1]
-            tensor = next(flat_tensors(value), None)
-            if name not in captured and tensor is not None:
-                captured[name] = tensor.detach().flatten(1).float()
-
-        return hook
-
-    post = [(modules[name], keep(name)) for name, _ in layers if name not in inputs_of]
-    pre = [(modules[name], keep(name)) for name, _ in layers if name in inputs_of]
-
-    def run(batch: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        captured.clear()
-        output = model(in_layout_of(batch, images))
-        missing = [name for name, _ in layers if name not in captured]
-        if missing:
-            raise ValueError(f"layers {missing} are never called by {type(model).__name__}.forward")
-        return dict(captured), logits_of(output).detach().float()
-
+    reader = _Reader(model, layers)
     count, steps = len(images), len(values)
     per_pass = max_batch or even_passes(count * steps, pass_size(model, images[:1], minimum=count))
-    with evaluating(model), hooked(post, pre):
-        reference, _ = run(images)
+    with evaluating(model), reader.hooked():
+        reference, _ = reader.run(images)
         copies = transform(images, kind, values.to(images.device), fill).flatten(0, 1)
         rows = torch.arange(count, device=images.device).repeat_interleave(steps)
-        found: dict[str, list[Tensor]] = {name: [] for name, _ in layers}
+        found: dict[str, list[Tensor]] = {name: [] for name in reader.names}
         chances: list[Tensor] = []
         for start in range(0, count * steps, per_pass):
             part = slice(start, start + per_pass)
-            features, logits = run(copies[part])
+            features, logits = reader.run(in_layout_of(copies[part], images))
             for name in found:
                 base = reference[name][rows[part]]
                 found[name].append((features[name] - base).norm(dim=1) / base.norm(dim=1).clamp_min(1e-12))

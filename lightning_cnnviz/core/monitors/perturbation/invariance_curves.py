@@ -19,6 +19,7 @@ from lightning_cnnviz.core.methods.perturbation.invariance import (
     UNITS,
     Invariance,
     invariance,
+    spread,
     transformation_values,
 )
 from lightning_cnnviz.core.model.layers import LayerMap
@@ -38,7 +39,10 @@ class InvarianceCurves:
     at the first conv layer and at the code layer, and the probability of the true class (the predicted class
     without labels; classification and multilabel only), one line per image; and one scalar per layer and
     transformation, ``cnnviz/invariance/<transformation>/<layer>``, the area under the mean normalised distance
-    curve over the range scaled to [0, 1], which falls as the layer grows invariant.
+    curve over the range scaled to [0, 1], which falls as the layer grows invariant. A dashed line in each distance
+    panel gives the layer's mean normalised distance between two different probe images: the scale to read a curve
+    against (a layer that barely moves under a transformation but barely moves between images either, as an untrained
+    network's code, is insensitive rather than invariant).
 
     Args:
         transformations: any of ``"translation"``, ``"scale"``, ``"rotation"``.
@@ -85,6 +89,7 @@ class InvarianceCurves:
         self.class_names = list(class_names) if class_names is not None else None
         self.entry = ImageEntry(who, module)
         self.last: dict[str, Invariance] | None = None  # the latest curves (every image, on rank zero)
+        self.spread: dict[str, float] = {}  # the latest distances between images, by layer (rank zero)
 
     def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
         """Check ``layers`` and ``module`` against ``model`` (ValueError naming its modules); DoesNotApply for a
@@ -149,6 +154,8 @@ class InvarianceCurves:
         if not ranks.is_zero or not guard.finite(local, what="the invariance curves", moment=context.moment):
             return shot
         self.last = everything
+        self.spread = guard.run("the invariance curves' scale", spread, part, probe.images.to(device),
+                                self.read(part)) or {}  # fmt: skip
         names = describe_labels(probe.labels, self.class_names) or [f"image {i}" for i in range(len(probe.images))]
         names = [f"{i}: {name}" for i, name in enumerate(names)]
         for kind, found in everything.items():
@@ -166,9 +173,14 @@ class InvarianceCurves:
         """One transformation's curves side by side: each layer's normalised distance, then the probability."""
         panels = [(f"{layer}: |f(Tx) - f(x)| / |f(x)|, area {found.area(layer):.3f}", values)
                   for layer, values in found.distances.items()]  # fmt: skip
+        references: list[tuple[float, str] | None] = [
+            (self.spread[layer], f"between images {self.spread[layer]:.2f}") if layer in self.spread else None
+            for layer in found.distances
+        ]
         if found.probability is not None:
             panels.append((f"p({rule})", found.probability))
-        return render_curves(found.values, panels, xlabel=UNITS[kind], names=names, title=f"invariance: {kind}")
+        return render_curves(found.values, panels, xlabel=UNITS[kind], names=names, title=f"invariance: {kind}",
+                             references=references)  # fmt: skip
 
     @staticmethod
     def _packed(found: dict[str, Invariance]) -> Tensor:

@@ -25,6 +25,7 @@ from lightning_cnnviz.core.inputs.task import (
 )
 from lightning_cnnviz.core.methods.perturbation.occlusion import (
     Baseline,
+    OcclusionMemo,
     Occlusions,
     default_window,
     occlude,
@@ -34,6 +35,7 @@ from lightning_cnnviz.core.methods.top_patches import feature_map, project_activ
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import class_name, evaluating, logits_of, model_device, resolve_modules, run_to
 from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
+from lightning_cnnviz.core.monitors.activation_atlas import last_conv_block
 from lightning_cnnviz.core.protocol import Guard, Snapshot
 
 __all__ = ["OcclusionFigure"]
@@ -69,7 +71,9 @@ class OcclusionFigure:
     window SaliencyMonitor's occlusion uses) and, at each position of the square:
 
     * (b) the total activation of the strongest map of ``layer`` (the strongest on the unoccluded image), as a heat
-      map on the grid of positions, scaled per image (the caption gives the range and the unoccluded total);
+      map on the grid of positions, scaled per image (the caption gives the range and the unoccluded total); the
+      default layer is the last conv layer's activation (after its nonlinearity, as Zeiler & Fergus's maps are:
+      before it, most totals are negative);
     * (c) that map's strongest activation on the unoccluded image projected to pixels (TopPatchMonitor's deconvnet
       or guided backprop), the receptive field of the activation framed;
     * (d) the probability of the true class (the predicted one without labels), on a fixed 0-to-1 scale;
@@ -85,7 +89,8 @@ class OcclusionFigure:
     (c), said once. 1-D and 3-D networks: it does not apply.
 
     Args:
-        layer: the layer whose maps (b) and (c) read (default: the last ``nn.Conv2d``).
+        layer: the layer whose maps (b) and (c) read (default: the last conv layer's activation: the activation
+            module it feeds, else the innermost block holding it, as the activation atlas's).
         patch, stride: the square's side and step (default: a quarter of the image's side, a quarter of that).
         baseline: what fills the square: ``"mean"`` (each image's mean colour) or a number.
         projection: (c)'s rule, ``"deconvnet"`` (Zeiler & Fergus's) or ``"guided_backprop"``.
@@ -102,7 +107,7 @@ class OcclusionFigure:
         >>> figure.attach(net, torch.rand(1, 1, 16, 16))
         >>> shot = figure.snapshot(net, Probe(torch.rand(2, 1, 16, 16)), Context(Moment(epoch=0, step=0)))
         >>> list(shot.images)
-        ['cnnviz/occlusion/0']
+        ['cnnviz/occlusion/1']
     """
 
     what = "the occlusion figure"  # what a log of it draws, in words (said when it takes long)
@@ -137,7 +142,9 @@ class OcclusionFigure:
         self.class_names = list(class_names) if class_names is not None else None
         self.min_px = check_positive_int(who, "min_px", min_px)
         self.entry = ImageEntry(who, module)
-        self.chosen: str | None = None  # the layer, once attached
+        self.chosen: str | None = None  # the layer, once attached with an example
+        self._memo: OcclusionMemo | None = None  # the run's shared occluded forwards, once shared
+        self._found: tuple[int, str] | None = None  # (id of the part, its default layer)
         self.last: Panels | None = None  # what the latest figure drew (every image, on rank zero)
 
     def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
@@ -147,10 +154,24 @@ class OcclusionFigure:
         self.entry.check(model)
         if self.layer is not None:
             resolve_modules(model, [self.layer], what=f"{self.who} `layer`")
-        self.chosen = self.layer or LayerMap.of(model).last
+        self.chosen = self.layer
+        if example is not None and example.dim() == 4:
+            self.chosen = self.layer_of(self.entry.of(model, example), example)
+        if self._memo is not None and self.chosen is not None:
+            self._memo.want([self.chosen])
+
+    def layer_of(self, part: nn.Module, example: Tensor) -> str:
+        """The layer (b) and (c) read on ``part`` (the model, or the part the images go into), found once per part."""
+        if self.layer is not None:
+            return self.layer
+        if self._found is None or self._found[0] != id(part):
+            self._found = (id(part), last_conv_block(part, example[:1]))
+        return self._found[1]
 
     def share(self, shared: ProbeService) -> None:
-        """Ask the run's other pictures to read this figure's layer when they occlude the probe first."""
+        """Ask the run's other pictures to read this figure's layer when they occlude the probe first (now, or once
+        an example batch tells the default layer)."""
+        self._memo = shared.occlusions
         if self.chosen is not None:
             shared.occlusions.want([self.chosen])
 
@@ -162,7 +183,7 @@ class OcclusionFigure:
         self, model: nn.Module, images: Tensor, labels: Tensor | None, context: Context, guard: Guard
     ) -> tuple[Panels, str]:
         """Panels (b), (d), (e) of ``images`` (this rank's share) and what (d) reads, in words."""
-        layer = self.layer or LayerMap.of(model).last
+        layer = self.layer_of(model, images)
         patch, stride = self.window(images)
         with evaluating(model):
             output = model(images)
@@ -248,7 +269,7 @@ class OcclusionFigure:
         part = guard.run("the occlusion figure", self.entry.of, model, probe.images[:1].to(device), guard)
         if part is None:
             return shot
-        layer = self.layer or LayerMap.of(part).last
+        layer = self.layer_of(part, probe.images[:1].to(device))
         context.shared.occlusions.want([layer])
         shard, rows = probe.shard(ranks)
         labels = None if probe.labels is None else probe.labels[rows].to(device)
@@ -289,13 +310,14 @@ class OcclusionFigure:
             box = fields[layer].box(int(ys[i]), int(xs[i])) if layer in fields else None
             has_class = bool(panels.e[i, 0] >= 0)
             predicted = class_name(int(panels.clean[i, 2]), self.class_names) if has_class else ""
+            said_row = ([f"true {truth[i]}"] if truth[i] else []) + ([f"pred {predicted}"] if predicted else [])
             rows.append(OcclusionRow(
                 image=images[i].cpu(), b=panels.b[i].view(grid).cpu(), projection=projected[i].cpu(),
                 d=panels.d[i].view(grid).cpu() if has_class else None,
                 e=panels.e[i].view(grid).cpu() if has_class else None,
                 channel=int(panels.channel[i]), clean_b=float(panels.clean[i, 0]),
                 clean_d=float(panels.clean[i, 1]), box=box,
-                caption=(f"true {truth[i]} / " if truth[i] else "") + (f"pred {predicted}" if predicted else ""),
+                caption="\n".join(said_row),
             ))  # fmt: skip
         return render_occlusion_rows(rows, layer=layer, said=said, class_names=self.class_names, min_px=self.min_px)
 
