@@ -43,6 +43,7 @@ from lightning_cnnviz import (
     TopPatchMonitor,
 )
 from lightning_cnnviz.core import Context, InputScale, Moment, filter_smoothness
+from lightning_cnnviz.core.methods.perturbation.invariance import spread
 from lightning_cnnviz.demo.data import IDXDataModule, ImageFolderDataModule, find_data, how_to_get
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -237,8 +238,11 @@ def occlusion(tmp: Path, out: Path) -> None:
     fashion = IDXDataModule(str(data_path("fashion-mnist", ROOTS)), limit_val=1000)
     figure = OcclusionMonitor(every_n_epochs=1, class_names=FASHION_CLASSES)
     curves = InvarianceMonitor(every_n_epochs=1, class_names=FASHION_CLASSES)
-    untrained = ImageClassifier()
-    run = fit(tmp / "occlusion", fashion, ImageClassifier(), [figure, curves], max_epochs=6, limit_train_batches=100)
+    pl.seed_everything(0, verbose=False)
+    untrained = ImageClassifier()  # the trained network's own initialisation
+    pl.seed_everything(0, verbose=False)
+    model = ImageClassifier()
+    run = fit(tmp / "occlusion", fashion, model, [figure, curves], max_epochs=6, limit_train_batches=100)
     save_last_image(run, "cnnviz/occlusion/net.relu3", out / "occlusion_fashion_mnist.png")
     for kind in ("translation", "scale", "rotation"):
         save_last_image(run, f"cnnviz/invariance/{kind}", out / f"invariance_{kind}_fashion_mnist.png")
@@ -252,6 +256,10 @@ def occlusion(tmp: Path, out: Path) -> None:
     before, _ = curves.curves.curves(untrained, curves.probe_images, curves.probe_labels, context)
     for kind, found in before.items():
         print(f"untrained, {kind}: " + ", ".join(f"{layer} {found.area(layer):.3f}" for layer in found.distances))
+    for name, network in (("untrained", untrained), ("trained", model)):
+        between = spread(network, curves.probe_images, curves.curves.read(network))
+        print(f"{name}: mean normalised distance between the probe images: "
+              + ", ".join(f"{layer} {value:.3f}" for layer, value in between.items()))  # fmt: skip
 
 
 def top_patches(tmp: Path, out: Path) -> None:
