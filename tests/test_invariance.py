@@ -171,6 +171,20 @@ def test_a_snapshot_draws_a_plot_per_transformation_and_an_area_per_layer_and_sa
     assert any("the task is segmentation" in text for text in told)
 
 
+def test_the_areas_of_every_call_are_kept_and_a_checkpoint_goes_on_from_them() -> None:
+    torch.manual_seed(0)
+    net = SmallCNN(in_channels=1, num_classes=3).eval()
+    probe = Probe(torch.rand(2, 1, 12, 12), torch.tensor([0, 1]))
+    curves = InvarianceCurves(transformations=("scale",))
+    for epoch in range(2):
+        shot = curves.snapshot(net, probe, Context(Moment(epoch=epoch, step=10 * epoch)))
+    assert [(e, s) for e, s, _ in curves.history] == [(0, 0), (1, 10)] and curves.history[-1][2] == shot.scalars
+    resumed = InvarianceCurves(transformations=("scale",))
+    resumed.load_state_dict(curves.state_dict())
+    resumed.snapshot(net, probe, Context(Moment(epoch=2, step=20)))
+    assert [e for e, _, _ in resumed.history] == [0, 1, 2] and resumed.history[:2] == curves.history
+
+
 def test_bad_arguments_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown transformation 'shear'"):
         InvarianceCurves(transformations=("shear",))

@@ -39,7 +39,8 @@ class InvarianceCurves:
     at the first conv layer and at the code layer, and the probability of the true class (the predicted class
     without labels; classification and multilabel only), one line per image; and one scalar per layer and
     transformation, ``cnnviz/invariance/<transformation>/<layer>``, the area under the mean normalised distance
-    curve over the range scaled to [0, 1], which falls as the layer grows invariant. A dashed line in each distance
+    curve over the range scaled to [0, 1], which falls as the layer grows invariant (every call's areas are kept in
+    ``history``, saved in checkpoints). A dashed line in each distance
     panel gives the layer's mean normalised distance between two different probe images: the scale to read a curve
     against (a layer that barely moves under a transformation but barely moves between images either, as an untrained
     network's code, is insensitive rather than invariant).
@@ -90,6 +91,7 @@ class InvarianceCurves:
         self.entry = ImageEntry(who, module)
         self.last: dict[str, Invariance] | None = None  # the latest curves (every image, on rank zero)
         self.spread: dict[str, float] = {}  # the latest distances between images, by layer (rank zero)
+        self.history: list[tuple[int, int, dict[str, float]]] = []  # (epoch, step, areas by tag) of every call
 
     def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
         """Check ``layers`` and ``module`` against ``model`` (ValueError naming its modules); DoesNotApply for a
@@ -158,9 +160,11 @@ class InvarianceCurves:
                                 self.read(part)) or {}  # fmt: skip
         names = describe_labels(probe.labels, self.class_names) or [f"image {i}" for i in range(len(probe.images))]
         names = [f"{i}: {name}" for i, name in enumerate(names)]
+        areas = {f"cnnviz/invariance/{kind}/{layer}": found.area(layer)
+                 for kind, found in everything.items() for layer in found.distances}  # fmt: skip
+        shot.scalars.update(areas)
+        self.history.append((context.moment.epoch, context.moment.step, areas))
         for kind, found in everything.items():
-            for layer in found.distances:
-                shot.scalars[f"cnnviz/invariance/{kind}/{layer}"] = found.area(layer)
             drawn = guard.run("the invariance pictures", self.picture, kind, found, names, measured[1])
             if drawn is not None:
                 shot.images[f"cnnviz/invariance/{kind}"] = drawn
@@ -206,8 +210,10 @@ class InvarianceCurves:
         return found
 
     def state_dict(self) -> dict[str, Any]:
-        """Nothing to resume: the curves are drawn from the model as it is, the areas are scalars."""
-        return {}
+        """The areas of every call so far (``history``): a resumed run goes on from them."""
+        return {"history": [[epoch, step, dict(areas)] for epoch, step, areas in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to restore."""
+        """Restore the areas of earlier calls."""
+        self.history = [(int(epoch), int(step), {str(tag): float(area) for tag, area in areas.items()})
+                        for epoch, step, areas in state.get("history", [])]  # fmt: skip
