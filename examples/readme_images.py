@@ -43,7 +43,7 @@ from lightning_cnnviz import (
     TopPatchMonitor,
 )
 from lightning_cnnviz.core import Context, InputScale, Moment, filter_smoothness
-from lightning_cnnviz.core.methods.perturbation.invariance import spread
+from lightning_cnnviz.core.methods.perturbation.invariance import distance_between_images
 from lightning_cnnviz.demo.data import IDXDataModule, ImageFolderDataModule, find_data, how_to_get
 from lightning_cnnviz.demo.models import ImageClassifier
 
@@ -257,7 +257,7 @@ def occlusion(tmp: Path, out: Path) -> None:
     for kind, found in before.items():
         print(f"untrained, {kind}: " + ", ".join(f"{layer} {found.area(layer):.3f}" for layer in found.distances))
     for name, network in (("untrained", untrained), ("trained", model)):
-        between = spread(network, curves.probe_images, curves.curves.read(network))
+        between = distance_between_images(network, curves.probe_images, curves.curves.read(network))
         print(f"{name}: mean normalised distance between the probe images: "
               + ", ".join(f"{layer} {value:.3f}" for layer, value in between.items()))  # fmt: skip
 

@@ -275,8 +275,10 @@ def every_monitor(
         "activation_atlas": ActivationAtlasMonitor(
             probe_size=16, vectors=200, grid=4, steps=4, every_n_epochs=cadence, on_error="raise"
         ),
-        "occlusion": OcclusionMonitor(every_n_epochs=cadence, on_error="raise"),
-        "invariance": InvarianceMonitor(every_n_epochs=cadence, on_error="raise"),
+        "occlusion": OcclusionMonitor(probe_size=2, every_n_epochs=cadence, on_error="raise"),  # saliency's first 2
+        "invariance": InvarianceMonitor(
+            probe_size=2, transformations=("translation",), every_n_epochs=cadence, on_error="raise"
+        ),
     }
 
 

@@ -21,7 +21,7 @@ from lightning_cnnviz.core import Context, InputScale, InvarianceCurves, Moment,
 from lightning_cnnviz.core.methods.perturbation.invariance import (
     TRANSFORMATIONS,
     Invariance,
-    spread,
+    distance_between_images,
     transform,
     transformation_values,
 )
@@ -136,7 +136,8 @@ def test_the_distance_between_images_is_the_mean_over_ordered_pairs_by_hand() ->
         handle.remove()
     code = seen[0]
     pairs = [float((code[i] - code[j]).norm() / code[i].norm()) for i in range(3) for j in range(3) if i != j]
-    assert spread(net, images, [("fc", True)])["fc"] == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
+    found = distance_between_images(net, images, [("fc", True)])["fc"]
+    assert found == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
 
 
 def test_the_area_is_the_trapezoid_rule_over_the_range_scaled_to_one() -> None:
@@ -159,7 +160,8 @@ def test_a_snapshot_draws_a_plot_per_transformation_and_an_area_per_layer_and_sa
     assert shot.scalars["cnnviz/invariance/translation/fc"] == pytest.approx(found.area("fc"), rel=1e-5)
     picture = shot.images["cnnviz/invariance/translation"]
     assert picture.shape == (3, 300, 900)  # two distance panels and the probability
-    assert curves.spread["fc"] == pytest.approx(spread(net, images, [("fc", True)])["fc"])  # their dashed lines
+    dashed = distance_between_images(net, images, [("fc", True)])["fc"]  # each distance panel's dashed line
+    assert curves.between["fc"] == pytest.approx(dashed)
 
     seg = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 1)).eval()
     told: list[str] = []

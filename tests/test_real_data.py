@@ -154,7 +154,7 @@ def test_the_code_layer_is_more_invariant_to_translation_than_the_first_layer_on
     """Zeiler & Fergus Fig. 5: under vertical translation, the code's normalised distance stays below the first
     layer's on the trained demo CNN; the untrained network's areas are reported beside."""
     from lightning_cnnviz.core import Context, InputScale, InvarianceCurves, Moment
-    from lightning_cnnviz.core.methods.perturbation.invariance import spread
+    from lightning_cnnviz.core.methods.perturbation.invariance import distance_between_images
 
     trained = sane_run[1].lightning_module
     pl.seed_everything(0, verbose=False)
@@ -166,7 +166,8 @@ def test_the_code_layer_is_more_invariant_to_translation_than_the_first_layer_on
         curves = InvarianceCurves(transformations=("translation",))
         found, _ = curves.curves(model, images, labels, context)
         areas[name] = {layer: round(found["translation"].area(layer), 3) for layer in found["translation"].distances}
-        between[name] = {layer: round(v, 3) for layer, v in spread(model, images, curves.read(model)).items()}
+        apart = distance_between_images(model, images, curves.read(model))
+        between[name] = {layer: round(value, 3) for layer, value in apart.items()}
     print(f"\nareas under the translation curves: {areas}; distances between images: {between}")
     assert areas["trained"]["net.fc"] < areas["trained"]["net.conv1"]
 

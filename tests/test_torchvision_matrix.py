@@ -88,7 +88,7 @@ def test_every_monitor_logs_on_torchvision_classifier(tmp_path: Path, name: str)
     assert expected <= images_logged
     assert "cnnviz/embedding/knn_accuracy" in scalars
     assert len([tag for tag in images_logged if tag.startswith("cnnviz/occlusion/")]) == 1
-    assert {f"cnnviz/invariance/{kind}" for kind in ("translation", "scale", "rotation")} <= images_logged
+    assert "cnnviz/invariance/translation" in images_logged
     assert len([tag for tag in scalars if tag.startswith("cnnviz/invariance/translation/")]) == 2  # conv1, code
     tallest = max((image.height, tag) for tag, written in events["images"].items() for image in written)
     assert tallest[0] <= 2000, tallest  # every picture within a screen, also for 1,024-channel layers

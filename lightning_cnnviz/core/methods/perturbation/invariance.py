@@ -19,7 +19,9 @@ from lightning_cnnviz.core.methods._calls import flat_tensors
 from lightning_cnnviz.core.model.modules import evaluating, hooked, logits_of, resolve_modules
 from lightning_cnnviz.core.model.passes import even_passes, pass_size
 
-__all__ = ["TRANSFORMATIONS", "Invariance", "invariance", "spread", "transform", "transformation_values"]
+__all__ = [
+    "TRANSFORMATIONS", "Invariance", "distance_between_images", "invariance", "transform", "transformation_values"
+]  # fmt: skip
 
 TRANSFORMATIONS = ("translation", "scale", "rotation")
 UNITS = {"translation": "vertical shift (fraction of the side)", "scale": "scale factor", "rotation": "degrees"}
@@ -140,13 +142,15 @@ class _Reader:
         return hooked(self.post, self.pre)
 
 
-def spread(model: nn.Module, images: Tensor, layers: Sequence[tuple[str, bool]]) -> dict[str, float]:
+def distance_between_images(
+    model: nn.Module, images: Tensor, layers: Sequence[tuple[str, bool]]
+) -> dict[str, float]:
     """Per layer, the mean normalised distance between the features of two different images,
     ``|f(x_i) - f(x_j)| / |f(x_i)|`` over ordered pairs: the scale a curve of :func:`invariance` reads against (a
     layer that barely moves under a transformation is invariant only if it moves between images). NaN for one image.
 
     Example:
-        >>> spread(net, images, [("0", False)])["0"] > 0
+        >>> distance_between_images(net, images, [("0", False)])["0"] > 0
         True
     """
     check_images(images)

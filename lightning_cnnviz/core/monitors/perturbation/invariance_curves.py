@@ -18,8 +18,8 @@ from lightning_cnnviz.core.methods.perturbation.invariance import (
     TRANSFORMATIONS,
     UNITS,
     Invariance,
+    distance_between_images,
     invariance,
-    spread,
     transformation_values,
 )
 from lightning_cnnviz.core.model.layers import LayerMap
@@ -90,7 +90,7 @@ class InvarianceCurves:
         self.class_names = list(class_names) if class_names is not None else None
         self.entry = ImageEntry(who, module)
         self.last: dict[str, Invariance] | None = None  # the latest curves (every image, on rank zero)
-        self.spread: dict[str, float] = {}  # the latest distances between images, by layer (rank zero)
+        self.between: dict[str, float] = {}  # the latest distances between images, by layer (rank zero)
         self.history: list[tuple[int, int, dict[str, float]]] = []  # (epoch, step, areas by tag) of every call
 
     def attach(self, model: nn.Module, example: Tensor | None = None) -> None:
@@ -156,7 +156,7 @@ class InvarianceCurves:
         if not ranks.is_zero or not guard.finite(local, what="the invariance curves", moment=context.moment):
             return shot
         self.last = everything
-        self.spread = guard.run("the invariance curves' scale", spread, part, probe.images.to(device),
+        self.between = guard.run("the invariance curves' scale", distance_between_images, part, probe.images.to(device),
                                 self.read(part)) or {}  # fmt: skip
         names = describe_labels(probe.labels, self.class_names) or [f"image {i}" for i in range(len(probe.images))]
         names = [f"{i}: {name}" for i, name in enumerate(names)]
@@ -178,7 +178,7 @@ class InvarianceCurves:
         panels = [(f"{layer}: |f(Tx) - f(x)| / |f(x)|, area {found.area(layer):.3f}", values)
                   for layer, values in found.distances.items()]  # fmt: skip
         references: list[tuple[float, str] | None] = [
-            (self.spread[layer], f"between images {self.spread[layer]:.2f}") if layer in self.spread else None
+            (self.between[layer], f"between images {self.between[layer]:.2f}") if layer in self.between else None
             for layer in found.distances
         ]
         if found.probability is not None:
