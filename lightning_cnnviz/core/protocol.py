@@ -267,6 +267,19 @@ class Ranks:
         counts = torch.tensor([len(range(r, total, self.world)) for r in range(self.world)])
         return self.interleave(local, counts).to(local.device)
 
+    def join_rows(self, local: Tensor | None, total: int) -> Tensor | None:
+        """:meth:`join` of each rank's rows (N_r, D), or None on every rank alike when a rank has none (its work
+        failed) or the ranks' widths differ: what a picture that splits its images over the ranks gathers.
+
+        Example:
+            >>> Ranks.single().join_rows(torch.ones(2, 3), 2).shape, Ranks.single().join_rows(None, 2)
+            (torch.Size([2, 3]), None)
+        """
+        width = self.gather(torch.tensor([-1 if local is None else local.shape[1]])).view(-1)
+        if local is None or int(width.min()) < 0 or int(width.min()) != int(width.max()):
+            return None
+        return self.join(local, total)
+
     def agree(self, ok: bool) -> bool:
         """Whether ``ok`` holds on every rank."""
         return bool(self.gather(torch.tensor([int(ok)])).min()) if self.world > 1 else ok

@@ -278,10 +278,9 @@ class EmbeddingMap:
         model = part
         shard, _ = probe.shard(ranks)
         local = guard.run("embedding codes", self.codes, model, shard.to(device))
-        widths = ranks.gather(torch.tensor([-1 if local is None else local.shape[1]])).view(-1)
-        if local is None or int(widths.min()) < 0 or int(widths.min()) != int(widths.max()):
+        codes = ranks.join_rows(local, len(images))
+        if codes is None:
             return shot  # every rank returns here alike
-        codes = ranks.join(local, len(images))
         if not guard.finite(codes, what="the probe's codes", moment=moment) or not ranks.is_zero:
             return shot
         classes = self.classes(labels)

@@ -13,7 +13,7 @@ from lightning_cnnviz.core.checks import check_choice, check_names
 from lightning_cnnviz.core.context import Context
 from lightning_cnnviz.core.drawing.plots import render_curves
 from lightning_cnnviz.core.inputs.probe import Probe
-from lightning_cnnviz.core.inputs.task import TASKS, Task, choose_target, decide_task, describe_labels
+from lightning_cnnviz.core.inputs.task import TASKS, Task, describe_labels
 from lightning_cnnviz.core.methods.perturbation.invariance import (
     TRANSFORMATIONS,
     UNITS,
@@ -23,8 +23,9 @@ from lightning_cnnviz.core.methods.perturbation.invariance import (
     transformation_values,
 )
 from lightning_cnnviz.core.model.layers import LayerMap
-from lightning_cnnviz.core.model.modules import evaluating, logits_of, model_device, resolve_modules
-from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
+from lightning_cnnviz.core.model.modules import model_device, resolve_modules
+from lightning_cnnviz.core.model.trunk import ImageEntry
+from lightning_cnnviz.core.monitors.perturbation.answers import answer_of
 from lightning_cnnviz.core.protocol import Snapshot
 
 __all__ = ["InvarianceCurves"]
@@ -114,25 +115,16 @@ class InvarianceCurves:
         self, model: nn.Module, images: Tensor, labels: Tensor | None, context: Context
     ) -> tuple[dict[str, Invariance], str]:
         """Every transformation's curves of ``images`` (this rank's share), and what the probability reads."""
-        with evaluating(model):
-            output = model(images)
-        if isinstance(model, Trunk):  # a detector's backbone: its output is features, not the detector's answer
-            task, main = "detection (the images go into its backbone)", None
-        else:
-            task, _ = decide_task(self.task, labels, output, images)
-            main = logits_of(output) if task != "detection" else None
-        classes, rule, squash = None, "", None
-        if task in ("classification", "multilabel") and main is not None and main.dim() == 2:
-            target = choose_target(task, "auto", output, images, labels, self.class_names)
-            classes, rule = target.classes, target.rule
-            squash = None if task == "classification" else torch.sigmoid
-        else:
-            context.guard.inform(f"the probability curve reads class scores, and the task is {task}: the curves "
-                                 "show the layers' distances only.")  # fmt: skip
+        answer = answer_of(model, images, labels, self.task, self.class_names)
+        classes = None if answer.target is None else answer.target.classes
+        rule = "" if answer.target is None else answer.target.rule
+        if answer.target is None:
+            context.guard.inform(f"the probability curve reads class scores, and the task is {answer.task}: the "
+                                 "curves show the layers' distances only.")  # fmt: skip
         fill = context.scale.to_model(images.new_zeros(1, images.shape[1], 1, 1)).view(-1)
         layers = self.read(model)
-        found = {kind: invariance(model, images, kind, layers, classes=classes, probability=squash, fill=fill)
-                 for kind in self.transformations}  # fmt: skip
+        found = {kind: invariance(model, images, kind, layers, classes=classes, probability=answer.probability,
+                                  fill=fill) for kind in self.transformations}  # fmt: skip
         return found, rule
 
     def snapshot(self, model: nn.Module, probe: Probe | None, context: Context) -> Snapshot:
@@ -149,11 +141,11 @@ class InvarianceCurves:
         labels = None if probe.labels is None else probe.labels[rows].to(device)
         measured = guard.run("the invariance curves", self.curves, part, shard.to(device), labels, context)
         local = None if measured is None else self._packed(measured[0])
-        width = ranks.gather(torch.tensor([-1 if local is None else local.shape[1]])).view(-1)
-        if measured is None or local is None or int(width.min()) < 0 or int(width.min()) != int(width.max()):
+        joined = ranks.join_rows(local, len(probe.images))
+        if measured is None or joined is None:
             return shot  # every rank returns here alike
-        everything = self._unpacked(ranks.join(local, len(probe.images)), measured[0])
-        if not ranks.is_zero or not guard.finite(local, what="the invariance curves", moment=context.moment):
+        everything = self._unpacked(joined, measured[0])
+        if not ranks.is_zero or not guard.finite(joined, what="the invariance curves", moment=context.moment):
             return shot
         self.last = everything
         self.between = guard.run("the invariance curves' scale", distance_between_images, part, probe.images.to(device),

@@ -17,8 +17,6 @@ from lightning_cnnviz.core.inputs.probe import Probe, ProbeService
 from lightning_cnnviz.core.inputs.task import (
     TASKS,
     Task,
-    choose_target,
-    decide_task,
     describe_labels,
     label_kind,
     main_class,
@@ -34,8 +32,9 @@ from lightning_cnnviz.core.methods.perturbation.occlusion import (
 from lightning_cnnviz.core.methods.top_patches import feature_map, project_activations
 from lightning_cnnviz.core.model.layers import LayerMap
 from lightning_cnnviz.core.model.modules import class_name, evaluating, logits_of, model_device, resolve_modules, run_to
-from lightning_cnnviz.core.model.trunk import ImageEntry, Trunk
+from lightning_cnnviz.core.model.trunk import ImageEntry
 from lightning_cnnviz.core.monitors.activation_atlas import last_conv_block
+from lightning_cnnviz.core.monitors.perturbation.answers import answer_of
 from lightning_cnnviz.core.protocol import Guard, Snapshot
 
 __all__ = ["OcclusionFigure"]
@@ -59,8 +58,9 @@ class Panels:
         return torch.cat([self.b, self.d, self.e.float(), self.channel[:, None].float(), self.clean], dim=1)
 
     @classmethod
-    def unpacked(cls, rows: Tensor, positions: int) -> Panels:
-        p = positions
+    def unpacked(cls, rows: Tensor) -> Panels:
+        """The panels :meth:`packed` into ``rows`` (n, 3 P + 4)."""
+        p = (rows.shape[1] - 4) // 3
         return cls(rows[:, :p], rows[:, p : 2 * p], rows[:, 2 * p : 3 * p].long(), rows[:, 3 * p].long(),
                    rows[:, 3 * p + 1 :])  # fmt: skip
 
@@ -185,32 +185,29 @@ class OcclusionFigure:
         """Panels (b), (d), (e) of ``images`` (this rank's share) and what (d) reads, in words."""
         layer = self.layer_of(model, images)
         patch, stride = self.window(images)
-        with evaluating(model):
-            output = model(images)
-        if isinstance(model, Trunk):  # a detector's backbone: its output is features, not the detector's answer
-            task, main = "detection (the images go into its backbone)", None
-        else:
-            task, _ = decide_task(self.task, labels, output, images)
-            main = logits_of(output) if task != "detection" else None
-        if task in ("classification", "multilabel") and main is not None and main.dim() == 2:
-            target = choose_target(task, "auto", output, images, labels, self.class_names)
-            classes = target.classes
+        answer = answer_of(model, images, labels, self.task, self.class_names)
+        d: Tensor | None
+        e: Tensor | None
+        clean_d: Tensor | None
+        clean_e: Tensor | None
+        if answer.target is not None and answer.probability is not None:
+            classes = answer.target.classes
             assert classes is not None
             memo = context.shared.occlusions.at(context.moment.step)
             found = memo.occlude(model, images, patch=patch, stride=stride, baseline=self.baseline, layers=[layer])
-            squash = (lambda x: x.softmax(dim=-1)) if task == "classification" else torch.sigmoid
-            probabilities, clean = squash(found.outputs["logits"]), squash(found.clean["logits"])
+            probabilities = answer.probability(found.outputs["logits"])
+            clean = answer.probability(found.clean["logits"])
             picked = classes[:, None, None].expand(-1, probabilities.shape[1], 1)
             d, e = probabilities.gather(2, picked)[..., 0], probabilities.argmax(dim=2)
             clean_d, clean_e = clean.gather(1, classes[:, None])[:, 0], clean.argmax(dim=1)
-            said = f"p({target.rule})"
-        elif task == "segmentation" and main is not None and main.dim() == 4:
-            found, said = self._segmentation(model, images, labels, main, layer, patch, stride)
+            said = f"p({answer.target.rule})"
+        elif answer.task == "segmentation" and answer.main is not None and answer.main.dim() == 4:
+            found, said = self._segmentation(model, images, labels, answer.main, layer, patch, stride)
             d, e = found.outputs["probability"], found.outputs["class"]
             clean_d, clean_e = found.clean["probability"], found.clean["class"]
         else:
-            guard.inform(f"panels (d) and (e) read class probabilities, and the task is {task}: the figure shows (b) "
-                         "and (c).")  # fmt: skip
+            guard.inform(f"panels (d) and (e) read class probabilities, and the task is {answer.task}: the figure "
+                         "shows (b) and (c).")  # fmt: skip
             found = occlude(model, images, patch=patch, stride=stride, baseline=self.baseline, layers=[layer])
             d = e = clean_d = clean_e = None
             said = ""
@@ -275,10 +272,10 @@ class OcclusionFigure:
         labels = None if probe.labels is None else probe.labels[rows].to(device)
         measured = guard.run("the occlusion figure", self.measure, part, shard.to(device), labels, context, guard)
         patch, stride = self.window(probe.images)
-        width = ranks.gather(torch.tensor([-1 if measured is None else measured[0].b.shape[1]])).view(-1)
-        if measured is None or int(width.min()) < 0 or int(width.min()) != int(width.max()):
+        joined = ranks.join_rows(None if measured is None else measured[0].packed(), len(probe.images))
+        if measured is None or joined is None:
             return shot  # every rank returns here alike
-        panels = Panels.unpacked(ranks.join(measured[0].packed(), len(probe.images)), int(width[0]))
+        panels = Panels.unpacked(joined)
         if not ranks.is_zero or not guard.finite(panels.b, what="the occlusion figure's activations",
                                                  moment=context.moment):  # fmt: skip
             return shot
