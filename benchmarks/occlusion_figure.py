@@ -18,41 +18,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
-import torchvision
-from torch import nn
+from activation_atlas import images, network, timed  # the same generated images, networks and clock
 
 from lightning_cnnviz.core import Context, Moment, OcclusionFigure, Probe, ProbeService, SaliencyPanel
-from lightning_cnnviz.demo.models import SmallCNN
-
-
-def images(count: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (count,), generator=generator)
-    x = torch.randn(count, 3, size, size, generator=generator) * 0.5
-    side = size // 4
-    for c in range(10):
-        top, left = (c * (size - side)) // 9, ((9 - c) * (size - side)) // 9
-        x[labels == c, :, top : top + side, left : left + side] += 2.0
-    return x, labels
-
-
-def network(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    if name == "demo CNN":
-        return SmallCNN(in_channels=3, num_classes=10).eval()
-    return getattr(torchvision.models, name)(weights=None, num_classes=10).eval()
-
-
-def timed(function: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
 
 
 def row(name: str, size: int, count: int, pairs: int) -> str:
